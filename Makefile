@@ -1,0 +1,57 @@
+# mailvault: one entry point for people and CI.  Every target installs what it needs.
+#   make test   lint + type-check + the whole test suite (against a private Dovecot)
+#   make demo   a throwaway Dovecot with generated mail, then fetch -> search -> export
+#   make bench  side-by-side benchmarks (see docs/benchmarks.md)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := dovecot-core dovecot-pop3d
+BENCH_PACKAGES := mpop fetchmail getmail6 notmuch maildir-utils
+
+.PHONY: test demo bench lint typecheck unit system-deps bench-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+bench-deps: system-deps
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check mailvault tests benchmarks
+	$(BIN)/ruff format --check mailvault tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy mailvault
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+demo: $(STAMP) system-deps
+	$(BIN)/python -m mailvault.testkit.demo
+
+bench: $(STAMP) bench-deps
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,251 @@
+"""The SQLite catalog: accounts, the UIDL map, messages and ingest runs.
+
+The catalog is half of the truth (the object store is the other half), so it runs in WAL mode
+with ``synchronous=FULL``: a committed row survives a power cut, which is what makes "DELE only
+after commit" mean something.  The schema lives in ``schemas/catalog.sql`` as numbered
+migrations tracked with ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from mailvault.errors import CatalogError
+from mailvault.resources import schema_path
+
+MIGRATION_MARK = re.compile(r"^-- migration: (\d+)\s*$", re.MULTILINE)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The numbered sections of schemas/catalog.sql, in order."""
+    text = schema_path("catalog.sql").read_text(encoding="utf-8")
+    marks = list(MIGRATION_MARK.finditer(text))
+    sections = []
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        sections.append((int(mark.group(1)), text[mark.end() : end]))
+    return sections
+
+
+@dataclass(frozen=True, slots=True)
+class LiveUidl:
+    """A UIDL we committed and have not yet seen disappear from the server."""
+
+    id: int
+    uidl: str
+    sha256: str
+    size: int
+    first_seen: str
+    dele_sent_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One message to record in a group commit."""
+
+    sha256: str
+    size: int
+    uidl: str | None
+    first_seen: str
+
+
+class Catalog:
+    """One connection to the catalog; use one per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(
+                f"cannot open the catalog {path}: {exc}; run `mailvault verify` "
+                "or restore catalog.sqlite from a backup"
+            ) from None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def _migrate(self) -> None:
+        current = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, sql in migrations():
+            if number <= current:
+                continue
+            with self.db.conn:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                for statement in _split_sql(sql):
+                    self.db.conn.execute(statement)
+                self.db.conn.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def transaction(self) -> sqlite3.Connection:
+        """``with catalog.transaction():`` — one atomic, durable unit."""
+        return _Transaction(self.db.conn)  # type: ignore[return-value]
+
+    # -- accounts -------------------------------------------------------------------------------
+    def ensure_account(self, name: str, host: str, port: int, user: str, tls: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO accounts(name, host, port, user, tls, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "host=excluded.host, port=excluded.port, user=excluded.user, tls=excluded.tls",
+                (name, host, port, user, tls, utcnow()),
+            )
+
+    # -- runs and provenance --------------------------------------------------------------------
+    def start_run(self, account: str) -> int:
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT INTO runs(account, started_at, status) VALUES (?, ?, 'running')",
+                (account, utcnow()),
+            )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(
+        self, run_id: int, status: str, counts: dict[str, int], errors: list[str]
+    ) -> None:
+        cols = ("listed", "new", "fetched", "duplicates", "deleted", "bytes", "retries")
+        with self.transaction():
+            self.db.execute(
+                f"UPDATE runs SET finished_at=?, status=?, errors=?, "
+                f"{', '.join(c + '=?' for c in cols)} WHERE id=?",
+                (utcnow(), status, json.dumps(errors), *(counts.get(c, 0) for c in cols), run_id),
+            )
+
+    def record_session(self, run_id: int, facts: dict[str, Any]) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO sessions(run_id, started_at, host, port, tls, tls_version, "
+                "tls_cert_sha256, greeting, capabilities) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    utcnow(),
+                    facts["host"],
+                    facts["port"],
+                    facts["tls"],
+                    facts.get("tls_version"),
+                    facts.get("tls_cert_sha256"),
+                    facts.get("greeting"),
+                    json.dumps(facts.get("capabilities", [])),
+                ),
+            )
+
+    # -- the UIDL map ---------------------------------------------------------------------------
+    def live_uidls(self, account: str) -> dict[str, LiveUidl]:
+        rows = self.db.execute(
+            "SELECT id, uidl, sha256, size, first_seen, dele_sent_at FROM uidls "
+            "WHERE account=? AND deleted_confirmed_at IS NULL",
+            (account,),
+        ).fetchall()
+        return {row[1]: LiveUidl(*row) for row in rows}
+
+    def has_message(self, sha256: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
+        return row is not None
+
+    def commit_messages(
+        self, account: str | None, run_id: int | None, source: str, items: Sequence[Committed]
+    ) -> list[tuple[bool, int | None]]:
+        """Record a batch in one transaction; per item: (content was new, UIDL row id).
+
+        Called only after the blobs are durable (``BlobStore.publish``).
+        """
+        now = utcnow()
+        results: list[tuple[bool, int | None]] = []
+        with self.transaction():
+            for item in items:
+                cur = self.db.execute(
+                    "INSERT INTO messages(sha256, size, first_ingest_at, first_source) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
+                    (item.sha256, item.size, now, source),
+                )
+                fresh = cur.rowcount == 1
+                row_id: int | None = None
+                if account is not None and item.uidl is not None:
+                    cur = self.db.execute(
+                        "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, "
+                        "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (account, item.uidl, item.sha256, item.size, item.first_seen, now, run_id),
+                    )
+                    row_id = cur.lastrowid
+                results.append((fresh, row_id))
+        return results
+
+    def mark_dele_sent(self, ids: Iterable[int]) -> None:
+        now = utcnow()
+        with self.transaction():
+            self.db.conn.executemany(
+                "UPDATE uidls SET dele_sent_at=? WHERE id=?", [(now, i) for i in ids]
+            )
+
+    def mark_deleted(self, ids: Iterable[int]) -> None:
+        """The server confirmed (QUIT +OK) or showed (no longer listed) that these are gone."""
+        now = utcnow()
+        with self.transaction():
+            self.db.conn.executemany(
+                "UPDATE uidls SET deleted_confirmed_at=? WHERE id=? AND deleted_confirmed_at IS NULL",
+                [(now, i) for i in ids],
+            )
+
+    # -- reading --------------------------------------------------------------------------------
+    def message_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def iter_messages(self) -> Iterator[tuple[str, int]]:
+        yield from self.db.execute("SELECT sha256, size FROM messages ORDER BY sha256")
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, so a writer takes the lock up front instead of deadlocking."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Split a migration into statements (sqlite3.complete_statement knows about quotes)."""
+    statements, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()
+    ):
+        statements.append(buf.strip())
+    return statements

@@ -1,0 +1,181 @@
+"""`mailvault check`: the steps a person would otherwise do with nc and openssl s_client.
+
+Each step gets a verdict and, when it fails, the likely cause and the fix; later steps are
+skipped once one fails, because they could only fail for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mailvault.config import AccountConfig
+from mailvault.errors import MailvaultError, TLSError
+from mailvault.secrets import resolve_secret
+from mailvault.session import Pop3Session
+from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        return {"step": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint}
+
+
+def _tcp(account: AccountConfig) -> Step:
+    started = time.monotonic()
+    try:
+        with socket.create_connection((account.host, account.port), timeout=account.timeout):
+            pass
+    except socket.gaierror as exc:
+        return Step(
+            "tcp",
+            False,
+            f"cannot resolve {account.host}: {exc.strerror}",
+            "check the host name and this machine's DNS",
+        )
+    except TimeoutError:
+        return Step(
+            "tcp",
+            False,
+            f"no answer from {account.host}:{account.port} in {account.timeout:g} s",
+            "a firewall may drop the traffic, or the port is wrong",
+        )
+    except OSError as exc:
+        return Step(
+            "tcp",
+            False,
+            f"{account.host}:{account.port}: {exc.strerror or exc}",
+            "check the port (995 for implicit TLS, 110 for STLS/plain)",
+        )
+    ms = (time.monotonic() - started) * 1000
+    return Step("tcp", True, f"connected to {account.host}:{account.port} in {ms:.0f} ms")
+
+
+def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
+    """Connect and complete TLS (directly, or after a minimal STLS exchange)."""
+    if account.tls == "implicit":
+        return SocketStream.connect(account.host, account.port, account.timeout, ctx)
+    stream = SocketStream.connect(account.host, account.port, account.timeout)
+    buf = b""
+    while buf.count(b"\r\n") < 1:
+        buf += stream.read() or b"\r\n"
+    stream.write(b"STLS\r\n")
+    while buf.count(b"\r\n") < 2:
+        buf += stream.read() or b"\r\n"
+    if b"\r\n+OK" not in buf:
+        stream.close()
+        raise TLSError(f"{account.host} refused STLS: {buf.splitlines()[-1][:80]!r}")
+    stream.start_tls(ctx)
+    return stream
+
+
+def _certificate(account: AccountConfig) -> Step:
+    """Look at the certificate with verification off, so we can explain what verification says."""
+    if account.tls == "none":
+        return Step("tls", True, 'tls = "none": no TLS (the password travels in clear text)')
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        stream = _handshake(account, probe)
+    except MailvaultError as exc:
+        return Step("tls", False, str(exc), "the server may not speak TLS on this port")
+    der, version = stream.peer_cert_der(), stream.tls_version
+    stream.close()
+    if not der:
+        return Step("tls", False, "the server sent no certificate")
+    info = _describe(der)
+    try:
+        _handshake(account, tls_context(account)).close()
+        verdict, hint = "trusted (chain and host name verified)", ""
+    except TLSError as exc:
+        verdict, hint = "NOT trusted", str(exc)
+    except MailvaultError as exc:
+        verdict, hint = "could not verify", str(exc)
+    if account.tls_fingerprint and info.get("sha256") != normalise_fingerprint(
+        account.tls_fingerprint
+    ):
+        verdict, hint = "NOT trusted", "its fingerprint differs from tls_fingerprint"
+    not_before = info.get("not_before")
+    if isinstance(not_before, datetime) and not_before > datetime.now(UTC):
+        hint += " The certificate is not valid yet: is this machine's clock behind?"
+    ok = verdict.startswith("trusted")
+    return Step("tls", ok, f"{version}; {info['summary']}; {verdict}", hint.strip())
+
+
+def _describe(der: bytes) -> dict[str, datetime | str]:
+    """Decode the fields a person checks: names, issuer, validity, fingerprint."""
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as handle:
+        handle.write(pem)
+        handle.flush()
+        try:
+            decoded = ssl._ssl._test_decode_cert(handle.name)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a certificate we cannot decode is still reported
+            return {"summary": "certificate could not be decoded"}
+    subject = dict(x[0] for x in decoded.get("subject", ()))
+    issuer = dict(x[0] for x in decoded.get("issuer", ()))
+    names = [v for _, v in decoded.get("subjectAltName", ())]
+    not_after = datetime.strptime(decoded["notAfter"], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    not_before = datetime.strptime(decoded["notBefore"], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    days = (not_after - datetime.now(UTC)).days
+    summary = (
+        f"subject {subject.get('commonName', '?')}, names {', '.join(names) or '-'}, "
+        f"issuer {issuer.get('organizationName') or issuer.get('commonName', '?')}, "
+        f"expires {not_after:%Y-%m-%d} ({days} days)"
+    )
+    return {
+        "summary": summary,
+        "not_before": not_before,
+        "not_after": not_after,
+        "sha256": hashlib.sha256(der).hexdigest(),
+    }
+
+
+def run_check(account: AccountConfig) -> Iterator[Step]:
+    step = _tcp(account)
+    yield step
+    if not step.ok:
+        return
+    step = _certificate(account)
+    yield step
+    if not step.ok:
+        return
+    session = Pop3Session(account, lambda: resolve_secret(account))
+    try:
+        try:
+            session.connect()
+        except MailvaultError as exc:
+            yield Step("pop3", False, str(exc), "")
+            return
+        yield Step("greeting", True, session.facts.greeting)
+        caps = ", ".join(session.facts.capabilities) or "none (CAPA not supported)"
+        yield Step("capa", True, caps)
+        try:
+            session.login()
+        except MailvaultError as exc:
+            yield Step(
+                "login",
+                False,
+                str(exc),
+                "check user and password source; [IN-USE] means another client is connected",
+            )
+            return
+        yield Step("login", True, f"logged in as {account.user} ({account.auth})")
+        count, size = session.stat()
+        yield Step("stat", True, f"{count} messages, {size:,} bytes on the server")
+        session.quit()
+    finally:
+        session.close()

@@ -1,0 +1,63 @@
+"""The `mailvault` command line: parse arguments, call one use-case function, print.
+
+Exit codes (documented in docs/cli.md):
+    0  success
+    1  finished, but something failed or was found (an account failed; no search hits;
+       verify found problems)
+    2  usage or configuration error
+    3  runtime error (vault locked, disk full, catalog unreadable, ...)
+  130  interrupted
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailvault import __version__
+from mailvault.errors import MailvaultError
+from mailvault.vault import default_vault_path
+
+
+class MailvaultGroup(click.Group):
+    """Turns every MailvaultError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MailvaultError as exc:
+            click.echo(f"mailvault: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("mailvault: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=MailvaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mailvault")
+@click.option(
+    "--vault",
+    "vault_path",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="MAILVAULT_VAULT",
+    default=None,
+    help="Vault directory [env MAILVAULT_VAULT; default $XDG_DATA_HOME/mailvault].",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, vault_path: Path | None, verbose: int, quiet: bool) -> None:
+    """mailvault: archive POP3 mailboxes into a lossless, searchable vault."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="mailvault: %(message)s", stream=sys.stderr)
+    ctx.obj = {"vault_path": vault_path or default_vault_path(), "quiet": quiet}
+
+
+def main() -> None:
+    from mailvault.cli import commands  # noqa: F401  (registers the commands)
+
+    cli(prog_name="mailvault")

@@ -1,0 +1,3 @@
+"""Import every command module so that each registers itself on the group."""
+
+from mailvault.cli import fetch_cmd, vault_cmd  # noqa: F401

@@ -1,0 +1,182 @@
+"""`mailvault fetch` and `mailvault check`."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import click
+
+from mailvault.cli import cli
+from mailvault.cli._common import print_json, vault_from
+from mailvault.errors import UsageError
+from mailvault.fetch import fetch_accounts
+
+
+class _TraceFile:
+    """Thread-safe writer of the redacted POP3 dialogue (the session already redacts)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            self.stream.write(
+                f"{time.strftime('%H:%M:%S')} {threading.current_thread().name} {line}\n"
+            )
+
+
+class _Progress:
+    """One status line per account on a terminal: messages, bytes, rate."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.state: dict[str, tuple[int, int, int]] = {}
+
+    def __call__(self, account: str, done: int, total: int, batch_bytes: int) -> None:
+        with self.lock:
+            _, _, bytes_done = self.state.get(account, (0, 0, 0))
+            self.state[account] = (done, total, bytes_done + 0)
+            now = time.monotonic()
+            if now - self.last < 0.2 and done != total:
+                return
+            self.last = now
+            rate = done / max(now - self.started, 1e-6)
+            parts = [f"{a}: {d}/{t} msgs" for a, (d, t, _) in sorted(self.state.items())]
+            sys.stderr.write("\r" + "  ".join(parts) + f"  {rate:,.0f} msg/s\033[K")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.state:
+            sys.stderr.write("\n")
+
+
+@cli.command()
+@click.argument("accounts", nargs=-1)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Accounts fetched concurrently.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be fetched and deleted; change nothing."
+)
+@click.option(
+    "--trace",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the POP3 dialogue to FILE (credentials redacted).",
+)
+@click.pass_context
+def fetch(
+    ctx: click.Context,
+    accounts: tuple[str, ...],
+    jobs: int,
+    as_json: bool,
+    dry_run: bool,
+    trace: Path | None,
+) -> None:
+    """Download new mail from the configured POP3 accounts (all of them if none are named).
+
+    A message is deleted on the server (delete = "after-commit") only after its bytes are
+    durable in the vault and its catalog row is committed.
+
+    Example: mailvault fetch --jobs 4 --json
+    """
+    vault = vault_from(ctx)
+    names = list(accounts) or sorted(vault.config.accounts)
+    if not names:
+        raise UsageError(
+            f"no accounts configured in {vault.config_path}; add an [accounts.NAME] table"
+        )
+    selected = [vault.config.account(name) for name in names]
+    progress = _Progress() if sys.stderr.isatty() and not as_json and not ctx.obj["quiet"] else None
+    trace_stream = trace.open("a", encoding="utf-8") if trace else None
+    started = time.time()
+    try:
+        with vault.write_lock("fetch"):
+            reports = fetch_accounts(
+                vault,
+                selected,
+                jobs=jobs,
+                dry_run=dry_run,
+                trace=_TraceFile(trace_stream) if trace_stream else None,
+                progress=progress,
+            )
+    finally:
+        if trace_stream:
+            trace_stream.close()
+        if progress:
+            progress.finish()
+    failed = [r for r in reports if r.status == "failed"]
+    if as_json:
+        print_json(
+            {
+                "schema": "mailvault/fetch-report/v1",
+                "ok": not failed,
+                "dry_run": dry_run,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                "seconds": round(time.time() - started, 3),
+                "accounts": [r.as_json() for r in reports],
+            }
+        )
+    else:
+        for r in reports:
+            verb = "would fetch" if dry_run else "fetched"
+            line = (
+                f"{r.account}: listed {r.listed}, new {r.new}, {verb} "
+                f"{r.new if dry_run else r.fetched}, duplicates {r.duplicates}, "
+                f"deleted {r.would_delete if dry_run else r.deleted}"
+                f"{' (would delete)' if dry_run else ''}, {r.bytes:,} bytes"
+                f"{f', {r.retries} retries' if r.retries else ''} [{r.status}]"
+            )
+            click.echo(line)
+            for w in r.warnings:
+                click.echo(f"{r.account}: warning: {w}", err=True)
+            for e in r.errors:
+                click.echo(f"{r.account}: error: {e}", err=True)
+    if failed:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("account")
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
+@click.pass_context
+def check(ctx: click.Context, account: str, as_json: bool) -> None:
+    """Diagnose an account step by step: TCP, TLS certificate, CAPA, login, STAT.
+
+    Example: mailvault check journal
+    """
+    from mailvault.check import run_check
+
+    vault = vault_from(ctx)
+    steps = []
+    for step in run_check(vault.config.account(account)):
+        steps.append(step)
+        if not as_json:
+            mark = "ok  " if step.ok else "FAIL"
+            click.echo(f"[{mark}] {step.name:8} {step.detail}")
+            if step.hint:
+                click.echo(f"       {'':8} hint: {step.hint}")
+    ok = all(s.ok for s in steps)
+    if as_json:
+        print_json(
+            {
+                "schema": "mailvault/check/v1",
+                "ok": ok,
+                "account": account,
+                "steps": [s.as_json() for s in steps],
+            }
+        )
+    if not ok:
+        ctx.exit(1)

@@ -1,0 +1,21 @@
+"""`mailvault init`."""
+
+from __future__ import annotations
+
+import click
+
+from mailvault.cli import cli
+from mailvault.vault import init_vault
+
+
+@cli.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create a new vault (directory 0700, config, object store, catalog).
+
+    Example: mailvault --vault ~/archive init
+    """
+    vault = init_vault(ctx.obj["vault_path"])
+    click.echo(
+        f"vault ready at {vault.root} (id {vault.vault_id}); edit {vault.config_path} to add accounts"
+    )

@@ -1,0 +1,174 @@
+"""Read and validate ``mailvault.toml``.
+
+Validation runs against ``schemas/config.schema.json`` so that the file format is documented in
+one machine-checkable place; the errors are rewritten into one line naming the file, the key and
+the fix, because a nightly job's log is read by someone who did not write the config.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+
+from mailvault.errors import ConfigError
+from mailvault.resources import json_schema
+
+TlsMode = Literal["implicit", "starttls", "none"]
+AuthMode = Literal["auto", "user", "apop", "plain", "xoauth2"]
+DeletePolicy = Literal["never", "after-commit"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccountConfig:
+    """One POP3 account as configured; the password itself is resolved only when needed."""
+
+    name: str
+    host: str
+    user: str
+    port: int
+    tls: TlsMode = "implicit"
+    auth: AuthMode = "auto"
+    delete: DeletePolicy = "never"
+    delete_after_days: int = 0
+    password_command: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    tls_fingerprint: str | None = None
+    timeout: float = 60.0
+    max_messages_per_session: int = 0
+    allow_plaintext_auth: bool = False
+    pipelining: Literal["auto", "off"] = "auto"
+    retries: int = 5
+    keep_days: int | None = None
+    config_path: Path | None = None
+
+    @property
+    def has_password_source(self) -> bool:
+        return bool(self.password_command or self.password_env or self.password_file)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaultSettings:
+    """Vault-wide settings from the ``[vault]`` table."""
+
+    compression: Literal["zstd", "none"] = "zstd"
+    commit_batch_messages: int = 256
+    commit_batch_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole parsed configuration file."""
+
+    path: Path
+    accounts: dict[str, AccountConfig] = field(default_factory=dict)
+    vault: VaultSettings = field(default_factory=VaultSettings)
+    retention_keep_days: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def account(self, name: str) -> AccountConfig:
+        try:
+            return self.accounts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.accounts)) or "none"
+            raise ConfigError(
+                f"{self.path}: no account named {name!r} (configured: {known}); "
+                f"add an [accounts.{name}] table or use one of those names"
+            ) from None
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    """Turn a jsonschema error into 'key: problem; fix'."""
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        extra = sorted(
+            set(error.instance) - set(error.schema.get("properties", {}))  # type: ignore[arg-type]
+        )
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        where = f"in [{key}]" if key != "(top level)" else "at the top level"
+        return f"unknown key {', '.join(extra)} {where}; allowed keys are: {allowed}"
+    if error.validator == "required":
+        return f"[{key}] is missing a required key: {error.message.split(' is ')[0]}"
+    if error.validator == "enum":
+        choices = " | ".join(map(str, error.validator_value))  # type: ignore[arg-type]
+        return f"{key} = {error.instance!r} is not allowed; use one of: {choices}"
+    if error.validator == "type":
+        return (
+            f"{key} = {error.instance!r} has the wrong type; it must be a {error.validator_value}"
+        )
+    return f"{key}: {error.message}"
+
+
+def parse_config(path: Path, text: str) -> Config:
+    """Parse and validate config text; raise ConfigError naming file, key and fix."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax at that line") from None
+    validator = jsonschema.Draft202012Validator(json_schema("config.schema.json"))
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError(f"{path}: {_explain(errors[0])}")
+    accounts = {
+        name: _account(path, name, table) for name, table in raw.get("accounts", {}).items()
+    }
+    vault_table = raw.get("vault", {})
+    return Config(
+        path=path,
+        accounts=accounts,
+        vault=VaultSettings(**vault_table),
+        retention_keep_days=raw.get("retention", {}).get("keep_days"),
+        raw=raw,
+    )
+
+
+def _account(path: Path, name: str, table: dict[str, Any]) -> AccountConfig:
+    tls: TlsMode = table.get("tls", "implicit")
+    port = table.get("port", 995 if tls == "implicit" else 110)
+    sources = [k for k in ("password_command", "password_env", "password_file") if k in table]
+    if len(sources) > 1:
+        raise ConfigError(
+            f"{path}: accounts.{name} sets {' and '.join(sources)}; keep exactly one password source"
+        )
+    if not sources:
+        raise ConfigError(
+            f"{path}: accounts.{name} has no password source; "
+            "set password_command, password_env or password_file"
+        )
+    if tls == "none" and not table.get("allow_plaintext_auth", False):
+        raise ConfigError(
+            f'{path}: accounts.{name} uses tls = "none", which sends the password in clear text; '
+            'use tls = "implicit" or "starttls", or set allow_plaintext_auth = true if you mean it'
+        )
+    fields = {k: v for k, v in table.items() if k != "port"}
+    if fields.get("ca_file") == "":
+        fields.pop("ca_file")
+    if fields.get("delete_after_days") and fields.get("delete", "never") == "never":
+        raise ConfigError(
+            f'{path}: accounts.{name} sets delete_after_days but delete = "never"; '
+            'set delete = "after-commit" or remove delete_after_days'
+        )
+    return AccountConfig(name=name, port=port, config_path=path, **fields)
+
+
+def load_config(path: Path) -> Config:
+    """Load ``mailvault.toml`` from disk."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found; run `mailvault init` or create it"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    return parse_config(path, text)

@@ -1,0 +1,151 @@
+"""The one exception tree of mailvault.
+
+Every error a user can see is a ``MailvaultError`` whose message is a single line that names
+the cause and, where there is one, the fix.  The CLI is the only place that turns these into
+process exit codes, so library code raises and never exits.
+
+    MailvaultError                      exit 3
+    +-- UsageError                      exit 2   bad arguments, unknown account
+    +-- ConfigError                     exit 2   mailvault.toml or a password source is wrong
+    +-- VaultError                      exit 3
+    |   +-- VaultNotFound               exit 2   no vault at the path (run `mailvault init`)
+    |   +-- VaultLocked                 exit 3   another process holds the vault lock
+    |   +-- StoreError                  exit 3   disk full, permissions, corrupt blob
+    |   +-- CatalogError                exit 3
+    |   +-- SearchError                 exit 2   (QuerySyntaxError: bad user query)
+    +-- RemoteError                              something about the POP3 server; carries account
+        +-- TransportError       retryable       connect refused, reset, EOF, timeout
+        +-- TLSError                             certificate / handshake / pin mismatch
+        +-- ProtocolError                        the server broke RFC 1939/2449
+        +-- ServerError                          a -ERR that aborts the session
+            +-- AuthenticationError              [AUTH] or -ERR to PASS
+            +-- MailboxInUse     retryable       [IN-USE]
+            +-- LoginDelay       retryable       [LOGIN-DELAY]
+            +-- TemporaryServerError  retryable  [SYS/TEMP]
+            +-- PermanentServerError             [SYS/PERM]
+
+Whether to retry is a property of the error class (``retryable``), so the retry policy in
+``fetch`` needs no list of its own.
+"""
+
+from __future__ import annotations
+
+
+class MailvaultError(Exception):
+    """Base of every error mailvault reports to a user."""
+
+    exit_code: int = 3
+    retryable: bool = False
+
+
+class UsageError(MailvaultError):
+    """The command line asked for something that cannot be done."""
+
+    exit_code = 2
+
+
+class ConfigError(MailvaultError):
+    """mailvault.toml, or a password source it names, is invalid."""
+
+    exit_code = 2
+
+
+class VaultError(MailvaultError):
+    """Something is wrong with the vault on disk."""
+
+
+class VaultNotFound(VaultError):
+    """There is no vault at the given path."""
+
+    exit_code = 2
+
+
+class VaultLocked(VaultError):
+    """Another process holds the vault's write lock."""
+
+
+class StoreError(VaultError):
+    """The object store could not write or read a blob."""
+
+
+class CatalogError(VaultError):
+    """The SQLite catalog could not be read or written."""
+
+
+class SearchError(VaultError):
+    """The search index could not answer."""
+
+    exit_code = 2
+
+
+class QuerySyntaxError(SearchError, ValueError):
+    """A search query the parser cannot read; the message points at the bad token."""
+
+
+class RemoteError(MailvaultError):
+    """A failure talking to a POP3 server."""
+
+    def __init__(self, message: str, *, account: str | None = None) -> None:
+        super().__init__(message)
+        self.account = account
+
+
+class TransportError(RemoteError):
+    """The connection failed, was cut or timed out."""
+
+    retryable = True
+
+
+class TLSError(RemoteError):
+    """TLS handshake, certificate verification or pinning failed."""
+
+
+class ProtocolError(RemoteError):
+    """The server's bytes do not follow RFC 1939 / RFC 2449."""
+
+
+class ServerError(RemoteError):
+    """The server answered -ERR where the session cannot go on."""
+
+    def __init__(self, message: str, *, code: str | None = None, account: str | None = None):
+        super().__init__(message, account=account)
+        self.code = code
+
+
+class AuthenticationError(ServerError):
+    """The server refused the credentials."""
+
+
+class MailboxInUse(ServerError):
+    """[IN-USE]: another session holds the maildrop lock."""
+
+    retryable = True
+
+
+class LoginDelay(ServerError):
+    """[LOGIN-DELAY]: the server wants us to wait before logging in again."""
+
+    retryable = True
+
+
+class TemporaryServerError(ServerError):
+    """[SYS/TEMP]: a transient server-side failure."""
+
+    retryable = True
+
+
+class PermanentServerError(ServerError):
+    """[SYS/PERM]: the server says retrying will not help."""
+
+
+def server_error_for(code: str | None, message: str, *, account: str | None = None) -> ServerError:
+    """Map an RFC 2449/3206 response code to the matching exception class."""
+    classes: dict[str, type[ServerError]] = {
+        "AUTH": AuthenticationError,
+        "IN-USE": MailboxInUse,
+        "LOGIN-DELAY": LoginDelay,
+        "SYS/TEMP": TemporaryServerError,
+        "SYS/PERM": PermanentServerError,
+    }
+    cls = classes.get((code or "").upper(), ServerError)
+    return cls(message, code=code, account=account)

@@ -1,0 +1,385 @@
+"""`mailvault fetch`: drain POP3 accounts into the vault, deleting only what is committed.
+
+Per message the order is fixed and is the product's central promise:
+
+    RETR -> blob in tmp/ -> (batch) data synced, renamed, synced -> catalog row committed
+         -> DELE (only if the account's policy says so) -> QUIT
+
+A crash anywhere leaves a state the next run completes: an unpublished tmp file is discarded and
+the message re-fetched; a committed message whose DELE or QUIT never happened is still listed by
+the server, recognised by its UIDL, and deleted again without a download ("ghost messages").
+
+Group commit is the speed lever: a batch of messages costs two ``syncfs`` calls and one catalog
+transaction, and the DELEs for that batch follow it down the same pipelined connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import tenacity
+
+from mailvault import pop3
+from mailvault.catalog import Catalog, Committed, LiveUidl, utcnow
+from mailvault.config import AccountConfig
+from mailvault.errors import LoginDelay, MailboxInUse, MailvaultError, ProtocolError
+from mailvault.secrets import resolve_secret
+from mailvault.session import PIPELINE_WINDOW, ListedMessage, Pop3Session, Trace
+from mailvault.store import BlobStore, BlobWriter, StagedBlob
+from mailvault.vault import Vault
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, int], None]  # account, messages done, messages total, bytes
+
+
+@dataclass
+class AccountReport:
+    """What one account's fetch did; the JSON report is built from this."""
+
+    account: str
+    status: str = "ok"  # ok | failed | dry-run
+    listed: int = 0
+    new: int = 0
+    fetched: int = 0
+    duplicates: int = 0
+    deleted: int = 0
+    bytes: int = 0
+    retries: int = 0
+    sessions: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    would_delete: int = 0
+    committed: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        keys = ("listed", "new", "fetched", "duplicates", "deleted", "bytes", "retries")
+        return {k: getattr(self, k) for k in keys}
+
+    def as_json(self) -> dict[str, Any]:
+        data = {"account": self.account, "status": self.status, **self.counts()}
+        data.update(sessions=self.sessions, errors=self.errors, warnings=self.warnings)
+        if self.status == "dry-run":
+            data["would_delete"] = self.would_delete
+        return data
+
+
+def _retry_scale() -> float:
+    """Tests shrink back-off with MAILVAULT_RETRY_SCALE; production waits use the defaults."""
+    try:
+        return float(os.environ.get("MAILVAULT_RETRY_SCALE", "1"))
+    except ValueError:
+        return 1.0
+
+
+class _Wait(tenacity.wait.wait_base):
+    """Exponential back-off with jitter, but never less than the server's LOGIN-DELAY."""
+
+    def __init__(self, floor: Callable[[], float]) -> None:
+        self.base = tenacity.wait_exponential_jitter(
+            initial=2 * _retry_scale(), max=120 * _retry_scale(), jitter=_retry_scale()
+        )
+        self.floor = floor
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        delay = self.base(retry_state)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, LoginDelay | MailboxInUse):
+            delay = max(delay, self.floor() * _retry_scale())
+        return float(delay)
+
+
+class AccountFetcher:
+    """Fetch one account: sessions, retries, the pipelined RETR/DELE loop, and group commit."""
+
+    def __init__(
+        self,
+        vault: Vault,
+        account: AccountConfig,
+        *,
+        dry_run: bool = False,
+        trace: Trace | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.vault = vault
+        self.account = account
+        self.dry_run = dry_run
+        self.trace = trace
+        self.progress = progress or (lambda *_: None)
+        self.report = AccountReport(account.name)
+        self.store: BlobStore = vault.store()
+        self.catalog: Catalog = vault.catalog()
+        self.run_id: int | None = None
+        self._login_delay = 0.0
+        self._counted = False
+        settings = vault.config.vault
+        self.batch_messages = settings.commit_batch_messages
+        self.batch_bytes = settings.commit_batch_bytes
+
+    # -- the whole account ----------------------------------------------------------------------
+    def run(self) -> AccountReport:
+        acct = self.account
+        try:
+            if not self.dry_run:
+                self.catalog.ensure_account(acct.name, acct.host, acct.port, acct.user, acct.tls)
+                self.run_id = self.catalog.start_run(acct.name)
+            retrying = tenacity.Retrying(
+                retry=tenacity.retry_if_exception(
+                    lambda e: isinstance(e, MailvaultError) and e.retryable
+                ),
+                stop=tenacity.stop_after_attempt(acct.retries + 1),
+                wait=_Wait(lambda: self._login_delay),
+                before_sleep=self._before_retry,
+                reraise=True,
+            )
+            more = True
+            while more:
+                more = retrying(self._one_session)
+        except MailvaultError as exc:
+            self.report.status = "failed"
+            self.report.errors.append(str(exc))
+        finally:
+            if self.run_id is not None:
+                status = self.report.status
+                self.catalog.finish_run(
+                    self.run_id, status, self.report.counts(), self.report.errors
+                )
+            self.catalog.close()
+        return self.report
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        self.report.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning("%s: %s; retrying in %.1f s", self.account.name, exc, wait)
+
+    # -- one POP3 session -----------------------------------------------------------------------
+    def _one_session(self) -> bool:
+        """Run one session; return True if a per-session cap left messages for another one."""
+        session = Pop3Session(self.account, lambda: resolve_secret(self.account), self.trace)
+        self.report.sessions += 1
+        try:
+            session.connect()
+            self._login_delay = float(session.login_delay or 0)
+            if self.run_id is not None:
+                self.catalog.record_session(self.run_id, session.facts.as_dict())
+            session.login()
+            listed, has_uidl = session.listing()
+            return self._drain(session, listed, has_uidl)
+        finally:
+            session.close()
+
+    def _deletable(self, first_seen: str, now: datetime) -> bool:
+        if self.account.delete != "after-commit":
+            return False
+        days = self.account.delete_after_days
+        return days == 0 or datetime.fromisoformat(first_seen) <= now - timedelta(days=days)
+
+    def _drain(self, session: Pop3Session, listed: list[ListedMessage], has_uidl: bool) -> bool:
+        report = self.report
+        now = datetime.now(UTC)
+        listing_time = now.isoformat()
+        if not has_uidl:
+            warning = (
+                f"{self.account.host} does not support UIDL: every message is downloaded "
+                "each run and de-duplicated by content hash"
+            )
+            if warning not in report.warnings:
+                report.warnings.append(warning)
+        live = self.catalog.live_uidls(self.account.name) if not self.dry_run or has_uidl else {}
+        on_server = {m.uidl for m in listed if m.uidl is not None}
+        if has_uidl and not self.dry_run:
+            gone = [row.id for uidl, row in live.items() if uidl not in on_server]
+            self.catalog.mark_deleted(gone)
+        new = [m for m in listed if m.uidl is None or m.uidl not in live]
+        ghosts = [(m, live[m.uidl]) for m in listed if m.uidl is not None and m.uidl in live]
+        ghost_deletes = [
+            (m.msgno, row.id) for m, row in ghosts if self._deletable(row.first_seen, now)
+        ]
+        if not self._counted:  # retries and capped sessions re-list; count the first listing
+            report.listed, report.new, self._counted = len(listed), len(new), True
+        if self.dry_run:
+            report.status = "dry-run"
+            report.would_delete = len(ghost_deletes) + (
+                len(new) if self._deletable(listing_time, now) else 0
+            )
+            session.quit()
+            return False
+        cap = self.account.max_messages_per_session
+        batch_now = new[:cap] if cap else new
+        more = bool(cap) and len(new) > cap
+        loop = _PumpLoop(self, session, batch_now, ghost_deletes, listing_time, now)
+        loop.run()
+        confirmed = session.quit()
+        if confirmed and loop.deleted_ids:
+            self.catalog.mark_deleted(loop.deleted_ids)
+            report.deleted += len(loop.deleted_ids)
+        return more
+
+
+class _PumpLoop:
+    """Keep a window of RETR/DELE in flight; stream RETR data to blobs; group-commit batches."""
+
+    def __init__(
+        self,
+        fetcher: AccountFetcher,
+        session: Pop3Session,
+        to_fetch: list[ListedMessage],
+        ghost_deletes: list[tuple[int, int]],
+        listing_time: str,
+        now: datetime,
+    ) -> None:
+        self.f = fetcher
+        self.session = session
+        self.to_fetch = deque(to_fetch)
+        self.total = len(to_fetch)
+        self.deletes: deque[tuple[int, int]] = deque(ghost_deletes)
+        self.listing_time = listing_time
+        self.delete_new = fetcher._deletable(listing_time, now)
+        self.inflight: deque[tuple[pop3.Command, ListedMessage | int]] = deque()
+        self.batch: list[tuple[ListedMessage, StagedBlob]] = []
+        self.batch_size = 0
+        self.writer: BlobWriter | None = None
+        self.dele_acked: list[int] = []
+        self.deleted_ids: list[int] = []
+        self.done = 0
+        self.window = PIPELINE_WINDOW if session.conn.pipelining else 1
+
+    def run(self) -> None:
+        try:
+            while True:
+                self._fill()
+                if not self.inflight:
+                    if self.batch:
+                        self._commit()
+                        continue
+                    break
+                self._handle(self.session.next_event())
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
+        if self.dele_acked:
+            self.f.catalog.mark_dele_sent(self.dele_acked)
+            self.deleted_ids = list(self.dele_acked)
+
+    def _fill(self) -> None:
+        while len(self.inflight) < self.window:
+            if self.deletes:
+                msgno, row_id = self.deletes.popleft()
+                cmd: pop3.Command = pop3.Dele(msgno)
+                self.session.send(cmd)
+                self.inflight.append((cmd, row_id))
+            elif self.to_fetch:
+                msg = self.to_fetch.popleft()
+                cmd = pop3.Retr(msg.msgno)
+                self.session.send(cmd)
+                self.inflight.append((cmd, msg))
+            else:
+                return
+
+    def _handle(self, event: pop3.Event) -> None:
+        command, subject = self.inflight[0]
+        if isinstance(event, pop3.Data):
+            assert self.writer is not None
+            self.writer.write(event.data)
+            return
+        if isinstance(command, pop3.Retr):
+            assert isinstance(subject, ListedMessage)
+            if isinstance(event, pop3.Ok):
+                self.writer = self.f.store.writer()
+            elif isinstance(event, pop3.End):
+                assert self.writer is not None
+                staged = self.writer.finish()
+                self.writer = None
+                self.inflight.popleft()
+                self._staged(subject, staged)
+            elif isinstance(event, pop3.Err):
+                self.inflight.popleft()
+                self.f.report.errors.append(
+                    f"RETR {subject.msgno} (UIDL {subject.uidl}) refused: -ERR {event.text}; "
+                    "the message stays on the server and is retried next run"
+                )
+            else:
+                raise ProtocolError(
+                    f"unexpected {event!r} in answer to RETR", account=self.f.account.name
+                )
+        elif isinstance(command, pop3.Dele):
+            assert isinstance(subject, int)
+            self.inflight.popleft()
+            if isinstance(event, pop3.Ok):
+                self.dele_acked.append(subject)
+            elif isinstance(event, pop3.Err):
+                self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
+
+    def _staged(self, msg: ListedMessage, staged: StagedBlob) -> None:
+        if msg.size != staged.size:
+            self.f.report.warnings.append(
+                f"message {msg.msgno} (UIDL {msg.uidl}): LIST said {msg.size} octets, "
+                f"RETR delivered {staged.size}; stored what was delivered"
+            )
+        self.batch.append((msg, staged))
+        self.batch_size += staged.size
+        self.done += 1
+        self.f.progress(self.f.account.name, self.done, self.total, self.batch_size)
+        retr_pending = any(isinstance(c, pop3.Retr) for c, _ in self.inflight) or self.to_fetch
+        if (
+            len(self.batch) >= self.f.batch_messages
+            or self.batch_size >= self.f.batch_bytes
+            or not retr_pending
+        ):
+            self._commit()
+
+    def _commit(self) -> None:
+        """Durable blobs, then one catalog transaction, then queue the batch's DELEs."""
+        f = self.f
+        batch, self.batch, self.batch_size = self.batch, [], 0
+        f.store.publish(staged for _, staged in batch)
+        items = [Committed(st.digest, st.size, m.uidl, self.listing_time) for m, st in batch]
+        results = f.catalog.commit_messages(
+            f.account.name, f.run_id, f"pop3:{f.account.name}", items
+        )
+        for (msg, staged), (fresh, row_id) in zip(batch, results, strict=True):
+            f.report.fetched += 1
+            f.report.bytes += staged.size
+            f.report.committed.append(staged.digest)
+            if not fresh:
+                f.report.duplicates += 1
+            if self.delete_new and row_id is not None:
+                self.deletes.append((msg.msgno, row_id))
+            elif self.delete_new and msg.uidl is None:
+                self.deletes.append((msg.msgno, -1))
+
+
+def fetch_accounts(
+    vault: Vault,
+    accounts: list[AccountConfig],
+    *,
+    jobs: int = 1,
+    dry_run: bool = False,
+    trace: Trace | None = None,
+    progress: Progress | None = None,
+) -> list[AccountReport]:
+    """Fetch several accounts, ``jobs`` at a time; one account failing never stops the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not dry_run:
+        vault.store().clean_tmp()
+
+    def one(account: AccountConfig) -> AccountReport:
+        return AccountFetcher(vault, account, dry_run=dry_run, trace=trace, progress=progress).run()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        reports = list(pool.map(one, accounts))
+    log.debug("fetched %d accounts in %.2f s", len(accounts), time.monotonic() - started)
+    return reports
+
+
+__all__ = ["AccountReport", "AccountFetcher", "fetch_accounts", "LiveUidl", "utcnow"]

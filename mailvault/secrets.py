@@ -1,0 +1,69 @@
+"""Resolve an account's password or OAuth token from its configured source.
+
+Secrets are fetched at connect time and never stored: not in the catalog, the trace, the logs or
+an error message.  Error messages therefore name the *source* (the variable, the file, the
+command's exit status), never what it printed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from mailvault.config import AccountConfig
+from mailvault.errors import ConfigError
+
+
+def resolve_secret(account: AccountConfig) -> str:
+    """Return the password (or XOAUTH2 token) for ``account``."""
+    where = f"accounts.{account.name}"
+    if account.password_env:
+        value = os.environ.get(account.password_env)
+        if not value:
+            raise ConfigError(
+                f"{where}: environment variable {account.password_env} is not set or empty; "
+                "export it before running mailvault"
+            )
+        return value
+    if account.password_file:
+        path = Path(account.password_file).expanduser()
+        if account.config_path and not path.is_absolute():
+            path = account.config_path.parent / path
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: cannot read password_file {path} ({exc.strerror})"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{where}: password_file {path} is readable by other users "
+                f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+            )
+        value = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+        if not value:
+            raise ConfigError(f"{where}: password_file {path} is empty")
+        return value
+    if account.password_command:
+        try:
+            done = subprocess.run(
+                account.password_command,
+                shell=True,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"{where}: password_command did not finish within 120 s") from None
+        if done.returncode != 0:
+            raise ConfigError(
+                f"{where}: password_command exited with status {done.returncode}; "
+                "run it by hand to see why"
+            )
+        lines = done.stdout.decode("utf-8", "replace").splitlines()
+        if not lines or not lines[0]:
+            raise ConfigError(f"{where}: password_command printed nothing on its first line")
+        return lines[0]
+    raise ConfigError(f"{where}: no password source configured")

@@ -1,0 +1,313 @@
+"""Drive the sans-I/O POP3 core over a socket: connect, TLS, authenticate, and pump commands.
+
+The session knows POP3 *procedures* (login, listing, quitting) but no archiving policy: which
+messages to fetch or delete, and when, is ``fetch.py``'s business.  It exposes ``send`` and
+``next_event`` so the fetch loop can keep a window of RETR and DELE commands in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailvault import pop3
+from mailvault.config import AccountConfig
+from mailvault.errors import (
+    AuthenticationError,
+    ProtocolError,
+    ServerError,
+    TLSError,
+    server_error_for,
+)
+from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
+
+Trace = Callable[[str], None]
+PIPELINE_WINDOW = 32
+
+
+@dataclass
+class ListedMessage:
+    msgno: int
+    size: int
+    uidl: str | None
+
+
+@dataclass
+class SessionFacts:
+    """Provenance of one session, stored in the catalog's sessions table."""
+
+    host: str
+    port: int
+    tls: str
+    greeting: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    tls_version: str | None = None
+    tls_cert_sha256: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Pop3Session:
+    """One POP3 connection for one account."""
+
+    def __init__(
+        self, account: AccountConfig, secret: Callable[[], str], trace: Trace | None = None
+    ):
+        self.account = account
+        self._secret = secret
+        self._trace = trace
+        self.conn = pop3.Connection()
+        self.stream: SocketStream | None = None
+        self.facts = SessionFacts(host=account.host, port=account.port, tls=account.tls)
+        self.capabilities: dict[str, str] = {}
+        self.apop_timestamp: str | None = None
+        self.login_delay: int | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def send(self, command: pop3.Command) -> None:
+        data = self.conn.send(command)
+        if self._trace:
+            self._trace("C: " + pop3.redacted(command).decode("ascii", "replace").rstrip("\r\n"))
+        assert self.stream is not None
+        self.stream.write(data)
+
+    def next_event(self) -> pop3.Event:
+        """The next protocol event, reading from the socket as needed."""
+        assert self.stream is not None
+        while True:
+            event = self.conn.next_event()
+            if event is not pop3.NEED_DATA:
+                if self._trace and not isinstance(event, pop3.Data):
+                    self._trace_event(event)
+                return event  # type: ignore[return-value]
+            self.conn.receive_data(self.stream.read())
+
+    def _trace_event(self, event: Any) -> None:
+        assert self._trace is not None
+        if isinstance(event, pop3.Ok | pop3.Err):
+            tag = "+OK" if isinstance(event, pop3.Ok) else "-ERR"
+            code = f"[{event.code}] " if event.code and event.code not in event.text else ""
+            self._trace(f"S: {tag} {code}{event.text}".rstrip())
+        elif isinstance(event, pop3.Line):
+            self._trace("S: " + event.line.decode("ascii", "replace"))
+        elif isinstance(event, pop3.End):
+            self._trace("S: .")
+        elif isinstance(event, pop3.Greeting):
+            self._trace(f"S: +OK {event.text}")
+        elif isinstance(event, pop3.Continuation):
+            self._trace("S: + ****")
+
+    def _status(self, command: pop3.Command) -> pop3.Ok:
+        """Send a single-line command and wait for its answer; -ERR raises."""
+        self.send(command)
+        event = self.next_event()
+        if isinstance(event, pop3.Err):
+            raise self._server_error(command, event)
+        if not isinstance(event, pop3.Ok):
+            raise ProtocolError(
+                f"{self.account.host}: unexpected answer {event!r}", account=self.account.name
+            )
+        return event
+
+    def _server_error(self, command: pop3.Command, event: pop3.Err) -> ServerError:
+        name = type(command).__name__.upper()
+        return server_error_for(
+            event.code,
+            f"{self.account.host} answered {name} with -ERR {event.text}",
+            account=self.account.name,
+        )
+
+    def _multiline(self, command: pop3.Command) -> list[bytes]:
+        self._status(command)
+        lines = []
+        while True:
+            event = self.next_event()
+            if isinstance(event, pop3.End):
+                return lines
+            if isinstance(event, pop3.Line):
+                lines.append(event.line)
+
+    # -- procedures -----------------------------------------------------------------------------
+    def connect(self) -> None:
+        acct = self.account
+        implicit = tls_context(acct) if acct.tls == "implicit" else None
+        self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout, implicit)
+        if implicit is not None:
+            self._check_pin()
+        event = self.next_event()
+        if isinstance(event, pop3.Err):
+            raise server_error_for(
+                event.code,
+                f"{acct.host} refused the connection: -ERR {event.text}",
+                account=acct.name,
+            )
+        assert isinstance(event, pop3.Greeting)
+        self.facts.greeting = event.text
+        self.apop_timestamp = event.apop_timestamp
+        self.capa()
+        if acct.tls == "starttls":
+            if "STLS" not in self.capabilities:
+                raise TLSError(
+                    f'{acct.host} does not offer STLS, and tls = "starttls" forbids falling back to '
+                    'plain text; use tls = "implicit" (port 995) if the server supports it',
+                    account=acct.name,
+                )
+            self._status(pop3.Stls())
+            self.stream.start_tls(tls_context(acct))
+            self.conn.start_tls_done()
+            self._check_pin()
+            self.capa()
+        self.facts.tls_version = self.stream.tls_version
+        self.facts.tls_cert_sha256 = self.stream.peer_cert_sha256()
+
+    def _check_pin(self) -> None:
+        pin = self.account.tls_fingerprint
+        assert self.stream is not None
+        if pin and normalise_fingerprint(pin) != self.stream.peer_cert_sha256():
+            raise TLSError(
+                f"TLS certificate of {self.account.host} has sha256 fingerprint "
+                f"{self.stream.peer_cert_sha256()}, not the pinned {pin}; if the server changed "
+                "its certificate on purpose, update tls_fingerprint",
+                account=self.account.name,
+            )
+
+    def capa(self) -> None:
+        self.send(pop3.Capa())
+        event = self.next_event()
+        self.capabilities = {}
+        if isinstance(event, pop3.Err):  # pre-RFC 2449 server: no capabilities known
+            self.conn.pipelining = False
+            return
+        while not isinstance(event := self.next_event(), pop3.End):
+            if isinstance(event, pop3.Line):
+                text = event.line.decode("ascii", "replace").strip()
+                name, _, arg = text.partition(" ")
+                self.capabilities[name.upper()] = arg
+        self.facts.capabilities = [f"{k} {v}".strip() for k, v in self.capabilities.items()]
+        self.conn.pipelining = (
+            "PIPELINING" in self.capabilities and self.account.pipelining != "off"
+        )
+        delay = self.capabilities.get("LOGIN-DELAY", "").split(" ")[0]
+        self.login_delay = int(delay) if delay.isdigit() else None
+
+    def login(self) -> None:
+        mode = self.account.auth
+        user = self.account.user
+        if mode == "auto":
+            sasl = self.capabilities.get("SASL", "").upper().split()
+            if "USER" in self.capabilities or not self.capabilities:
+                mode = "user"
+            elif "PLAIN" in sasl:
+                mode = "plain"
+            elif self.apop_timestamp:
+                mode = "apop"
+            else:
+                mode = "user"
+        secret = self._secret()
+        try:
+            if mode == "user":
+                self._status(pop3.User(user))
+                self._status(pop3.Pass(secret))
+            elif mode == "apop":
+                if not self.apop_timestamp:
+                    raise AuthenticationError(
+                        f"{self.account.host} offers no APOP timestamp in its greeting; "
+                        'use auth = "user" or "plain"',
+                        account=self.account.name,
+                    )
+                digest = hashlib.md5((self.apop_timestamp + secret).encode()).hexdigest()
+                self._status(pop3.Apop(user, digest))
+            elif mode == "plain":
+                token = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+                self._sasl("PLAIN", token)
+            elif mode == "xoauth2":
+                token = base64.b64encode(
+                    f"user={user}\x01auth=Bearer {secret}\x01\x01".encode()
+                ).decode()
+                self._sasl("XOAUTH2", token, two_step=True)
+        except ServerError as exc:
+            if type(exc) is ServerError:  # a bare -ERR to a login command means bad credentials
+                raise AuthenticationError(
+                    f"{exc}; check user and password source of accounts.{self.account.name}",
+                    code=exc.code,
+                    account=self.account.name,
+                ) from None
+            raise
+
+    def _sasl(self, mechanism: str, token: str, *, two_step: bool = False) -> None:
+        """RFC 5034: send the initial response inline unless the line would pass 255 octets."""
+        inline = not two_step and len(mechanism) + len(token) + 7 <= 255
+        self.send(pop3.Auth(mechanism, token if inline else None))
+        event = self.next_event()
+        if isinstance(event, pop3.Continuation):
+            self.send(pop3.AuthContinue(token))
+            event = self.next_event()
+            if isinstance(event, pop3.Continuation):  # XOAUTH2 error details: answer empty
+                self.send(pop3.AuthContinue(""))
+                event = self.next_event()
+        if isinstance(event, pop3.Err):
+            raise self._server_error(pop3.Auth(mechanism, None), event)
+
+    def listing(self) -> tuple[list[ListedMessage], bool]:
+        """LIST and UIDL (pipelined when allowed); returns the messages and whether UIDL worked."""
+        sizes: dict[int, int] = {}
+        for raw in self._multiline(pop3.List(None)):
+            parts = raw.split()
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                sizes[int(parts[0])] = int(parts[1])
+            else:
+                raise ProtocolError(
+                    f"{self.account.host}: malformed LIST line {raw[:60]!r}",
+                    account=self.account.name,
+                )
+        uidls: dict[int, str] = {}
+        has_uidl = True
+        self.send(pop3.Uidl(None))
+        event = self.next_event()
+        if isinstance(event, pop3.Err):
+            has_uidl = False
+        else:
+            seen: set[str] = set()
+            while not isinstance(event := self.next_event(), pop3.End):
+                if not isinstance(event, pop3.Line):
+                    continue
+                parts = event.line.split(maxsplit=1)
+                if len(parts) != 2 or not parts[0].isdigit():
+                    raise ProtocolError(
+                        f"{self.account.host}: malformed UIDL line {event.line[:60]!r}",
+                        account=self.account.name,
+                    )
+                uidl = parts[1].strip().decode("ascii", "replace")
+                if uidl in seen:
+                    raise ProtocolError(
+                        f"{self.account.host} listed UIDL {uidl!r} twice in one session; "
+                        "the server's UIDLs are unreliable",
+                        account=self.account.name,
+                    )
+                seen.add(uidl)
+                uidls[int(parts[0])] = uidl
+        listed = [ListedMessage(n, size, uidls.get(n)) for n, size in sorted(sizes.items())]
+        return listed, has_uidl
+
+    def stat(self) -> tuple[int, int]:
+        ok = self._status(pop3.Stat())
+        count, size = ok.text.split()[:2]
+        return int(count), int(size)
+
+    def quit(self) -> bool:
+        """QUIT and report whether the server confirmed it (deletions applied)."""
+        try:
+            self.send(pop3.Quit())
+            event = self.next_event()
+            return isinstance(event, pop3.Ok)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None

@@ -1,0 +1,237 @@
+"""The content-addressed object store: each message once, named by the sha256 of its bytes.
+
+Layout: ``objects/ab/cd/<64 hex>`` (uncompressed) or ``objects/ab/cd/<64 hex>.zst``; the digest
+is always over the exact bytes as received, never over the compressed form, so a blob can be
+checked with ``zstd -dc FILE | sha256sum``.
+
+Durability is done in batches because one fsync per message is what makes archivers slow:
+``BlobWriter`` streams a message to ``tmp/`` (hashing and compressing as it goes, so memory stays
+flat for any size), and ``BlobStore.publish`` makes a batch durable with one ``syncfs`` for the
+data, renames every file into place, and a second ``syncfs`` for the directory entries.  Only then
+may the catalog say the message is stored, and only after that may the server delete it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from mailvault.errors import StoreError
+
+HEX = frozenset("0123456789abcdef")
+ZSTD_SUFFIX = ".zst"
+READ_CHUNK = 1024 * 1024
+
+
+def valid_digest(digest: str) -> bool:
+    """A digest is exactly 64 lower-case hex digits; anything else never becomes a path."""
+    return len(digest) == 64 and set(digest) <= HEX
+
+
+def _disk_error(action: str, path: Path, exc: OSError) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreError(
+            f"disk full while {action} {path}; free space on that filesystem and rerun "
+            "(nothing uncommitted was deleted from any server)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(
+            f"no permission {action} {path} ({exc.strerror}); check the vault's owner and mode"
+        )
+    return StoreError(f"{action} {path} failed: {exc.strerror or exc}")
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every dirty page of the filesystem holding ``path`` in one call (Linux syncfs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """A message written to tmp/ whose digest is known but which is not yet durable."""
+
+    digest: str
+    size: int
+    tmp_path: Path
+
+
+class BlobWriter:
+    """Streams one message into tmp/, hashing (and compressing) as bytes arrive."""
+
+    def __init__(self, tmp_dir: Path, compress: bool) -> None:
+        self._path = tmp_dir / f"in-{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _disk_error("creating", self._path, exc) from None
+        self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._compressor = (
+            zstandard.ZstdCompressor(level=3).compressobj(size=-1) if compress else None
+        )
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+        self._size += len(data)
+        try:
+            if self._compressor is not None:
+                out = self._compressor.compress(data)
+                if out:
+                    self._file.write(out)
+            else:
+                self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise _disk_error("writing", self._path, exc) from None
+
+    def finish(self) -> StagedBlob:
+        """Close the temp file (not yet fsynced: ``publish`` does that for a whole batch)."""
+        try:
+            if self._compressor is not None:
+                self._file.write(self._compressor.flush())
+            self._file.close()
+        except OSError as exc:
+            self.abort()
+            raise _disk_error("writing", self._path, exc) from None
+        return StagedBlob(self._hash.hexdigest(), self._size, self._path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self._path.unlink()
+
+
+class BlobStore:
+    """Reads and writes blobs under ``objects/``; writes go through ``tmp/``."""
+
+    def __init__(self, root: Path, *, compress: bool = True) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.tmp = root / "tmp"
+        self.compress = compress
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self.tmp, self.compress)
+
+    def _dir(self, digest: str) -> Path:
+        if not valid_digest(digest):
+            raise StoreError(f"invalid blob name {digest!r}: expected 64 lower-case hex digits")
+        return self.objects / digest[:2] / digest[2:4]
+
+    def find(self, digest: str) -> Path | None:
+        """Return the blob's path, whichever form it was stored in, or None."""
+        base = self._dir(digest) / digest
+        for candidate in (base.with_name(digest + ZSTD_SUFFIX), base):
+            if candidate.exists():
+                return candidate
+        return None
+
+    def contains(self, digest: str) -> bool:
+        return self.find(digest) is not None
+
+    def publish(self, staged: Iterable[StagedBlob]) -> list[bool]:
+        """Make a batch of staged blobs durable; return, per blob, whether it was new.
+
+        Order matters for crash safety: data first (syncfs), then names (rename), then the names
+        durable (syncfs again).  A file at a final name is therefore always complete, so finding
+        one means the content is already stored and the staged copy can be dropped.
+        """
+        batch = list(staged)
+        if not batch:
+            return []
+        sync_filesystem(self.tmp)
+        results: list[bool] = []
+        suffix = ZSTD_SUFFIX if self.compress else ""
+        try:
+            for blob in batch:
+                if self.contains(blob.digest):
+                    blob.tmp_path.unlink(missing_ok=True)
+                    results.append(False)
+                    continue
+                target_dir = self._dir(blob.digest)
+                target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.rename(blob.tmp_path, target_dir / (blob.digest + suffix))
+                results.append(True)
+        except OSError as exc:
+            raise _disk_error("storing a blob in", self.objects, exc) from None
+        sync_filesystem(self.objects)
+        return results
+
+    def open(self, digest: str) -> BinaryIO:
+        """Open a blob for reading its original (decompressed) bytes as a stream."""
+        path = self.find(digest)
+        if path is None:
+            raise StoreError(
+                f"blob {digest} is missing from {self.objects}; run `mailvault verify` "
+                "to see what else is affected"
+            )
+        raw = path.open("rb")
+        if path.suffix == ZSTD_SUFFIX:
+            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[return-value]
+        return raw
+
+    def read_bytes(self, digest: str) -> bytes:
+        """Whole blob in memory: only for callers that need it (parsing); export streams."""
+        with self.open(digest) as stream:
+            return stream.read()
+
+    def iter_chunks(self, digest: str) -> Iterator[bytes]:
+        with self.open(digest) as stream:
+            while chunk := stream.read(READ_CHUNK):
+                yield chunk
+
+    def rehash(self, digest: str) -> str:
+        """sha256 of the stored content, for verification."""
+        h = hashlib.sha256()
+        for chunk in self.iter_chunks(digest):
+            h.update(chunk)
+        return h.hexdigest()
+
+    def iter_digests(self) -> Iterator[str]:
+        """Every blob name on disk (for verify)."""
+        if not self.objects.exists():
+            return
+        for first in sorted(self.objects.iterdir()):
+            for second in sorted(first.iterdir()):
+                for blob in sorted(second.iterdir()):
+                    name = blob.name.removesuffix(ZSTD_SUFFIX)
+                    yield name
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of interrupted writes; call only under the vault's write lock."""
+        removed = 0
+        if self.tmp.exists():
+            for leftover in self.tmp.iterdir():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+                    removed += 1
+        return removed

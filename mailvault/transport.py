@@ -1,0 +1,144 @@
+"""The socket and TLS half of the POP3 client: the only module that touches ``socket``/``ssl``.
+
+It turns the many ways a network can fail into the two or three errors the retry policy cares
+about: ``TransportError`` (retry), ``TLSError`` (do not: a bad certificate will still be bad).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import ssl
+from pathlib import Path
+
+from mailvault.config import AccountConfig
+from mailvault.errors import ConfigError, TLSError, TransportError
+
+RECV_SIZE = 256 * 1024
+
+
+def normalise_fingerprint(value: str) -> str:
+    return value.lower().removeprefix("sha256:").replace(":", "")
+
+
+def tls_context(account: AccountConfig) -> ssl.SSLContext:
+    """Verification on by default; a pinned fingerprint replaces CA trust, as in mpop."""
+    if account.tls_fingerprint:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context()
+        if account.ca_file:
+            path = Path(account.ca_file).expanduser()
+            if account.config_path and not path.is_absolute():
+                path = account.config_path.parent / path
+            try:
+                ctx.load_verify_locations(cafile=str(path))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"accounts.{account.name}: ca_file {path} is not a readable PEM CA bundle ({exc})"
+                ) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _tls_failure(exc: ssl.SSLError, host: str) -> TLSError:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.verify_message or str(exc)
+        hint = "set ca_file to the CA that issued it, or pin it with tls_fingerprint"
+        if "hostname" in reason.lower() or "IP address mismatch" in reason:
+            hint = "the certificate is for another name: connect with the name it was issued for"
+        elif "expired" in reason.lower():
+            hint = "the certificate has expired (or this machine's clock is wrong)"
+        return TLSError(f"TLS certificate of {host} rejected: {reason}; {hint}")
+    return TLSError(f"TLS handshake with {host} failed: {exc.reason or exc}")
+
+
+class SocketStream:
+    """A connected TCP (optionally TLS) stream with a per-operation timeout."""
+
+    def __init__(self, sock: socket.socket, host: str, timeout: float) -> None:
+        self.sock = sock
+        self.host = host
+        self.timeout = timeout
+        self.sock.settimeout(timeout)
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> SocketStream:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError:
+            raise TransportError(
+                f"connecting to {host}:{port} timed out after {timeout:g} s"
+            ) from None
+        except socket.gaierror as exc:
+            raise TransportError(
+                f"cannot resolve {host}: {exc.strerror}; check the host name"
+            ) from None
+        except OSError as exc:
+            raise TransportError(
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}; check host, port and firewall"
+            ) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = cls(sock, host, timeout)
+        if tls is not None:
+            stream.start_tls(tls)
+        return stream
+
+    def start_tls(self, ctx: ssl.SSLContext) -> None:
+        try:
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
+        except ssl.SSLError as exc:
+            self.close()
+            raise _tls_failure(exc, self.host) from None
+        except TimeoutError:
+            self.close()
+            raise TransportError(f"TLS handshake with {self.host} timed out") from None
+        except OSError as exc:
+            self.close()
+            raise TransportError(
+                f"connection to {self.host} lost during the TLS handshake: {exc}"
+            ) from None
+
+    def read(self) -> bytes:
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            raise TransportError(
+                f"{self.host} sent nothing for {self.timeout:g} s; the server or network stalled"
+            ) from None
+        except ssl.SSLError as exc:
+            raise TransportError(
+                f"TLS error reading from {self.host}: {exc.reason or exc}"
+            ) from None
+        except OSError as exc:
+            raise TransportError(f"connection to {self.host} lost: {exc.strerror or exc}") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise TransportError(f"sending to {self.host} timed out") from None
+        except OSError as exc:
+            raise TransportError(f"connection to {self.host} lost: {exc.strerror or exc}") from None
+
+    @property
+    def tls_version(self) -> str | None:
+        return self.sock.version() if isinstance(self.sock, ssl.SSLSocket) else None
+
+    def peer_cert_der(self) -> bytes | None:
+        if isinstance(self.sock, ssl.SSLSocket):
+            return self.sock.getpeercert(binary_form=True)
+        return None
+
+    def peer_cert_sha256(self) -> str | None:
+        der = self.peer_cert_der()
+        return hashlib.sha256(der).hexdigest() if der else None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()

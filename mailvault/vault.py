@@ -1,0 +1,170 @@
+"""A vault on disk: the directory, its config, object store, catalog and lock.
+
+<vault>/vault.json        format marker and vault id (a uuid, quoted in export manifests)
+<vault>/mailvault.toml    accounts and settings
+<vault>/objects/          the object store (see store.py)
+<vault>/tmp/              in-flight writes, same filesystem as objects/
+<vault>/catalog.sqlite    the catalog (see catalog.py)
+<vault>/index/            the derived search index
+<vault>/lock              flock'ed by every writer; holds the holder's pid and command
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailvault.catalog import Catalog, utcnow
+from mailvault.config import Config, load_config
+from mailvault.errors import UsageError, VaultError, VaultLocked, VaultNotFound
+from mailvault.store import BlobStore
+
+FORMAT = "mailvault-vault"
+FORMAT_VERSION = 1
+
+CONFIG_TEMPLATE = """\
+# mailvault configuration; see docs/config.md for every key.
+#
+# [accounts.journal]
+# host = "pop.example.com"
+# port = 995                      # default 995 for implicit TLS, 110 otherwise
+# tls = "implicit"                # implicit | starttls | none
+# user = "journal@example.com"
+# password_command = "pass show mail/journal"   # or password_env / password_file (0600)
+# auth = "auto"                   # auto | user | apop | plain | xoauth2
+# delete = "never"                # never | after-commit
+# delete_after_days = 0
+# timeout = 60
+# max_messages_per_session = 0
+
+[vault]
+compression = "zstd"
+"""
+
+
+def default_vault_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mailvault"
+
+
+@dataclass
+class Vault:
+    """An opened vault.  Cheap to open; the catalog connection is made on first use."""
+
+    root: Path
+    config: Config
+    vault_id: str
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "mailvault.toml"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.sqlite"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index"
+
+    def store(self) -> BlobStore:
+        return BlobStore(self.root, compress=self.config.vault.compression == "zstd")
+
+    def catalog(self) -> Catalog:
+        """A new catalog connection (one per thread)."""
+        return Catalog(self.catalog_path)
+
+    @contextlib.contextmanager
+    def write_lock(self, command: str) -> Iterator[None]:
+        """Hold the vault's exclusive lock; the kernel drops it if this process dies."""
+        path = self.root / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                try:
+                    info = json.loads(holder)
+                    who = f"pid {info['pid']} ({info['command']}, since {info['since']})"
+                except (ValueError, KeyError, TypeError):
+                    who = "another process"
+                raise VaultLocked(
+                    f"vault {self.root} is locked by {who}; wait for it to finish "
+                    "(the lock is released automatically if that process dies)"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd,
+                json.dumps({"pid": os.getpid(), "command": command, "since": utcnow()}).encode(),
+                0,
+            )
+            yield
+        finally:
+            os.close(fd)
+
+
+def init_vault(root: Path) -> Vault:
+    """Create a new, empty vault (idempotent on an existing vault: nothing is overwritten)."""
+    if (root / "vault.json").exists():
+        return open_vault(root)
+    if root.exists() and any(root.iterdir()):
+        raise UsageError(f"{root} exists and is not empty; choose a new directory for the vault")
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)
+        for sub in ("objects", "tmp", "index"):
+            (root / sub).mkdir(mode=0o700, exist_ok=True)
+        config = root / "mailvault.toml"
+        if not config.exists():
+            config.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+            os.chmod(config, 0o600)
+        marker = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "vault_id": str(uuid.uuid4()),
+            "created_at": utcnow(),
+            "hash": "sha256",
+        }
+        tmp = root / "vault.json.tmp"
+        tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, root / "vault.json")
+    except OSError as exc:
+        raise VaultError(f"cannot create a vault at {root}: {exc.strerror or exc}") from None
+    vault = open_vault(root)
+    vault.catalog().close()
+    os.chmod(vault.catalog_path, 0o600)
+    return vault
+
+
+def open_vault(root: Path) -> Vault:
+    """Open an existing vault, checking its format marker."""
+    marker_path = root / "vault.json"
+    if not marker_path.exists():
+        raise VaultNotFound(
+            f"no vault at {root}; create one with `mailvault init --vault {root}` "
+            "or point --vault / MAILVAULT_VAULT at an existing one"
+        )
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VaultError(f"{marker_path} is unreadable ({exc}); restore it from a backup") from None
+    if marker.get("format") != FORMAT or marker.get("version") != FORMAT_VERSION:
+        raise VaultError(
+            f"{marker_path}: unsupported vault format {marker.get('format')!r} "
+            f"version {marker.get('version')!r}; upgrade mailvault"
+        )
+    config = load_config(root / "mailvault.toml")
+    return Vault(root=root, config=config, vault_id=str(marker["vault_id"]))
+
+
+def program_command() -> str:
+    return " ".join(["mailvault", *sys.argv[1:2]])

@@ -1,0 +1,85 @@
+"""mailvault.toml validation: every error names the file, the key and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mailvault.config import parse_config
+from mailvault.errors import ConfigError
+from mailvault.secrets import resolve_secret
+
+GOOD = """
+[accounts.journal]
+host = "pop.example.com"
+user = "journal@example.com"
+password_env = "JOURNAL_PW"
+"""
+
+
+def test_defaults_follow_tls_mode() -> None:
+    cfg = parse_config(Path("m.toml"), GOOD)
+    acct = cfg.account("journal")
+    assert (acct.port, acct.tls, acct.delete, acct.auth) == (995, "implicit", "never", "auto")
+    cfg = parse_config(Path("m.toml"), GOOD + 'tls = "starttls"\n')
+    assert cfg.account("journal").port == 110
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("prot = 1\n", "unknown key prot in [accounts.journal]"),
+        ('tls = "ssl"\n', "tls = 'ssl' is not allowed; use one of: implicit | starttls | none"),
+        ('port = "995"\n', "port = '995' has the wrong type"),
+        ('delete = "always"\n', "delete = 'always' is not allowed"),
+        ('password_command = "x"\n', "keep exactly one password source"),
+        ('tls = "none"\n', "allow_plaintext_auth = true"),
+        ("delete_after_days = 3\n", 'set delete = "after-commit"'),
+    ],
+)
+def test_invalid_config_names_file_key_and_fix(extra: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(Path("/etc/m.toml"), GOOD + extra)
+    message = str(err.value)
+    assert message.startswith("/etc/m.toml: ")
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_toml_syntax_error() -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config(Path("m.toml"), "[accounts.x\n")
+
+
+def test_missing_required_key() -> None:
+    with pytest.raises(ConfigError, match="missing a required key: 'user'"):
+        parse_config(Path("m.toml"), '[accounts.a]\nhost = "h"\npassword_env = "X"\n')
+
+
+def test_unknown_account_lists_known() -> None:
+    cfg = parse_config(Path("m.toml"), GOOD)
+    with pytest.raises(ConfigError, match="configured: journal"):
+        cfg.account("nope")
+
+
+def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNAL_PW", "s3cret")
+    assert resolve_secret(parse_config(Path("m.toml"), GOOD).account("journal")) == "s3cret"
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\nignored\n")
+    os.chmod(secret_file, 0o644)
+    text = GOOD.replace('password_env = "JOURNAL_PW"', f'password_file = "{secret_file}"')
+    acct = parse_config(tmp_path / "m.toml", text).account("journal")
+    with pytest.raises(ConfigError, match="chmod 600") as err:
+        resolve_secret(acct)
+    assert "from-file" not in str(err.value)
+    os.chmod(secret_file, 0o600)
+    assert resolve_secret(acct) == "from-file"
+    text = GOOD.replace('password_env = "JOURNAL_PW"', "password_command = \"printf 'cmd-pw\\\\n'\"")
+    assert resolve_secret(parse_config(Path("m.toml"), text).account("journal")) == "cmd-pw"
+    text = GOOD.replace('password_env = "JOURNAL_PW"', 'password_command = "echo leaked; exit 3"')
+    with pytest.raises(ConfigError, match="exited with status 3") as err:
+        resolve_secret(parse_config(Path("m.toml"), text).account("journal"))
+    assert "leaked" not in str(err.value)
