@@ -92,7 +92,7 @@ def _explain(error: jsonschema.ValidationError) -> str:
     key = _key_path(error)
     if error.validator == "additionalProperties":
         extra = sorted(
-            set(error.instance) - set(error.schema.get("properties", {}))  # type: ignore[arg-type]
+            set(error.instance) - set(error.schema.get("properties", {}))
         )
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         where = f"in [{key}]" if key != "(top level)" else "at the top level"
@@ -100,7 +100,7 @@ def _explain(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return f"[{key}] is missing a required key: {error.message.split(' is ')[0]}"
     if error.validator == "enum":
-        choices = " | ".join(map(str, error.validator_value))  # type: ignore[arg-type]
+        choices = " | ".join(map(str, error.validator_value))
         return f"{key} = {error.instance!r} is not allowed; use one of: {choices}"
     if error.validator == "type":
         return (

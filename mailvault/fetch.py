@@ -84,7 +84,7 @@ class _Wait(tenacity.wait.wait_base):
 
     def __init__(self, floor: Callable[[], float]) -> None:
         self.base = tenacity.wait_exponential_jitter(
-            initial=2 * _retry_scale(), max=120 * _retry_scale(), jitter=_retry_scale()
+            multiplier=2 * _retry_scale(), max=120 * _retry_scale(), jitter=_retry_scale()
         )
         self.floor = floor
 

@@ -83,7 +83,7 @@ class Pop3Session:
             if event is not pop3.NEED_DATA:
                 if self._trace and not isinstance(event, pop3.Data):
                     self._trace_event(event)
-                return event  # type: ignore[return-value]
+                return event
             self.conn.receive_data(self.stream.read())
 
     def _trace_event(self, event: Any) -> None:
@@ -123,7 +123,7 @@ class Pop3Session:
 
     def _multiline(self, command: pop3.Command) -> list[bytes]:
         self._status(command)
-        lines = []
+        lines: list[bytes] = []
         while True:
             event = self.next_event()
             if isinstance(event, pop3.End):

@@ -196,7 +196,7 @@ class BlobStore:
             )
         raw = path.open("rb")
         if path.suffix == ZSTD_SUFFIX:
-            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[return-value]
+            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
         return raw
 
     def read_bytes(self, digest: str) -> bytes:

@@ -1,0 +1,5 @@
+"""`python -m mailvault` runs the CLI."""
+
+from mailvault.cli import main
+
+main()

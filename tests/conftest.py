@@ -1,0 +1,55 @@
+"""Shared pytest fixtures.  Keep each section small; add new sections below the last one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailvault.testkit.dovecot import Dovecot, dovecot_binary
+
+# --------------------------------------------------------------------------------------
+# Dovecot: a private POP3 server per test (mailvault/testkit/dovecot.py).
+# Without dovecot installed these tests skip, except in CI (CI=true) where they fail.
+# --------------------------------------------------------------------------------------
+
+DOVECOT_USER = "alice"
+DOVECOT_PASSWORD = "alice-secret"
+
+
+def require_dovecot() -> None:
+    """Skip the calling test if dovecot is missing; fail instead when CI=true."""
+    if dovecot_binary() is not None:
+        return
+    reason = "dovecot is not installed (apt-get install dovecot-core dovecot-pop3d)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must run the Dovecot tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
+    """Make started Dovecot instances: ``factory(users=None, **Dovecot kwargs)``; all stopped after."""
+    require_dovecot()
+    started: list[Dovecot] = []
+
+    def make(users: dict[str, str] | None = None, **kwargs: Any) -> Dovecot:
+        base = tmp_path / f"dovecot{len(started)}"
+        instance = Dovecot(base, users, **kwargs)
+        started.append(instance)
+        return instance.start()
+
+    try:
+        yield make
+    finally:
+        for instance in reversed(started):
+            instance.stop()
+
+
+@pytest.fixture
+def dovecot(dovecot_factory: Callable[..., Dovecot]) -> Dovecot:
+    """A started Dovecot with user alice / alice-secret and an empty mailbox."""
+    return dovecot_factory({DOVECOT_USER: DOVECOT_PASSWORD})

@@ -1,0 +1,185 @@
+"""`mailvault fetch` against a real private Dovecot (POP3 + STLS, and POP3S), CA via ca_file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailvault.testkit.dovecot import Dovecot, retr_payload
+from tests.vaults import (
+    PASSWORD_ENV,
+    assert_vault_exact,
+    fetch_json,
+    make_vault,
+    no_tmp_leftovers,
+    run_cli,
+    sha256s,
+)
+
+
+def mail(n: int, seed: int = 1, big_every: int = 0) -> list[bytes]:
+    """Messages with dot lines, From_ lines, bare LF endings and a few large ones."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        size = 200_000 if big_every and i % big_every == 0 else rng.randint(200, 6000)
+        words = " ".join(
+            rng.choice(["alpha", "beta", ".dot", "From", "gamma", "delta"])
+            for _ in range(size // 6)
+        )
+        lines = [words[j : j + 70] for j in range(0, len(words), 70)]
+        eol = b"\n" if i % 7 == 3 else b"\r\n"
+        body = eol.join(line.encode() for line in lines)
+        out.append(
+            b"From: sender%d@example.com\r\nTo: alice@example.com\r\nSubject: test %d\r\n"
+            b"Message-ID: <%d.%d@example.com>\r\n\r\n.first line dotted\r\n%s\r\n"
+            % (i, i, seed, i, body)
+        )
+    return out
+
+
+def account(server: Dovecot, mode: str, **keys: object) -> dict[str, object]:
+    port = server.tls_port if mode == "implicit" else server.port
+    return {"host": "localhost", "port": port, "tls": mode, "ca_file": str(server.ca_file), **keys}
+
+
+def server_hashes(server: Dovecot, user: str = "alice") -> set[str]:
+    maildir = server.maildir(user)
+    files = [p for sub in ("new", "cur") for p in (maildir / sub).iterdir()]
+    return {hashlib.sha256(retr_payload(p.read_bytes())).hexdigest() for p in files}
+
+
+@pytest.mark.parametrize("mode", ["implicit", "starttls"])
+def test_keep_then_delete_policy(tmp_path: Path, dovecot: Dovecot, mode: str) -> None:
+    messages = mail(40, big_every=13)
+    dovecot.add_messages("alice", messages)
+    expected = sha256s(retr_payload(m) for m in messages)
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, mode)})
+    code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["listed"], acct["fetched"], acct["deleted"]) == (0, 40, 40, 0)
+    assert_vault_exact(vault, expected)  # stored bytes hash to what the server serves
+    assert dovecot.mailbox_count("alice") == 40
+    code, report = fetch_json(vault)
+    assert (code, report["accounts"][0]["fetched"]) == (0, 0)
+    # switch the policy: committed messages still on the server are deleted without download
+    toml = vault / "mailvault.toml"
+    toml.write_text(toml.read_text() + 'delete = "after-commit"\n')
+    code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["fetched"], acct["deleted"]) == (0, 0, 40)
+    assert dovecot.mailbox_count("alice") == 0
+    assert no_tmp_leftovers(vault)
+
+
+def test_session_provenance_is_recorded(tmp_path: Path, dovecot: Dovecot) -> None:
+    import sqlite3
+
+    dovecot.add_messages("alice", mail(2))
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, "implicit")})
+    assert fetch_json(vault)[0] == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        greeting, caps, version, cert = db.execute(
+            "SELECT greeting, capabilities, tls_version, tls_cert_sha256 FROM sessions"
+        ).fetchone()
+    assert "Dovecot" in greeting or "ready" in greeting.lower()
+    assert "PIPELINING" in caps and version.startswith("TLS")
+    assert len(cert) == 64
+
+
+def test_pipelined_and_lockstep_give_the_same_vault(
+    tmp_path: Path, dovecot_factory: Callable[..., Dovecot]
+) -> None:
+    messages = mail(60, seed=5)
+    results = []
+    for pipelining in (True, False):
+        server = dovecot_factory({"alice": "alice-secret"}, pipelining=pipelining)
+        server.add_messages("alice", messages)
+        vault = make_vault(
+            tmp_path / f"v{pipelining}", {"box": account(server, "implicit", delete="after-commit")}
+        )
+        trace = tmp_path / f"trace{pipelining}.txt"
+        assert run_cli(vault, "fetch", "--trace", str(trace)).exit_code == 0
+        assert server.mailbox_count("alice") == 0
+        results.append(sorted(p.name for p in (vault / "objects").rglob("*") if p.is_file()))
+        assert ("PIPELINING" in trace.read_text()) is pipelining
+    assert results[0] == results[1]
+    assert len(results[0]) == 60
+
+
+def test_wrong_password_is_not_retried(tmp_path: Path, dovecot: Dovecot) -> None:
+    dovecot.add_messages("alice", mail(1))
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, "implicit", retries=4)})
+    code, report = fetch_json(vault, password="not-the-password")
+    acct = report["accounts"][0]
+    assert (code, acct["status"], acct["retries"]) == (1, "failed", 0)
+    assert "not-the-password" not in str(report)
+
+
+def test_check_command_walks_every_step(tmp_path: Path, dovecot: Dovecot) -> None:
+    dovecot.add_messages("alice", mail(3))
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls")})
+    result = run_cli(vault, "check", "box")
+    assert result.exit_code == 0, result.output
+    for step in ("tcp", "tls", "greeting", "capa", "login", "stat"):
+        assert f"] {step}" in result.output
+    assert "3 messages" in result.output and "trusted" in result.output
+    result = run_cli(vault, "check", "box", password="wrong")
+    assert result.exit_code == 1 and "[FAIL] login" in result.output
+
+
+def test_crash_at_random_moments_loses_and_duplicates_nothing(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """kill -9 `mailvault fetch` at random moments (delete = after-commit): at least 20 kills.
+
+    New mail arrives before every trial so that each run has work in flight when it dies.
+    """
+    vault = make_vault(
+        tmp_path / "v",
+        {"box": account(dovecot, "implicit", delete="after-commit", retries=0)},
+        commit_batch_messages=16,
+    )
+    env = dict(os.environ, MAILVAULT_VAULT=str(vault), **{PASSWORD_ENV: "alice-secret"})
+    rng = random.Random(2024)
+    expected: set[str] = set()
+    kills = trials = 0
+    run_time = 0.6  # learnt from runs that finish: kill moments are drawn from [0, run_time)
+    while kills < 20 and trials < 40:
+        trials += 1
+        batch = mail(120, seed=1000 + trials, big_every=50)
+        dovecot.add_messages("alice", batch)
+        expected |= sha256s(retr_payload(m) for m in batch)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailvault", "fetch", "-q"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started = time.monotonic()
+        time.sleep(rng.uniform(0.0, run_time))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        else:
+            run_time = time.monotonic() - started
+        proc.wait()
+        # the invariant at every instant: whatever left the server is in the vault
+        in_vault = {
+            b.name.removesuffix(".zst") for b in (vault / "objects").rglob("*") if b.is_file()
+        }
+        assert expected - server_hashes(dovecot) <= in_vault
+    assert kills >= 20
+    code, report = fetch_json(vault)
+    assert code == 0, report
+    assert dovecot.mailbox_count("alice") == 0
+    assert_vault_exact(vault, expected)

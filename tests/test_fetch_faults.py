@@ -1,0 +1,432 @@
+"""Fault injection against the scripted in-process POP3 server.
+
+After every fault: nothing lost, nothing duplicated, nothing deleted on the server that is not
+committed in the vault, and the next run (fault switched off) completes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from mailvault.testkit.fakepop import FakePop3Server, Faults, dot_stuff, served_bytes
+from tests.vaults import (
+    assert_vault_exact,
+    committed_uidls,
+    fetch_json,
+    make_vault,
+    no_tmp_leftovers,
+    run_cli,
+    sha256s,
+)
+
+PLAIN = {"host": "127.0.0.1", "tls": "none", "allow_plaintext_auth": True}
+
+
+def corpus(n: int = 6) -> list[bytes]:
+    """Small messages with the lines that stress dot-stuffing and mbox quoting."""
+    out = []
+    for i in range(n):
+        body = b"".join(
+            [
+                b".leading dot\r\n",
+                b"..two dots\r\n",
+                b".\r\n",
+                b"From the start\r\n",
+                b"x" * (200 * i),
+                b"\r\n",
+            ]
+        )
+        out.append(
+            b"From: s%d@example.com\r\nSubject: m%d\r\nMessage-ID: <m%d@t>\r\n\r\n%s"
+            % (i, i, i, body)
+        )
+    return out
+
+
+def vault_for(tmp_path: Path, server: FakePop3Server, **keys: Any) -> Path:
+    account = {**PLAIN, "port": server.port, "retries": 0, **keys}
+    return make_vault(tmp_path / "vault", {"acct": account})
+
+
+def check_invariants(vault: Path, server: FakePop3Server, messages: list[bytes]) -> None:
+    """The deletion invariant holds at every instant: deleted on the server => committed."""
+    assert set(server.deleted_uidls) <= committed_uidls(vault, "acct")
+    stored = {h for h in sha256s(served_bytes(m) for m in messages)}
+    on_server = sha256s(served_bytes(m.data) for m in server.mailbox)
+    # Nothing lost: whatever left the server is in the vault.
+    assert stored - on_server <= set(_stored(vault))
+
+
+def _stored(vault: Path) -> list[str]:
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        return [r[0] for r in db.execute("SELECT sha256 FROM messages")]
+
+
+def complete_and_check(vault: Path, server: FakePop3Server, messages: list[bytes]) -> None:
+    server.faults = Faults()
+    server.wait_unlocked()
+    code, report = fetch_json(vault)
+    assert code == 0, report
+    assert server.mailbox == []
+    assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+    assert no_tmp_leftovers(vault)
+    code, report = fetch_json(vault)
+    assert report["accounts"][0]["fetched"] == 0
+
+
+def test_fetch_and_delete_after_commit(tmp_path: Path) -> None:
+    messages = corpus()
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0
+        assert (acct["listed"], acct["new"], acct["fetched"], acct["deleted"]) == (6, 6, 6, 6)
+        assert server.mailbox == []
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
+def test_keep_policy_never_deletes_and_rerun_fetches_nothing(tmp_path: Path) -> None:
+    messages = corpus()
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server)
+        assert fetch_json(vault)[1]["accounts"][0]["fetched"] == 6
+        seen = len(server.log)
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["new"], report["accounts"][0]["fetched"]) == (0, 0, 0)
+        assert len(server.mailbox) == 6
+        assert not any(cmd.startswith(("RETR", "DELE")) for d, cmd in server.log[seen:] if d == "C")
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [0, 1, 5, 16, 17, 18, 40, 333, 600, 900, 1100, 1121, 1123, 1124, 1125, 1126, 1127, 1130],
+)
+def test_cut_during_retr(tmp_path: Path, offset: int) -> None:
+    """Cut the RETR of message 6 at a byte offset: status line, body, terminator, or just after."""
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(cut_in_retr=(6, offset))) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        check_invariants(vault, server, messages)
+        if code == 1:
+            error = report["accounts"][0]["errors"][0]
+            assert "closed" in error or "lost" in error
+            assert len(server.mailbox) == 6  # the session died before QUIT: nothing deleted
+        else:  # the cut fell after the whole response: the session completed
+            assert server.mailbox == []
+        complete_and_check(vault, server, messages)
+
+
+def test_cut_offsets_cover_the_whole_retr_response() -> None:
+    served = served_bytes(corpus()[5])
+    response = f"+OK {len(served)} octets\r\n".encode() + dot_stuff(served) + b".\r\n"
+    assert len(response) == 1127  # the offsets above straddle its status line and terminator
+
+
+@pytest.mark.parametrize("msgno", [1, 3, 6])
+def test_cut_during_dele_then_ghosts_are_deleted_without_download(
+    tmp_path: Path, msgno: int
+) -> None:
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(cut_in_dele=msgno)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, _ = fetch_json(vault)
+        assert code == 1
+        check_invariants(vault, server, messages)
+        server.faults = Faults()
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0
+        assert (acct["fetched"], acct["deleted"]) == (0, 6)
+        assert server.mailbox == []
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_cut_before_quit_reply(tmp_path: Path, applied: bool) -> None:
+    messages = corpus()
+    faults = Faults(cut_before_quit_reply=True, quit_applies_before_cut=applied)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        fetch_json(vault)
+        check_invariants(vault, server, messages)
+        assert (server.mailbox == []) is applied
+        complete_and_check(vault, server, messages)
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            open_rows = db.execute(
+                "SELECT count(*) FROM uidls WHERE deleted_confirmed_at IS NULL"
+            ).fetchone()[0]
+        assert open_rows == 0
+
+
+def test_in_use_then_success_is_retried(tmp_path: Path) -> None:
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(in_use_times=2)) as server:
+        vault = vault_for(tmp_path, server, retries=3)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["retries"], acct["fetched"]) == (0, 2, 6)
+
+
+def test_sys_temp_is_retried_auth_is_not(tmp_path: Path) -> None:
+    with FakePop3Server(corpus(), faults=Faults(sys_temp_times=1)) as server:
+        vault = vault_for(tmp_path, server, retries=2)
+        assert fetch_json(vault)[1]["accounts"][0]["retries"] == 1
+    with FakePop3Server(corpus(), faults=Faults(auth_fail=True)) as server:
+        vault = vault_for(tmp_path / "b", server, retries=5)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["retries"], acct["status"]) == (1, 0, "failed")
+        assert "AUTH" in acct["errors"][0] and "alice-secret" not in acct["errors"][0]
+        assert server.sessions == 1
+
+
+def test_retries_resume_what_was_committed(tmp_path: Path) -> None:
+    messages = corpus(40)
+    with FakePop3Server(messages, faults=Faults(cut_in_retr=(30, 10))) as server:
+        vault = vault_for(tmp_path, server, retries=1, delete="after-commit")
+        make_vault_batch = vault / "mailvault.toml"
+        make_vault_batch.write_text(
+            make_vault_batch.read_text() + "[vault]\ncommit_batch_messages = 8\n"
+        )
+        code, report = fetch_json(vault)
+        assert code == 1  # the cut repeats on the retry
+        committed_first = report["accounts"][0]["fetched"]
+        assert committed_first >= 24  # whole batches before message 30 stayed committed
+        complete_and_check(vault, server, messages)
+
+
+def test_server_lying_about_sizes(tmp_path: Path) -> None:
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(lie_about_sizes=True)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert code == 0
+        assert any("LIST said" in w for w in report["accounts"][0]["warnings"])
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
+def test_endless_line(tmp_path: Path) -> None:
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(endless_line_in_retr=2)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert code == 1
+        assert "longer than" in report["accounts"][0]["errors"][0]
+        check_invariants(vault, server, messages)
+        complete_and_check(vault, server, messages)
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(garbage_greeting=True), Faults(garbage_after="RETR"), Faults(garbage_after="UIDL")],
+)
+def test_garbage_instead_of_ok(tmp_path: Path, faults: Faults) -> None:
+    messages = corpus()
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert code == 1
+        error = report["accounts"][0]["errors"][0]
+        assert "HTTP/1.1" in error and "\n" not in error
+        check_invariants(vault, server, messages)
+        complete_and_check(vault, server, messages)
+
+
+def test_no_uidl_server_dedups_by_hash(tmp_path: Path) -> None:
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(no_uidl=True)) as server:
+        vault = vault_for(tmp_path, server)
+        code, report = fetch_json(vault)
+        assert code == 0 and any("UIDL" in w for w in report["accounts"][0]["warnings"])
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (acct["fetched"], acct["duplicates"]) == (6, 6)
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
+def test_uidl_reused_after_confirmed_delete_is_downloaded(tmp_path: Path) -> None:
+    first, second = corpus(2)
+    with FakePop3Server([first], uidls=["same"]) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        assert fetch_json(vault)[1]["accounts"][0]["deleted"] == 1
+        server.add_message(second, uidl="same")
+        code, report = fetch_json(vault)
+        assert report["accounts"][0]["fetched"] == 1
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in (first, second)))
+
+
+def test_max_messages_per_session(tmp_path: Path) -> None:
+    messages = corpus(25)
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", max_messages_per_session=10)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["sessions"], acct["fetched"], acct["deleted"]) == (0, 3, 25, 25)
+        assert server.sessions == 3
+
+
+def test_delete_after_days(tmp_path: Path) -> None:
+    messages = corpus()
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=3)
+        assert fetch_json(vault)[1]["accounts"][0]["deleted"] == 0
+        assert len(server.mailbox) == 6
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            db.execute(
+                "UPDATE uidls SET first_seen = '2000-01-01T00:00:00+00:00' WHERE uidl IN ('uid-1', 'uid-2')"
+            )
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (acct["fetched"], acct["deleted"]) == (0, 2)
+        assert len(server.mailbox) == 4
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    with FakePop3Server(corpus()) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault, "--dry-run")
+        acct = report["accounts"][0]
+        assert (code, acct["status"], acct["new"], acct["would_delete"]) == (0, "dry-run", 6, 6)
+        assert len(server.mailbox) == 6
+        assert not any(cmd.startswith(("RETR", "DELE")) for d, cmd in server.log if d == "C")
+        assert_vault_exact(vault, set())
+
+
+def test_pipelined_and_lockstep_give_identical_vaults(tmp_path: Path) -> None:
+    messages = corpus(30)
+    vaults = []
+    for name, faults in (("piped", Faults()), ("lockstep", Faults(no_pipelining=True))):
+        with FakePop3Server(messages, faults=faults) as server:
+            vault = make_vault(tmp_path / name, {"acct": {**PLAIN, "port": server.port}})
+            assert fetch_json(vault)[0] == 0
+            vaults.append(vault)
+    assert sorted(_stored(vaults[0])) == sorted(_stored(vaults[1]))
+    assert committed_uidls(vaults[0], "acct") == committed_uidls(vaults[1], "acct")
+
+
+def test_trace_redacts_the_password(tmp_path: Path) -> None:
+    with FakePop3Server(corpus()) as server:
+        vault = vault_for(tmp_path, server)
+        trace = tmp_path / "trace.txt"
+        assert run_cli(vault, "fetch", "--trace", str(trace)).exit_code == 0
+        text = trace.read_text()
+        assert "PASS ****" in text and "RETR 1" in text
+        assert "alice-secret" not in text
+
+
+@pytest.mark.parametrize("mode", ["plain", "apop", "user"])
+def test_auth_mechanisms(tmp_path: Path, mode: str) -> None:
+    with FakePop3Server(corpus()) as server:
+        vault = vault_for(tmp_path, server, auth=mode)
+        assert fetch_json(vault)[0] == 0
+    with FakePop3Server(corpus()) as server:
+        vault = vault_for(tmp_path / "bad", server, auth=mode)
+        code, report = fetch_json(vault, password="wrong")
+        assert code == 1 and report["accounts"][0]["retries"] == 0
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def test_stls_injection_is_refused(tmp_path: Path, ca: trustme.CA) -> None:
+    ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    with FakePop3Server(corpus(), tls_context=ctx, faults=Faults(stls_inject=True)) as server:
+        vault = make_vault(
+            tmp_path / "v",
+            {
+                "acct": {
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "tls": "starttls",
+                    "ca_file": str(cafile),
+                    "retries": 0,
+                }
+            },
+        )
+        code, report = fetch_json(vault)
+        assert code == 1 and "STLS" in report["accounts"][0]["errors"][0].upper()
+        server.faults = Faults()
+        assert fetch_json(vault)[0] == 0
+
+
+def test_certificate_for_wrong_host_is_refused_without_retry(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    ca.issue_cert("mail.example.org").configure_cert(ctx)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    with FakePop3Server(corpus(), tls_context=ctx, implicit_tls=True) as server:
+        vault = make_vault(
+            tmp_path / "v",
+            {
+                "acct": {
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "tls": "implicit",
+                    "ca_file": str(cafile),
+                    "retries": 3,
+                }
+            },
+        )
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["retries"]) == (1, 0)
+        assert "certificate" in acct["errors"][0] and "another name" in acct["errors"][0]
+
+
+def test_one_failing_account_does_not_stop_the_others(tmp_path: Path) -> None:
+    with (
+        FakePop3Server(corpus()) as good,
+        FakePop3Server(corpus(3), faults=Faults(auth_fail=True)) as bad,
+    ):
+        vault = make_vault(
+            tmp_path / "v",
+            {
+                "good": {**PLAIN, "port": good.port, "delete": "after-commit"},
+                "bad": {**PLAIN, "port": bad.port, "retries": 0},
+            },
+        )
+        code, report = fetch_json(vault, "--jobs", "2")
+        by_name = {a["account"]: a for a in report["accounts"]}
+        assert code == 1 and report["ok"] is False
+        assert by_name["good"]["status"] == "ok" and by_name["good"]["fetched"] == 6
+        assert by_name["bad"]["status"] == "failed"
+
+
+def test_vault_lock_names_the_holder(tmp_path: Path) -> None:
+    from mailvault.vault import open_vault
+
+    with FakePop3Server(corpus()) as server:
+        vault_path = vault_for(tmp_path, server)
+        vault = open_vault(vault_path)
+        with vault.write_lock("fetch"):
+            result = run_cli(vault_path, "fetch")
+        assert result.exit_code == 3
+        assert (
+            "locked by pid" in result.stderr
+            and "mailvault fetch" not in result.stderr.split("locked by")[0]
+        )
+
+
+def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:
+    with FakePop3Server(corpus()) as server:
+        vault = vault_for(tmp_path, server)
+        result = run_cli(vault, "fetch", "nosuch")
+        assert result.exit_code == 2 and "no account named 'nosuch'" in result.stderr
+        (vault / "mailvault.toml").write_text("[accounts.x]\nhots = 1\n")
+        result = run_cli(vault, "fetch")
+        assert result.exit_code == 2 and "mailvault.toml" in result.stderr
