@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
+from mailvault import ledger
 from mailvault.errors import CatalogError
 from mailvault.resources import schema_path
 
@@ -37,7 +38,7 @@ def migrations() -> list[tuple[int, str]]:
     for i, mark in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         sections.append((int(mark.group(1)), text[mark.end() : end]))
-    return sections
+    return sorted(sections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,15 @@ class Catalog:
                         (account, item.uidl, item.sha256, item.size, item.first_seen, now, run_id),
                     )
                     row_id = cur.lastrowid
+                ledger.append(
+                    self.db.conn,
+                    "ingest",
+                    account=account,
+                    uidl=item.uidl,
+                    sha256=item.sha256,
+                    size=item.size,
+                    detail={"source": source, "new_content": fresh},
+                )
                 results.append((fresh, row_id))
         return results
 
@@ -198,14 +208,23 @@ class Catalog:
                 "UPDATE uidls SET dele_sent_at=? WHERE id=?", [(now, i) for i in ids]
             )
 
-    def mark_deleted(self, ids: Iterable[int]) -> None:
+    def mark_deleted(self, ids: Iterable[int], *, confirmed_by_quit: bool) -> None:
         """The server confirmed (QUIT +OK) or showed (no longer listed) that these are gone."""
         now = utcnow()
+        kind = "server-delete" if confirmed_by_quit else "server-gone"
         with self.transaction():
-            self.db.conn.executemany(
-                "UPDATE uidls SET deleted_confirmed_at=? WHERE id=? AND deleted_confirmed_at IS NULL",
-                [(now, i) for i in ids],
-            )
+            for row_id in ids:
+                row = self.db.execute(
+                    "SELECT account, uidl, sha256, size FROM uidls "
+                    "WHERE id=? AND deleted_confirmed_at IS NULL",
+                    (row_id,),
+                ).fetchone()
+                if row is None:
+                    continue
+                self.db.execute("UPDATE uidls SET deleted_confirmed_at=? WHERE id=?", (now, row_id))
+                ledger.append(
+                    self.db.conn, kind, account=row[0], uidl=row[1], sha256=row[2], size=row[3]
+                )
 
     # -- reading --------------------------------------------------------------------------------
     def message_count(self) -> int:

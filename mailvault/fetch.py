@@ -197,7 +197,7 @@ class AccountFetcher:
         on_server = {m.uidl for m in listed if m.uidl is not None}
         if has_uidl and not self.dry_run:
             gone = [row.id for uidl, row in live.items() if uidl not in on_server]
-            self.catalog.mark_deleted(gone)
+            self.catalog.mark_deleted(gone, confirmed_by_quit=False)
         new = [m for m in listed if m.uidl is None or m.uidl not in live]
         ghosts = [(m, live[m.uidl]) for m in listed if m.uidl is not None and m.uidl in live]
         ghost_deletes = [
@@ -219,7 +219,7 @@ class AccountFetcher:
         loop.run()
         confirmed = session.quit()
         if confirmed and loop.deleted_ids:
-            self.catalog.mark_deleted(loop.deleted_ids)
+            self.catalog.mark_deleted(loop.deleted_ids, confirmed_by_quit=True)
             report.deleted += len(loop.deleted_ids)
         return more
 

@@ -69,3 +69,41 @@ CREATE TABLE sessions (
     greeting         TEXT,
     capabilities     TEXT                      -- JSON list of CAPA lines
 );
+
+-- migration: 4
+-- The hash-chained ledger (see mailvault/ledger.py): every ingest, every deletion the server
+-- confirmed, every purge and hold change.  Append-only: the triggers refuse edits.
+CREATE TABLE ledger (
+    seq        INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    account    TEXT,
+    uidl       TEXT,
+    sha256     TEXT,
+    size       INTEGER,
+    detail     TEXT,
+    prev_hash  TEXT NOT NULL,
+    entry_hash TEXT NOT NULL UNIQUE
+);
+CREATE INDEX ledger_sha256 ON ledger(sha256);
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+
+-- The audit trail: who searched, showed or exported what.  Same chain rules.
+CREATE TABLE audit (
+    seq        INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    os_user    TEXT NOT NULL,
+    command    TEXT NOT NULL,
+    query      TEXT,
+    results    INTEGER NOT NULL,
+    detail     TEXT,
+    prev_hash  TEXT NOT NULL,
+    entry_hash TEXT NOT NULL UNIQUE
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;

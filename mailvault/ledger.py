@@ -1,0 +1,143 @@
+"""The append-only, hash-chained ledger of everything that changes what the vault holds.
+
+Each entry's hash covers a canonical JSON encoding of the entry *and the previous entry's hash*,
+so editing, inserting or deleting any entry breaks every hash after it.  Publishing the head
+hash (``mailvault ledger head``) somewhere outside the vault therefore pins the whole history.
+
+Entries are appended inside the same SQLite transaction as the change they record: the ledger
+can never claim a commit that did not happen, nor miss one that did.  The same chain mechanics
+serve the audit log (who searched, showed or exported what), kept in a second table.
+
+This module only needs ``sqlite3`` so that the search path can append audit entries cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS = "0" * 64
+LEDGER_FIELDS = ("seq", "at", "kind", "account", "uidl", "sha256", "size", "detail", "prev_hash")
+AUDIT_FIELDS = ("seq", "at", "os_user", "command", "query", "results", "detail", "prev_hash")
+
+KINDS = frozenset(
+    {"ingest", "server-delete", "server-gone", "purge", "hold-add", "hold-release", "repair"}
+)
+
+
+def canonical(entry: dict[str, Any], fields: tuple[str, ...] = LEDGER_FIELDS) -> bytes:
+    """The bytes an entry hash is computed over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(
+        {k: entry.get(k) for k in fields}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+
+
+def entry_hash(entry: dict[str, Any], fields: tuple[str, ...] = LEDGER_FIELDS) -> str:
+    return hashlib.sha256(canonical(entry, fields)).hexdigest()
+
+
+def _append(
+    conn: sqlite3.Connection, table: str, fields: tuple[str, ...], values: dict[str, Any]
+) -> dict[str, Any]:
+    row = conn.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+    entry = {k: values.get(k) for k in fields}
+    entry.update(seq=seq, prev_hash=prev, at=values.get("at") or datetime.now(UTC).isoformat())
+    entry["entry_hash"] = entry_hash(entry, fields)
+    columns = (*fields, "entry_hash")
+    conn.execute(
+        f"INSERT INTO {table}({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [entry[c] for c in columns],
+    )
+    return entry
+
+
+def append(
+    conn: sqlite3.Connection,
+    kind: str,
+    *,
+    account: str | None = None,
+    uidl: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Append one ledger entry; call inside the transaction of the change it records."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown ledger kind {kind!r}")
+    return _append(
+        conn,
+        "ledger",
+        LEDGER_FIELDS,
+        {
+            "kind": kind,
+            "account": account,
+            "uidl": uidl,
+            "sha256": sha256,
+            "size": size,
+            "detail": json.dumps(detail, sort_keys=True) if detail else None,
+        },
+    )
+
+
+def append_audit(
+    conn: sqlite3.Connection,
+    *,
+    os_user: str,
+    command: str,
+    query: str | None,
+    results: int,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return _append(
+        conn,
+        "audit",
+        AUDIT_FIELDS,
+        {
+            "os_user": os_user,
+            "command": command,
+            "query": query,
+            "results": results,
+            "detail": json.dumps(detail, sort_keys=True) if detail else None,
+        },
+    )
+
+
+def iter_entries(conn: sqlite3.Connection, table: str = "ledger") -> Iterator[dict[str, Any]]:
+    fields = LEDGER_FIELDS if table == "ledger" else AUDIT_FIELDS
+    cursor = conn.execute(f"SELECT {', '.join((*fields, 'entry_hash'))} FROM {table} ORDER BY seq")
+    for row in cursor:
+        yield dict(zip((*fields, "entry_hash"), row, strict=True))
+
+
+def check_chain(
+    entries: Iterable[dict[str, Any]], fields: tuple[str, ...] = LEDGER_FIELDS
+) -> list[str]:
+    """Every break in the chain, each as one line naming the sequence number."""
+    problems: list[str] = []
+    prev, expected_seq = GENESIS, 1
+    for entry in entries:
+        seq = entry.get("seq")
+        if seq != expected_seq:
+            problems.append(
+                f"entry {seq}: expected sequence {expected_seq} (an entry is missing or reordered)"
+            )
+        if entry.get("prev_hash") != prev:
+            problems.append(
+                f"entry {seq}: prev_hash does not match the hash of entry {expected_seq - 1}"
+            )
+        actual = entry_hash(entry, fields)
+        if entry.get("entry_hash") != actual:
+            problems.append(f"entry {seq}: entry_hash does not match its content (edited)")
+        prev = str(entry.get("entry_hash"))
+        expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
+    return problems
+
+
+def head(conn: sqlite3.Connection, table: str = "ledger") -> tuple[int, str]:
+    row = conn.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
