@@ -91,9 +91,7 @@ def _explain(error: jsonschema.ValidationError) -> str:
     """Turn a jsonschema error into 'key: problem; fix'."""
     key = _key_path(error)
     if error.validator == "additionalProperties":
-        extra = sorted(
-            set(error.instance) - set(error.schema.get("properties", {}))
-        )
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         where = f"in [{key}]" if key != "(top level)" else "at the top level"
         return f"unknown key {', '.join(extra)} {where}; allowed keys are: {allowed}"

@@ -107,3 +107,55 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+-- migration: 2
+-- The parse stage (mailvault/parse, written by mailvault/parse_store.py).  One message_meta row
+-- per parsed message; addresses and parts are replaced with it when a message is re-parsed.
+CREATE TABLE message_meta (
+    sha256           TEXT PRIMARY KEY REFERENCES messages(sha256),
+    message_id       TEXT NOT NULL DEFAULT '',     -- without <>, '' if none
+    subject          TEXT NOT NULL DEFAULT '',     -- decoded (RFC 2047)
+    date             TEXT NOT NULL,                -- UTC ISO 8601; the ingest time if date_fallback
+    date_raw         TEXT NOT NULL DEFAULT '',     -- the Date header as written
+    date_fallback    INTEGER NOT NULL DEFAULT 0,   -- 1: Date missing or unparsable
+    from_addr        TEXT NOT NULL DEFAULT '',     -- first From mailbox, lower-case
+    from_name        TEXT NOT NULL DEFAULT '',
+    list_id          TEXT NOT NULL DEFAULT '',
+    in_reply_to      TEXT NOT NULL DEFAULT '',
+    thread_id        TEXT NOT NULL DEFAULT '',     -- first References id, else In-Reply-To, else own
+    has_attachment   INTEGER NOT NULL DEFAULT 0,
+    attachment_count INTEGER NOT NULL DEFAULT 0,
+    unreadable       INTEGER NOT NULL DEFAULT 0,   -- 1: the MIME parser could not read it
+    defects          TEXT NOT NULL DEFAULT '[]',   -- JSON list of strings
+    parsed_at        TEXT NOT NULL,
+    indexed_at       TEXT                          -- set by the indexer; NULL: not yet indexed
+);
+CREATE INDEX message_meta_message_id ON message_meta(message_id);
+CREATE INDEX message_meta_date ON message_meta(date);
+CREATE INDEX message_meta_thread_id ON message_meta(thread_id);
+CREATE INDEX message_meta_unindexed ON message_meta(sha256) WHERE indexed_at IS NULL;
+
+-- Every mailbox of the address headers, in header order (position from 0 within a role).
+CREATE TABLE addresses (
+    sha256   TEXT NOT NULL REFERENCES message_meta(sha256) ON DELETE CASCADE,
+    role     TEXT NOT NULL CHECK (role IN ('from', 'to', 'cc', 'bcc', 'reply-to', 'sender')),
+    position INTEGER NOT NULL,
+    name     TEXT NOT NULL DEFAULT '',             -- display name, decoded
+    addr     TEXT NOT NULL DEFAULT '',             -- lower-case
+    PRIMARY KEY (sha256, role, position)
+);
+CREATE INDEX addresses_addr ON addresses(addr);
+
+-- Attachments (and inline non-body parts).  idx is the depth-first part number, as in
+-- `mailvault show ID --part N`.
+CREATE TABLE parts (
+    sha256       TEXT NOT NULL REFERENCES message_meta(sha256) ON DELETE CASCADE,
+    idx          INTEGER NOT NULL,
+    content_type TEXT NOT NULL,                    -- lower-case type/subtype
+    filename     TEXT NOT NULL DEFAULT '',         -- decoded (RFC 2047 / RFC 2231)
+    size         INTEGER NOT NULL,                 -- decoded bytes
+    part_sha256  TEXT NOT NULL,                    -- of the decoded bytes
+    text_chars   INTEGER NOT NULL DEFAULT 0,       -- characters of text extracted for the index
+    PRIMARY KEY (sha256, idx)
+);
+CREATE INDEX parts_part_sha256 ON parts(part_sha256);

@@ -77,7 +77,9 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "from-file" not in str(err.value)
     os.chmod(secret_file, 0o600)
     assert resolve_secret(acct) == "from-file"
-    text = GOOD.replace('password_env = "JOURNAL_PW"', "password_command = \"printf 'cmd-pw\\\\n'\"")
+    text = GOOD.replace(
+        'password_env = "JOURNAL_PW"', "password_command = \"printf 'cmd-pw\\\\n'\""
+    )
     assert resolve_secret(parse_config(Path("m.toml"), text).account("journal")) == "cmd-pw"
     text = GOOD.replace('password_env = "JOURNAL_PW"', 'password_command = "echo leaked; exit 3"')
     with pytest.raises(ConfigError, match="exited with status 3") as err:

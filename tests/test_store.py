@@ -16,7 +16,9 @@ from mailvault.store import BlobStore
 def test_put_publish_read(tmp_path: Path, compress: bool) -> None:
     (tmp_path / "tmp").mkdir()
     store = BlobStore(tmp_path, compress=compress)
-    payloads = [b"From: a\r\n\r\nbody %d\r\n" % i for i in range(3)] + [b"From: a\r\n\r\nbody 0\r\n"]
+    payloads = [b"From: a\r\n\r\nbody %d\r\n" % i for i in range(3)] + [
+        b"From: a\r\n\r\nbody 0\r\n"
+    ]
     staged = []
     for data in payloads:
         writer = store.writer()
