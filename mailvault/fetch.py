@@ -250,6 +250,7 @@ class _PumpLoop:
         self.dele_acked: list[int] = []
         self.deleted_ids: list[int] = []
         self.done = 0
+        self.bytes_done = 0
         self.window = PIPELINE_WINDOW if session.conn.pipelining else 1
 
     def run(self) -> None:
@@ -327,7 +328,8 @@ class _PumpLoop:
         self.batch.append((msg, staged))
         self.batch_size += staged.size
         self.done += 1
-        self.f.progress(self.f.account.name, self.done, self.total, self.batch_size)
+        self.bytes_done += staged.size
+        self.f.progress(self.f.account.name, self.done, self.total, self.bytes_done)
         retr_pending = any(isinstance(c, pop3.Retr) for c, _ in self.inflight) or self.to_fetch
         if (
             len(self.batch) >= self.f.batch_messages

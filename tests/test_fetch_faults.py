@@ -430,3 +430,34 @@ def test_usage_and_config_errors_exit_2(tmp_path: Path) -> None:
         (vault / "mailvault.toml").write_text("[accounts.x]\nhots = 1\n")
         result = run_cli(vault, "fetch")
         assert result.exit_code == 2 and "mailvault.toml" in result.stderr
+
+
+def test_json_report_matches_its_schema(tmp_path: Path) -> None:
+    import jsonschema
+
+    from mailvault.resources import json_schema
+
+    with FakePop3Server(corpus(), faults=Faults(lie_about_sizes=True)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        for args in ((), ("--dry-run",)):
+            server.add_message(b"Subject: more\r\n\r\nx\r\n")
+            code, report = fetch_json(vault, *args)
+            jsonschema.validate(report, json_schema("fetch-report.schema.json"))
+
+
+def test_no_secret_anywhere_in_the_vault_or_output(tmp_path: Path) -> None:
+    """After a full run (with a failure, a retry and a trace), grep everything for the password."""
+    secret = "alice-secret"
+    with FakePop3Server(corpus(), faults=Faults(in_use_times=1, cut_in_dele=2)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", retries=2)
+        trace = tmp_path / "trace.txt"
+        outputs = [run_cli(vault, "-v", "fetch", "--trace", str(trace)) for _ in range(2)]
+        server.faults = Faults()
+        server.wait_unlocked()
+        outputs.append(run_cli(vault, "fetch", "--json"))
+    assert server.mailbox == []
+    for result in outputs:
+        assert secret not in result.output and secret not in result.stderr
+    for path in [trace, *vault.rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"password found in {path}"

@@ -39,17 +39,19 @@ class _Progress:
         self.last = 0.0
         self.state: dict[str, tuple[int, int, int]] = {}
 
-    def __call__(self, account: str, done: int, total: int, batch_bytes: int) -> None:
+    def __call__(self, account: str, done: int, total: int, bytes_done: int) -> None:
         with self.lock:
-            _, _, bytes_done = self.state.get(account, (0, 0, 0))
-            self.state[account] = (done, total, bytes_done + 0)
+            self.state[account] = (done, total, bytes_done)
             now = time.monotonic()
             if now - self.last < 0.2 and done != total:
                 return
             self.last = now
-            rate = done / max(now - self.started, 1e-6)
-            parts = [f"{a}: {d}/{t} msgs" for a, (d, t, _) in sorted(self.state.items())]
-            sys.stderr.write("\r" + "  ".join(parts) + f"  {rate:,.0f} msg/s\033[K")
+            elapsed = max(now - self.started, 1e-6)
+            parts = [
+                f"{a}: {d}/{t} msgs {b / 1e6:,.1f} MB ({d / elapsed:,.0f} msg/s)"
+                for a, (d, t, b) in sorted(self.state.items())
+            ]
+            sys.stderr.write("\r" + "  ".join(parts) + "\033[K")
             sys.stderr.flush()
 
     def finish(self) -> None:
