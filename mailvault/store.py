@@ -178,7 +178,9 @@ class BlobStore:
                     results.append(False)
                     continue
                 target_dir = self._dir(blob.digest)
-                target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not target_dir.is_dir():
+                    for level in (self.objects, target_dir.parent, target_dir):
+                        level.mkdir(exist_ok=True, mode=0o700)
                 os.rename(blob.tmp_path, target_dir / (blob.digest + suffix))
                 results.append(True)
         except OSError as exc:

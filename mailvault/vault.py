@@ -145,14 +145,36 @@ def init_vault(root: Path) -> Vault:
     return vault
 
 
+def check_ownership(root: Path) -> None:
+    """Refuse a vault others could have written to: its contents could not be trusted."""
+    for path in (root, root / "objects", root / "catalog.sqlite", root / "mailvault.toml"):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid != os.geteuid():
+            raise VaultError(
+                f"{path} is owned by uid {info.st_uid}, not by you (uid {os.geteuid()}); "
+                "run mailvault as the vault's owner"
+            )
+        if info.st_mode & 0o022:
+            mode = info.st_mode & 0o777
+            fix = 700 if path.is_dir() else 600
+            raise VaultError(
+                f"{path} is writable by other users (mode {mode:o}); run `chmod {fix} {path}` "
+                "and check that nobody changed the vault"
+            )
+
+
 def open_vault(root: Path) -> Vault:
-    """Open an existing vault, checking its format marker."""
+    """Open an existing vault, checking its format marker and who could have written to it."""
     marker_path = root / "vault.json"
     if not marker_path.exists():
         raise VaultNotFound(
             f"no vault at {root}; create one with `mailvault init --vault {root}` "
             "or point --vault / MAILVAULT_VAULT at an existing one"
         )
+    check_ownership(root)
     try:
         marker = json.loads(marker_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

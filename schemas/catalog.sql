@@ -108,6 +108,22 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
+-- Retention: a purged message keeps this tombstone row (so its UIDL is never fetched again)
+-- while its blob, parse rows and index document are removed; the ledger has a "purge" entry.
+ALTER TABLE messages ADD COLUMN purged_at TEXT;
+
+-- Legal holds: a hold protects every message matching its query when a purge runs.
+CREATE TABLE holds (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    query       TEXT NOT NULL,
+    reason      TEXT,
+    created_at  TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    released_at TEXT
+);
+CREATE UNIQUE INDEX holds_active ON holds(name) WHERE released_at IS NULL;
+
 -- migration: 2
 -- The parse stage (mailvault/parse, written by mailvault/parse_store.py).  One message_meta row
 -- per parsed message; addresses and parts are replaced with it when a message is re-parsed.

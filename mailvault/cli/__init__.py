@@ -12,6 +12,7 @@ Exit codes (documented in docs/cli.md):
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class MailvaultGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, vault_path: Path | None, verbose: int, quiet: bool) -> None:
     """mailvault: archive POP3 mailboxes into a lossless, searchable vault."""
+    os.umask(0o077)  # everything mailvault writes (vault, exports, traces) is private
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="mailvault: %(message)s", stream=sys.stderr)
     ctx.obj = {"vault_path": vault_path or default_vault_path(), "quiet": quiet}

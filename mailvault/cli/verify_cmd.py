@@ -1,0 +1,138 @@
+"""`mailvault verify` and `mailvault ledger head|export|check`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import click
+
+from mailvault import ledger
+from mailvault.cli import cli
+from mailvault.cli._common import print_json, vault_from
+from mailvault.errors import UsageError
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--quick", is_flag=True, help="Skip re-hashing every blob.")
+@click.option(
+    "--repair-index", is_flag=True, help="Rebuild the derived search index if it disagrees."
+)
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool, quick: bool, repair_index: bool) -> None:
+    """Check the whole vault: blobs, catalog, ledger chain and index; report every finding.
+
+    Exit 0 when clean, 1 when anything was found.  Nothing but the derived index is ever
+    repaired.
+
+    Example: mailvault verify --json
+    """
+    from mailvault.verify import summary
+    from mailvault.verify import verify as run_verify
+
+    vault = vault_from(ctx)
+    index_check = _index_check()
+    findings = list(run_verify(vault, quick=quick, index_check=index_check))
+    if repair_index and any(f.code.startswith("index-") for f in findings):
+        from mailvault.indexer import reindex
+
+        with vault.write_lock("verify --repair-index"):
+            reindex(vault)
+        findings = list(run_verify(vault, quick=quick, index_check=index_check))
+    report = summary(findings)
+    if as_json:
+        print_json(report)
+    else:
+        for f in findings:
+            click.echo(f"{f.severity:7} {f.code:20} {f.detail}")
+        counts = report["counts"]
+        assert isinstance(counts, dict)
+        click.echo(
+            f"verify: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes"
+            + (" (blobs not re-hashed: --quick)" if quick else ""),
+            err=True,
+        )
+    if not report["ok"]:
+        ctx.exit(1)
+
+
+def _index_check():  # type: ignore[no-untyped-def]
+    try:
+        from mailvault.indexer import index_findings
+    except ImportError:
+        return None
+    return index_findings
+
+
+@cli.group(name="ledger")
+def ledger_group() -> None:
+    """The hash-chained ledger of ingests, deletions, purges and holds."""
+
+
+@ledger_group.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def head(ctx: click.Context, as_json: bool) -> None:
+    """Print the ledger's sequence number and head hash (to notarise outside the vault)."""
+    vault = vault_from(ctx)
+    with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+        seq, digest = ledger.head(db)
+    if as_json:
+        print_json(
+            {
+                "schema": "mailvault/ledger-head/v1",
+                "vault_id": vault.vault_id,
+                "seq": seq,
+                "head": digest,
+            }
+        )
+    else:
+        click.echo(f"{seq} {digest}")
+
+
+@ledger_group.command(name="export")
+@click.option(
+    "--out", type=click.Path(path_type=Path, dir_okay=False), help="File (default: stdout)."
+)
+@click.pass_context
+def export_ledger(ctx: click.Context, out: Path | None) -> None:
+    """Write the ledger as JSON Lines, verifiable without the database (`ledger check`)."""
+    vault = vault_from(ctx)
+    stream = out.open("w", encoding="utf-8") if out else sys.stdout
+    try:
+        with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+            for entry in ledger.iter_entries(db):
+                stream.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
+    finally:
+        if out:
+            stream.close()
+
+
+@ledger_group.command(name="check")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--head", "expected_head", help="Also require this head hash (as notarised).")
+def check_ledger(file: Path, expected_head: str | None) -> None:
+    """Verify an exported ledger file on its own: every hash, every link, no gaps."""
+    entries = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            raise UsageError(
+                f"{file}:{number}: not a JSON line; is this a `mailvault ledger export` file?"
+            ) from None
+    problems = ledger.check_chain(entries)
+    last = entries[-1]["entry_hash"] if entries else ledger.GENESIS
+    if expected_head and last != expected_head:
+        problems.append(f"head is {last}, expected {expected_head}: entries were added or removed")
+    for problem in problems:
+        click.echo(problem)
+    click.echo(
+        f"ledger: {len(entries)} entries, head {last}: {'BROKEN' if problems else 'intact'}",
+        err=True,
+    )
+    if problems:
+        sys.exit(1)

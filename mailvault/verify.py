@@ -1,0 +1,207 @@
+"""`mailvault verify`: prove the vault is whole, reporting every finding, not only the first.
+
+Problems are data, not exceptions (as in git fsck / borg check): each check yields ``Finding``s
+and the CLI decides how to print them and which exit code to use.  Nothing is repaired here
+except what is derived (the index, with ``repair_index``); the truth is never "fixed" silently.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from mailvault import ledger
+from mailvault.errors import MailvaultError
+from mailvault.vault import Vault
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    code: str  # e.g. blob-corrupt, blob-missing, blob-orphan, ledger-broken
+    severity: str  # error | warning | info
+    subject: str  # what: a sha256, a table row, a ledger sequence number
+    detail: str  # one line: what is wrong and where
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
+
+
+IndexCheck = Callable[[Vault, set[str]], Iterator[Finding]]
+
+
+def _blobs(vault: Vault, catalog_ids: set[str], quick: bool) -> Iterator[Finding]:
+    store = vault.store()
+    on_disk = set()
+    for digest in store.iter_digests():
+        on_disk.add(digest)
+        if digest not in catalog_ids:
+            yield Finding(
+                "blob-orphan",
+                "warning",
+                digest,
+                f"blob {store.find(digest)} has no catalog row (an interrupted fetch leaves "
+                "these; the next fetch of that message adopts it)",
+            )
+        if quick:
+            continue
+        try:
+            actual = store.rehash(digest)
+        except (zstandard.ZstdError, OSError, MailvaultError) as exc:
+            yield Finding(
+                "blob-unreadable",
+                "error",
+                digest,
+                f"blob {store.find(digest)} cannot be read: {exc}",
+            )
+            continue
+        if actual != digest:
+            yield Finding(
+                "blob-corrupt",
+                "error",
+                digest,
+                f"blob {store.find(digest)} hashes to {actual}: its content changed",
+            )
+    for digest in sorted(catalog_ids - on_disk):
+        yield Finding(
+            "blob-missing",
+            "error",
+            digest,
+            f"catalog lists message {digest} but its blob is missing",
+        )
+    if store.tmp.exists():
+        leftovers = list(store.tmp.iterdir())
+        if leftovers:
+            yield Finding(
+                "tmp-leftover",
+                "info",
+                str(store.tmp),
+                f"{len(leftovers)} interrupted write(s) in tmp/; the next fetch removes them",
+            )
+
+
+def _catalog(db: sqlite3.Connection) -> Iterator[Finding]:
+    for (result,) in db.execute("PRAGMA integrity_check"):
+        if result != "ok":
+            yield Finding("catalog-corrupt", "error", "catalog.sqlite", result)
+    for table, rowid, parent, _ in db.execute("PRAGMA foreign_key_check"):
+        yield Finding(
+            "catalog-dangling",
+            "error",
+            f"{table} row {rowid}",
+            f"{table} row {rowid} refers to a {parent} row that does not exist",
+        )
+
+
+def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
+    entries = list(ledger.iter_entries(db))
+    for problem in ledger.check_chain(entries):
+        yield Finding("ledger-broken", "error", problem.split(":")[0], problem)
+    ingested = Counter(
+        (e["account"], e["uidl"], e["sha256"]) for e in entries if e["kind"] == "ingest"
+    )
+    contents = {e["sha256"] for e in entries if e["kind"] == "ingest"}
+    sizes = {e["sha256"]: e["size"] for e in entries if e["kind"] == "ingest"}
+    purged = {e["sha256"] for e in entries if e["kind"] == "purge"}
+    gone = Counter(
+        (e["account"], e["uidl"], e["sha256"])
+        for e in entries
+        if e["kind"] in ("server-delete", "server-gone")
+    )
+    for sha256, size in db.execute("SELECT sha256, size FROM messages"):
+        if sha256 not in contents:
+            yield Finding(
+                "ledger-missing",
+                "error",
+                sha256,
+                f"message {sha256} is in the catalog but was never recorded in the ledger",
+            )
+        elif sizes.get(sha256) != size:
+            yield Finding(
+                "ledger-disagrees",
+                "error",
+                sha256,
+                f"catalog says message {sha256} has {size} bytes, the ledger says {sizes.get(sha256)}",
+            )
+    for sha256 in contents - purged:
+        row = db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
+        if row is None:
+            yield Finding(
+                "catalog-row-missing",
+                "error",
+                sha256,
+                f"the ledger records the ingest of {sha256} but the catalog has no row for it and no purge was recorded",
+            )
+    rows: Counter[tuple[str, str, str]] = Counter()
+    confirmed: Counter[tuple[str, str, str]] = Counter()
+    for account, uidl, sha256, deleted in db.execute(
+        "SELECT account, uidl, sha256, deleted_confirmed_at FROM uidls"
+    ):
+        rows[(account, uidl, sha256)] += 1
+        if deleted:
+            confirmed[(account, uidl, sha256)] += 1
+    for key, count in rows.items():
+        if ingested[key] < count:
+            yield Finding(
+                "ledger-missing",
+                "error",
+                f"{key[0]}/{key[1]}",
+                f"UIDL {key[1]} of account {key[0]} is in the catalog but its ingest is not in the ledger",
+            )
+    for key, count in confirmed.items():
+        if gone[key] < count:
+            yield Finding(
+                "ledger-missing",
+                "error",
+                f"{key[0]}/{key[1]}",
+                f"UIDL {key[1]} of account {key[0]} is marked deleted but the deletion is not in the ledger",
+            )
+
+
+def verify(
+    vault: Vault, *, quick: bool = False, index_check: IndexCheck | None = None
+) -> Iterator[Finding]:
+    """Every finding about the vault; nothing is changed."""
+    db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
+    try:
+        yield from _catalog(db)
+        catalog_ids = {row[0] for row in db.execute("SELECT sha256 FROM messages")}
+        purged = _purged(db)
+        yield from _blobs(vault, catalog_ids - purged, quick)
+        yield from _ledger(db)
+    finally:
+        db.close()
+    if index_check is not None:
+        yield from index_check(vault, catalog_ids - purged)
+
+
+def _purged(db: sqlite3.Connection) -> set[str]:
+    try:
+        return {
+            row[0] for row in db.execute("SELECT sha256 FROM messages WHERE purged_at IS NOT NULL")
+        }
+    except sqlite3.OperationalError:
+        return set()
+
+
+def summary(findings: list[Finding]) -> dict[str, object]:
+    counts = Counter(f.severity for f in findings)
+    return {
+        "schema": "mailvault/verify/v1",
+        "ok": not findings or all(f.severity == "info" for f in findings),
+        "counts": {k: counts.get(k, 0) for k in ("error", "warning", "info")},
+        "findings": [f.as_json() for f in findings],
+    }
+
+
+def dumps(findings: list[Finding]) -> str:
+    return json.dumps(summary(findings), indent=2)
