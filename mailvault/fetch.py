@@ -271,19 +271,26 @@ class _PumpLoop:
             self.deleted_ids = list(self.dele_acked)
 
     def _fill(self) -> None:
+        """Top the window up once it is half empty, so commands go out in batches."""
+        if len(self.inflight) > self.window // 2:
+            return
+        batch: list[pop3.Command] = []
         while len(self.inflight) < self.window:
             if self.deletes:
                 msgno, row_id = self.deletes.popleft()
                 cmd: pop3.Command = pop3.Dele(msgno)
-                self.session.send(cmd)
                 self.inflight.append((cmd, row_id))
             elif self.to_fetch:
                 msg = self.to_fetch.popleft()
                 cmd = pop3.Retr(msg.msgno)
-                self.session.send(cmd)
                 self.inflight.append((cmd, msg))
             else:
-                return
+                break
+            batch.append(cmd)
+            if not self.session.conn.pipelining:
+                break
+        if batch:
+            self.session.send_many(batch)
 
     def _handle(self, event: pop3.Event) -> None:
         command, subject = self.inflight[0]
@@ -378,8 +385,11 @@ def fetch_accounts(
         return AccountFetcher(vault, account, dry_run=dry_run, trace=trace, progress=progress).run()
 
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        reports = list(pool.map(one, accounts))
+    if jobs <= 1 or len(accounts) <= 1:  # no thread: Ctrl-C and profilers see the real work
+        reports = [one(account) for account in accounts]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            reports = list(pool.map(one, accounts))
     log.debug("fetched %d accounts in %.2f s", len(accounts), time.monotonic() - started)
     return reports
 

@@ -69,11 +69,18 @@ class Pop3Session:
 
     # -- plumbing -------------------------------------------------------------------------------
     def send(self, command: pop3.Command) -> None:
-        data = self.conn.send(command)
+        self.send_many([command])
+
+    def send_many(self, commands: list[pop3.Command]) -> None:
+        """Send several (pipelined) commands in one write: one syscall, one TCP segment."""
+        wire = b"".join([self.conn.send(command) for command in commands])
         if self._trace:
-            self._trace("C: " + pop3.redacted(command).decode("ascii", "replace").rstrip("\r\n"))
+            for command in commands:
+                self._trace(
+                    "C: " + pop3.redacted(command).decode("ascii", "replace").rstrip("\r\n")
+                )
         assert self.stream is not None
-        self.stream.write(data)
+        self.stream.write(wire)
 
     def next_event(self) -> pop3.Event:
         """The next protocol event, reading from the socket as needed."""

@@ -1,6 +1,6 @@
 """The content-addressed object store: each message once, named by the sha256 of its bytes.
 
-Layout: ``objects/ab/cd/<64 hex>`` (uncompressed) or ``objects/ab/cd/<64 hex>.zst``; the digest
+Layout: ``objects/ab/<64 hex>`` (uncompressed) or ``objects/ab/<64 hex>.zst``; the digest
 is always over the exact bytes as received, never over the compressed form, so a blob can be
 checked with ``zstd -dc FILE | sha256sum``.
 
@@ -85,29 +85,24 @@ class StagedBlob:
 class BlobWriter:
     """Streams one message into tmp/, hashing (and compressing) as bytes arrive."""
 
-    def __init__(self, tmp_dir: Path, compress: bool) -> None:
+    def __init__(self, tmp_dir: Path, compressor: zstandard.ZstdCompressor | None) -> None:
         self._path = tmp_dir / f"in-{os.getpid()}-{secrets.token_hex(8)}"
         try:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise _disk_error("creating", self._path, exc) from None
-        self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
+        self._fd = fd
         self._hash = hashlib.sha256()
         self._size = 0
-        self._compressor = (
-            zstandard.ZstdCompressor(level=3).compressobj(size=-1) if compress else None
-        )
+        # One compression context per store, reused message after message: allocating a fresh
+        # one per message costs more than compressing a typical message.
+        self._compressor = compressor.compressobj(size=-1) if compressor is not None else None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._hash.update(data)
         self._size += len(data)
         try:
-            if self._compressor is not None:
-                out = self._compressor.compress(data)
-                if out:
-                    self._file.write(out)
-            else:
-                self._file.write(data)
+            self._write_all(self._compressor.compress(data) if self._compressor else data)
         except OSError as exc:
             self.abort()
             raise _disk_error("writing", self._path, exc) from None
@@ -116,16 +111,24 @@ class BlobWriter:
         """Close the temp file (not yet fsynced: ``publish`` does that for a whole batch)."""
         try:
             if self._compressor is not None:
-                self._file.write(self._compressor.flush())
-            self._file.close()
+                self._write_all(self._compressor.flush())
+            os.close(self._fd)
+            self._fd = -1
         except OSError as exc:
             self.abort()
             raise _disk_error("writing", self._path, exc) from None
         return StagedBlob(self._hash.hexdigest(), self._size, self._path)
 
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
         with contextlib.suppress(OSError):
             self._path.unlink()
 
@@ -138,14 +141,17 @@ class BlobStore:
         self.objects = root / "objects"
         self.tmp = root / "tmp"
         self.compress = compress
+        self._known_dirs: set[Path] = set()
+        self._compressor = zstandard.ZstdCompressor(level=3) if compress else None
 
     def writer(self) -> BlobWriter:
-        return BlobWriter(self.tmp, self.compress)
+        """A writer for one message; one store serves one thread, one writer at a time."""
+        return BlobWriter(self.tmp, self._compressor)
 
     def _dir(self, digest: str) -> Path:
         if not valid_digest(digest):
             raise StoreError(f"invalid blob name {digest!r}: expected 64 lower-case hex digits")
-        return self.objects / digest[:2] / digest[2:4]
+        return self.objects / digest[:2]
 
     def find(self, digest: str) -> Path | None:
         """Return the blob's path, whichever form it was stored in, or None."""
@@ -178,9 +184,10 @@ class BlobStore:
                     results.append(False)
                     continue
                 target_dir = self._dir(blob.digest)
-                if not target_dir.is_dir():
-                    for level in (self.objects, target_dir.parent, target_dir):
-                        level.mkdir(exist_ok=True, mode=0o700)
+                if target_dir not in self._known_dirs:
+                    self.objects.mkdir(exist_ok=True, mode=0o700)
+                    target_dir.mkdir(exist_ok=True, mode=0o700)
+                    self._known_dirs.add(target_dir)
                 os.rename(blob.tmp_path, target_dir / (blob.digest + suffix))
                 results.append(True)
         except OSError as exc:
@@ -222,11 +229,9 @@ class BlobStore:
         """Every blob name on disk (for verify)."""
         if not self.objects.exists():
             return
-        for first in sorted(self.objects.iterdir()):
-            for second in sorted(first.iterdir()):
-                for blob in sorted(second.iterdir()):
-                    name = blob.name.removesuffix(ZSTD_SUFFIX)
-                    yield name
+        for fanout in sorted(self.objects.iterdir()):
+            for blob in sorted(fanout.iterdir()):
+                yield blob.name.removesuffix(ZSTD_SUFFIX)
 
     def clean_tmp(self) -> int:
         """Remove leftovers of interrupted writes; call only under the vault's write lock."""

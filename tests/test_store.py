@@ -33,7 +33,7 @@ def test_put_publish_read(tmp_path: Path, compress: bool) -> None:
         assert store.rehash(digest) == digest
         path = store.find(digest)
         assert path is not None
-        assert path.parent == tmp_path / "objects" / digest[:2] / digest[2:4]
+        assert path.parent == tmp_path / "objects" / digest[:2]
         assert (path.suffix == ".zst") is compress
         assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert sorted(store.iter_digests()) == sorted({hashlib.sha256(p).hexdigest() for p in payloads})

@@ -1,0 +1,201 @@
+"""Body text and attachments of a parsed MIME tree.
+
+One pass over the parts in ``mime.walk`` order decides for each leaf whether it is body text
+(inline text/* without a filename), or an attachment (a filename, ``Content-Disposition:
+attachment``, or any non-text leaf), and reads what text it can.  multipart/alternative keeps
+the plain version and adds from the HTML version only the lines carrying words the plain one
+lacks, so every word stays findable without doubling the body.  Enclosed messages contribute
+their From/To/Date/Subject lines and their own bodies and attachments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+
+from mailvault.parse.charset import decode_text
+from mailvault.parse.encoded_words import header_text
+from mailvault.parse.html_text import html_to_text
+from mailvault.parse.mime import payload_bytes, walk
+from mailvault.parse.model import Attachment
+from mailvault.parse.params import header_params
+from mailvault.parse.pdf_text import pdf_text
+
+MAX_BODY_PART_BYTES = 16 * 1024 * 1024
+MAX_HTML_BYTES = 4 * 1024 * 1024
+MAX_TEXT_ATTACHMENT_BYTES = 2 * 1024 * 1024
+MAX_ATTACHMENT_CHARS = 100_000
+ENCLOSED_HEADERS = ("From", "To", "Date", "Subject")
+
+_WORD = re.compile(r"\w+")
+_NEWLINES = re.compile(r"\r\n?")
+
+
+@dataclass
+class _Piece:
+    """A run of body text; ``group`` is the index of its multipart/alternative, or -1."""
+
+    text: str
+    group: int = -1
+    html: bool = False
+
+
+@dataclass
+class Content:
+    body_text: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+def _first_header(part: Message, name: str) -> str | None:
+    for key, value in part.raw_items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def _text(data: bytes, charset: str | None) -> str:
+    return _NEWLINES.sub("\n", decode_text(data, charset))
+
+
+def _is_pdf(content_type: str, filename: str, data: bytes) -> bool:
+    return (
+        content_type == "application/pdf"
+        or filename.lower().endswith(".pdf")
+        or data[:1024].lstrip().startswith(b"%PDF-")
+    )
+
+
+def _attachment_text(content_type: str, filename: str, charset: str | None, data: bytes) -> str:
+    if content_type.startswith("text/"):
+        text = _text(data[:MAX_TEXT_ATTACHMENT_BYTES], charset)
+        if content_type == "text/html":
+            text = html_to_text(text)
+        return text[:MAX_ATTACHMENT_CHARS]
+    if _is_pdf(content_type, filename, data):
+        return pdf_text(data)
+    return ""
+
+
+def _enclosed_headers(inner: Message) -> str:
+    lines = []
+    for name in ENCLOSED_HEADERS:
+        value = _first_header(inner, name.lower())
+        if value is not None:
+            lines.append(f"{name}: {header_text(value)}")
+    return "\n".join(lines)
+
+
+def _status_fields(blocks: list[Message]) -> str:
+    """A delivery report's fields (Final-Recipient, Status, Diagnostic-Code) as text lines."""
+    return "\n\n".join(
+        "\n".join(f"{name}: {header_text(str(value))}" for name, value in block.raw_items())
+        for block in blocks
+    )
+
+
+def _merge(pieces: list[_Piece]) -> str:
+    """Body text in document order, alternatives collapsed as the module docstring says."""
+    groups: dict[int, list[_Piece]] = {}
+    for piece in pieces:
+        if piece.group >= 0:
+            groups.setdefault(piece.group, []).append(piece)
+    out: list[str] = []
+    emitted: set[int] = set()
+    for piece in pieces:
+        if piece.group < 0:
+            out.append(piece.text)
+            continue
+        if piece.group in emitted:
+            continue
+        emitted.add(piece.group)
+        members = groups[piece.group]
+        plain = "\n".join(p.text for p in members if not p.html).strip()
+        html = [p.text for p in members if p.html]
+        if not plain:
+            out.extend(html)
+            continue
+        out.append(plain)
+        known = set(_WORD.findall(plain.casefold()))
+        extra = [
+            line
+            for text in html
+            for line in text.split("\n")
+            if not known.issuperset(_WORD.findall(line.casefold()))
+        ]
+        if extra:
+            out.append("\n".join(extra))
+    return "\n\n".join(t.strip() for t in out if t.strip())
+
+
+def extract(msg: Message) -> Content:
+    """Body text, attachments and per-part parser defects of a message tree."""
+    content = Content()
+    pieces: list[_Piece] = []
+    alternative_of: dict[int, int] = {}  # id(part) -> index of its nearest alternative
+    for index, _depth, part in walk(msg):
+        group = alternative_of.get(id(part), -1)
+        content_type = part.get_content_type()
+        maintype = content_type.partition("/")[0]
+        if part.is_multipart():
+            payload = part.get_payload()
+            children = [c for c in payload if isinstance(c, Message)] if payload else []
+            inner_group = index if content_type == "multipart/alternative" else group
+            for child in children:
+                alternative_of[id(child)] = inner_group
+            if content_type == "message/delivery-status":
+                pieces.append(_Piece(_status_fields(children)))
+            elif maintype == "message" and children:
+                headers = _enclosed_headers(children[0])
+                if headers:
+                    pieces.append(_Piece(headers))
+        _leaf(index, part, content_type, group, pieces, content)
+        content.defects.extend(type(d).__name__ for d in part.defects)
+    content.body_text = _merge(pieces)
+    return content
+
+
+def _leaf(
+    index: int,
+    part: Message,
+    content_type: str,
+    group: int,
+    pieces: list[_Piece],
+    content: Content,
+) -> None:
+    """Body text or an attachment record for one part (containers only when attached)."""
+    ct_params = header_params(_first_header(part, "content-type") or "")
+    disposition_raw = _first_header(part, "content-disposition") or ""
+    cd_params = header_params(disposition_raw)
+    disposition = disposition_raw.split(";", 1)[0].strip().lower()
+    filename = cd_params.get("filename") or ct_params.get("name") or ""
+    maintype = content_type.partition("/")[0]
+    container = part.is_multipart()
+    attached = bool(filename) or disposition == "attachment"
+    if container and not (attached and maintype == "message"):
+        return
+    charset = ct_params.get("charset")
+    if not attached and maintype in ("text", "multipart", "message"):
+        data = payload_bytes(part)
+        if len(data) > MAX_BODY_PART_BYTES:
+            content.defects.append(f"body: part {index} text cut at {MAX_BODY_PART_BYTES} bytes")
+            data = data[:MAX_BODY_PART_BYTES]
+        if content_type == "text/html":
+            text = html_to_text(_text(data[:MAX_HTML_BYTES], charset))
+            pieces.append(_Piece(text, group, html=True))
+        else:
+            pieces.append(_Piece(_text(data, charset), group))
+        return
+    data = payload_bytes(part)
+    content.attachments.append(
+        Attachment(
+            index=index,
+            filename=filename,
+            content_type=content_type,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            text=_attachment_text(content_type, filename, charset, data),
+        )
+    )

@@ -1,0 +1,87 @@
+"""The envelope headers of a message: addresses, date, identifiers and subject, decoded.
+
+Works on raw header values (as ``Message.raw_items()`` or a regex scan yields them), so the
+same code serves a normal parse and the fallback scan of a message the MIME parser choked on.
+Addresses are parsed before their display names are decoded: a decoded name may contain a
+comma or angle bracket that would otherwise split one mailbox into two.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from email.utils import getaddresses, parsedate_to_datetime
+
+from mailvault.parse.charset import header_bytes_to_str
+from mailvault.parse.encoded_words import decode_words, header_text, unfold
+from mailvault.parse.model import Address
+
+ADDRESS_FIELDS = {
+    "from": "from_",
+    "to": "to",
+    "cc": "cc",
+    "bcc": "bcc",
+    "reply-to": "reply_to",
+    "sender": "sender",
+}
+_MSG_ID = re.compile(r"<([^<>\s]+)>")
+
+
+def addresses(values: Iterable[str]) -> tuple[Address, ...]:
+    """Mailboxes of every occurrence of one address header; names decoded, addrs lower-case."""
+    cleaned = [unfold(header_bytes_to_str(v)) for v in values]
+    found: list[Address] = []
+    try:
+        pairs = getaddresses(cleaned)
+    except Exception:
+        pairs = []
+    for name, addr in pairs:
+        name = decode_words(name).strip()
+        addr = addr.strip()
+        if "=?" in addr and "@" not in addr:  # an encoded word where a mailbox should be
+            name, addr = name or decode_words(addr).strip(), ""
+        elif "=?" in addr:
+            addr = decode_words(addr).strip()
+        if name or addr:
+            found.append(Address(name=name, addr=addr.lower()))
+    return tuple(found)
+
+
+def message_id(value: str) -> str:
+    """The first ``<id>`` of a header, without brackets; the trimmed text when unbracketed."""
+    text = unfold(header_bytes_to_str(value)).strip()
+    match = _MSG_ID.search(text)
+    if match is not None:
+        return match.group(1)
+    return text.split()[0] if text.split() else ""
+
+
+def message_ids(value: str) -> tuple[str, ...]:
+    """Every id of a References-style header, in order."""
+    text = unfold(header_bytes_to_str(value))
+    ids = _MSG_ID.findall(text)
+    if not ids:
+        ids = [token.strip("<>,") for token in text.split() if token.strip("<>,")]
+    return tuple(ids)
+
+
+def list_id(value: str) -> str:
+    """The machine part of a List-Id (``<list.example.com>``), else its whole decoded text."""
+    text = header_text(value)
+    match = _MSG_ID.search(text)
+    return match.group(1) if match is not None else text
+
+
+def parse_date(value: str | None, ingest_time: datetime) -> tuple[datetime, str, bool, str]:
+    """(UTC date, raw text, fell back, defect or "") for a Date header value or None."""
+    if value is None or not value.strip():
+        return ingest_time, (value or "").strip(), True, "date: missing"
+    raw = unfold(header_bytes_to_str(value)).strip()
+    try:
+        parsed = parsedate_to_datetime(raw)
+        if parsed.tzinfo is None:  # "-0000": UTC, source zone unknown (RFC 5322 3.3)
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC), raw, False, ""
+    except Exception:
+        return ingest_time, raw, True, "date: unparsable"
