@@ -15,16 +15,19 @@ import contextlib
 import fcntl
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mailvault.catalog import Catalog, utcnow
-from mailvault.config import Config, load_config
 from mailvault.errors import UsageError, VaultError, VaultLocked, VaultNotFound
-from mailvault.store import BlobStore
+
+if TYPE_CHECKING:  # imported lazily: the search path needs neither
+    from mailvault.catalog import Catalog
+    from mailvault.config import Config
+    from mailvault.store import BlobStore
 
 FORMAT = "mailvault-vault"
 FORMAT_VERSION = 1
@@ -49,18 +52,22 @@ compression = "zstd"
 """
 
 
-def default_vault_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "mailvault"
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat()
 
 
-@dataclass
 class Vault:
-    """An opened vault.  Cheap to open; the catalog connection is made on first use."""
+    """An opened vault.  Cheap to open: config, store and catalog load on first use."""
 
-    root: Path
-    config: Config
-    vault_id: str
+    def __init__(self, root: Path, vault_id: str) -> None:
+        self.root = root
+        self.vault_id = vault_id
+
+    @cached_property
+    def config(self) -> Config:
+        from mailvault.config import load_config
+
+        return load_config(self.config_path)
 
     @property
     def config_path(self) -> Path:
@@ -75,10 +82,14 @@ class Vault:
         return self.root / "index"
 
     def store(self) -> BlobStore:
+        from mailvault.store import BlobStore
+
         return BlobStore(self.root, compress=self.config.vault.compression == "zstd")
 
     def catalog(self) -> Catalog:
         """A new catalog connection (one per thread)."""
+        from mailvault.catalog import Catalog
+
         return Catalog(self.catalog_path)
 
     @contextlib.contextmanager
@@ -184,9 +195,4 @@ def open_vault(root: Path) -> Vault:
             f"{marker_path}: unsupported vault format {marker.get('format')!r} "
             f"version {marker.get('version')!r}; upgrade mailvault"
         )
-    config = load_config(root / "mailvault.toml")
-    return Vault(root=root, config=config, vault_id=str(marker["vault_id"]))
-
-
-def program_command() -> str:
-    return " ".join(["mailvault", *sys.argv[1:2]])
+    return Vault(root=root, vault_id=str(marker["vault_id"]))

@@ -11,6 +11,7 @@ Exit codes (documented in docs/cli.md):
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -21,11 +22,47 @@ import click
 
 from mailvault import __version__
 from mailvault.errors import MailvaultError
-from mailvault.vault import default_vault_path
+
+# Command name -> module under mailvault.cli that defines it.  Commands load lazily so that
+# `mailvault search` imports the search path only (no catalog library, no parser, no TLS).
+COMMAND_MODULES = {
+    "init": "vault_cmd",
+    "fetch": "fetch_cmd",
+    "check": "fetch_cmd",
+    "verify": "verify_cmd",
+    "ledger": "verify_cmd",
+    "index": "search_cmd",
+    "reindex": "search_cmd",
+    "search": "search_cmd",
+    "show": "search_cmd",
+    "export": "export_cmd",
+    "import": "export_cmd",
+    "audit": "compliance_cmd",
+    "hold": "compliance_cmd",
+    "retention": "compliance_cmd",
+}
+
+
+def default_vault_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mailvault"
 
 
 class MailvaultGroup(click.Group):
-    """Turns every MailvaultError into one line on stderr and its exit code."""
+    """Loads commands on demand; turns every MailvaultError into one line and its exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self._available()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self._available():
+            importlib.import_module(f"mailvault.cli.{COMMAND_MODULES[cmd_name]}")
+        return self.commands.get(cmd_name)
+
+    @staticmethod
+    def _available() -> dict[str, str]:
+        here = Path(__file__).parent
+        return {n: m for n, m in COMMAND_MODULES.items() if (here / f"{m}.py").exists()}
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -60,6 +97,4 @@ def cli(ctx: click.Context, vault_path: Path | None, verbose: int, quiet: bool) 
 
 
 def main() -> None:
-    from mailvault.cli import commands  # noqa: F401  (registers the commands)
-
     cli(prog_name="mailvault")
