@@ -5,7 +5,22 @@ is what many users fetch from, so the client is tested against its real byte han
 
 Nothing under /etc/dovecot is used: :meth:`Dovecot.start` writes its own ``dovecot.conf``
 under ``base_dir`` and runs ``dovecot -F -c <conf>``.  Every instance has its own ports,
-sockets, state and Maildirs, so several can run at once.
+sockets, state and Maildirs, so several can run at once.  ``base_dir`` holds dovecot.conf,
+dovecot.log, dovecot.stderr, tls/ (ca.pem, server.pem, server.key), state/, mail/<user>/Maildir
+and run -> a per-start directory in the system temp dir with Dovecot's sockets and the passwd
+file (short socket paths, and reachable whatever the modes of base_dir's ancestors).  start()
+takes about 50-100 ms, stop() 5-300 ms.
+
+Running as root (the harness and CI do), Dovecot's login processes run as ``dovenull`` and the
+auth and mail processes as ``dovecot``; mail processes chroot into ``base_dir/mail`` before
+dropping privileges, so a 0700 pytest temp dir above base_dir does not matter.  As another
+user, everything runs as that user, without chroots.
+
+Settings of note: ``pop3_uidl_format = %08Xu%08Xv`` (UIDLs are 16 lower-case hex digits:
+Dovecot's %X prints lower case), plaintext USER/PASS allowed (``disable_plaintext_auth = no``;
+127.0.0.1 counts as secured anyway), no growing per-IP login penalty (the anvil-auth-penalty
+socket is disabled), ``auth_failure_delay = 0``.  A failed login is still answered only after
+~0.5 s: Dovecot flushes failures on a 500 ms timer, and no setting removes that.
 
 How Dovecot serves the bytes of a Maildir file (checked against Dovecot 2.3.19, see
 ``tests/test_dovecot_harness.py``):
@@ -23,13 +38,15 @@ How Dovecot serves the bytes of a Maildir file (checked against Dovecot 2.3.19, 
 * new messages get UIDs (and so UIDLs and message numbers) in the order of their Maildir file
   names, which :meth:`Dovecot.add_messages` makes sort in the order of delivery.
 
-Dovecot always advertises PIPELINING (it is compiled in).  ``pipelining=False`` therefore puts
-a small relay in front of Dovecot that hides PIPELINING from CAPA, answers STLS itself and
-terminates TLS itself (see :class:`_NoPipeliningRelay`).
+Dovecot always advertises PIPELINING (it is compiled in, no setting).  ``pipelining=False``
+therefore puts a small relay in front of Dovecot that hides PIPELINING from CAPA, answers STLS
+itself and terminates TLS itself (see :class:`_NoPipeliningRelay`); Dovecot then sees plain
+connections from 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import itertools
@@ -43,6 +60,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -62,12 +80,17 @@ _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-# Unix socket paths are limited to 108 bytes; Dovecot's longest socket name under base_dir is
-# about 30 characters, so a longer run dir is moved to a short temporary directory.
-_MAX_RUN_DIR = 70
 # Maildir names must be unique across instances and processes, and sort in delivery order.
 _SEQ = itertools.count(1)
 _SEQ_LOCK = threading.Lock()
+# Instances still running at interpreter exit are stopped, so their runtime dirs go too.
+_RUNNING: weakref.WeakSet[Dovecot] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for instance in list(_RUNNING):
+        instance.stop()
 
 
 class DovecotNotInstalled(RuntimeError):
@@ -132,6 +155,12 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
 def _alive(pid: int, start_time: str) -> bool:
     """Whether that process still runs (a zombie nobody reaps counts as gone)."""
     fields = _proc_stat(pid)
@@ -142,9 +171,11 @@ class Dovecot:
     """A private Dovecot POP3 server: plain+STLS on :attr:`port`, implicit TLS on :attr:`tls_port`.
 
     Users are ``user -> password`` (any characters: passwords are stored base64-encoded).
-    Mail lives in ``base_dir/mail/<user>/Maildir``.  As root, the mail processes run as the
-    ``dovecot`` user (login processes as ``dovenull``); as any other user, everything runs as
-    that user with Dovecot's chroots turned off.
+    Mail lives in ``base_dir/mail/<user>/Maildir``, owned by the mail user.  A stopped
+    instance can be started again (new ports, same mail); a master left running by a crashed
+    run on the same base_dir is stopped by start().  The master gets SIGTERM when the thread
+    that started it ends (``setpriv --pdeathsig``), so call start() from a thread that lives
+    as long as the server should.
 
     ``extra_config`` is appended to the generated dovecot.conf (e.g. ``pop3_lock_session =
     yes`` to get ``[IN-USE]``).  ``cert_hostnames`` are the names in the server certificate;
@@ -171,18 +202,20 @@ class Dovecot:
         self.conf_path = self.base_dir / "dovecot.conf"
         self.log_path = self.base_dir / "dovecot.log"
         self.stderr_path = self.base_dir / "dovecot.stderr"
-        self.passwd_path = self.base_dir / "passwd"
+        # The passwd file lives in the runtime dir while running; None before start().
+        self.passwd_path: Path | None = None
         self.mail_root = self.base_dir / "mail"
         self.ca = trustme.CA()
         self.ca_file = self.base_dir / "tls" / "ca.pem"
         self._cert_hostnames = tuple(cert_hostnames)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._run_dir: Path | None = None
+        self._runtime: Path | None = None  # per start: sockets and passwd, see _make_runtime
         self._relay: _NoPipeliningRelay | None = None
         self._last_sec = 0
         self._uid, self._gid, self._internal, self._login = self._accounts()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.mail_root.mkdir(exist_ok=True)
+        os.chmod(self.mail_root, 0o711)  # explicit: the caller's umask may be 077
         for user, password in (users or {}).items():
             self.add_user(user, password)
 
@@ -193,18 +226,25 @@ class Dovecot:
         if not _USER_RE.match(user):
             raise ValueError(f"unusable test user name {user!r}")
         self.users[user] = password
-        lines = [
-            f"{name}:{{PLAIN.b64}}{base64.b64encode(pw.encode()).decode()}\n"
-            for name, pw in self.users.items()
-        ]
-        tmp = self.passwd_path.with_suffix(".tmp")
-        tmp.write_text("".join(lines))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.passwd_path)
+        if self._runtime is not None:
+            self._write_passwd()
         for sub in ("", "/Maildir", "/Maildir/new", "/Maildir/cur", "/Maildir/tmp"):
             path = Path(f"{self.mail_root / user}{sub}")
             path.mkdir(mode=0o700, exist_ok=True)
             self._chown(path)
+
+    def _write_passwd(self) -> None:
+        """Write the passwd file atomically; Dovecot rereads it when it changes."""
+        assert self._runtime is not None
+        self.passwd_path = self._runtime / "passwd"
+        lines = [
+            f"{name}:{{PLAIN.b64}}{base64.b64encode(pw.encode()).decode()}\n"
+            for name, pw in self.users.items()
+        ]
+        tmp = self._runtime / "passwd.tmp"
+        tmp.write_text("".join(lines))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.passwd_path)
 
     def maildir(self, user: str) -> Path:
         """The user's Maildir (with new/, cur/ and tmp/)."""
@@ -268,11 +308,10 @@ class Dovecot:
         if binary is None:
             raise DovecotNotInstalled("dovecot is not installed (apt-get install dovecot-pop3d)")
         self._write_tls()
-        self._make_reachable()
         self._kill_stale()
         error = ""
         for _attempt in range(3):
-            self._prepare_run_dir()
+            self._make_runtime()
             dovecot_port = _free_port()
             dovecot_tls_port = _free_port() if self.pipelining else 0
             self.conf_path.write_text(self._config(dovecot_port, dovecot_tls_port))
@@ -285,6 +324,7 @@ class Dovecot:
             self._spawn(binary)
             try:
                 self._wait_ready()
+                _RUNNING.add(self)
                 return self
             except RuntimeError as exc:
                 error = str(exc)
@@ -299,6 +339,7 @@ class Dovecot:
         The master and its children get SIGTERM together: on its own the master often takes
         a second to stop.  A master still there after 0.3 s, and any straggler, get SIGKILL.
         """
+        _RUNNING.discard(self)
         if self._relay is not None:
             self._relay.close()
             self._relay = None
@@ -323,9 +364,10 @@ class Dovecot:
             for pid, _ in children:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-        if self._run_dir is not None and self._run_dir.parent != self.base_dir:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
+        if self._runtime is not None:
+            shutil.rmtree(self._runtime, ignore_errors=True)
+            self._runtime = None
+            self.passwd_path = None
 
     def __enter__(self) -> Dovecot:
         if not self.running:
@@ -382,19 +424,6 @@ class Dovecot:
         if os.geteuid() == 0:
             os.chown(path, self._uid, self._gid)
 
-    def _make_reachable(self) -> None:
-        """As root, let the mail user reach base_dir: add o+x to ancestors that lack it.
-
-        pytest's temporary directories are 0700 root; Dovecot's auth and mail processes run
-        as the mail user and must be able to search (not list) their way to the Maildirs.
-        """
-        if os.geteuid() != 0 or self._uid == 0:
-            return
-        for directory in (self.base_dir, *self.base_dir.parents):
-            mode = directory.stat().st_mode
-            if not mode & 0o001:
-                os.chmod(directory, (mode & 0o7777) | 0o001)
-
     def _write_tls(self) -> None:
         tls_dir = self.ca_file.parent
         tls_dir.mkdir(exist_ok=True)
@@ -412,44 +441,58 @@ class Dovecot:
         ctx.load_cert_chain(str(tls_dir / "server.pem"), str(tls_dir / "server.key"))
         return ctx
 
-    def _prepare_run_dir(self) -> None:
-        run = self.base_dir / "run"
-        if len(str(run)) > _MAX_RUN_DIR:
-            short = Path(tempfile.mkdtemp(prefix="mv-dovecot-"))
-            with contextlib.suppress(FileNotFoundError):
-                run.unlink()
-            if run.is_dir():
-                shutil.rmtree(run)
-            run.symlink_to(short)  # for people reading base_dir; Dovecot gets the short path
-            run = short
-        run.mkdir(exist_ok=True)
-        os.chmod(run, 0o755)
-        self._run_dir = run
+    def _make_runtime(self) -> None:
+        """Make a fresh runtime dir in the system temp dir: Dovecot's base_dir and passwd.
+
+        Why not under base_dir: unix socket paths must be short, and the unprivileged Dovecot
+        processes must reach them and the passwd file whatever the modes of base_dir's
+        ancestors (pytest makes its temp dirs 0700, and resets them at every session start).
+        ``base_dir/run`` is a symlink to it, for people and for :meth:`_kill_stale`.
+        """
+        runtime = Path(tempfile.mkdtemp(prefix="mv-dovecot-"))
+        os.chmod(runtime, 0o711)
+        (runtime / "run").mkdir()
+        os.chmod(runtime / "run", 0o755)
+        self._runtime = runtime
+        self._write_passwd()
+        link = self.base_dir / "run"
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        link.symlink_to(runtime / "run")
 
     def _kill_stale(self) -> None:
         """Stop a master left by a crashed run on this base_dir (only if it runs our conf)."""
-        for pid_file in (self.base_dir / "run" / "master.pid", self.base_dir / "master.pid"):
-            try:
-                pid = int(pid_file.read_text().split()[0])
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError, IndexError):
-                continue
-            if str(self.conf_path).encode() not in cmdline:
-                continue
+        link = self.base_dir / "run"
+        try:
+            pid = int((link / "master.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            pid, cmdline = 0, b""
+        if pid and str(self.conf_path).encode() in cmdline:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + _STOP_TIMEOUT
-                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                while _running(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
                 os.kill(pid, signal.SIGKILL)
+        if link.is_symlink():
+            old = link.resolve().parent
+            if old.name.startswith("mv-dovecot-") and old.parent == Path(tempfile.gettempdir()):
+                shutil.rmtree(old, ignore_errors=True)
 
     def _config(self, port: int, tls_port: int) -> str:
-        assert self._run_dir is not None
+        assert self._runtime is not None and self.passwd_path is not None
         state = self.base_dir / "state"
         state.mkdir(exist_ok=True)
         tls_dir = self.ca_file.parent
         internal_user, internal_group = self._internal
         root = os.geteuid() == 0
+        # As root, mail processes chroot into mail_root ("/./" in home) before they drop to
+        # the mail user, so they never need to search base_dir's ancestors.
+        home = f"{self.mail_root}/./%u" if root else f"{self.mail_root}/%u"
+        chroot_dirs = f"valid_chroot_dirs = {self.mail_root}\n" if root else ""
         # Without root Dovecot cannot chroot; these are the services that chroot by default.
         no_chroot = (
             ""
@@ -467,7 +510,7 @@ class Dovecot:
         )
         return f"""\
 # Written by mailvault.testkit.dovecot for a private test instance; /etc/dovecot is not used.
-base_dir = {self._run_dir}
+base_dir = {self._runtime / "run"}
 state_dir = {state}
 log_path = {self.log_path}
 info_log_path = {self.log_path}
@@ -492,10 +535,10 @@ ssl_key = <{tls_dir / "server.key"}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
-login_trusted_networks = 127.0.0.0/8
+# No login_trusted_networks: it would add "[XCLIENT]" to the greeting, unlike real servers.
 
 mail_location = maildir:~/Maildir
-pop3_uidl_format = %08Xu%08Xv
+{chroot_dirs}pop3_uidl_format = %08Xu%08Xv
 
 passdb {{
   driver = passwd-file
@@ -503,7 +546,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid={self._uid} gid={self._gid} home={self.mail_root}/%u
+  args = uid={self._uid} gid={self._gid} home={home}
 }}
 
 # The documented way to turn off the growing per-IP delay after failed logins.
