@@ -8,8 +8,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := dovecot-core dovecot-pop3d
-BENCH_PACKAGES := mpop fetchmail getmail6 notmuch maildir-utils
+SYSTEM_PACKAGES := dovecot-core dovecot-pop3d notmuch
+BENCH_PACKAGES := mpop fetchmail getmail6 notmuch maildir-utils time
 
 .PHONY: test demo bench lint typecheck unit system-deps bench-deps clean
 

@@ -13,6 +13,7 @@ process exit codes, so library code raises and never exits.
     |   +-- StoreError                  exit 3   disk full, permissions, corrupt blob
     |   +-- CatalogError                exit 3
     |   +-- SearchError                 exit 2   (QuerySyntaxError: bad user query)
+    +-- ExportError                     exit 3   export target full, read-only, of the wrong kind
     +-- RemoteError                              something about the POP3 server; carries account
         +-- TransportError       retryable       connect refused, reset, EOF, timeout
         +-- TLSError                             certificate / handshake / pin mismatch
@@ -80,6 +81,12 @@ class SearchError(VaultError):
 
 class QuerySyntaxError(SearchError, ValueError):
     """A search query the parser cannot read; the message points at the bad token."""
+
+
+class ExportError(MailvaultError):
+    """The export target cannot be written (full, read-only, wrong kind of file, locked)."""
+
+    exit_code = 3
 
 
 class RemoteError(MailvaultError):

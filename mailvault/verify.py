@@ -167,6 +167,14 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
             )
 
 
+def _audit(db: sqlite3.Connection) -> Iterator[Finding]:
+    entries = ledger.iter_entries(db, "audit")
+    for problem in ledger.check_chain(entries, ledger.AUDIT_FIELDS):
+        yield Finding(
+            "audit-broken", "error", "audit " + problem.split(":")[0], f"audit trail {problem}"
+        )
+
+
 def verify(
     vault: Vault, *, quick: bool = False, index_check: IndexCheck | None = None
 ) -> Iterator[Finding]:
@@ -178,6 +186,7 @@ def verify(
         purged = _purged(db)
         yield from _blobs(vault, catalog_ids - purged, quick)
         yield from _ledger(db)
+        yield from _audit(db)
     finally:
         db.close()
     if index_check is not None:

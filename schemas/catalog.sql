@@ -175,3 +175,19 @@ CREATE TABLE parts (
     PRIMARY KEY (sha256, idx)
 );
 CREATE INDEX parts_part_sha256 ON parts(part_sha256);
+
+-- migration: 3
+-- Provenance of `mailvault import`: one row per message read from a source, duplicates included
+-- (the content may have come earlier from a server or another file).  `export --account NAME`
+-- selects messages whose uidls.account or imports.account is NAME.
+CREATE TABLE imports (
+    id            INTEGER PRIMARY KEY,
+    sha256        TEXT NOT NULL REFERENCES messages(sha256),
+    account       TEXT,                        -- `import --account NAME`, else NULL
+    source        TEXT NOT NULL,               -- absolute path of the file that was read
+    source_kind   TEXT NOT NULL CHECK (source_kind IN ('maildir', 'mbox', 'eml')),
+    source_offset INTEGER,                     -- mbox: offset of the message's first byte
+    imported_at   TEXT NOT NULL
+);
+CREATE INDEX imports_sha256 ON imports(sha256);
+CREATE INDEX imports_account ON imports(account, sha256) WHERE account IS NOT NULL;

@@ -53,9 +53,15 @@ def account(server: Dovecot, mode: str, **keys: object) -> dict[str, object]:
 
 
 def server_hashes(server: Dovecot, user: str = "alice") -> set[str]:
+    """Hashes of what the server holds; retried when Dovecot moves a file new/ -> cur/ meanwhile."""
     maildir = server.maildir(user)
-    files = [p for sub in ("new", "cur") for p in (maildir / sub).iterdir()]
-    return {hashlib.sha256(retr_payload(p.read_bytes())).hexdigest() for p in files}
+    for _attempt in range(20):
+        try:
+            files = [p for sub in ("new", "cur") for p in (maildir / sub).iterdir()]
+            return {hashlib.sha256(retr_payload(p.read_bytes())).hexdigest() for p in files}
+        except FileNotFoundError:
+            time.sleep(0.05)
+    raise AssertionError(f"{maildir} kept changing while it was read")
 
 
 @pytest.mark.parametrize("mode", ["implicit", "starttls"])
@@ -153,25 +159,27 @@ def test_crash_at_random_moments_loses_and_duplicates_nothing(
     rng = random.Random(2024)
     expected: set[str] = set()
     kills = trials = 0
-    run_time = 0.6  # learnt from runs that finish: kill moments are drawn from [0, run_time)
-    while kills < 20 and trials < 40:
+    run_time = 0.6  # how long an unkilled run takes; kill moments are drawn from [0, run_time)
+    while kills < 20 and trials < 80:
         trials += 1
         batch = mail(120, seed=1000 + trials, big_every=50)
         dovecot.add_messages("alice", batch)
         expected |= sha256s(retr_payload(m) for m in batch)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mailvault", "fetch", "-q"],
+            [sys.executable, "-m", "mailvault", "-q", "fetch", "--no-index"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         started = time.monotonic()
-        time.sleep(rng.uniform(0.0, run_time))
+        deadline = started + rng.uniform(0.0, run_time)
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
-        else:
-            run_time = time.monotonic() - started
+        else:  # finished before its kill moment: learn how long a whole run takes
+            run_time = max(0.05, time.monotonic() - started)
         proc.wait()
         # the invariant at every instant: whatever left the server is in the vault
         in_vault = {

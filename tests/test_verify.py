@@ -153,3 +153,15 @@ def test_vault_files_are_private(vault: Path) -> None:
     for path in [vault, *vault.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode & 0o077 == 0, f"{path} has mode {mode:o}"
+
+
+def test_edited_audit_entry(vault: Path) -> None:
+    assert run_cli(vault, "search", "--count", "*").exit_code == 0
+    assert run_cli(vault, "search", "--count", "m1").exit_code == 0
+    assert findings(vault)[0] == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("DROP TRIGGER audit_no_update")
+        db.execute("UPDATE audit SET results = 0 WHERE seq = 1")
+    code, items = findings(vault)
+    assert code == 1 and [f["code"] for f in items] == ["audit-broken"]
+    assert items[0]["subject"] == "audit entry 1"

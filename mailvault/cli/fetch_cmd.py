@@ -12,7 +12,7 @@ import click
 
 from mailvault.cli import cli
 from mailvault.cli._common import print_json, vault_from
-from mailvault.errors import UsageError
+from mailvault.errors import MailvaultError, UsageError
 from mailvault.fetch import fetch_accounts
 
 
@@ -73,6 +73,7 @@ class _Progress:
 @click.option(
     "--dry-run", is_flag=True, help="List what would be fetched and deleted; change nothing."
 )
+@click.option("--no-index", is_flag=True, help="Skip parsing and indexing what was committed.")
 @click.option(
     "--trace",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -85,6 +86,7 @@ def fetch(
     jobs: int,
     as_json: bool,
     dry_run: bool,
+    no_index: bool,
     trace: Path | None,
 ) -> None:
     """Download new mail from the configured POP3 accounts (all of them if none are named).
@@ -114,6 +116,14 @@ def fetch(
                 trace=_TraceFile(trace_stream) if trace_stream else None,
                 progress=progress,
             )
+            index_report, index_error = None, None
+            if not dry_run and not no_index:
+                from mailvault.indexer import catch_up
+
+                try:
+                    index_report = catch_up(vault)
+                except MailvaultError as exc:  # the mail is safe; only the derived index lags
+                    index_error = f"indexing failed: {exc}; run `mailvault index` to catch up"
     finally:
         if trace_stream:
             trace_stream.close()
@@ -129,6 +139,8 @@ def fetch(
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                 "seconds": round(time.time() - started, 3),
                 "accounts": [r.as_json() for r in reports],
+                "index": index_report.as_json() if index_report else None,
+                "index_error": index_error,
             }
         )
     else:
@@ -146,7 +158,14 @@ def fetch(
                 click.echo(f"{r.account}: warning: {w}", err=True)
             for e in r.errors:
                 click.echo(f"{r.account}: error: {e}", err=True)
-    if failed:
+        if index_report is not None and (index_report.parsed or index_report.indexed):
+            click.echo(
+                f"indexed {index_report.indexed} messages ({index_report.unreadable} unreadable, "
+                f"{index_report.defective} with defects) in {index_report.seconds:.1f} s"
+            )
+    if index_error:
+        click.echo(f"mailvault: warning: {index_error}", err=True)
+    if failed or index_error:
         ctx.exit(1)
 
 

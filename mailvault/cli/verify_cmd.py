@@ -30,11 +30,11 @@ def verify(ctx: click.Context, as_json: bool, quick: bool, repair_index: bool) -
 
     Example: mailvault verify --json
     """
+    from mailvault.indexer import index_findings as index_check
     from mailvault.verify import summary
     from mailvault.verify import verify as run_verify
 
     vault = vault_from(ctx)
-    index_check = _index_check()
     findings = list(run_verify(vault, quick=quick, index_check=index_check))
     if repair_index and any(f.code.startswith("index-") for f in findings):
         from mailvault.indexer import reindex
@@ -57,14 +57,6 @@ def verify(ctx: click.Context, as_json: bool, quick: bool, repair_index: bool) -
         )
     if not report["ok"]:
         ctx.exit(1)
-
-
-def _index_check():  # type: ignore[no-untyped-def]
-    try:
-        from mailvault.indexer import index_findings
-    except ImportError:
-        return None
-    return index_findings
 
 
 @cli.group(name="ledger")

@@ -52,7 +52,8 @@ def main() -> None:
     vault = base / "vault"
     print(f"mailvault demo in {base}")
     with Dovecot(base / "dovecot", {USER: PASSWORD}) as server:
-        server.add_messages(USER, (m.raw for m in generate(MESSAGES, seed=7)))
+        generated = list(generate(MESSAGES, seed=7))
+        server.add_messages(USER, (m.raw for m in generated))
         print(
             f"started a private Dovecot on 127.0.0.1 (POP3S port {server.tls_port}, "
             f"STLS port {server.port}) with {MESSAGES} generated messages for user {USER!r}"
@@ -86,8 +87,12 @@ def main() -> None:
         )
         commands = _available_commands()
         if "search" in commands:
-            _run(["search", "subject:meeting", "--limit", "5"], env)
+            sample = generated[42]
+            subject_word = max(sample.subject.split(), key=len).strip(".,:;!?").lower()
+            _run(["search", f"from:{sample.from_addr}", "--limit", "5"], env)
+            _run(["search", f"subject:{subject_word}", "--limit", "5"], env)
             _run(["search", "--count", "has:attachment"], env)
+            _run(["search", "--count", "date:2024-03"], env)
             ids = _run(["search", "--ids", "--limit", "1", "*"], env, show=False).split()
             if ids and "show" in commands:
                 _run(["show", ids[0][:12]], env, limit=20)

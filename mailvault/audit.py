@@ -1,0 +1,49 @@
+"""The audit trail's one writer: who searched, showed or exported what, and how much came back.
+
+Only ``sqlite3`` and ``mailvault.ledger`` are imported, so the search path stays fast.  The
+entry is committed before the caller prints anything: if it cannot be recorded, nothing is
+shown (fail closed).  There is no flag that turns this off.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from mailvault import ledger
+from mailvault.errors import CatalogError
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def record(vault_root: Path, command: str, query: str | None, results: int, **detail: Any) -> None:
+    """Append one durable, hash-chained audit entry."""
+    try:
+        db = sqlite3.connect(vault_root / "catalog.sqlite", timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            ledger.append_audit(
+                db,
+                os_user=os_user(),
+                command=command,
+                query=query,
+                results=results,
+                detail=detail or None,
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise CatalogError(
+            f"cannot record the {command} in the audit trail ({exc}); nothing is shown "
+            "without an audit entry"
+        ) from None

@@ -1,0 +1,53 @@
+"""Render docs/cli.md from the click commands, so the reference can never drift from the code.
+
+python -m mailvault.cli._docs > docs/cli.md      (tests/test_docs.py checks it is current)
+"""
+
+from __future__ import annotations
+
+import click
+
+from mailvault.cli import cli, commands  # noqa: F401
+
+HEADER = """\
+# mailvault command line
+
+Generated from the code by `python -m mailvault.cli._docs > docs/cli.md`; a test fails when it
+is out of date.
+
+Global options come before the command: `mailvault [--vault PATH] [-v|-q] COMMAND ...`. The
+vault is `--vault`, else `$MAILVAULT_VAULT`, else `$XDG_DATA_HOME/mailvault`.
+
+## Exit codes
+
+| code | meaning |
+|---:|---|
+| 0 | success |
+| 1 | finished, but something failed or was found: an account failed after its retries (the others completed); `search` found nothing (as grep); `check`/`verify`/`ledger check` found a problem; `import` rejected an entry |
+| 2 | usage or configuration error: bad arguments, invalid `mailvault.toml`, unknown account, no vault, invalid search query |
+| 3 | runtime error: vault locked by another process, disk full, unreadable catalog, insecure vault permissions |
+| 130 | interrupted |
+"""
+
+
+def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
+    found = [(path, command)]
+    if isinstance(command, click.Group):
+        for name in sorted(command.commands):
+            found.extend(_walk(command.commands[name], [*path, name]))
+    return found
+
+
+def render() -> str:
+    parts = [HEADER]
+    for path, command in _walk(cli, ["mailvault"]):
+        ctx = click.Context(
+            command, info_name=" ".join(path), terminal_width=80, max_content_width=80
+        )
+        title = " ".join(path)
+        parts.append(f"\n## `{title}`\n\n```\n{command.get_help(ctx)}\n```\n")
+    return "".join(parts)
+
+
+if __name__ == "__main__":
+    click.echo(render(), nl=False)

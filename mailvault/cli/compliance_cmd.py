@@ -1,0 +1,147 @@
+"""`mailvault audit`, `mailvault hold add|list|release`, `mailvault retention apply`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from mailvault.cli import cli
+from mailvault.cli._common import print_json, vault_from
+from mailvault.errors import UsageError
+
+
+@cli.command()
+@click.option("--since", help="Only entries at or after this date (YYYY-MM-DD or ISO time).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")
+@click.pass_context
+def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
+    """List the audit trail: every search, show and export, who ran it and what it returned.
+
+    Example: mailvault audit --since 2026-01-01
+    """
+    import json
+
+    from mailvault.compliance import audit_entries
+
+    moment = None
+    if since:
+        try:
+            moment = datetime.fromisoformat(since)
+        except ValueError:
+            raise UsageError(f"--since {since!r} is not a date; use YYYY-MM-DD") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    for entry in audit_entries(vault_from(ctx), moment):
+        if as_json:
+            click.echo(json.dumps(entry, ensure_ascii=False))
+        else:
+            query = f" {entry['query']!r}" if entry["query"] is not None else ""
+            click.echo(
+                f"{entry['at'][:19]} {entry['os_user']:10} {entry['command']:8}{query} -> {entry['results']}"
+            )
+
+
+@cli.group()
+def hold() -> None:
+    """Legal holds: protect every message matching a query from retention purges."""
+
+
+@hold.command(name="add")
+@click.argument("name")
+@click.argument("query")
+@click.option("--reason", help="Why (matter number, request); recorded in the ledger.")
+@click.pass_context
+def hold_add(ctx: click.Context, name: str, query: str, reason: str | None) -> None:
+    """Place hold NAME on every message matching QUERY (evaluated again at each purge).
+
+    Example: mailvault hold add acme-litigation 'from:acme.com OR to:acme.com' --reason "case 42"
+    """
+    from mailvault.compliance import add_hold
+
+    vault = vault_from(ctx)
+    with vault.write_lock("hold add"):
+        matches = add_hold(vault, name, query, reason)
+    click.echo(f"hold {name!r} placed; it protects {matches} messages now")
+
+
+@hold.command(name="list")
+@click.option("--all", "include_released", is_flag=True, help="Include released holds.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def hold_list(ctx: click.Context, include_released: bool, as_json: bool) -> None:
+    """List holds."""
+    from mailvault.compliance import list_holds
+
+    holds = list_holds(vault_from(ctx), include_released=include_released)
+    if as_json:
+        print_json({"schema": "mailvault/holds/v1", "holds": holds})
+        return
+    for h in holds:
+        state = f"released {h['released_at'][:19]}" if h["released_at"] else "active"
+        click.echo(
+            f"{h['name']:20} {state:28} {h['query']!r}  ({h['reason'] or 'no reason given'})"
+        )
+
+
+@hold.command(name="release")
+@click.argument("name")
+@click.pass_context
+def hold_release(ctx: click.Context, name: str) -> None:
+    """Release hold NAME (recorded in the ledger)."""
+    from mailvault.compliance import release_hold
+
+    vault = vault_from(ctx)
+    with vault.write_lock("hold release"):
+        release_hold(vault, name)
+    click.echo(f"hold {name!r} released")
+
+
+@cli.group()
+def retention() -> None:
+    """Retention: purge messages past [retention] keep_days that no hold protects."""
+
+
+@retention.command(name="apply")
+@click.option("--dry-run", is_flag=True, help="List what would be purged; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Purge (or with --dry-run list) messages past retention and not under any hold.
+
+    Each purge removes the blob, the catalog's parse rows and the index document, and leaves a
+    tombstone in the ledger.
+
+    Example: mailvault retention apply --dry-run
+    """
+    from mailvault.compliance import apply, plan
+
+    vault = vault_from(ctx)
+    with vault.write_lock("retention apply"):
+        candidates = plan(vault)
+        held = [c for c in candidates if c.held_by]
+        purged = [] if dry_run else apply(vault, candidates)
+    if as_json:
+        print_json(
+            {
+                "schema": "mailvault/retention/v1",
+                "dry_run": dry_run,
+                "expired": len(candidates),
+                "held": len(held),
+                "purged": len(purged),
+                "messages": [c.as_json() for c in candidates],
+            }
+        )
+        return
+    for c in candidates:
+        verb = (
+            "held by " + ", ".join(c.held_by)
+            if c.held_by
+            else ("would purge" if dry_run else "purged")
+        )
+        click.echo(f"{c.sha256[:12]} {c.age_basis[:10]} keep {c.keep_days}d: {verb}")
+    click.echo(
+        f"retention: {len(candidates)} past retention, {len(held)} held, "
+        f"{len(candidates) - len(held) if dry_run else len(purged)} {'to purge' if dry_run else 'purged'}",
+        err=True,
+    )

@@ -1,0 +1,191 @@
+"""`mailvault export` and `mailvault import`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailvault.cli import cli
+from mailvault.cli._common import print_json, vault_from
+from mailvault.export import FORMATS, ExportOptions, export
+from mailvault.importer import VARIANTS, import_sources
+
+
+@contextmanager
+def _progress_bar(
+    ctx: click.Context, as_json: bool, label: str
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A click progress bar on stderr when it is a terminal; None otherwise."""
+    if as_json or ctx.obj.get("quiet") or not sys.stderr.isatty():
+        yield None
+        return
+    state: dict[str, Any] = {"bar": None, "done": 0}
+
+    def update(done: int, total: int) -> None:
+        bar = state["bar"]
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+            bar.__enter__()
+            state["bar"] = bar
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    try:
+        yield update
+    finally:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+
+
+@cli.command("export")
+@click.argument("query", required=False)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="Output format.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Target: a directory (maildir, eml) or a file (mbox).",
+)
+@click.option("--account", help="Only messages fetched by, or imported with, this account.")
+@click.option(
+    "--line-endings",
+    type=click.Choice(["lf", "crlf"]),
+    default=None,
+    help="lf (default for maildir, mbox) or crlf: the exact stored bytes (default for eml).",
+)
+@click.option(
+    "--manifest/--no-manifest",
+    default=True,
+    show_default=True,
+    help="Write manifest.jsonl and manifest.json (sha256, size, place of every message).",
+)
+@click.option("--append", is_flag=True, help="mbox only: add to an existing mbox file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export summary as JSON.")
+@click.pass_context
+def export_command(
+    ctx: click.Context,
+    query: str | None,
+    fmt: str,
+    out: Path,
+    account: str | None,
+    line_endings: str | None,
+    manifest: bool,
+    append: bool,
+    as_json: bool,
+) -> None:
+    """Copy the whole vault, one account, or the hits of a search QUERY out as files.
+
+    Maildir: one file per message in cur/ (name ends ,H=<sha256>:2,S); exporting again into the
+    same Maildir adds only what is missing.  mbox: one mboxrd file.  eml: <sha256>.eml files.
+    See docs/export.md for checking an export with sha256sum.
+
+    Example: mailvault export 'from:alice@example.com' --format mbox --out alice.mbox
+    """
+    vault = vault_from(ctx)
+    options = ExportOptions(
+        fmt=fmt,
+        out=out,
+        line_endings=line_endings,
+        manifest=manifest,
+        append=append,
+        query=query,
+        account=account,
+    )
+    with _progress_bar(ctx, as_json, "exporting") as progress:
+        summary = export(vault, options, progress=progress)
+    if as_json:
+        from mailvault.export.manifest import manifest_paths
+
+        document = {"schema": summary["schema"], "ok": True, "target": str(out.absolute())}
+        document["manifest"] = str(manifest_paths(fmt, out.absolute())[1]) if manifest else None
+        document.update((k, v) for k, v in summary.items() if k != "schema")
+        print_json(document)
+        return
+    click.echo(
+        f"exported {summary['count']} messages ({summary['total_bytes']:,} bytes) to {out} "
+        f"[{fmt}, {summary['line_endings']}]: {summary['added']} written, "
+        f"{summary['skipped']} already there"
+    )
+    for warning in summary["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@cli.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Source format; auto: a dir with cur/ or new/ is a Maildir, a dir of *.eml files is "
+    "eml, a *.eml file is one message, a file starting with 'From ' (or named *.mbox) is an "
+    "mbox.",
+)
+@click.option("--account", help="Record the messages as belonging to this account (a label).")
+@click.option(
+    "--mbox-variant",
+    type=click.Choice(VARIANTS),
+    default="mboxrd",
+    show_default=True,
+    help="mboxrd: '>From ' lines lose one '>'; mboxo: bytes kept as they are.",
+)
+@click.option("--no-index", is_flag=True, help="Do not parse and index after the import.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+@click.pass_context
+def import_command(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    fmt: str,
+    account: str | None,
+    mbox_variant: str,
+    no_index: bool,
+    as_json: bool,
+) -> None:
+    """Import messages from Maildir trees, mbox files and .eml files into the vault.
+
+    Exact bytes are stored and de-duplicated by sha256; the source path (and mbox offset) is
+    recorded.  Exit 1 if any entry was rejected; the report names each with the reason.
+
+    Example: mailvault import ~/Maildir old-archive.mbox --account legacy
+    """
+    vault = vault_from(ctx)
+    with _progress_bar(ctx, as_json, "importing") as progress:
+        report = import_sources(
+            vault,
+            list(paths),
+            fmt=fmt,
+            account=account,
+            mbox_variant=mbox_variant,
+            index=not no_index,
+            progress=progress,
+        )
+    if as_json:
+        print_json(report.as_json())
+    else:
+        kinds = ", ".join(sorted({kind for _, kind in report.sources}))
+        click.echo(
+            f"imported {report.imported}, duplicates {report.duplicates}, rejected "
+            f"{len(report.rejected)}, skipped {len(report.skipped)} "
+            f"({report.bytes:,} bytes, {kinds}, {report.seconds:.1f} s)"
+        )
+        for r in report.rejected:
+            where = f"{r.path}" + (f" at byte {r.offset}" if r.offset is not None else "")
+            click.echo(f"rejected: {where}: {r.reason}", err=True)
+        for s in report.skipped:
+            click.echo(f"skipped: {s.path}: {s.reason}", err=True)
+        for w in report.warnings:
+            where = f"{w.path}" + (f" at byte {w.offset}" if w.offset is not None else "")
+            click.echo(f"warning: {where}: {w.message}", err=True)
+        index = report.index
+        if index is not None and (index.get("parsed") or index.get("indexed")):
+            click.echo(f"indexed {index.get('indexed', 0)} messages")
+        if report.index_error:
+            click.echo(f"mailvault: warning: {report.index_error}", err=True)
+    if not report.ok:
+        ctx.exit(1)

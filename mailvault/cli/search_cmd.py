@@ -1,0 +1,247 @@
+"""`mailvault index`, `reindex`, `search` and `show`.
+
+The search command imports only mailvault.search (tantivy and the standard library) so that a
+query starts fast; everything heavier is imported inside the command that needs it.
+"""
+
+from mailvault.cli import cli  # isort: skip  (must come first: the group the commands join)
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+QUERY_HELP = """\b
+Query language (docs/search.md):
+  from:alice@example.com  to:  cc:  bcc:  recipient:   exact address, or words of it
+  subject:  body:  attachment:  attachment-text:  message-id:  list:  thread:  account:
+  "a phrase"  word*  AND  OR  NOT  -word  ( )          words side by side must all match
+  date:2024-03  date:[2024-01-01 TO 2024-03-31]  after:2024-01-01  before:2024-04-01
+  has:attachment  size:>1M  size:<10k
+"""
+
+
+class _Progress:
+    """One status line on stderr: parsed/indexed count and rate."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2 and done != total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-6)
+        sys.stderr.write(f"\rindexing: {done}/{total} msgs  {rate:,.0f} msg/s\033[K")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.last:
+            sys.stderr.write("\n")
+
+
+def _print_report(report: Any, as_json: bool, verb: str) -> None:
+    if as_json:
+        from mailvault.cli._common import print_json
+
+        print_json({"schema": "mailvault/index-report/v1", **report.as_json()})
+        return
+    line = (
+        f"{verb} {report.indexed} messages ({report.parsed} newly parsed"
+        f"{f', {report.unreadable} unreadable' if report.unreadable else ''}"
+        f"{f', {report.defective} with defects' if report.defective else ''}"
+        f"{f', {report.repaired} repaired' if report.repaired else ''}) "
+        f"in {report.seconds:.1f}s; the index holds {report.documents} messages"
+    )
+    click.echo(line)
+    for digest in report.missing:
+        click.echo(f"error: blob {digest} could not be read; run `mailvault verify`", err=True)
+
+
+def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
+    from mailvault.cli._common import vault_from
+    from mailvault.indexer import catch_up, reindex
+
+    vault = vault_from(ctx)
+    quiet = ctx.obj.get("quiet", False)
+    progress = _Progress() if sys.stderr.isatty() and not as_json and not quiet else None
+    try:
+        with vault.write_lock("reindex" if rebuild else "index"):
+            report = (reindex if rebuild else catch_up)(vault, progress=progress)
+    finally:
+        if progress:
+            progress.finish()
+    _print_report(report, as_json, "rebuilt the index from" if rebuild else "indexed")
+    if report.missing:
+        ctx.exit(1)
+
+
+@cli.command("index")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def index_command(ctx: click.Context, as_json: bool) -> None:
+    """Parse and index every archived message that is not indexed yet (catch up).
+
+    Safe to interrupt and rerun: it continues where it stopped, with no gaps and one index
+    document per message.
+
+    Example: mailvault index
+    """
+    _run_indexer(ctx, as_json, rebuild=False)
+
+
+@cli.command("reindex")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def reindex_command(ctx: click.Context, as_json: bool) -> None:
+    """Rebuild the search index from the object store and catalog alone.
+
+    The new index is built beside the old one and swapped in atomically; searches keep working
+    on the old index until then.
+
+    Example: mailvault reindex
+    """
+    _run_indexer(ctx, as_json, rebuild=True)
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
+    epilog=QUERY_HELP,
+)
+@click.argument("query", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Print at most N hits (0: all).",
+)
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N hits.")
+@click.option(
+    "--sort",
+    type=click.Choice(["-date", "date", "score"]),
+    default="-date",
+    show_default=True,
+    help="-date: newest first; date: oldest first; score: best match first.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON Lines (schemas/search-hit.schema.json)."
+)
+@click.option("--count", "as_count", is_flag=True, help="Print the number of hits only.")
+@click.option("--ids", "as_ids", is_flag=True, help="Print full sha256 ids only (for pipes).")
+@click.pass_context
+def search(
+    ctx: click.Context,
+    query: tuple[str, ...],
+    limit: int,
+    offset: int,
+    sort: str,
+    as_json: bool,
+    as_count: bool,
+    as_ids: bool,
+) -> None:
+    """Search the archive; exit 0 with hits, 1 with none, 2 on a bad query.
+
+    Quote the whole query for the shell when it holds phrases or parentheses:
+
+      mailvault search 'from:alice@example.com subject:"quarterly report" after:2024-01-01'
+    """
+    from mailvault.errors import UsageError
+    from mailvault.search import run
+
+    if as_json + as_count + as_ids > 1:
+        raise UsageError("--json, --count and --ids exclude each other; pick one")
+    mode = "json" if as_json else "count" if as_count else "ids" if as_ids else "text"
+    vault_path: Path = ctx.obj["vault_path"]
+    code = run(
+        vault_path,
+        " ".join(query),
+        limit=limit,
+        offset=offset,
+        sort=sort,
+        mode=mode,
+        out=sys.stdout,
+    )
+    ctx.exit(code)
+
+
+@cli.command()
+@click.argument("ident", metavar="ID")
+@click.option("--raw", is_flag=True, help="Write the exact stored bytes to stdout.")
+@click.option("--part", type=click.IntRange(min=0), help="Part number N (see the attachment list).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    help="With --part: write the decoded part to FILE ('-' for stdout).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the message as JSON.")
+@click.pass_context
+def show(
+    ctx: click.Context,
+    ident: str,
+    raw: bool,
+    part: int | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Show one message: ID is a sha256, a unique prefix of 8+ hex digits, or a Message-ID.
+
+    Prints the headers, the text body and the numbered attachment list.
+
+    Examples: mailvault show 3fa9c2e1 | mailvault show '<abc@example.com>' --raw > msg.eml |
+    mailvault show 3fa9c2e1 --part 3 --out report.pdf
+    """
+    from mailvault.cli._common import print_json, vault_from
+    from mailvault.errors import UsageError
+    from mailvault.search import audit
+    from mailvault.show import AmbiguousId, first_ingest, part_bytes, render_text, resolve
+    from mailvault.show import as_json as message_json
+
+    if sum([raw, part is not None, as_json]) > 1:
+        raise UsageError("--raw, --part and --json exclude each other; pick one")
+    if out is not None and part is None:
+        raise UsageError("--out goes with --part N")
+    vault = vault_from(ctx)
+    try:
+        digest = resolve(vault.catalog_path, ident)
+    except AmbiguousId as exc:
+        click.echo(f"mailvault: error: {exc}:", err=True)
+        for candidate in exc.candidates:
+            click.echo(f"  {candidate.line()}", err=True)
+        ctx.exit(exc.exit_code)
+    mode = "raw" if raw else "part" if part is not None else "json" if as_json else "text"
+    detail: dict[str, Any] = {"id": digest, "mode": mode}
+    if part is not None:
+        detail["part"] = part
+    audit(vault.root, "show", ident, 1, **detail)  # durable before anything is shown
+    store = vault.store()
+    if raw:
+        stdout = sys.stdout.buffer
+        for chunk in store.iter_chunks(digest):
+            stdout.write(chunk)
+        stdout.flush()
+        return
+    data = store.read_bytes(digest)
+    if part is not None:
+        payload = part_bytes(data, part)
+        if out is None or str(out) == "-":
+            if out is None and sys.stdout.isatty():
+                raise UsageError("refusing to write a part to a terminal; add --out FILE")
+            sys.stdout.buffer.write(payload)
+        else:
+            out.write_bytes(payload)
+            click.echo(f"wrote part {part} ({len(payload):,} bytes) to {out}", err=True)
+        return
+    from mailvault.parse import parse_message
+
+    when = first_ingest(vault.catalog_path, digest)
+    parsed = parse_message(data, digest, ingest_time=when)
+    if as_json:
+        print_json(message_json(parsed))
+        return
+    for line in render_text(parsed):
+        click.echo(line)

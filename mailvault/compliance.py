@@ -1,0 +1,224 @@
+"""Retention, legal holds and the audit trail: what a compliance archive must be able to prove.
+
+* A **hold** protects every message matching its search query *at the time a purge runs* (so
+  mail archived after the hold was placed is protected too).  Adding and releasing holds are
+  ledger entries.
+* **Retention** purges messages older than ``keep_days`` that no active hold protects.  Age is
+  counted from the message's Date header when the parser could read one, else from when the
+  vault first stored it.  A purge removes the blob, the parse rows and the index document, and
+  keeps a tombstone: the ``messages`` row with ``purged_at`` set (so its UIDL is never fetched
+  again) and a ``purge`` ledger entry (sha256, reason, time).  The catalog commit comes first:
+  a crash before the files are removed leaves a purged message whose blob the next
+  ``retention apply`` removes.
+* The **audit trail** records every search, show and export (time, OS user, command, query,
+  number of results) in a hash-chained table beside the ledger.  It has no off switch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mailvault import ledger
+from mailvault.audit import os_user
+from mailvault.errors import UsageError
+from mailvault.vault import Vault, utcnow
+
+# -- audit (written by mailvault.audit.record) ---------------------------------------------------
+
+
+def audit_entries(vault: Vault, since: datetime | None = None) -> list[dict[str, Any]]:
+    with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+        entries = list(ledger.iter_entries(db, "audit"))
+    if since is not None:
+        entries = [e for e in entries if datetime.fromisoformat(e["at"]) >= since]
+    return entries
+
+
+# -- holds -------------------------------------------------------------------------------------
+
+
+def matching_ids(vault: Vault, query: str) -> set[str]:
+    from mailvault.search import Searcher
+
+    hits = Searcher(vault.index_path, query).page(limit=0, sort="score", snippets=False)
+    return {hit.id for hit in hits}
+
+
+def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
+    """Place a hold; returns how many messages it matches now (the query is checked here)."""
+    matches = len(matching_ids(vault, query))
+    catalog = vault.catalog()
+    try:
+        with catalog.transaction() as conn:
+            if conn.execute(
+                "SELECT 1 FROM holds WHERE name=? AND released_at IS NULL", (name,)
+            ).fetchone():
+                raise UsageError(
+                    f"a hold named {name!r} is already active; release it first or pick another name"
+                )
+            conn.execute(
+                "INSERT INTO holds(name, query, reason, created_at, created_by) VALUES (?,?,?,?,?)",
+                (name, query, reason, utcnow(), os_user()),
+            )
+            ledger.append(
+                conn,
+                "hold-add",
+                detail={
+                    "name": name,
+                    "query": query,
+                    "reason": reason,
+                    "matches": matches,
+                    "by": os_user(),
+                },
+            )
+    finally:
+        catalog.close()
+    return matches
+
+
+def release_hold(vault: Vault, name: str) -> None:
+    catalog = vault.catalog()
+    try:
+        with catalog.transaction() as conn:
+            row = conn.execute(
+                "SELECT id, query FROM holds WHERE name=? AND released_at IS NULL", (name,)
+            ).fetchone()
+            if row is None:
+                raise UsageError(f"no active hold named {name!r}; `mailvault hold list` shows them")
+            conn.execute("UPDATE holds SET released_at=? WHERE id=?", (utcnow(), row[0]))
+            ledger.append(
+                conn, "hold-release", detail={"name": name, "query": row[1], "by": os_user()}
+            )
+    finally:
+        catalog.close()
+
+
+def list_holds(vault: Vault, *, include_released: bool = False) -> list[dict[str, Any]]:
+    catalog = vault.catalog()
+    try:
+        where = "" if include_released else "WHERE released_at IS NULL"
+        return catalog.rows(
+            f"SELECT name, query, reason, created_at, created_by, released_at FROM holds {where} ORDER BY id"
+        )
+    finally:
+        catalog.close()
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sha256: str
+    age_basis: str  # the date the age was counted from
+    keep_days: int
+    held_by: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "date": self.age_basis,
+            "keep_days": self.keep_days,
+            "held_by": list(self.held_by),
+        }
+
+
+def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
+    """Messages past retention; those an active hold protects carry the holds' names."""
+    now = now or datetime.now(UTC)
+    config = vault.config
+    default = config.retention_keep_days
+    per_account = {a.name: a.keep_days for a in config.accounts.values() if a.keep_days is not None}
+    if default is None and not per_account:
+        raise UsageError(
+            f"{config.path}: no retention policy; set [retention] keep_days = N (or keep_days per account)"
+        )
+    catalog = vault.catalog()
+    try:
+        rows = catalog.rows(
+            """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback,
+                      (SELECT group_concat(DISTINCT account) FROM uidls u WHERE u.sha256 = m.sha256) AS accounts
+               FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
+               WHERE m.purged_at IS NULL"""
+        )
+        holds = catalog.rows("SELECT name, query FROM holds WHERE released_at IS NULL")
+    finally:
+        catalog.close()
+    candidates = []
+    for row in rows:
+        accounts = (row["accounts"] or "").split(",") if row["accounts"] else []
+        # a message kept for several accounts is kept as long as the longest of them says
+        days_options = [per_account.get(a, default) for a in accounts] or [default]
+        if any(d is None for d in days_options):
+            continue
+        keep_days = max(d for d in days_options if d is not None)
+        basis = row["date"] if row["date"] and not row["date_fallback"] else row["first_ingest_at"]
+        if datetime.fromisoformat(basis) <= now - timedelta(days=keep_days):
+            candidates.append(Candidate(row["sha256"], basis, keep_days, ()))
+    if holds and candidates:
+        protected: dict[str, list[str]] = {}
+        for hold in holds:
+            for sha in matching_ids(vault, hold["query"]):
+                protected.setdefault(sha, []).append(hold["name"])
+        candidates = [
+            Candidate(c.sha256, c.age_basis, c.keep_days, tuple(protected.get(c.sha256, ())))
+            for c in candidates
+        ]
+    return candidates
+
+
+def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
+    """Purge the unprotected candidates (caller holds the write lock); return purged sha256s."""
+    doomed = [c for c in candidates if not c.held_by]
+    catalog = vault.catalog()
+    try:
+        with catalog.transaction() as conn:
+            for c in doomed:
+                size = conn.execute(
+                    "SELECT size FROM messages WHERE sha256=?", (c.sha256,)
+                ).fetchone()[0]
+                conn.execute("DELETE FROM message_meta WHERE sha256=?", (c.sha256,))
+                conn.execute("UPDATE messages SET purged_at=? WHERE sha256=?", (utcnow(), c.sha256))
+                ledger.append(
+                    conn,
+                    "purge",
+                    sha256=c.sha256,
+                    size=size,
+                    detail={
+                        "reason": f"retention: older than {c.keep_days} days",
+                        "date": c.age_basis,
+                    },
+                )
+        leftovers = {
+            r["sha256"]
+            for r in catalog.rows("SELECT sha256 FROM messages WHERE purged_at IS NOT NULL")
+        }
+    finally:
+        catalog.close()
+    _remove_files(vault, leftovers)
+    return [c.sha256 for c in doomed]
+
+
+def _remove_files(vault: Vault, purged: set[str]) -> None:
+    """Blobs and index documents of purged messages (idempotent: also finishes a crashed purge)."""
+    from mailvault import index as ix
+
+    store = vault.store()
+    for sha in purged:
+        path = store.find(sha)
+        if path is not None:
+            path.unlink()
+    if purged and (vault.index_path / "meta.json").exists():
+        index, _ = ix.create_or_open(vault.index_path)
+        writer = ix.IndexWriter(index)
+        for sha in purged:
+            writer.delete(sha)
+        writer.close()
+
+
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2)

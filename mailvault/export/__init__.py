@@ -1,0 +1,329 @@
+"""`mailvault export`: copy messages out of the vault as Maildir, mbox (mboxrd) or EML files.
+
+The loop, per selected message (see ``selection.py`` for the selection and its order):
+
+1. If the target already holds it (Maildir/EML re-export), hash that file: if it is right, list
+   it in the manifest and move on; if not, say so and write a fresh copy.
+2. Stream the blob (``BlobStore.iter_chunks``, flat memory), re-hashing it on the way: a blob that
+   no longer matches its name aborts the export instead of being exported.
+3. Peek at the header block (at most 1 MiB) for the manifest's Message-ID and date and the mbox
+   From_ line; convert CRLF to LF if asked (``exported_sha256`` then records the converted
+   bytes); hand the stream to the target, which makes it durable in batches.
+4. When every message is durable, write the manifest (``manifest.py``) and record the export in
+   the audit log.
+
+Nothing here imports click: the CLI passes a progress callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from mailvault import __version__
+from mailvault.catalog import utcnow
+from mailvault.errors import StoreError, UsageError
+from mailvault.export._errors import ExportError, target_error
+from mailvault.export._target import Target
+from mailvault.export.eml import EmlTarget
+from mailvault.export.maildir import MaildirTarget
+from mailvault.export.manifest import (
+    SCHEMA_ID,
+    ManifestWriter,
+    check_writable_manifest,
+    manifest_paths,
+    read_summary,
+)
+from mailvault.export.mbox import MboxTarget
+from mailvault.export.selection import Selected, Selection
+from mailvault.export.transform import MessageMeta, message_meta, peek_header, to_lf
+from mailvault.store import READ_CHUNK, BlobStore
+from mailvault.vault import Vault
+
+__all__ = ["ExportError", "ExportOptions", "FORMATS", "export", "default_line_endings"]
+
+FORMATS = ("maildir", "mbox", "eml")
+Progress = Callable[[int, int], None]  # messages done, messages selected
+
+
+def default_line_endings(fmt: str) -> str:
+    """lf for Maildir and mbox (what local mail tools expect), crlf (exact bytes) for EML."""
+    return "crlf" if fmt == "eml" else "lf"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    fmt: str
+    out: Path
+    line_endings: str | None = None
+    manifest: bool = True
+    append: bool = False
+    query: str | None = None
+    account: str | None = None
+
+
+@dataclass
+class _Run:
+    count: int = 0
+    added: int = 0
+    skipped: int = 0
+    total_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Hashing:
+    """Passes chunks through, hashing and counting them."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
+        self.hash = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.hash.update(chunk)
+            yield chunk
+
+
+def _verified(store: BlobStore, digest: str) -> Generator[bytes, None, None]:
+    """The blob's bytes; raises at the end if they do not hash to the blob's name."""
+    h = hashlib.sha256()
+    try:
+        for chunk in store.iter_chunks(digest):
+            h.update(chunk)
+            yield chunk
+    except (OSError, zstandard.ZstdError) as exc:
+        raise StoreError(
+            f"blob {digest} cannot be read ({exc}); the export stopped: run `mailvault verify`"
+        ) from None
+    if h.hexdigest() != digest:
+        raise ExportError(
+            f"blob {digest} no longer matches its sha256 (the stored copy is damaged); the "
+            "export stopped without writing it: run `mailvault verify`"
+        )
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _make_target(options: ExportOptions, out: Path, line_endings: str) -> Target:
+    if options.fmt == "maildir":
+        return MaildirTarget(out, line_endings)
+    if options.fmt == "eml":
+        return EmlTarget(out, line_endings)
+    return MboxTarget(out, append=options.append)
+
+
+class _Exporter:
+    def __init__(self, vault: Vault, options: ExportOptions, out: Path, line_endings: str) -> None:
+        self.vault = vault
+        self.options = options
+        self.out = out
+        self.lf = line_endings == "lf"
+        self.line_endings = line_endings
+        self.store: BlobStore = vault.store()
+        self.target = _make_target(options, out, line_endings)
+        self.run = _Run()
+
+    def _meta(self, src: Selected) -> MessageMeta:
+        chunks = _verified(self.store, src.sha256)
+        try:
+            header, _ = peek_header(chunks)
+        finally:
+            chunks.close()  # releases the blob file now, not at garbage collection
+        return message_meta(header, src.ingested)
+
+    def _lf_hash(self, digest: str) -> str:
+        h = hashlib.sha256()
+        for chunk in to_lf(_verified(self.store, digest)):
+            h.update(chunk)
+        return h.hexdigest()
+
+    def _existing(self, src: Selected) -> tuple[dict[str, Any] | None, str | None]:
+        """A manifest entry for a correct copy already in the target, else (None, bad copy)."""
+        bad: str | None = None
+        for relative in self.target.find(src.sha256):
+            path = self.target.resolve(relative)
+            try:
+                actual, size = _hash_file(path)
+            except OSError as exc:
+                self.run.warnings.append(
+                    f"{relative}: unreadable ({exc.strerror}); wrote a fresh copy"
+                )
+                bad = relative
+                continue
+            expected = self._lf_hash(src.sha256) if self.lf else src.sha256
+            if actual == expected:
+                entry = self._entry(src, self._meta(src), size, path=relative)
+                if self.lf:
+                    entry["exported_sha256"] = actual
+                return entry, None
+            self.run.warnings.append(
+                f"{relative}: content does not match {src.sha256} (changed after export?); "
+                "wrote a fresh copy"
+            )
+            bad = relative
+        return None, bad
+
+    def _entry(
+        self,
+        src: Selected,
+        meta: MessageMeta,
+        size: int,
+        *,
+        path: str | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "sha256": src.sha256,
+            "message_id": meta.message_id,
+            "date": meta.date.isoformat(),
+            "date_source": "header" if meta.date_from_header else "ingest",
+            "size": size,
+        }
+        if path is not None:
+            entry["path"] = path
+        if offset is not None:
+            entry["offset"] = offset
+            entry["length"] = size
+        return entry
+
+    def one(self, src: Selected) -> dict[str, Any]:
+        self.run.count += 1
+        existing, bad = self._existing(src)
+        if existing is not None:
+            self.run.skipped += 1
+            self.run.total_bytes += int(existing["size"])
+            return existing
+        header, chunks = peek_header(_verified(self.store, src.sha256))
+        meta = message_meta(header, src.ingested)
+        body: Iterable[bytes] = to_lf(chunks) if self.lf else chunks
+        hashing = _Hashing(body)
+        placed = self.target.write(src.sha256, meta, hashing, bad)
+        self.run.added += 1
+        self.run.total_bytes += placed.size
+        entry = self._entry(src, meta, placed.size, path=placed.path, offset=placed.offset)
+        if self.lf:
+            entry["exported_sha256"] = hashing.hash.hexdigest()
+        return entry
+
+
+def _audit(vault: Vault, summary: dict[str, Any], out: Path, manifest_sha256: str | None) -> None:
+    """One audit-trail entry per export (the trail has no off switch)."""
+    from mailvault.audit import record as record_audit
+
+    record_audit(
+        vault.root,
+        "export",
+        summary["query"],
+        summary["count"],
+        format=summary["format"],
+        target=str(out),
+        account=summary["account"],
+        line_endings=summary["line_endings"],
+        added=summary["added"],
+        total_bytes=summary["total_bytes"],
+        manifest_sha256=manifest_sha256,
+    )
+
+
+def export(
+    vault: Vault, options: ExportOptions, *, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run one export; returns its summary (the ``manifest.json`` document).
+
+    Raises:
+        UsageError: bad options, unknown account, query without an index.
+        ExportError: the target is of the wrong kind, unwritable or full (nothing half-written
+            is left), or a blob is damaged.
+    """
+    if options.fmt not in FORMATS:
+        raise UsageError(f"unknown export format {options.fmt!r}; use one of {', '.join(FORMATS)}")
+    if options.append and options.fmt != "mbox":
+        raise UsageError("--append applies to --format mbox only")
+    line_endings = options.line_endings or default_line_endings(options.fmt)
+    if line_endings not in ("lf", "crlf"):
+        raise UsageError(f"unknown line endings {line_endings!r}; use lf or crlf")
+    out = Path(os.path.abspath(options.out))
+    started = utcnow()
+    catalog = vault.catalog()
+    try:
+        selection = Selection(vault, catalog, query=options.query, account=options.account)
+        total = selection.count()
+        exporter = _Exporter(vault, options, out, line_endings)
+        paths = manifest_paths(options.fmt, out)
+        if options.manifest:
+            check_writable_manifest(paths)
+        previous = read_summary(paths[1]) if options.append else None
+        if previous is not None and previous.get("line_endings") != line_endings:
+            raise ExportError(
+                f"{out} was exported with --line-endings {previous.get('line_endings')}; "
+                "append with the same, or export into a new file"
+            )
+        exporter.target.open()
+        writer: ManifestWriter | None = None
+        try:
+            if options.manifest:
+                writer = ManifestWriter(
+                    *paths, keep_existing=options.append and options.fmt == "mbox"
+                )
+            for done, src in enumerate(selection, 1):
+                entry = exporter.one(src)
+                if writer is not None:
+                    writer.add(entry)
+                if progress is not None:
+                    progress(done, total)
+            exporter.target.close()
+            run = exporter.run
+            summary: dict[str, Any] = {
+                "schema": SCHEMA_ID,
+                "format": options.fmt,
+                "line_endings": line_endings,
+                "query": options.query,
+                "account": options.account,
+                "count": run.count,
+                "total_bytes": run.total_bytes,
+                "added": run.added,
+                "skipped": run.skipped,
+                "started_at": started,
+                "finished_at": utcnow(),
+                "vault_id": vault.vault_id,
+                "mailvault_version": __version__,
+                "entries": paths[0].name,
+                "warnings": run.warnings,
+            }
+            if options.fmt == "mbox":
+                summary["mbox_variant"] = "mboxrd"
+            if options.fmt == "mbox" and options.append:
+                assert isinstance(exporter.target, MboxTarget)
+                summary["append"] = {
+                    "offset": exporter.target.start_offset,
+                    "previous_entries": writer.previous_entries if writer else 0,
+                }
+            manifest_sha256 = None
+            if writer is not None:
+                writer.finish(summary)
+                manifest_sha256, _ = _hash_file(paths[1])
+        except BaseException:
+            exporter.target.abort()
+            if writer is not None:
+                writer.abort()
+            raise
+    except OSError as exc:  # anything not mapped closer to where it happened
+        raise target_error("exporting to", out, exc) from None
+    finally:
+        catalog.close()
+    _audit(vault, summary, out, manifest_sha256)
+    return summary

@@ -1,0 +1,83 @@
+"""Export as a directory of ``<sha256>.eml`` files, one per message, exact bytes by default.
+
+Each file is written as ``.<sha256>.eml.tmp-<random>`` in the same directory, then made durable
+in batches and renamed; a re-export skips files that are already there and correct, and replaces
+(atomically, by rename) one whose content no longer matches its name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from mailvault.export._errors import ExportError, target_error
+from mailvault.export._target import DirBatch, Placed, Target, make_dirs, write_new_file
+from mailvault.export.manifest import read_summary
+from mailvault.export.transform import MessageMeta
+
+_OURS = re.compile(r"^(?:[0-9a-f]{64}\.eml|manifest\.jsonl?|\..*\.tmp-[0-9a-f]+)$")
+
+
+class EmlTarget(Target):
+    def __init__(self, out: Path, line_endings: str) -> None:
+        self.out = out
+        self.line_endings = line_endings
+        self.batch = DirBatch(out)
+        self.names: set[str] = set()
+
+    def open(self) -> None:
+        out = self.out
+        if out.is_symlink() or out.exists():
+            if not out.is_dir():
+                raise ExportError(
+                    f"{out} is a file; --format eml needs a directory (a new one, an empty one, "
+                    "or one written by an earlier eml export)"
+                )
+            try:
+                entries = os.listdir(out)
+            except OSError as exc:
+                raise target_error("reading", out, exc) from None
+            strangers = [name for name in entries if not _OURS.match(name)]
+            if strangers:
+                raise ExportError(
+                    f"{out} is not empty and not an eml export (it holds {strangers[0]!r}); "
+                    "choose a new or empty directory"
+                )
+            previous = read_summary(out / "manifest.json")
+            if previous is not None and previous.get("format") != "eml":
+                raise ExportError(
+                    f"{out} holds a {previous.get('format')} export; choose another --out"
+                )
+            if previous is not None and previous.get("line_endings") != self.line_endings:
+                raise ExportError(
+                    f"{out} was exported with --line-endings {previous.get('line_endings')}; "
+                    f"rerun with that, or export {self.line_endings} into a new directory"
+                )
+            self.names = {name for name in entries if name.endswith(".eml")}
+        make_dirs(out)
+
+    def find(self, digest: str) -> list[str]:
+        name = f"{digest}.eml"
+        return [name] if name in self.names else []
+
+    def resolve(self, relative: str) -> Path:
+        return self.out / relative
+
+    def write(
+        self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
+    ) -> Placed:
+        name = f"{digest}.eml"
+        tmp = self.out / f".{name}.tmp-{secrets.token_hex(6)}"
+        size = write_new_file(tmp, chunks)
+        self.batch.add(tmp, self.out / name, None, size)
+        self.names.add(name)
+        return Placed(size=size, path=name)
+
+    def close(self) -> None:
+        self.batch.flush()
+
+    def abort(self) -> None:
+        self.batch.abort()

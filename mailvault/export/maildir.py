@@ -1,0 +1,119 @@
+"""Export into a Maildir: every message a file in ``cur/``, written in ``tmp/`` and renamed.
+
+File names follow the Maildir convention (djb; Dovecot's ``S=`` size field) and end with the
+message's full sha256, so a later export into the same Maildir can tell what is already there:
+
+    <unix time>.M<usec>P<pid>Q<counter>.<host>,S=<size>,H=<sha256>:2,S
+
+``S=`` is the size of the file as written (Dovecot trusts it), ``:2,S`` marks the message seen.
+The host part escapes ``/``, ``:`` and ``,`` as ``\\057``, ``\\072`` and ``\\054``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from mailvault.export._errors import ExportError, target_error
+from mailvault.export._target import DirBatch, Placed, Target, make_dirs, write_new_file
+from mailvault.export.manifest import read_summary
+from mailvault.export.transform import MessageMeta
+
+SUBDIRS = ("cur", "new", "tmp")
+_DIGEST_IN_NAME = re.compile(r",H=([0-9a-f]{64})(?=[,:!]|$)")
+_COUNTER = itertools.count(1)
+
+
+def _host() -> str:
+    name = socket.gethostname() or "localhost"
+    return name.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
+
+
+def is_maildir(path: Path) -> bool:
+    return all((path / sub).is_dir() for sub in SUBDIRS)
+
+
+class MaildirTarget(Target):
+    def __init__(self, out: Path, line_endings: str) -> None:
+        self.out = out
+        self.line_endings = line_endings
+        self.host = _host()
+        self.pid = os.getpid()
+        self.batch = DirBatch(out)
+        self.existing: dict[str, list[str]] = {}
+
+    def open(self) -> None:
+        out = self.out
+        if out.is_symlink() or out.exists():
+            if not out.is_dir():
+                raise ExportError(
+                    f"{out} is a file; --format maildir needs a directory (a new one, an empty "
+                    "one, or a Maildir written by an earlier export)"
+                )
+            try:
+                entries = os.listdir(out)
+            except OSError as exc:
+                raise target_error("reading", out, exc) from None
+            if entries and not is_maildir(out):
+                raise ExportError(
+                    f"{out} is not empty and not a Maildir (no cur/, new/ and tmp/); "
+                    "choose a new or empty directory"
+                )
+            previous = read_summary(out / "manifest.json")
+            if previous is not None and previous.get("format") != "maildir":
+                raise ExportError(
+                    f"{out} holds a {previous.get('format')} export, not a Maildir; "
+                    "choose another --out"
+                )
+            if previous is not None and previous.get("line_endings") != self.line_endings:
+                raise ExportError(
+                    f"{out} was exported with --line-endings {previous.get('line_endings')}; "
+                    f"rerun with that, or export {self.line_endings} into a new directory"
+                )
+        for sub in SUBDIRS:
+            make_dirs(out / sub)
+        self._scan()
+
+    def _scan(self) -> None:
+        """One pass over cur/ and new/: which messages (by sha256) are already here."""
+        for sub in ("cur", "new"):
+            try:
+                names = os.listdir(self.out / sub)
+            except OSError as exc:
+                raise target_error("reading", self.out / sub, exc) from None
+            for name in names:
+                match = _DIGEST_IN_NAME.search(name)
+                if match:
+                    self.existing.setdefault(match.group(1), []).append(f"{sub}/{name}")
+
+    def find(self, digest: str) -> list[str]:
+        return sorted(self.existing.get(digest, []))
+
+    def resolve(self, relative: str) -> Path:
+        return self.out / relative
+
+    def write(
+        self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
+    ) -> Placed:
+        now = time.time()
+        base = (
+            f"{int(now)}.M{int(now * 1_000_000) % 1_000_000}P{self.pid}"
+            f"Q{next(_COUNTER)}.{self.host}"
+        )
+        tmp = self.out / "tmp" / base
+        size = write_new_file(tmp, chunks)
+        name = f"{base},S={size},H={digest}:2,S"
+        self.batch.add(tmp, self.out / "cur" / name, None, size)
+        self.existing.setdefault(digest, []).append(f"cur/{name}")
+        return Placed(size=size, path=f"cur/{name}")
+
+    def close(self) -> None:
+        self.batch.flush()
+
+    def abort(self) -> None:
+        self.batch.abort()

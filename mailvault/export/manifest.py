@@ -1,0 +1,187 @@
+"""The export manifest: ``manifest.jsonl`` (one object per message) and ``manifest.json``.
+
+Both follow ``schemas/export-manifest.schema.json`` (schema id ``mailvault/export-manifest/v1``).
+For Maildir and EML exports the two files sit in the target directory; for mbox they sit beside
+the mbox file as ``<mbox>.manifest.jsonl`` and ``<mbox>.manifest.json``.
+
+Both are written to a temporary name, fsynced and renamed, so a manifest is either the complete
+one of a finished export or the previous one: an interrupted export never leaves a manifest that
+names files which do not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from mailvault.export._errors import ExportError, target_error
+from mailvault.store import fsync_dir
+
+SCHEMA_ID = "mailvault/export-manifest/v1"
+
+
+def manifest_paths(fmt: str, out: Path) -> tuple[Path, Path]:
+    """(entries, summary) paths for an export of format ``fmt`` to ``out``."""
+    if fmt == "mbox":
+        return out.with_name(out.name + ".manifest.jsonl"), out.with_name(
+            out.name + ".manifest.json"
+        )
+    return out / "manifest.jsonl", out / "manifest.json"
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """A previous export's summary, or None if there is none (or it is not ours)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA_ID:
+        return None
+    return data
+
+
+class ManifestWriter:
+    """Streams entries to a temporary jsonl file; ``finish`` puts both files in place."""
+
+    def __init__(self, entries_path: Path, summary_path: Path, *, keep_existing: bool) -> None:
+        self.entries_path = entries_path
+        self.summary_path = summary_path
+        self.previous_entries = 0
+        token = secrets.token_hex(6)
+        self._tmp = entries_path.with_name(f".{entries_path.name}.tmp-{token}")
+        self._summary_tmp = summary_path.with_name(f".{summary_path.name}.tmp-{token}")
+        self._file: IO[str] | None = None
+        try:
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+            if keep_existing and entries_path.exists():
+                with entries_path.open("r", encoding="utf-8") as old:
+                    for line in old:
+                        if line.strip():
+                            self._file.write(line if line.endswith("\n") else line + "\n")
+                            self.previous_entries += 1
+        except OSError as exc:
+            self.abort()
+            raise target_error("writing the manifest", self._tmp, exc) from None
+
+    def add(self, entry: dict[str, Any]) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            raise target_error("writing the manifest", self._tmp, exc) from None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        assert self._file is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            with open(self._summary_tmp, "w", encoding="utf-8", newline="\n") as f:
+                f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(self._summary_tmp, 0o600)
+            os.replace(self._tmp, self.entries_path)
+            os.replace(self._summary_tmp, self.summary_path)
+            fsync_dir(self.entries_path.parent)
+        except OSError as exc:
+            self.abort()
+            raise target_error("writing the manifest", self.summary_path, exc) from None
+
+    def abort(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        for path in (self._tmp, self._summary_tmp):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@dataclass(frozen=True, slots=True)
+class MboxEntry:
+    """Where a message sits in an exported mbox, and what it must hash to once read back."""
+
+    offset: int
+    length: int
+    hashes: frozenset[str]
+
+
+class MboxManifestCursor:
+    """Walks ``<mbox>.manifest.jsonl`` in step with a reader moving forward through the mbox.
+
+    Entries are in offset order (they are written in file order), so only one is held at a
+    time: memory stays flat however many messages the mbox holds.
+    """
+
+    def __init__(self, entries_path: Path) -> None:
+        self._file: IO[str] | None = entries_path.open("r", encoding="utf-8")
+        self._lines: Iterator[str] = iter(self._file)
+        self._next: MboxEntry | None = None
+        self._matched = False
+        self._missed: list[MboxEntry] = []
+        self.broken: str | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        if self._next is not None and not self._matched:
+            self._missed.append(self._next)
+        self._next = None
+        self._matched = False
+        for line in self._lines:
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                entry = MboxEntry(
+                    int(data["offset"]),
+                    int(data["length"]),
+                    frozenset(
+                        h
+                        for h in (data["sha256"], data.get("exported_sha256"))
+                        if isinstance(h, str)
+                    ),
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                self.broken = (
+                    f"unreadable manifest line ({exc}); the manifest was ignored from here"
+                )
+                self.close()
+                return
+            self._next = entry
+            return
+
+    def at(self, offset: int) -> MboxEntry | None:
+        """The entry for the message starting at ``offset``, if the manifest has one."""
+        while self._next is not None and self._next.offset < offset:
+            self._advance()
+        if self._next is not None and self._next.offset == offset:
+            self._matched = True
+            return self._next
+        return None
+
+    def take_missed(self) -> list[MboxEntry]:
+        """Entries passed over without a message starting at their offset (since last call)."""
+        missed, self._missed = self._missed, []
+        return missed
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._lines = iter(())
+
+
+def check_writable_manifest(paths: tuple[Path, Path]) -> None:
+    """Refuse manifest paths that exist as something other than files."""
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise ExportError(f"{path} exists and is not a file; move it away or use --no-manifest")

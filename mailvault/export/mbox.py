@@ -1,0 +1,210 @@
+"""Export into one mbox file, mboxrd-quoted, written whole or appended under a lock.
+
+Each message is written as
+
+    From <envelope sender> <asctime date, UTC>\\n
+    <the message, every line matching ^>*From  given one more '>'>
+    \\n                 only if the message does not end with a line break
+    \\n                 the blank line that separates messages
+
+The manifest's ``offset`` and ``length`` cover exactly the quoted message bytes (the second
+block), so an auditor can cut each message out with ``tail -c +N | head -c L``.
+
+A new mbox is written as ``<target>.tmp-<random>`` beside the target, fsynced, and linked into
+place only if nothing appeared there meanwhile; an existing target is refused unless
+``--append``, which takes an exclusive ``flock`` on it (mutt, Dovecot's mbox driver and
+procmail use flock too), appends, fsyncs, and on any error truncates the file back to its size
+before the run: a failed export never leaves a half-written message behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from mailvault.export._errors import ExportError, target_error
+from mailvault.export._target import FILE_MODE, Placed, Target, make_dirs, write_all
+from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
+from mailvault.store import fsync_dir
+
+BUFFER = 1024 * 1024
+BOM = b"\xef\xbb\xbf"
+
+
+class MboxTarget(Target):
+    def __init__(self, out: Path, *, append: bool) -> None:
+        self.out = out
+        self.append = append
+        self.fd = -1
+        self.tmp: Path | None = None
+        self.original_size = 0
+        self.start_offset = 0  # where this run's first From_ line goes
+        self.pos = 0  # file offset of the next byte written
+        self._buf = bytearray()
+        self._buf_start = 0
+        self._truncate_to: int | None = None  # an append: the file's size before this run
+
+    def open(self) -> None:
+        out = self.out
+        if out.is_dir():
+            raise ExportError(f"{out} is a directory; --format mbox needs a file path")
+        exists = out.exists() or out.is_symlink()
+        if exists and not self.append:
+            raise ExportError(
+                f"{out} already exists; pass --append to add to it, or choose a new --out"
+            )
+        if exists:
+            self._open_existing()
+        else:
+            make_dirs(out.parent)
+            self.tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(6)}")
+            try:
+                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except OSError as exc:
+                raise target_error("creating", self.tmp, exc) from None
+        self._buf_start = self.pos
+
+    def _open_existing(self) -> None:
+        out = self.out
+        if not out.is_file():
+            raise ExportError(f"{out} is not a regular file; --append needs an mbox file")
+        try:
+            self.fd = os.open(out, os.O_RDWR)
+        except OSError as exc:
+            raise target_error("opening", out, exc) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = -1
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ExportError(
+                    f"{out} is locked by another program (a mail client?); close it and retry"
+                ) from None
+            raise target_error("locking", out, exc) from None
+        try:
+            size = os.fstat(self.fd).st_size
+            head = os.pread(self.fd, 8, 0)
+            tail = os.pread(self.fd, 2, max(0, size - 2)) if size else b""
+        except OSError as exc:
+            self._close_fd()
+            raise target_error("reading", out, exc) from None
+        if size and not head.removeprefix(BOM).startswith(b"From "):
+            self._close_fd()
+            raise ExportError(
+                f"{out} does not start with a From_ line, so it is not an mbox; refusing to "
+                "append to it"
+            )
+        self._truncate_to = size
+        self.original_size = size
+        self.pos = size
+        self._buf_start = size
+        # The From_ line must start a line and follow a blank line, whatever the last writer did.
+        if size and not tail.endswith(b"\n"):
+            self._put(b"\n\n")
+        elif size and tail != b"\n\n":
+            self._put(b"\n")
+        self.start_offset = self.pos
+
+    # -- writing -----------------------------------------------------------------------------
+    def _put(self, data: bytes) -> None:
+        self._buf += data
+        self.pos += len(data)
+        if len(self._buf) >= BUFFER:
+            self._drain()
+
+    def _drain(self) -> None:
+        if not self._buf:
+            return
+        path = self.tmp or self.out
+        try:
+            if self.tmp is None:
+                os.lseek(self.fd, self._buf_start, os.SEEK_SET)
+            write_all(self.fd, self._buf)
+        except OSError as exc:
+            raise target_error("writing", path, exc) from None
+        self._buf_start += len(self._buf)
+        self._buf.clear()
+
+    def write(
+        self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
+    ) -> Placed:
+        self._put(from_line(meta))
+        offset = self.pos
+        quoter = MboxrdQuoter()
+        last = b"\n"
+        for chunk in chunks:
+            quoted = quoter.feed(chunk)
+            if quoted:
+                self._put(quoted)
+                last = quoted[-1:]
+        quoted = quoter.flush()
+        if quoted:
+            self._put(quoted)
+            last = quoted[-1:]
+        length = self.pos - offset
+        self._put(b"\n" if length and last == b"\n" else b"\n\n")
+        return Placed(size=length, offset=offset)
+
+    def close(self) -> None:
+        path = self.tmp or self.out
+        self._drain()
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise target_error("syncing", path, exc) from None
+        if self.tmp is not None:
+            self._link_into_place(self.tmp)
+        self._truncate_to = None
+        self._close_fd()
+
+    def _link_into_place(self, tmp: Path) -> None:
+        out = self.out
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise ExportError(
+                f"{out} appeared while the export ran; nothing was overwritten, choose another --out"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise target_error("renaming into", out, exc) from None
+            if out.exists():
+                raise ExportError(
+                    f"{out} appeared while the export ran; nothing was overwritten, "
+                    "choose another --out"
+                ) from None
+            try:
+                os.rename(tmp, out)
+            except OSError as exc2:
+                raise target_error("renaming into", out, exc2) from None
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        self.tmp = None
+        try:
+            fsync_dir(out.parent)
+        except OSError as exc:
+            raise target_error("syncing", out.parent, exc) from None
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)  # also drops the flock of an append
+            self.fd = -1
+
+    def abort(self) -> None:
+        self._buf = bytearray()  # a new one: a failed write may still hold a view of the old
+        if self.fd >= 0 and self._truncate_to is not None:  # an append: cut back to what it was
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self._truncate_to)
+                os.fsync(self.fd)
+        self._close_fd()
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            self.tmp = None

@@ -1,0 +1,253 @@
+"""Byte transforms on chunked message streams, shared by export and import.
+
+Every transform here keeps memory flat: it sees a message as a sequence of chunks whose
+boundaries may fall anywhere, including between the CR and LF of a line break, or inside a
+``>>From `` prefix that decides whether a line is quoted.  Each transform holds back just the
+bytes it cannot decide yet and releases them with the next chunk or at ``flush()``.
+
+mboxrd (the quoting used by mutt, getmail6, mpop and notmuch ``show --format=mbox``): on
+writing, every line that matches ``^>*From `` gains one leading ``>``; on reading, every line
+that matches ``^>+From `` loses one.  Unlike mboxo (which only quotes ``From `` and so cannot
+tell an original ``>From `` from a quoted ``From ``) this is exactly reversible.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+HEADER_CAP = 1024 * 1024  # read at most this much of a message to find its header block
+
+# A line start that mboxrd quoting touches, and the longest partial line that might still turn
+# into one once more bytes arrive (so it must be held back until they do).
+_QUOTE = re.compile(rb"^(?=>*From )", re.MULTILINE)
+_UNQUOTE = re.compile(rb"^>(?=>*From )", re.MULTILINE)
+_UNDECIDED = re.compile(rb">*(?:F(?:r(?:o(?:m)?)?)?)?")
+
+
+class LineEndingsToLf:
+    """CRLF -> LF; a bare CR (not followed by LF) is content and stays."""
+
+    def __init__(self) -> None:
+        self._cr = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if chunk.endswith(b"\r"):
+            self._cr = True
+            chunk = chunk[:-1]
+        return chunk.replace(b"\r\n", b"\n")
+
+    def flush(self) -> bytes:
+        out, self._cr = (b"\r" if self._cr else b""), False
+        return out
+
+
+class _LineStartRewriter:
+    """Apply a substitution at line starts of a chunked stream (the mboxrd (un)quoting)."""
+
+    def __init__(self, pattern: re.Pattern[bytes], replacement: bytes) -> None:
+        self._pattern = pattern
+        self._replacement = replacement
+        self._held = b""
+        self._line_start = True  # the next byte fed begins a line
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._held + chunk if self._held else chunk
+        self._held = b""
+        if not data:
+            return b""
+        first_at_line_start = self._line_start
+        last_nl = data.rfind(b"\n")
+        tail = data[last_nl + 1 :]
+        tail_at_line_start = last_nl >= 0 or first_at_line_start
+        if tail and tail_at_line_start and _UNDECIDED.fullmatch(tail):
+            self._held = tail
+            data = data[: last_nl + 1]
+            self._line_start = True
+        else:
+            self._line_start = data.endswith(b"\n")
+        return self._rewrite(data, first_at_line_start)
+
+    def flush(self) -> bytes:
+        """The held-back tail: a prefix that never completed, so it is left as it is."""
+        out, self._held = self._held, b""
+        self._line_start = True
+        return out
+
+    def _rewrite(self, data: bytes, at_line_start: bool) -> bytes:
+        if at_line_start:
+            return self._pattern.sub(self._replacement, data)
+        nl = data.find(b"\n")
+        if nl < 0:
+            return data
+        return data[: nl + 1] + self._pattern.sub(self._replacement, data[nl + 1 :])
+
+
+class MboxrdQuoter(_LineStartRewriter):
+    """``>*From `` at a line start gains one ``>``."""
+
+    def __init__(self) -> None:
+        super().__init__(_QUOTE, b">")
+
+
+class MboxrdUnquoter(_LineStartRewriter):
+    """``>+From `` at a line start loses one ``>``."""
+
+    def __init__(self) -> None:
+        super().__init__(_UNQUOTE, b"")
+
+
+def to_lf(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    conv = LineEndingsToLf()
+    for chunk in chunks:
+        out = conv.feed(chunk)
+        if out:
+            yield out
+    tail = conv.flush()
+    if tail:
+        yield tail
+
+
+# -- the header block --------------------------------------------------------------------------
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def header_end(data: bytes) -> int | None:
+    """Length of the header block (up to and including the last header line), if complete."""
+    if data.startswith((b"\n", b"\r\n")):
+        return 0
+    match = _BLANK_LINE.search(data)
+    return match.start() + 1 if match else None
+
+
+def peek_header(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    """Read just enough chunks to see the header block (capped at HEADER_CAP).
+
+    Returns the header bytes and an iterator that yields the whole message again, starting with
+    the chunks already read, so the caller can stream the message in one pass.
+    """
+    buffered: list[bytes] = []
+    size = 0
+    header: bytes | None = None
+    for chunk in chunks:
+        buffered.append(chunk)
+        size += len(chunk)
+        joined = b"".join(buffered) if len(buffered) > 1 else chunk
+        end = header_end(joined)
+        if end is not None:
+            header = joined[:end]
+            break
+        if size >= HEADER_CAP:
+            header = joined[:HEADER_CAP]
+            break
+    if header is None:
+        header = b"".join(buffered)[:HEADER_CAP]
+
+    def replay() -> Iterator[bytes]:
+        yield from buffered
+        yield from chunks
+
+    return header, replay()
+
+
+def header_fields(header: bytes, wanted: frozenset[str]) -> dict[str, str]:
+    """The first value of each wanted field (lower-case names), unfolded and decoded leniently.
+
+    Hand-rolled rather than ``email.parser`` so that raw 8-bit bytes, a leading mbox From_ line
+    or a broken header cannot raise, and so that only the header bytes are ever touched.
+    """
+    names = b"|".join(re.escape(name.encode("ascii")) for name in sorted(wanted))
+    pattern = _FIELD_PATTERNS.get(names)
+    if pattern is None:
+        pattern = re.compile(
+            rb"(?im)^(" + names + rb")[ \t]*:(.*?)(?=\r?\n(?![ \t])|\Z)", re.DOTALL
+        )
+        _FIELD_PATTERNS[names] = pattern
+    found: dict[str, str] = {}
+    for match in pattern.finditer(header):
+        name = match.group(1).decode("ascii").lower()
+        if name not in found:
+            value = _UNFOLD.sub(b" ", match.group(2)).strip()
+            found[name] = value.decode("utf-8", "replace")
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+_FIELD_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
+_UNFOLD = re.compile(rb"[ \t]*\r?\n[ \t]+")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    """What export needs to know about a message besides its bytes."""
+
+    message_id: str | None
+    date: datetime  # aware, UTC
+    date_from_header: bool
+    envelope_sender: str  # for the mbox From_ line
+
+
+_META_FIELDS = frozenset({"message-id", "date", "return-path", "from"})
+
+
+_ANGLE_ADDR = re.compile(r"<([^<>\s]*)>")
+_PRINTABLE = re.compile(r"[!-~]+")
+
+
+def _safe_addr(value: str) -> str | None:
+    """The address of a mailbox header, if it can stand in a From_ line (printable ASCII)."""
+    match = _ANGLE_ADDR.search(value)
+    addr = match.group(1) if match else email.utils.parseaddr(value)[1]
+    return addr if addr and _PRINTABLE.fullmatch(addr) else None
+
+
+def message_meta(header: bytes, fallback_date: datetime) -> MessageMeta:
+    """Message-ID, date (Date header, else ``fallback_date``) and envelope sender of a message."""
+    fields = header_fields(header, _META_FIELDS)
+    message_id = fields.get("message-id", "").strip().strip("<>").strip() or None
+    date = None
+    if "date" in fields:
+        try:
+            date = email.utils.parsedate_to_datetime(fields["date"])
+        except (TypeError, ValueError, IndexError, OverflowError):
+            date = None
+    from_header = date is not None
+    if date is None:
+        date = fallback_date
+    if date.tzinfo is None:
+        date = date.replace(tzinfo=UTC)
+    try:
+        date = date.astimezone(UTC)
+    except (OverflowError, ValueError):
+        date, from_header = fallback_date.astimezone(UTC), False
+    sender = None
+    if "return-path" in fields:
+        sender = _safe_addr(fields["return-path"]) or "MAILER-DAEMON"
+    if sender is None and "from" in fields:
+        sender = _safe_addr(fields["from"])
+    return MessageMeta(message_id, date, from_header, sender or "MAILER-DAEMON")
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def asctime(moment: datetime) -> str:
+    """C asctime() form in UTC, independent of the locale: ``Fri Jul  8 12:08:34 2011``."""
+    t = moment.astimezone(UTC)
+    return (
+        f"{_DAYS[t.weekday()]} {_MONTHS[t.month - 1]} {t.day:2d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} {t.year}"
+    )
+
+
+def from_line(meta: MessageMeta) -> bytes:
+    """The mbox separator line for a message, with its LF."""
+    return f"From {meta.envelope_sender} {asctime(meta.date)}\n".encode("ascii")

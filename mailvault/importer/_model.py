@@ -1,0 +1,61 @@
+"""What a source reader yields: a message to store, or a note about something it did not store.
+
+Readers are generators.  A ``Found`` carries its bytes as an iterator of chunks that the caller
+must consume completely before asking the reader for the next item (the mbox reader walks one
+file from front to back).  Nothing a reader sees is dropped silently: what is not a ``Found`` is
+a ``Rejected`` (damaged or unreadable: the import exits 1), a ``Skipped`` (not a message by the
+source format's own rules, such as a file in a Maildir's tmp/) or a ``Warned`` note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailvault.store import READ_CHUNK
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    path: Path
+    kind: str  # maildir | mbox | eml
+    offset: int | None  # mbox: first byte of the message, after its From_ line
+    chunks: Iterator[bytes]
+    expect: frozenset[str] = field(default_factory=frozenset)  # acceptable sha256s, if known
+    allow_empty: bool = False
+
+    @property
+    def location(self) -> str:
+        return f"{self.path}@{self.offset}" if self.offset is not None else str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    path: Path
+    offset: int | None
+    reason: str
+    length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Warned:
+    path: Path
+    offset: int | None
+    message: str
+
+
+Event = Found | Rejected | Skipped | Warned
+
+
+def file_chunks(path: Path) -> Iterator[bytes]:
+    """A whole file in READ_CHUNK pieces (OSError propagates to the consumer)."""
+    with path.open("rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            yield chunk

@@ -1,0 +1,52 @@
+"""Read EML: one file is one message, stored byte for byte (a leading From_ line included).
+
+A directory is walked recursively in sorted order; ``*.eml`` files (any case) are messages.
+Dot-files, dot-directories and an export's own ``manifest.json``/``manifest.jsonl`` are passed
+over quietly; any other file is listed as skipped (import it with ``--format eml FILE``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from mailvault.importer._model import Event, Found, Skipped, file_chunks
+
+_QUIET = frozenset({"manifest.json", "manifest.jsonl"})
+
+
+def has_eml(path: Path) -> bool:
+    for _, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(f.lower().endswith(".eml") and not f.startswith(".") for f in files):
+            return True
+    return False
+
+
+def read_eml(path: Path) -> Iterator[Event]:
+    if not path.is_dir():
+        yield Found(path, "eml", None, file_chunks(path))
+        return
+    yield from _walk(path, top=True)
+
+
+def _walk(directory: Path, *, top: bool) -> Iterator[Event]:
+    with os.scandir(directory) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(path, top=False)
+        elif entry.is_symlink() and path.is_dir():
+            yield Skipped(path, "a symbolic link to a directory: not followed (import its target)")
+        elif top and entry.name in _QUIET:
+            continue
+        elif not entry.is_file():
+            yield Skipped(path, "not a regular file")
+        elif entry.name.lower().endswith(".eml"):
+            yield Found(path, "eml", None, file_chunks(path))
+        else:
+            yield Skipped(path, "not a .eml file (import it with --format eml FILE)")

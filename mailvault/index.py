@@ -1,0 +1,400 @@
+"""The Tantivy search index: the one place its schema, tokenizers and on-disk layout are declared.
+
+The index is derived data: ``mailvault reindex`` rebuilds it from the object store and the
+catalog alone.  It holds one document per message content (per sha256): ``IndexWriter`` always
+deletes by the ``id`` term before it adds, so re-indexing a message after a crash never makes a
+second document.
+
+Text analysis (tokenizer ``mv_text``, used by every free-text field):
+
+* words are runs of letters and digits (Unicode ``is_alphanumeric``, tantivy's SimpleTokenizer),
+  so Latin, Cyrillic, Greek, Hebrew, Arabic and Hangul words are single tokens; scripts with
+  combining vowel signs (Devanagari, Thai, ...) are split at those signs, and a query word is
+  split the same way and searched as a phrase of its pieces;
+* Han ideographs, Hiragana and Katakana are indexed one character per token (unigrams, as
+  Lucene's StandardTokenizer does): :func:`normalize` puts an invisible WORD JOINER (U+2060,
+  not alphanumeric, so a token boundary) between two adjacent CJK characters, on the indexed
+  text and on the query alike, and :func:`display` removes it from stored text before it is
+  shown.  A query for a CJK run is therefore a phrase of its characters, so ``東京`` finds the two
+  characters adjacent anywhere: substring search, no dictionary segmentation.  Scripts written
+  without spaces other than these (Thai, Lao, Khmer, Burmese) are indexed as whole runs: only
+  a whole run between spaces/punctuation matches;
+* case is folded (lower-case) and accents are folded to ASCII where an ASCII form exists
+  (``Café`` = ``cafe``, ``Straße`` = ``strasse``); there is no stemming and no stop-word list;
+* text is NFC-normalised before indexing and querying, so decomposed accents fold too;
+* tokens longer than 64 bytes (base64 debris, hashes) are dropped.
+
+(A regex tokenizer could do the CJK split inside tantivy, but it indexes three times slower
+than the SimpleTokenizer; the joiner costs one regex substitution on non-ASCII text only.)
+
+Addresses are indexed twice: in ``from``/``to``/``cc``/``bcc`` as text (display name and the
+address split into words: ``from:alice``, ``from:example.com``) and in ``*_addr`` fields as one
+lower-cased token each, which is how ``from:alice@example.com`` matches exactly.
+
+Layout inside the vault: ``index/`` is the live index with ``mailvault-index.json`` (format
+marker, schema version).  ``reindex`` builds ``index.new/`` and writes its marker last, so a
+marker means "complete"; the swap is ``index`` -> ``index.old``, ``index.new`` -> ``index``,
+remove ``index.old``.  :func:`recover` finishes or undoes an interrupted swap.
+
+This module is on the search path: it imports tantivy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tantivy
+
+from mailvault.errors import SearchError
+
+if TYPE_CHECKING:
+    from mailvault.parse.model import Address, ParsedMessage
+
+INDEX_FORMAT = "mailvault-index"
+SCHEMA_VERSION = 1
+MARKER = "mailvault-index.json"
+
+TEXT = "mv_text"  # the case- and accent-folding analyzer for prose
+LOWER = "mv_lower"  # one lower-cased token per value (exact address match)
+RAW = "raw"  # tantivy's built-in: one token, unchanged
+
+# Han, Hiragana, Katakana (and their extensions, half-width kana): one character per token.
+CJK = (
+    "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+    "\U00020000-\U0002fa1f"
+)
+JOINER = "\u2060"  # WORD JOINER: invisible, not alphanumeric, so a token boundary
+_CJK_RUN = re.compile(f"[{CJK}]{{2,}}")
+MAX_TOKEN_BYTES = 64
+
+# Writer memory: tantivy flushes a segment when this budget is used; bounded RSS.
+WRITER_HEAP = 96_000_000
+WRITER_THREADS = 1
+
+ADDRESS_FIELDS = ("from", "to", "cc", "bcc")
+
+# Fields an unfielded word searches, with their score boosts.
+DEFAULT_FIELDS = ("subject", "body", "from", "to", "cc", "bcc", "attachment", "attachment_text")
+FIELD_BOOSTS = {"subject": 2.0, "from": 1.5}
+
+# Stored fields, everything `mailvault search` prints without a catalog lookup.
+STORED_FIELDS = ("id", "message_id", "date", "from", "to", "subject", "size", "body")
+
+
+def build_schema() -> tantivy.Schema:
+    """The index schema.  Changing it, or what ``normalize``/the analyzers do to text, means
+    bumping SCHEMA_VERSION: old indexes then ask for `mailvault reindex`."""
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("id", stored=True, tokenizer_name=RAW, index_option="basic")
+    sb.add_text_field("message_id", stored=True, tokenizer_name=RAW, index_option="basic")
+    for name in ADDRESS_FIELDS:
+        # Stored as written ("Name <addr>") for display; from, to are printed by search.
+        sb.add_text_field(name, stored=name in ("from", "to"), tokenizer_name=TEXT)
+        sb.add_text_field(f"{name}_addr", stored=False, tokenizer_name=LOWER, index_option="basic")
+    sb.add_text_field("subject", stored=True, tokenizer_name=TEXT)
+    sb.add_text_field("body", stored=True, tokenizer_name=TEXT)
+    sb.add_text_field("attachment", stored=False, tokenizer_name=TEXT)
+    sb.add_text_field("attachment_text", stored=False, tokenizer_name=TEXT)
+    sb.add_date_field("date", stored=True, indexed=True, fast=True)
+    sb.add_unsigned_field("size", stored=True, indexed=True, fast=True)
+    sb.add_boolean_field("has_attachment", stored=False, indexed=True)
+    sb.add_boolean_field("unreadable", stored=False, indexed=True)
+    sb.add_text_field("account", stored=False, tokenizer_name=RAW, index_option="basic")
+    sb.add_text_field("list_id", stored=False, tokenizer_name=TEXT)
+    sb.add_text_field("thread", stored=False, tokenizer_name=RAW, index_option="basic")
+    return sb.build()
+
+
+def text_analyzer() -> tantivy.TextAnalyzer:
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.ascii_fold())
+        .build()
+    )
+
+
+def lower_analyzer() -> tantivy.TextAnalyzer:
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.raw())
+        .filter(tantivy.Filter.lowercase())
+        .build()
+    )
+
+
+def _register(index: tantivy.Index) -> tantivy.Index:
+    """Custom analyzers are not persisted by tantivy: register them on every open."""
+    index.register_tokenizer(TEXT, text_analyzer())
+    index.register_tokenizer(LOWER, lower_analyzer())
+    return index
+
+
+def normalize(text: str) -> str:
+    """Text as indexed (and queried): NFC (so ``e`` + combining acute folds like ``é``), NULs
+    dropped, and a WORD JOINER between adjacent CJK characters (see the module docstring)."""
+    if text.isascii():
+        return text.replace("\x00", "")
+    text = unicodedata.normalize("NFC", text).replace("\x00", "").replace(JOINER, "")
+    return _CJK_RUN.sub(_join_run, text)
+
+
+def _join_run(match: re.Match[str]) -> str:
+    return JOINER.join(match.group())
+
+
+def display(text: str) -> str:
+    """Stored text as it was written (the joiners :func:`normalize` added removed)."""
+    return text.replace(JOINER, "") if JOINER in text else text
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+
+def new_path(index_dir: Path) -> Path:
+    return index_dir.with_name(index_dir.name + ".new")
+
+
+def old_path(index_dir: Path) -> Path:
+    return index_dir.with_name(index_dir.name + ".old")
+
+
+def read_marker(index_dir: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads((index_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != INDEX_FORMAT:
+        return None
+    return marker
+
+
+def is_complete(index_dir: Path) -> bool:
+    """A directory with our marker (written last) and tantivy's meta.json."""
+    return read_marker(index_dir) is not None and (index_dir / "meta.json").exists()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_marker(index_dir: Path, **extra: Any) -> None:
+    marker = {
+        "format": INDEX_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(UTC).isoformat(),
+        **extra,
+    }
+    tmp = index_dir / (MARKER + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(marker, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, index_dir / MARKER)
+    _fsync_dir(index_dir)
+
+
+def recover(index_dir: Path, *, writer: bool = True) -> None:
+    """Finish or undo an interrupted ``reindex`` swap.  ``writer``: we hold the vault lock.
+
+    index missing, index.new complete   -> rename index.new to index (the swap's second step)
+    index present, index.old present    -> remove index.old (the swap's third step)
+    index.new, index present            -> remove index.new (a build that died before the swap)
+    """
+    import shutil
+
+    new, old = new_path(index_dir), old_path(index_dir)
+    live = index_dir.exists() and (index_dir / "meta.json").exists()
+    if not live and new.exists() and is_complete(new):
+        if index_dir.exists():
+            shutil.rmtree(index_dir)  # an empty placeholder (init_vault makes index/)
+        os.rename(new, index_dir)
+        _fsync_dir(index_dir.parent)
+        live = True
+    if not writer:
+        return
+    if live and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    if new.exists() and (live or not is_complete(new)):
+        # Incomplete, or complete but never swapped in: the live index still matches the
+        # catalog's indexed_at, so the rebuild is simply dropped.
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def swap_in(index_dir: Path) -> None:
+    """Make the complete ``index.new`` the live index, atomically as seen by readers."""
+    import shutil
+
+    new, old = new_path(index_dir), old_path(index_dir)
+    if not is_complete(new):
+        raise SearchError(f"{new} is not a complete index; not swapping it in")
+    if old.exists():
+        shutil.rmtree(old)
+    if index_dir.exists():
+        os.rename(index_dir, old)
+    os.rename(new, index_dir)
+    _fsync_dir(index_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- opening -----------------------------------------------------------------------------------
+
+
+def _check_marker(index_dir: Path) -> None:
+    marker = read_marker(index_dir)
+    if marker is None:
+        raise SearchError(
+            f"{index_dir} is not a mailvault index (no {MARKER}); rebuild it with "
+            "`mailvault reindex`"
+        )
+    if marker.get("schema_version") != SCHEMA_VERSION:
+        raise SearchError(
+            f"the index at {index_dir} has schema version {marker.get('schema_version')}, "
+            f"this mailvault uses {SCHEMA_VERSION}; rebuild it with `mailvault reindex`"
+        )
+
+
+def open_for_search(index_dir: Path) -> tantivy.Index:
+    """Open the live index read-only (no lock; tolerates a swap in progress)."""
+    candidates = [index_dir]
+    if not (index_dir / "meta.json").exists():
+        candidates.append(new_path(index_dir))  # crashed between the two renames of a swap
+    for path in candidates:
+        if (path / "meta.json").exists() and (path is index_dir or is_complete(path)):
+            _check_marker(path)
+            try:
+                return _register(tantivy.Index.open(str(path)))
+            except ValueError as exc:
+                raise SearchError(
+                    f"cannot open the index at {path}: {exc}; rebuild it with `mailvault reindex`"
+                ) from None
+    raise SearchError(
+        f"no search index at {index_dir}; build it with `mailvault index` "
+        "(the vault may also simply be empty)"
+    )
+
+
+def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Index, bool]:
+    """Open the index for writing, creating it if absent; returns (index, created).
+
+    ``marker=False`` creates without the marker, for a rebuild in ``index.new`` that is not
+    complete until :func:`write_marker` says so.
+    """
+    import shutil
+
+    created = not (index_dir / "meta.json").exists()
+    if created:
+        if index_dir.exists():
+            for leftover in index_dir.iterdir():  # a half-created index: start clean
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+        index_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    elif marker:
+        _check_marker(index_dir)
+    try:
+        if created:
+            index = _register(tantivy.Index(build_schema(), path=str(index_dir), reuse=False))
+        else:
+            index = _register(tantivy.Index.open(str(index_dir)))
+    except ValueError as exc:
+        raise SearchError(
+            f"cannot open the index at {index_dir}: {exc}; rebuild it with `mailvault reindex`"
+        ) from None
+    if created:
+        # An empty commit makes meta.json durable before the marker says "this is an index".
+        writer = index.writer(15_000_000, 1)
+        writer.commit()
+        writer.wait_merging_threads()
+        if marker:
+            write_marker(index_dir)
+    return index, created
+
+
+# -- documents ---------------------------------------------------------------------------------
+
+
+def _display(addr: Address) -> str:
+    if addr.name and addr.addr:
+        return f"{addr.name} <{addr.addr}>"
+    return addr.name or addr.addr
+
+
+def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.Document:
+    """The index document of one parsed message."""
+    doc = tantivy.Document()
+    doc.add_text("id", msg.sha256)
+    doc.add_text("message_id", msg.message_id)
+    for name, addrs in (("from", msg.from_), ("to", msg.to), ("cc", msg.cc), ("bcc", msg.bcc)):
+        for addr in addrs:
+            doc.add_text(name, normalize(_display(addr)))
+            if addr.addr:
+                doc.add_text(f"{name}_addr", addr.addr)
+    doc.add_text("subject", normalize(msg.subject))
+    doc.add_text("body", normalize(msg.body_text))
+    for att in msg.attachments:
+        if att.filename:
+            doc.add_text("attachment", normalize(att.filename))
+        if att.text:
+            doc.add_text("attachment_text", normalize(att.text))
+    date = msg.date or datetime(1970, 1, 1, tzinfo=UTC)
+    doc.add_date("date", date.astimezone(UTC))
+    doc.add_unsigned("size", max(int(msg.size), 0))
+    doc.add_boolean("has_attachment", bool(msg.attachments))
+    doc.add_boolean("unreadable", bool(msg.unreadable))
+    for account in accounts:
+        doc.add_text("account", account)
+    if msg.list_id:
+        doc.add_text("list_id", normalize(msg.list_id))
+    if msg.thread_id:
+        doc.add_text("thread", msg.thread_id)
+    return doc
+
+
+class IndexWriter:
+    """Batched writes: ``put`` many, ``commit`` once; one document per sha256, ever."""
+
+    def __init__(self, index: tantivy.Index, *, heap: int = WRITER_HEAP) -> None:
+        self.index = index
+        self.writer = index.writer(heap, WRITER_THREADS)
+        self.pending = 0
+
+    def put(self, msg: ParsedMessage, accounts: Sequence[str] = ()) -> None:
+        self.writer.delete_documents_by_term("id", msg.sha256)
+        self.writer.add_document(make_document(msg, accounts))
+        self.pending += 1
+
+    def delete(self, sha256: str) -> None:
+        self.writer.delete_documents_by_term("id", sha256)
+        self.pending += 1
+
+    def commit(self) -> None:
+        """Durable when this returns (tantivy fsyncs the segment files and meta.json)."""
+        self.writer.commit()
+        self.pending = 0
+
+    def close(self) -> None:
+        """Commit and wait for background merges, so the next search sees few segments."""
+        with contextlib.suppress(ValueError):
+            if self.pending:
+                self.writer.commit()
+            self.writer.wait_merging_threads()
+
+
+def contains(searcher: tantivy.Searcher, schema: tantivy.Schema, sha256: str) -> bool:
+    """Whether a live (not deleted) document has this id; doc_freq would count deleted ones."""
+    query = tantivy.Query.term_query(schema, "id", sha256)
+    return bool(getattr(searcher.search(query, 1), "count", 0))

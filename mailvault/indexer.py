@@ -1,0 +1,550 @@
+"""Parse and index: bring the catalog's parse tables and the Tantivy index up to the store.
+
+``catch_up`` is what `mailvault index` (and `mailvault fetch` after a commit) runs: every
+committed message without a ``message_meta`` row is parsed and stored, and every message whose
+``indexed_at`` is NULL is (re-)indexed.  The order of the writes is what makes a crash harmless:
+
+1. ``store_parsed``: the parse rows of a batch, one catalog transaction;
+2. the index documents (delete by ``id`` term, then add) and ``IndexWriter.commit``;
+3. ``message_meta.indexed_at`` for exactly those rows.
+
+A crash after 1 leaves rows with ``indexed_at`` NULL, which the next run re-indexes; a crash
+after 2 re-indexes documents that are already there, and delete-by-term keeps that at one
+document per sha256.  A message whose content arrives again from another account after it was
+indexed (a new ``uidls`` row) is re-indexed too, so its ``account`` field stays complete.  If the
+index directory was lost, it is recreated and every row is re-indexed; and if the index holds
+fewer documents than the catalog says, the missing ones are found (one term lookup per row) and
+re-indexed.
+
+``reindex`` builds a new index in ``index.new/`` from the store and the catalog alone, then swaps
+it in (see ``mailvault.index``).
+
+Parsing runs in a process pool (``WORKERS`` processes); the workers read and decompress the
+blobs themselves, given the vault root, so only sha256s go out and ``ParsedMessage``s come back.
+Two batches are in flight at most, which bounds memory.  The caller holds the vault write lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailvault import index as ix
+from mailvault.catalog import Catalog, utcnow
+from mailvault.errors import MailvaultError
+from mailvault.parse import parse_message
+from mailvault.parse.model import ParsedMessage
+from mailvault.store import BlobStore
+from mailvault.vault import Vault
+
+log = logging.getLogger(__name__)
+
+WORKERS = 2
+BATCH = 256  # messages per parse batch and per catalog transaction
+COMMIT_EVERY = 2048  # index documents per Tantivy commit (at most)
+COMMIT_SECONDS = 30.0  # ... or this long since the last commit
+INLINE_MAX = 64  # fewer targets than this: parse in-process, no pool start-up
+
+Progress = Callable[[int, int], None]
+Job = tuple[str, str]  # (sha256, first_ingest_at)
+
+
+@dataclass
+class IndexReport:
+    """What one catch-up or rebuild did."""
+
+    parsed: int = 0  # messages parsed and stored in the catalog for the first time
+    indexed: int = 0  # documents written to the index
+    unreadable: int = 0  # of those parsed: marked unreadable (still listed and searchable)
+    defective: int = 0  # of those parsed: with at least one recorded defect
+    repaired: int = 0  # catalog said indexed, the index did not have it
+    missing: list[str] = field(default_factory=list)  # blobs that could not be read
+    documents: int = 0  # documents in the index afterwards
+    seconds: float = 0.0
+    rebuilt: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "parsed": self.parsed,
+            "indexed": self.indexed,
+            "unreadable": self.unreadable,
+            "defective": self.defective,
+            "repaired": self.repaired,
+            "missing": self.missing,
+            "documents": self.documents,
+            "seconds": round(self.seconds, 3),
+            "rebuilt": self.rebuilt,
+        }
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+_WORKER_STORE: list[BlobStore] = []
+
+
+def _worker_init(root: str) -> None:
+    _WORKER_STORE[:] = [BlobStore(Path(root))]
+
+
+def _ingest_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _parse_with(store: BlobStore, job: Job) -> ParsedMessage | tuple[str, str]:
+    """Parse one stored message; (sha256, reason) if its blob cannot be read."""
+    sha256, ingest = job
+    try:
+        raw = store.read_bytes(sha256)
+    except (MailvaultError, OSError, ValueError) as exc:
+        return (sha256, str(exc))
+    except Exception as exc:  # zstd errors on a corrupt blob
+        return (sha256, f"cannot read blob {sha256}: {type(exc).__name__}: {exc}")
+    return parse_message(raw, sha256, ingest_time=_ingest_time(ingest))
+
+
+def _parse_job(job: Job) -> ParsedMessage | tuple[str, str]:
+    return _parse_with(_WORKER_STORE[0], job)
+
+
+def _noop() -> int:
+    return 0
+
+
+def _chunks(items: Sequence[Job], size: int) -> Iterator[Sequence[Job]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Parser:
+    """Parsed batches in order: in a process pool, or in-process for a handful of messages.
+
+    The pool is started (its workers forked) in ``__init__``, before the caller opens the
+    Tantivy writer, so no child inherits the writer's threads.
+    """
+
+    def __init__(self, root: Path, jobs: Sequence[Job], *, workers: int = WORKERS) -> None:
+        self.root = root
+        self.jobs = jobs
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1 and len(jobs) >= INLINE_MAX:
+            # fork: cheap, and it needs no importable __main__ (spawn/forkserver would re-run
+            # `python -m mailvault` in every worker).  The pool is forked before any tantivy
+            # object exists here, and children run pure-Python parsing only.
+            methods = multiprocessing.get_all_start_methods()
+            method = "fork" if "fork" in methods else "spawn"
+            context = multiprocessing.get_context(method)
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_worker_init, initargs=(str(root),)
+            )
+            self.pool.submit(_noop).result()
+
+    def batches(self) -> Iterator[list[ParsedMessage | tuple[str, str]]]:
+        if self.pool is None:
+            store = BlobStore(self.root)
+            for chunk in _chunks(self.jobs, BATCH):
+                yield [_parse_with(store, job) for job in chunk]
+            return
+        chunks = list(_chunks(self.jobs, BATCH))
+        in_flight: deque[tuple[int, Iterator[ParsedMessage | tuple[str, str]]]] = deque()
+        done = 0  # chunks yielded
+        try:
+            for number, chunk in enumerate(chunks):
+                in_flight.append((number, self.pool.map(_parse_job, chunk, chunksize=8)))
+                if len(in_flight) >= 2:
+                    yield list(in_flight[0][1])
+                    in_flight.popleft()
+                    done += 1
+            while in_flight:
+                yield list(in_flight[0][1])
+                in_flight.popleft()
+                done += 1
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): finish in this process instead.
+            log.warning("a parse worker died; parsing the rest in the main process")
+            self.close()
+            store = BlobStore(self.root)
+            for chunk in chunks[done:]:
+                yield [_parse_with(store, job) for job in chunk]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+# -- catalog queries ---------------------------------------------------------------------------
+
+
+def _store_parsed(catalog: Catalog, items: Sequence[ParsedMessage]) -> None:
+    from mailvault.parse_store import store_parsed
+
+    if items:
+        store_parsed(catalog, items)
+
+
+def _rows(catalog: Catalog, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    return list(catalog.db.execute(sql, params).fetchall())
+
+
+def _has(catalog: Catalog, table: str, column: str | None = None) -> bool:
+    """Whether the catalog has this table (and column): newer migrations add provenance."""
+    cols = {row[1] for row in _rows(catalog, f"PRAGMA table_info({table})")}
+    return bool(cols) and (column is None or column in cols)
+
+
+def _live(catalog: Catalog, alias: str = "m") -> str:
+    """SQL condition: the message is not purged (a purge keeps a tombstone row)."""
+    return f"{alias}.purged_at IS NULL" if _has(catalog, "messages", "purged_at") else "1"
+
+
+def _all_messages(catalog: Catalog) -> list[Job]:
+    return [
+        (r[0], r[1])
+        for r in _rows(
+            catalog,
+            f"SELECT m.sha256, m.first_ingest_at FROM messages m WHERE {_live(catalog)} "
+            "ORDER BY m.first_ingest_at, m.sha256",
+        )
+    ]
+
+
+def _unparsed(catalog: Catalog) -> list[Job]:
+    return [
+        (r[0], r[1])
+        for r in _rows(
+            catalog,
+            "SELECT m.sha256, m.first_ingest_at FROM messages m "
+            "LEFT JOIN message_meta p ON p.sha256 = m.sha256 "
+            f"WHERE p.sha256 IS NULL AND {_live(catalog)} "
+            "ORDER BY m.first_ingest_at, m.sha256",
+        )
+    ]
+
+
+def _unindexed(catalog: Catalog) -> list[Job]:
+    """Parsed rows not in the index, and rows whose provenance grew after they were indexed
+    (the same content fetched by another account, or imported with ``--account``)."""
+    sql = (
+        "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+        "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NULL "
+        "UNION "
+        "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+        "JOIN messages m ON m.sha256 = p.sha256 JOIN uidls u ON u.sha256 = p.sha256 "
+        "WHERE p.indexed_at IS NOT NULL AND u.committed_at > p.indexed_at"
+    )
+    if _has(catalog, "imports", "account"):
+        sql += (
+            " UNION "
+            "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+            "JOIN messages m ON m.sha256 = p.sha256 JOIN imports i ON i.sha256 = p.sha256 "
+            "WHERE p.indexed_at IS NOT NULL AND i.account IS NOT NULL "
+            "AND i.imported_at > p.indexed_at"
+        )
+    rows = _rows(catalog, sql)
+    return sorted(((r[0], r[1]) for r in rows), key=lambda j: (j[1], j[0]))
+
+
+def _accounts(catalog: Catalog, digests: Sequence[str]) -> dict[str, list[str]]:
+    """Every account a message came through: POP3 (uidls) and `import --account` (imports)."""
+    found: dict[str, set[str]] = {}
+    imports = _has(catalog, "imports", "account")
+    for start in range(0, len(digests), 400):
+        chunk = list(digests[start : start + 400])
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT sha256, account FROM uidls WHERE sha256 IN ({marks})"
+        params = chunk
+        if imports:
+            sql += (
+                f" UNION SELECT sha256, account FROM imports WHERE sha256 IN ({marks}) "
+                "AND account IS NOT NULL"
+            )
+            params = chunk + chunk
+        for sha256, account in _rows(catalog, sql, params):
+            found.setdefault(sha256, set()).add(account)
+    return {sha: sorted(accounts) for sha, accounts in found.items()}
+
+
+def _mark_indexed(catalog: Catalog, digests: Sequence[str], when: str | None) -> None:
+    if not digests:
+        return
+    with catalog.transaction() as conn:
+        conn.executemany(
+            "UPDATE message_meta SET indexed_at = ? WHERE sha256 = ?",
+            [(when, d) for d in digests],
+        )
+
+
+def _indexed_count(catalog: Catalog) -> int:
+    return int(
+        _rows(catalog, "SELECT count(*) FROM message_meta WHERE indexed_at IS NOT NULL")[0][0]
+    )
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+
+
+def _pipeline(
+    vault: Vault,
+    catalog: Catalog,
+    jobs: Sequence[Job],
+    needs_store: set[str],
+    index_dir: Path,
+    report: IndexReport,
+    progress: Progress | None,
+    *,
+    mark: bool,
+) -> list[str]:
+    """Parse ``jobs``, store the new parse rows, index everything; returns the indexed sha256s.
+
+    With ``mark``, ``indexed_at`` is set after each index commit (incremental mode); without,
+    the caller does it after the swap (rebuild mode).
+    """
+    done_all: list[str] = []
+    if not jobs:
+        return done_all
+    parser = _Parser(vault.root, jobs)
+    writer: ix.IndexWriter | None = None
+    try:
+        index, _ = ix.create_or_open(index_dir, marker=mark)
+        writer = ix.IndexWriter(index)
+        uncommitted: list[str] = []
+        last_commit = time.monotonic()
+        done = 0
+
+        def commit() -> None:
+            nonlocal last_commit
+            assert writer is not None
+            writer.commit()
+            if mark:
+                _mark_indexed(catalog, uncommitted, utcnow())
+            done_all.extend(uncommitted)
+            uncommitted.clear()
+            last_commit = time.monotonic()
+
+        for batch in parser.batches():
+            parsed = [p for p in batch if isinstance(p, ParsedMessage)]
+            for p in batch:
+                if not isinstance(p, ParsedMessage):
+                    report.missing.append(p[0])
+                    if len(report.missing) <= 10:
+                        log.warning("%s", p[1])
+                    elif len(report.missing) == 11:
+                        log.warning("more blobs cannot be read; the report lists them all")
+            fresh = [p for p in parsed if p.sha256 in needs_store]
+            _store_parsed(catalog, fresh)
+            report.parsed += len(fresh)
+            report.unreadable += sum(1 for p in fresh if p.unreadable)
+            report.defective += sum(1 for p in fresh if p.defects)
+            accounts = _accounts(catalog, [p.sha256 for p in parsed])
+            for p in parsed:
+                writer.put(p, accounts.get(p.sha256, ()))
+                uncommitted.append(p.sha256)
+            report.indexed += len(parsed)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(jobs))
+            if len(uncommitted) >= COMMIT_EVERY or time.monotonic() - last_commit >= COMMIT_SECONDS:
+                commit()
+        if uncommitted:
+            commit()
+    finally:
+        parser.close()
+        if writer is not None:
+            writer.close()
+    return done_all
+
+
+def catch_up(vault: Vault, *, progress: Progress | None = None) -> IndexReport:
+    """Parse what is unparsed and index what is unindexed (call under the vault write lock)."""
+    started = time.monotonic()
+    report = IndexReport()
+    index_dir = vault.index_path
+    ix.recover(index_dir)
+    catalog = vault.catalog()
+    try:
+        if not (index_dir / "meta.json").exists():
+            # A new (or lost) index: whatever the catalog says was indexed is not any more.
+            with catalog.transaction() as conn:
+                conn.execute("UPDATE message_meta SET indexed_at = NULL")
+        unparsed = _unparsed(catalog)
+        jobs = unparsed + [j for j in _unindexed(catalog) if j[0] not in {u[0] for u in unparsed}]
+        _pipeline(
+            vault,
+            catalog,
+            jobs,
+            {u[0] for u in unparsed},
+            index_dir,
+            report,
+            progress,
+            mark=True,
+        )
+        report.repaired = _reconcile(vault, catalog, report, progress)
+        if not (index_dir / "meta.json").exists():
+            ix.create_or_open(index_dir)  # nothing to index: still, searches answer "no hits"
+        report.documents = ix.open_for_search(index_dir).searcher().num_docs
+    finally:
+        catalog.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _reconcile(
+    vault: Vault, catalog: Catalog, report: IndexReport, progress: Progress | None
+) -> int:
+    """If the index holds fewer documents than the catalog says, find and re-add the missing.
+
+    A count comparison keeps this cheap on every run; a loss hidden by an equal number of
+    duplicates (which delete-by-term never makes) is left to ``verify`` (``index_findings``).
+    """
+    index_dir = vault.index_path
+    if not (index_dir / "meta.json").exists():
+        return 0
+    index = ix.open_for_search(index_dir)
+    searcher = index.searcher()
+    if searcher.num_docs == _indexed_count(catalog):
+        return 0
+    schema = index.schema
+    lost = [
+        (sha256, ingest)
+        for sha256, ingest in _rows(
+            catalog,
+            "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+            "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NOT NULL",
+        )
+        if not ix.contains(searcher, schema, sha256)
+    ]
+    del index, searcher, schema  # no tantivy threads around when the parse pool forks
+    if not lost:
+        return 0
+    log.warning(
+        "the index lacks %d messages the catalog lists as indexed; re-adding them", len(lost)
+    )
+    _mark_indexed(catalog, [s for s, _ in lost], None)
+    _pipeline(vault, catalog, lost, set(), index_dir, report, progress, mark=True)
+    return len(lost)
+
+
+def reindex(vault: Vault, *, progress: Progress | None = None) -> IndexReport:
+    """Rebuild the index from the store and catalog into index.new/, then swap it in."""
+    started = time.monotonic()
+    report = IndexReport(rebuilt=True)
+    index_dir = vault.index_path
+    ix.recover(index_dir)
+    new = ix.new_path(index_dir)
+    if new.exists():
+        import shutil
+
+        shutil.rmtree(new)
+    catalog = vault.catalog()
+    try:
+        unparsed = {u[0] for u in _unparsed(catalog)}
+        jobs = _all_messages(catalog)
+        done = _pipeline(vault, catalog, jobs, unparsed, new, report, progress, mark=False)
+        if not (new / "meta.json").exists():
+            ix.create_or_open(new, marker=False)  # an empty vault still gets an (empty) index
+        ix.write_marker(new, rebuilt=True)
+        ix.swap_in(index_dir)
+        # The new index holds exactly `done`; the catalog now says so.
+        now = utcnow()
+        with catalog.transaction() as conn:
+            conn.execute("UPDATE message_meta SET indexed_at = NULL")
+        for start in range(0, len(done), 5000):
+            _mark_indexed(catalog, done[start : start + 5000], now)
+        with contextlib.suppress(MailvaultError):
+            report.documents = ix.open_for_search(index_dir).searcher().num_docs
+    finally:
+        catalog.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+def index_findings(vault: Vault, catalog_ids: set[str]) -> Iterator[Any]:
+    """``mailvault verify``'s index check: does the index hold exactly the catalog's messages,
+    once each?  Yields ``mailvault.verify.Finding``s (codes ``index-*``); changes nothing.
+
+    One term lookup per catalog message, plus a walk of the id term dictionary only when the
+    index holds more documents than that found.
+    """
+    import sqlite3
+
+    import tantivy
+
+    from mailvault.errors import SearchError
+    from mailvault.verify import Finding
+
+    try:
+        index = ix.open_for_search(vault.index_path)
+    except SearchError as exc:
+        yield Finding("index-unreadable", "warning", "index", str(exc))
+        return
+    searcher = index.searcher()
+    schema = index.schema
+
+    def count(sha256: str) -> int:
+        query = tantivy.Query.term_query(schema, "id", sha256)
+        return int(getattr(searcher.search(query, 1), "count", 0) or 0)
+
+    db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
+    try:
+        indexed = {
+            row[0]
+            for row in db.execute("SELECT sha256 FROM message_meta WHERE indexed_at IS NOT NULL")
+        }
+    finally:
+        db.close()
+    present = 0
+    pending = 0
+    for sha256 in sorted(catalog_ids):
+        n = count(sha256)
+        present += n > 0
+        if n == 0 and sha256 in indexed:
+            yield Finding(
+                "index-missing",
+                "warning",
+                sha256,
+                "the catalog says this message is indexed but the index lacks it; "
+                "`mailvault index` re-adds it",
+            )
+        elif n == 0:
+            pending += 1
+        elif n > 1:
+            yield Finding(
+                "index-duplicate",
+                "warning",
+                sha256,
+                f"{n} index documents for one message; `mailvault reindex` rebuilds the index",
+            )
+    if pending:
+        yield Finding(
+            "index-pending",
+            "info",
+            "index",
+            f"{pending} messages are not indexed yet; `mailvault index` catches up",
+        )
+    if searcher.num_docs > present:
+        for term, _ in searcher.terms_with_prefix("id", ""):
+            if term not in catalog_ids and count(term) > 0:
+                yield Finding(
+                    "index-extra",
+                    "warning",
+                    term,
+                    "the index holds a message the catalog does not list (or lists as purged); "
+                    "`mailvault reindex` rebuilds the index",
+                )

@@ -1,0 +1,252 @@
+"""`mailvault show ID`: find one message by sha256, unique prefix or Message-ID, and render it.
+
+Identifiers are resolved against the catalog with plain ``sqlite3`` (no sqlite-utils); the message
+itself is re-parsed from its blob, so ``--part N`` numbers parts exactly as the parser did
+(``mailvault.parse.mime``: depth-first, root = 0).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailvault.errors import CatalogError, UsageError
+from mailvault.parse.model import Address, ParsedMessage
+
+MIN_PREFIX = 8
+MAX_CANDIDATES = 20
+HEX = re.compile(r"^[0-9a-fA-F]+$")
+# C0/C1 controls except tab and newline: a hostile message must not drive the terminal.
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sha256: str
+    date: str
+    from_addr: str
+    subject: str
+
+    def line(self) -> str:
+        return f"{self.sha256}  {self.date[:16]:16}  {self.from_addr:30.30}  {safe(self.subject)}"
+
+
+class AmbiguousId(UsageError):
+    """The identifier matches more than one message; ``candidates`` lists them."""
+
+    def __init__(self, message: str, candidates: list[Candidate]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class MessageNotFound(UsageError):
+    """No message has this sha256, prefix or Message-ID."""
+
+
+def safe(text: str) -> str:
+    return UNSAFE.sub("?", text)
+
+
+def _connect(catalog_path: Path) -> sqlite3.Connection:
+    if not catalog_path.exists():
+        raise CatalogError(f"no catalog at {catalog_path}")
+    try:
+        return sqlite3.connect(catalog_path, timeout=30)
+    except sqlite3.Error as exc:
+        raise CatalogError(f"cannot open the catalog {catalog_path}: {exc}") from None
+
+
+def _has_meta(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='message_meta'"
+    ).fetchone()
+    return row is not None
+
+
+def _candidates(conn: sqlite3.Connection, digests: list[str]) -> list[Candidate]:
+    out = []
+    meta = _has_meta(conn)
+    for digest in digests:
+        row = (
+            conn.execute(
+                "SELECT date, from_addr, subject FROM message_meta WHERE sha256=?", (digest,)
+            ).fetchone()
+            if meta
+            else None
+        )
+        out.append(Candidate(digest, *(row or ("", "", ""))))
+    return out
+
+
+def resolve(catalog_path: Path, ident: str) -> str:
+    """The sha256 that ``ident`` names: a sha256, a unique prefix (>= 8 hex), or a Message-ID."""
+    ident = ident.strip()
+    if not ident:
+        raise UsageError("give a message id: a sha256, a prefix of 8+ hex digits or a Message-ID")
+    conn = _connect(catalog_path)
+    try:
+        if HEX.match(ident) and len(ident) <= 64:
+            digest = ident.lower()
+            if len(digest) < MIN_PREFIX:
+                raise UsageError(
+                    f"{ident!r} is too short: give at least {MIN_PREFIX} hex digits of the sha256"
+                )
+            rows = conn.execute(
+                "SELECT sha256 FROM messages WHERE sha256 >= ? AND sha256 < ? "
+                "ORDER BY sha256 LIMIT ?",
+                (digest, digest + "g", MAX_CANDIDATES + 1),
+            ).fetchall()
+            if len(rows) == 1:
+                return str(rows[0][0])
+            if len(rows) > 1:
+                raise AmbiguousId(
+                    f"{ident!r} matches {'more than ' if len(rows) > MAX_CANDIDATES else ''}"
+                    f"{min(len(rows), MAX_CANDIDATES)} messages; give more digits",
+                    _candidates(conn, [r[0] for r in rows[:MAX_CANDIDATES]]),
+                )
+        mid = ident.removeprefix("<").removesuffix(">").strip()
+        rows = (
+            conn.execute(
+                "SELECT sha256 FROM message_meta WHERE message_id = ? ORDER BY date, sha256 "
+                "LIMIT ?",
+                (mid, MAX_CANDIDATES + 1),
+            ).fetchall()
+            if _has_meta(conn)
+            else []
+        )
+        if len(rows) == 1:
+            return str(rows[0][0])
+        if len(rows) > 1:
+            raise AmbiguousId(
+                f"Message-ID <{mid}> is shared by {len(rows)} different messages; "
+                "pick one by its sha256",
+                _candidates(conn, [r[0] for r in rows[:MAX_CANDIDATES]]),
+            )
+        raise MessageNotFound(
+            f"no message with sha256, prefix or Message-ID {ident!r} "
+            "(messages not yet parsed are found by sha256 only; run `mailvault index`)"
+        )
+    except sqlite3.Error as exc:
+        raise CatalogError(f"cannot read the catalog {catalog_path}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def first_ingest(catalog_path: Path, digest: str) -> datetime:
+    """When the vault first stored the message: what parse falls back to without a Date."""
+    conn = _connect(catalog_path)
+    try:
+        row = conn.execute(
+            "SELECT first_ingest_at FROM messages WHERE sha256=?", (digest,)
+        ).fetchone()
+    finally:
+        conn.close()
+    try:
+        moment = datetime.fromisoformat(row[0]) if row else datetime.now(UTC)
+    except ValueError:
+        moment = datetime.now(UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _addr(a: Address) -> str:
+    if a.name and a.addr:
+        return f"{a.name} <{a.addr}>"
+    return a.name or a.addr
+
+
+def _addrs(addrs: tuple[Address, ...]) -> str:
+    return ", ".join(_addr(a) for a in addrs)
+
+
+def render_text(msg: ParsedMessage) -> Iterator[str]:
+    """Headers, a blank line, the text body, and the attachment list."""
+    date = msg.date.strftime("%Y-%m-%d %H:%M:%S UTC") if msg.date else ""
+    if msg.date_fallback:
+        date += f"  (no usable Date header: {msg.date_raw!r}; ingest time shown)"
+    elif msg.date_raw:
+        date += f"  ({msg.date_raw})"
+    rows = [
+        ("From", _addrs(msg.from_)),
+        ("To", _addrs(msg.to)),
+        ("Cc", _addrs(msg.cc)),
+        ("Bcc", _addrs(msg.bcc)),
+        ("Date", date),
+        ("Subject", msg.subject),
+        ("Message-ID", f"<{msg.message_id}>" if msg.message_id else ""),
+        ("SHA256", msg.sha256),
+    ]
+    for name, value in rows:
+        if value or name in ("From", "To", "Date", "Subject"):
+            yield f"{name + ':':12}{safe(' '.join(value.split()))}"
+    if msg.unreadable:
+        yield f"{'Warning:':12}the parser could not read this message; shown is what it recovered"
+    if msg.defects:
+        yield f"{'Defects:':12}{safe('; '.join(msg.defects))}"
+    yield ""
+    body = safe(msg.body_text.replace("\r\n", "\n"))
+    yield from body.rstrip("\n").split("\n")
+    if msg.attachments:
+        yield ""
+        yield "Attachments (save one with --part N --out FILE):"
+        for att in msg.attachments:
+            name = safe(att.filename) or "(no name)"
+            yield f"  [{att.index}] {name}  {att.content_type}  {att.size:,} bytes"
+
+
+def as_json(msg: ParsedMessage) -> dict[str, Any]:
+    def addrs(items: tuple[Address, ...]) -> list[dict[str, str]]:
+        return [{"name": a.name, "addr": a.addr} for a in items]
+
+    return {
+        "id": msg.sha256,
+        "message_id": msg.message_id,
+        "date": msg.date.isoformat() if msg.date else None,
+        "date_raw": msg.date_raw,
+        "date_fallback": msg.date_fallback,
+        "from": addrs(msg.from_),
+        "to": addrs(msg.to),
+        "cc": addrs(msg.cc),
+        "bcc": addrs(msg.bcc),
+        "reply_to": addrs(msg.reply_to),
+        "subject": msg.subject,
+        "size": msg.size,
+        "in_reply_to": msg.in_reply_to,
+        "references": list(msg.references),
+        "list_id": msg.list_id,
+        "thread_id": msg.thread_id,
+        "body": msg.body_text,
+        "attachments": [
+            {
+                "index": a.index,
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "sha256": a.sha256,
+            }
+            for a in msg.attachments
+        ],
+        "unreadable": msg.unreadable,
+        "defects": list(msg.defects),
+    }
+
+
+def part_bytes(raw: bytes, index: int) -> bytes:
+    """The decoded content of part ``index`` (numbered as ``show`` lists them)."""
+    from mailvault.parse.mime import parse_bytes, part_at, payload_bytes, walk
+
+    tree = parse_bytes(raw)
+    part = part_at(tree, index)
+    if part is None:
+        count = sum(1 for _ in walk(tree))
+        raise UsageError(f"this message has parts 0 to {count - 1}; there is no part {index}")
+    if part.is_multipart() and part.get_content_maintype() != "message":
+        raise UsageError(f"part {index} is a multipart container, not content; pick another part")
+    return payload_bytes(part)

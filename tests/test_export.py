@@ -1,0 +1,457 @@
+"""`mailvault export`: Maildir, mbox and EML targets, manifests, refusals and failures.
+
+Independent readers are the oracles: the standard library's ``mailbox.Maildir`` and
+``mailbox.mbox`` (mboxrd unquoting applied here, since the stdlib does not unquote), plain file
+reads and ``hashlib`` for the manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mailbox
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mailvault.export.maildir import is_maildir
+from mailvault.resources import json_schema
+from mailvault.store import BlobStore
+from tests.test_export_kit import (
+    add_messages,
+    cli,
+    cli_json,
+    crafted_messages,
+    manifest_lines,
+    new_vault,
+    sha,
+    to_lf,
+    unquote_mboxrd,
+    validate_manifest,
+)
+
+
+@pytest.fixture(scope="module")
+def crafted() -> list[bytes]:
+    return crafted_messages()
+
+
+@pytest.fixture
+def vault(tmp_path: Path, crafted: list[bytes]) -> Path:
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted)
+    return root
+
+
+def expected_bytes(raw: bytes, line_endings: str) -> bytes:
+    return to_lf(raw) if line_endings == "lf" else raw
+
+
+# -- Maildir ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line_endings", ["crlf", "lf"])
+def test_maildir_export_is_read_exactly_by_stdlib_mailbox(
+    tmp_path: Path, vault: Path, crafted: list[bytes], line_endings: str
+) -> None:
+    out = tmp_path / "md"
+    result = cli(
+        vault, "export", "--format", "maildir", "--out", str(out), "--line-endings", line_endings
+    )
+    assert result.exit_code == 0, result.output
+    box = mailbox.Maildir(out, factory=None, create=False)
+    got = sorted(box.get_bytes(key) for key in box.iterkeys())
+    assert got == sorted(expected_bytes(m, line_endings) for m in crafted)
+    assert not os.listdir(out / "tmp") and not os.listdir(out / "new")
+    for name in os.listdir(out / "cur"):
+        assert name.endswith(":2,S")
+        digest = name.split(",H=")[1][:64]
+        data = (out / "cur" / name).read_bytes()
+        assert f",S={len(data)}," in name
+        original = next(m for m in crafted if sha(m) == digest)
+        assert data == expected_bytes(original, line_endings)
+
+
+def test_maildir_reexport_adds_only_what_is_missing(tmp_path: Path, crafted: list[bytes]) -> None:
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:5])
+    out = tmp_path / "md"
+    code, first = cli_json(root, "export", "--format", "maildir", "--out", str(out))
+    assert (code, first["added"], first["skipped"]) == (0, 5, 0)
+    before = set(os.listdir(out / "cur"))
+    add_messages(root, crafted[5:8])
+    code, second = cli_json(root, "export", "--format", "maildir", "--out", str(out))
+    assert (code, second["count"], second["added"], second["skipped"]) == (0, 8, 3, 5)
+    after = set(os.listdir(out / "cur"))
+    assert before < after and len(after) == 8
+    summary, entries = validate_manifest(out / "manifest.json")
+    assert len(entries) == 8 and {e["path"] for e in entries} == {f"cur/{n}" for n in after}
+    # A copy changed after the export is not trusted: a fresh copy is written, and said so.
+    victim = out / "cur" / sorted(before)[0]
+    victim.write_bytes(b"tampered\n")
+    code, third = cli_json(root, "export", "--format", "maildir", "--out", str(out))
+    assert (code, third["added"], third["skipped"]) == (0, 1, 7)
+    assert any("does not match" in w for w in third["warnings"])
+    assert victim.read_bytes() == b"tampered\n"  # never deleted: it is not ours any more
+    # A different line-ending form into the same Maildir is refused, not mixed.
+    result = cli(root, "export", "--format", "maildir", "--out", str(out), "--line-endings", "crlf")
+    assert result.exit_code == 3 and "--line-endings lf" in result.stderr
+
+
+# -- mbox ------------------------------------------------------------------------------------
+
+
+def read_stdlib_mbox(path: Path) -> list[bytes]:
+    box = mailbox.mbox(path, factory=None, create=False)
+    return [box.get_bytes(key) for key in box.iterkeys()]
+
+
+@pytest.mark.parametrize("line_endings", ["crlf", "lf"])
+def test_mbox_export_is_read_exactly_by_stdlib_mailbox(
+    tmp_path: Path, vault: Path, crafted: list[bytes], line_endings: str
+) -> None:
+    out = tmp_path / "all.mbox"
+    code, summary = cli_json(
+        vault, "export", "--format", "mbox", "--out", str(out), "--line-endings", line_endings
+    )
+    assert code == 0 and summary["count"] == len(crafted)
+    got = read_stdlib_mbox(out)
+    assert len(got) == len(crafted)  # every body "From " line was quoted, none splits a message
+    expected = []
+    for raw in crafted:
+        data = expected_bytes(raw, line_endings)
+        # The stdlib reader cannot know a message had no final line break: it ends with one.
+        expected.append(data if data.endswith(b"\n") else data + b"\n")
+    assert sorted(unquote_mboxrd(m) for m in got) == sorted(expected)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    # The From_ lines carry the envelope sender and the date in asctime form.
+    text = out.read_bytes()
+    assert b"\nFrom bounce@example.com Fri Jul  8 10:08:34 2011\n" in b"\n" + text
+    assert b"\nFrom MAILER-DAEMON " in text  # Return-Path: <>
+
+
+def test_mbox_manifest_offsets_cut_out_each_message(
+    tmp_path: Path, vault: Path, crafted: list[bytes]
+) -> None:
+    out = tmp_path / "x.mbox"
+    assert (
+        cli(
+            vault, "export", "--format", "mbox", "--out", str(out), "--line-endings", "crlf"
+        ).exit_code
+        == 0
+    )
+    summary, entries = validate_manifest(tmp_path / "x.mbox.manifest.json")
+    data = out.read_bytes()
+    by_digest = {sha(m): m for m in crafted}
+    assert summary["total_bytes"] == sum(e["length"] for e in entries)
+    for entry in entries:
+        cut = data[entry["offset"] : entry["offset"] + entry["length"]]
+        assert entry["size"] == entry["length"]
+        assert unquote_mboxrd(cut) == by_digest[entry["sha256"]]
+        assert sha(unquote_mboxrd(cut)) == entry["sha256"]
+        from_line = data[: entry["offset"]].rsplit(b"\n", 2)[-2]
+        assert from_line.startswith(b"From ") and b"\r" not in from_line
+
+
+def test_mbox_refuses_an_existing_target_unless_append(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:3])
+    out = tmp_path / "box"
+    assert cli(root, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    original = out.read_bytes()
+    result = cli(root, "export", "--format", "mbox", "--out", str(out))
+    assert result.exit_code == 3
+    assert "already exists; pass --append" in result.stderr and result.stderr.count("\n") == 1
+    assert out.read_bytes() == original
+    add_messages(root, crafted[3:5])
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert code == 0 and summary["append"] == {"offset": len(original), "previous_entries": 3}
+    assert out.read_bytes().startswith(original)
+    summary, entries = validate_manifest(tmp_path / "box.manifest.json")
+    assert len(entries) == 3 + 5
+    assert len(read_stdlib_mbox(out)) == 8
+    data = out.read_bytes()
+    for entry in entries:
+        cut = data[entry["offset"] : entry["offset"] + entry["length"]]
+        assert sha(unquote_mboxrd(cut)) == entry.get("exported_sha256", entry["sha256"])
+
+
+def test_append_refuses_a_file_that_is_not_an_mbox(tmp_path: Path, vault: Path) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_bytes(b"just some notes\n")
+    result = cli(vault, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert result.exit_code == 3 and "not an mbox" in result.stderr
+    assert out.read_bytes() == b"just some notes\n"
+
+
+# -- EML -------------------------------------------------------------------------------------
+
+
+def test_eml_export_writes_exact_bytes_named_by_sha256(
+    tmp_path: Path, vault: Path, crafted: list[bytes]
+) -> None:
+    out = tmp_path / "eml"
+    code, summary = cli_json(vault, "export", "--format", "eml", "--out", str(out))
+    assert code == 0 and summary["line_endings"] == "crlf"
+    for raw in crafted:
+        assert (out / f"{sha(raw)}.eml").read_bytes() == raw
+    _, entries = validate_manifest(out / "manifest.json")
+    for entry in entries:
+        assert hashlib.sha256((out / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+        assert "exported_sha256" not in entry
+    code, again = cli_json(vault, "export", "--format", "eml", "--out", str(out))
+    assert (code, again["added"], again["skipped"]) == (0, 0, len(crafted))
+    # A damaged copy is replaced in place (the name is the content's hash).
+    victim = out / f"{sha(crafted[0])}.eml"
+    victim.write_bytes(b"broken")
+    code, third = cli_json(vault, "export", "--format", "eml", "--out", str(out))
+    assert (code, third["added"]) == (0, 1) and victim.read_bytes() == crafted[0]
+
+
+def test_lf_manifest_records_the_exported_hash(
+    tmp_path: Path, vault: Path, crafted: list[bytes]
+) -> None:
+    out = tmp_path / "eml-lf"
+    code, _ = cli_json(
+        vault, "export", "--format", "eml", "--out", str(out), "--line-endings", "lf"
+    )
+    assert code == 0
+    _, entries = validate_manifest(out / "manifest.json")
+    for entry in entries:
+        data = (out / entry["path"]).read_bytes()
+        assert sha(data) == entry["exported_sha256"]
+        assert entry["size"] == len(data)
+        assert data == to_lf(next(m for m in crafted if sha(m) == entry["sha256"]))
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def test_account_selection_uses_import_provenance(tmp_path: Path, crafted: list[bytes]) -> None:
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:2])
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, raw in enumerate(crafted[2:5]):
+        (src / f"{i}.eml").write_bytes(raw)
+    assert cli(root, "import", str(src), "--account", "legacy", "--no-index").exit_code == 0
+    out = tmp_path / "legacy"
+    code, summary = cli_json(
+        root, "export", "--format", "eml", "--out", str(out), "--account", "legacy"
+    )
+    assert code == 0 and summary["account"] == "legacy" and summary["count"] == 3
+    assert {p.name for p in out.glob("*.eml")} == {f"{sha(m)}.eml" for m in crafted[2:5]}
+    result = cli(
+        root, "export", "--format", "eml", "--out", str(tmp_path / "x"), "--account", "nope"
+    )
+    assert result.exit_code == 2 and "unknown account 'nope'" in result.stderr
+
+
+def test_query_export_selects_the_search_hits(tmp_path: Path, crafted: list[bytes]) -> None:
+    root = new_vault(tmp_path / "vault")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, raw in enumerate(crafted[:4]):
+        (src / f"{i}.eml").write_bytes(raw)
+    assert cli(root, "import", str(src)).exit_code == 0  # parses and indexes
+    out = tmp_path / "q"
+    code, summary = cli_json(
+        root, "export", "subject:quoting", "--format", "eml", "--out", str(out)
+    )
+    assert code == 0 and summary["query"] == "subject:quoting" and summary["count"] == 1
+    assert [p.name for p in out.glob("*.eml")] == [f"{sha(crafted[0])}.eml"]
+
+
+def test_export_is_recorded_in_the_audit_log(tmp_path: Path, vault: Path) -> None:
+    out = tmp_path / "eml"
+    assert cli(vault, "export", "--format", "eml", "--out", str(out)).exit_code == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        command, results, detail = db.execute(
+            "SELECT command, results, detail FROM audit ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    detail = json.loads(detail)
+    assert command == "export" and detail["target"] == str(out)
+    assert detail["manifest_sha256"] == sha((out / "manifest.json").read_bytes())
+
+
+def test_json_output_validates(tmp_path: Path, vault: Path) -> None:
+    code, document = cli_json(vault, "export", "--format", "maildir", "--out", str(tmp_path / "m"))
+    assert code == 0 and document["ok"] is True and document["target"] == str(tmp_path / "m")
+    jsonschema.validate(document, json_schema("export-manifest.schema.json"))
+    code, document = cli_json(
+        vault, "export", "--format", "mbox", "--out", str(tmp_path / "b"), "--no-manifest"
+    )
+    assert code == 0 and document["manifest"] is None
+    assert not (tmp_path / "b.manifest.json").exists()
+
+
+# -- refusals and failures -------------------------------------------------------------------
+
+
+def test_targets_of_the_wrong_kind_are_refused(tmp_path: Path, vault: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "photo.jpg").write_bytes(b"\xff\xd8")
+    cases = [
+        (["--format", "maildir", "--out", str(a_file)], "is a file"),
+        (["--format", "eml", "--out", str(a_file)], "is a file"),
+        (["--format", "maildir", "--out", str(stranger)], "not empty and not a Maildir"),
+        (["--format", "eml", "--out", str(stranger)], "not empty and not an eml export"),
+        (["--format", "mbox", "--out", str(stranger)], "is a directory"),
+        (["--format", "eml", "--out", str(tmp_path / "e"), "--append"], "--append applies"),
+    ]
+    for args, message in cases:
+        result = cli(vault, "export", *args)
+        assert result.exit_code in (2, 3), args
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert os.listdir(stranger) == ["photo.jpg"] and a_file.read_text() == "x"
+    md = tmp_path / "md"
+    assert cli(vault, "export", "--format", "maildir", "--out", str(md)).exit_code == 0
+    result = cli(vault, "export", "--format", "eml", "--out", str(md))
+    assert result.exit_code == 3 and "not an eml export" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox", "eml"])
+def test_out_below_a_regular_file_is_a_one_line_error(
+    tmp_path: Path, vault: Path, fmt: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    result = cli(vault, "export", "--format", fmt, "--out", str(blocker / "sub" / "target"))
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1 and "not a directory" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "vault"]
+
+
+LIMITED = textwrap.dedent(
+    """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from mailvault.cli import main
+    sys.argv = ["mailvault", *sys.argv[2:]]
+    main()
+    """
+)
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox", "eml"])
+def test_a_full_target_leaves_no_half_written_message(
+    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str
+) -> None:
+    """RLIMIT_FSIZE makes the target "full" even for root: writes past 1.5 MB fail (EFBIG)."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LIMITED,
+            str(1_500_000),
+            "--vault",
+            str(vault),
+            "export",
+            "--format",
+            fmt,
+            "--out",
+            str(out),
+            "--line-endings",
+            "crlf",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "file too large" in proc.stderr
+    leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+    by_digest = {sha(m): m for m in crafted}
+    if fmt == "mbox":
+        assert not out.exists()
+    elif fmt == "maildir":
+        assert is_maildir(out) and os.listdir(out / "tmp") == []
+        for name in os.listdir(out / "cur"):  # whatever is visible is complete
+            assert (out / "cur" / name).read_bytes() == by_digest[name.split(",H=")[1][:64]]
+    else:
+        for path in out.glob("*.eml"):
+            assert path.read_bytes() == by_digest[path.stem]
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_full_target_on_append_truncates_back(tmp_path: Path, vault: Path) -> None:
+    out = tmp_path / "box"
+    out.write_bytes(b"From a@b Mon Jan  1 00:00:00 2001\nSubject: old\n\nold body\n")
+    before = out.read_bytes()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LIMITED,
+            str(1_000_000),
+            "--vault",
+            str(vault),
+            "export",
+            "--format",
+            "mbox",
+            "--out",
+            str(out),
+            "--append",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3 and "file too large" in proc.stderr
+    assert out.read_bytes() == before
+
+
+def test_a_damaged_blob_stops_the_export(tmp_path: Path, crafted: list[bytes]) -> None:
+    root = new_vault(tmp_path / "vault")
+    digests = add_messages(root, crafted[:3])
+    store = BlobStore(root, compress=False)
+    blob = BlobStore(root).find(digests[1])
+    assert blob is not None
+    blob.unlink()
+    raw_store = BlobStore(root, compress=False)
+    w = raw_store.writer()
+    w.write(b"not the original content")
+    staged = w.finish()
+    target = blob.with_name(digests[1])  # an uncompressed blob under the old name
+    os.rename(staged.tmp_path, target)
+    assert store.find(digests[1]) == target
+    out = tmp_path / "out.mbox"
+    result = cli(root, "export", "--format", "mbox", "--out", str(out))
+    assert result.exit_code == 3 and "mailvault verify" in result.stderr
+    assert not out.exists() and not list(tmp_path.glob("out.mbox*"))
+
+
+def test_manifest_lines_are_in_selection_order(tmp_path: Path, vault: Path) -> None:
+    out = tmp_path / "m"
+    assert cli(vault, "export", "--format", "eml", "--out", str(out)).exit_code == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        order = [
+            r[0] for r in db.execute("SELECT sha256 FROM messages ORDER BY first_ingest_at, sha256")
+        ]
+    assert [e["sha256"] for e in manifest_lines(out / "manifest.jsonl")] == order
+
+
+def test_append_keeps_one_line_ending_form(tmp_path: Path, vault: Path) -> None:
+    out = tmp_path / "box"
+    assert cli(vault, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    before = out.read_bytes()
+    result = cli(
+        vault, "export", "--format", "mbox", "--out", str(out), "--append", "--line-endings", "crlf"
+    )
+    assert result.exit_code == 3 and "--line-endings lf" in result.stderr
+    assert out.read_bytes() == before

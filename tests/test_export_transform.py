@@ -1,0 +1,110 @@
+"""The streaming byte transforms give the same result wherever the chunk boundaries fall."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailvault.export.transform import (
+    HEADER_CAP,
+    MboxrdQuoter,
+    MboxrdUnquoter,
+    from_line,
+    header_end,
+    message_meta,
+    peek_header,
+    to_lf,
+)
+from mailvault.importer.mbox import SEPARATOR, WEAK, classify
+
+PIECES = [b"\r", b"\n", b">", b"From ", b"Fro", b"m ", b"x", b"From", b" ", b">>"]
+messages = st.lists(st.sampled_from(PIECES), max_size=60).map(b"".join)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+def run(transform: MboxrdQuoter | MboxrdUnquoter, chunks: list[bytes]) -> bytes:
+    return b"".join(transform.feed(c) for c in chunks) + transform.flush()
+
+
+def quote_reference(data: bytes) -> bytes:
+    return re.sub(rb"(?m)^(>*From )", rb">\1", data)
+
+
+def unquote_reference(data: bytes) -> bytes:
+    return re.sub(rb"(?m)^>(>*From )", rb"\1", data)
+
+
+@settings(max_examples=400)
+@given(messages, st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+def test_mboxrd_quoting_is_chunking_independent_and_reversible(
+    data: bytes, cuts: list[int]
+) -> None:
+    chunks = chunked(data, cuts)
+    quoted = run(MboxrdQuoter(), chunks)
+    assert quoted == quote_reference(data)
+    assert not re.search(rb"(?m)^From ", quoted)  # no line can be taken for a separator
+    assert run(MboxrdUnquoter(), chunked(quoted, cuts)) == data
+    assert unquote_reference(quoted) == data
+
+
+@settings(max_examples=400)
+@given(messages, st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+def test_crlf_to_lf_is_chunking_independent(data: bytes, cuts: list[int]) -> None:
+    assert b"".join(to_lf(chunked(data, cuts))) == data.replace(b"\r\n", b"\n")
+
+
+def test_a_cr_at_a_chunk_boundary_before_lf_is_one_line_break() -> None:
+    assert b"".join(to_lf([b"a\r", b"\nb\r", b"\r", b"\n", b"\r"])) == b"a\nb\r\n\r"
+
+
+def test_header_peek_replays_the_whole_message() -> None:
+    header = b"A: 1\r\nB: 2\r\n"
+    body = b"x" * 3_000_000
+    chunks = [(header + b"\r\n" + body)[i : i + 1000] for i in range(0, 3_000_014, 1000)]
+    peeked, replay = peek_header(iter(chunks))
+    assert peeked == header
+    assert b"".join(replay) == header + b"\r\n" + body
+    huge = [b"X: " + b"y" * 100 + b"\r\n"] * 20_000  # no blank line within the cap
+    peeked, replay = peek_header(iter(huge))
+    assert len(peeked) == HEADER_CAP
+    assert b"".join(replay) == b"".join(huge)
+    assert header_end(b"\r\nbody") == 0
+    assert header_end(b"A: b\n\nbody") == 5
+
+
+def test_from_line_sender_and_date() -> None:
+    ingest = datetime(2020, 5, 6, 7, 8, 9, tzinfo=UTC)
+    meta = message_meta(
+        b"Return-Path: <r@x.org>\r\nFrom: f@x.org\r\nDate: Fri, 8 Jul 2011 12:08:34 +0200\r\n",
+        ingest,
+    )
+    assert from_line(meta) == b"From r@x.org Fri Jul  8 10:08:34 2011\n"
+    meta = message_meta(b"From: Bob <b@x.org>\r\nDate: nonsense\r\n", ingest)
+    assert (from_line(meta), meta.date_from_header) == (
+        b"From b@x.org Wed May  6 07:08:09 2020\n",
+        False,
+    )
+    assert from_line(message_meta(b"Return-Path: <>\r\n", ingest)).startswith(
+        b"From MAILER-DAEMON "
+    )
+    assert from_line(message_meta(b"From: <a b@x>\r\n", ingest)).startswith(b"From MAILER-DAEMON ")
+    folded = message_meta(b"Message-ID:\r\n <folded@x>\r\nSubject: s\r\n", ingest)
+    assert folded.message_id == "folded@x"
+
+
+def test_from_line_classification() -> None:
+    assert classify(b"From MAILER-DAEMON Fri Jul  8 12:08:34 2011") == SEPARATOR
+    assert classify(b"From user@domain  Sat Mar 24 23:00:00 2007 +0200") == SEPARATOR
+    assert classify(b"From - Tue, 02 Oct 2007 00:26:47") == SEPARATOR
+    assert classify(b"From -") == SEPARATOR
+    assert classify(b"From 1844347792267117879@xxx") == SEPARATOR
+    assert classify(b"From ") == WEAK
+    assert classify(b"From Russia with love") == 0
+    assert classify(b">From x Fri Jul  8 12:08:34 2011") == 0

@@ -1,0 +1,339 @@
+"""`mailvault import`: Maildir trees, mbox variants, EML, damage, provenance and the report."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mailvault import ledger
+from mailvault.resources import json_schema
+from mailvault.vault import open_vault
+from tests.test_export_kit import (
+    catalog_set,
+    cli,
+    cli_json,
+    crafted_messages,
+    new_vault,
+    sha,
+)
+
+A = b"From: a@example.com\r\nSubject: a\r\n\r\nalpha\r\n"
+B = b"From: b@example.com\nSubject: b\n\nbeta\n"
+C = b"From: c@example.com\r\nSubject: c\r\n\r\ngamma\r\n"
+D = b"From: d@example.com\r\nSubject: d\r\n\r\ndelta\r\n"
+
+
+def import_json(vault: Path, *args: str) -> tuple[int, dict]:
+    code, report = cli_json(vault, "import", "--no-index", *args)
+    jsonschema.validate(report, json_schema("import-report.schema.json"))
+    return code, report
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_maildir_tree_with_maildirplusplus_and_nested_folders(tmp_path: Path) -> None:
+    md = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    write(md / "cur" / "1.host:2,S", A)
+    write(md / "new" / "2.host", B)
+    write(md / ".Sent" / "cur" / "3.host:2,S", C)
+    (md / ".Sent" / "new").mkdir()
+    write(md / "archive" / "2020" / "new" / "4.host", D)
+    write(md / "archive" / "2020" / "cur" / "5.host:2,S", A)  # a duplicate
+    write(md / "tmp" / "6.host", b"half delivered")
+    write(md / "cur" / ".hidden", b"x")
+    write(md / "dovecot-uidlist", b"3 V1 N1\n")
+    write(md / "stray-file", b"not in cur or new")
+    write(md / ".notmuch" / "xapian" / "db", b"index, not mail")
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(md), "--account", "old")
+    assert code == 0, report
+    assert report["sources"] == [{"path": str(md), "format": "maildir"}]
+    assert (report["imported"], report["duplicates"], report["rejected"]) == (4, 1, [])
+    skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == {"6.host", ".hidden", "stray-file"}
+    assert "tmp/" in skipped["6.host"]
+    assert catalog_set(vault) == {sha(m) for m in (A, B, C, D)}
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        rows = db.execute("SELECT sha256, account, source, source_kind FROM imports").fetchall()
+        first = db.execute("SELECT first_source FROM messages WHERE sha256=?", (sha(C),)).fetchone()
+        entries = list(ledger.iter_entries(db))
+    assert (
+        len(rows) == 5 and {r[1] for r in rows} == {"old"} and {r[3] for r in rows} == {"maildir"}
+    )
+    assert first[0] == f"import:{md / '.Sent' / 'cur' / '3.host:2,S'}"
+    ingests = [e for e in entries if e["kind"] == "ingest"]
+    assert len(ingests) == 5 and all(e["account"] == "old" for e in ingests)
+    assert ledger.check_chain(entries) == []
+
+
+def test_eml_directory_single_file_and_strays(tmp_path: Path) -> None:
+    src = tmp_path / "emls"
+    write(src / "a.eml", A)
+    write(src / "sub" / "b.EML", B)
+    write(src / "notes.txt", b"hello")
+    write(src / "empty.eml", b"")
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(src))
+    assert code == 0 and report["sources"][0]["format"] == "eml"
+    assert report["imported"] == 3  # a, b and the empty message (with a warning)
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["notes.txt"]
+    assert any("empty" in w["message"] for w in report["warnings"])
+    single = write(tmp_path / "c.eml", C)
+    code, report = import_json(vault, str(single))
+    assert (code, report["imported"], report["sources"][0]["format"]) == (0, 1, "eml")
+    assert catalog_set(vault) == {sha(A), sha(B), sha(b""), sha(C)}
+
+
+def test_eml_file_starting_with_from_line_keeps_it(tmp_path: Path) -> None:
+    raw = b"From x@y Mon Jan  1 00:00:00 2001\r\nSubject: s\r\n\r\nbody\r\n"
+    vault = new_vault(tmp_path / "vault")
+    code, _ = import_json(vault, str(write(tmp_path / "m.eml", raw)))
+    assert code == 0 and catalog_set(vault) == {sha(raw)}
+
+
+MBOXRD = (
+    b"From a@example.com Mon Jan  1 00:00:00 2001\n"
+    b"Subject: one\n\n>From quoted\n>>From double\nFrom: not a separator\n\n"
+    b"From b@example.com Tue Jan  2 00:00:00 2001\n"
+    b"Subject: two\n\nlast\n"
+)
+
+
+def test_mboxrd_is_unquoted_and_mboxo_kept(tmp_path: Path) -> None:
+    path = write(tmp_path / "box", MBOXRD)
+    one = b"Subject: one\n\nFrom quoted\n>From double\nFrom: not a separator\n"
+    two = b"Subject: two\n\nlast\n"
+    vault = new_vault(tmp_path / "v1")
+    code, report = import_json(vault, str(path))
+    assert code == 0 and report["sources"][0]["format"] == "mbox"
+    assert catalog_set(vault) == {sha(one), sha(two)}
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        offsets = sorted(r[0] for r in db.execute("SELECT source_offset FROM imports"))
+    assert offsets == [MBOXRD.index(b"Subject: one"), MBOXRD.index(b"Subject: two")]
+    vault2 = new_vault(tmp_path / "v2")
+    code, _ = import_json(vault2, str(path), "--mbox-variant", "mboxo")
+    kept = b"Subject: one\n\n>From quoted\n>>From double\nFrom: not a separator\n"
+    assert code == 0 and catalog_set(vault2) == {sha(kept), sha(two)}
+
+
+def test_content_length_is_honoured_when_consistent(tmp_path: Path) -> None:
+    body1 = b"a body line\nFrom inside Mon Jan  1 00:00:00 2001 unquoted\nend\n"
+    msg1 = b"Subject: cl\nContent-Length: %d\n\n" % len(body1) + body1
+    msg2 = b"Subject: wrong\nContent-Length: 3\n\nlonger than three\n"
+    msg3 = b"Subject: plain\n\nplain\n"
+    data = (
+        b"From - Mon Jan  1 00:00:00 2001\n"
+        + msg1
+        + b"From - Mon Jan  1 00:00:00 2001\n"
+        + msg2
+        + b"\n"
+        + b"From - Mon Jan  1 00:00:00 2001\n"
+        + msg3
+    )
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(write(tmp_path / "cl.mbox", data)))
+    assert code == 0
+    assert catalog_set(vault) == {sha(msg1), sha(msg2), sha(msg3)}
+    warnings = [w for w in report["warnings"] if "Content-Length: 3" in w["message"]]
+    assert len(warnings) == 1 and warnings[0]["offset"] == data.index(b"Subject: wrong")
+
+
+def test_damaged_regions_are_reported_with_offsets_and_the_rest_imported(tmp_path: Path) -> None:
+    garbage = b"\x00\x00garbage before any From_ line\n"
+    good1 = b"Subject: 1\n\nbody one\n"
+    good2 = b"Subject: 2\n\nbody two\n"
+    data = (
+        garbage
+        + b"From a@b Mon Jan  1 00:00:00 2001\n"
+        + good1
+        + b"\n"
+        + b"From a@b Mon Jan  1 00:00:00 2001\n"
+        + b"From a@b Mon Jan  1 00:00:00 2001\n"
+        + good2
+    )
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(write(tmp_path / "bad.mbox", data)))
+    assert code == 1 and report["ok"] is False
+    assert catalog_set(vault) == {sha(good1), sha(good2)}
+    rejected = [(r["offset"], r["length"]) for r in report["rejected"]]
+    empty_at = data.index(b"From a@b", data.index(good1)) + len(
+        b"From a@b Mon Jan  1 00:00:00 2001\n"
+    )
+    assert rejected == [(0, len(garbage)), (empty_at, 0)]
+
+
+def test_our_mbox_export_imports_exactly_through_its_manifest(tmp_path: Path) -> None:
+    crafted = crafted_messages()[:6]
+    src = tmp_path / "src"
+    for i, raw in enumerate(crafted):
+        write(src / f"{i}.eml", raw)
+    vault = new_vault(tmp_path / "vault")
+    assert import_json(vault, str(src))[0] == 0
+    box = tmp_path / "out.mbox"
+    assert (
+        cli(
+            vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf"
+        ).exit_code
+        == 0
+    )
+    fresh = new_vault(tmp_path / "fresh")
+    code, report = import_json(fresh, str(box))
+    assert code == 0 and report["warnings"] == []
+    assert catalog_set(fresh) == {sha(m) for m in crafted}  # including the no-final-newline ones
+    # Damage inside one message: that one is rejected at its offset, the others still import.
+    entries = [
+        json.loads(x) for x in (tmp_path / "out.mbox.manifest.jsonl").read_text().splitlines()
+    ]
+    victim = entries[2]
+    data = bytearray(box.read_bytes())
+    data[victim["offset"] + 3] ^= 0x20
+    box.write_bytes(bytes(data))
+    damaged = new_vault(tmp_path / "damaged")
+    code, report = import_json(damaged, str(box))
+    assert code == 1
+    assert [r["offset"] for r in report["rejected"]] == [victim["offset"]]
+    assert "does not match the export manifest" in report["rejected"][0]["reason"]
+    assert catalog_set(damaged) == {sha(m) for m in crafted} - {victim["sha256"]}
+    # A destroyed From_ line: the manifest still knows where the message was.
+    data = bytearray(box.read_bytes())
+    at = entries[4]["offset"]
+    line_start = data.rindex(b"\n", 0, at - 1) + 1
+    data[line_start : line_start + 4] = b"Frxm"
+    box.write_bytes(bytes(data))
+    again = new_vault(tmp_path / "again")
+    code, report = import_json(again, str(box))
+    assert code == 1
+    offsets = {r["offset"] for r in report["rejected"]}
+    assert victim["offset"] in offsets and entries[4]["offset"] in offsets
+
+
+def test_bom_and_unquoted_mbox_from_the_wild(tmp_path: Path) -> None:
+    data = (
+        b"\xef\xbb\xbfFrom -\nSubject: one\n\nFrom Russia with love\n\n"
+        b"From -\nSubject: two\n\nFrom Russia with love\nYear: 1963\n"
+    )
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(write(tmp_path / "unmunged", data)))
+    assert code == 0 and report["messages"] == 2
+    assert (
+        report["warnings"][0]["offset"] == 0
+        and "byte-order mark" in report["warnings"][0]["message"]
+    )
+
+
+def test_duplicates_are_counted_and_reimport_is_idempotent(tmp_path: Path) -> None:
+    src = tmp_path / "s"
+    write(src / "a.eml", A)
+    write(src / "a-copy.eml", A)
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(src))
+    assert (code, report["imported"], report["duplicates"], report["messages"]) == (0, 1, 1, 2)
+    code, report = import_json(vault, str(src))
+    assert (code, report["imported"], report["duplicates"]) == (0, 0, 2)
+    assert catalog_set(vault) == {sha(A)}
+
+
+def test_purged_content_is_not_brought_back(tmp_path: Path) -> None:
+    vault = new_vault(tmp_path / "vault")
+    path = write(tmp_path / "a.eml", A)
+    assert import_json(vault, str(path))[0] == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("UPDATE messages SET purged_at='2026-01-01T00:00:00+00:00'")
+    blob = open_vault(vault).store().find(sha(A))
+    assert blob is not None
+    blob.unlink()
+    code, report = import_json(vault, str(path))
+    assert code == 1 and "purged" in report["rejected"][0]["reason"]
+    assert open_vault(vault).store().find(sha(A)) is None
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    vault = new_vault(tmp_path / "vault")
+    unknown = write(tmp_path / "data.bin", b"\x00\x01")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    cases = [
+        ([str(tmp_path / "missing")], "does not exist"),
+        ([str(unknown)], "cannot tell what"),
+        ([str(empty_dir)], "cannot tell what"),
+        (["--format", "maildir", str(unknown)], "needs a Maildir directory"),
+        (["--format", "mbox", str(empty_dir)], "needs an mbox file"),
+    ]
+    for args, message in cases:
+        result = cli(vault, "import", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_import_takes_the_vault_lock(tmp_path: Path) -> None:
+    vault = new_vault(tmp_path / "vault")
+    path = write(tmp_path / "a.eml", A)
+    with open_vault(vault).write_lock("test"):
+        result = cli(vault, "import", str(path))
+    assert result.exit_code == 3 and "locked" in result.stderr
+    assert catalog_set(vault) == set()
+
+
+def test_import_parses_and_indexes_unless_told_not_to(tmp_path: Path) -> None:
+    vault = new_vault(tmp_path / "vault")
+    path = write(tmp_path / "a.eml", A)
+    code, report = cli_json(vault, "import", str(path))
+    assert code == 0 and report["index"] is not None and report["index"]["indexed"] == 1
+    result = cli(vault, "search", "--count", "subject:a")
+    assert result.stdout.strip() == "1"
+
+
+def test_text_report(tmp_path: Path) -> None:
+    vault = new_vault(tmp_path / "vault")
+    data = b"junk\nFrom a@b Mon Jan  1 00:00:00 2001\nSubject: x\n\nx\n"
+    result = cli(vault, "import", "--no-index", str(write(tmp_path / "m.mbox", data)))
+    assert result.exit_code == 1
+    assert result.stdout.startswith("imported 1, duplicates 0, rejected 1, skipped 0")
+    assert "rejected: " in result.stderr and "at byte 0" in result.stderr
+
+
+@pytest.mark.parametrize("size", [5 * 1024 * 1024])
+def test_big_mbox_message_streams(tmp_path: Path, size: int) -> None:
+    line = b"x" * 75 + b"\n"
+    body = line * (size // len(line)) + b">From the middle\n"
+    data = b"From a@b Mon Jan  1 00:00:00 2001\nSubject: big\n\n" + body
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(write(tmp_path / "big.mbox", data)))
+    expected = b"Subject: big\n\n" + body[: -len(b">From the middle\n")] + b"From the middle\n"
+    assert code == 0 and catalog_set(vault) == {sha(expected)}
+
+
+def test_a_truncated_export_is_reported_not_imported_short(tmp_path: Path) -> None:
+    crafted = crafted_messages()[:5]
+    src = tmp_path / "src"
+    for i, raw in enumerate(crafted):
+        write(src / f"{i}.eml", raw)
+    vault = new_vault(tmp_path / "vault")
+    assert import_json(vault, str(src))[0] == 0
+    box = tmp_path / "out.mbox"
+    assert (
+        cli(
+            vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf"
+        ).exit_code
+        == 0
+    )
+    entries = [
+        json.loads(x) for x in (tmp_path / "out.mbox.manifest.jsonl").read_text().splitlines()
+    ]
+    cut = entries[3]["offset"] + entries[3]["length"] // 2
+    box.write_bytes(box.read_bytes()[:cut])  # lose the end of message 4 and all of message 5
+    fresh = new_vault(tmp_path / "fresh")
+    code, report = import_json(fresh, str(box))
+    assert code == 1
+    assert [r["offset"] for r in report["rejected"]] == [entries[3]["offset"], entries[4]["offset"]]
+    assert catalog_set(fresh) == {e["sha256"] for e in entries[:3]}

@@ -1,0 +1,406 @@
+"""The index: one schema, catch-up after crashes, one document per sha256, atomic rebuilds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tantivy
+
+from mailvault import index as ix
+from mailvault import indexer
+from mailvault.errors import SearchError
+from mailvault.indexer import catch_up, reindex
+from mailvault.search import Searcher
+from mailvault.vault import Vault
+from tests.test_index_support import build_vault, generated, import_messages, special_messages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _ids(vault: Vault, query: str) -> list[str]:
+    return [h.id for h in Searcher(vault.index_path, query).page(limit=0, snippets=False)]
+
+
+def _doc_count(vault: Vault, digest: str) -> int:
+    index = ix.open_for_search(vault.index_path)
+    query = tantivy.Query.term_query(index.schema, "id", digest)
+    return int(getattr(index.searcher().search(query, 10), "count", 0))
+
+
+def _num_docs(vault: Vault) -> int:
+    return int(ix.open_for_search(vault.index_path).searcher().num_docs)
+
+
+def _meta(vault: Vault, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(vault.catalog_path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _unindexed(vault: Vault) -> int:
+    return int(_meta(vault, "SELECT count(*) FROM message_meta WHERE indexed_at IS NULL")[0][0])
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> tuple[Vault, list[str]]:
+    vault, digests, _ = build_vault(tmp_path / "vault", generated(90, seed=3))
+    return vault, digests
+
+
+def test_schema_is_declared_once_with_every_field() -> None:
+    schema = ix.build_schema()
+    index = tantivy.Index(schema)  # in memory: the custom analyzers must register
+    ix._register(index)
+    names = {
+        "id",
+        "message_id",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "body",
+        "attachment",
+        "attachment_text",
+        "date",
+        "size",
+        "has_attachment",
+        "account",
+        "list_id",
+        "thread",
+    }
+    for name in names:
+        index.parse_query(f"{name}:x" if name not in ("date", "size", "has_attachment") else "*")
+    assert set(ix.DEFAULT_FIELDS) <= names
+
+
+def test_analyzer_folds_case_and_accents_and_splits_cjk() -> None:
+    analyzer = ix.text_analyzer()
+
+    def analyze(text: str) -> list[str]:
+        return list(analyzer.analyze(ix.normalize(text)))
+
+    assert analyze("Café STRASSE Straße Ærø") == ["cafe", "strasse", "strasse", "aero"]
+    assert analyze("東京タワー") == ["東", "京", "タ", "ワ", "ー"]
+    assert analyze("Привет, мир! 한국어") == ["привет", "мир", "한국어"]
+    assert analyze("cafe\u0301") == ["cafe"]  # decomposed accent folds too
+    text = "明日は東京タワーへ Ünïcödé"
+    assert ix.display(ix.normalize(text)) == text
+
+
+def test_catch_up_indexes_everything_once_and_is_idempotent(small: tuple[Vault, list[str]]) -> None:
+    vault, digests = small
+    first = catch_up(vault)
+    assert first.parsed == first.indexed == len(digests)
+    assert first.documents == len(digests) == _num_docs(vault)
+    assert _unindexed(vault) == 0
+    again = catch_up(vault)
+    assert again.parsed == again.indexed == again.repaired == 0
+    assert _num_docs(vault) == len(digests)
+    assert all(_doc_count(vault, d) == 1 for d in digests)
+
+
+def test_pool_and_inline_paths_give_the_same_index(
+    small: tuple[Vault, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault, digests = small
+    monkeypatch.setattr(indexer, "INLINE_MAX", 10)  # 90 messages: the process pool runs
+    monkeypatch.setattr(indexer, "BATCH", 16)
+    monkeypatch.setattr(indexer, "COMMIT_EVERY", 40)
+    catch_up(vault)
+    pooled = {q: _ids(vault, q) for q in ("has:attachment", "date:2023", "size:>20k")}
+    reindex_report = None
+    monkeypatch.setattr(indexer, "INLINE_MAX", 10_000)  # now in-process
+    reindex_report = reindex(vault)
+    assert reindex_report.indexed == len(digests)
+    assert {q: _ids(vault, q) for q in pooled} == pooled
+
+
+def test_interrupted_between_catalog_and_index_commit(
+    small: tuple[Vault, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """store_parsed committed, the index commit never happened: the next run fills the gap."""
+    vault, digests = small
+    monkeypatch.setattr(indexer, "BATCH", 30)
+
+    def boom(self: ix.IndexWriter) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(ix.IndexWriter, "commit", boom)
+    with pytest.raises(RuntimeError):
+        catch_up(vault)
+    monkeypatch.undo()
+    parsed = _meta(vault, "SELECT count(*) FROM message_meta")[0][0]
+    assert parsed >= 30  # the catalog side of at least one batch is committed
+    assert _unindexed(vault) == parsed
+    report = catch_up(vault)
+    assert report.indexed == len(digests)
+    assert report.parsed == len(digests) - parsed
+    assert _num_docs(vault) == len(digests)
+    assert _unindexed(vault) == 0
+
+
+def test_interrupted_between_index_commit_and_indexed_at(small: tuple[Vault, list[str]]) -> None:
+    """The index has the documents, the catalog does not know: re-adding keeps one per sha256."""
+    vault, digests = small
+    catch_up(vault)
+    conn = sqlite3.connect(vault.catalog_path)
+    with conn:
+        conn.execute(
+            "UPDATE message_meta SET indexed_at = NULL WHERE sha256 IN "
+            "(SELECT sha256 FROM message_meta ORDER BY sha256 LIMIT 40)"
+        )
+    conn.close()
+    report = catch_up(vault)
+    assert report.indexed == 40 and report.parsed == 0
+    assert _num_docs(vault) == len(digests)
+    assert all(_doc_count(vault, d) == 1 for d in digests)
+
+
+def test_killed_mid_run_then_catch_up_is_consistent(tmp_path: Path) -> None:
+    """SIGKILL inside a real run (after a catalog batch, around index commits), then recover."""
+    vault, digests, _ = build_vault(tmp_path / "vault", generated(150, seed=8))
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from mailvault import indexer
+        from mailvault.vault import open_vault
+        indexer.BATCH = 20
+        indexer.COMMIT_EVERY = 50
+        def progress(done, total):
+            if done >= 110:
+                os.kill(os.getpid(), signal.SIGKILL)
+        vault = open_vault(Path({str(vault.root)!r}))
+        with vault.write_lock("index"):
+            indexer.catch_up(vault, progress=progress)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    indexed_before = _num_docs(vault)
+    assert 0 < indexed_before < len(digests)
+    report = catch_up(vault)
+    assert report.documents == len(digests) == _num_docs(vault)
+    assert _unindexed(vault) == 0
+    assert all(_doc_count(vault, d) == 1 for d in digests)
+
+
+def test_lost_index_directory_is_rebuilt_by_catch_up(small: tuple[Vault, list[str]]) -> None:
+    vault, digests = small
+    catch_up(vault)
+    import shutil
+
+    shutil.rmtree(vault.index_path)
+    report = catch_up(vault)
+    assert report.indexed == len(digests) and report.parsed == 0
+    assert _num_docs(vault) == len(digests)
+
+
+def test_documents_missing_from_the_index_are_repaired(small: tuple[Vault, list[str]]) -> None:
+    """An index restored from an older backup: the catalog says indexed, the index lacks them."""
+    vault, digests = small
+    catch_up(vault)
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    for digest in digests[:7]:
+        writer.delete(digest)
+    writer.close()
+    assert _num_docs(vault) == len(digests) - 7
+    report = catch_up(vault)
+    assert report.repaired == 7
+    assert _num_docs(vault) == len(digests)
+    assert all(_doc_count(vault, d) == 1 for d in digests[:7])
+
+
+def test_a_duplicate_from_another_account_is_reindexed_with_both_accounts(tmp_path: Path) -> None:
+    vault, _, _ = build_vault(tmp_path / "vault", [])
+    raw = special_messages()["accents"]
+    (digest,) = import_messages(vault, [raw], account="alpha", uidl_prefix="a")
+    catch_up(vault)
+    assert _ids(vault, "account:alpha") == [digest]
+    assert _ids(vault, "account:beta") == []
+    import_messages(vault, [raw], account="beta", uidl_prefix="b")
+    report = catch_up(vault)
+    assert report.indexed == 1 and report.parsed == 0
+    assert _ids(vault, "account:beta") == [digest] == _ids(vault, "account:alpha")
+    assert _num_docs(vault) == 1
+
+
+def test_reindex_matches_incremental_and_swaps_atomically(small: tuple[Vault, list[str]]) -> None:
+    vault, digests = small
+    catch_up(vault)
+    queries = ["has:attachment", "date:2024", "size:>10k", "re", "subject:re", "*"]
+    before = {q: _ids(vault, q) for q in queries}
+    report = reindex(vault)
+    assert report.rebuilt and report.indexed == len(digests) == report.documents
+    assert {q: _ids(vault, q) for q in queries} == before
+    assert not ix.new_path(vault.index_path).exists()
+    assert not ix.old_path(vault.index_path).exists()
+    assert _unindexed(vault) == 0
+    assert catch_up(vault).indexed == 0
+
+
+def test_crash_during_the_swap_is_finished_on_open(small: tuple[Vault, list[str]]) -> None:
+    vault, digests = small
+    catch_up(vault)
+    live, new, old = vault.index_path, ix.new_path(vault.index_path), ix.old_path(vault.index_path)
+    # Build a complete index.new, then "crash" after the first rename of the swap.
+    import shutil
+
+    shutil.copytree(live, new)
+    os.rename(live, old)
+    assert not live.exists()
+    # A search (no lock) still works, reading index.new.
+    assert len(_ids(vault, "*")) == len(digests)
+    # The next writer finishes the swap and removes the old index.
+    catch_up(vault)
+    assert live.exists() and not new.exists() and not old.exists()
+    assert _num_docs(vault) == len(digests)
+
+
+def test_an_incomplete_rebuild_is_discarded(small: tuple[Vault, list[str]]) -> None:
+    vault, digests = small
+    catch_up(vault)
+    new = ix.new_path(vault.index_path)
+    ix.create_or_open(new, marker=False)  # a build that died before its marker
+    assert not ix.is_complete(new)
+    ix.recover(vault.index_path)
+    assert not new.exists()
+    assert _num_docs(vault) == len(digests)
+
+
+def test_schema_version_mismatch_asks_for_reindex(small: tuple[Vault, list[str]]) -> None:
+    vault, _ = small
+    catch_up(vault)
+    ix.write_marker(vault.index_path)
+    marker = vault.index_path / ix.MARKER
+    marker.write_text(marker.read_text().replace('"schema_version": 1', '"schema_version": 0'))
+    with pytest.raises(SearchError, match="mailvault reindex"):
+        ix.open_for_search(vault.index_path)
+    reindex(vault)
+    assert _num_docs(vault) > 0
+
+
+def test_missing_blob_is_reported_not_fatal(small: tuple[Vault, list[str]]) -> None:
+    vault, digests = small
+    path = vault.store().find(digests[0])
+    assert path is not None
+    path.unlink()
+    report = catch_up(vault)
+    assert report.missing == [digests[0]]
+    assert report.indexed == len(digests) - 1
+
+
+def test_empty_vault(tmp_path: Path) -> None:
+    vault, _, _ = build_vault(tmp_path / "vault", [])
+    report = catch_up(vault)
+    assert report.indexed == 0
+    assert reindex(vault).documents == 0
+    assert _ids(vault, "*") == []
+
+
+_DOOMED: list[str] = []
+
+
+def _dying_parse(job: tuple[str, str]) -> object:
+    if job[0] in _DOOMED:
+        os._exit(9)  # a worker killed mid-batch (OOM killer, segfault)
+    return indexer._parse_with(indexer._WORKER_STORE[0], job)
+
+
+def test_a_dead_worker_does_not_stop_the_run(
+    small: tuple[Vault, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    vault, digests = small
+    monkeypatch.setattr(indexer, "INLINE_MAX", 10)
+    monkeypatch.setattr(indexer, "BATCH", 20)
+    monkeypatch.setattr(indexer, "_parse_job", _dying_parse)
+    monkeypatch.setattr(sys.modules[__name__], "_DOOMED", [sorted(digests)[45]])
+    report = catch_up(vault)
+    assert "parse worker died" in caplog.text
+    assert report.indexed == len(digests) and not report.missing
+    assert _num_docs(vault) == len(digests)
+
+
+def test_verify_index_findings(small: tuple[Vault, list[str]]) -> None:
+    from mailvault.parse import parse_message
+
+    vault, digests = small
+    ids = set(digests)
+    assert [f.code for f in indexer.index_findings(vault, ids)] == ["index-unreadable"]
+    catch_up(vault)
+    assert list(indexer.index_findings(vault, ids)) == []
+    # a missing document, a duplicate, an extra one, a message not indexed yet
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    writer.delete(digests[0])
+    raw = vault.store().read_bytes(digests[1])
+    from datetime import UTC, datetime
+
+    writer.writer.add_document(
+        ix.make_document(parse_message(raw, digests[1], ingest_time=datetime.now(UTC)))
+    )
+    writer.close()
+    conn = sqlite3.connect(vault.catalog_path)
+    with conn:
+        conn.execute("UPDATE message_meta SET indexed_at = NULL WHERE sha256 = ?", (digests[3],))
+    conn.close()
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    writer.delete(digests[3])
+    writer.close()
+    found = {(f.code, f.subject) for f in indexer.index_findings(vault, ids - {digests[2]})}
+    assert found == {
+        ("index-missing", digests[0]),
+        ("index-duplicate", digests[1]),
+        ("index-extra", digests[2]),
+        ("index-pending", "index"),
+    }
+    reindex(vault)  # what `verify --repair-index` runs
+    assert list(indexer.index_findings(vault, ids)) == []
+
+
+def test_purged_messages_are_neither_parsed_nor_indexed(small: tuple[Vault, list[str]]) -> None:
+    vault, digests = small
+    conn = sqlite3.connect(vault.catalog_path)
+    with conn:
+        conn.execute(
+            "UPDATE messages SET purged_at = '2025-01-01T00:00:00+00:00' WHERE sha256 = ?",
+            (digests[0],),
+        )
+    conn.close()
+    path = vault.store().find(digests[0])
+    assert path is not None
+    path.unlink()
+    report = catch_up(vault)
+    assert report.indexed == len(digests) - 1 and not report.missing
+    assert reindex(vault).documents == len(digests) - 1
+
+
+def test_imported_account_is_searchable(tmp_path: Path) -> None:
+    vault, _, _ = build_vault(tmp_path / "vault", [])
+    (digest,) = import_messages(vault, [special_messages()["cjk"]])
+    catch_up(vault)
+    assert _ids(vault, "account:archive2019") == []
+    conn = sqlite3.connect(vault.catalog_path)
+    with conn:
+        conn.execute(
+            "INSERT INTO imports(sha256, account, source, source_kind, imported_at) "
+            "VALUES (?, 'archive2019', '/x.mbox', 'mbox', '2999-01-01T00:00:00+00:00')",
+            (digest,),
+        )
+    conn.close()
+    assert catch_up(vault).indexed == 1
+    assert _ids(vault, "account:archive2019") == [digest]

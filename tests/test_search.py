@@ -1,0 +1,473 @@
+"""Search results checked against what the generator says it wrote, never against the index.
+
+One vault for the module: ``COUNT`` generated messages (seeded) plus hand-made ones for HTML,
+PDF, accents, CJK and address exactness.  Every expected set is computed from the generator's
+records (or the hand-made messages' known content) with this file's own tokenizing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mailvault.errors import QuerySyntaxError
+from mailvault.indexer import catch_up
+from mailvault.search import Searcher, count, translate
+from mailvault.testkit.generator import GeneratedMessage
+from mailvault.vault import Vault
+from tests.test_index_support import (
+    HTML_TAG,
+    HTML_WORD,
+    PDF_WORD,
+    build_vault,
+    fold,
+    generated,
+    special_messages,
+    tokens,
+)
+
+Corpus = tuple[Vault, list[GeneratedMessage], dict[str, str], dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    messages = generated()
+    vault, digests, named = build_vault(
+        tmp_path_factory.mktemp("search") / "vault", messages, special_messages()
+    )
+    report = catch_up(vault)
+    assert report.indexed == len(messages) + len(named)
+    by_digest = dict(zip(digests, range(len(digests)), strict=True))
+    assert len(by_digest) == len(messages)  # the generator never repeats a message
+    return vault, messages, dict(zip([m.message_id for m in messages], digests, strict=True)), named
+
+
+def hits(corpus: Corpus, query: str, **kw: object) -> list[str]:
+    vault = corpus[0]
+    return [
+        h.id
+        for h in Searcher(vault.index_path, query).page(limit=0, snippets=False, **kw)  # type: ignore[arg-type]
+    ]
+
+
+def generated_hits(corpus: Corpus, query: str) -> set[str]:
+    """Hits among the generated messages only (the hand-made ones are tested by name)."""
+    named = set(corpus[3].values())
+    return set(hits(corpus, query)) - named
+
+
+def expect(corpus: Corpus, pred: Callable[..., bool], *args: object) -> set[str]:
+    """The generated messages for which ``pred(message, *args)`` holds."""
+    _, messages, digest_of, _ = corpus
+    return {digest_of[m.message_id] for m in messages if pred(m, *args)}
+
+
+def forwarded(corpus: Corpus) -> set[str]:
+    """Messages with a message/rfc822 part: its body is part of the searchable body too."""
+    return expect(corpus, lambda m: any(a.content_type == "message/rfc822" for a in m.attachments))
+
+
+def body_of(m: GeneratedMessage) -> str:
+    """The text a message's body field holds: its text body, and for an HTML alternative the
+    HTML rendered as text, which adds the <title> (the generator writes the subject there)."""
+    return m.body_text + ("\n" + m.subject if m.html else "")
+
+
+def sample(items: Iterable[str], k: int, seed: int) -> list[str]:
+    pool = sorted(set(items))
+    return random.Random(seed).sample(pool, min(k, len(pool)))
+
+
+# -- addresses ---------------------------------------------------------------------------------
+
+
+def test_from_address_matches_exactly(corpus: Corpus) -> None:
+    senders = sample((m.from_addr for m in corpus[1]), 12, 1)
+    for addr in senders:
+        assert generated_hits(corpus, f"from:{addr}") == expect(
+            corpus, lambda m, a: m.from_addr == a, addr
+        ), addr
+        assert generated_hits(corpus, f"from:{addr.upper()}") == expect(
+            corpus, lambda m, a: m.from_addr == a, addr
+        )
+
+
+def test_to_and_cc_addresses(corpus: Corpus) -> None:
+    for addr in sample((a for m in corpus[1] for a in m.to), 10, 2):
+        assert generated_hits(corpus, f"to:{addr}") == expect(corpus, lambda m, a: a in m.to, addr)
+    for addr in sample((a for m in corpus[1] for a in m.cc), 10, 3):
+        assert generated_hits(corpus, f"cc:{addr}") == expect(corpus, lambda m, a: a in m.cc, addr)
+        assert generated_hits(corpus, f"recipient:{addr}") == expect(
+            corpus, lambda m, a: a in m.cc or a in m.to, addr
+        )
+
+
+def test_exact_address_is_not_a_substring_match(corpus: Corpus) -> None:
+    named = corpus[3]
+    assert set(hits(corpus, "from:bob@example.com")) == {named["exact"]}
+    assert set(hits(corpus, 'from:"Bob@Example.com"')) == {named["exact"]}
+    assert set(hits(corpus, "from:xbob@example.com")) == {named["longer"]}
+    assert set(hits(corpus, "from:bob")) == {named["exact"], named["longer"], named["subdomain"]}
+    assert named["subdomain"] in hits(corpus, "from:evil.example")
+
+
+def test_from_display_name_words(corpus: Corpus) -> None:
+    names = sample((m.from_name for m in corpus[1] if m.from_name.isascii() and m.from_name), 6, 4)
+    for name in names:
+        last = name.split()[-1].strip('"').strip(",")
+        folded = fold(last)
+        want = expect(
+            corpus,
+            lambda m, w: w in tokens(m.from_name) or w in tokens(m.from_addr),
+            folded,
+        )
+        assert generated_hits(corpus, f"from:{last}") == want, last
+
+
+# -- subject, body, phrases ------------------------------------------------------------------
+
+
+def test_subject_words(corpus: Corpus) -> None:
+    words = sample(
+        (w for m in corpus[1] for w in tokens(m.subject) if w.isascii() and w.isalpha()), 15, 5
+    )
+    for word in words:
+        assert generated_hits(corpus, f"subject:{word}") == expect(
+            corpus, lambda m, w: w in tokens(m.subject), word
+        ), word
+
+
+def test_body_words(corpus: Corpus) -> None:
+    fwd = forwarded(corpus)
+    words = sample((w for m in corpus[1] for w in m.words if w.isascii()), 25, 6)
+    for word in words:
+        want = expect(corpus, lambda m, w: w in tokens(body_of(m)), word)
+        got = generated_hits(corpus, f"body:{word}")
+        assert want <= got, word
+        assert got - want <= fwd, word  # extra hits only where a forwarded message says it
+
+
+def test_marker_words_find_exactly_their_message(corpus: Corpus) -> None:
+    _, messages, digest_of, _ = corpus
+    for m in messages[::7]:
+        assert hits(corpus, m.marker) == [digest_of[m.message_id]]
+        assert hits(corpus, f"body:{m.marker}") == [digest_of[m.message_id]]
+        assert hits(corpus, f"subject:{m.marker}") == []
+
+
+def test_non_latin_body_words(corpus: Corpus) -> None:
+    fwd = forwarded(corpus)
+    for lang, k in (("ru", 6), ("de", 6), ("fr", 6)):
+        words = sample((w for m in corpus[1] if m.language == lang for w in m.words), k, 7)
+        for word in words:
+            folded = fold(word)
+            want = expect(corpus, lambda m, w: w in tokens(body_of(m)), folded)
+            got = generated_hits(corpus, f"body:{word}")
+            assert want <= got and got - want <= fwd, word
+
+
+def test_cjk_words_match_as_character_runs(corpus: Corpus) -> None:
+    """CJK is indexed per character; a word is a phrase of them (a substring match)."""
+    fwd = forwarded(corpus)
+    words = sample((w for m in corpus[1] if m.language == "ja" for w in m.words), 6, 8)
+    assert words
+    for word in words:
+        want = expect(corpus, lambda m, w: w in body_of(m).lower(), word)
+        got = generated_hits(corpus, f"body:{word}")
+        assert want <= got and got - want <= fwd, word
+
+
+def test_phrases(corpus: Corpus) -> None:
+    fwd = forwarded(corpus)
+    rng = random.Random(9)
+    checked = 0
+    for m in rng.sample(corpus[1], 40):
+        toks = [t for t in tokens(body_of(m)) if t.isascii()]
+        if len(toks) < 10:
+            continue
+        i = rng.randrange(len(toks) - 2)
+        phrase = " ".join(toks[i : i + 3])
+        want = expect(corpus, lambda g, p: p in f" {' '.join(tokens(body_of(g)))} ", f" {phrase} ")
+        got = generated_hits(corpus, f'body:"{phrase}"')
+        assert want <= got and got - want <= fwd, phrase
+        checked += 1
+    assert checked >= 15
+
+
+def test_unfielded_words_search_subject_body_addresses_and_attachment_text(
+    corpus: Corpus,
+) -> None:
+    _, messages, digest_of, _ = corpus
+    m = next(m for m in messages if m.cc)
+    mine = digest_of[m.message_id]
+    local = m.cc[0].split("@")[0].split(".")[0]
+    assert mine in hits(corpus, local)
+    assert mine in hits(corpus, tokens(m.subject)[-1])
+    named = corpus[3]
+    assert hits(corpus, PDF_WORD) == [named["pdf"]]
+
+
+# -- HTML and PDF ----------------------------------------------------------------------------
+
+
+def test_word_only_in_html_part_is_found_but_not_tag_names(corpus: Corpus) -> None:
+    named = corpus[3]
+    assert hits(corpus, HTML_WORD) == [named["html"]]
+    assert hits(corpus, f"body:{HTML_WORD}") == [named["html"]]
+    assert hits(corpus, HTML_TAG) == []
+    assert hits(corpus, "class") == [] or named["html"] not in hits(corpus, "body:class")
+
+
+def test_word_only_inside_a_pdf_attachment_is_found(corpus: Corpus) -> None:
+    named = corpus[3]
+    assert hits(corpus, PDF_WORD) == [named["pdf"]]
+    assert hits(corpus, f"attachment-text:{PDF_WORD}") == [named["pdf"]]
+    assert hits(corpus, f"body:{PDF_WORD}") == []
+    assert hits(corpus, "attachment:numbers.pdf") == [named["pdf"]]
+
+
+def test_attachment_names(corpus: Corpus) -> None:
+    names = sample((a.filename for m in corpus[1] for a in m.attachments if a.filename), 10, 10)
+    for name in names:
+        want = expect(corpus, lambda m, n: any(a.filename == n for a in m.attachments), name)
+        got = generated_hits(corpus, f'attachment:"{name}"')
+        assert want <= got, name
+        stem = tokens(name)
+        assert got == expect(
+            corpus,
+            lambda m, s: any(" ".join(s) in " ".join(tokens(a.filename)) for a in m.attachments),
+            stem,
+        ), name
+
+
+# -- folding ---------------------------------------------------------------------------------
+
+
+def test_case_and_accents_fold(corpus: Corpus) -> None:
+    named = corpus[3]
+    for query in ("cafe creme", "CAFÉ CRÈME", "Strasse", "straße", "elephant", "ÉLÉPHANT"):
+        assert named["accents"] in hits(corpus, query), query
+    assert named["cjk"] in hits(corpus, "unicode")  # Ünïcödé
+    assert named["cjk"] in hits(corpus, "ПРИВЕТ")
+    # Devanagari is split at vowel signs on both sides: a word is a phrase of its pieces
+    assert hits(corpus, "हिन्दी") == [named["cjk"]]
+    assert hits(corpus, "भाषा हिन्दी") == [named["cjk"]]
+
+
+def test_cjk_substrings(corpus: Corpus) -> None:
+    named = corpus[3]
+    assert named["cjk"] in hits(corpus, "東京")
+    assert named["cjk"] in hits(corpus, "subject:タワー")
+    assert named["cjk"] in hits(corpus, "京タ")  # documented: a substring of a run matches
+    assert named["cjk"] not in hits(corpus, "東タ")
+
+
+# -- message-id, list, thread ------------------------------------------------------------------
+
+
+def test_message_id(corpus: Corpus) -> None:
+    _, messages, digest_of, _ = corpus
+    for m in messages[::30]:
+        for form in (m.message_id, f"<{m.message_id}>"):
+            assert hits(corpus, f'message-id:"{form}"') == [digest_of[m.message_id]]
+            assert hits(corpus, f"message-id:{form}") == [digest_of[m.message_id]]
+
+
+def test_list_and_thread(corpus: Corpus) -> None:
+    lists = sorted({m.list_id for m in corpus[1] if m.list_id})
+    assert lists
+    for list_id in lists:
+        assert generated_hits(corpus, f"list:{list_id}") == expect(
+            corpus, lambda m, lid: m.list_id == lid, list_id
+        )
+    replies = [m for m in corpus[1] if m.references]
+    for m in replies[:5]:
+        root = m.references[0]
+        assert corpus[2][m.message_id] in hits(corpus, f"thread:{root}")
+
+
+# -- dates and sizes -------------------------------------------------------------------------
+
+
+def _on(m: GeneratedMessage, prefix: str) -> bool:
+    return m.date.astimezone(UTC).isoformat().startswith(prefix)
+
+
+def test_date_forms(corpus: Corpus) -> None:
+    day = sorted({m.date.strftime("%Y-%m-%d") for m in corpus[1]})[17]
+    cases = {
+        "date:2023": lambda m: _on(m, "2023"),
+        "date:2024-03": lambda m: _on(m, "2024-03"),
+        f"date:{day}": lambda m: _on(m, day),
+        "after:2025-06-01": lambda m: m.date >= datetime(2025, 6, 1, tzinfo=UTC),
+        "before:2022-04-01": lambda m: m.date < datetime(2022, 4, 1, tzinfo=UTC),
+        "after:2024-01-01 before:2024-04-01": lambda m: _on(m, "2024-0") and m.date.month <= 3,
+        "date:[2024-01-01 TO 2024-03-31]": lambda m: _on(m, "2024-0") and m.date.month <= 3,
+        "date:{2024-01-01 TO 2024-03-31}": lambda m: (
+            _on(m, "2024-0")
+            and m.date.month <= 3
+            and not _on(m, "2024-01-01")
+            and not _on(m, "2024-03-31")
+        ),
+        "date:[2025-11 TO *]": lambda m: m.date >= datetime(2025, 11, 1, tzinfo=UTC),
+        "date:>2025-10": lambda m: m.date >= datetime(2025, 11, 1, tzinfo=UTC),
+        "date:<=2022-02": lambda m: m.date < datetime(2022, 3, 1, tzinfo=UTC),
+    }
+    for query, pred in cases.items():
+        want = expect(corpus, pred)
+        assert want, query
+        assert generated_hits(corpus, query) == want, query
+
+
+def test_size_forms(corpus: Corpus) -> None:
+    cases = {
+        "size:>20k": lambda m: m.size > 20 * 1024,
+        "size:>=20480": lambda m: m.size >= 20480,
+        "size:<10k": lambda m: m.size < 10 * 1024,
+        "size:<=5K": lambda m: m.size <= 5 * 1024,
+        "size:>0.05M": lambda m: m.size > 0.05 * 1024 * 1024,
+        "size:[8k TO 16k]": lambda m: 8192 <= m.size <= 16384,
+    }
+    for query, pred in cases.items():
+        want = expect(corpus, pred)
+        assert want, query
+        assert generated_hits(corpus, query) == want, query
+
+
+def test_has_attachment(corpus: Corpus) -> None:
+    assert generated_hits(corpus, "has:attachment") == expect(corpus, lambda m: bool(m.attachments))
+    assert generated_hits(corpus, "-has:attachment") == expect(corpus, lambda m: not m.attachments)
+
+
+# -- boolean logic, prefixes, sorting, paging --------------------------------------------------
+
+
+def test_boolean_operators(corpus: Corpus) -> None:
+    a, b = "subject:re", "has:attachment"
+    sa, sb = generated_hits(corpus, a), generated_hits(corpus, b)
+    assert sa and sb
+    assert generated_hits(corpus, f"{a} {b}") == sa & sb
+    assert generated_hits(corpus, f"{a} AND {b}") == sa & sb
+    assert generated_hits(corpus, f"{a} && {b}") == sa & sb
+    assert generated_hits(corpus, f"{a} OR {b}") == sa | sb
+    assert generated_hits(corpus, f"{a} AND NOT {b}") == sa - sb
+    assert generated_hits(corpus, f"{a} -{b}") == sa - sb
+    assert generated_hits(corpus, f"+{a} -{b}") == sa - sb
+    assert generated_hits(corpus, f"NOT {b}") == expect(corpus, lambda m: True) - sb
+    c = "date:2024"
+    sc = generated_hits(corpus, c)
+    # AND binds tighter than OR; parentheses group.
+    assert generated_hits(corpus, f"{a} {b} OR {c}") == (sa & sb) | sc
+    assert generated_hits(corpus, f"{a} ({b} OR {c})") == sa & (sb | sc)
+    assert generated_hits(corpus, f"-({b} OR {c}) {a}") == sa - sb - sc
+
+
+def test_prefix_wildcards(corpus: Corpus) -> None:
+    fwd = forwarded(corpus)
+    for prefix in ("invoi", "meet", "cal", "sch"):
+        want = expect(corpus, lambda m, p: any(t.startswith(p) for t in tokens(body_of(m))), prefix)
+        got = generated_hits(corpus, f"body:{prefix}*")
+        assert want and want <= got and got - want <= fwd, prefix
+    want = expect(corpus, lambda m: any(t.startswith("re") for t in tokens(m.subject)))
+    assert generated_hits(corpus, "subject:re*") == want
+
+
+def test_sort_limit_offset_and_count(corpus: Corpus) -> None:
+    vault = corpus[0]
+    query = "has:attachment"
+    total = count(vault.index_path, query)
+    searcher = Searcher(vault.index_path, query)
+    newest = searcher.page(limit=0, sort="-date", snippets=False)
+    assert len(newest) == total
+    dates = [h.date or datetime.min.replace(tzinfo=UTC) for h in newest]
+    assert dates == sorted(dates, reverse=True)
+    oldest = searcher.page(limit=0, sort="date", snippets=False)
+    assert [h.date or datetime.min.replace(tzinfo=UTC) for h in oldest] == sorted(dates)
+    page2 = searcher.page(limit=10, offset=10, sort="-date", snippets=False)
+    assert [h.id for h in page2] == [h.id for h in newest[10:20]]
+    scored = searcher.page(limit=5, sort="score", snippets=False)
+    assert all(h.score is not None for h in scored)
+    scores = [h.score for h in Searcher(vault.index_path, "invoice").page(limit=20, sort="score")]
+    assert scores == sorted(scores, reverse=True)  # type: ignore[type-var]
+
+
+def test_stored_fields_come_back(corpus: Corpus) -> None:
+    _, messages, digest_of, _ = corpus
+    m = next(m for m in messages if m.from_name and m.from_name.isascii())
+    (hit,) = Searcher(corpus[0].index_path, f"message-id:{m.message_id}").page()
+    assert hit.id == digest_of[m.message_id]
+    assert hit.message_id == m.message_id
+    assert hit.date == m.date.replace(microsecond=0)
+    assert hit.from_ == f"{m.from_name.strip(chr(34))} <{m.from_addr}>" or m.from_addr in hit.from_
+    assert hit.subject == m.subject
+    assert hit.size == m.size
+    assert all(any(a in t for t in hit.to) for a in m.to)
+
+
+def test_snippet_highlights_the_term(corpus: Corpus) -> None:
+    _, messages, _, _ = corpus
+    m = messages[5]
+    (hit,) = Searcher(corpus[0].index_path, m.marker).page()
+    assert hit.highlights
+    start, end = hit.highlights[0]
+    assert hit.snippet[start:end].lower() == m.marker
+    assert "\n" not in hit.snippet
+
+
+# -- the translation and its errors -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "column", "token"),
+    [
+        ("foo:bar", 1, "foo:"),
+        ("hello wrld:x", 7, "wrld:"),
+        ('subject:"unclosed', 9, '"unclosed'),
+        ("(a OR b", 1, "("),
+        ("a b)", 4, ")"),
+        ("OR a", 1, "OR"),
+        ("a AND", 3, "AND"),
+        ("size:>lots", 1, "size:>lots"),
+        ("date:2024-13", 1, "date:2024-13"),
+        ("after:yesterday", 1, "after:yesterday"),
+        ("has:pdf", 1, "has:pdf"),
+        ("id:xyz", 1, "id:xyz"),
+        ("date:[2024 TO", 6, "[2024 TO"),
+        ("東京 foo:x", 4, "foo:"),
+        ("a ||", 3, "||"),
+    ],
+)
+def test_invalid_queries_point_at_the_bad_token(query: str, column: int, token: str) -> None:
+    with pytest.raises(QuerySyntaxError) as info:
+        translate(query)
+    message = str(info.value)
+    assert f"at column {column}" in message or "at the end" in message
+    assert repr(token)[1:-1] in message
+    assert "\n" not in message
+
+
+def test_empty_query_is_an_error() -> None:
+    with pytest.raises(QuerySyntaxError, match="empty"):
+        translate("   ")
+
+
+def test_translation_examples() -> None:
+    assert translate("from:Alice@Example.com") == 'from_addr:"alice@example.com"'
+    assert translate("date:2024-03") == "date:[2024-03-01T00:00:00Z TO 2024-04-01T00:00:00Z}"
+    assert translate("size:>1M") == "size:>1048576"
+    assert translate("has:attachment") == "has_attachment:true"
+    assert translate("message-id:<a@b>") == 'message_id:"a@b"'
+    assert translate("a b OR c") == '("a" AND "b") OR "c"'
+    assert translate("NOT a") == '(* AND -"a")'
+
+
+def test_queries_on_a_vault_without_index(tmp_path: Path) -> None:
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    from mailvault.errors import SearchError
+
+    with pytest.raises(SearchError, match="mailvault index"):
+        Searcher(vault.index_path, "x")

@@ -1,0 +1,233 @@
+"""`mailvault index`, `reindex` and `search` through the click group, plus the start-up budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner, Result
+
+import mailvault.cli.commands  # noqa: F401  (registers the commands)
+from mailvault.cli import cli
+from mailvault.resources import json_schema
+from mailvault.search import Hit, format_hit
+from mailvault.vault import Vault
+from tests.test_index_support import PDF_WORD, build_vault, generated, special_messages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(vault: Vault | Path, *args: str) -> Result:
+    root = vault.root if isinstance(vault, Vault) else vault
+    return CliRunner().invoke(cli, ["--vault", str(root), *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Vault, dict[str, str]]:
+    vault, _, named = build_vault(
+        tmp_path_factory.mktemp("cli") / "vault", generated(60, seed=4), special_messages()
+    )
+    result = run(vault, "index")
+    assert result.exit_code == 0, result.output
+    assert f"indexed {60 + len(named)} messages" in result.stdout
+    return vault, named
+
+
+def test_index_json_report_and_second_run(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, _ = indexed
+    result = run(vault, "index", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["schema"] == "mailvault/index-report/v1"
+    assert report["indexed"] == 0 and report["documents"] == 60 + len(special_messages())
+
+
+def test_exit_codes(indexed: tuple[Vault, dict[str, str]], tmp_path: Path) -> None:
+    vault, _ = indexed
+    assert run(vault, "search", PDF_WORD).exit_code == 0
+    assert run(vault, "search", "nosuchwordanywhere").exit_code == 1
+    bad = run(vault, "search", "subject:x", "wrng:y")
+    assert bad.exit_code == 2
+    assert "unknown field 'wrng'" in bad.stderr and "column 11" in bad.stderr
+    assert run(tmp_path / "nothing", "search", "x").exit_code == 2
+    assert run(vault, "search", "--json", "--ids", "x").exit_code == 2
+
+
+def test_text_output_one_line_per_hit(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, named = indexed
+    result = run(vault, "search", "--limit", "7", "*")
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0 and len(lines) == 7
+    assert all("\x1b" not in line for line in lines)  # not a terminal: no ANSI
+    one = run(vault, "search", PDF_WORD).stdout.splitlines()
+    assert len(one) == 1
+    assert named["pdf"][:12] in one[0] and "Numbers attached" in one[0]
+    assert one[0].startswith("2023-06-15 12:00")
+
+
+def test_hostile_subject_cannot_drive_the_terminal(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, named = indexed
+    out = run(vault, "search", f"id:{named['hostile']}").stdout
+    assert "\x1b" not in out and "Evil" in out
+
+
+def test_json_lines_follow_the_schema(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, named = indexed
+    schema = json_schema("search-hit.schema.json")
+    result = run(vault, "search", "--json", "--limit", "20", "*")
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(docs) == 20
+    for doc in docs:
+        jsonschema.validate(doc, schema)
+    (pdf,) = [json.loads(x) for x in run(vault, "search", "--json", PDF_WORD).stdout.splitlines()]
+    assert pdf["id"] == named["pdf"]
+    assert pdf["message_id"] == "pdf-attached@test.example"
+    assert pdf["from"] == "Special Sender <special@example.com>"
+    assert pdf["to"] == ["Receiver <receiver@example.org>"]
+    assert pdf["date"] == "2023-06-15T12:00:00Z"
+    assert pdf["score"] is None
+    scored = json.loads(run(vault, "search", "--json", "--sort", "score", PDF_WORD).stdout)
+    assert isinstance(scored["score"], float)
+
+
+def test_count_ids_limit_offset_sort(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, _ = indexed
+    total = int(run(vault, "search", "--count", "*").stdout)
+    assert total == 60 + len(special_messages())
+    ids = run(vault, "search", "--ids", "--limit", "0", "*").stdout.split()
+    assert len(ids) == total and all(len(i) == 64 for i in ids)
+    assert (
+        run(vault, "search", "--ids", "--limit", "5", "--offset", "5", "*").stdout.split()
+        == (ids[5:10])
+    )
+    oldest = run(vault, "search", "--ids", "--limit", "0", "--sort", "date", "*").stdout.split()
+    assert oldest == list(reversed(ids)) or set(oldest) == set(ids)
+    assert run(vault, "search", "--count", "nosuchwordanywhere").stdout.strip() == "0"
+    assert run(vault, "search", "--count", "nosuchwordanywhere").exit_code == 1
+
+
+def test_words_starting_with_a_dash_are_query_not_options(
+    indexed: tuple[Vault, dict[str, str]],
+) -> None:
+    vault, _ = indexed
+    everything = int(run(vault, "search", "--count", "*").stdout)
+    with_att = int(run(vault, "search", "--count", "has:attachment").stdout)
+    result = run(vault, "search", "--count", "*", "-has:attachment")
+    assert int(result.stdout) == everything - with_att
+
+
+def test_reindex_command_gives_the_same_answers(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, _ = indexed
+    before = run(vault, "search", "--ids", "--limit", "0", "has:attachment").stdout
+    result = run(vault, "reindex")
+    assert result.exit_code == 0 and "rebuilt the index" in result.stdout
+    assert run(vault, "search", "--ids", "--limit", "0", "has:attachment").stdout == before
+
+
+def test_index_takes_the_vault_lock(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, _ = indexed
+    with vault.write_lock("test"):
+        result = run(vault, "index")
+    assert result.exit_code == 3 and "locked" in result.stderr
+
+
+def test_terminal_output_bolds_the_terms() -> None:
+    hit = Hit(
+        id="a" * 64,
+        message_id="m@x",
+        date=None,
+        from_="Alice <alice@example.com>",
+        to=[],
+        subject="Hello",
+        size=1,
+        score=None,
+    )
+    hit.snippet, hit.highlights = "the word here", [(4, 8)]
+    assert "\x1b[1mword\x1b[0m" in format_hit(hit, color=True)
+    assert "\x1b" not in format_hit(hit, color=False)
+    assert "Alice" in format_hit(hit, color=False)
+
+
+FORBIDDEN = ("sqlite_utils", "mailvault.parse", "pypdf", "jsonschema", "tenacity", "zstandard")
+
+
+def test_search_path_imports_only_what_it_needs(indexed: tuple[Vault, dict[str, str]]) -> None:
+    """The search path (mailvault.search.run) never imports the heavy modules."""
+    vault, _ = indexed
+    code = (
+        "import sys; from pathlib import Path; from mailvault.search import run; "
+        f"sys.exit(run(Path({str(vault.root)!r}), {PDF_WORD!r}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    for name in FORBIDDEN:
+        assert not any(m == name or m.startswith(name + ".") for m in imported), name
+    assert "tantivy" in imported
+
+
+def test_whole_search_process_imports_only_what_it_needs(
+    indexed: tuple[Vault, dict[str, str]],
+) -> None:
+    """`python -X importtime -m mailvault search ...`: the issue's start-up check."""
+    vault, _ = indexed
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mailvault"]
+        + ["--vault", str(vault.root), "search", PDF_WORD],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    for name in (*FORBIDDEN, "mailvault.catalog", "mailvault.indexer"):
+        assert not any(m == name or m.startswith(name + ".") for m in imported), name
+
+
+def test_search_command_module_adds_no_heavy_imports() -> None:
+    """search_cmd itself imports nothing beyond what the CLI group already has."""
+    code = (
+        "import sys; import mailvault.cli; before = set(sys.modules); "
+        "import mailvault.cli.search_cmd; print(sorted(set(sys.modules) - before))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    added = proc.stdout
+    for name in (*FORBIDDEN, "tantivy", "mailvault.indexer", "mailvault.show"):
+        assert f"'{name}'" not in added, name
+
+
+def test_fast_entry_matches_the_cli(
+    indexed: tuple[Vault, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailvault.search import fast_main
+
+    vault, _ = indexed
+    root = str(vault.root)
+    for args in (
+        ["--limit", "5", "*"],
+        ["--json", "--sort", "score", PDF_WORD],
+        ["--count", "has:attachment"],
+        ["--ids", "--limit=3", "--offset=2", "*", "-has:attachment"],
+        ["nosuchwordanywhere"],
+    ):
+        code = fast_main(["--vault", root, "search", *args])
+        fast = capsys.readouterr().out
+        slow = run(vault, "search", *args)
+        assert (code, fast) == (slow.exit_code, slow.stdout), args
+    assert fast_main(["--vault", root, "search", "wrng:x"]) == 2
+    assert "unknown field" in capsys.readouterr().err
+    for other in (["search", "--help"], ["show", "x"], ["--bogus", "search", "x"], ["search"]):
+        assert fast_main(other) is None

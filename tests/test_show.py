@@ -1,0 +1,132 @@
+"""`mailvault show`: by sha256, prefix or Message-ID; --raw, --part/--out, --json, ambiguity."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import mailvault.cli.commands  # noqa: F401  (registers the commands)
+from mailvault.cli import cli
+from mailvault.indexer import catch_up
+from mailvault.show import MessageNotFound, resolve
+from mailvault.testkit.generator import GeneratedMessage
+from mailvault.vault import Vault
+from tests.test_index_support import PDF_BYTES, build_vault, generated, special_messages
+
+Fixture = tuple[Vault, list[GeneratedMessage], list[str], dict[str, str]]
+
+
+def run(vault: Vault, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--vault", str(vault.root), *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def shown(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
+    messages = generated(40, seed=12)
+    vault, digests, named = build_vault(
+        tmp_path_factory.mktemp("show") / "vault", messages, special_messages()
+    )
+    catch_up(vault)
+    return vault, messages, digests, named
+
+
+def test_resolve_forms(shown: Fixture) -> None:
+    vault, messages, digests, named = shown
+    path = vault.catalog_path
+    assert resolve(path, digests[3]) == digests[3]
+    assert resolve(path, digests[3][:8]) == digests[3]
+    assert resolve(path, digests[3][:20].upper()) == digests[3]
+    assert resolve(path, messages[3].message_id) == digests[3]
+    assert resolve(path, f"<{messages[3].message_id}>") == digests[3]
+    with pytest.raises(MessageNotFound):
+        resolve(path, "<nobody@nowhere>")
+
+
+def test_show_text(shown: Fixture) -> None:
+    vault, _, _, named = shown
+    result = run(vault, "show", named["pdf"][:10])
+    assert result.exit_code == 0
+    out = result.stdout
+    assert "From:       Special Sender <special@example.com>" in out
+    assert "To:         Receiver <receiver@example.org>" in out
+    assert "Subject:    Numbers attached" in out
+    assert "Message-ID: <pdf-attached@test.example>" in out
+    assert "Date:       2023-06-15 12:00:00 UTC" in out
+    assert "Please find the numbers attached." in out
+    assert "[2] numbers.pdf  application/pdf" in out
+
+
+def test_show_json(shown: Fixture) -> None:
+    vault, messages, digests, _ = shown
+    m = messages[7]
+    doc = json.loads(run(vault, "show", "--json", f"<{m.message_id}>").stdout)
+    assert doc["id"] == digests[7]
+    assert doc["message_id"] == m.message_id
+    assert doc["subject"] == m.subject
+    assert doc["from"][0]["addr"] == m.from_addr
+    assert [a["addr"] for a in doc["to"]] == list(m.to)
+    assert [(a["filename"], a["size"]) for a in doc["attachments"]] == [
+        (a.filename, a.size) for a in m.attachments
+    ]
+
+
+def test_raw_is_the_exact_stored_bytes(shown: Fixture) -> None:
+    vault, messages, digests, _ = shown
+    for i in (0, 5, 11):
+        result = run(vault, "show", "--raw", digests[i])
+        assert result.exit_code == 0
+        assert result.stdout_bytes == messages[i].raw
+
+
+def test_part_out_saves_the_decoded_part(shown: Fixture, tmp_path: Path) -> None:
+    vault, messages, digests, named = shown
+    doc = json.loads(run(vault, "show", "--json", named["pdf"]).stdout)
+    (att,) = doc["attachments"]
+    out = tmp_path / "n.pdf"
+    result = run(vault, "show", named["pdf"], "--part", str(att["index"]), "--out", str(out))
+    assert result.exit_code == 0
+    assert out.read_bytes() == PDF_BYTES
+    # a generated attachment: decoded size as the generator recorded it
+    i = next(i for i, m in enumerate(messages) if m.attachments)
+    doc = json.loads(run(vault, "show", "--json", digests[i]).stdout)
+    first = doc["attachments"][0]
+    result = run(vault, "show", digests[i], "--part", str(first["index"]), "--out", "-")
+    assert len(result.stdout_bytes) == messages[i].attachments[0].size
+    assert run(vault, "show", digests[i], "--part", "999", "--out", "-").exit_code == 2
+
+
+def test_ambiguous_prefix_lists_candidates(shown: Fixture) -> None:
+    vault, _, _, _ = shown
+    conn = sqlite3.connect(vault.catalog_path)
+    with conn:
+        for tail in ("0" * 56, "1" * 56):
+            conn.execute(
+                "INSERT INTO messages(sha256, size, first_ingest_at, first_source) "
+                "VALUES (?, 1, '2024-01-01T00:00:00+00:00', 'test')",
+                ("deadbeef" + tail,),
+            )
+    conn.close()
+    result = run(vault, "show", "deadbeef")
+    assert result.exit_code == 2
+    assert "matches 2 messages" in result.stderr
+    assert "deadbeef" + "0" * 56 in result.stderr and "deadbeef" + "1" * 56 in result.stderr
+
+
+def test_bad_ids(shown: Fixture) -> None:
+    vault, _, _, _ = shown
+    short = run(vault, "show", "abc123")
+    assert short.exit_code == 2 and "at least 8" in short.stderr
+    missing = run(vault, "show", "<nobody@nowhere.example>")
+    assert missing.exit_code == 2 and "no message" in missing.stderr
+    assert run(vault, "show", "--raw", "--json", "abcdef12").exit_code == 2
+
+
+def test_hostile_headers_and_body_are_neutralised(shown: Fixture) -> None:
+    vault, _, _, named = shown
+    out = run(vault, "show", named["hostile"]).stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert "Evil" in out and "sequence." in out
