@@ -172,34 +172,51 @@ class Catalog:
         Called only after the blobs are durable (``BlobStore.publish``).
         """
         now = utcnow()
-        results: list[tuple[bool, int | None]] = []
         with self.transaction():
-            for item in items:
-                cur = self.db.execute(
-                    "INSERT INTO messages(sha256, size, first_ingest_at, first_source) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
-                    (item.sha256, item.size, now, source),
-                )
-                fresh = cur.rowcount == 1
-                row_id: int | None = None
-                if account is not None and item.uidl is not None:
-                    cur = self.db.execute(
-                        "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, "
-                        "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (account, item.uidl, item.sha256, item.size, item.first_seen, now, run_id),
-                    )
-                    row_id = cur.lastrowid
-                ledger.append(
-                    self.db.conn,
-                    "ingest",
-                    account=account,
-                    uidl=item.uidl,
-                    sha256=item.sha256,
-                    size=item.size,
-                    detail={"source": source, "new_content": fresh},
-                )
-                results.append((fresh, row_id))
-        return results
+            return [
+                self.record_ingest(item, source=source, account=account, run_id=run_id, now=now)
+                for item in items
+            ]
+
+    def record_ingest(
+        self,
+        item: Committed,
+        *,
+        source: str,
+        now: str,
+        account: str | None = None,
+        run_id: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[bool, int | None]:
+        """One ingest inside the caller's transaction: the message row (if its content is new),
+        the UIDL row (if it came with one) and the ledger entry that records both.
+
+        Every path that adds mail (fetch, import) goes through here, so none can skip the ledger.
+        """
+        cur = self.db.execute(
+            "INSERT INTO messages(sha256, size, first_ingest_at, first_source) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
+            (item.sha256, item.size, now, source),
+        )
+        fresh = cur.rowcount == 1
+        row_id: int | None = None
+        if account is not None and item.uidl is not None:
+            cur = self.db.execute(
+                "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, "
+                "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (account, item.uidl, item.sha256, item.size, item.first_seen, now, run_id),
+            )
+            row_id = cur.lastrowid
+        ledger.append(
+            self.db.conn,
+            "ingest",
+            account=account,
+            uidl=item.uidl,
+            sha256=item.sha256,
+            size=item.size,
+            detail={"source": source, "new_content": fresh, **(detail or {})},
+        )
+        return fresh, row_id
 
     def mark_dele_sent(self, ids: Iterable[int]) -> None:
         now = utcnow()

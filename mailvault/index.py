@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import tantivy
 
+from mailvault._fs import fsync_dir
 from mailvault.errors import SearchError
 
 if TYPE_CHECKING:
@@ -182,14 +183,6 @@ def is_complete(index_dir: Path) -> bool:
     return read_marker(index_dir) is not None and (index_dir / "meta.json").exists()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_marker(index_dir: Path, **extra: Any) -> None:
     marker = {
         "format": INDEX_FORMAT,
@@ -203,7 +196,7 @@ def write_marker(index_dir: Path, **extra: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, index_dir / MARKER)
-    _fsync_dir(index_dir)
+    fsync_dir(index_dir)
 
 
 def recover(index_dir: Path, *, writer: bool = True) -> None:
@@ -221,7 +214,7 @@ def recover(index_dir: Path, *, writer: bool = True) -> None:
         if index_dir.exists():
             shutil.rmtree(index_dir)  # an empty placeholder (init_vault makes index/)
         os.rename(new, index_dir)
-        _fsync_dir(index_dir.parent)
+        fsync_dir(index_dir.parent)
         live = True
     if not writer:
         return
@@ -245,7 +238,7 @@ def swap_in(index_dir: Path) -> None:
     if index_dir.exists():
         os.rename(index_dir, old)
     os.rename(new, index_dir)
-    _fsync_dir(index_dir.parent)
+    fsync_dir(index_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

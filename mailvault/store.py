@@ -14,8 +14,6 @@ may the catalog say the message is stored, and only after that may the server de
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import os
@@ -27,6 +25,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from mailvault._fs import sync_filesystem
 from mailvault.errors import StoreError
 
 HEX = frozenset("0123456789abcdef")
@@ -50,27 +49,6 @@ def _disk_error(action: str, path: Path, exc: OSError) -> StoreError:
             f"no permission {action} {path} ({exc.strerror}); check the vault's owner and mode"
         )
     return StoreError(f"{action} {path} failed: {exc.strerror or exc}")
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def sync_filesystem(path: Path) -> None:
-    """Flush every dirty page of the filesystem holding ``path`` in one call (Linux syncfs)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

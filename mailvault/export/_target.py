@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailvault._fs import fsync_dir, sync_filesystem
 from mailvault.export._errors import target_error
 from mailvault.export.transform import MessageMeta
-from mailvault.store import fsync_dir, sync_filesystem
 
 BATCH_MESSAGES = 256
 BATCH_BYTES = 32 * 1024 * 1024

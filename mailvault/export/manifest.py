@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from mailvault._fs import fsync_dir
 from mailvault.export._errors import ExportError, target_error
-from mailvault.store import fsync_dir
 
 SCHEMA_ID = "mailvault/export-manifest/v1"
 

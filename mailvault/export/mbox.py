@@ -27,10 +27,10 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+from mailvault._fs import fsync_dir
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import FILE_MODE, Placed, Target, make_dirs, write_all
 from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
-from mailvault.store import fsync_dir
 
 BUFFER = 1024 * 1024
 BOM = b"\xef\xbb\xbf"

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailvault import ledger
-from mailvault.catalog import Catalog, utcnow
+from mailvault.catalog import Catalog, Committed, utcnow
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.importer._model import Event, Found, Rejected, Skipped, Warned
 from mailvault.importer.eml import has_eml, read_eml
@@ -235,28 +234,17 @@ class _Committer:
         report = self.report
         with self.catalog.transaction() as conn:
             for p in batch:
-                source = f"import:{p.path}"
-                cur = conn.execute(
-                    "INSERT INTO messages(sha256, size, first_ingest_at, first_source) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
-                    (p.staged.digest, p.staged.size, now, source),
+                fresh, _ = self.catalog.record_ingest(
+                    Committed(p.staged.digest, p.staged.size, None, now),
+                    source=f"import:{p.path}",
+                    now=now,
+                    account=self.account,
+                    detail={"offset": p.offset} if p.offset is not None else None,
                 )
-                fresh = cur.rowcount == 1
                 conn.execute(
                     "INSERT INTO imports(sha256, account, source, source_kind, source_offset, "
                     "imported_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (p.staged.digest, self.account, str(p.path), p.kind, p.offset, now),
-                )
-                detail: dict[str, Any] = {"source": source, "new_content": fresh}
-                if p.offset is not None:
-                    detail["offset"] = p.offset
-                ledger.append(
-                    conn,
-                    "ingest",
-                    account=self.account,
-                    sha256=p.staged.digest,
-                    size=p.staged.size,
-                    detail=detail,
                 )
                 if fresh:
                     report.imported += 1

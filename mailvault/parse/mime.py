@@ -69,7 +69,9 @@ def walk(msg: Message) -> Iterator[tuple[int, int, Message]]:
         if part.is_multipart():
             children = part.get_payload()
             if isinstance(children, list):
-                stack.extend((depth + 1, child) for child in reversed(children))
+                stack.extend(
+                    (depth + 1, child) for child in reversed(children) if isinstance(child, Message)
+                )
 
 
 def part_at(msg: Message, index: int) -> Message | None:
