@@ -251,6 +251,7 @@ class _PumpLoop:
         self.deleted_ids: list[int] = []
         self.done = 0
         self.bytes_done = 0
+        self.retr_inflight = 0
         self.window = PIPELINE_WINDOW if session.conn.pipelining else 1
 
     def run(self) -> None:
@@ -284,6 +285,7 @@ class _PumpLoop:
                 msg = self.to_fetch.popleft()
                 cmd = pop3.Retr(msg.msgno)
                 self.inflight.append((cmd, msg))
+                self.retr_inflight += 1
             else:
                 break
             batch.append(cmd)
@@ -310,6 +312,7 @@ class _PumpLoop:
                 self._staged(subject, staged)
             elif isinstance(event, pop3.Err):
                 self.inflight.popleft()
+                self.retr_inflight -= 1
                 self.f.report.errors.append(
                     f"RETR {subject.msgno} (UIDL {subject.uidl}) refused: -ERR {event.text}; "
                     "the message stays on the server and is retried next run"
@@ -337,7 +340,8 @@ class _PumpLoop:
         self.done += 1
         self.bytes_done += staged.size
         self.f.progress(self.f.account.name, self.done, self.total, self.bytes_done)
-        retr_pending = any(isinstance(c, pop3.Retr) for c, _ in self.inflight) or self.to_fetch
+        self.retr_inflight -= 1
+        retr_pending = self.retr_inflight > 0 or self.to_fetch
         if (
             len(self.batch) >= self.f.batch_messages
             or self.batch_size >= self.f.batch_bytes

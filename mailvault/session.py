@@ -25,7 +25,7 @@ from mailvault.errors import (
 from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
 
 Trace = Callable[[str], None]
-PIPELINE_WINDOW = 32
+PIPELINE_WINDOW = 512  # commands in flight; RFC 2449 pipelining, refilled when half empty
 
 
 @dataclass

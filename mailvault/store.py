@@ -120,7 +120,8 @@ class BlobStore:
         self.tmp = root / "tmp"
         self.compress = compress
         self._known_dirs: set[Path] = set()
-        self._compressor = zstandard.ZstdCompressor(level=3) if compress else None
+        # level 1: twice the speed of level 3 for 1-2 % more space on mail
+        self._compressor = zstandard.ZstdCompressor(level=1) if compress else None
 
     def writer(self) -> BlobWriter:
         """A writer for one message; one store serves one thread, one writer at a time."""

@@ -41,8 +41,13 @@ def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], clic
 def render() -> str:
     parts = [HEADER]
     for path, command in _walk(cli, ["mailvault"]):
+        settings = {"help_option_names": ["-h", "--help"], **command.context_settings}
         ctx = click.Context(
-            command, info_name=" ".join(path), terminal_width=80, max_content_width=80
+            command,
+            info_name=" ".join(path),
+            terminal_width=80,
+            max_content_width=80,
+            help_option_names=settings["help_option_names"],
         )
         title = " ".join(path)
         parts.append(f"\n## `{title}`\n\n```\n{command.get_help(ctx)}\n```\n")
