@@ -456,8 +456,20 @@ def test_no_secret_anywhere_in_the_vault_or_output(tmp_path: Path) -> None:
         server.wait_unlocked()
         outputs.append(run_cli(vault, "fetch", "--json"))
     assert server.mailbox == []
+    # the rest of a full run: every command that reads or writes the vault
+    export_dir = tmp_path / "export"
+    outputs += [
+        run_cli(vault, "search", "--json", "*"),
+        run_cli(vault, "show", "--json", "m1@t"),
+        run_cli(vault, "export", "--format", "maildir", "--out", str(export_dir)),
+        run_cli(vault, "verify", "--json"),
+        run_cli(vault, "ledger", "export"),
+        run_cli(vault, "audit", "--json"),
+        run_cli(vault, "-v", "check", "acct"),
+    ]
+    assert all(r.exit_code == 0 for r in outputs[-7:-1]), [r.output for r in outputs[-7:]]
     for result in outputs:
         assert secret not in result.output and secret not in result.stderr
-    for path in [trace, *vault.rglob("*")]:
+    for path in [trace, *vault.rglob("*"), *export_dir.rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"password found in {path}"

@@ -165,3 +165,19 @@ def test_edited_audit_entry(vault: Path) -> None:
     code, items = findings(vault)
     assert code == 1 and [f["code"] for f in items] == ["audit-broken"]
     assert items[0]["subject"] == "audit entry 1"
+
+
+def test_dropped_index_document_is_found_and_repaired(vault: Path) -> None:
+    from mailvault import index as ix
+
+    digest = some_digest(vault)
+    index, _ = ix.create_or_open(vault / "index")
+    writer = ix.IndexWriter(index)
+    writer.delete(digest)
+    writer.close()
+    code, items = findings(vault)
+    assert code == 1
+    assert [(f["code"], f["subject"]) for f in items] == [("index-missing", digest)]
+    assert run_cli(vault, "verify", "--repair-index").exit_code == 0
+    assert findings(vault) == (0, [])
+    assert run_cli(vault, "search", "--count", "*").stdout.strip() == "8"
