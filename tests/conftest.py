@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 
 from mailvault.testkit.dovecot import Dovecot, dovecot_binary
+from tests.prereq import missing
 
 # --------------------------------------------------------------------------------------
 # Dovecot: a private POP3 server per test (mailvault/testkit/dovecot.py).
@@ -21,13 +21,9 @@ DOVECOT_PASSWORD = "alice-secret"
 
 
 def require_dovecot() -> None:
-    """Skip the calling test if dovecot is missing; fail instead when CI=true."""
-    if dovecot_binary() is not None:
-        return
-    reason = "dovecot is not installed (apt-get install dovecot-core dovecot-pop3d)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must run the Dovecot tests", pytrace=False)
-    pytest.skip(reason)
+    """Fail the calling test if dovecot is missing (never skip: `make test` installs it)."""
+    if dovecot_binary() is None:
+        missing("dovecot", "apt-get install dovecot-core dovecot-pop3d")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sqlite3
 from collections.abc import Iterable
@@ -12,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 from click.testing import Result
 
 from mailvault.catalog import Committed, utcnow
 from mailvault.resources import json_schema
 from mailvault.vault import init_vault, open_vault
+from tests.prereq import corpora_dir  # noqa: F401  (re-exported for the round-trip tests)
 from tests.vaults import run_cli
 
 MB = 1024 * 1024
@@ -148,18 +147,6 @@ def crafted_messages() -> list[bytes]:
     big += b"\r\nthe end\r\n"
     msgs.append(bytes(big))
     return msgs
-
-
-def corpora_dir() -> Path:
-    """The shared corpora; skip when absent, but fail under CI=true."""
-    env = os.environ.get("MAILVAULT_CORPORA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "corpora"
-    if not (path / "MANIFEST.tsv").is_file():
-        reason = f"mail corpora not found at {path} (set MAILVAULT_CORPORA)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return path
 
 
 # The mailbox files of the corpora, and how many messages each holds (see the corpora README).

@@ -6,19 +6,14 @@ shows up here and is a decision, not an accident.  Mailbox files are parsed as o
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from mailvault.parse import ParsedMessage, parse_message
+from tests.prereq import corpora_dir
 
-CORPORA = Path(
-    os.environ.get("MAILVAULT_CORPORA")
-    or Path(__file__).resolve().parents[2] / "shared" / "corpora"
-)
 INGEST = datetime(2026, 1, 1, tzinfo=UTC)
 
 EXPECTED_FILES = 1551
@@ -29,16 +24,11 @@ EXPECTED_DATE_FALLBACK = 347
 
 @pytest.fixture(scope="module")
 def parsed() -> dict[str, ParsedMessage]:
-    manifest = CORPORA / "MANIFEST.tsv"
-    if not manifest.is_file():
-        reason = f"the shared corpora are missing ({manifest}); set MAILVAULT_CORPORA"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    manifest = corpora_dir() / "MANIFEST.tsv"
     results: dict[str, ParsedMessage] = {}
     for line in manifest.read_text(encoding="utf-8").splitlines()[1:]:
         path, sha256, size, _set = line.split("\t")
-        raw = (CORPORA / path).read_bytes()
+        raw = (corpora_dir() / path).read_bytes()
         assert len(raw) == int(size), path
         results[path] = parse_message(raw, sha256, ingest_time=INGEST)
     return results

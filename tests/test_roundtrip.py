@@ -20,6 +20,7 @@ import pytest
 from mailvault.testkit.dovecot import Dovecot, retr_payload
 from mailvault.testkit.generator import generate
 from mailvault.vault import open_vault
+from tests.prereq import binary
 from tests.test_export_kit import (
     add_messages,
     catalog_set,
@@ -143,13 +144,7 @@ def test_corpora_survive_import_export_import(tmp_path: Path) -> None:
 
 
 def notmuch_binary() -> str:
-    found = shutil.which("notmuch")
-    if found is None:
-        reason = "notmuch is not installed (apt-get install notmuch)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run this test", pytrace=False)
-        pytest.skip(reason)
-    return found
+    return binary("notmuch", "notmuch")
 
 
 def notmuch(tmp: Path, maildir: Path, *args: str) -> subprocess.CompletedProcess[str]:
