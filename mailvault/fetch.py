@@ -27,7 +27,7 @@ from typing import Any
 import tenacity
 
 from mailvault import pop3
-from mailvault.catalog import Catalog, Committed, LiveUidl, utcnow
+from mailvault.catalog import Catalog, Committed
 from mailvault.config import AccountConfig
 from mailvault.errors import LoginDelay, MailboxInUse, MailvaultError, ProtocolError
 from mailvault.secrets import resolve_secret
@@ -57,7 +57,6 @@ class AccountReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     would_delete: int = 0
-    committed: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         keys = ("listed", "new", "fetched", "duplicates", "deleted", "bytes", "retries")
@@ -361,7 +360,6 @@ class _PumpLoop:
         for (msg, staged), (fresh, row_id) in zip(batch, results, strict=True):
             f.report.fetched += 1
             f.report.bytes += staged.size
-            f.report.committed.append(staged.digest)
             if not fresh:
                 f.report.duplicates += 1
             if self.delete_new and row_id is not None:
@@ -398,4 +396,4 @@ def fetch_accounts(
     return reports
 
 
-__all__ = ["AccountReport", "AccountFetcher", "fetch_accounts", "LiveUidl", "utcnow"]
+__all__ = ["AccountFetcher", "AccountReport", "fetch_accounts"]
