@@ -151,12 +151,22 @@ def notmuch(tmp: Path, maildir: Path, *args: str) -> subprocess.CompletedProcess
     config = tmp / "notmuch-config"
     config.write_text(
         f"[database]\npath={maildir}\n[new]\ntags=inbox\nignore=manifest.json;manifest.jsonl\n"
-        "[user]\nname=Test\nprimary_email=test@example.com\n"
+        "[user]\nname=Test\nprimary_email=test@example.com\n[index]\ndecrypt=false\n"
     )
     env = {**os.environ, "NOTMUCH_CONFIG": str(config), "HOME": str(tmp)}
-    return subprocess.run(
-        [notmuch_binary(), *args], env=env, capture_output=True, text=True, timeout=300, check=True
-    )
+    try:
+        return subprocess.run(
+            [notmuch_binary(), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+    finally:  # signed test mail makes gpgme start agents in HOME; leave none running
+        gnupg = tmp / ".gnupg"
+        if gnupg.exists() and shutil.which("gpgconf"):
+            subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], check=False)
 
 
 def test_notmuch_new_counts_every_exported_message(tmp_path: Path) -> None:
