@@ -241,7 +241,7 @@ def show(
     when = first_ingest(vault.catalog_path, digest)
     parsed = parse_message(data, digest, ingest_time=when)
     if as_json:
-        print_json(message_json(parsed))
+        print_json({"schema": "mailvault/show/v1", **message_json(parsed)})
         return
     for line in render_text(parsed):
         click.echo(line)
