@@ -479,9 +479,11 @@ def _run(opts: Options, root: Path, disk: str) -> Section:
     elapsed = time.monotonic() - started
     versions = {
         "Dovecot": tool_version(["dovecot", "--version"]),
-        "mpop": tool_version(["mpop", "--version"]),
-        "fetchmail": tool_version(["fetchmail", "--version"]),
-        "getmail6": tool_version(["getmail", "--version"]),
+        "mpop": tool_version(["mpop", "--version"]).removeprefix("mpop version "),
+        "fetchmail": tool_version(["fetchmail", "--version"])
+        .removeprefix("This is fetchmail release ")
+        .rstrip("."),
+        "getmail6": tool_version(["getmail", "--version"]).removeprefix("getmail "),
     }
     if not opts.keep_workdir:
         remove_tree(bench.work)
