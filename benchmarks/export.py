@@ -39,6 +39,7 @@ from benchmarks._common import (
     machine_description,
     markdown_table,
     remove_tree,
+    scratch_filesystem,
     text_table,
     tool_version,
 )
@@ -115,10 +116,10 @@ def available() -> str | None:
 
 
 class _Bench:
-    def __init__(self, opts: Options, corp: Corpus) -> None:
+    def __init__(self, opts: Options, corp: Corpus, work: Path) -> None:
         self.opts = opts
         self.corpus = corp
-        self.work = opts.workdir / "export"
+        self.work = work
         self.rows = {tool: Row(tool) for tool in (*EXPORTS, *IMPORTS)}
         self.runs = 0
         self.vault: Path | None = None  # the export source: the last good --no-index import
@@ -266,11 +267,17 @@ def _tree_bytes(path: Path) -> int:
 
 
 def run(opts: Options) -> Section:
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    with scratch_filesystem(opts.workdir / "export-fs") as (root, disk):
+        return _run(opts, root, disk)
+
+
+def _run(opts: Options, root: Path, disk: str) -> Section:
     started = time.monotonic()
     machine = machine_description()
     prepare_python(opts)
     corp = corpus(opts)
-    bench = _Bench(opts, corp)
+    bench = _Bench(opts, corp, root / "export")
     remove_tree(bench.work)
     bench.work.mkdir(parents=True)
     bench.write_one_file()
@@ -301,6 +308,8 @@ def run(opts: Options) -> Section:
     elapsed = time.monotonic() - started
     machine += (
         f"; load average {load_import:.2f} before importing, {load_export:.2f} before exporting"
+        f"; every vault, database, copy and export on {disk}, the source Maildir (only read) "
+        "on the root disk"
     )
     return _report(opts, corp, bench.rows, stored, machine, versions, elapsed)
 

@@ -57,6 +57,7 @@ from benchmarks._common import (
     markdown_table,
     remove_tree,
     run_measured,
+    scratch_filesystem,
     text_table,
     tool_version,
 )
@@ -887,9 +888,15 @@ def missing_tools() -> list[str]:
 
 
 def run(opts: Options) -> Section:
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    with scratch_filesystem(opts.workdir / "search-fs") as (root, disk):
+        return _run(opts, root, disk)
+
+
+def _run(opts: Options, root: Path, disk: str) -> Section:
     started = time.monotonic()
     machine = machine_description()
-    work = opts.workdir / "search"
+    work = root / "search"
     remove_tree(work)
     work.mkdir(parents=True)
     prepare_python(opts)
@@ -931,6 +938,7 @@ def run(opts: Options) -> Section:
         remove_tree(work)
     elapsed = time.monotonic() - started
     machine += f"; load average {load_index:.2f} before indexing, {load_query:.2f} before queries"
+    machine += f"; every store and database on {disk}, the corpus (only read) on the root disk"
     return _report(opts, corp, index_rows, queries, results, qtools, machine, versions, elapsed)
 
 
