@@ -13,12 +13,25 @@ This module only needs ``sqlite3`` so that the search path can append audit entr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+
+# CPython's built-in SHA-256 (same digests): hashlib would load OpenSSL, ~3 ms of every search
+# start-up.  The module is _sha256 up to 3.11 and _sha2 from 3.12; any other Python: hashlib.
+try:
+    from _sha256 import sha256
+except ImportError:
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
+
+# `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 GENESIS = "0" * 64
 LEDGER_FIELDS = ("seq", "at", "kind", "account", "uidl", "sha256", "size", "detail", "prev_hash")
@@ -37,7 +50,7 @@ def canonical(entry: dict[str, Any], fields: tuple[str, ...] = LEDGER_FIELDS) ->
 
 
 def entry_hash(entry: dict[str, Any], fields: tuple[str, ...] = LEDGER_FIELDS) -> str:
-    return hashlib.sha256(canonical(entry, fields)).hexdigest()
+    return sha256(canonical(entry, fields)).hexdigest()
 
 
 def _append(

@@ -28,12 +28,16 @@ import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import tantivy
 
 from mailvault import index as ix
 from mailvault.errors import QuerySyntaxError, SearchError
+
+# `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # -- the user-visible field names ---------------------------------------------------------------
 
@@ -98,7 +102,18 @@ BOOST = re.compile(r"\^(\d+(?:\.\d+)?)$")
 SIZE_VALUE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 DATE_VALUE = re.compile(r"^(\d{4})(?:[-/](\d{1,2})(?:[-/](\d{1,2}))?)?$")
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+# C0/C1 controls, zero-width and bidi controls: each becomes a space (a translate table is
+# cheaper to build at start-up than the equivalent regex).
+CONTROL = dict.fromkeys(
+    [
+        *range(0x00, 0x20),
+        *range(0x7F, 0xA0),
+        *range(0x200B, 0x2010),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ],
+    " ",
+)
 
 SORTS = ("-date", "date", "score")
 SNIPPET_CHARS = 160
@@ -708,7 +723,7 @@ def count(index_dir: Path, query: str) -> int:
 
 def clean(text: str) -> str:
     """No control characters (terminal escapes in a hostile Subject) and no line breaks."""
-    return CONTROL.sub(" ", text)
+    return text.translate(CONTROL)
 
 
 def _fit(text: str, width: int) -> str:

@@ -15,16 +15,16 @@ import contextlib
 import fcntl
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mailvault.errors import UsageError, VaultError, VaultLocked, VaultNotFound
 
-if TYPE_CHECKING:  # imported lazily: the search path needs neither
+# Neither `typing` nor these are imported at run time: the search path needs none of them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     from mailvault.catalog import Catalog
     from mailvault.config import Config
     from mailvault.store import BlobStore
@@ -122,6 +122,12 @@ class Vault:
             os.close(fd)
 
 
+def _new_vault_id() -> str:
+    import uuid  # imported here: uuid loads platform, a few ms the search path does not need
+
+    return str(uuid.uuid4())
+
+
 def init_vault(root: Path) -> Vault:
     """Create a new, empty vault (idempotent on an existing vault: nothing is overwritten)."""
     if (root / "vault.json").exists():
@@ -140,7 +146,7 @@ def init_vault(root: Path) -> Vault:
         marker = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "vault_id": str(uuid.uuid4()),
+            "vault_id": _new_vault_id(),
             "created_at": utcnow(),
             "hash": "sha256",
         }
