@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from pathlib import Path
 
-# `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
+# Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
+# search` start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 

@@ -7,10 +7,8 @@ shown (fail closed).  There is no flag that turns this off.
 
 from __future__ import annotations
 
-import getpass
 import os
 import sqlite3
-from pathlib import Path
 
 from mailvault import ledger
 from mailvault.errors import CatalogError
@@ -22,16 +20,28 @@ if TYPE_CHECKING:
 
 
 def os_user() -> str:
+    """As getpass.getuser() (the login name from the environment, else the password database),
+    without importing getpass, which loads termios: part of every search's start-up."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, OSError, ImportError):
         return f"uid {os.getuid()}"
 
 
-def record(vault_root: Path, command: str, query: str | None, results: int, **detail: Any) -> None:
+def record(
+    vault_root: str | os.PathLike[str], command: str, query: str | None, results: int, **detail: Any
+) -> None:
     """Append one durable, hash-chained audit entry."""
     try:
-        db = sqlite3.connect(vault_root / "catalog.sqlite", timeout=60, isolation_level=None)
+        db = sqlite3.connect(
+            os.path.join(vault_root, "catalog.sqlite"), timeout=60, isolation_level=None
+        )
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")

@@ -49,16 +49,18 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 
 import tantivy
 
 from mailvault._fs import fsync_dir
 from mailvault.errors import SearchError
 
-# `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
+# Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
+# search` start-up.  Writers pass Path objects; the search path (open_for_search and what it
+# calls) uses os.path, so it takes any path.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
     from mailvault.parse.model import Address, ParsedMessage
@@ -169,17 +171,21 @@ def display(text: str) -> str:
 # -- layout ------------------------------------------------------------------------------------
 
 
+NEW_SUFFIX = ".new"  # index.new: a rebuild in progress, or a swap a crash interrupted
+
+
 def new_path(index_dir: Path) -> Path:
-    return index_dir.with_name(index_dir.name + ".new")
+    return index_dir.with_name(index_dir.name + NEW_SUFFIX)
 
 
 def old_path(index_dir: Path) -> Path:
     return index_dir.with_name(index_dir.name + ".old")
 
 
-def read_marker(index_dir: Path) -> dict[str, Any] | None:
+def read_marker(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
-        marker = json.loads((index_dir / MARKER).read_text(encoding="utf-8"))
+        with open(os.path.join(index_dir, MARKER), encoding="utf-8") as fh:
+            marker = json.load(fh)
     except (OSError, ValueError):
         return None
     if not isinstance(marker, dict) or marker.get("format") != INDEX_FORMAT:
@@ -187,9 +193,11 @@ def read_marker(index_dir: Path) -> dict[str, Any] | None:
     return marker
 
 
-def is_complete(index_dir: Path) -> bool:
+def is_complete(index_dir: str | os.PathLike[str]) -> bool:
     """A directory with our marker (written last) and tantivy's meta.json."""
-    return read_marker(index_dir) is not None and (index_dir / "meta.json").exists()
+    return read_marker(index_dir) is not None and os.path.exists(
+        os.path.join(index_dir, "meta.json")
+    )
 
 
 def write_marker(index_dir: Path, **extra: Any) -> None:
@@ -254,7 +262,7 @@ def swap_in(index_dir: Path) -> None:
 # -- opening -----------------------------------------------------------------------------------
 
 
-def _check_marker(index_dir: Path) -> None:
+def _check_marker(index_dir: str | os.PathLike[str]) -> None:
     marker = read_marker(index_dir)
     if marker is None:
         raise SearchError(
@@ -268,16 +276,17 @@ def _check_marker(index_dir: Path) -> None:
         )
 
 
-def open_for_search(index_dir: Path) -> tantivy.Index:
+def open_for_search(index_dir: str | os.PathLike[str]) -> tantivy.Index:
     """Open the live index read-only (no lock; tolerates a swap in progress)."""
-    candidates = [index_dir]
-    if not (index_dir / "meta.json").exists():
-        candidates.append(new_path(index_dir))  # crashed between the two renames of a swap
+    live = os.fspath(index_dir)
+    candidates = [live]
+    if not os.path.exists(os.path.join(live, "meta.json")):
+        candidates.append(live + NEW_SUFFIX)  # crashed between the two renames of a swap
     for path in candidates:
-        if (path / "meta.json").exists() and (path is index_dir or is_complete(path)):
+        if os.path.exists(os.path.join(path, "meta.json")) and (path is live or is_complete(path)):
             _check_marker(path)
             try:
-                return _register(tantivy.Index.open(str(path)))
+                return _register(tantivy.Index.open(path))
             except ValueError as exc:
                 raise SearchError(
                     f"cannot open the index at {path}: {exc}; rebuild it with `mailvault reindex`"

@@ -22,21 +22,23 @@ Words next to each other must all match (AND); AND binds tighter than OR.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import tantivy
 
 from mailvault import index as ix
 from mailvault.errors import QuerySyntaxError, SearchError
 
-# `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
+# Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
+# search` start-up (paths are handled with os.path here; callers may pass Path objects).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 # -- the user-visible field names ---------------------------------------------------------------
@@ -558,7 +560,7 @@ class Results:
 class Searcher:
     """An opened index and a parsed query: count it, or fetch one page of hits."""
 
-    def __init__(self, index_dir: Path, query: str) -> None:
+    def __init__(self, index_dir: str | os.PathLike[str], query: str) -> None:
         self.query_text = query
         self.translated, self.words = _translate(query)
         self.index = ix.open_for_search(index_dir)
@@ -647,14 +649,17 @@ def _snippet(
     """The best fragment of the body, whitespace collapsed, with char ranges of the terms.
 
     Tantivy's generator tokenizes the text it is given, so it gets a window of the body around
-    the first place a query word occurs (found with a plain lower-case search) rather than the
-    whole body; where that finds nothing (accents folded away) it gets the first 20,000 chars.
+    the first place a query word occurs (found with a plain search, as written and then
+    lower-cased: lower-casing a long body costs more than the search) rather than the whole
+    body; where that finds nothing (accents folded away) it gets the first 20,000 chars.
     """
     body = str(_first(doc, "body"))
     if generator is None or not words:
         return " ".join(ix.display(body[: SNIPPET_CHARS * 3]).split())[:SNIPPET_CHARS], []
-    low = body.lower()
-    found = [p for p in (low.find(w) for w in words) if p >= 0]
+    found = [p for p in (body.find(w) for w in words) if p >= 0]
+    if not found:
+        low = body.lower()
+        found = [p for p in (low.find(w) for w in words) if p >= 0]
     start = max(min(found) - 400, 0) if found else 0
     window = body[start : start + (1600 if found else 20_000)]
     if start:
@@ -781,7 +786,7 @@ def iter_lines(results: Results, *, mode: str, color: bool) -> Iterator[str]:
 
 
 def run(
-    vault_root: Path,
+    vault_root: str | os.PathLike[str],
     query: str,
     *,
     limit: int = 50,
@@ -794,11 +799,11 @@ def run(
 
     Click-free, so that a fast entry point can call it without importing the CLI group.
     """
-    from mailvault.vault import open_vault
+    from mailvault.vault import check_vault
 
     stream = out or sys.stdout
-    open_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
-    searcher = Searcher(vault_root / "index", query)
+    check_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
+    searcher = Searcher(os.path.join(vault_root, "index"), query)
     if mode == "count":
         n = searcher.count()
         audit(vault_root, "search", query, n, mode=mode)
@@ -814,22 +819,20 @@ def run(
             stream.write(line + "\n")
         stream.flush()
     except BrokenPipeError:  # `mailvault search x | head`
-        import os
-
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     return 0 if hits else 1
 
 
-def audit(vault_root: Path, command: str, query: str | None, results: int, **detail: Any) -> None:
+def audit(
+    vault_root: str | os.PathLike[str], command: str, query: str | None, results: int, **detail: Any
+) -> None:
     from mailvault.audit import record
 
     record(vault_root, command, query, results, **detail)
 
 
 def _isatty(stream: Any) -> bool:
-    import os
-
     if os.environ.get("NO_COLOR"):
         return False
     try:
@@ -849,8 +852,6 @@ def fast_main(argv: list[str]) -> int | None:
     CLI group; None when ``argv`` is anything else (help, other commands, odd options), so the
     caller falls back to the full CLI, which gives the same results and messages.
     """
-    import os
-
     args = list(argv)
     vault: str | None = None
     while args and args[0] != "search":
@@ -903,7 +904,7 @@ def fast_main(argv: list[str]) -> int | None:
     from mailvault.errors import MailvaultError
 
     try:
-        return run(Path(vault), " ".join(words), mode=modes[0] if modes else "text", **opts)
+        return run(vault, " ".join(words), mode=modes[0] if modes else "text", **opts)
     except MailvaultError as exc:
         sys.stderr.write(f"mailvault: error: {exc}\n")
         return exc.exit_code

@@ -18,13 +18,16 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cached_property
-from pathlib import Path
 
 from mailvault.errors import UsageError, VaultError, VaultLocked, VaultNotFound
 
-# Neither `typing` nor these are imported at run time: the search path needs none of them.
+# None of these is imported at run time: `mailvault search` opens a vault too, and `typing`
+# and `pathlib` alone are several ms of its start-up (callers pass Path objects; the checks
+# below use os.path, so they take any path).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from mailvault.catalog import Catalog
     from mailvault.config import Config
     from mailvault.store import BlobStore
@@ -162,11 +165,17 @@ def init_vault(root: Path) -> Vault:
     return vault
 
 
-def check_ownership(root: Path) -> None:
+def check_ownership(root: str | os.PathLike[str]) -> None:
     """Refuse a vault others could have written to: its contents could not be trusted."""
-    for path in (root, root / "objects", root / "catalog.sqlite", root / "mailvault.toml"):
+    join = os.path.join
+    for path in (
+        os.fspath(root),
+        join(root, "objects"),
+        join(root, "catalog.sqlite"),
+        join(root, "mailvault.toml"),
+    ):
         try:
-            info = path.stat()
+            info = os.stat(path)
         except FileNotFoundError:
             continue
         if info.st_uid != os.geteuid():
@@ -176,7 +185,7 @@ def check_ownership(root: Path) -> None:
             )
         if info.st_mode & 0o022:
             mode = info.st_mode & 0o777
-            fix = 700 if path.is_dir() else 600
+            fix = 700 if os.path.isdir(path) else 600
             raise VaultError(
                 f"{path} is writable by other users (mode {mode:o}); run `chmod {fix} {path}` "
                 "and check that nobody changed the vault"
@@ -185,15 +194,22 @@ def check_ownership(root: Path) -> None:
 
 def open_vault(root: Path) -> Vault:
     """Open an existing vault, checking its format marker and who could have written to it."""
-    marker_path = root / "vault.json"
-    if not marker_path.exists():
+    return Vault(root=root, vault_id=check_vault(root))
+
+
+def check_vault(root: str | os.PathLike[str]) -> str:
+    """The vault's id, once its marker and permissions are checked; takes any path (and uses
+    os.path), so that `mailvault search` need not import pathlib."""
+    marker_path = os.path.join(root, "vault.json")
+    if not os.path.exists(marker_path):
         raise VaultNotFound(
             f"no vault at {root}; create one with `mailvault init --vault {root}` "
             "or point --vault / MAILVAULT_VAULT at an existing one"
         )
     check_ownership(root)
     try:
-        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+        with open(marker_path, encoding="utf-8") as fh:
+            marker = json.load(fh)
     except (OSError, ValueError) as exc:
         raise VaultError(f"{marker_path} is unreadable ({exc}); restore it from a backup") from None
     if marker.get("format") != FORMAT or marker.get("version") != FORMAT_VERSION:
@@ -201,4 +217,4 @@ def open_vault(root: Path) -> Vault:
             f"{marker_path}: unsupported vault format {marker.get('format')!r} "
             f"version {marker.get('version')!r}; upgrade mailvault"
         )
-    return Vault(root=root, vault_id=str(marker["vault_id"]))
+    return str(marker["vault_id"])
