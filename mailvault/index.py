@@ -150,6 +150,8 @@ def normalize(text: str) -> str:
     if text.isascii():
         return text.replace("\x00", "")
     text = unicodedata.normalize("NFC", text).replace("\x00", "").replace(JOINER, "")
+    if max(text, default="\x00") < CJK[0]:  # no character at or above U+3040: no CJK run
+        return text
     return _cjk_run().sub(_join_run, text)
 
 
