@@ -87,6 +87,12 @@ WRITER_THREADS = 1
 
 ADDRESS_FIELDS = ("from", "to", "cc", "bcc")
 
+# Tantivy stores dates as nanoseconds in an i64 (1677-09-21 to 2262-04-11); a Date header
+# outside these bounds is indexed as an unknown date, like a missing one.
+UNKNOWN_DATE = datetime(1970, 1, 1, tzinfo=UTC)
+DATE_MIN = datetime(1678, 1, 1, tzinfo=UTC)
+DATE_MAX = datetime(2262, 1, 1, tzinfo=UTC)
+
 # Fields an unfielded word searches, with their score boosts.
 DEFAULT_FIELDS = ("subject", "body", "from", "to", "cc", "bcc", "attachment", "attachment_text")
 FIELD_BOOSTS = {"subject": 2.0, "from": 1.5}
@@ -363,7 +369,9 @@ def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.D
             doc.add_text("attachment", normalize(att.filename))
         if att.text:
             doc.add_text("attachment_text", normalize(att.text))
-    date = msg.date or datetime(1970, 1, 1, tzinfo=UTC)
+    date = msg.date
+    if date is None or not DATE_MIN <= date <= DATE_MAX:
+        date = UNKNOWN_DATE  # a forged or garbled year (3609 in real mail) is no date at all
     doc.add_date("date", date.astimezone(UTC))
     doc.add_unsigned("size", max(int(msg.size), 0))
     doc.add_boolean("has_attachment", bool(msg.attachments))

@@ -404,3 +404,19 @@ def test_imported_account_is_searchable(tmp_path: Path) -> None:
     conn.close()
     assert catch_up(vault).indexed == 1
     assert _ids(vault, "account:archive2019") == [digest]
+
+
+@pytest.mark.parametrize("year", ["3609", "1500", "1066"])
+def test_a_date_outside_tantivys_range_is_indexed_as_unknown(tmp_path: Path, year: str) -> None:
+    """Real mail has Date headers in the year 3609: indexing must not stop at them."""
+    raw = (
+        f"From: a@example.com\r\nTo: b@example.com\r\nSubject: time traveller\r\n"
+        f"Date: Sat, 30 Jun {year} 09:33:50 +0000\r\nMessage-ID: <tt-{year}@example.com>\r\n"
+        "\r\nThe word chronoxyl is here.\r\n"
+    ).encode()
+    vault, _, names = build_vault(tmp_path / "vault", generated(3, seed=5), {"odd": raw})
+    report = catch_up(vault)
+    assert report.indexed == 4
+    hits = Searcher(vault.index_path, "chronoxyl").page(limit=0, snippets=False)
+    assert [h.id for h in hits] == [names["odd"]]
+    assert hits[0].date is not None and hits[0].date.year == 1970
