@@ -4,17 +4,19 @@
 #   make bench  side-by-side benchmarks (see docs/benchmarks.md)
 
 SHELL := /bin/bash
-PYTHON ?= python3
+# The platform's Python when there is one: Debian builds it with PGO and LTO, which makes every
+# command ~30% faster than an unoptimised build (pyenv's default) of the same version.
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := dovecot-core dovecot-pop3d notmuch
+SYSTEM_PACKAGES := python3-venv dovecot-core dovecot-pop3d notmuch
 BENCH_PACKAGES := mpop fetchmail getmail6 notmuch maildir-utils time
 
 .PHONY: test demo bench lint typecheck unit system-deps bench-deps clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)

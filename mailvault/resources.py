@@ -11,7 +11,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+_PACKAGE = Path(__file__).resolve().parent
+# An installed wheel has its copy in the package; a source checkout has the repository's.
+SCHEMAS_DIR = (
+    _PACKAGE / "_schemas" if (_PACKAGE / "_schemas").is_dir() else _PACKAGE.parent / "schemas"
+)
 
 
 def schema_path(name: str) -> Path:
