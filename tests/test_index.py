@@ -420,3 +420,22 @@ def test_a_date_outside_tantivys_range_is_indexed_as_unknown(tmp_path: Path, yea
     hits = Searcher(vault.index_path, "chronoxyl").page(limit=0, snippets=False)
     assert [h.id for h in hits] == [names["odd"]]
     assert hits[0].date is not None and hits[0].date.year == 1970
+
+
+def test_every_message_of_the_corpora_is_indexed_and_verifies(tmp_path: Path) -> None:
+    """Torture tests, broken charsets and garbled dates: indexing never stops at one message."""
+    from tests.test_export_kit import catalog_set, cli_json, corpora_dir, corpora_files, new_vault
+
+    singles, mboxes = corpora_files(corpora_dir())
+    emls = tmp_path / "emls"
+    emls.mkdir()
+    for i, path in enumerate(singles):
+        (emls / f"{i:05d}.eml").write_bytes(path.read_bytes())
+    vault = new_vault(tmp_path / "vault")
+    code, report = cli_json(vault, "import", "--no-index", str(emls), *map(str, mboxes))
+    assert code == 0, report["rejected"]
+    code, indexed = cli_json(vault, "index")
+    assert code == 0, indexed
+    assert indexed["indexed"] == len(catalog_set(vault)) > 1000
+    code, verified = cli_json(vault, "verify")
+    assert code == 0 and verified["ok"] and verified["findings"] == [], verified
