@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -92,8 +93,26 @@ class IndexReport:
 _WORKER_STORE: list[BlobStore] = []
 
 
-def _worker_init(root: str) -> None:
+def _worker_init(root: str, parent: int) -> None:
+    _die_with_parent(parent)
     _WORKER_STORE[:] = [BlobStore(Path(root))]
+
+
+def _die_with_parent(parent: int) -> None:
+    """A parse worker whose parent is killed (SIGKILL, OOM killer) would otherwise block on its
+    result pipe forever: ask Linux to kill it with the parent (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import ctypes.util
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF is all there is
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _ingest_time(text: str) -> datetime:
@@ -148,7 +167,10 @@ class _Parser:
             method = "fork" if "fork" in methods else "spawn"
             context = multiprocessing.get_context(method)
             self.pool = ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_worker_init, initargs=(str(root),)
+                workers,
+                mp_context=context,
+                initializer=_worker_init,
+                initargs=(str(root), os.getpid()),
             )
             self.pool.submit(_noop).result()
 

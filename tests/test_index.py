@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,24 @@ def _meta(vault: Vault, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def _wait_for_no_process_with(arg: str, timeout: float = 10.0) -> bool:
+    """True once no process has ``arg`` among its command-line arguments."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if arg.encode() in cmdline:
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _unindexed(vault: Vault) -> int:
@@ -185,8 +204,11 @@ def test_killed_mid_run_then_catch_up_is_consistent(tmp_path: Path) -> None:
             indexer.catch_up(vault, progress=progress)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=120)
+    marker = f"killed-run-{os.getpid()}-{tmp_path.name}"
+    proc = subprocess.run([sys.executable, "-c", script, marker], cwd=REPO, timeout=120)
     assert proc.returncode == -signal.SIGKILL
+    # Its parse workers die with it instead of blocking on their result pipe forever.
+    assert _wait_for_no_process_with(marker), "orphaned parse workers left running"
     indexed_before = _num_docs(vault)
     assert 0 < indexed_before < len(digests)
     report = catch_up(vault)
