@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mailvault import index as ix
+from mailvault._workers import die_with_parent
 from mailvault.catalog import Catalog, utcnow
 from mailvault.errors import MailvaultError
 from mailvault.parse import parse_message
@@ -94,25 +95,8 @@ _WORKER_STORE: list[BlobStore] = []
 
 
 def _worker_init(root: str, parent: int) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     _WORKER_STORE[:] = [BlobStore(Path(root))]
-
-
-def _die_with_parent(parent: int) -> None:
-    """A parse worker whose parent is killed (SIGKILL, OOM killer) would otherwise block on its
-    result pipe forever: ask Linux to kill it with the parent (PR_SET_PDEATHSIG)."""
-    import ctypes
-    import ctypes.util
-    import signal
-
-    pr_set_pdeathsig = 1
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the pipe's EOF is all there is
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _ingest_time(text: str) -> datetime:

@@ -1,0 +1,24 @@
+"""Process-pool workers that never outlive the command that started them."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+
+def die_with_parent(parent: int) -> None:
+    """Call first thing in a pool worker (``initializer``), with the parent's pid.
+
+    A worker whose parent is killed (SIGKILL, the OOM killer) would otherwise block on its
+    result pipe forever; Linux kills it with the parent instead (PR_SET_PDEATHSIG).
+    """
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF is all there is
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
