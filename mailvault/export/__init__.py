@@ -1,16 +1,22 @@
 """`mailvault export`: copy messages out of the vault as Maildir, mbox (mboxrd) or EML files.
 
-The loop, per selected message (see ``selection.py`` for the selection and its order):
+Per selected message (see ``selection.py`` for the selection and its order), in one of two ways:
 
-1. If the target already holds it (Maildir/EML re-export), hash that file: if it is right, list
-   it in the manifest and move on; if not, say so and write a fresh copy.
-2. Stream the blob (``BlobStore.iter_chunks``, flat memory), re-hashing it on the way: a blob that
-   no longer matches its name aborts the export instead of being exported.
-3. Peek at the header block (at most 1 MiB) for the manifest's Message-ID and date and the mbox
-   From_ line; convert CRLF to LF if asked (``exported_sha256`` then records the converted
-   bytes); hand the stream to the target, which makes it durable in batches.
-4. When every message is durable, write the manifest (``manifest.py``) and record the export in
-   the audit log.
+* Small messages (nearly all; see ``blobs.WHOLE_MAX``) that the target does not hold yet are
+  prepared whole by ``pipeline.py``, in worker processes when there are enough of them: the blob
+  read in one piece and re-hashed (a blob that no longer matches its name is left to the
+  streaming path, which stops the export), the header fields found, CRLF turned into LF if asked
+  (``exported_sha256`` then records the converted bytes), then ``From `` lines quoted (mbox) or
+  the message written to a temporary file (Maildir, EML).  The main process places them in
+  selection order: the mbox writes, the renames of each durable batch, the manifest lines.
+* Everything else goes through ``Exporter.one`` in the main process: if the target already
+  holds the message (Maildir/EML re-export), hash that file, and if it is right list it and move
+  on, if not say so and write a fresh copy; otherwise stream the blob (flat memory for any
+  size), re-hashing it on the way, peek at the header block (at most 1 MiB), convert, and hand
+  the stream to the target.
+
+When every message is durable, the manifest (``manifest.py``) is put in place and the export
+recorded in the audit log.
 
 Nothing here imports click: the CLI passes a progress callback.
 """
@@ -19,28 +25,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
 from mailvault import __version__
 from mailvault.catalog import utcnow
-from mailvault.errors import StoreError, UsageError
+from mailvault.errors import UsageError
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import Target
+from mailvault.export.blobs import stream_verified
 from mailvault.export.eml import EmlTarget
 from mailvault.export.maildir import MaildirTarget
 from mailvault.export.manifest import (
     SCHEMA_ID,
     ManifestWriter,
     check_writable_manifest,
+    entry_line,
+    manifest_entry,
     manifest_paths,
     read_summary,
 )
 from mailvault.export.mbox import MboxTarget
+from mailvault.export.pipeline import Pipeline, Prepared, worker_count
 from mailvault.export.selection import Selected, Selection
 from mailvault.export.transform import MessageMeta, message_meta, peek_header, to_lf
 from mailvault.store import READ_CHUNK, BlobStore
@@ -90,24 +98,6 @@ class _Hashing:
             yield chunk
 
 
-def _verified(store: BlobStore, digest: str) -> Generator[bytes, None, None]:
-    """The blob's bytes; raises at the end if they do not hash to the blob's name."""
-    h = hashlib.sha256()
-    try:
-        for chunk in store.iter_chunks(digest):
-            h.update(chunk)
-            yield chunk
-    except (OSError, zstandard.ZstdError) as exc:
-        raise StoreError(
-            f"blob {digest} cannot be read ({exc}); the export stopped: run `mailvault verify`"
-        ) from None
-    if h.hexdigest() != digest:
-        raise ExportError(
-            f"blob {digest} no longer matches its sha256 (the stored copy is damaged); the "
-            "export stopped without writing it: run `mailvault verify`"
-        )
-
-
 def _hash_file(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
@@ -138,7 +128,7 @@ class _Exporter:
         self.run = _Run()
 
     def _meta(self, src: Selected) -> MessageMeta:
-        chunks = _verified(self.store, src.sha256)
+        chunks = stream_verified(self.store, src.sha256)
         try:
             header, _ = peek_header(chunks)
         finally:
@@ -147,7 +137,7 @@ class _Exporter:
 
     def _lf_hash(self, digest: str) -> str:
         h = hashlib.sha256()
-        for chunk in to_lf(_verified(self.store, digest)):
+        for chunk in to_lf(stream_verified(self.store, digest)):
             h.update(chunk)
         return h.hexdigest()
 
@@ -166,7 +156,7 @@ class _Exporter:
                 continue
             expected = self._lf_hash(src.sha256) if self.lf else src.sha256
             if actual == expected:
-                entry = self._entry(src, self._meta(src), size, path=relative)
+                entry = manifest_entry(src.sha256, self._meta(src), size, path=relative)
                 if self.lf:
                     entry["exported_sha256"] = actual
                 return entry, None
@@ -177,44 +167,35 @@ class _Exporter:
             bad = relative
         return None, bad
 
-    def _entry(
-        self,
-        src: Selected,
-        meta: MessageMeta,
-        size: int,
-        *,
-        path: str | None = None,
-        offset: int | None = None,
-    ) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "sha256": src.sha256,
-            "message_id": meta.message_id,
-            "date": meta.date.isoformat(),
-            "date_source": "header" if meta.date_from_header else "ingest",
-            "size": size,
-        }
-        if path is not None:
-            entry["path"] = path
-        if offset is not None:
-            entry["offset"] = offset
-            entry["length"] = size
-        return entry
+    def placed(self, src: Selected, data: bytes, item: Prepared) -> str:
+        """Put a message prepared whole in place; its manifest line."""
+        self.run.count += 1
+        self.run.added += 1
+        self.run.total_bytes += item.size
+        if item.tmp:
+            self.target.place_staged(src.sha256, item.tmp, item.relative, item.size)
+            return item.line
+        offset = self.target.place_record(memoryview(data)[item.start : item.end], item.from_len)
+        return f"{item.line}{offset}{item.tail}"
 
     def one(self, src: Selected) -> dict[str, Any]:
+        """Export one message in the main process, streamed (flat memory for any size)."""
         self.run.count += 1
         existing, bad = self._existing(src)
         if existing is not None:
             self.run.skipped += 1
             self.run.total_bytes += int(existing["size"])
             return existing
-        header, chunks = peek_header(_verified(self.store, src.sha256))
+        header, chunks = peek_header(stream_verified(self.store, src.sha256))
         meta = message_meta(header, src.ingested)
         body: Iterable[bytes] = to_lf(chunks) if self.lf else chunks
         hashing = _Hashing(body)
         placed = self.target.write(src.sha256, meta, hashing, bad)
         self.run.added += 1
         self.run.total_bytes += placed.size
-        entry = self._entry(src, meta, placed.size, path=placed.path, offset=placed.offset)
+        entry = manifest_entry(
+            src.sha256, meta, placed.size, path=placed.path, offset=placed.offset
+        )
         if self.lf:
             entry["exported_sha256"] = hashing.hash.hexdigest()
         return entry
@@ -279,12 +260,23 @@ def export(
                 writer = ManifestWriter(
                     *paths, keep_existing=options.append and options.fmt == "mbox"
                 )
-            for done, src in enumerate(selection, 1):
-                entry = exporter.one(src)
-                if writer is not None:
-                    writer.add(entry)
-                if progress is not None:
-                    progress(done, total)
+            pipeline = Pipeline(
+                exporter.store,
+                exporter.target,
+                lf=exporter.lf,
+                total=total,
+                workers=worker_count(),
+            )
+            with pipeline:
+                for done, (src, data, item) in enumerate(pipeline.messages(selection), 1):
+                    if item is not None:
+                        line = exporter.placed(src, data, item)
+                    else:
+                        line = entry_line(exporter.one(src))
+                    if writer is not None:
+                        writer.add_line(line)
+                    if progress is not None:
+                        progress(done, total)
             exporter.target.close()
             run = exporter.run
             summary: dict[str, Any] = {

@@ -9,17 +9,24 @@ an error or a crash leaves at most temporary files, and the error path removes t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from mailvault._fs import fsync_dir, sync_filesystem
-from mailvault.export._errors import target_error
+from mailvault.export._errors import ExportError, target_error
 from mailvault.export.transform import MessageMeta
 
-BATCH_MESSAGES = 256
+_SYNC_FILE_RANGE_WRITE = 2
+
+BATCH_MESSAGES = 1024  # a syncfs (a journal commit) per batch: fewer, bigger batches cost less
 BATCH_BYTES = 32 * 1024 * 1024
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -34,8 +41,26 @@ class Placed:
     offset: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A whole message written to a temporary file (perhaps by a worker), not yet in place."""
+
+    tmp: str  # absolute path of the temporary file
+    relative: str  # its final name, relative to the target
+    size: int
+
+
 class Target(ABC):
-    """One export destination."""
+    """One export destination.
+
+    Two ways in: ``write`` streams one message (any size, main process only); for a small
+    message prepared whole, ``stage`` writes it to a temporary file (in a worker process, for
+    targets that can: ``in_order`` is False) and ``place_staged`` schedules its rename, or, for
+    a target that must be written in order (mbox, ``in_order`` True), ``place_record`` appends
+    the prepared bytes.
+    """
+
+    in_order = False
 
     @abstractmethod
     def open(self) -> None:
@@ -54,6 +79,18 @@ class Target(ABC):
     ) -> Placed:
         """Write one message; the bytes become durable and visible at the next batch or close."""
 
+    def stage(self, digest: str, data: bytes) -> Staged:
+        """Write one whole message to a temporary file; may run in a worker process."""
+        raise NotImplementedError
+
+    def place_staged(self, digest: str, tmp: str, relative: str, size: int) -> None:
+        """Schedule a staged file's rename into place (with the next batch)."""
+        raise NotImplementedError
+
+    def place_record(self, record: memoryview, from_len: int) -> int:
+        """Append a prepared From_ line, message and separator; the message's offset."""
+        raise NotImplementedError
+
     @abstractmethod
     def close(self) -> None:
         """Make everything written durable and visible."""
@@ -63,6 +100,30 @@ class Target(ABC):
         """Remove whatever this export left half-done; never raises."""
 
 
+@cache
+def _sync_file_range() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):  # not Linux/glibc: the final sync does all the work
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Have the kernel start writing these bytes to disk now, without waiting for it.
+
+    Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; length 0 means to the end of the file.
+    Only a head start, never a durability promise (the later fsync or syncfs is that): without
+    it every byte of the export waits in the page cache for the final sync, so the disk idles
+    while the CPU works and the CPU idles while the disk writes.
+    """
+    function = _sync_file_range()
+    if function is not None:
+        function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -70,7 +131,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def write_new_file(path: Path, chunks: Iterable[bytes]) -> int:
+def write_new_file(path: str | Path, chunks: Iterable[bytes]) -> int:
     """Create ``path`` (which must not exist) from ``chunks``; on any failure remove it again.
 
     OS errors on the target become ``ExportError``; errors raised while producing the chunks
@@ -79,14 +140,14 @@ def write_new_file(path: Path, chunks: Iterable[bytes]) -> int:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     except OSError as exc:
-        raise target_error("creating", path, exc) from None
+        raise target_error("creating", Path(path), exc) from None
     size = 0
     try:
         for chunk in chunks:
             try:
                 write_all(fd, chunk)
             except OSError as exc:
-                raise target_error("writing", path, exc) from None
+                raise target_error("writing", Path(path), exc) from None
             size += len(chunk)
         try:
             os.close(fd)
@@ -97,49 +158,98 @@ def write_new_file(path: Path, chunks: Iterable[bytes]) -> int:
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(path)
         raise
     return size
 
 
 class DirBatch:
-    """Temp files waiting for one syncfs, then their renames, then one fsync per directory."""
+    """Temp files waiting for one syncfs, then their renames, then one fsync per directory.
+
+    A full batch is finished by a background thread while the export goes on writing the next
+    one: ``syncfs`` waits for the disk, and in the main thread that wait would stall everything
+    else.  Batches are finished one at a time, in order, each exactly as before (data durable,
+    then the renames, then the directories), so a file at a final name is still always
+    complete.  ``flush`` waits until every batch is finished; an error of the thread surfaces at
+    the next ``add`` or ``flush``; ``abort`` waits for the thread, then removes every temp file
+    not renamed.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.pending: list[tuple[Path, Path, Path | None]] = []
+        self.pending: list[tuple[str, str, str | None]] = []
         self.bytes = 0
+        self._handed: list[list[tuple[str, str, str | None]]] = []  # given to the thread
+        self._queue: queue.Queue[list[tuple[str, str, str | None]] | None] = queue.Queue(1)
+        self._thread: threading.Thread | None = None
+        self._error: ExportError | None = None
 
-    def add(self, tmp: Path, final: Path, replaced: Path | None, size: int) -> None:
-        self.pending.append((tmp, final, replaced))
+    def add(self, tmp: str | Path, final: str | Path, replaced: Path | None, size: int) -> None:
+        self._raise_error()
+        self.pending.append((str(tmp), str(final), None if replaced is None else str(replaced)))
         self.bytes += size
         if len(self.pending) >= BATCH_MESSAGES or self.bytes >= BATCH_BYTES:
-            self.flush()
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        batch, self.pending, self.bytes = self.pending, [], 0
+        self._handed.append(batch)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="export-batches", daemon=True)
+            self._thread.start()
+        self._queue.put(batch)  # waits while another batch is already queued
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # left for abort() to remove
+            try:
+                self._finish(batch)
+            except OSError as exc:
+                self._error = target_error("finishing files in", self.root, exc)
+            except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+                self._error = ExportError(f"finishing files in {self.root} failed: {exc}")
+
+    def _finish(self, batch: list[tuple[str, str, str | None]]) -> None:
+        sync_filesystem(self.root)
+        dirs: set[str] = set()
+        while batch:
+            tmp, final, replaced = batch[0]
+            os.rename(tmp, final)
+            batch.pop(0)
+            if replaced is not None and replaced != final:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(replaced)
+            dirs.add(os.path.dirname(final))
+        for directory in sorted(dirs):
+            fsync_dir(Path(directory))
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        try:
-            sync_filesystem(self.root)
-            dirs: set[Path] = set()
-            while self.pending:
-                tmp, final, replaced = self.pending[0]
-                os.rename(tmp, final)
-                self.pending.pop(0)
-                if replaced is not None and replaced != final:
-                    replaced.unlink(missing_ok=True)
-                dirs.add(final.parent)
-            for directory in sorted(dirs):
-                fsync_dir(directory)
-        except OSError as exc:
-            raise target_error("finishing files in", self.root, exc) from None
-        self.bytes = 0
+        """Every file added so far durable and in place when this returns."""
+        if self.pending:
+            self._hand_over()
+        self._stop()
+        self._raise_error()
+        self._handed.clear()
 
     def abort(self) -> None:
-        for tmp, _, _ in self.pending:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        self.pending.clear()
+        self._stop()
+        for batch in [*self._handed, self.pending]:
+            for tmp, _, _ in batch:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        self._handed.clear()
+        self.pending = []
         self.bytes = 0
 
 

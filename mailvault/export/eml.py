@@ -14,7 +14,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mailvault.export._errors import ExportError, target_error
-from mailvault.export._target import DirBatch, Placed, Target, make_dirs, write_new_file
+from mailvault.export._target import (
+    DirBatch,
+    Placed,
+    Staged,
+    Target,
+    make_dirs,
+    write_new_file,
+)
 from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
 
@@ -72,7 +79,18 @@ class EmlTarget(Target):
         name = f"{digest}.eml"
         tmp = self.out / f".{name}.tmp-{secrets.token_hex(6)}"
         size = write_new_file(tmp, chunks)
-        self.batch.add(tmp, self.out / name, None, size)
+        return self._add(str(tmp), name, size)
+
+    def stage(self, digest: str, data: bytes) -> Staged:
+        name = f"{digest}.eml"
+        tmp = f"{self.out}/.{name}.tmp-{secrets.token_hex(6)}"
+        return Staged(tmp, name, write_new_file(tmp, (data,)))
+
+    def place_staged(self, digest: str, tmp: str, relative: str, size: int) -> None:
+        self._add(tmp, relative, size)
+
+    def _add(self, tmp: str, name: str, size: int) -> Placed:
+        self.batch.add(tmp, f"{self.out}/{name}", None, size)
         self.names.add(name)
         return Placed(size=size, path=name)
 

@@ -20,7 +20,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mailvault.export._errors import ExportError, target_error
-from mailvault.export._target import DirBatch, Placed, Target, make_dirs, write_new_file
+from mailvault.export._target import (
+    DirBatch,
+    Placed,
+    Staged,
+    Target,
+    make_dirs,
+    write_new_file,
+)
 from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
 
@@ -43,7 +50,6 @@ class MaildirTarget(Target):
         self.out = out
         self.line_endings = line_endings
         self.host = _host()
-        self.pid = os.getpid()
         self.batch = DirBatch(out)
         self.existing: dict[str, list[str]] = {}
 
@@ -97,20 +103,35 @@ class MaildirTarget(Target):
     def resolve(self, relative: str) -> Path:
         return self.out / relative
 
+    def _base(self) -> str:
+        """A unique name: the pid is the writing process's own (a worker's, when staged)."""
+        now = time.time()
+        return (
+            f"{int(now)}.M{int(now * 1_000_000) % 1_000_000}P{os.getpid()}"
+            f"Q{next(_COUNTER)}.{self.host}"
+        )
+
     def write(
         self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
     ) -> Placed:
-        now = time.time()
-        base = (
-            f"{int(now)}.M{int(now * 1_000_000) % 1_000_000}P{self.pid}"
-            f"Q{next(_COUNTER)}.{self.host}"
-        )
+        base = self._base()
         tmp = self.out / "tmp" / base
         size = write_new_file(tmp, chunks)
-        name = f"{base},S={size},H={digest}:2,S"
-        self.batch.add(tmp, self.out / "cur" / name, None, size)
-        self.existing.setdefault(digest, []).append(f"cur/{name}")
-        return Placed(size=size, path=f"cur/{name}")
+        return self._add(digest, str(tmp), f"cur/{base},S={size},H={digest}:2,S", size)
+
+    def stage(self, digest: str, data: bytes) -> Staged:
+        base = self._base()
+        tmp = f"{self.out}/tmp/{base}"
+        size = write_new_file(tmp, (data,))
+        return Staged(tmp, f"cur/{base},S={size},H={digest}:2,S", size)
+
+    def place_staged(self, digest: str, tmp: str, relative: str, size: int) -> None:
+        self._add(digest, tmp, relative, size)
+
+    def _add(self, digest: str, tmp: str, relative: str, size: int) -> Placed:
+        self.batch.add(tmp, f"{self.out}/{relative}", None, size)
+        self.existing.setdefault(digest, []).append(relative)
+        return Placed(size=size, path=relative)
 
     def close(self) -> None:
         self.batch.flush()

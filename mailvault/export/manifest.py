@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from mailvault._fs import fsync_dir
 from mailvault.export._errors import ExportError, target_error
+from mailvault.export.transform import MessageMeta
 
 SCHEMA_ID = "mailvault/export-manifest/v1"
 
@@ -33,6 +34,50 @@ def manifest_paths(fmt: str, out: Path) -> tuple[Path, Path]:
             out.name + ".manifest.json"
         )
     return out / "manifest.jsonl", out / "manifest.json"
+
+
+def manifest_entry(
+    sha256: str,
+    meta: MessageMeta,
+    size: int,
+    *,
+    path: str | None = None,
+    offset: int | None = None,
+    exported_sha256: str | None = None,
+) -> dict[str, Any]:
+    """One message's manifest entry, keys in the documented order."""
+    entry: dict[str, Any] = {
+        "sha256": sha256,
+        "message_id": meta.message_id,
+        "date": meta.date.isoformat(),
+        "date_source": "header" if meta.date_from_header else "ingest",
+        "size": size,
+    }
+    if path is not None:
+        entry["path"] = path
+    if offset is not None:
+        entry["offset"] = offset
+        entry["length"] = size
+    if exported_sha256 is not None:
+        entry["exported_sha256"] = exported_sha256
+    return entry
+
+
+def entry_line(entry: dict[str, Any]) -> str:
+    """An entry as its ``manifest.jsonl`` line (without the newline)."""
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
+def mbox_line_parts(
+    sha256: str, meta: MessageMeta, size: int, exported_sha256: str | None
+) -> tuple[str, str]:
+    """An mbox entry's line around its offset, which only the writing process knows:
+    ``head + str(offset) + tail`` is exactly ``entry_line`` of the complete entry."""
+    head = entry_line(manifest_entry(sha256, meta, size))[:-1] + ',"offset":'
+    tail = f',"length":{size}'
+    if exported_sha256 is not None:
+        tail += ',"exported_sha256":' + json.dumps(exported_sha256)
+    return head, tail + "}"
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:
@@ -71,9 +116,13 @@ class ManifestWriter:
             raise target_error("writing the manifest", self._tmp, exc) from None
 
     def add(self, entry: dict[str, Any]) -> None:
+        self.add_line(entry_line(entry))
+
+    def add_line(self, line: str) -> None:
+        """An entry already rendered by ``entry_line`` (or ``mbox_line_parts``)."""
         assert self._file is not None
         try:
-            self._file.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self._file.write(line + "\n")
         except OSError as exc:
             raise target_error("writing the manifest", self._tmp, exc) from None
 

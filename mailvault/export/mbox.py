@@ -29,14 +29,25 @@ from pathlib import Path
 
 from mailvault._fs import fsync_dir
 from mailvault.export._errors import ExportError, target_error
-from mailvault.export._target import FILE_MODE, Placed, Target, make_dirs, write_all
+from mailvault.export._target import (
+    FILE_MODE,
+    Placed,
+    Target,
+    make_dirs,
+    start_writeback,
+    write_all,
+)
 from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
 
 BUFFER = 1024 * 1024
+MAX_PARTS = 512  # below IOV_MAX (1024)
+WRITEBACK_STEP = 8 * 1024 * 1024  # start the disk write every this many bytes
 BOM = b"\xef\xbb\xbf"
 
 
 class MboxTarget(Target):
+    in_order = True  # offsets are only known in file order: prepared bytes come back to place()
+
     def __init__(self, out: Path, *, append: bool) -> None:
         self.out = out
         self.append = append
@@ -45,8 +56,12 @@ class MboxTarget(Target):
         self.original_size = 0
         self.start_offset = 0  # where this run's first From_ line goes
         self.pos = 0  # file offset of the next byte written
-        self._buf = bytearray()
+        self._parts: list[
+            bytes | memoryview
+        ] = []  # written with one writev: no copying into a buffer
+        self._pending = 0  # bytes in _parts
         self._buf_start = 0
+        self._written_back = 0  # start_writeback was called for the bytes before this offset
         self._truncate_to: int | None = None  # an append: the file's size before this run
 
     def open(self) -> None:
@@ -67,7 +82,7 @@ class MboxTarget(Target):
                 self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             except OSError as exc:
                 raise target_error("creating", self.tmp, exc) from None
-        self._buf_start = self.pos
+        self._buf_start = self._written_back = self.pos
 
     def _open_existing(self) -> None:
         out = self.out
@@ -103,7 +118,7 @@ class MboxTarget(Target):
         self._truncate_to = size
         self.original_size = size
         self.pos = size
-        self._buf_start = size
+        self._buf_start = self._written_back = size
         # The From_ line must start a line and follow a blank line, whatever the last writer did.
         if size and not tail.endswith(b"\n"):
             self._put(b"\n\n")
@@ -112,24 +127,31 @@ class MboxTarget(Target):
         self.start_offset = self.pos
 
     # -- writing -----------------------------------------------------------------------------
-    def _put(self, data: bytes) -> None:
-        self._buf += data
+    def _put(self, data: bytes | memoryview) -> None:
+        self._parts.append(data)
+        self._pending += len(data)
         self.pos += len(data)
-        if len(self._buf) >= BUFFER:
+        if self._pending >= BUFFER or len(self._parts) >= MAX_PARTS:
             self._drain()
 
     def _drain(self) -> None:
-        if not self._buf:
+        if not self._parts:
             return
         path = self.tmp or self.out
         try:
             if self.tmp is None:
                 os.lseek(self.fd, self._buf_start, os.SEEK_SET)
-            write_all(self.fd, self._buf)
+            written = os.writev(self.fd, self._parts)
+            if written < self._pending:  # a short write: the rest the slow way
+                write_all(self.fd, memoryview(b"".join(self._parts))[written:])
         except OSError as exc:
             raise target_error("writing", path, exc) from None
-        self._buf_start += len(self._buf)
-        self._buf.clear()
+        self._buf_start += self._pending
+        self._parts.clear()
+        self._pending = 0
+        if self._buf_start - self._written_back >= WRITEBACK_STEP:
+            start_writeback(self.fd, self._written_back, self._buf_start - self._written_back)
+            self._written_back = self._buf_start
 
     def write(
         self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
@@ -150,6 +172,12 @@ class MboxTarget(Target):
         length = self.pos - offset
         self._put(b"\n" if length and last == b"\n" else b"\n\n")
         return Placed(size=length, offset=offset)
+
+    def place_record(self, record: memoryview, from_len: int) -> int:
+        """Append a From_ line, message and separator prepared whole (no copy: a slice)."""
+        offset = self.pos + from_len
+        self._put(record)
+        return offset
 
     def close(self) -> None:
         path = self.tmp or self.out
@@ -198,7 +226,8 @@ class MboxTarget(Target):
             self.fd = -1
 
     def abort(self) -> None:
-        self._buf = bytearray()  # a new one: a failed write may still hold a view of the old
+        self._parts = []
+        self._pending = 0
         if self.fd >= 0 and self._truncate_to is not None:  # an append: cut back to what it was
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self._truncate_to)

@@ -103,6 +103,23 @@ class MboxrdUnquoter(_LineStartRewriter):
         super().__init__(_UNQUOTE, b"")
 
 
+_QUOTE_AFTER_NL = re.compile(rb"\n(?=>*From )")
+_QUOTE_AT_START = re.compile(rb">*From ")
+
+
+def quote_mboxrd(data: bytes) -> bytes:
+    """mboxrd quoting of a whole message held in memory (what ``MboxrdQuoter`` does in chunks).
+
+    Most messages contain no ``From `` at all, and a substring test is far cheaper than the
+    line-start regex over every byte; when there is one, the pattern is anchored on the ``\n``
+    before the line, which the regex engine finds with a fast literal search.
+    """
+    if b"From " not in data:
+        return data
+    quoted = _QUOTE_AFTER_NL.sub(b"\n>", data)
+    return b">" + quoted if _QUOTE_AT_START.match(data) else quoted
+
+
 def to_lf(chunks: Iterable[bytes]) -> Iterator[bytes]:
     conv = LineEndingsToLf()
     for chunk in chunks:
@@ -124,6 +141,13 @@ def header_end(data: bytes) -> int | None:
         return 0
     match = _BLANK_LINE.search(data)
     return match.start() + 1 if match else None
+
+
+def header_block(data: bytes) -> bytes:
+    """The header block of a whole message, as ``peek_header`` finds it in the same bytes."""
+    head = data[:HEADER_CAP]  # the whole of a smaller message, without a copy
+    end = header_end(head)
+    return head[:end] if end is not None else head
 
 
 def peek_header(chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
@@ -160,27 +184,34 @@ def header_fields(header: bytes, wanted: frozenset[str]) -> dict[str, str]:
     """The first value of each wanted field (lower-case names), unfolded and decoded leniently.
 
     Hand-rolled rather than ``email.parser`` so that raw 8-bit bytes, a leading mbox From_ line
-    or a broken header cannot raise, and so that only the header bytes are ever touched.
+    or a broken header cannot raise, and so that only the header bytes are ever touched.  The
+    name pattern starts with the ``\n`` before a field (one is put before the first line), which
+    the regex engine finds by a fast literal search instead of trying every position; a value
+    runs on over continuation lines (those starting with a space or tab).
     """
-    names = b"|".join(re.escape(name.encode("ascii")) for name in sorted(wanted))
-    pattern = _FIELD_PATTERNS.get(names)
+    pattern = _FIELD_PATTERNS.get(wanted)
     if pattern is None:
-        pattern = re.compile(
-            rb"(?im)^(" + names + rb")[ \t]*:(.*?)(?=\r?\n(?![ \t])|\Z)", re.DOTALL
-        )
-        _FIELD_PATTERNS[names] = pattern
+        names = b"|".join(re.escape(name.encode("ascii")) for name in sorted(wanted))
+        pattern = re.compile(rb"\n(" + names + rb")[ \t]*:", re.IGNORECASE)
+        _FIELD_PATTERNS[wanted] = pattern
     found: dict[str, str] = {}
-    for match in pattern.finditer(header):
+    lines = b"\n" + header
+    for match in pattern.finditer(lines):
         name = match.group(1).decode("ascii").lower()
         if name not in found:
-            value = _UNFOLD.sub(b" ", match.group(2)).strip()
-            found[name] = value.decode("utf-8", "replace")
+            value = _FIELD_VALUE.match(lines, match.end())
+            assert value is not None  # the pattern matches the empty string too
+            text = value.group()
+            if b"\n" in text:
+                text = _UNFOLD.sub(b" ", text)
+            found[name] = text.strip().decode("utf-8", "replace")
             if len(found) == len(wanted):
                 break
     return found
 
 
-_FIELD_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
+_FIELD_PATTERNS: dict[frozenset[str], re.Pattern[bytes]] = {}
+_FIELD_VALUE = re.compile(rb"[^\n]*(?:\n[ \t][^\n]*)*")
 _UNFOLD = re.compile(rb"[ \t]*\r?\n[ \t]+")
 
 
@@ -194,7 +225,7 @@ class MessageMeta:
     envelope_sender: str  # for the mbox From_ line
 
 
-_META_FIELDS = frozenset({"message-id", "date", "return-path", "from"})
+META_FIELDS = frozenset({"message-id", "date", "return-path", "from"})
 
 
 _ANGLE_ADDR = re.compile(r"<([^<>\s]*)>")
@@ -210,7 +241,7 @@ def _safe_addr(value: str) -> str | None:
 
 def message_meta(header: bytes, fallback_date: datetime) -> MessageMeta:
     """Message-ID, date (Date header, else ``fallback_date``) and envelope sender of a message."""
-    fields = header_fields(header, _META_FIELDS)
+    fields = header_fields(header, META_FIELDS)
     message_id = fields.get("message-id", "").strip().strip("<>").strip() or None
     date = None
     if "date" in fields:

@@ -1,0 +1,324 @@
+"""The fast export path (whole messages, worker processes) gives exactly what the streaming one does.
+
+Every export of a handful of messages runs in-process and mostly streamed; these tests force the
+worker pool (``INLINE_MAX``) and small tasks on the crafted messages, mix in streamed messages
+(``WHOLE_MAX``), and compare byte for byte and line for line with the plain in-process export.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailvault.export import _target, pipeline
+from mailvault.export.maildir import is_maildir
+from mailvault.export.manifest import entry_line, manifest_entry, mbox_line_parts
+from mailvault.export.transform import (
+    META_FIELDS,
+    MboxrdQuoter,
+    header_block,
+    header_fields,
+    message_meta,
+    peek_header,
+    quote_mboxrd,
+)
+from mailvault.store import BlobStore
+from tests.test_export_kit import (
+    add_messages,
+    cli,
+    cli_json,
+    crafted_messages,
+    manifest_lines,
+    new_vault,
+    sha,
+)
+
+PIECES = [b"\r", b"\n", b">", b"From ", b"Fro", b"m ", b"x", b"From", b" ", b">>", b"\r\n"]
+
+
+@pytest.fixture(scope="module")
+def crafted() -> list[bytes]:
+    return crafted_messages()
+
+
+@pytest.fixture
+def vault(tmp_path: Path, crafted: list[bytes]) -> Path:
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted)
+    return root
+
+
+@pytest.fixture
+def pooled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes even for a few messages, three messages per task."""
+    monkeypatch.setattr(pipeline, "INLINE_MAX", 1)
+    monkeypatch.setattr(pipeline, "TASK_MESSAGES", 3)
+    monkeypatch.setattr(pipeline, "worker_count", lambda: 2)
+
+
+# -- the whole-message transforms ----------------------------------------------------------------
+
+
+@settings(max_examples=400)
+@given(st.lists(st.sampled_from(PIECES), max_size=60).map(b"".join))
+def test_whole_message_quoting_equals_the_streaming_quoter(data: bytes) -> None:
+    streamed = MboxrdQuoter()
+    assert quote_mboxrd(data) == streamed.feed(data) + streamed.flush()
+
+
+def test_header_block_equals_the_streaming_peek(crafted: list[bytes]) -> None:
+    for raw in crafted:
+        chunks = iter([raw[i : i + 1024 * 1024] for i in range(0, len(raw), 1024 * 1024)])
+        assert header_block(raw) == peek_header(chunks)[0]
+
+
+FIELD_PIECES = [b"\r", b"\n", b" ", b"\t", b":", b"Date", b"FROM", b"message-id", b"x", b"\xe9"]
+
+
+def fields_reference(header: bytes) -> dict[str, str]:
+    """The first value of each metadata field, by the obvious line-start regex."""
+    found: dict[str, str] = {}
+    pattern = rb"(?im)^(date|from|message-id|return-path)[ \t]*:(.*?)(?=\r?\n(?![ \t])|\Z)"
+    for match in re.finditer(pattern, header, re.DOTALL):
+        name = match.group(1).decode("ascii").lower()
+        value = re.sub(rb"[ \t]*\r?\n[ \t]+", b" ", match.group(2)).strip()
+        found.setdefault(name, value.decode("utf-8", "replace"))
+    return found
+
+
+@settings(max_examples=400)
+@given(st.lists(st.sampled_from(FIELD_PIECES), max_size=40).map(b"".join))
+def test_header_fields_equal_the_line_start_reference(header: bytes) -> None:
+    assert header_fields(header, META_FIELDS) == fields_reference(header)
+
+
+def test_mbox_line_parts_compose_to_the_entry_line(crafted: list[bytes]) -> None:
+    when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    for raw in crafted:
+        meta = message_meta(header_block(raw), when)
+        for exported in (None, sha(raw)):
+            head, tail = mbox_line_parts(sha(raw), meta, len(raw), exported)
+            entry = manifest_entry(sha(raw), meta, len(raw), offset=12345, exported_sha256=exported)
+            assert f"{head}12345{tail}" == entry_line(entry)
+            assert json.loads(f"{head}12345{tail}") == entry
+
+
+# -- the pool against the in-process export -------------------------------------------------------
+
+
+def _entries_without_paths(path: Path) -> list[dict[str, object]]:
+    entries = manifest_lines(path)
+    for entry in entries:
+        entry.pop("path", None)
+    return entries
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox", "eml"])
+@pytest.mark.parametrize("line_endings", ["lf", "crlf"])
+def test_pool_export_equals_the_in_process_export(
+    tmp_path: Path,
+    vault: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    line_endings: str,
+) -> None:
+    plain = tmp_path / "plain"
+    assert (
+        cli(
+            vault, "export", "--format", fmt, "--out", str(plain), "--line-endings", line_endings
+        ).exit_code
+        == 0
+    )
+    monkeypatch.setattr(pipeline, "INLINE_MAX", 1)
+    monkeypatch.setattr(pipeline, "TASK_MESSAGES", 3)
+    monkeypatch.setattr(pipeline, "worker_count", lambda: 2)
+    monkeypatch.setattr(pipeline, "WHOLE_MAX", 2000)  # the bigger ones are streamed in between
+    pooled = tmp_path / "pooled"
+    code, summary = cli_json(
+        vault, "export", "--format", fmt, "--out", str(pooled), "--line-endings", line_endings
+    )
+    assert code == 0 and summary["added"] == summary["count"] == 14
+    if fmt == "mbox":
+        assert pooled.read_bytes() == plain.read_bytes()
+        assert (
+            Path(f"{pooled}.manifest.jsonl").read_bytes()
+            == Path(f"{plain}.manifest.jsonl").read_bytes()
+        )
+        return
+    assert _entries_without_paths(pooled / "manifest.jsonl") == _entries_without_paths(
+        plain / "manifest.jsonl"
+    )
+    for entry in manifest_lines(pooled / "manifest.jsonl"):
+        data = (pooled / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry.get("exported_sha256", entry["sha256"])
+        assert len(data) == entry["size"]
+    if fmt == "maildir":
+        assert os.listdir(pooled / "tmp") == []
+        writers = {name.split("P", 1)[1].split("Q", 1)[0] for name in os.listdir(pooled / "cur")}
+        assert writers - {str(os.getpid())}  # worker processes wrote files
+    assert not [p for p in pooled.rglob("*") if ".tmp-" in p.name]
+
+
+def test_pool_reexport_adds_only_what_is_missing(
+    tmp_path: Path, crafted: list[bytes], pooled: None
+) -> None:
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:6])
+    out = tmp_path / "md"
+    code, first = cli_json(root, "export", "--format", "maildir", "--out", str(out))
+    assert (code, first["added"], first["skipped"]) == (0, 6, 0)
+    add_messages(root, crafted[6:10])
+    code, second = cli_json(root, "export", "--format", "maildir", "--out", str(out))
+    assert (code, second["count"], second["added"], second["skipped"]) == (0, 10, 4, 6)
+    assert len(os.listdir(out / "cur")) == 10
+
+
+def test_pool_stops_at_a_damaged_blob(tmp_path: Path, crafted: list[bytes], pooled: None) -> None:
+    root = new_vault(tmp_path / "vault")
+    digests = add_messages(root, crafted[:8])
+    blob = BlobStore(root).find(digests[5])
+    assert blob is not None
+    blob.unlink()
+    writer = BlobStore(root, compress=False).writer()
+    writer.write(b"not the original content")
+    os.rename(writer.finish().tmp_path, blob.with_name(digests[5]))
+    for fmt in ("mbox", "maildir"):
+        out = tmp_path / f"out-{fmt}"
+        result = cli(root, "export", "--format", fmt, "--out", str(out))
+        assert result.exit_code == 3 and "mailvault verify" in result.stderr
+        assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert not (tmp_path / "out-mbox").exists()
+    assert os.listdir(tmp_path / "out-maildir" / "tmp") == []
+    assert not (tmp_path / "out-maildir" / "manifest.json").exists()
+
+
+LIMITED_POOL = textwrap.dedent(
+    """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from mailvault.export import _target, pipeline
+    pipeline.INLINE_MAX = 1
+    pipeline.TASK_MESSAGES = 2
+    pipeline.worker_count = lambda: 2
+    from mailvault.cli import main
+    sys.argv = ["mailvault", *sys.argv[2:]]
+    main()
+    """
+)
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox", "eml"])
+def test_a_full_target_leaves_no_half_written_message_with_workers(
+    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str
+) -> None:
+    """A worker's write fails (EFBIG past 1.5 MB): nothing half-written, no temp file left."""
+    out = tmp_path / "out"
+    args = ["--vault", str(vault), "export", "--format", fmt, "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", LIMITED_POOL, "1500000", *args, "--line-endings", "crlf"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "file too large" in proc.stderr
+    assert [p for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []
+    by_digest = {sha(m): m for m in crafted}
+    if fmt == "mbox":
+        assert not out.exists()
+    elif fmt == "maildir":
+        assert is_maildir(out) and os.listdir(out / "tmp") == []
+        for name in os.listdir(out / "cur"):
+            assert (out / "cur" / name).read_bytes() == by_digest[name.split(",H=")[1][:64]]
+    else:
+        for path in out.glob("*.eml"):
+            assert path.read_bytes() == by_digest[path.stem]
+    assert not (out / "manifest.json").exists()
+
+
+def test_pool_append_equals_the_in_process_append(
+    tmp_path: Path, crafted: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:5])
+    plain, pooled = tmp_path / "plain.mbox", tmp_path / "pooled.mbox"
+    for out in (plain, pooled):
+        assert cli(root, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    add_messages(root, crafted[5:])
+    assert cli(root, "export", "--format", "mbox", "--out", str(plain), "--append").exit_code == 0
+    monkeypatch.setattr(pipeline, "INLINE_MAX", 1)
+    monkeypatch.setattr(pipeline, "TASK_MESSAGES", 3)
+    monkeypatch.setattr(pipeline, "worker_count", lambda: 2)
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(pooled), "--append")
+    assert code == 0 and summary["count"] == len(crafted)
+    assert pooled.read_bytes() == plain.read_bytes()
+    assert manifest_lines(Path(f"{pooled}.manifest.jsonl")) == manifest_lines(
+        Path(f"{plain}.manifest.jsonl")
+    )
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "eml"])
+def test_batches_finished_in_the_background_keep_every_file(
+    tmp_path: Path, vault: Path, crafted: list[bytes], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    monkeypatch.setattr(_target, "BATCH_MESSAGES", 2)
+    out = tmp_path / "out"
+    code, summary = cli_json(vault, "export", "--format", fmt, "--out", str(out))
+    assert code == 0 and summary["added"] == len(crafted)
+    entries = manifest_lines(out / "manifest.jsonl")
+    assert len({e["path"] for e in entries}) == len(crafted)
+    for entry in entries:
+        assert sha((out / entry["path"]).read_bytes()) == entry.get(
+            "exported_sha256", entry["sha256"]
+        )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_background_batch_stops_the_export_cleanly(
+    tmp_path: Path,
+    vault: Path,
+    crafted: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+) -> None:
+    """The second batch's syncfs fails (disk full): one-line error, only whole files in cur/."""
+    monkeypatch.setattr(_target, "BATCH_MESSAGES", 3)
+    monkeypatch.setattr(pipeline, "INLINE_MAX", 1)
+    monkeypatch.setattr(pipeline, "TASK_MESSAGES", 2)
+    monkeypatch.setattr(pipeline, "worker_count", lambda: workers)
+    calls: list[int] = []
+    real_sync = _target.sync_filesystem
+
+    def failing_sync(path: Path) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_sync(path)
+
+    monkeypatch.setattr(_target, "sync_filesystem", failing_sync)
+    out = tmp_path / "md"
+    result = cli(
+        vault, "export", "--format", "maildir", "--out", str(out), "--line-endings", "crlf"
+    )
+    assert result.exit_code == 3 and result.stderr.startswith("mailvault: error: disk full")
+    assert result.stderr.count("\n") == 1
+    assert os.listdir(out / "tmp") == [] and not (out / "manifest.json").exists()
+    by_digest = {sha(m): m for m in crafted}
+    names = os.listdir(out / "cur")
+    assert len(names) == 3  # the first batch, complete
+    for name in names:
+        assert (out / "cur" / name).read_bytes() == by_digest[name.split(",H=")[1][:64]]
