@@ -89,6 +89,13 @@ class Vault:
 
         return BlobStore(self.root, compress=self.config.vault.compression == "zstd")
 
+    def read_store(self) -> BlobStore:
+        """The store for reading only (export, verify): reading does not depend on the
+        compression setting, so the config (and the validation library) is not loaded."""
+        from mailvault.store import BlobStore
+
+        return BlobStore(self.root, compress=False)
+
     def catalog(self) -> Catalog:
         """A new catalog connection (one per thread)."""
         from mailvault.catalog import Catalog

@@ -123,7 +123,7 @@ class _Exporter:
         self.out = out
         self.lf = line_endings == "lf"
         self.line_endings = line_endings
-        self.store: BlobStore = vault.store()
+        self.store: BlobStore = vault.read_store()
         self.target = _make_target(options, out, line_endings)
         self.run = _Run()
 
