@@ -649,19 +649,20 @@ def _snippet(
     """The best fragment of the body, whitespace collapsed, with char ranges of the terms.
 
     Tantivy's generator tokenizes the text it is given, so it gets a window of the body around
-    the first place a query word occurs (found with a plain search, as written and then
-    lower-cased: lower-casing a long body costs more than the search) rather than the whole
-    body; where that finds nothing (accents folded away) it gets the first 20,000 chars.
+    the first place a query word occurs (found with a plain search, as written, capitalised,
+    then lower-cased: lower-casing a long body costs more than the searches) rather than the
+    whole body; the window is small because tokenizing it is most of a hit's cost.  Where
+    nothing is found (accents folded away) it gets the first 20,000 chars.
     """
     body = str(_first(doc, "body"))
     if generator is None or not words:
         return " ".join(ix.display(body[: SNIPPET_CHARS * 3]).split())[:SNIPPET_CHARS], []
-    found = [p for p in (body.find(w) for w in words) if p >= 0]
+    found = [p for w in words for p in (body.find(w), body.find(w.capitalize())) if p >= 0]
     if not found:
         low = body.lower()
         found = [p for p in (low.find(w) for w in words) if p >= 0]
-    start = max(min(found) - 400, 0) if found else 0
-    window = body[start : start + (1600 if found else 20_000)]
+    start = max(min(found) - 200, 0) if found else 0
+    window = body[start : start + (600 if found else 20_000)]
     if start:
         window = window[window.find(" ") + 1 :]  # do not start mid-word
     probe = tantivy.Document()
