@@ -729,13 +729,14 @@ def count(index_dir: Path, query: str) -> int:
 
 def clean(text: str) -> str:
     """No control characters (terminal escapes in a hostile Subject) and no line breaks."""
-    return text.translate(CONTROL)
+    return text if text.isprintable() else text.translate(CONTROL)  # every CONTROL is not
 
 
 def _fit(text: str, width: int) -> str:
     text = " ".join(clean(text).split())
-    if _width(text) <= width:
-        return text + " " * (width - _width(text))
+    used = _width(text)
+    if used <= width:
+        return text + " " * (width - used)
     out, used = "", 0
     for ch in text:
         w = 2 if unicodedata.east_asian_width(ch) in "WF" else 1
@@ -747,7 +748,7 @@ def _fit(text: str, width: int) -> str:
 
 
 def _width(text: str) -> int:
-    if text.isascii():
+    if text.isascii() or max(text) < "\u1100":  # no assigned wide character below U+1100
         return len(text)
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
