@@ -8,6 +8,7 @@ migrations tracked with ``PRAGMA user_version``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -15,15 +16,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from mailvault import ledger
 from mailvault.errors import CatalogError
 from mailvault.resources import schema_path
 
+if TYPE_CHECKING:
+    import sqlite_utils
+
 MIGRATION_MARK = re.compile(r"^-- migration: (\d+)\s*$", re.MULTILINE)
+_IN_CHUNK = 500  # host parameters per IN (...) list; SQLite's old default limit is 999
 
 
 def utcnow() -> str:
@@ -70,10 +73,11 @@ class Catalog:
         self.path = path
         try:
             conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
+            self.conn = conn
+            self.conn.execute("PRAGMA recursive_triggers=on")  # as sqlite-utils sets it
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise CatalogError(
@@ -81,32 +85,44 @@ class Catalog:
                 "or restore catalog.sqlite from a backup"
             ) from None
 
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """The connection wrapped by sqlite-utils, for callers that want its helpers.
+
+        Made on first use: importing sqlite-utils costs ~80 ms, a noticeable part of a
+        `mailvault fetch` that has little to do, and the catalog's own statements are plain
+        ``sqlite3``.  The connection is in autocommit mode, so both execute the same way.
+        """
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
 
     def _migrate(self) -> None:
-        current = self.db.execute("PRAGMA user_version").fetchone()[0]
+        current = self.conn.execute("PRAGMA user_version").fetchone()[0]
         for number, sql in migrations():
             if number <= current:
                 continue
-            with self.db.conn:
-                self.db.conn.execute("BEGIN IMMEDIATE")
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
                 for statement in _split_sql(sql):
-                    self.db.conn.execute(statement)
-                self.db.conn.execute(f"PRAGMA user_version = {number}")
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {number}")
 
     @property
     def schema_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def transaction(self) -> sqlite3.Connection:
         """``with catalog.transaction():`` — one atomic, durable unit."""
-        return _Transaction(self.db.conn)  # type: ignore[return-value]
+        return _Transaction(self.conn)  # type: ignore[return-value]
 
     # -- accounts -------------------------------------------------------------------------------
     def ensure_account(self, name: str, host: str, port: int, user: str, tls: str) -> None:
         with self.transaction():
-            self.db.execute(
+            self.conn.execute(
                 "INSERT INTO accounts(name, host, port, user, tls, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "host=excluded.host, port=excluded.port, user=excluded.user, tls=excluded.tls",
@@ -116,7 +132,7 @@ class Catalog:
     # -- runs and provenance --------------------------------------------------------------------
     def start_run(self, account: str) -> int:
         with self.transaction():
-            cur = self.db.execute(
+            cur = self.conn.execute(
                 "INSERT INTO runs(account, started_at, status) VALUES (?, ?, 'running')",
                 (account, utcnow()),
             )
@@ -127,7 +143,7 @@ class Catalog:
     ) -> None:
         cols = ("listed", "new", "fetched", "duplicates", "deleted", "bytes", "retries")
         with self.transaction():
-            self.db.execute(
+            self.conn.execute(
                 f"UPDATE runs SET finished_at=?, status=?, errors=?, "
                 f"{', '.join(c + '=?' for c in cols)} WHERE id=?",
                 (utcnow(), status, json.dumps(errors), *(counts.get(c, 0) for c in cols), run_id),
@@ -135,7 +151,7 @@ class Catalog:
 
     def record_session(self, run_id: int, facts: dict[str, Any]) -> None:
         with self.transaction():
-            self.db.execute(
+            self.conn.execute(
                 "INSERT INTO sessions(run_id, started_at, host, port, tls, tls_version, "
                 "tls_cert_sha256, greeting, capabilities) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
@@ -153,7 +169,7 @@ class Catalog:
 
     # -- the UIDL map ---------------------------------------------------------------------------
     def live_uidls(self, account: str) -> dict[str, LiveUidl]:
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "SELECT id, uidl, sha256, size, first_seen, dele_sent_at FROM uidls "
             "WHERE account=? AND deleted_confirmed_at IS NULL",
             (account,),
@@ -161,7 +177,7 @@ class Catalog:
         return {row[1]: LiveUidl(*row) for row in rows}
 
     def has_message(self, sha256: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
+        row = self.conn.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
         return row is not None
 
     def commit_messages(
@@ -173,10 +189,103 @@ class Catalog:
         """
         now = utcnow()
         with self.transaction():
-            return [
-                self.record_ingest(item, source=source, account=account, run_id=run_id, now=now)
-                for item in items
-            ]
+            return self._record_batch(items, source=source, account=account, run_id=run_id, now=now)
+
+    def _record_batch(
+        self,
+        items: Sequence[Committed],
+        *,
+        source: str,
+        now: str,
+        account: str | None,
+        run_id: int | None,
+    ) -> list[tuple[bool, int | None]]:
+        """What ``record_ingest`` does per item, as a handful of statements for the batch.
+
+        Per-item INSERTs and ledger appends were a sixth of fetch's CPU.  Freshness is decided
+        from one lookup of the batch's digests (inside the caller's write transaction, so no one
+        else can insert meanwhile); a digest twice in one batch is fresh only the first time,
+        as sequential inserts would have said.
+        """
+        conn = self.conn
+        known = self._known_digests({item.sha256 for item in items})
+        fresh: list[bool] = []
+        for item in items:
+            fresh.append(item.sha256 not in known)
+            known.add(item.sha256)
+        conn.executemany(
+            "INSERT INTO messages(sha256, size, first_ingest_at, first_source) VALUES (?, ?, ?, ?)",
+            [
+                (it.sha256, it.size, now, source)
+                for it, new in zip(items, fresh, strict=True)
+                if new
+            ],
+        )
+        row_ids = self._insert_uidls(items, account, run_id, now)
+        ledger.append_many(
+            conn,
+            "ingest",
+            (
+                {
+                    "account": account,
+                    "uidl": it.uidl,
+                    "sha256": it.sha256,
+                    "size": it.size,
+                    "at": now,
+                    "detail": {"source": source, "new_content": new},
+                }
+                for it, new in zip(items, fresh, strict=True)
+            ),
+        )
+        return list(zip(fresh, row_ids, strict=True))
+
+    def _known_digests(self, digests: set[str]) -> set[str]:
+        """Which of ``digests`` already have a messages row (purged tombstones included)."""
+        found: set[str] = set()
+        ordered = sorted(digests)
+        for i in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[i : i + _IN_CHUNK]
+            found.update(
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT sha256 FROM messages WHERE sha256 IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        return found
+
+    def _insert_uidls(
+        self, items: Sequence[Committed], account: str | None, run_id: int | None, now: str
+    ) -> list[int | None]:
+        """Insert the batch's UIDL rows; return each item's row id (None without a UIDL).
+
+        Ids are read back by UIDL: the partial unique index allows one live row per
+        (account, UIDL), and these rows were inserted live in this transaction.
+        """
+        if account is None:
+            return [None] * len(items)
+        with_uidl = [it for it in items if it.uidl is not None]
+        self.conn.executemany(
+            "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, run_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (account, it.uidl, it.sha256, it.size, it.first_seen, now, run_id)
+                for it in with_uidl
+            ],
+        )
+        ids: dict[str, int] = {}
+        uidls = [str(it.uidl) for it in with_uidl]
+        for i in range(0, len(uidls), _IN_CHUNK):
+            chunk = uidls[i : i + _IN_CHUNK]
+            ids.update(
+                (row[1], row[0])
+                for row in self.conn.execute(
+                    "SELECT id, uidl FROM uidls WHERE account=? AND deleted_confirmed_at IS NULL "
+                    f"AND uidl IN ({','.join('?' * len(chunk))})",
+                    [account, *chunk],
+                )
+            )
+        return [None if it.uidl is None else ids[it.uidl] for it in items]
 
     def record_ingest(
         self,
@@ -193,7 +302,7 @@ class Catalog:
 
         Every path that adds mail (fetch, import) goes through here, so none can skip the ledger.
         """
-        cur = self.db.execute(
+        cur = self.conn.execute(
             "INSERT INTO messages(sha256, size, first_ingest_at, first_source) "
             "VALUES (?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
             (item.sha256, item.size, now, source),
@@ -201,14 +310,14 @@ class Catalog:
         fresh = cur.rowcount == 1
         row_id: int | None = None
         if account is not None and item.uidl is not None:
-            cur = self.db.execute(
+            cur = self.conn.execute(
                 "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, "
                 "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (account, item.uidl, item.sha256, item.size, item.first_seen, now, run_id),
             )
             row_id = cur.lastrowid
         ledger.append(
-            self.db.conn,
+            self.conn,
             "ingest",
             account=account,
             uidl=item.uidl,
@@ -221,7 +330,7 @@ class Catalog:
     def mark_dele_sent(self, ids: Iterable[int]) -> None:
         now = utcnow()
         with self.transaction():
-            self.db.conn.executemany(
+            self.conn.executemany(
                 "UPDATE uidls SET dele_sent_at=? WHERE id=?", [(now, i) for i in ids]
             )
 
@@ -231,24 +340,26 @@ class Catalog:
         kind = "server-delete" if confirmed_by_quit else "server-gone"
         with self.transaction():
             for row_id in ids:
-                row = self.db.execute(
+                row = self.conn.execute(
                     "SELECT account, uidl, sha256, size FROM uidls "
                     "WHERE id=? AND deleted_confirmed_at IS NULL",
                     (row_id,),
                 ).fetchone()
                 if row is None:
                     continue
-                self.db.execute("UPDATE uidls SET deleted_confirmed_at=? WHERE id=?", (now, row_id))
+                self.conn.execute(
+                    "UPDATE uidls SET deleted_confirmed_at=? WHERE id=?", (now, row_id)
+                )
                 ledger.append(
-                    self.db.conn, kind, account=row[0], uidl=row[1], sha256=row[2], size=row[3]
+                    self.conn, kind, account=row[0], uidl=row[1], sha256=row[2], size=row[3]
                 )
 
     # -- reading --------------------------------------------------------------------------------
     def message_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM messages").fetchone()[0])
+        return int(self.conn.execute("SELECT count(*) FROM messages").fetchone()[0])
 
     def iter_messages(self) -> Iterator[tuple[str, int]]:
-        yield from self.db.execute("SELECT sha256, size FROM messages ORDER BY sha256")
+        yield from self.conn.execute("SELECT sha256, size FROM messages ORDER BY sha256")
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return list(self.db.query(sql, params))

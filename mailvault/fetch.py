@@ -9,14 +9,18 @@ A crash anywhere leaves a state the next run completes: an unpublished tmp file 
 the message re-fetched; a committed message whose DELE or QUIT never happened is still listed by
 the server, recognised by its UIDL, and deleted again without a download ("ghost messages").
 
-Group commit is the speed lever: a batch of messages costs two ``syncfs`` calls and one catalog
-transaction, and the DELEs for that batch follow it down the same pipelined connection.
+Group commit is the speed lever: a batch of messages costs (at most) two ``syncfs`` calls and one
+catalog transaction, and the DELEs for that batch follow it down the same pipelined connection.
+The commits run on a thread of their own (``_Committer``), so the socket keeps streaming while a
+batch is made durable; batches that queue up behind a slow disk are committed together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -223,8 +227,141 @@ class AccountFetcher:
         return more
 
 
+_Batch = list[tuple[ListedMessage, StagedBlob]]  # staged messages for one group commit
+_Results = list[tuple[bool, int | None]]  # per message: (content was new, UIDL row id)
+
+
+@dataclass(slots=True)
+class _Finished:
+    """A committed batch and what the catalog said about each of its messages."""
+
+    batch: _Batch
+    results: _Results
+
+
+class _Committer:
+    """Group commits on a thread of their own, so the download does not wait for the disk.
+
+    The socket thread stages a batch (its files are completely written and closed) and hands
+    it over with ``put``; this thread makes it durable and records it, and hands it back in
+    ``finished``.  Only then does the socket thread queue the batch's DELEs, so "DELE only
+    after commit" holds exactly as with a synchronous commit.  The staging itself stays on
+    the socket thread: a second thread doing it waited for the GIL after every hash, compress
+    and file call while the socket thread parsed, and measured no faster for more memory.
+
+    Batches that queue up while a commit runs are committed together (one ``syncfs`` pair and
+    one SQLite fsync for all), and the ``syncfs`` that makes one commit's names durable also
+    covers the data of the batches queued at that moment, so their commit skips its first
+    ``syncfs``.  For every message the order stays: data durable, name, name durable, catalog
+    row.  At most ``max_waiting`` batches wait; ``put`` blocks beyond that.
+    """
+
+    def __init__(
+        self, store: BlobStore, record: Callable[[_Batch], _Results], *, max_waiting: int = 4
+    ) -> None:
+        self._store = store
+        self._record = record
+        self._max_waiting = max_waiting
+        self._cond = threading.Condition()
+        self._waiting: deque[_Batch] = deque()
+        self._failed: list[_Batch] = []  # taken by a commit that raised
+        self._busy = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self._presynced: list[_Batch] = []  # waiting batches whose data the last syncfs covered
+        self.finished: deque[_Finished] = deque()
+        self._thread = threading.Thread(target=self._run, name="mailvault-commit", daemon=True)
+        self._thread.start()
+
+    # -- the socket thread's side ---------------------------------------------------------------
+    def put(self, batch: _Batch) -> None:
+        """Queue a staged batch for commit; raise if an earlier commit failed."""
+        with self._cond:
+            while len(self._waiting) >= self._max_waiting and self._error is None:
+                self._cond.wait()
+            self._raise()
+            self._waiting.append(batch)
+            self._cond.notify_all()
+
+    def wait_finished(self) -> None:
+        """Block until a commit finishes or none is left to run; raise a commit's failure."""
+        with self._cond:
+            while not self.finished and (self._waiting or self._busy) and self._error is None:
+                self._cond.wait()
+            self._raise()
+
+    def raise_error(self) -> None:
+        with self._cond:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Commit what is queued, stop, and remove the staged files no commit took."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        for batch in (*self._failed, *self._waiting):
+            _discard(batch)
+        self._failed, self._waiting = [], deque()
+
+    # -- the commit thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._waiting and not self._closing:
+                    cond.wait()
+                if not self._waiting:
+                    return
+                batches = list(self._waiting)
+                self._waiting.clear()
+                self._busy = True
+                cond.notify_all()
+            try:
+                results = self._commit(batches)
+            except BaseException as exc:  # handed to the socket thread, which raises it
+                with cond:
+                    self._error, self._busy, self._failed = exc, False, batches
+                    cond.notify_all()
+                return
+            with cond:
+                start = 0
+                for batch in batches:
+                    self.finished.append(_Finished(batch, results[start : start + len(batch)]))
+                    start += len(batch)
+                self._busy = False
+                cond.notify_all()
+
+    def _commit(self, batches: list[_Batch]) -> _Results:
+        """syncfs (data), link, syncfs (names), one catalog transaction."""
+        store = self._store
+        if not all(any(b is p for p in self._presynced) for b in batches):
+            store.sync()
+        store.link([staged for batch in batches for _, staged in batch])
+        with self._cond:  # queued, so completely written: the next syncfs covers their data
+            self._presynced = list(self._waiting)  # references: no id can be reused
+        store.sync()
+        return self._record([item for batch in batches for item in batch])
+
+
+def _discard(batch: _Batch) -> None:
+    """Remove the temp files of staged messages that will not be committed."""
+    for _, staged in batch:
+        with contextlib.suppress(OSError):
+            os.unlink(staged.tmp_name)
+
+
 class _PumpLoop:
-    """Keep a window of RETR/DELE in flight; stream RETR data to blobs; group-commit batches."""
+    """Keep a window of RETR/DELE in flight; stage RETR data as blobs; group-commit them."""
+
+    # Received bytes of one message are kept up to this size and then staged in one go (one
+    # hash and one zstd call); a larger message streams through a BlobWriter in pieces of
+    # about this size, so no message is ever held whole.
+    PIECE = 1024 * 1024
 
     def __init__(
         self,
@@ -243,32 +380,53 @@ class _PumpLoop:
         self.listing_time = listing_time
         self.delete_new = fetcher._deletable(listing_time, now)
         self.inflight: deque[tuple[pop3.Command, ListedMessage | int]] = deque()
-        self.batch: list[tuple[ListedMessage, StagedBlob]] = []
+        self.batch: _Batch = []
         self.batch_size = 0
-        self.writer: BlobWriter | None = None
+        self.commits_pending = 0
+        self.chunks: list[bytes] = []  # of the message being received, not yet written
+        self.chunk_bytes = 0
+        self.writer: BlobWriter | None = None  # for a message larger than PIECE
         self.dele_acked: list[int] = []
         self.deleted_ids: list[int] = []
         self.done = 0
         self.bytes_done = 0
         self.retr_inflight = 0
         self.window = PIPELINE_WINDOW if session.conn.pipelining else 1
+        self.committer: _Committer | None = None
 
     def run(self) -> None:
+        self.committer = _Committer(self.f.store, self._record)
         try:
-            while True:
-                self._fill()
-                if not self.inflight:
-                    if self.batch:
-                        self._commit()
-                        continue
-                    break
-                self._handle(self.session.next_event())
+            self._pump()
         finally:
             if self.writer is not None:
                 self.writer.abort()
-        if self.dele_acked:
-            self.f.catalog.mark_dele_sent(self.dele_acked)
-            self.deleted_ids = list(self.dele_acked)
+            _discard(self.batch)  # staged but never handed to a commit (after a failure)
+            self.committer.close()  # the catalog is this thread's again after this
+            self._collect()
+            if self.dele_acked:
+                self.f.catalog.mark_dele_sent(self.dele_acked)
+                self.deleted_ids = list(self.dele_acked)
+        self.committer.raise_error()
+
+    def _pump(self) -> None:
+        committer = self.committer
+        assert committer is not None
+        while True:
+            if committer.finished:
+                self._collect()
+            self._fill()
+            if not self.inflight:
+                if self.batch:
+                    self._request_commit()
+                if self.commits_pending:
+                    committer.wait_finished()
+                    if not committer.finished:  # cannot happen: a commit finishes or raises
+                        raise RuntimeError("a requested commit neither finished nor failed")
+                    self._collect()
+                    continue
+                return
+            self._handle(self.session.next_event())
 
     def _fill(self) -> None:
         """Top the window up once it is half empty, so commands go out in batches."""
@@ -294,21 +452,17 @@ class _PumpLoop:
             self.session.send_many(batch)
 
     def _handle(self, event: pop3.Event) -> None:
-        command, subject = self.inflight[0]
-        if isinstance(event, pop3.Data):
-            assert self.writer is not None
-            self.writer.write(event.data)
+        if type(event) is pop3.Data:
+            self._data(event.data)
             return
+        command, subject = self.inflight[0]
         if isinstance(command, pop3.Retr):
             assert isinstance(subject, ListedMessage)
             if isinstance(event, pop3.Ok):
-                self.writer = self.f.store.writer()
+                pass  # the data follows
             elif isinstance(event, pop3.End):
-                assert self.writer is not None
-                staged = self.writer.finish()
-                self.writer = None
                 self.inflight.popleft()
-                self._staged(subject, staged)
+                self._received(subject)
             elif isinstance(event, pop3.Err):
                 self.inflight.popleft()
                 self.retr_inflight -= 1
@@ -328,7 +482,34 @@ class _PumpLoop:
             elif isinstance(event, pop3.Err):
                 self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
 
-    def _staged(self, msg: ListedMessage, staged: StagedBlob) -> None:
+    def _data(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.chunk_bytes += len(data)
+        if self.chunk_bytes >= self.PIECE:
+            self._write_chunks()
+
+    def _write_chunks(self) -> None:
+        """Stream what has arrived of a large message into its BlobWriter."""
+        if self.writer is None:
+            self.writer = self.f.store.writer()
+        for chunk in self.chunks:
+            self.writer.write(chunk)
+        self.chunks, self.chunk_bytes = [], 0
+
+    def _stage(self) -> StagedBlob:
+        """The message just received, written to tmp/ (not yet durable)."""
+        if self.writer is None:  # all of it in memory, under PIECE: one go
+            chunks = self.chunks
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.chunks, self.chunk_bytes = [], 0
+            return self.f.store.stage(data)
+        self._write_chunks()
+        assert self.writer is not None
+        staged, self.writer = self.writer.finish(), None
+        return staged
+
+    def _received(self, msg: ListedMessage) -> None:
+        staged = self._stage()
         if msg.size != staged.size:
             self.f.report.warnings.append(
                 f"message {msg.msgno} (UIDL {msg.uidl}): LIST said {msg.size} octets, "
@@ -346,26 +527,36 @@ class _PumpLoop:
             or self.batch_size >= self.f.batch_bytes
             or not retr_pending
         ):
-            self._commit()
+            self._request_commit()
 
-    def _commit(self) -> None:
-        """Durable blobs, then one catalog transaction, then queue the batch's DELEs."""
+    def _request_commit(self) -> None:
+        assert self.committer is not None
+        self.committer.put(self.batch)  # if it raises, run() discards the batch's files
+        self.batch, self.batch_size = [], 0
+        self.commits_pending += 1
+
+    def _record(self, batch: _Batch) -> _Results:
+        """On the commit thread, once the batch's blobs are durable: one catalog transaction."""
         f = self.f
-        batch, self.batch, self.batch_size = self.batch, [], 0
-        f.store.publish(staged for _, staged in batch)
         items = [Committed(st.digest, st.size, m.uidl, self.listing_time) for m, st in batch]
-        results = f.catalog.commit_messages(
-            f.account.name, f.run_id, f"pop3:{f.account.name}", items
-        )
-        for (msg, staged), (fresh, row_id) in zip(batch, results, strict=True):
-            f.report.fetched += 1
-            f.report.bytes += staged.size
-            if not fresh:
-                f.report.duplicates += 1
-            if self.delete_new and row_id is not None:
-                self.deletes.append((msg.msgno, row_id))
-            elif self.delete_new and msg.uidl is None:
-                self.deletes.append((msg.msgno, -1))
+        return f.catalog.commit_messages(f.account.name, f.run_id, f"pop3:{f.account.name}", items)
+
+    def _collect(self) -> None:
+        """Account for finished commits and queue their DELEs (never before the commit)."""
+        assert self.committer is not None
+        report = self.f.report
+        while self.committer.finished:
+            done = self.committer.finished.popleft()
+            self.commits_pending -= 1
+            for (msg, staged), (fresh, row_id) in zip(done.batch, done.results, strict=True):
+                report.fetched += 1
+                report.bytes += staged.size
+                if not fresh:
+                    report.duplicates += 1
+                if self.delete_new and row_id is not None:
+                    self.deletes.append((msg.msgno, row_id))
+                elif self.delete_new and msg.uidl is None:
+                    self.deletes.append((msg.msgno, -1))
 
 
 def fetch_accounts(

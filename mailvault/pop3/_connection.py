@@ -100,31 +100,39 @@ class Connection:
         return command.wire()
 
     def _check_can_send(self, command: Command) -> None:
-        name = _describe(command)
+        problem = self._send_problem(command)
+        if problem is not None:
+            head = _describe(self._queue[0]) if self._queue else ""
+            raise LocalProtocolError(problem.format(name=_describe(command), head=head))
+
+    def _send_problem(self, command: Command) -> str | None:
+        """Why ``command`` may not be sent now (a template naming ``{name}`` and the oldest
+        outstanding command ``{head}``), or None if it may.
+
+        The command's description is only rendered for the error: a pipelined fetch sends
+        thousands of commands, and rendering one per send was a measurable cost.
+        """
         if self._error is not None:
-            raise LocalProtocolError(f"cannot send {name}: the connection failed earlier")
+            return "cannot send {name}: the connection failed earlier"
         if self._phase is _Phase.GREETING:
-            raise LocalProtocolError(f"cannot send {name} before the server's greeting")
+            return "cannot send {name} before the server's greeting"
         if self._phase is _Phase.TLS:
-            raise LocalProtocolError(f"cannot send {name} before start_tls_done()")
+            return "cannot send {name} before start_tls_done()"
         if self._phase is not _Phase.COMMANDS:
-            raise LocalProtocolError(f"cannot send {name}: the session is over")
+            return "cannot send {name}: the session is over"
         if self._challenged and not isinstance(command, AuthContinue):
-            raise LocalProtocolError(f"cannot send {name}: answer the SASL challenge first")
+            return "cannot send {name}: answer the SASL challenge first"
         if not self._challenged and isinstance(command, AuthContinue):
-            raise LocalProtocolError("AuthContinue is only allowed after a SASL Continuation")
+            return "AuthContinue is only allowed after a SASL Continuation"
         if self._queue:
             head = self._queue[0]
             if head.barrier:
-                raise LocalProtocolError(
-                    f"cannot send {name} while {_describe(head)} is outstanding"
-                )
+                return "cannot send {name} while {head} is outstanding"
             if command.barrier:
-                raise LocalProtocolError(f"cannot send {name} while other commands are outstanding")
+                return "cannot send {name} while other commands are outstanding"
             if not self.pipelining:
-                raise LocalProtocolError(
-                    f"cannot send {name} while {_describe(head)} is outstanding: pipelining is off"
-                )
+                return "cannot send {name} while {head} is outstanding: pipelining is off"
+        return None
 
     def start_tls_done(self) -> None:
         """Resume after the TLS handshake that followed +OK to STLS.
