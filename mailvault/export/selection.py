@@ -77,7 +77,7 @@ class Selection:
     def _check_account(self, vault: Vault, account: str) -> None:
         known = {
             str(row[0])
-            for row in self.catalog.db.execute(
+            for row in self.catalog.conn.execute(
                 "SELECT name FROM accounts UNION SELECT DISTINCT account FROM uidls "
                 "UNION SELECT DISTINCT account FROM imports WHERE account IS NOT NULL"
             )
@@ -90,7 +90,7 @@ class Selection:
             )
 
     def _load_query(self, vault: Vault, query: str) -> None:
-        conn = self.catalog.db.conn
+        conn = self.catalog.conn
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_TEMP} (sha256 TEXT PRIMARY KEY)")
         conn.execute(f"DELETE FROM temp.{_TEMP}")
         batch: list[tuple[str]] = []
@@ -103,13 +103,13 @@ class Selection:
             conn.executemany(f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", batch)
 
     def count(self) -> int:
-        row = self.catalog.db.execute(
+        row = self.catalog.conn.execute(
             f"SELECT count(*) FROM messages AS m WHERE {self._where}", self._params
         ).fetchone()
         return int(row[0])
 
     def __iter__(self) -> Iterator[Selected]:
-        cursor = self.catalog.db.conn.execute(
+        cursor = self.catalog.conn.execute(
             f"SELECT m.sha256, m.size, m.first_ingest_at FROM messages AS m "
             f"WHERE {self._where} ORDER BY m.first_ingest_at, m.sha256",
             self._params,
