@@ -8,12 +8,16 @@ import os
 import signal
 
 
-def die_with_parent(parent: int) -> None:
+def init_worker(parent: int) -> None:
     """Call first thing in a pool worker (``initializer``), with the parent's pid.
 
-    A worker whose parent is killed (SIGKILL, the OOM killer) would otherwise block on its
-    result pipe forever; Linux kills it with the parent instead (PR_SET_PDEATHSIG).
+    Ctrl-C reaches the whole process group; a worker ignores it and finishes its task, so that
+    it is never interrupted between creating a file and recording it, and the parent, which
+    gets the KeyboardInterrupt, shuts the pool down and removes what the tasks wrote.  A
+    worker whose parent is killed (SIGKILL, the OOM killer) would otherwise block on its result
+    pipe forever; Linux kills it with the parent instead (PR_SET_PDEATHSIG).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     pr_set_pdeathsig = 1
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mailvault import index as ix
-from mailvault._workers import die_with_parent
+from mailvault._workers import init_worker
 from mailvault.catalog import Catalog, utcnow
 from mailvault.errors import MailvaultError
 from mailvault.parse import parse_message
@@ -95,7 +95,7 @@ _WORKER_STORE: list[BlobStore] = []
 
 
 def _worker_init(root: str, parent: int) -> None:
-    die_with_parent(parent)
+    init_worker(parent)
     _WORKER_STORE[:] = [BlobStore(Path(root))]
 
 

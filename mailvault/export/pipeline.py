@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from mailvault._workers import die_with_parent
+from mailvault._workers import init_worker
 from mailvault.errors import ExportError
 from mailvault.export._target import Target
 from mailvault.export.blobs import WHOLE_MAX, BlobReader
@@ -133,7 +133,7 @@ _WORKER: list[_Context] = []
 
 
 def _worker_init(root: str, lf: bool, target: Target, parent: int) -> None:
-    die_with_parent(parent)
+    init_worker(parent)
     _WORKER[:] = [_Context(BlobReader(BlobStore(Path(root))), lf, target)]
 
 
