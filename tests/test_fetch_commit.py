@@ -162,36 +162,30 @@ def _fail_after(n: int, real: Any, exc: Exception) -> Any:
     return failing
 
 
-def test_disk_error_while_staging_fails_the_fetch_and_deletes_nothing_uncommitted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("owner", "method", "after", "error"),
+    [
+        (BlobStore, "stage", 9, StoreError("disk full while writing (test)")),
+        (Catalog, "commit_messages", 0, CatalogError("catalog is broken (test)")),
+    ],
+    ids=["disk-error-while-staging", "catalog-error-while-committing"],
+)
+def test_a_failure_fails_the_fetch_and_deletes_nothing_uncommitted(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: type,
+    method: str,
+    after: int,
+    error: Exception,
 ) -> None:
     messages = corpus(20)
-    error = StoreError("disk full while writing (test)")
-    monkeypatch.setattr(BlobStore, "stage", _fail_after(9, BlobStore.stage, error))
+    monkeypatch.setattr(owner, method, _fail_after(after, getattr(owner, method), error))
     with FakePop3Server(messages) as server:
         vault = _vault(tmp_path, server, delete="after-commit")
         code, report = fetch_json(vault)
         acct = report["accounts"][0]
         assert (code, acct["status"]) == (1, "failed")
-        assert "disk full" in acct["errors"][0]
-        check_invariants(vault, server, messages)
-        assert no_tmp_leftovers(vault)
-        monkeypatch.undo()
-        complete_and_check(vault, server, messages)
-
-
-def test_catalog_error_while_committing_fails_the_fetch_and_deletes_nothing_uncommitted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    messages = corpus(20)
-    error = CatalogError("catalog is broken (test)")
-    monkeypatch.setattr(Catalog, "commit_messages", _fail_after(0, Catalog.commit_messages, error))
-    with FakePop3Server(messages) as server:
-        vault = _vault(tmp_path, server, delete="after-commit")
-        code, report = fetch_json(vault)
-        acct = report["accounts"][0]
-        assert (code, acct["status"]) == (1, "failed")
-        assert "catalog is broken" in acct["errors"][0]
+        assert str(error) in acct["errors"][0]
         check_invariants(vault, server, messages)
         assert no_tmp_leftovers(vault)
         monkeypatch.undo()
