@@ -6,7 +6,11 @@ committed in the vault, and the next run (fault switched off) completes.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import trustme
 
 from mailvault.testkit.fakepop import FakePop3Server, Faults, dot_stuff, served_bytes
 from tests.vaults import (
+    PASSWORD_ENV,
     assert_vault_exact,
     committed_uidls,
     fetch_json,
@@ -473,3 +478,25 @@ def test_no_secret_anywhere_in_the_vault_or_output(tmp_path: Path) -> None:
     for path in [trace, *vault.rglob("*"), *export_dir.rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"password found in {path}"
+
+
+def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group) while batches stream and commit: exit 130, every
+    deleted message committed, no temp file left, and the next run completes."""
+    messages = corpus(400)
+    with FakePop3Server(messages, faults=Faults(slow_bytes_per_sec=4_000_000)) as server:
+        account = {**PLAIN, "port": server.port, "retries": 0, "delete": "after-commit"}
+        vault = make_vault(tmp_path / "vault", {"acct": account}, commit_batch_messages=16)
+        env = {**os.environ, PASSWORD_ENV: "alice-secret"}
+        argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--no-index"]
+        proc = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE)
+        while proc.poll() is None and not committed_uidls(vault, "acct"):
+            pass
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert b"interrupted" in err
+        assert 0 < len(committed_uidls(vault, "acct")) < len(messages)
+        check_invariants(vault, server, messages)
+        assert no_tmp_leftovers(vault)
+        complete_and_check(vault, server, messages)
