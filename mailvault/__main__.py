@@ -15,7 +15,7 @@ def main() -> None:
     if "search" in argv:
         from mailvault.search import fast_main
 
-        code = fast_main(argv)
+        code = fast_main(argv, exiting=True)
         if code is not None:
             _exit_now(code)
     from mailvault.cli import main as cli_main

@@ -796,6 +796,7 @@ def run(
     sort: str = "-date",
     mode: str = "text",
     out: Any = None,
+    exiting: bool = False,
 ) -> int:
     """The whole `mailvault search` after argument parsing; returns the exit code (0 hits, 1 none).
 
@@ -808,13 +809,14 @@ def run(
     searcher = Searcher(os.path.join(vault_root, "index"), query)
     if mode == "count":
         n = searcher.count()
-        audit(vault_root, "search", query, n, mode=mode)
+        audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
         stream.write(f"{n}\n")
         return 0 if n else 1
     color = mode == "text" and _isatty(stream)
     hits = searcher.page(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
     # The audit entry is durable before anything is shown (fail closed).
-    audit(vault_root, "search", query, len(hits), mode=mode, limit=limit, offset=offset, sort=sort)
+    detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
+    audit(vault_root, "search", query, len(hits), exiting=exiting, **detail)
     results = Results(total=None, hits=hits)
     try:
         for line in iter_lines(results, mode=mode, color=color):
@@ -827,11 +829,17 @@ def run(
 
 
 def audit(
-    vault_root: str | os.PathLike[str], command: str, query: str | None, results: int, **detail: Any
+    vault_root: str | os.PathLike[str],
+    command: str,
+    query: str | None,
+    results: int,
+    *,
+    exiting: bool = False,
+    **detail: Any,
 ) -> None:
     from mailvault.audit import record
 
-    record(vault_root, command, query, results, **detail)
+    record(vault_root, command, query, results, exiting=exiting, **detail)
 
 
 def _isatty(stream: Any) -> bool:
@@ -849,10 +857,11 @@ _SEARCH_FLAGS = {"--json": "json", "--count": "count", "--ids": "ids"}
 _SEARCH_VALUES = ("--limit", "--offset", "--sort")
 
 
-def fast_main(argv: list[str]) -> int | None:
+def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
     """Run ``[--vault P] [-q] [-v] search [options] QUERY...`` without importing click or the
     CLI group; None when ``argv`` is anything else (help, other commands, odd options), so the
-    caller falls back to the full CLI, which gives the same results and messages.
+    caller falls back to the full CLI, which gives the same results and messages.  ``exiting``:
+    the caller ends the process right after (see ``audit.record``).
     """
     args = list(argv)
     vault: str | None = None
@@ -906,7 +915,8 @@ def fast_main(argv: list[str]) -> int | None:
     from mailvault.errors import MailvaultError
 
     try:
-        return run(vault, " ".join(words), mode=modes[0] if modes else "text", **opts)
+        mode = modes[0] if modes else "text"
+        return run(vault, " ".join(words), mode=mode, exiting=exiting, **opts)
     except MailvaultError as exc:
         sys.stderr.write(f"mailvault: error: {exc}\n")
         return exc.exit_code
