@@ -661,6 +661,10 @@ def _snippet(
     if not found:
         low = body.lower()
         found = [p for p in (low.find(w) for w in words) if p >= 0]
+    if found:
+        quick = _plain_snippet(body, min(found), words)
+        if quick is not None:
+            return quick
     start = max(min(found) - 200, 0) if found else 0
     window = body[start : start + (600 if found else 20_000)]
     if start:
@@ -702,6 +706,33 @@ def _snippet(
             ranges.append((len(text), len(text) + len(piece)))
         text += piece
     return text.rstrip(), ranges
+
+
+_TOKEN = re.compile(r"\w+")
+SNIPPET_LEAD = 40  # characters of context before the first query word
+
+
+def _plain_snippet(
+    body: str, at: int, words: list[str]
+) -> tuple[str, list[tuple[int, int]]] | None:
+    """The fragment from a little before ``at``, with every token that is a query word marked.
+
+    Most snippets need nothing more, and this costs a few microseconds where tokenizing a
+    window with Tantivy's generator costs tens: a tenth of a search's run time for 50 hits.
+    None (Tantivy's generator decides) when no token matches as written or lower-cased
+    (accents folded, a prefix query) or for CJK text, whose tokens the index splits per
+    character.
+    """
+    begin = body.rfind(" ", 0, max(at - SNIPPET_LEAD, 0)) + 1
+    text = " ".join(ix.display(body[begin : begin + SNIPPET_CHARS * 2]).split())
+    if len(text) > SNIPPET_CHARS:
+        cut = text.rfind(" ", 0, SNIPPET_CHARS + 1)
+        text = text[: cut if cut > 0 else SNIPPET_CHARS]
+    if not text.isascii() and max(text) >= ix.CJK[0]:
+        return None
+    wanted = set(words)
+    ranges = [m.span() for m in _TOKEN.finditer(text) if m.group().lower() in wanted]
+    return (text, ranges) if ranges else None
 
 
 def search(

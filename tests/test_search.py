@@ -471,3 +471,17 @@ def test_queries_on_a_vault_without_index(tmp_path: Path) -> None:
 
     with pytest.raises(SearchError, match="mailvault index"):
         Searcher(vault.index_path, "x")
+
+
+def test_plain_snippet_marks_every_query_word_and_defers_what_it_cannot() -> None:
+    from mailvault.search import SNIPPET_CHARS, _plain_snippet
+
+    body = "intro " * 30 + "The Parking\n\tlot is near the parking  garage. " + "tail " * 60
+    snippet = _plain_snippet(body, body.find("Parking"), ["parking", "garage"])
+    assert snippet is not None
+    text, ranges = snippet
+    assert len(text) <= SNIPPET_CHARS and "\n" not in text and "  " not in text
+    assert [text[a:b] for a, b in ranges] == ["Parking", "parking", "garage"]
+    assert _plain_snippet(body, body.find("Parking"), ["parki"]) is None  # a prefix: Tantivy
+    cjk = "報告 明日。 学生 料\u2060理 を 資料"
+    assert _plain_snippet(cjk, cjk.find("料"), ["料", "理"]) is None  # split per character
