@@ -833,6 +833,7 @@ def run(
 
     Click-free, so that a fast entry point can call it without importing the CLI group.
     """
+    from mailvault.audit import record as audit
     from mailvault.vault import check_vault
 
     stream = out or sys.stdout
@@ -857,20 +858,6 @@ def run(
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     return 0 if hits else 1
-
-
-def audit(
-    vault_root: str | os.PathLike[str],
-    command: str,
-    query: str | None,
-    results: int,
-    *,
-    exiting: bool = False,
-    **detail: Any,
-) -> None:
-    from mailvault.audit import record
-
-    record(vault_root, command, query, results, exiting=exiting, **detail)
 
 
 def _isatty(stream: Any) -> bool:

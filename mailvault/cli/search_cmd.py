@@ -195,9 +195,9 @@ def show(
     Examples: mailvault show 3fa9c2e1 | mailvault show '<abc@example.com>' --raw > msg.eml |
     mailvault show 3fa9c2e1 --part 3 --out report.pdf
     """
+    from mailvault.audit import record as audit
     from mailvault.cli._common import print_json, vault_from
     from mailvault.errors import UsageError
-    from mailvault.search import audit
     from mailvault.show import AmbiguousId, first_ingest, part_bytes, render_text, resolve
     from mailvault.show import as_json as message_json
 
