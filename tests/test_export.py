@@ -333,24 +333,33 @@ def test_out_below_a_regular_file_is_a_one_line_error(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "vault"]
 
 
+# argv: the file size limit, "pool" (force the worker pool even for a handful of messages, so
+# that a worker's write is the one that fails) or "inline", then the mailvault arguments.
 LIMITED = textwrap.dedent(
     """
     import resource, signal, sys
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    if sys.argv[2] == "pool":
+        from mailvault.export import pipeline
+        pipeline.INLINE_MAX = 1
+        pipeline.TASK_MESSAGES = 2
+        pipeline.worker_count = lambda: 2
     from mailvault.cli import main
-    sys.argv = ["mailvault", *sys.argv[2:]]
+    sys.argv = ["mailvault", *sys.argv[3:]]
     main()
     """
 )
 
 
+@pytest.mark.parametrize("mode", ["inline", "pool"])
 @pytest.mark.parametrize("fmt", ["maildir", "mbox", "eml"])
 def test_a_full_target_leaves_no_half_written_message(
-    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str
+    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str, mode: str
 ) -> None:
-    """RLIMIT_FSIZE makes the target "full" even for root: writes past 1.5 MB fail (EFBIG)."""
+    """RLIMIT_FSIZE makes the target "full" even for root: writes past 1.5 MB fail (EFBIG),
+    in the main process or in a worker."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [
@@ -358,6 +367,7 @@ def test_a_full_target_leaves_no_half_written_message(
             "-c",
             LIMITED,
             str(1_500_000),
+            mode,
             "--vault",
             str(vault),
             "export",
@@ -399,6 +409,7 @@ def test_a_full_target_on_append_truncates_back(tmp_path: Path, vault: Path) -> 
             "-c",
             LIMITED,
             str(1_000_000),
+            "inline",
             "--vault",
             str(vault),
             "export",

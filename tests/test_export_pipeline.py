@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailvault.export import _target, pipeline
-from mailvault.export.maildir import is_maildir
 from mailvault.export.manifest import entry_line, manifest_entry, mbox_line_parts
 from mailvault.export.transform import (
     META_FIELDS,
@@ -202,52 +200,6 @@ def test_pool_stops_at_a_damaged_blob(tmp_path: Path, crafted: list[bytes], pool
     assert not (tmp_path / "out-mbox").exists()
     assert os.listdir(tmp_path / "out-maildir" / "tmp") == []
     assert not (tmp_path / "out-maildir" / "manifest.json").exists()
-
-
-LIMITED_POOL = textwrap.dedent(
-    """
-    import resource, signal, sys
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
-    limit = int(sys.argv[1])
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    from mailvault.export import _target, pipeline
-    pipeline.INLINE_MAX = 1
-    pipeline.TASK_MESSAGES = 2
-    pipeline.worker_count = lambda: 2
-    from mailvault.cli import main
-    sys.argv = ["mailvault", *sys.argv[2:]]
-    main()
-    """
-)
-
-
-@pytest.mark.parametrize("fmt", ["maildir", "mbox", "eml"])
-def test_a_full_target_leaves_no_half_written_message_with_workers(
-    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str
-) -> None:
-    """A worker's write fails (EFBIG past 1.5 MB): nothing half-written, no temp file left."""
-    out = tmp_path / "out"
-    args = ["--vault", str(vault), "export", "--format", fmt, "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-c", LIMITED_POOL, "1500000", *args, "--line-endings", "crlf"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 3, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "file too large" in proc.stderr
-    assert [p for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []
-    by_digest = {sha(m): m for m in crafted}
-    if fmt == "mbox":
-        assert not out.exists()
-    elif fmt == "maildir":
-        assert is_maildir(out) and os.listdir(out / "tmp") == []
-        for name in os.listdir(out / "cur"):
-            assert (out / "cur" / name).read_bytes() == by_digest[name.split(",H=")[1][:64]]
-    else:
-        for path in out.glob("*.eml"):
-            assert path.read_bytes() == by_digest[path.stem]
-    assert not (out / "manifest.json").exists()
 
 
 def test_pool_append_equals_the_in_process_append(
