@@ -13,7 +13,7 @@ from tests.prereq import missing
 
 # --------------------------------------------------------------------------------------
 # Dovecot: a private POP3 server per test (mailvault/testkit/dovecot.py).
-# Without dovecot installed these tests skip, except in CI (CI=true) where they fail.
+# Without dovecot installed these tests fail, never skip (tests/prereq.py).
 # --------------------------------------------------------------------------------------
 
 DOVECOT_USER = "alice"
@@ -49,3 +49,24 @@ def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
 def dovecot(dovecot_factory: Callable[..., Dovecot]) -> Dovecot:
     """A started Dovecot with user alice / alice-secret and an empty mailbox."""
     return dovecot_factory({DOVECOT_USER: DOVECOT_PASSWORD})
+
+
+# --------------------------------------------------------------------------------------
+# Export: the crafted messages (mbox quoting, line ends, odd headers) in a fresh vault.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crafted() -> list[bytes]:
+    from tests.test_export_kit import crafted_messages
+
+    return crafted_messages()
+
+
+@pytest.fixture
+def vault(tmp_path: Path, crafted: list[bytes]) -> Path:
+    from tests.test_export_kit import add_messages, new_vault
+
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted)
+    return root

@@ -27,7 +27,6 @@ from tests.test_export_kit import (
     add_messages,
     cli,
     cli_json,
-    crafted_messages,
     manifest_lines,
     new_vault,
     sha,
@@ -35,18 +34,6 @@ from tests.test_export_kit import (
     unquote_mboxrd,
     validate_manifest,
 )
-
-
-@pytest.fixture(scope="module")
-def crafted() -> list[bytes]:
-    return crafted_messages()
-
-
-@pytest.fixture
-def vault(tmp_path: Path, crafted: list[bytes]) -> Path:
-    root = new_vault(tmp_path / "vault")
-    add_messages(root, crafted)
-    return root
 
 
 def expected_bytes(raw: bytes, line_endings: str) -> bytes:

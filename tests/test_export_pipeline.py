@@ -37,25 +37,12 @@ from tests.test_export_kit import (
     add_messages,
     cli,
     cli_json,
-    crafted_messages,
     manifest_lines,
     new_vault,
     sha,
 )
 
 PIECES = [b"\r", b"\n", b">", b"From ", b"Fro", b"m ", b"x", b"From", b" ", b">>", b"\r\n"]
-
-
-@pytest.fixture(scope="module")
-def crafted() -> list[bytes]:
-    return crafted_messages()
-
-
-@pytest.fixture
-def vault(tmp_path: Path, crafted: list[bytes]) -> Path:
-    root = new_vault(tmp_path / "vault")
-    add_messages(root, crafted)
-    return root
 
 
 @pytest.fixture
