@@ -250,6 +250,21 @@ def markdown_table(header: list[str], rows: list[list[str]], align: str) -> str:
     return "\n".join(lines)
 
 
+Verdict = tuple[str, str, bool | None]  # target, what was measured, met (None: not measured)
+_MARK = {True: "met", False: "**missed**", None: "not measured"}
+
+
+def verdict_table(verdicts: list[Verdict], align: str = "lll") -> str:
+    """The targets table of a results section (``align`` as for :func:`markdown_table`)."""
+    rows = [[target, measured, _MARK[met]] for target, measured, met in verdicts]
+    return markdown_table(["target", "measured", "verdict"], rows, align)
+
+
+def verdict_lines(verdicts: list[Verdict]) -> list[str]:
+    """The same verdicts for the console."""
+    return [f"{t}: {v} -> {_MARK[met].strip('*')}" for t, v, met in verdicts]
+
+
 def text_table(header: list[str], rows: list[list[str]], align: str) -> str:
     """The same table for a terminal."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

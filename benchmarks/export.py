@@ -35,6 +35,7 @@ from benchmarks._common import (
     Measurement,
     Options,
     Section,
+    Verdict,
     fmt_int,
     machine_description,
     markdown_table,
@@ -42,6 +43,8 @@ from benchmarks._common import (
     scratch_filesystem,
     text_table,
     tool_version,
+    verdict_lines,
+    verdict_table,
 )
 from benchmarks.search import (
     Corpus,
@@ -357,14 +360,13 @@ def _report(
     versions: dict[str, str],
     elapsed: float,
 ) -> Section:
-    mark = {True: "met", False: "**missed**", None: "not measured"}
     exports = [rows[t] for t in EXPORTS if rows[t].runs]
     imports = [rows[t] for t in IMPORTS if rows[t].runs]
     eheader, ebody, ealign = _table(
         corp, exports, lambda r: rows.get(LIMIT_OF.get(r.tool, r.tool)), "time ÷ copy"
     )
     iheader, ibody, ialign = _table(corp, imports, lambda r: rows["notmuch"], "time ÷ notmuch")
-    verdicts: list[tuple[str, str, bool | None]] = []
+    verdicts: list[Verdict] = []
     for tool in ("maildir", "mbox"):
         mine, limit = rows[tool].seconds(), rows[LIMIT_OF[tool]].seconds()
         ratio = None if mine is None or limit is None else mine / limit
@@ -396,9 +398,7 @@ def _report(
         "stored size (the same bytes for every row) over the wall time; MB = 10^6 bytes; "
         "RSS/PSS in MiB.",
         "",
-        "| target | measured | verdict |",
-        "| :--- | :--- | :--- |",
-        *[f"| {t} | {v} | {mark[met]} |" for t, v, met in verdicts],
+        verdict_table(verdicts, "lll"),
         "",
         "### Export",
         "",
@@ -418,7 +418,7 @@ def _report(
         "",
         text_table(iheader, ibody, ialign),
         "",
-        *[f"{t}: {v} -> {mark[met].strip('*')}" for t, v, met in verdicts],
+        *verdict_lines(verdicts),
         *failures,
     ]
     return Section(NAME, "\n".join(md) + "\n", "\n".join(console), not failures)

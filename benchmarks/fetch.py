@@ -40,6 +40,7 @@ from benchmarks._common import (
     Measurement,
     Options,
     Section,
+    Verdict,
     flush_disks,
     fmt_int,
     fmt_ratio,
@@ -50,6 +51,8 @@ from benchmarks._common import (
     scratch_filesystem,
     text_table,
     tool_version,
+    verdict_lines,
+    verdict_table,
 )
 from mailvault.testkit.dovecot import Dovecot, dovecot_binary
 from mailvault.testkit.generator import generate
@@ -583,7 +586,7 @@ def _verdict(
     return what, f"{show(paired)} (best runs: {show(best)})", paired >= target
 
 
-def _verdicts(rows: list[Row]) -> list[tuple[str, str, bool | None]]:
+def _verdicts(rows: list[Row]) -> list[Verdict]:
     """(target, measured, met) for the three targets of issue 2; judged on paired medians."""
     mv, mpop = _find(rows, LOOPBACK, "mailvault"), _find(rows, LOOPBACK, "mpop")
     mv_rtt, drain_rtt = _find(rows, RTT, "mailvault"), _find(rows, RTT, "drain")
@@ -631,7 +634,6 @@ def _report(
     )
     header, body, align = _tables(rows)
     verdicts = _verdicts(rows)
-    mark = {True: "met", False: "**missed**", None: "not measured"}
     ok = all(not r.errors for r in rows)
 
     md = [
@@ -647,9 +649,7 @@ def _report(
         "(steadier on a shared machine; best-run ratios in brackets). Others once. "
         "MB = 10^6 bytes as Dovecot serves them; RSS in MiB.",
         "",
-        "| target | measured | verdict |",
-        "| :--- | ---: | :--- |",
-        *[f"| {t} | {v} | {mark[met]} |" for t, v, met in verdicts],
+        verdict_table(verdicts, "lrl"),
         "",
         markdown_table(header, body, align),
     ]
@@ -675,7 +675,7 @@ def _report(
         "",
         text_table(header, body, align),
         "",
-        *[f"{t}: {v} -> {mark[met].strip('*')}" for t, v, met in verdicts],
+        *verdict_lines(verdicts),
         *failures,
     ]
     if profile_text:

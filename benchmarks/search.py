@@ -50,6 +50,7 @@ from benchmarks._common import (
     Measurement,
     Options,
     Section,
+    Verdict,
     flush_disks,
     fmt_int,
     fmt_ratio,
@@ -60,6 +61,8 @@ from benchmarks._common import (
     scratch_filesystem,
     text_table,
     tool_version,
+    verdict_lines,
+    verdict_table,
 )
 from mailvault.testkit.generator import GeneratedMessage, generate, write_maildir
 
@@ -1063,7 +1066,7 @@ def _verdicts(
     rows: list[IndexRow],
     queries: list[Query],
     results: dict[tuple[int, str], QueryResult],
-) -> list[tuple[str, str, bool | None]]:
+) -> list[Verdict]:
     by_tool = {r.tool: r for r in rows}
     out: list[tuple[str, str, bool | None]] = []
     mv, mu = _rate(corp, by_tool.get("mailvault")), _rate(corp, by_tool.get("mu"))
@@ -1133,7 +1136,6 @@ def _report(
     versions: dict[str, str],
     elapsed: float,
 ) -> Section:
-    mark = {True: "met", False: "**missed**", None: "not measured"}
     verdicts = _verdicts(corp, rows, queries, results)
     iheader, ibody, ialign = _index_table(corp, rows)
     (qheader, qbody, qalign), (sheader, sbody, salign) = _query_tables(queries, results, qtools)
@@ -1163,9 +1165,7 @@ def _report(
         f"queries: 1 warm-up + {runs} runs each, median per query. MB = 10^6 bytes; "
         "RSS/PSS in MiB.",
         "",
-        "| target | measured | verdict |",
-        "| :--- | :--- | :--- |",
-        *[f"| {t} | {v} | {mark[met]} |" for t, v, met in verdicts],
+        verdict_table(verdicts, "lll"),
         "",
         "### Indexing",
         "",
@@ -1202,7 +1202,7 @@ def _report(
         "",
         text_table(qheader, qbody, qalign),
         "",
-        *[f"{t}: {v} -> {mark[met].strip('*')}" for t, v, met in verdicts],
+        *verdict_lines(verdicts),
         *failures,
     ]
     return Section(NAME, "\n".join(md) + "\n", "\n".join(console), ok)
