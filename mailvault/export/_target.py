@@ -22,6 +22,7 @@ from typing import Any
 
 from mailvault._fs import fsync_dir, sync_filesystem
 from mailvault.export._errors import ExportError, target_error
+from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -259,3 +260,34 @@ def make_dirs(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     except OSError as exc:
         raise target_error("creating", path, exc) from None
+
+
+def existing_entries(out: Path, fmt: str, wanted: str) -> list[str] | None:
+    """What an existing directory target holds (None: there is none yet); a file is refused.
+
+    ``wanted`` says which directories will do, for the message.
+    """
+    if not (out.is_symlink() or out.exists()):
+        return None
+    if not out.is_dir():
+        raise ExportError(f"{out} is a file; --format {fmt} needs a directory ({wanted})")
+    try:
+        return os.listdir(out)
+    except OSError as exc:
+        raise target_error("reading", out, exc) from None
+
+
+def check_previous_export(out: Path, fmt: str, line_endings: str, *, unlike: str = "") -> None:
+    """Refuse to add to an earlier export of another format or with other line endings."""
+    previous = read_summary(out / "manifest.json")
+    if previous is None:
+        return
+    if previous.get("format") != fmt:
+        raise ExportError(
+            f"{out} holds a {previous.get('format')} export{unlike}; choose another --out"
+        )
+    if previous.get("line_endings") != line_endings:
+        raise ExportError(
+            f"{out} was exported with --line-endings {previous.get('line_endings')}; "
+            f"rerun with that, or export {line_endings} into a new directory"
+        )

@@ -7,22 +7,22 @@ in batches and renamed; a re-export skips files that are already there and corre
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from mailvault.export._errors import ExportError, target_error
+from mailvault.export._errors import ExportError
 from mailvault.export._target import (
     DirBatch,
     Placed,
     Staged,
     Target,
+    check_previous_export,
+    existing_entries,
     make_dirs,
     write_new_file,
 )
-from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
 
 _OURS = re.compile(r"^(?:[0-9a-f]{64}\.eml|manifest\.jsonl?|\..*\.tmp-[0-9a-f]+)$")
@@ -37,32 +37,16 @@ class EmlTarget(Target):
 
     def open(self) -> None:
         out = self.out
-        if out.is_symlink() or out.exists():
-            if not out.is_dir():
-                raise ExportError(
-                    f"{out} is a file; --format eml needs a directory (a new one, an empty one, "
-                    "or one written by an earlier eml export)"
-                )
-            try:
-                entries = os.listdir(out)
-            except OSError as exc:
-                raise target_error("reading", out, exc) from None
+        wanted = "a new one, an empty one, or one written by an earlier eml export"
+        entries = existing_entries(out, "eml", wanted)
+        if entries is not None:
             strangers = [name for name in entries if not _OURS.match(name)]
             if strangers:
                 raise ExportError(
                     f"{out} is not empty and not an eml export (it holds {strangers[0]!r}); "
                     "choose a new or empty directory"
                 )
-            previous = read_summary(out / "manifest.json")
-            if previous is not None and previous.get("format") != "eml":
-                raise ExportError(
-                    f"{out} holds a {previous.get('format')} export; choose another --out"
-                )
-            if previous is not None and previous.get("line_endings") != self.line_endings:
-                raise ExportError(
-                    f"{out} was exported with --line-endings {previous.get('line_endings')}; "
-                    f"rerun with that, or export {self.line_endings} into a new directory"
-                )
+            check_previous_export(out, "eml", self.line_endings)
             self.names = {name for name in entries if name.endswith(".eml")}
         make_dirs(out)
 

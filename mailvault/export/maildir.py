@@ -25,10 +25,11 @@ from mailvault.export._target import (
     Placed,
     Staged,
     Target,
+    check_previous_export,
+    existing_entries,
     make_dirs,
     write_new_file,
 )
-from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
 
 SUBDIRS = ("cur", "new", "tmp")
@@ -55,32 +56,15 @@ class MaildirTarget(Target):
 
     def open(self) -> None:
         out = self.out
-        if out.is_symlink() or out.exists():
-            if not out.is_dir():
-                raise ExportError(
-                    f"{out} is a file; --format maildir needs a directory (a new one, an empty "
-                    "one, or a Maildir written by an earlier export)"
-                )
-            try:
-                entries = os.listdir(out)
-            except OSError as exc:
-                raise target_error("reading", out, exc) from None
+        wanted = "a new one, an empty one, or a Maildir written by an earlier export"
+        entries = existing_entries(out, "maildir", wanted)
+        if entries is not None:
             if entries and not is_maildir(out):
                 raise ExportError(
                     f"{out} is not empty and not a Maildir (no cur/, new/ and tmp/); "
                     "choose a new or empty directory"
                 )
-            previous = read_summary(out / "manifest.json")
-            if previous is not None and previous.get("format") != "maildir":
-                raise ExportError(
-                    f"{out} holds a {previous.get('format')} export, not a Maildir; "
-                    "choose another --out"
-                )
-            if previous is not None and previous.get("line_endings") != self.line_endings:
-                raise ExportError(
-                    f"{out} was exported with --line-endings {previous.get('line_endings')}; "
-                    f"rerun with that, or export {self.line_endings} into a new directory"
-                )
+            check_previous_export(out, "maildir", self.line_endings, unlike=", not a Maildir")
         for sub in SUBDIRS:
             make_dirs(out / sub)
         self._scan()
