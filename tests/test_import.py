@@ -172,20 +172,22 @@ def test_damaged_regions_are_reported_with_offsets_and_the_rest_imported(tmp_pat
     assert rejected == [(0, len(garbage)), (empty_at, 0)]
 
 
-def test_our_mbox_export_imports_exactly_through_its_manifest(tmp_path: Path) -> None:
-    crafted = crafted_messages()[:6]
+def _exported_mbox(tmp_path: Path, count: int) -> tuple[list[bytes], Path, Path]:
+    """The first ``count`` crafted messages imported into a vault and exported as an mbox (crlf)."""
+    crafted = crafted_messages()[:count]
     src = tmp_path / "src"
     for i, raw in enumerate(crafted):
         write(src / f"{i}.eml", raw)
     vault = new_vault(tmp_path / "vault")
     assert import_json(vault, str(src))[0] == 0
     box = tmp_path / "out.mbox"
-    assert (
-        cli(
-            vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf"
-        ).exit_code
-        == 0
-    )
+    result = cli(vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf")
+    assert result.exit_code == 0, result.output
+    return crafted, vault, box
+
+
+def test_our_mbox_export_imports_exactly_through_its_manifest(tmp_path: Path) -> None:
+    crafted, vault, box = _exported_mbox(tmp_path, 6)
     fresh = new_vault(tmp_path / "fresh")
     code, report = import_json(fresh, str(box))
     assert code == 0 and report["warnings"] == []
@@ -314,19 +316,7 @@ def test_big_mbox_message_streams(tmp_path: Path, size: int) -> None:
 
 
 def test_a_truncated_export_is_reported_not_imported_short(tmp_path: Path) -> None:
-    crafted = crafted_messages()[:5]
-    src = tmp_path / "src"
-    for i, raw in enumerate(crafted):
-        write(src / f"{i}.eml", raw)
-    vault = new_vault(tmp_path / "vault")
-    assert import_json(vault, str(src))[0] == 0
-    box = tmp_path / "out.mbox"
-    assert (
-        cli(
-            vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf"
-        ).exit_code
-        == 0
-    )
+    crafted, vault, box = _exported_mbox(tmp_path, 5)
     entries = [
         json.loads(x) for x in (tmp_path / "out.mbox.manifest.jsonl").read_text().splitlines()
     ]

@@ -155,6 +155,19 @@ def test_terminal_output_bolds_the_terms() -> None:
 FORBIDDEN = ("sqlite_utils", "mailvault.parse", "pypdf", "jsonschema", "tenacity", "zstandard")
 
 
+def _imported_modules(*args: str) -> set[str]:
+    """Every module a fresh ``python -X importtime ARGS`` imports (it must exit 0)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+
+
 def test_search_path_imports_only_what_it_needs(indexed: tuple[Vault, dict[str, str]]) -> None:
     """The search path (mailvault.search.run) never imports the heavy modules."""
     vault, _ = indexed
@@ -162,15 +175,7 @@ def test_search_path_imports_only_what_it_needs(indexed: tuple[Vault, dict[str, 
         "import sys; from pathlib import Path; from mailvault.search import run; "
         f"sys.exit(run(Path({str(vault.root)!r}), {PDF_WORD!r}))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    imported = _imported_modules("-c", code)
     for name in FORBIDDEN:
         assert not any(m == name or m.startswith(name + ".") for m in imported), name
     assert "tantivy" in imported
@@ -181,16 +186,7 @@ def test_whole_search_process_imports_only_what_it_needs(
 ) -> None:
     """`python -X importtime -m mailvault search ...`: the issue's start-up check."""
     vault, _ = indexed
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "mailvault"]
-        + ["--vault", str(vault.root), "search", PDF_WORD],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    imported = _imported_modules("-m", "mailvault", "--vault", str(vault.root), "search", PDF_WORD)
     for name in (*FORBIDDEN, "mailvault.catalog", "mailvault.indexer"):
         assert not any(m == name or m.startswith(name + ".") for m in imported), name
 
