@@ -28,7 +28,6 @@ from tests.test_export_kit import (
     cli_json,
     corpora_dir,
     corpora_files,
-    crafted_messages,
     new_vault,
     sha,
     to_lf,
@@ -37,11 +36,6 @@ from tests.test_export_kit import (
 from tests.vaults import fetch_json, make_vault
 
 FORMATS = ["maildir", "mbox", "eml"]
-
-
-@pytest.fixture(scope="module")
-def crafted() -> list[bytes]:
-    return crafted_messages()
 
 
 def export_import(tmp: Path, vault: Path, fmt: str, *extra: str) -> tuple[Path, Path]:
@@ -58,20 +52,16 @@ def export_import(tmp: Path, vault: Path, fmt: str, *extra: str) -> tuple[Path, 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_crlf_export_imports_to_the_same_set_of_sha256(
-    tmp_path: Path, crafted: list[bytes], fmt: str
+    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str
 ) -> None:
-    vault = new_vault(tmp_path / "vault")
-    add_messages(vault, crafted)
     _, fresh = export_import(tmp_path, vault, fmt, "--line-endings", "crlf")
     assert catalog_set(fresh) == catalog_set(vault) == {sha(m) for m in crafted}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_lf_export_round_trips_to_the_converted_bytes(
-    tmp_path: Path, crafted: list[bytes], fmt: str
+    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str
 ) -> None:
-    vault = new_vault(tmp_path / "vault")
-    add_messages(vault, crafted)
     target, fresh = export_import(tmp_path, vault, fmt, "--line-endings", "lf")
     summary_path = (
         target.with_name(target.name + ".manifest.json")
@@ -84,11 +74,9 @@ def test_lf_export_round_trips_to_the_converted_bytes(
 
 
 def test_mbox_without_its_manifest_loses_only_missing_final_line_breaks(
-    tmp_path: Path, crafted: list[bytes]
+    tmp_path: Path, vault: Path, crafted: list[bytes]
 ) -> None:
     """Plain mbox cannot say a message had no final line break; everything else survives."""
-    vault = new_vault(tmp_path / "vault")
-    add_messages(vault, crafted)
     box = tmp_path / "bare.mbox"
     result = cli(
         vault,
