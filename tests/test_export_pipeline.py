@@ -22,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailvault.export import _target, pipeline
-from mailvault.export.manifest import entry_line, manifest_entry, mbox_line_parts
+from mailvault.export.manifest import entry_line, manifest_entry, mbox_line_parts, render_entry
 from mailvault.export.transform import (
     META_FIELDS,
     MboxrdQuoter,
+    MessageMeta,
     header_block,
     header_fields,
     message_meta,
@@ -98,6 +99,22 @@ def test_mbox_line_parts_compose_to_the_entry_line(crafted: list[bytes]) -> None
             entry = manifest_entry(sha(raw), meta, len(raw), offset=12345, exported_sha256=exported)
             assert f"{head}12345{tail}" == entry_line(entry)
             assert json.loads(f"{head}12345{tail}") == entry
+
+
+@given(
+    st.one_of(st.none(), st.text()),
+    st.booleans(),
+    st.one_of(st.none(), st.text()),
+    st.one_of(st.none(), st.just("ab" * 32)),
+)
+def test_render_entry_is_the_entry_line(
+    message_id: str | None, from_header: bool, path: str | None, exported: str | None
+) -> None:
+    meta = MessageMeta(message_id, datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), from_header, "x")
+    entry = manifest_entry("cd" * 32, meta, 77, path=path, exported_sha256=exported)
+    assert render_entry("cd" * 32, meta, 77, path=path, exported_sha256=exported) == entry_line(
+        entry
+    )
 
 
 # -- the pool against the in-process export -------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import re
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from mailvault.export.transform import (
     from_line,
     header_end,
     message_meta,
+    parse_date,
     peek_header,
     to_lf,
 )
@@ -97,6 +99,53 @@ def test_from_line_sender_and_date() -> None:
     assert from_line(message_meta(b"From: <a b@x>\r\n", ingest)).startswith(b"From MAILER-DAEMON ")
     folded = message_meta(b"Message-ID:\r\n <folded@x>\r\nSubject: s\r\n", ingest)
     assert folded.message_id == "folded@x"
+
+
+def reference_date(value: str) -> datetime | None:
+    """What the email package makes of a Date value, normalised as the export normalises it."""
+    try:
+        date = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    date = date if date.tzinfo else date.replace(tzinfo=UTC)
+    try:
+        return date.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+DATE_TOKENS = st.tuples(
+    st.sampled_from(["", "Sat, ", "Mon,", "Xyz, ", "sat, "]),
+    st.integers(0, 35),
+    st.sampled_from(["Jan", "Feb", "Dec", "jan", "Foo"]),
+    st.sampled_from([0, 1, 99, 999, 1000, 1970, 2024, 9999]),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 61),
+    st.sampled_from(["+", "-"]),
+    st.integers(0, 2500),
+    st.sampled_from(["", " (CET)", " GMT"]),
+)
+
+
+@given(DATE_TOKENS)
+@settings(max_examples=400)
+def test_parse_date_agrees_with_the_email_package(tokens: tuple) -> None:  # type: ignore[type-arg]
+    weekday, day, month, year, hour, minute, second, sign, zone, tail = tokens
+    value = (
+        f"{weekday}{day:02d} {month} {year:04d} {hour:02d}:{minute:02d}:{second:02d} "
+        f"{sign}{zone:04d}{tail}"
+    )
+    assert parse_date(value) == reference_date(value)
+
+
+def test_parse_date_reads_the_unusual_forms_the_long_way() -> None:
+    for value in ("8 Jul 2011 12:08 +0200", "Fri, 8 Jul 11 12:08:34 -0000", "Fri, 8 Jul 2011"):
+        assert parse_date(value) == reference_date(value)
+    assert parse_date("Fri, 08 Jul 2011 12:08:34 -0000") == datetime(
+        2011, 7, 8, 12, 8, 34, tzinfo=UTC
+    )
+    assert parse_date("nonsense") is None
 
 
 def test_from_line_classification() -> None:

@@ -39,7 +39,7 @@ from mailvault._workers import init_worker
 from mailvault.errors import ExportError
 from mailvault.export._target import Target
 from mailvault.export.blobs import WHOLE_MAX, BlobReader
-from mailvault.export.manifest import entry_line, manifest_entry, mbox_line_parts
+from mailvault.export.manifest import mbox_line_parts, render_entry
 from mailvault.export.selection import Selected
 from mailvault.export.transform import from_line, header_block, message_meta, quote_mboxrd
 from mailvault.store import BlobStore
@@ -93,7 +93,11 @@ def prepare_task(ctx: _Context, jobs: list[Job]) -> TaskResult:
             if raw is None:
                 done.append(None)
                 continue
-            meta = message_meta(header_block(raw), datetime.fromisoformat(first_ingest_at))
+            meta = message_meta(
+                header_block(raw),
+                datetime.fromisoformat(first_ingest_at),
+                envelope=ctx.target.in_order,
+            )
             # CRLF -> LF: split and join is exactly replace(), and a good third faster.
             data = b"\n".join(raw.split(b"\r\n")) if ctx.lf else raw
             exported = hashlib.sha256(data).hexdigest() if ctx.lf else None
@@ -107,12 +111,10 @@ def prepare_task(ctx: _Context, jobs: list[Job]) -> TaskResult:
                 done.append(Prepared(len(quoted), line, tail, "", "", start, at, len(head)))
             else:
                 staged = ctx.target.stage(digest, data)
-                entry = manifest_entry(
+                line = render_entry(
                     digest, meta, staged.size, path=staged.relative, exported_sha256=exported
                 )
-                done.append(
-                    Prepared(staged.size, entry_line(entry), "", staged.tmp, staged.relative)
-                )
+                done.append(Prepared(staged.size, line, "", staged.tmp, staged.relative))
     except BaseException:
         discard(done)
         raise

@@ -17,7 +17,7 @@ import email.utils
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 HEADER_CAP = 1024 * 1024  # read at most this much of a message to find its header block
 
@@ -226,6 +226,7 @@ class MessageMeta:
 
 
 META_FIELDS = frozenset({"message-id", "date", "return-path", "from"})
+_ID_DATE_FIELDS = frozenset({"message-id", "date"})
 
 
 _ANGLE_ADDR = re.compile(r"<([^<>\s]*)>")
@@ -239,29 +240,67 @@ def _safe_addr(value: str) -> str | None:
     return addr if addr and _PRINTABLE.fullmatch(addr) else None
 
 
-def message_meta(header: bytes, fallback_date: datetime) -> MessageMeta:
-    """Message-ID, date (Date header, else ``fallback_date``) and envelope sender of a message."""
-    fields = header_fields(header, META_FIELDS)
-    message_id = fields.get("message-id", "").strip().strip("<>").strip() or None
-    date = None
-    if "date" in fields:
+# The Date form nearly every message uses (RFC 5322 3.3 without comments or obsolete zones):
+# read directly, at a third of the cost of ``email.utils``; anything else goes the long way.
+_COMMON_DATE = re.compile(
+    r"(?:[A-Z][a-z]{2}, ?)?(\d{1,2}) ([A-Z][a-z]{2}) ([1-9]\d{3}) "
+    r"(\d\d):(\d\d):(\d\d) ([+-])([01]\d|2[0-3])([0-5]\d)",
+    re.ASCII,
+)
+_MONTH_NUMBERS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+
+
+def parse_date(value: str) -> datetime | None:
+    """A Date header as an aware UTC datetime, or None if it cannot be read.
+
+    The same result as ``email.utils.parsedate_to_datetime`` (``-0000``, "zone unknown", read
+    as UTC), which handles every form the fast pattern does not.
+    """
+    match = _COMMON_DATE.fullmatch(value)
+    month = _MONTH_NUMBERS.get(match.group(2)) if match else None
+    if match is not None and month is not None:
+        day, _, year, hour, minute, second, sign, off_h, off_m = match.groups()
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
         try:
-            date = email.utils.parsedate_to_datetime(fields["date"])
-        except (TypeError, ValueError, IndexError, OverflowError):
-            date = None
-    from_header = date is not None
-    if date is None:
-        date = fallback_date
+            local = datetime(
+                int(year), month, int(day), int(hour), int(minute), int(second), tzinfo=UTC
+            )
+            return local - offset if sign == "+" else local + offset
+        except (ValueError, OverflowError):
+            pass  # the long way decides (and refuses it too)
+    try:
+        date = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
     if date.tzinfo is None:
         date = date.replace(tzinfo=UTC)
     try:
-        date = date.astimezone(UTC)
+        return date.astimezone(UTC)
     except (OverflowError, ValueError):
-        date, from_header = fallback_date.astimezone(UTC), False
+        return None
+
+
+def message_meta(header: bytes, fallback_date: datetime, *, envelope: bool = True) -> MessageMeta:
+    """Message-ID, date (Date header, else ``fallback_date``) and envelope sender of a message.
+
+    ``envelope=False`` (every format but mbox) skips the sender, left as "MAILER-DAEMON".
+    """
+    fields = header_fields(header, META_FIELDS if envelope else _ID_DATE_FIELDS)
+    message_id = fields.get("message-id", "").strip().strip("<>").strip() or None
+    date = parse_date(fields["date"]) if "date" in fields else None
+    from_header = date is not None
+    if date is None:
+        date = fallback_date if fallback_date.tzinfo else fallback_date.replace(tzinfo=UTC)
+        date = date.astimezone(UTC)
     sender = None
-    if "return-path" in fields:
+    if envelope and "return-path" in fields:
         sender = _safe_addr(fields["return-path"]) or "MAILER-DAEMON"
-    if sender is None and "from" in fields:
+    if envelope and sender is None and "from" in fields:
         sender = _safe_addr(fields["from"])
     return MessageMeta(message_id, date, from_header, sender or "MAILER-DAEMON")
 
