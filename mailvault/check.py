@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mailvault.config import AccountConfig
-from mailvault.errors import MailvaultError, TLSError
+from mailvault.errors import (
+    LoginDelay,
+    MailboxInUse,
+    MailvaultError,
+    PermanentServerError,
+    ServerError,
+    TemporaryServerError,
+    TLSError,
+)
 from mailvault.secrets import resolve_secret
 from mailvault.session import Pop3Session
 from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
@@ -79,6 +87,25 @@ def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
         raise TLSError(f"{account.host} refused STLS: {buf.splitlines()[-1][:80]!r}")
     stream.start_tls(ctx)
     return stream
+
+
+def _login_hint(exc: MailvaultError) -> str:
+    """The likely cause of a refused login, from the RFC 2449/3206 response code."""
+    if isinstance(exc, MailboxInUse):
+        return (
+            "another client (a mail program, or an earlier fetch still running) holds the "
+            "mailbox; close it, or wait: fetch retries [IN-USE] by itself"
+        )
+    if isinstance(exc, LoginDelay):
+        return "the server limits how often you may log in; wait, then try again"
+    if isinstance(exc, (TemporaryServerError, PermanentServerError)):
+        return "the server reports a problem on its side; try later or ask its administrator"
+    if isinstance(exc, ServerError) and exc.code is None:
+        return (
+            "the server refused without saying why: check user, the password source, and the "
+            "auth method (auth = ...), and whether the mailbox is open in another client"
+        )
+    return "check user and the password source (password_env, password_file, password_command)"
 
 
 def _certificate(account: AccountConfig) -> Step:
@@ -166,12 +193,7 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
         try:
             session.login()
         except MailvaultError as exc:
-            yield Step(
-                "login",
-                False,
-                str(exc),
-                "check user and password source; [IN-USE] means another client is connected",
-            )
+            yield Step("login", False, str(exc), _login_hint(exc))
             return
         yield Step("login", True, f"logged in as {account.user} ({account.auth})")
         count, size = session.stat()

@@ -141,6 +141,7 @@ def test_check_command_walks_every_step(tmp_path: Path, dovecot: Dovecot) -> Non
     assert "3 messages" in result.output and "trusted" in result.output
     result = run_cli(vault, "check", "box", password="wrong")
     assert result.exit_code == 1 and "[FAIL] login" in result.output
+    assert "hint: check user and the password source" in result.output
 
 
 def test_crash_at_random_moments_loses_and_duplicates_nothing(

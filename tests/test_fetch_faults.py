@@ -180,6 +180,17 @@ def test_in_use_then_success_is_retried(tmp_path: Path) -> None:
         assert (code, acct["retries"], acct["fetched"]) == (0, 2, 6)
 
 
+def test_check_names_the_likely_cause_of_a_refused_login(tmp_path: Path) -> None:
+    with FakePop3Server(corpus(), faults=Faults(in_use_times=1)) as server:
+        result = run_cli(vault_for(tmp_path, server), "check", "acct")
+    assert result.exit_code == 1 and "[FAIL] login" in result.output
+    assert "another client" in result.output and "password source" not in result.output
+    with FakePop3Server(corpus(), faults=Faults(auth_fail=True)) as server:
+        result = run_cli(vault_for(tmp_path / "b", server), "check", "acct")
+    assert result.exit_code == 1 and "[FAIL] login" in result.output
+    assert "password source" in result.output and "another client" not in result.output
+
+
 def test_sys_temp_is_retried_auth_is_not(tmp_path: Path) -> None:
     with FakePop3Server(corpus(), faults=Faults(sys_temp_times=1)) as server:
         vault = vault_for(tmp_path, server, retries=2)
