@@ -114,7 +114,11 @@ class AccountFetcher:
         self.vault = vault
         self.account = account
         self.dry_run = dry_run
-        self.trace = trace
+        # Each line says whose dialogue it is: with --jobs, several accounts share one file.
+        self.trace: Trace | None = None
+        if trace is not None:
+            label, write = f"{account.name}:", trace
+            self.trace = lambda line: write(f"{label} {line}")
         self.progress = progress or (lambda *_: None)
         self.report = AccountReport(account.name)
         self.store: BlobStore = vault.store()

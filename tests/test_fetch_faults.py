@@ -7,6 +7,7 @@ committed in the vault, and the next run (fault switched off) completes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -336,6 +337,13 @@ def test_trace_redacts_the_password(tmp_path: Path) -> None:
         text = trace.read_text()
         assert "PASS ****" in text and "RETR 1" in text
         assert "alice-secret" not in text
+        assert trace.stat().st_mode & 0o777 == 0o600
+        assert run_cli(vault, "fetch", "--trace", str(trace)).exit_code == 0  # appends
+    lines = trace.read_text().splitlines()
+    headers = [line for line in lines if line.startswith("# mailvault ")]
+    assert len(headers) == 2 and all("accounts: acct" in line for line in headers)
+    dialogue = [line for line in lines if not line.startswith("#")]
+    assert dialogue and all(re.match(r"\d\d:\d\d:\d\d\.\d{3} acct: [CS]: ", x) for x in dialogue)
 
 
 @pytest.mark.parametrize("mode", ["plain", "apop", "user"])

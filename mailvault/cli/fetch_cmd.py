@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -10,6 +11,7 @@ from typing import IO
 
 import click
 
+from mailvault import __version__
 from mailvault.cli import cli
 from mailvault.cli._common import print_json, vault_from
 from mailvault.errors import MailvaultError, UsageError
@@ -24,10 +26,27 @@ class _TraceFile:
         self.lock = threading.Lock()
 
     def __call__(self, line: str) -> None:
+        now = time.time()
+        stamp = f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now * 1000) % 1000:03d}"
         with self.lock:
-            self.stream.write(
-                f"{time.strftime('%H:%M:%S')} {threading.current_thread().name} {line}\n"
-            )
+            self.stream.write(f"{stamp} {line}\n")
+
+
+def _open_trace(path: Path, names: list[str]) -> IO[str]:
+    """Open the trace for appending (0600 if new: it names users and servers), one header line
+    per run so that runs appended to the same file stay apart."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the trace file {path}: {exc.strerror}; choose another --trace path"
+        ) from None
+    stream = os.fdopen(fd, "a", encoding="utf-8")
+    stream.write(
+        f"# mailvault {__version__} fetch started {time.strftime('%Y-%m-%d %H:%M:%S %z')}, "
+        f"accounts: {', '.join(names)}\n"
+    )
+    return stream
 
 
 class _Progress:
@@ -77,7 +96,8 @@ class _Progress:
 @click.option(
     "--trace",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the POP3 dialogue to FILE (credentials redacted).",
+    help="Append the POP3 dialogue to FILE (created 0600), each line with the time and the "
+    "account; credentials redacted.",
 )
 @click.pass_context
 def fetch(
@@ -104,7 +124,7 @@ def fetch(
         )
     selected = [vault.config.account(name) for name in names]
     progress = _Progress() if sys.stderr.isatty() and not as_json and not ctx.obj["quiet"] else None
-    trace_stream = trace.open("a", encoding="utf-8") if trace else None
+    trace_stream = _open_trace(trace, names) if trace else None
     started = time.time()
     try:
         with vault.write_lock("fetch"):
