@@ -255,6 +255,12 @@ def test_query_export_selects_the_search_hits(tmp_path: Path, crafted: list[byte
     )
     assert code == 0 and summary["query"] == "subject:quoting" and summary["count"] == 1
     assert [p.name for p in out.glob("*.eml")] == [f"{sha(crafted[0])}.eml"]
+    assert summary["warnings"] == []
+    code, summary = cli_json(
+        root, "export", "nosuchwordanywhere", "--format", "mbox", "--out", str(tmp_path / "e")
+    )
+    assert code == 0 and summary["count"] == 0
+    assert summary["warnings"] == ["nothing to export: the query matched no messages"]
 
 
 def test_export_is_recorded_in_the_audit_log(tmp_path: Path, vault: Path) -> None:

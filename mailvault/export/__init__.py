@@ -244,6 +244,12 @@ def export(
         selection = Selection(vault, catalog, query=options.query, account=options.account)
         total = selection.count()
         exporter = _Exporter(vault, options, out, line_endings)
+        if total == 0:
+            exporter.run.warnings.append(
+                "nothing to export: "
+                + ("the query matched no messages" if options.query else "the selection is empty")
+                + (f" of account {options.account}" if options.account else "")
+            )
         paths = manifest_paths(options.fmt, out)
         if options.manifest:
             check_writable_manifest(paths)
