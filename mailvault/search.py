@@ -373,6 +373,8 @@ def _size_clause(query: str, tok: _Tok) -> str:
 
 def _prefix_clause(query: str, tok: _Tok, fields: tuple[str, ...], value: str) -> str:
     words = _fold(value)
+    if not words and tok.field is not None and not value.strip():
+        return _any([f"{f}:/.+/" for f in fields])  # `to:*`: any value at all in the field
     if not words:
         raise _fail(query, tok.pos, tok.end - tok.pos, "nothing to search for before the *")
     if len(words) == 1:
@@ -480,7 +482,7 @@ def _group(query: str, toks: list[_Tok], i: int, *, top: bool) -> tuple[str, int
         if tok.kind == "(":
             inner, i = _group(query, toks, i + 1, top=False)
             if i >= len(toks) or toks[i].kind != ")":
-                raise _fail(query, tok.pos, 1, "unclosed parenthesis (add a ')')")
+                raise _fail(query, tok.pos, tok.end - tok.pos, "unclosed parenthesis (add a ')')")
             clause = f"({inner})"
         else:
             clause = _term_clause(query, tok)
@@ -494,8 +496,11 @@ def _group(query: str, toks: list[_Tok], i: int, *, top: bool) -> tuple[str, int
             query, dangling.pos, dangling.end - dangling.pos, f"{dangling.text} needs a right side"
         )
     if not runs[-1]:
+        if len(runs) == 1 and not top and i >= len(toks):
+            return "", i  # `(` at the end: the caller reports the unclosed parenthesis
         if len(runs) == 1 and not top:
-            raise _fail(query, toks[i - 1].pos if i else 0, 1, "empty parentheses")
+            opening = toks[i - 1]
+            raise _fail(query, opening.pos, opening.end - opening.pos, "empty parentheses")
         if len(runs) == 1:
             raise QuerySyntaxError("invalid query: nothing to search for")
     parts = []

@@ -343,6 +343,12 @@ def test_has_attachment(corpus: Corpus) -> None:
     assert generated_hits(corpus, "-has:attachment") == expect(corpus, lambda m: not m.attachments)
 
 
+def test_a_bare_star_in_a_field_means_any_value(corpus: Corpus) -> None:
+    assert generated_hits(corpus, "cc:*") == expect(corpus, lambda m: bool(m.cc))
+    assert generated_hits(corpus, "-cc:*") == expect(corpus, lambda m: not m.cc)
+    assert generated_hits(corpus, "attachment:*") == generated_hits(corpus, "has:attachment")
+
+
 # -- boolean logic, prefixes, sorting, paging --------------------------------------------------
 
 
@@ -428,6 +434,10 @@ def test_snippet_highlights_the_term(corpus: Corpus) -> None:
         ("hello wrld:x", 7, "wrld:"),
         ('subject:"unclosed', 9, '"unclosed'),
         ("(a OR b", 1, "("),
+        ("(", 1, "("),
+        ("from:(", 1, "from:("),
+        ("from:(a", 1, "from:("),
+        ("from:()", 1, "from:("),
         ("a b)", 4, ")"),
         ("OR a", 1, "OR"),
         ("a AND", 3, "AND"),
