@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,3 +20,25 @@ def vault_from(ctx: click.Context) -> Vault:
 
 def print_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+class IndexProgress:
+    """One status line on stderr while parsing and indexing: count and rate."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2 and done != total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-6)
+        sys.stderr.write(f"\rindexing: {done}/{total} msgs  {rate:,.0f} msg/s\033[K")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.last:
+            sys.stderr.write("\n")
+            self.last = 0.0

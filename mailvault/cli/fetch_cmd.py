@@ -13,7 +13,7 @@ import click
 
 from mailvault import __version__
 from mailvault.cli import cli
-from mailvault.cli._common import print_json, vault_from
+from mailvault.cli._common import IndexProgress, print_json, vault_from
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.fetch import fetch_accounts
 
@@ -123,7 +123,8 @@ def fetch(
             f"no accounts configured in {vault.config_path}; add an [accounts.NAME] table"
         )
     selected = [vault.config.account(name) for name in names]
-    progress = _Progress() if sys.stderr.isatty() and not as_json and not ctx.obj["quiet"] else None
+    show_progress = sys.stderr.isatty() and not as_json and not ctx.obj["quiet"]
+    progress = _Progress() if show_progress else None
     trace_stream = _open_trace(trace, names) if trace else None
     started = time.time()
     try:
@@ -136,14 +137,21 @@ def fetch(
                 trace=_TraceFile(trace_stream) if trace_stream else None,
                 progress=progress,
             )
+            if progress:
+                progress.finish()
+                progress = None
             index_report, index_error = None, None
             if not dry_run and not no_index:
                 from mailvault.indexer import catch_up
 
+                indexing = IndexProgress() if show_progress else None
                 try:
-                    index_report = catch_up(vault)
+                    index_report = catch_up(vault, progress=indexing)
                 except MailvaultError as exc:  # the mail is safe; only the derived index lags
                     index_error = f"indexing failed: {exc}; run `mailvault index` to catch up"
+                finally:
+                    if indexing:
+                        indexing.finish()
     finally:
         if trace_stream:
             trace_stream.close()

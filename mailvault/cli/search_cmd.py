@@ -7,7 +7,6 @@ query starts fast; everything heavier is imported inside the command that needs 
 from mailvault.cli import cli  # isort: skip  (must come first: the group the commands join)
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +20,6 @@ Query language (docs/search.md):
   date:2024-03  date:[2024-01-01 TO 2024-03-31]  after:2024-01-01  before:2024-04-01
   has:attachment  size:>1M  size:<10k
 """
-
-
-class _Progress:
-    """One status line on stderr: parsed/indexed count and rate."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.2 and done != total:
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-6)
-        sys.stderr.write(f"\rindexing: {done}/{total} msgs  {rate:,.0f} msg/s\033[K")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.last:
-            sys.stderr.write("\n")
 
 
 def _print_report(report: Any, as_json: bool, verb: str) -> None:
@@ -63,12 +41,12 @@ def _print_report(report: Any, as_json: bool, verb: str) -> None:
 
 
 def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
-    from mailvault.cli._common import vault_from
+    from mailvault.cli._common import IndexProgress, vault_from
     from mailvault.indexer import catch_up, reindex
 
     vault = vault_from(ctx)
     quiet = ctx.obj.get("quiet", False)
-    progress = _Progress() if sys.stderr.isatty() and not as_json and not quiet else None
+    progress = IndexProgress() if sys.stderr.isatty() and not as_json and not quiet else None
     try:
         with vault.write_lock("reindex" if rebuild else "index"):
             report = (reindex if rebuild else catch_up)(vault, progress=progress)
