@@ -614,6 +614,17 @@ def _verdicts(rows: list[Row]) -> list[Verdict]:
     ]
 
 
+def _latency_tolerance(rows: list[Row]) -> list[str]:
+    """Each tool's rate with the added round-trip time as a share of its own loopback rate."""
+    shares = []
+    for tool in ("drain", "mailvault", "mpop"):
+        far, near = _find(rows, RTT, tool), _find(rows, LOOPBACK, tool)
+        share = _ratio(far, near)
+        if far is not None and near is not None and share is not None:
+            shares.append(f"{far.label} {share:.0%}")
+    return shares
+
+
 def _report(
     opts: Options,
     mailbox: Mailbox,
@@ -665,6 +676,13 @@ def _report(
             "",
             "CPU used by the delay proxy (Python threads on the same 2 cores) during the best "
             f"{RTT} runs: " + ", ".join(proxy) + ".",
+        ]
+    tolerance = _latency_tolerance(rows)
+    if tolerance:
+        md += [
+            "",
+            f"What the round trips cost each pipelined tool (msg/s at {RTT} ÷ msg/s on "
+            f"{LOOPBACK}, best runs): " + ", ".join(tolerance) + ".",
         ]
     failures = [f"- {r.condition}, {r.label}: {e}" for r in rows for e in r.errors]
     if failures:
