@@ -81,12 +81,16 @@ def test_eml_directory_single_file_and_strays(tmp_path: Path) -> None:
     write(src / "a.eml", A)
     write(src / "sub" / "b.EML", B)
     write(src / "notes.txt", b"hello")
+    write(src / "old", b"From someone Fri Jul  8 12:08:34 2011\n" + A)
     write(src / "empty.eml", b"")
     vault = new_vault(tmp_path / "vault")
     code, report = import_json(vault, str(src))
     assert code == 0 and report["sources"][0]["format"] == "eml"
     assert report["imported"] == 3  # a, b and the empty message (with a warning)
-    assert [Path(s["path"]).name for s in report["skipped"]] == ["notes.txt"]
+    skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == {"notes.txt", "old"}
+    assert "--format eml" in skipped["notes.txt"]
+    assert f"mailvault import {src / 'old'}" in skipped["old"]
     assert any("empty" in w["message"] for w in report["warnings"])
     single = write(tmp_path / "c.eml", C)
     code, report = import_json(vault, str(single))

@@ -2,7 +2,7 @@
 
 A directory is walked recursively in sorted order; ``*.eml`` files (any case) are messages.
 Dot-files, dot-directories and an export's own ``manifest.json``/``manifest.jsonl`` are passed
-over quietly; any other file is listed as skipped (import it with ``--format eml FILE``).
+over quietly; any other file is listed as skipped, with the command that imports it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mailvault.importer._model import Event, Found, Skipped, file_chunks
+from mailvault.importer.mbox import looks_like_mbox
 
 _QUIET = frozenset({"manifest.json", "manifest.jsonl"})
 
@@ -48,5 +49,9 @@ def _walk(directory: Path, *, top: bool) -> Iterator[Event]:
             yield Skipped(path, "not a regular file")
         elif entry.name.lower().endswith(".eml"):
             yield Found(path, "eml", None, file_chunks(path))
+        elif path.suffix.lower() in (".mbox", ".mbx") or looks_like_mbox(path):
+            yield Skipped(
+                path, f"an mbox, not a .eml file: import it on its own (mailvault import {path})"
+            )
         else:
             yield Skipped(path, "not a .eml file (import it with --format eml FILE)")
