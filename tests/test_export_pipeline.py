@@ -280,29 +280,44 @@ def test_a_failing_background_batch_stops_the_export_cleanly(
         assert (out / "cur" / name).read_bytes() == by_digest[name.split(",H=")[1][:64]]
 
 
-def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT to the whole process group) mid-export: exit 130, tmp/ empty, no worker
-    left; the next export completes the Maildir."""
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(tmp_path: Path, fmt: str) -> None:
+    """Ctrl-C (SIGINT to the whole process group) mid-export: exit 130, no temporary file (tmp/
+    of the Maildir; the mbox's temporary file and its workers' staged runs), no worker left; the
+    next export completes the target."""
     from mailvault.testkit.generator import generate
 
     root = new_vault(tmp_path / "vault")
     add_messages(root, [m.raw for m in generate(3000, 11, median_size=4000, max_size=20000)])
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "mailvault", "--vault", str(root), "export", "--format"]
-    argv += ["maildir", "--out", str(out)]
+    argv += [fmt, "--out", str(out)]
     proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE)
     cur = out / "cur"
-    while proc.poll() is None and not (cur.is_dir() and any(cur.iterdir())):
+
+    def started() -> bool:
+        if fmt == "maildir":
+            return cur.is_dir() and any(cur.iterdir())
+        return any(p.stat().st_size for p in tmp_path.glob(".out.tmp-*") if p.is_file())
+
+    while proc.poll() is None and not started():
         pass
     os.killpg(proc.pid, 2)  # what the terminal does on Ctrl-C
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert b"interrupted" in err
-    assert list((out / "tmp").iterdir()) == []
+    assert [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []
     left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
     assert left.stdout == ""
-    placed = len(list(cur.iterdir()))
-    assert 0 < placed < 3000
-    result = cli(root, "export", "--format", "maildir", "--out", str(out))
+    if fmt == "maildir":
+        assert list((out / "tmp").iterdir()) == []
+        placed = len(list(cur.iterdir()))
+        assert 0 < placed < 3000
+    else:
+        assert not out.exists()
+    result = cli(root, "export", "--format", fmt, "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert len(list(cur.iterdir())) == 3000
+    if fmt == "maildir":
+        assert len(list(cur.iterdir())) == 3000
+    else:
+        assert len(manifest_lines(Path(f"{out}.manifest.jsonl"))) == 3000

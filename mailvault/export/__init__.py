@@ -167,7 +167,7 @@ class _Exporter:
             bad = relative
         return None, bad
 
-    def placed(self, src: Selected, data: bytes, item: Prepared) -> str:
+    def placed(self, src: Selected, run_fd: int, item: Prepared) -> str:
         """Put a message prepared whole in place; its manifest line."""
         self.run.count += 1
         self.run.added += 1
@@ -175,7 +175,7 @@ class _Exporter:
         if item.tmp:
             self.target.place_staged(src.sha256, item.tmp, item.relative, item.size)
             return item.line
-        offset = self.target.place_record(memoryview(data)[item.start : item.end], item.from_len)
+        offset = self.target.place_record(run_fd, item.start, item.end, item.from_len)
         return f"{item.line}{offset}{item.tail}"
 
     def one(self, src: Selected) -> dict[str, Any]:
@@ -274,9 +274,9 @@ def export(
                 workers=worker_count(),
             )
             with pipeline:
-                for done, (src, data, item) in enumerate(pipeline.messages(selection), 1):
+                for done, (src, run_fd, item) in enumerate(pipeline.messages(selection), 1):
                     if item is not None:
-                        line = exporter.placed(src, data, item)
+                        line = exporter.placed(src, run_fd, item)
                     else:
                         line = entry_line(exporter.one(src))
                     if writer is not None:

@@ -57,8 +57,8 @@ class Target(ABC):
     Two ways in: ``write`` streams one message (any size, main process only); for a small
     message prepared whole, ``stage`` writes it to a temporary file (in a worker process, for
     targets that can: ``in_order`` is False) and ``place_staged`` schedules its rename, or, for
-    a target that must be written in order (mbox, ``in_order`` True), ``place_record`` appends
-    the prepared bytes.
+    a target that must be written in order (mbox, ``in_order`` True), ``stage_run`` writes a
+    run of them to a temporary file (in a worker) and ``place_record`` copies each into place.
     """
 
     in_order = False
@@ -88,8 +88,13 @@ class Target(ABC):
         """Schedule a staged file's rename into place (with the next batch)."""
         raise NotImplementedError
 
-    def place_record(self, record: memoryview, from_len: int) -> int:
-        """Append a prepared From_ line, message and separator; the message's offset."""
+    def stage_run(self, records: list[bytes]) -> str:
+        """Write a run of prepared records to a temporary file (may run in a worker); its path."""
+        raise NotImplementedError
+
+    def place_record(self, run_fd: int, start: int, end: int, from_len: int) -> int:
+        """Append bytes [start, end) of a staged run (From_ line, message, separator); the
+        message's offset."""
         raise NotImplementedError
 
     @abstractmethod

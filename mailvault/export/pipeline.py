@@ -6,15 +6,17 @@ hash again, quote ``From `` lines, find the header fields and render the manifes
 messages (see ``blobs.WHOLE_MAX``), so a pool of worker processes can do it side by side while
 the main process only places the results: the renames of a Maildir batch, the mbox writes, the
 manifest lines.  Processes rather than threads because most of these steps hold the GIL.  For
-mbox, a task's messages come back as one ``bytes`` (From_ line, quoted message, separator, one
-after the other), which the main process appends with ``writev`` from slices of it, no copies.
+mbox, a worker writes a task's messages (From_ line, quoted message, separator, one after the
+other) to a hidden "run" file beside the target, and the main process copies each message from
+there into the mbox in the kernel (``copy_file_range``): receiving every byte through the pool's
+pipe made the main process the bottleneck.
 
 Order and durability stay in the main process: ``Pipeline.messages`` yields, in selection
-order, each message with its ``Prepared`` (and the task's bytes), or None for "do it in the main
-process": a big message, which is streamed with flat memory; a message the target may already
-hold; or a blob the fast path could not read, so that the streaming path reports it.  A worker
-only ever writes temporary files, which the main process either renames into place once its
-batch is durable or removes on failure.
+order, each message with its ``Prepared`` (and its task's open run file), or None for "do it in
+the main process": a big message, which is streamed with flat memory; a message the target may
+already hold; or a blob the fast path could not read, so that the streaming path reports it.  A
+worker only ever writes temporary files, which the main process either renames into place once
+its batch is durable or copies from and removes, or removes on failure.
 
 Memory stays bounded: a task holds at most ``TASK_MESSAGES`` messages or ``TASK_BYTES`` bytes,
 and at most ``IN_FLIGHT_PER_WORKER`` tasks per worker are outstanding at any time.
@@ -37,6 +39,7 @@ from typing import NamedTuple
 
 from mailvault._workers import init_worker
 from mailvault.errors import ExportError
+from mailvault.export._errors import target_error
 from mailvault.export._target import Target
 from mailvault.export.blobs import WHOLE_MAX, BlobReader
 from mailvault.export.manifest import mbox_line_parts, render_entry
@@ -58,8 +61,8 @@ class Prepared(NamedTuple):
 
     Maildir, EML: ``line`` is the complete manifest line, ``tmp`` the temporary file holding the
     message and ``relative`` its final name.  mbox: the manifest line is ``line + str(offset) +
-    tail``, and ``data[start:end]`` of the task's bytes is the From_ line, the quoted message
-    (``size`` bytes from ``start + from_len``) and the separator.
+    tail``, and bytes [start, end) of the task's staged run are the From_ line, the quoted
+    message (``size`` bytes from ``start + from_len``) and the separator.
     """
 
     size: int
@@ -72,7 +75,7 @@ class Prepared(NamedTuple):
     from_len: int = 0
 
 
-TaskResult = tuple[bytes, list[Prepared | None]]
+TaskResult = tuple[str, list[Prepared | None]]  # (mbox: the staged run's path, else ""), items
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +118,22 @@ def prepare_task(ctx: _Context, jobs: list[Job]) -> TaskResult:
                     digest, meta, staged.size, path=staged.relative, exported_sha256=exported
                 )
                 done.append(Prepared(staged.size, line, "", staged.tmp, staged.relative))
+        run = ctx.target.stage_run(parts) if parts else ""
     except BaseException:
         discard(done)
         raise
-    return b"".join(parts), done
+    return run, done
 
 
-def discard(prepared: Iterable[Prepared | None]) -> None:
+def discard(prepared: Iterable[Prepared | None], run: str = "") -> None:
     """Remove the temporary files of prepared messages that will never be placed."""
     for item in prepared:
         if item is not None and item.tmp:
             with contextlib.suppress(OSError):
                 os.unlink(item.tmp)
+    if run:
+        with contextlib.suppress(OSError):
+            os.unlink(run)
 
 
 # -- the worker processes ------------------------------------------------------------------------
@@ -163,6 +170,7 @@ class Pipeline:
         self._in_flight: deque[tuple[list[tuple[Selected, bool]], Future[TaskResult]]]
         self._in_flight = deque()
         self._unplaced: deque[Prepared | None] = deque()
+        self._run = ""  # the staged mbox run being placed
         if workers > 1 and total >= INLINE_MAX:
             # fork: cheap, and needs no importable __main__; the children inherit the target
             # object (only its ``stage`` runs there) and never touch the catalog.
@@ -191,8 +199,9 @@ class Pipeline:
 
     def messages(
         self, selection: Iterable[Selected]
-    ) -> Iterator[tuple[Selected, bytes, Prepared | None]]:
-        """(message, its task's bytes, its Prepared or None), in selection order."""
+    ) -> Iterator[tuple[Selected, int, Prepared | None]]:
+        """(message, an open fd of its task's staged mbox run or -1, its Prepared or None), in
+        selection order."""
         limit = self._workers * IN_FLIGHT_PER_WORKER if self.pool is not None else 1
         task: list[tuple[Selected, bool]] = []
         task_bytes = 0
@@ -220,10 +229,10 @@ class Pipeline:
             future.set_result(prepare_task(self.ctx, jobs))
         self._in_flight.append((task, future))
 
-    def _collect(self) -> Iterator[tuple[Selected, bytes, Prepared | None]]:
+    def _collect(self) -> Iterator[tuple[Selected, int, Prepared | None]]:
         task, future = self._in_flight[0]
         try:
-            data, prepared = future.result()
+            run, prepared = future.result()
         except BrokenProcessPool:
             raise ExportError(
                 "an export worker process died (killed, or out of memory?); the export stopped "
@@ -231,23 +240,39 @@ class Pipeline:
             ) from None
         self._unplaced.extend(prepared)
         self._in_flight.popleft()
-        for src, eligible in task:
-            if not eligible:
-                yield src, data, None
-                continue
-            # Kept in _unplaced until the caller comes back for the next one, so that close()
-            # after a failure also removes the temporary file of the message being placed.
-            yield src, data, self._unplaced[0]
-            self._unplaced.popleft()
+        self._run = run  # removed once placed, or by close() after a failure
+        run_fd = -1
+        try:
+            if run:
+                try:
+                    run_fd = os.open(run, os.O_RDONLY)
+                except OSError as exc:
+                    raise target_error("reading", Path(run), exc) from None
+            for src, eligible in task:
+                if not eligible:
+                    yield src, run_fd, None
+                    continue
+                # Kept in _unplaced until the caller comes back for the next one, so that
+                # close() after a failure also removes the temporary file of the message
+                # being placed.
+                yield src, run_fd, self._unplaced[0]
+                self._unplaced.popleft()
+        finally:
+            if run_fd >= 0:
+                os.close(run_fd)
+            discard((), self._run)
+            self._run = ""
 
     def close(self) -> None:
         """Stop the workers; remove temporary files of prepared messages never placed."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-        discard(self._unplaced)  # a temporary file already renamed is simply not found
+        discard(self._unplaced, self._run)  # a file already renamed is simply not found
         self._unplaced.clear()
+        self._run = ""
         while self._in_flight:
             _, future = self._in_flight.popleft()
             if future.done() and not future.cancelled() and future.exception() is None:
-                discard(future.result()[1])
+                run, prepared = future.result()
+                discard(prepared, run)
