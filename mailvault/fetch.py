@@ -407,6 +407,7 @@ class _PumpLoop:
                 self.writer.abort()
             _discard(self.batch)  # staged but never handed to a commit (after a failure)
             self.committer.close()  # the catalog is this thread's again after this
+            self.f.store.remove_own_tmp()  # what an interruption left between two steps
             self._collect()
             if self.dele_acked:
                 self.f.catalog.mark_dele_sent(self.dele_acked)

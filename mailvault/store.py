@@ -288,6 +288,24 @@ class BlobStore:
             for blob in sorted(fanout.iterdir()):
                 yield blob.name.removesuffix(ZSTD_SUFFIX)
 
+    def remove_own_tmp(self) -> None:
+        """Remove the temp files this store object wrote that were never linked into place.
+
+        For the end of a fetch session that failed or was interrupted: Ctrl-C can arrive
+        between creating a temp file and recording it anywhere, so the batches alone do not
+        know every file.  Only this object writes names with its prefix, so nothing another
+        writer (a ``--jobs`` neighbour) is working on is touched; call once its commits are done.
+        """
+        directory, prefix = os.path.split(self._tmp_prefix)
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
     def clean_tmp(self) -> int:
         """Remove leftovers of interrupted writes; call only under the vault's write lock."""
         removed = 0

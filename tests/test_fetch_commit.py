@@ -22,7 +22,14 @@ from mailvault.errors import CatalogError, StoreError
 from mailvault.store import BlobStore
 from mailvault.testkit.fakepop import FakePop3Server, served_bytes
 from tests.test_fetch_faults import PLAIN, check_invariants, complete_and_check, corpus
-from tests.vaults import PASSWORD_ENV, fetch_json, make_vault, no_tmp_leftovers, sha256s
+from tests.vaults import (
+    PASSWORD_ENV,
+    fetch_json,
+    make_vault,
+    no_tmp_leftovers,
+    run_cli,
+    sha256s,
+)
 
 
 def _digest(i: int) -> str:
@@ -186,6 +193,33 @@ def test_a_failure_fails_the_fetch_and_deletes_nothing_uncommitted(
         acct = report["accounts"][0]
         assert (code, acct["status"]) == (1, "failed")
         assert str(error) in acct["errors"][0]
+        check_invariants(vault, server, messages)
+        assert no_tmp_leftovers(vault)
+        monkeypatch.undo()
+        complete_and_check(vault, server, messages)
+
+
+def test_ctrl_c_between_staging_and_batching_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrowest window of an interruption: a message's temp file is written, but no batch
+    knows it yet.  The session's end still removes it."""
+    real_stage = BlobStore.stage
+    calls = {"n": 0}
+
+    def stage_then_interrupt(self: BlobStore, data: bytes) -> Any:
+        staged = real_stage(self, data)
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return staged
+
+    monkeypatch.setattr(BlobStore, "stage", stage_then_interrupt)
+    messages = corpus(20)
+    with FakePop3Server(messages) as server:
+        vault = _vault(tmp_path, server, batch=4, delete="after-commit")
+        result = run_cli(vault, "fetch", "--no-index")
+        assert result.exit_code != 0 and calls["n"] == 9
         check_invariants(vault, server, messages)
         assert no_tmp_leftovers(vault)
         monkeypatch.undo()
