@@ -53,15 +53,22 @@ def account(server: Dovecot, mode: str, **keys: object) -> dict[str, object]:
 
 
 def server_hashes(server: Dovecot, user: str = "alice") -> set[str]:
-    """Hashes of what the server holds; retried when Dovecot moves a file new/ -> cur/ meanwhile."""
+    """Hashes of what the server holds; read again while files move or vanish under us.
+
+    Right after a client is killed, Dovecot may still be finishing its session: moving files
+    from new/ to cur/, or applying the DELEs of a QUIT that reached it.  On a loaded machine
+    that can take more than a second, so this waits up to ten.
+    """
     maildir = server.maildir(user)
-    for _attempt in range(20):
+    deadline = time.monotonic() + 10
+    while True:
         try:
             files = [p for sub in ("new", "cur") for p in (maildir / sub).iterdir()]
             return {hashlib.sha256(retr_payload(p.read_bytes())).hexdigest() for p in files}
         except FileNotFoundError:
-            time.sleep(0.05)
-    raise AssertionError(f"{maildir} kept changing while it was read")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{maildir} kept changing while it was read") from None
+            time.sleep(0.02)
 
 
 @pytest.mark.parametrize("mode", ["implicit", "starttls"])
