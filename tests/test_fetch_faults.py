@@ -342,6 +342,8 @@ def test_trace_redacts_the_password(tmp_path: Path) -> None:
     lines = trace.read_text().splitlines()
     headers = [line for line in lines if line.startswith("# mailvault ")]
     assert len(headers) == 2 and all("accounts: acct" in line for line in headers)
+    result = run_cli(vault, "fetch", "--trace", str(tmp_path / "missing" / "trace.txt"))
+    assert result.exit_code == 2 and "cannot write the trace file" in result.stderr
     dialogue = [line for line in lines if not line.startswith("#")]
     assert dialogue and all(re.match(r"\d\d:\d\d:\d\d\.\d{3} acct: [CS]: ", x) for x in dialogue)
 
