@@ -40,7 +40,7 @@ IndexCheck = Callable[[Vault, set[str]], Iterator[Finding]]
 
 
 def _blobs(vault: Vault, catalog_ids: set[str], quick: bool) -> Iterator[Finding]:
-    store = vault.store()
+    store = vault.read_store()  # reading needs no config: verify must work when it is broken
     on_disk = set()
     for digest in store.iter_digests():
         on_disk.add(digest)
@@ -179,6 +179,7 @@ def verify(
     vault: Vault, *, quick: bool = False, index_check: IndexCheck | None = None
 ) -> Iterator[Finding]:
     """Every finding about the vault; nothing is changed."""
+    yield from _config(vault)
     db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
     try:
         yield from _catalog(db)
@@ -191,6 +192,14 @@ def verify(
         db.close()
     if index_check is not None:
         yield from index_check(vault, catalog_ids - purged)
+
+
+def _config(vault: Vault) -> Iterator[Finding]:
+    """The vault itself does not need mailvault.toml, but tonight's fetch does: say so now."""
+    try:
+        vault.config  # noqa: B018 - loading it is the check
+    except MailvaultError as exc:
+        yield Finding("config-invalid", "warning", "mailvault.toml", f"{exc} (fetch will fail)")
 
 
 def _purged(db: sqlite3.Connection) -> set[str]:

@@ -61,6 +61,30 @@ def test_flipped_byte_in_blob(vault: Path) -> None:
     assert findings(vault, "--quick")[0] == 0
 
 
+def test_a_broken_config_does_not_stop_verify_or_show(vault: Path) -> None:
+    """verify is what an admin runs when something is wrong: it checks the vault without the
+    accounts file, and says the file is broken (tonight's fetch would fail)."""
+    digest = some_digest(vault)
+    path = BlobStore(vault).find(digest)
+    assert path is not None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with (vault / "mailvault.toml").open("a") as config:
+        config.write("this is [not toml\n")
+    code, items = findings(vault)
+    assert code == 1
+    by_code = {f["code"]: f for f in items}
+    assert by_code["config-invalid"]["severity"] == "warning"
+    assert "not valid TOML" in by_code["config-invalid"]["detail"]
+    assert {"blob-corrupt", "blob-unreadable"} & set(by_code)  # the blobs were still checked
+    schema = json.loads((Path(__file__).parents[1] / "schemas" / "verify.schema.json").read_text())
+    jsonschema.validate(json.loads(run_cli(vault, "verify", "--json").stdout), schema)
+    other = next(d for d in BlobStore(vault).iter_digests() if d != digest)
+    shown = run_cli(vault, "show", other, "--raw")
+    assert shown.exit_code == 0 and shown.stdout_bytes
+
+
 def test_uncompressed_blob_edit_is_a_hash_mismatch(tmp_path: Path) -> None:
     with FakePop3Server(corpus(3)) as server:
         path = make_vault(

@@ -196,7 +196,7 @@ def show(
     if part is not None:
         detail["part"] = part
     audit(vault.root, "show", ident, 1, **detail)  # durable before anything is shown
-    store = vault.store()
+    store = vault.read_store()
     if raw:
         stdout = sys.stdout.buffer
         for chunk in store.iter_chunks(digest):
