@@ -227,6 +227,50 @@ def test_pool_append_equals_the_in_process_append(
     )
 
 
+def test_append_in_a_directory_it_cannot_write_stages_runs_in_the_temp_dir(
+    tmp_path: Path, crafted: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mail spool: the mbox is writable, its directory is not.  (Root passes every access
+    check, so the refusal is simulated.)"""
+    import tempfile
+
+    from mailvault.export import mbox
+
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    plain, box = tmp_path / "plain.mbox", spool / "box"
+    for out in (plain, box):
+        out.write_bytes(b"From a@b Mon Jan  1 00:00:00 2001\nSubject: old\n\nold body\n")
+    assert cli(root, "export", "--format", "mbox", "--out", str(plain), "--append").exit_code == 0
+    real_access = os.access
+    monkeypatch.setattr(
+        mbox.os, "access", lambda p, mode: str(p) != str(spool) and real_access(p, mode)
+    )
+    monkeypatch.setattr(pipeline, "INLINE_MAX", 1)
+    monkeypatch.setattr(pipeline, "TASK_MESSAGES", 3)
+    monkeypatch.setattr(pipeline, "worker_count", lambda: 2)
+    runs_before = set(Path(tempfile.gettempdir()).glob(".box.tmp-run-*"))
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(box), "--append")
+    assert code == 0 and summary["count"] == len(crafted)
+    assert box.read_bytes() == plain.read_bytes()
+    assert set(Path(tempfile.gettempdir()).glob(".box.tmp-run-*")) == runs_before
+    assert sorted(p.name for p in spool.iterdir()) == [
+        "box",
+        "box.manifest.json",
+        "box.manifest.jsonl",
+    ]
+    target = mbox.MboxTarget(box, append=True)
+    target.open()
+    try:
+        run = target.stage_run([b"From x Mon Jan  1 00:00:00 2001\n", b"\n"])
+        assert Path(run).parent == Path(tempfile.gettempdir())
+        os.unlink(run)
+    finally:
+        target.abort()
+
+
 @pytest.mark.parametrize("fmt", ["maildir", "eml"])
 def test_batches_finished_in_the_background_keep_every_file(
     tmp_path: Path, vault: Path, crafted: list[bytes], monkeypatch: pytest.MonkeyPatch, fmt: str

@@ -25,6 +25,7 @@ import fcntl
 import itertools
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -90,6 +91,7 @@ class MboxTarget(Target):
         self._written_back = 0  # start_writeback was called for the bytes before this offset
         self._truncate_to: int | None = None  # an append: the file's size before this run
         self._token = secrets.token_hex(4)  # in the names of the staged runs of this export
+        self._run_dir = str(out.parent)
 
     def open(self) -> None:
         out = self.out
@@ -110,6 +112,10 @@ class MboxTarget(Target):
             except OSError as exc:
                 raise target_error("creating", self.tmp, exc) from None
         self._buf_start = self._written_back = self.pos
+        # Runs go beside the target (same filesystem: copied in the kernel).  Appending needs
+        # only the file to be writable, not its directory (a mail spool): then the temp dir.
+        parent = str(out.parent)
+        self._run_dir = parent if os.access(parent, os.W_OK | os.X_OK) else tempfile.gettempdir()
 
     def _open_existing(self) -> None:
         out = self.out
@@ -208,7 +214,7 @@ class MboxTarget(Target):
         process then copies them into the mbox in the kernel (``place_record``) instead of
         receiving every byte through a pipe."""
         run = f"{self._token}-{os.getpid()}-{next(_RUNS)}"
-        name = f"{self.out.parent}/.{self.out.name}.tmp-run-{run}"
+        name = f"{self._run_dir}/.{self.out.name}.tmp-run-{run}"
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
         except OSError as exc:
