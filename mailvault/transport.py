@@ -46,7 +46,7 @@ def tls_context(account: AccountConfig) -> ssl.SSLContext:
 
 def _tls_failure(exc: ssl.SSLError, host: str) -> TLSError:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = exc.verify_message or str(exc)
+        reason = (exc.verify_message or str(exc)).rstrip(".")
         hint = "set ca_file to the CA that issued it, or pin it with tls_fingerprint"
         if "hostname" in reason.lower() or "IP address mismatch" in reason:
             hint = "the certificate is for another name: connect with the name it was issued for"
