@@ -14,6 +14,8 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 
+from mailvault.parse._boundary import install as install_boundary_matcher
+
 # A UTF-8 BOM and lines of only spaces before the first header (an empty line is not junk: it
 # is an empty header block).
 _LEADING_JUNK = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:[ \t]+\r?\n)*")
@@ -21,6 +23,7 @@ _LEADING_JUNK = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:[ \t]+\r?\n)*")
 _OBS_COLON = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _PARSER = BytesParser(policy=compat32)
+install_boundary_matcher()  # see _boundary.py: a quarter of parsing a multipart message
 OBSOLETE_COLON = "header: obsolete space before a colon"
 
 
