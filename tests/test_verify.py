@@ -45,13 +45,19 @@ def test_clean_vault_verifies(vault: Path) -> None:
     assert run_cli(vault, "verify").exit_code == 0
 
 
-def test_flipped_byte_in_blob(vault: Path) -> None:
+def flip_a_byte(vault: Path) -> tuple[str, Path]:
+    """Damage one blob in the middle; its digest and path."""
     digest = some_digest(vault)
     path = BlobStore(vault).find(digest)
     assert path is not None
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+    return digest, path
+
+
+def test_flipped_byte_in_blob(vault: Path) -> None:
+    digest, path = flip_a_byte(vault)
     code, items = findings(vault)
     assert code == 1
     bad = [f for f in items if f["subject"] == digest]
@@ -64,12 +70,7 @@ def test_flipped_byte_in_blob(vault: Path) -> None:
 def test_a_broken_config_does_not_stop_verify_or_show(vault: Path) -> None:
     """verify is what an admin runs when something is wrong: it checks the vault without the
     accounts file, and says the file is broken (tonight's fetch would fail)."""
-    digest = some_digest(vault)
-    path = BlobStore(vault).find(digest)
-    assert path is not None
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    digest, _ = flip_a_byte(vault)
     with (vault / "mailvault.toml").open("a") as config:
         config.write("this is [not toml\n")
     code, items = findings(vault)
