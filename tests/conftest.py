@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from mailvault.testkit.dovecot import Dovecot, dovecot_binary
 from tests.prereq import missing
+
+# Hypothesis fails an example that takes longer than 200 ms by default: a timed assertion,
+# which a loaded CI machine turns into a flaky failure.  Speed is measured by `make bench`.
+settings.register_profile("mailvault", deadline=None)
+settings.load_profile("mailvault")
 
 # --------------------------------------------------------------------------------------
 # Dovecot: a private POP3 server per test (mailvault/testkit/dovecot.py).
