@@ -362,7 +362,7 @@ def test_idle_timeout_and_stop() -> None:
     read_until(sock, b"\r\n")
     started = time.monotonic()
     srv.stop()
-    assert read_to_eof(sock) == b"" and time.monotonic() - started < 1
+    assert read_to_eof(sock) == b"" and time.monotonic() - started < 3
 
 
 # ---------------------------------------------------------------------------------- TLS
@@ -429,10 +429,11 @@ def test_proxy_delay_rtt_and_throughput(server: FakePop3Server) -> None:
             started = time.monotonic()
             client.noop()
             rtts.append(time.monotonic() - started)
-        assert min(rtts) >= 0.019 and statistics.median(rtts) < 0.08, rtts
+        # the delay is there; the upper bounds only catch a proxy that stalls (loose: CI load)
+        assert min(rtts) >= 0.019 and statistics.median(rtts) < 0.25, rtts
         started = time.monotonic()
         _, lines, _ = client.retr(4)
-        assert time.monotonic() - started < 1.5 and len(lines) == 40_000
+        assert time.monotonic() - started < 5 and len(lines) == 40_000
         client.dele(1)
         client.quit()
     assert len(server.mailbox) == 3

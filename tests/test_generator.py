@@ -11,7 +11,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
@@ -229,12 +228,10 @@ def test_median_follows_the_parameter() -> None:
     assert 2_800 < statistics.median(sizes) < 5_600
 
 
-def test_fast_enough() -> None:
-    start = time.perf_counter()
+def test_a_thousand_messages_make_a_realistic_volume() -> None:
+    """(How fast the generator is shows in `make bench`, which times writing its corpus.)"""
     total = sum(gm.size for gm in generate(1000, seed=8))
-    elapsed = time.perf_counter() - start
     assert total > 10_000_000
-    assert elapsed < 5, f"1000 messages took {elapsed:.1f}s; 10,000 must stay well under 20s"
 
 
 def test_bad_arguments() -> None:
