@@ -17,7 +17,6 @@ batch is made durable; batches that queue up behind a slow disk are committed to
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -268,7 +267,6 @@ class _Committer:
         self._max_waiting = max_waiting
         self._cond = threading.Condition()
         self._waiting: deque[_Batch] = deque()
-        self._failed: list[_Batch] = []  # taken by a commit that raised
         self._busy = False
         self._closing = False
         self._error: BaseException | None = None
@@ -303,14 +301,13 @@ class _Committer:
             raise self._error
 
     def close(self) -> None:
-        """Commit what is queued, stop, and remove the staged files no commit took."""
+        """Commit what is queued (unless a commit failed) and stop.  The staged files no commit
+        took are the caller's to remove (``BlobStore.remove_own_tmp``)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         self._thread.join()
-        for batch in (*self._failed, *self._waiting):
-            _discard(batch)
-        self._failed, self._waiting = [], deque()
+        self._waiting = deque()
 
     # -- the commit thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -329,7 +326,7 @@ class _Committer:
                 results = self._commit(batches)
             except BaseException as exc:  # handed to the socket thread, which raises it
                 with cond:
-                    self._error, self._busy, self._failed = exc, False, batches
+                    self._error, self._busy = exc, False
                     cond.notify_all()
                 return
             with cond:
@@ -350,13 +347,6 @@ class _Committer:
             self._presynced = list(self._waiting)  # references: no id can be reused
         store.sync()
         return self._record([item for batch in batches for item in batch])
-
-
-def _discard(batch: _Batch) -> None:
-    """Remove the temp files of staged messages that will not be committed."""
-    for _, staged in batch:
-        with contextlib.suppress(OSError):
-            os.unlink(staged.tmp_name)
 
 
 class _PumpLoop:
@@ -405,9 +395,10 @@ class _PumpLoop:
         finally:
             if self.writer is not None:
                 self.writer.abort()
-            _discard(self.batch)  # staged but never handed to a commit (after a failure)
             self.committer.close()  # the catalog is this thread's again after this
-            self.f.store.remove_own_tmp()  # what an interruption left between two steps
+            # Every staged file no commit linked: of a batch never handed over or never
+            # committed (after a failure), and whatever an interruption left between two steps.
+            self.f.store.remove_own_tmp()
             self._collect()
             if self.dele_acked:
                 self.f.catalog.mark_dele_sent(self.dele_acked)
@@ -536,7 +527,7 @@ class _PumpLoop:
 
     def _request_commit(self) -> None:
         assert self.committer is not None
-        self.committer.put(self.batch)  # if it raises, run() discards the batch's files
+        self.committer.put(self.batch)  # if it raises, run() removes the batch's files
         self.batch, self.batch_size = [], 0
         self.commits_pending += 1
 
