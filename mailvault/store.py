@@ -30,7 +30,6 @@ import zstandard
 from mailvault._fs import sync_filesystem
 from mailvault.errors import StoreError
 
-HEX = frozenset("0123456789abcdef")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 ZSTD_SUFFIX = ".zst"
 READ_CHUNK = 1024 * 1024
@@ -39,6 +38,11 @@ READ_CHUNK = 1024 * 1024
 def valid_digest(digest: str) -> bool:
     """A digest is exactly 64 lower-case hex digits; anything else never becomes a path."""
     return _DIGEST.fullmatch(digest) is not None
+
+
+def _require_digest(digest: str) -> None:
+    if not valid_digest(digest):
+        raise StoreError(f"invalid blob name {digest!r}: expected 64 lower-case hex digits")
 
 
 def _disk_error(action: str, path: Path, exc: OSError) -> StoreError:
@@ -175,8 +179,7 @@ class BlobStore:
         return StagedBlob(hashlib.sha256(data).hexdigest(), len(data), name)
 
     def _dir(self, digest: str) -> Path:
-        if not valid_digest(digest):
-            raise StoreError(f"invalid blob name {digest!r}: expected 64 lower-case hex digits")
+        _require_digest(digest)
         return self.objects / digest[:2]
 
     def find(self, digest: str) -> Path | None:
@@ -226,10 +229,7 @@ class BlobStore:
         try:
             for blob in batch:
                 digest = blob.digest
-                if not valid_digest(digest):
-                    raise StoreError(
-                        f"invalid blob name {digest!r}: expected 64 lower-case hex digits"
-                    )
+                _require_digest(digest)
                 target_dir = f"{objects}/{digest[:2]}"
                 if target_dir not in self._known_dirs:
                     self.objects.mkdir(exist_ok=True, mode=0o700)
