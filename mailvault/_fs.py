@@ -9,8 +9,11 @@ from functools import cache
 # search` start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
     from typing import Any
+
+IOV_BATCH = 512  # buffers per writev: below Linux's IOV_MAX (1024)
 
 
 @cache
@@ -19,6 +22,22 @@ def _libc() -> Any:
     import ctypes.util
 
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data``; a short write (rare) goes on where it stopped."""
+    written = os.write(fd, data)
+    if written < len(data):  # only then pay for a view
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def writev_all(fd: int, parts: Sequence[bytes]) -> None:
+    """Write ``parts`` (at most ``IOV_BATCH``) with one ``writev``, without joining them."""
+    written = os.writev(fd, parts)
+    if written < sum(map(len, parts)):  # a short write: the rest the slow way
+        write_all(fd, memoryview(b"".join(parts))[written:])
 
 
 def sync_filesystem(path: Path) -> None:

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from mailvault._fs import sync_filesystem
+from mailvault._fs import sync_filesystem, write_all
 from mailvault.errors import StoreError
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -56,14 +56,6 @@ def _disk_error(action: str, path: Path, exc: OSError) -> StoreError:
             f"no permission {action} {path} ({exc.strerror}); check the vault's owner and mode"
         )
     return StoreError(f"{action} {path} failed: {exc.strerror or exc}")
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    written = os.write(fd, data)
-    if written < len(data):  # short writes are rare: only then pay for a view
-        view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view) :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +113,7 @@ class BlobWriter:
         return StagedBlob(self._hash.hexdigest(), self._size, self._name)
 
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -169,7 +161,7 @@ class BlobStore:
             raise _disk_error("creating", Path(name), exc) from None
         try:
             try:
-                _write_all(fd, self._compressor.compress(data) if self._compressor else data)
+                write_all(fd, self._compressor.compress(data) if self._compressor else data)
             finally:
                 os.close(fd)
         except OSError as exc:

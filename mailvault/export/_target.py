@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mailvault._fs import fsync_dir, sync_filesystem
+from mailvault._fs import IOV_BATCH, fsync_dir, sync_filesystem, writev_all
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
@@ -29,6 +29,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 BATCH_MESSAGES = 1024  # a syncfs (a journal commit) per batch: fewer, bigger batches cost less
 BATCH_BYTES = 32 * 1024 * 1024
+WRITE_BYTES = 1024 * 1024  # a new file's chunks are written once this much has come
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -130,13 +131,6 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
         function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def write_new_file(path: str | Path, chunks: Iterable[bytes]) -> int:
     """Create ``path`` (which must not exist) from ``chunks``; on any failure remove it again.
 
@@ -148,13 +142,18 @@ def write_new_file(path: str | Path, chunks: Iterable[bytes]) -> int:
     except OSError as exc:
         raise target_error("creating", Path(path), exc) from None
     size = 0
+    batch: list[bytes] = []  # written together (one writev) up to IOV_BATCH or WRITE_BYTES
+    batch_bytes = 0
     try:
         for chunk in chunks:
-            try:
-                write_all(fd, chunk)
-            except OSError as exc:
-                raise target_error("writing", Path(path), exc) from None
-            size += len(chunk)
+            batch.append(chunk)
+            batch_bytes += len(chunk)
+            if len(batch) >= IOV_BATCH or batch_bytes >= WRITE_BYTES:
+                _write_batch(fd, path, batch)
+                size += batch_bytes
+                batch, batch_bytes = [], 0
+        _write_batch(fd, path, batch)
+        size += batch_bytes
         try:
             os.close(fd)
         finally:
@@ -167,6 +166,14 @@ def write_new_file(path: str | Path, chunks: Iterable[bytes]) -> int:
             os.unlink(path)
         raise
     return size
+
+
+def _write_batch(fd: int, path: str | Path, batch: list[bytes]) -> None:
+    if batch:
+        try:
+            writev_all(fd, batch)
+        except OSError as exc:
+            raise target_error("writing", Path(path), exc) from None
 
 
 class DirBatch:

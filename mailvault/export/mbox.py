@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from mailvault._fs import fsync_dir
+from mailvault._fs import IOV_BATCH, fsync_dir, write_all, writev_all
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import (
     FILE_MODE,
@@ -37,12 +37,11 @@ from mailvault.export._target import (
     Target,
     make_dirs,
     start_writeback,
-    write_all,
+    write_new_file,
 )
 from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
 
 BUFFER = 1024 * 1024
-MAX_PARTS = 512  # below IOV_MAX (1024)
 WRITEBACK_STEP = 8 * 1024 * 1024  # start the disk write every this many bytes
 BOM = b"\xef\xbb\xbf"
 
@@ -83,9 +82,7 @@ class MboxTarget(Target):
         self.original_size = 0
         self.start_offset = 0  # where this run's first From_ line goes
         self.pos = 0  # file offset of the next byte written
-        self._parts: list[
-            bytes | memoryview
-        ] = []  # written with one writev: no copying into a buffer
+        self._parts: list[bytes] = []  # written with one writev: no copying into a buffer
         self._pending = 0  # bytes in _parts
         self._buf_start = 0
         self._written_back = 0  # start_writeback was called for the bytes before this offset
@@ -160,11 +157,11 @@ class MboxTarget(Target):
         self.start_offset = self.pos
 
     # -- writing -----------------------------------------------------------------------------
-    def _put(self, data: bytes | memoryview) -> None:
+    def _put(self, data: bytes) -> None:
         self._parts.append(data)
         self._pending += len(data)
         self.pos += len(data)
-        if self._pending >= BUFFER or len(self._parts) >= MAX_PARTS:
+        if self._pending >= BUFFER or len(self._parts) >= IOV_BATCH:
             self._drain()
 
     def _drain(self) -> None:
@@ -174,9 +171,7 @@ class MboxTarget(Target):
         try:
             if self.tmp is None:
                 os.lseek(self.fd, self._buf_start, os.SEEK_SET)
-            written = os.writev(self.fd, self._parts)
-            if written < self._pending:  # a short write: the rest the slow way
-                write_all(self.fd, memoryview(b"".join(self._parts))[written:])
+            writev_all(self.fd, self._parts)
         except OSError as exc:
             raise target_error("writing", path, exc) from None
         self._buf_start += self._pending
@@ -215,23 +210,7 @@ class MboxTarget(Target):
         receiving every byte through a pipe."""
         run = f"{self._token}-{os.getpid()}-{next(_RUNS)}"
         name = f"{self._run_dir}/.{self.out.name}.tmp-run-{run}"
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-        except OSError as exc:
-            raise target_error("creating", Path(name), exc) from None
-        try:
-            try:
-                for i in range(0, len(records), MAX_PARTS):
-                    chunk = records[i : i + MAX_PARTS]
-                    written = os.writev(fd, chunk)
-                    if written < sum(map(len, chunk)):  # a short write: the rest the slow way
-                        write_all(fd, memoryview(b"".join(chunk))[written:])
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            raise target_error("writing", Path(name), exc) from None
+        write_new_file(name, records)
         return name
 
     def place_record(self, run_fd: int, start: int, end: int, from_len: int) -> int:
