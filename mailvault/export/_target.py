@@ -81,8 +81,9 @@ class Target(ABC):
     ) -> Placed:
         """Write one message; the bytes become durable and visible at the next batch or close."""
 
-    def stage(self, digest: str, data: bytes) -> Staged:
-        """Write one whole message to a temporary file; may run in a worker process."""
+    def stage(self, digest: str, chunks: Iterable[bytes]) -> Staged:
+        """Write one message to a temporary file, not yet in place (``write`` is this and
+        ``place_staged``); may run in a worker process, with the message whole."""
         raise NotImplementedError
 
     def place_staged(self, digest: str, tmp: str, relative: str, size: int) -> None:

@@ -60,15 +60,13 @@ class EmlTarget(Target):
     def write(
         self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
     ) -> Placed:
-        name = f"{digest}.eml"
-        tmp = self.out / f".{name}.tmp-{secrets.token_hex(6)}"
-        size = write_new_file(tmp, chunks)
-        return self._add(str(tmp), name, size)
+        staged = self.stage(digest, chunks)
+        return self._add(staged.tmp, staged.relative, staged.size)
 
-    def stage(self, digest: str, data: bytes) -> Staged:
+    def stage(self, digest: str, chunks: Iterable[bytes]) -> Staged:
         name = f"{digest}.eml"
         tmp = f"{self.out}/.{name}.tmp-{secrets.token_hex(6)}"
-        return Staged(tmp, name, write_new_file(tmp, (data,)))
+        return Staged(tmp, name, write_new_file(tmp, chunks))
 
     def place_staged(self, digest: str, tmp: str, relative: str, size: int) -> None:
         self._add(tmp, relative, size)

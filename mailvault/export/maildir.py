@@ -98,15 +98,13 @@ class MaildirTarget(Target):
     def write(
         self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
     ) -> Placed:
-        base = self._base()
-        tmp = self.out / "tmp" / base
-        size = write_new_file(tmp, chunks)
-        return self._add(digest, str(tmp), f"cur/{base},S={size},H={digest}:2,S", size)
+        staged = self.stage(digest, chunks)
+        return self._add(digest, staged.tmp, staged.relative, staged.size)
 
-    def stage(self, digest: str, data: bytes) -> Staged:
+    def stage(self, digest: str, chunks: Iterable[bytes]) -> Staged:
         base = self._base()
         tmp = f"{self.out}/tmp/{base}"
-        size = write_new_file(tmp, (data,))
+        size = write_new_file(tmp, chunks)
         return Staged(tmp, f"cur/{base},S={size},H={digest}:2,S", size)
 
     def place_staged(self, digest: str, tmp: str, relative: str, size: int) -> None:

@@ -113,7 +113,7 @@ def prepare_task(ctx: _Context, jobs: list[Job]) -> TaskResult:
                 line, tail = mbox_line_parts(digest, meta, len(quoted), exported)
                 done.append(Prepared(len(quoted), line, tail, "", "", start, at, len(head)))
             else:
-                staged = ctx.target.stage(digest, data)
+                staged = ctx.target.stage(digest, (data,))
                 line = render_entry(
                     digest, meta, staged.size, path=staged.relative, exported_sha256=exported
                 )
