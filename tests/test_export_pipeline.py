@@ -16,13 +16,14 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailvault.export import _target, pipeline
-from mailvault.export.manifest import entry_line, manifest_entry, mbox_line_parts, render_entry
+from mailvault.export.manifest import mbox_line_parts, render_entry
 from mailvault.export.transform import (
     META_FIELDS,
     MboxrdQuoter,
@@ -90,6 +91,38 @@ def test_header_fields_equal_the_line_start_reference(header: bytes) -> None:
     assert header_fields(header, META_FIELDS) == fields_reference(header)
 
 
+def manifest_entry(
+    sha256: str,
+    meta: MessageMeta,
+    size: int,
+    *,
+    path: str | None = None,
+    offset: int | None = None,
+    exported_sha256: str | None = None,
+) -> dict[str, Any]:
+    """The entry as docs/export.md and the schema document it, keys in order (the reference
+    ``render_entry`` must match)."""
+    entry: dict[str, Any] = {
+        "sha256": sha256,
+        "message_id": meta.message_id,
+        "date": meta.date.isoformat(),
+        "date_source": "header" if meta.date_from_header else "ingest",
+        "size": size,
+    }
+    if path is not None:
+        entry["path"] = path
+    if offset is not None:
+        entry["offset"] = offset
+        entry["length"] = size
+    if exported_sha256 is not None:
+        entry["exported_sha256"] = exported_sha256
+    return entry
+
+
+def entry_line(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+
+
 def test_mbox_line_parts_compose_to_the_entry_line(crafted: list[bytes]) -> None:
     when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
     for raw in crafted:
@@ -105,16 +138,21 @@ def test_mbox_line_parts_compose_to_the_entry_line(crafted: list[bytes]) -> None
     st.one_of(st.none(), st.text()),
     st.booleans(),
     st.one_of(st.none(), st.text()),
+    st.one_of(st.none(), st.integers(0, 2**40)),
     st.one_of(st.none(), st.just("ab" * 32)),
 )
 def test_render_entry_is_the_entry_line(
-    message_id: str | None, from_header: bool, path: str | None, exported: str | None
+    message_id: str | None,
+    from_header: bool,
+    path: str | None,
+    offset: int | None,
+    exported: str | None,
 ) -> None:
     meta = MessageMeta(message_id, datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), from_header, "x")
-    entry = manifest_entry("cd" * 32, meta, 77, path=path, exported_sha256=exported)
-    assert render_entry("cd" * 32, meta, 77, path=path, exported_sha256=exported) == entry_line(
-        entry
-    )
+    entry = manifest_entry("cd" * 32, meta, 77, path=path, offset=offset, exported_sha256=exported)
+    assert render_entry(
+        "cd" * 32, meta, 77, path=path, offset=offset, exported_sha256=exported
+    ) == entry_line(entry)
 
 
 # -- the pool against the in-process export -------------------------------------------------------

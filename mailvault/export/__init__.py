@@ -42,10 +42,9 @@ from mailvault.export.manifest import (
     SCHEMA_ID,
     ManifestWriter,
     check_writable_manifest,
-    entry_line,
-    manifest_entry,
     manifest_paths,
     read_summary,
+    render_entry,
 )
 from mailvault.export.mbox import MboxTarget
 from mailvault.export.pipeline import Pipeline, Prepared, worker_count
@@ -141,8 +140,9 @@ class _Exporter:
             h.update(chunk)
         return h.hexdigest()
 
-    def _existing(self, src: Selected) -> tuple[dict[str, Any] | None, str | None]:
-        """A manifest entry for a correct copy already in the target, else (None, bad copy)."""
+    def _existing(self, src: Selected) -> tuple[tuple[str, int] | None, str | None]:
+        """((manifest line, size) of a correct copy already in the target, None), else (None,
+        the bad copy if there is one)."""
         bad: str | None = None
         for relative in self.target.find(src.sha256):
             path = self.target.resolve(relative)
@@ -156,10 +156,14 @@ class _Exporter:
                 continue
             expected = self._lf_hash(src.sha256) if self.lf else src.sha256
             if actual == expected:
-                entry = manifest_entry(src.sha256, self._meta(src), size, path=relative)
-                if self.lf:
-                    entry["exported_sha256"] = actual
-                return entry, None
+                line = render_entry(
+                    src.sha256,
+                    self._meta(src),
+                    size,
+                    path=relative,
+                    exported_sha256=actual if self.lf else None,
+                )
+                return (line, size), None
             self.run.warnings.append(
                 f"{relative}: content does not match {src.sha256} (changed after export?); "
                 "wrote a fresh copy"
@@ -178,14 +182,16 @@ class _Exporter:
         offset = self.target.place_record(run_fd, item.start, item.end, item.from_len)
         return f"{item.line}{offset}{item.tail}"
 
-    def one(self, src: Selected) -> dict[str, Any]:
-        """Export one message in the main process, streamed (flat memory for any size)."""
+    def one(self, src: Selected) -> str:
+        """Export one message in the main process, streamed (flat memory for any size); its
+        manifest line."""
         self.run.count += 1
         existing, bad = self._existing(src)
         if existing is not None:
+            line, size = existing
             self.run.skipped += 1
-            self.run.total_bytes += int(existing["size"])
-            return existing
+            self.run.total_bytes += size
+            return line
         header, chunks = peek_header(stream_verified(self.store, src.sha256))
         meta = message_meta(header, src.ingested)
         body: Iterable[bytes] = to_lf(chunks) if self.lf else chunks
@@ -193,12 +199,14 @@ class _Exporter:
         placed = self.target.write(src.sha256, meta, hashing, bad)
         self.run.added += 1
         self.run.total_bytes += placed.size
-        entry = manifest_entry(
-            src.sha256, meta, placed.size, path=placed.path, offset=placed.offset
+        return render_entry(
+            src.sha256,
+            meta,
+            placed.size,
+            path=placed.path,
+            offset=placed.offset,
+            exported_sha256=hashing.hash.hexdigest() if self.lf else None,
         )
-        if self.lf:
-            entry["exported_sha256"] = hashing.hash.hexdigest()
-        return entry
 
 
 def _audit(vault: Vault, summary: dict[str, Any], out: Path, manifest_sha256: str | None) -> None:
@@ -278,7 +286,7 @@ def export(
                     if item is not None:
                         line = exporter.placed(src, run_fd, item)
                     else:
-                        line = entry_line(exporter.one(src))
+                        line = exporter.one(src)
                     if writer is not None:
                         writer.add_line(line)
                     if progress is not None:

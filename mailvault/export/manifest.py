@@ -37,7 +37,7 @@ def manifest_paths(fmt: str, out: Path) -> tuple[Path, Path]:
     return out / "manifest.jsonl", out / "manifest.json"
 
 
-def manifest_entry(
+def render_entry(
     sha256: str,
     meta: MessageMeta,
     size: int,
@@ -45,41 +45,11 @@ def manifest_entry(
     path: str | None = None,
     offset: int | None = None,
     exported_sha256: str | None = None,
-) -> dict[str, Any]:
-    """One message's manifest entry, keys in the documented order."""
-    entry: dict[str, Any] = {
-        "sha256": sha256,
-        "message_id": meta.message_id,
-        "date": meta.date.isoformat(),
-        "date_source": "header" if meta.date_from_header else "ingest",
-        "size": size,
-    }
-    if path is not None:
-        entry["path"] = path
-    if offset is not None:
-        entry["offset"] = offset
-        entry["length"] = size
-    if exported_sha256 is not None:
-        entry["exported_sha256"] = exported_sha256
-    return entry
-
-
-def entry_line(entry: dict[str, Any]) -> str:
-    """An entry as its ``manifest.jsonl`` line (without the newline)."""
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
-
-
-def render_entry(
-    sha256: str,
-    meta: MessageMeta,
-    size: int,
-    *,
-    path: str | None = None,
-    exported_sha256: str | None = None,
 ) -> str:
-    """``entry_line(manifest_entry(...))`` for a file entry, character for character, built
-    directly: export writes one per message, and the dict and the generic encoder cost more
-    than the rest of placing a message."""
+    """One message's ``manifest.jsonl`` line (without the newline): the keys in the documented
+    order, exactly as ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes
+    them.  Built directly: export writes one per message, and a dict and the generic encoder
+    cost more than the rest of placing a message."""
     message_id = "null" if meta.message_id is None else _json_string(meta.message_id)
     source = "header" if meta.date_from_header else "ingest"
     line = (
@@ -88,6 +58,8 @@ def render_entry(
     )
     if path is not None:
         line += ',"path":' + _json_string(path)
+    if offset is not None:
+        line += f',"offset":{offset},"length":{size}'
     if exported_sha256 is not None:
         line += f',"exported_sha256":"{exported_sha256}"'
     return line + "}"
@@ -97,7 +69,7 @@ def mbox_line_parts(
     sha256: str, meta: MessageMeta, size: int, exported_sha256: str | None
 ) -> tuple[str, str]:
     """An mbox entry's line around its offset, which only the writing process knows:
-    ``head + str(offset) + tail`` is exactly ``entry_line`` of the complete entry."""
+    ``head + str(offset) + tail`` is exactly ``render_entry`` of the complete entry."""
     head = render_entry(sha256, meta, size)[:-1] + ',"offset":'
     tail = f',"length":{size}'
     if exported_sha256 is not None:
@@ -140,11 +112,8 @@ class ManifestWriter:
             self.abort()
             raise target_error("writing the manifest", self._tmp, exc) from None
 
-    def add(self, entry: dict[str, Any]) -> None:
-        self.add_line(entry_line(entry))
-
     def add_line(self, line: str) -> None:
-        """An entry already rendered by ``entry_line`` (or ``mbox_line_parts``)."""
+        """An entry rendered by ``render_entry`` (or ``mbox_line_parts``)."""
         assert self._file is not None
         try:
             self._file.write(line + "\n")
