@@ -239,20 +239,19 @@ class Catalog:
         )
         return list(zip(fresh, row_ids, strict=True))
 
+    def _select_in(
+        self, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``sql`` (ending in ``IN``) for ``values``, ``_IN_CHUNK`` host parameters at
+        a time; ``params`` are the parameters before the list."""
+        for i in range(0, len(values), _IN_CHUNK):
+            chunk = values[i : i + _IN_CHUNK]
+            yield from self.conn.execute(f"{sql} ({','.join('?' * len(chunk))})", [*params, *chunk])
+
     def _known_digests(self, digests: set[str]) -> set[str]:
         """Which of ``digests`` already have a messages row (purged tombstones included)."""
-        found: set[str] = set()
-        ordered = sorted(digests)
-        for i in range(0, len(ordered), _IN_CHUNK):
-            chunk = ordered[i : i + _IN_CHUNK]
-            found.update(
-                row[0]
-                for row in self.conn.execute(
-                    f"SELECT sha256 FROM messages WHERE sha256 IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-            )
-        return found
+        rows = self._select_in("SELECT sha256 FROM messages WHERE sha256 IN", sorted(digests))
+        return {row[0] for row in rows}
 
     def _insert_uidls(
         self, items: Sequence[Committed], account: str | None, run_id: int | None, now: str
@@ -273,18 +272,13 @@ class Catalog:
                 for it in with_uidl
             ],
         )
-        ids: dict[str, int] = {}
-        uidls = [str(it.uidl) for it in with_uidl]
-        for i in range(0, len(uidls), _IN_CHUNK):
-            chunk = uidls[i : i + _IN_CHUNK]
-            ids.update(
-                (row[1], row[0])
-                for row in self.conn.execute(
-                    "SELECT id, uidl FROM uidls WHERE account=? AND deleted_confirmed_at IS NULL "
-                    f"AND uidl IN ({','.join('?' * len(chunk))})",
-                    [account, *chunk],
-                )
-            )
+        rows = self._select_in(
+            "SELECT id, uidl FROM uidls WHERE account=? AND deleted_confirmed_at IS NULL "
+            "AND uidl IN",
+            [str(it.uidl) for it in with_uidl],
+            [account],
+        )
+        ids = {uidl: row_id for row_id, uidl in rows}
         return [None if it.uidl is None else ids[it.uidl] for it in items]
 
     def record_ingest(
