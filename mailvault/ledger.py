@@ -103,25 +103,15 @@ def append(
     detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Append one ledger entry; call inside the transaction of the change it records."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown ledger kind {kind!r}")
-    return _append(
-        conn,
-        "ledger",
-        LEDGER_FIELDS,
-        {
-            "kind": kind,
-            "account": account,
-            "uidl": uidl,
-            "sha256": sha256,
-            "size": size,
-            "detail": json.dumps(detail, sort_keys=True) if detail else None,
-        },
-    )
+    row = {"account": account, "uidl": uidl, "sha256": sha256, "size": size, "detail": detail}
+    return append_many(conn, kind, [row])[0]
 
 
-def append_many(conn: sqlite3.Connection, kind: str, rows: Iterable[dict[str, Any]]) -> None:
-    """Append one ``kind`` entry per row (keys as for ``append``), in order, in one statement.
+def append_many(
+    conn: sqlite3.Connection, kind: str, rows: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Append one ``kind`` entry per row (keys as for ``append``), in order, in one statement;
+    the entries as written.
 
     For group commits: a batch of 256 ingests costs one head lookup and one ``executemany``
     instead of 256 of each.  Call inside the transaction of the change it records.
@@ -140,8 +130,7 @@ def append_many(conn: sqlite3.Connection, kind: str, rows: Iterable[dict[str, An
         }
         for row in rows
     ]
-    if values:
-        _append_many(conn, "ledger", LEDGER_FIELDS, values)
+    return _append_many(conn, "ledger", LEDGER_FIELDS, values) if values else []
 
 
 def append_audit(
@@ -162,7 +151,7 @@ def append_audit(
             "command": command,
             "query": query,
             "results": results,
-            "detail": json.dumps(detail, sort_keys=True) if detail else None,
+            "detail": _DETAIL.encode(detail) if detail else None,
         },
     )
 
