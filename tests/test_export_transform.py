@@ -16,11 +16,11 @@ from mailvault.export.transform import (
     from_line,
     header_end,
     message_meta,
-    parse_date,
     peek_header,
     to_lf,
 )
 from mailvault.importer.mbox import SEPARATOR, WEAK, classify
+from mailvault.maildate import parse_date
 
 PIECES = [b"\r", b"\n", b">", b"From ", b"Fro", b"m ", b"x", b"From", b" ", b">>"]
 messages = st.lists(st.sampled_from(PIECES), max_size=60).map(b"".join)

@@ -17,7 +17,9 @@ import email.utils
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+
+from mailvault.maildate import MONTHS, parse_date
 
 HEADER_CAP = 1024 * 1024  # read at most this much of a message to find its header block
 
@@ -240,51 +242,6 @@ def _safe_addr(value: str) -> str | None:
     return addr if addr and _PRINTABLE.fullmatch(addr) else None
 
 
-# The Date form nearly every message uses (RFC 5322 3.3 without comments or obsolete zones):
-# read directly, at a third of the cost of ``email.utils``; anything else goes the long way.
-_COMMON_DATE = re.compile(
-    r"(?:[A-Z][a-z]{2}, ?)?(\d{1,2}) ([A-Z][a-z]{2}) ([1-9]\d{3}) "
-    r"(\d\d):(\d\d):(\d\d) ([+-])([01]\d|2[0-3])([0-5]\d)",
-    re.ASCII,
-)
-_MONTH_NUMBERS = {
-    name: number
-    for number, name in enumerate(
-        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
-    )
-}
-
-
-def parse_date(value: str) -> datetime | None:
-    """A Date header as an aware UTC datetime, or None if it cannot be read.
-
-    The same result as ``email.utils.parsedate_to_datetime`` (``-0000``, "zone unknown", read
-    as UTC), which handles every form the fast pattern does not.
-    """
-    match = _COMMON_DATE.fullmatch(value)
-    month = _MONTH_NUMBERS.get(match.group(2)) if match else None
-    if match is not None and month is not None:
-        day, _, year, hour, minute, second, sign, off_h, off_m = match.groups()
-        offset = timedelta(hours=int(off_h), minutes=int(off_m))
-        try:
-            local = datetime(
-                int(year), month, int(day), int(hour), int(minute), int(second), tzinfo=UTC
-            )
-            return local - offset if sign == "+" else local + offset
-        except (ValueError, OverflowError):
-            pass  # the long way decides (and refuses it too)
-    try:
-        date = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if date.tzinfo is None:
-        date = date.replace(tzinfo=UTC)
-    try:
-        return date.astimezone(UTC)
-    except (OverflowError, ValueError):
-        return None
-
-
 def message_meta(header: bytes, fallback_date: datetime, *, envelope: bool = True) -> MessageMeta:
     """Message-ID, date (Date header, else ``fallback_date``) and envelope sender of a message.
 
@@ -306,14 +263,13 @@ def message_meta(header: bytes, fallback_date: datetime, *, envelope: bool = Tru
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def asctime(moment: datetime) -> str:
     """C asctime() form in UTC, independent of the locale: ``Fri Jul  8 12:08:34 2011``."""
     t = moment.astimezone(UTC)
     return (
-        f"{_DAYS[t.weekday()]} {_MONTHS[t.month - 1]} {t.day:2d} "
+        f"{_DAYS[t.weekday()]} {MONTHS[t.month - 1]} {t.day:2d} "
         f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} {t.year}"
     )
 

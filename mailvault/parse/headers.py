@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from email.utils import getaddresses, parsedate_to_datetime
+from datetime import datetime
+from email.utils import getaddresses
 
+from mailvault.maildate import parse_date as parse_mail_date
 from mailvault.parse.charset import header_bytes_to_str
 from mailvault.parse.encoded_words import decode_words, header_text, unfold
 from mailvault.parse.model import Address
@@ -79,9 +80,9 @@ def parse_date(value: str | None, ingest_time: datetime) -> tuple[datetime, str,
         return ingest_time, (value or "").strip(), True, "date: missing"
     raw = unfold(header_bytes_to_str(value)).strip()
     try:
-        parsed = parsedate_to_datetime(raw)
-        if parsed.tzinfo is None:  # "-0000": UTC, source zone unknown (RFC 5322 3.3)
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC), raw, False, ""
-    except Exception:
+        parsed = parse_mail_date(raw)  # "-0000" (source zone unknown, RFC 5322 3.3) is UTC
+    except Exception:  # nothing in a Date header may stop a parse
+        parsed = None
+    if parsed is None:
         return ingest_time, raw, True, "date: unparsable"
+    return parsed, raw, False, ""
