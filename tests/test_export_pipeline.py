@@ -72,6 +72,7 @@ def test_header_block_equals_the_streaming_peek(crafted: list[bytes]) -> None:
 
 
 FIELD_PIECES = [b"\r", b"\n", b" ", b"\t", b":", b"Date", b"FROM", b"message-id", b"x", b"\xe9"]
+FIELD_PIECES += [b"Return-PATH", b"dAtE"]
 
 
 def fields_reference(header: bytes) -> dict[str, str]:

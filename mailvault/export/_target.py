@@ -99,6 +99,11 @@ class Target(ABC):
         message's offset."""
         raise NotImplementedError
 
+    def end_run(self) -> None:
+        """The staged run whose records were placed is about to be closed and removed: copy
+        whatever of it is still pending."""
+        raise NotImplementedError
+
     @abstractmethod
     def close(self) -> None:
         """Make everything written durable and visible."""

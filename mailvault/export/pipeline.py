@@ -7,9 +7,9 @@ messages (see ``blobs.WHOLE_MAX``), so a pool of worker processes can do it side
 the main process only places the results: the renames of a Maildir batch, the mbox writes, the
 manifest lines.  Processes rather than threads because most of these steps hold the GIL.  For
 mbox, a worker writes a task's messages (From_ line, quoted message, separator, one after the
-other) to a hidden "run" file beside the target, and the main process copies each message from
-there into the mbox in the kernel (``copy_file_range``): receiving every byte through the pool's
-pipe made the main process the bottleneck.
+other) to a hidden "run" file beside the target, and the main process copies the run into the
+mbox in one write from a read-only mapping of it: receiving every byte through the pool's pipe
+made the main process the bottleneck.
 
 Order and durability stay in the main process: ``Pipeline.messages`` yields, in selection
 order, each message with its ``Prepared`` (and its task's open run file), or None for "do it in
@@ -257,6 +257,8 @@ class Pipeline:
                 # being placed.
                 yield src, run_fd, self._unplaced[0]
                 self._unplaced.popleft()
+            if run_fd >= 0:
+                self.ctx.target.end_run()
         finally:
             if run_fd >= 0:
                 os.close(run_fd)

@@ -186,33 +186,36 @@ def header_fields(header: bytes, wanted: frozenset[str]) -> dict[str, str]:
     """The first value of each wanted field (lower-case names), unfolded and decoded leniently.
 
     Hand-rolled rather than ``email.parser`` so that raw 8-bit bytes, a leading mbox From_ line
-    or a broken header cannot raise, and so that only the header bytes are ever touched.  The
-    name pattern starts with the ``\n`` before a field (one is put before the first line), which
-    the regex engine finds by a fast literal search instead of trying every position; a value
-    runs on over continuation lines (those starting with a space or tab).
+    or a broken header cannot raise, and so that only the header bytes are ever touched.  Each
+    name is looked for as ``\n<name>`` in a lower-cased copy (a ``\n`` is put before the first
+    line) by ``bytes.find``, a fast literal search: a case-insensitive regex cannot use one and
+    cost three times as much per message.  A value runs on over continuation lines (those
+    starting with a space or tab).
     """
-    pattern = _FIELD_PATTERNS.get(wanted)
-    if pattern is None:
-        names = b"|".join(re.escape(name.encode("ascii")) for name in sorted(wanted))
-        pattern = re.compile(rb"\n(" + names + rb")[ \t]*:", re.IGNORECASE)
-        _FIELD_PATTERNS[wanted] = pattern
-    found: dict[str, str] = {}
     lines = b"\n" + header
-    for match in pattern.finditer(lines):
-        name = match.group(1).decode("ascii").lower()
-        if name not in found:
-            value = _FIELD_VALUE.match(lines, match.end())
-            assert value is not None  # the pattern matches the empty string too
-            text = value.group()
-            if b"\n" in text:
-                text = _UNFOLD.sub(b" ", text)
-            found[name] = text.strip().decode("utf-8", "replace")
-            if len(found) == len(wanted):
+    lowered = lines.lower()  # ASCII only, so every offset stays where it was
+    found: dict[str, str] = {}
+    for name in wanted:
+        needle = _NEEDLES.get(name)
+        if needle is None:
+            needle = _NEEDLES[name] = b"\n" + name.encode("ascii")
+        at = lowered.find(needle)
+        while at >= 0:
+            colon = _COLON.match(lowered, at + len(needle))
+            if colon is not None:
+                value = _FIELD_VALUE.match(lines, colon.end())
+                assert value is not None  # the pattern matches the empty string too
+                text = value.group()
+                if b"\n" in text:
+                    text = _UNFOLD.sub(b" ", text)
+                found[name] = text.strip().decode("utf-8", "replace")
                 break
+            at = lowered.find(needle, at + 1)
     return found
 
 
-_FIELD_PATTERNS: dict[frozenset[str], re.Pattern[bytes]] = {}
+_NEEDLES: dict[str, bytes] = {}
+_COLON = re.compile(rb"[ \t]*:")
 _FIELD_VALUE = re.compile(rb"[^\n]*(?:\n[ \t][^\n]*)*")
 _UNFOLD = re.compile(rb"[ \t]*\r?\n[ \t]+")
 
