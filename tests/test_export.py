@@ -29,6 +29,7 @@ from tests.test_export_kit import (
     cli_json,
     manifest_lines,
     new_vault,
+    read_stdlib_mbox,
     sha,
     to_lf,
     unquote_mboxrd,
@@ -92,11 +93,6 @@ def test_maildir_reexport_adds_only_what_is_missing(tmp_path: Path, crafted: lis
 
 
 # -- mbox ------------------------------------------------------------------------------------
-
-
-def read_stdlib_mbox(path: Path) -> list[bytes]:
-    box = mailbox.mbox(path, factory=None, create=False)
-    return [box.get_bytes(key) for key in box.iterkeys()]
 
 
 @pytest.mark.parametrize("line_endings", ["crlf", "lf"])

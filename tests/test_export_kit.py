@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mailbox
 import re
 import sqlite3
 from collections.abc import Iterable
@@ -28,6 +29,11 @@ def sha(data: bytes) -> str:
 
 def to_lf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
+
+
+def read_stdlib_mbox(path: Path) -> list[bytes]:
+    box = mailbox.mbox(path, factory=None, create=False)
+    return [box.get_bytes(key) for key in box.iterkeys()]
 
 
 def unquote_mboxrd(data: bytes) -> bytes:

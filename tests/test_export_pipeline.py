@@ -41,7 +41,9 @@ from tests.test_export_kit import (
     cli_json,
     manifest_lines,
     new_vault,
+    read_stdlib_mbox,
     sha,
+    unquote_mboxrd,
 )
 
 PIECES = [b"\r", b"\n", b">", b"From ", b"Fro", b"m ", b"x", b"From", b" ", b">>", b"\r\n"]
@@ -264,6 +266,69 @@ def test_pool_append_equals_the_in_process_append(
     assert manifest_lines(Path(f"{pooled}.manifest.jsonl")) == manifest_lines(
         Path(f"{plain}.manifest.jsonl")
     )
+
+
+@pytest.mark.parametrize("mode", ["inline", "pool"])
+@pytest.mark.parametrize("ending", [b"\n", b"", b"\n\n"])
+def test_append_keeps_every_byte_already_in_the_mbox(
+    tmp_path: Path, crafted: list[bytes], monkeypatch: pytest.MonkeyPatch, mode: str, ending: bytes
+) -> None:
+    """An mbox written by another program may end in one line break or none (Python's mailbox
+    writes a single one): the From_ line still starts a line after a blank one, nothing that
+    was there changes, and every manifest offset points at its message."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:6])
+    out = tmp_path / "box"
+    original = b"From x@y Mon Jan  1 00:00:00 2024\nSubject: a\n\nbody" + ending
+    out.write_bytes(original)
+    if mode == "pool":
+        monkeypatch.setattr(pipeline, "INLINE_MAX", 1)
+        monkeypatch.setattr(pipeline, "TASK_MESSAGES", 2)
+        monkeypatch.setattr(pipeline, "worker_count", lambda: 2)
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert code == 0 and summary["count"] == 6
+    data = out.read_bytes()
+    padded = original + b"\n" * (2 - len(ending))
+    assert data.startswith(padded) and data[len(padded) :].startswith(b"From ")
+    assert summary["append"]["offset"] == len(padded) and b"\x00" not in data[: len(padded) + 1]
+    assert len(read_stdlib_mbox(out)) == 7
+    for entry in manifest_lines(Path(f"{out}.manifest.jsonl")):
+        cut = data[entry["offset"] : entry["offset"] + entry["length"]]
+        assert hashlib.sha256(unquote_mboxrd(cut)).hexdigest() == entry["exported_sha256"]
+
+
+def test_a_run_copy_failing_midway_reports_the_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills after part of a run was copied: the OSError reaches the caller (which
+    turns it into "disk full"), not a BufferError from closing the run's mapping."""
+    from mailvault.export import mbox
+
+    run = tmp_path / "run"
+    run.write_bytes(os.urandom(300_000))
+    real_write = os.write
+    calls: list[int] = []
+
+    def fill_up(fd: int, data: Any) -> int:
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, bytes(data[:1000]))
+
+    source = os.open(run, os.O_RDONLY)
+    target = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        monkeypatch.setattr(os, "write", fill_up)
+        with pytest.raises(OSError) as info:
+            mbox._copy_range(source, target, 10, 200_000)
+        monkeypatch.undo()
+        assert info.value.errno == errno.ENOSPC and len(calls) == 2
+        with pytest.raises(OSError) as info:  # a run cut short never maps past its end
+            mbox._copy_range(source, target, 200_000, 100_001)
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(source)
+        os.close(target)
 
 
 def test_append_in_a_directory_it_cannot_write_stages_runs_in_the_temp_dir(

@@ -57,17 +57,23 @@ def _copy_range(source: int, target: int, start: int, length: int) -> None:
     ``write`` per run (``copy_file_range`` between two ext4 files splices page by page and took
     twice as long); by ``pread`` and ``write`` where the source cannot be mapped.
     """
+    if os.fstat(source).st_size < start + length:  # reading a mapping past its end: SIGBUS
+        raise OSError(errno.EIO, "the staged run is shorter than its records")
     try:
         mapping = mmap.mmap(source, start + length, prot=mmap.PROT_READ)
     except (OSError, ValueError):
         mapping = None
     if mapping is not None:
-        with mapping:
-            view = memoryview(mapping)[start : start + length]
-            try:
-                write_all(target, view)
-            finally:
-                view.release()
+        # Only temporary slices, released as soon as each write returns or raises: a slice
+        # kept alive by a traceback (a full disk) would stop the mapping from closing.
+        try:
+            with memoryview(mapping) as view:
+                at, end = start, start + length
+                while at < end:
+                    at += os.write(target, view[at:end])
+        finally:
+            with contextlib.suppress(BufferError):  # then it is closed when collected
+                mapping.close()
         return
     done = 0
     while done < length:
@@ -116,7 +122,6 @@ class MboxTarget(Target):
                 self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             except OSError as exc:
                 raise target_error("creating", self.tmp, exc) from None
-        self._buf_start = self._written_back = self.pos
         # Runs go beside the target (where there is room for the mbox, there is room for a
         # few runs).  Appending needs only the file to be writable, not its directory (a mail
         # spool): then the temp dir.
