@@ -156,3 +156,49 @@ def server_error_for(code: str | None, message: str, *, account: str | None = No
     }
     cls = classes.get((code or "").upper(), ServerError)
     return cls(message, code=code, account=account)
+
+
+def from_storage_error(exc: BaseException, doing: str) -> MailvaultError | None:
+    """The one-line error for a failure of the disk or SQLite under ``doing``, or None.
+
+    Library code maps the errors it expects where they happen (with the path involved); this
+    is the net for the rest (a full disk in the middle of indexing, say), so that what reaches
+    the user is still one line with a fix, never a traceback.
+    """
+    import errno
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        if "disk is full" in text or "disk I/O error" in text:
+            return CatalogError(
+                f"the catalog could not be written while {doing} ({text}); free space on the "
+                "vault's filesystem and rerun: what was committed is kept"
+            )
+        if "locked" in text or "busy" in text:
+            return CatalogError(
+                f"the catalog is locked by another program while {doing} ({text}); close it "
+                "(an sqlite3 shell?) and rerun"
+            )
+        return CatalogError(
+            f"the catalog failed while {doing} ({text}); run `mailvault verify` to check it"
+        )
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreError(
+                f"disk full while {doing}{where}; free space on that filesystem and rerun: "
+                "what was committed is kept"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return StoreError(
+                f"no permission while {doing}{where} ({exc.strerror}); check the owner and "
+                "mode of the vault and of any path given"
+            )
+        return StoreError(f"{doing}{where} failed: {exc.strerror or exc}")
+    if "No space left on device" in str(exc) or "os error 28" in str(exc):  # from tantivy (Rust)
+        return StoreError(
+            f"disk full while {doing}; free space on the vault's filesystem and rerun: what "
+            "was committed is kept"
+        )
+    return None

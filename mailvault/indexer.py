@@ -43,7 +43,7 @@ from typing import Any
 from mailvault import index as ix
 from mailvault._workers import init_worker
 from mailvault.catalog import Catalog, utcnow
-from mailvault.errors import MailvaultError
+from mailvault.errors import MailvaultError, from_storage_error
 from mailvault.parse import parse_message
 from mailvault.parse.model import ParsedMessage
 from mailvault.store import BlobStore
@@ -376,6 +376,11 @@ def _pipeline(
 
 def catch_up(vault: Vault, *, progress: Progress | None = None) -> IndexReport:
     """Parse what is unparsed and index what is unindexed (call under the vault write lock)."""
+    with _one_line_errors("indexing"):
+        return _catch_up(vault, progress)
+
+
+def _catch_up(vault: Vault, progress: Progress | None) -> IndexReport:
     started = time.monotonic()
     report = IndexReport()
     index_dir = vault.index_path
@@ -446,6 +451,26 @@ def _reconcile(
 
 def reindex(vault: Vault, *, progress: Progress | None = None) -> IndexReport:
     """Rebuild the index from the store and catalog into index.new/, then swap it in."""
+    with _one_line_errors("rebuilding the index"):
+        return _reindex(vault, progress)
+
+
+@contextlib.contextmanager
+def _one_line_errors(doing: str) -> Iterator[None]:
+    """A full disk or a failing catalog as a MailvaultError, so that fetch and import, which
+    index after committing, can still report what they committed."""
+    try:
+        yield
+    except MailvaultError:
+        raise
+    except Exception as exc:
+        error = from_storage_error(exc, doing)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
     started = time.monotonic()
     report = IndexReport(rebuilt=True)
     index_dir = vault.index_path

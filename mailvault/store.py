@@ -48,8 +48,8 @@ def _require_digest(digest: str) -> None:
 def _disk_error(action: str, path: Path, exc: OSError) -> StoreError:
     if exc.errno == errno.ENOSPC:
         return StoreError(
-            f"disk full while {action} {path}; free space on that filesystem and rerun "
-            "(nothing uncommitted was deleted from any server)"
+            f"disk full while {action} {path}; free space on that filesystem and rerun: what "
+            "was committed is kept"
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError(

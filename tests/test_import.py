@@ -299,6 +299,51 @@ def test_import_parses_and_indexes_unless_told_not_to(tmp_path: Path) -> None:
     assert result.stdout.strip() == "1"
 
 
+def test_a_full_disk_while_indexing_still_reports_the_committed_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up after the import committed, while parsing and indexing: the report
+    still says what was imported, the indexing failure is one line, and `mailvault index`
+    (which hits the same full disk) says so in one line with exit 3."""
+    from mailvault import indexer
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(indexer, "_pipeline", full)
+    vault = new_vault(tmp_path / "vault")
+    paths = [str(write(tmp_path / f"{n}.eml", m)) for n, m in enumerate((A, C))]
+    result = cli(vault, "import", *paths)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stdout.startswith("imported 2, duplicates 0, rejected 0")
+    assert "indexing failed: the catalog could not be written while indexing" in result.stderr
+    assert "free space" in result.stderr and "run `mailvault index`" in result.stderr
+    assert catalog_set(vault) == {sha(A), sha(C)}
+    result = cli(vault, "index")
+    assert result.exit_code == 3 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("mailvault: error: the catalog could not be written")
+
+
+def test_a_disk_error_no_code_expected_is_still_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's net: an OSError that escaped every library mapping is one line, exit 3."""
+    import errno
+
+    from mailvault.cli import export_cmd
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/file")
+
+    monkeypatch.setattr(export_cmd, "import_sources", full)
+    vault = new_vault(tmp_path / "vault")
+    result = cli(vault, "import", str(write(tmp_path / "a.eml", A)))
+    assert result.exit_code == 3 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(
+        "mailvault: error: disk full while running `import` /somewhere/file; free space"
+    )
+
+
 def test_text_report(tmp_path: Path) -> None:
     vault = new_vault(tmp_path / "vault")
     data = b"junk\nFrom a@b Mon Jan  1 00:00:00 2001\nSubject: x\n\nx\n"

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from mailvault import __version__
-from mailvault.errors import MailvaultError
+from mailvault.errors import MailvaultError, from_storage_error
 
 # Command name -> module under mailvault.cli that defines it.  Commands load lazily so that
 # `mailvault search` imports the search path only (no catalog library, no parser, no TLS).
@@ -70,6 +70,12 @@ class MailvaultGroup(click.Group):
         except MailvaultError as exc:
             click.echo(f"mailvault: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except Exception as exc:  # the net for disk and SQLite errors no library code mapped
+            error = from_storage_error(exc, f"running `{ctx.invoked_subcommand or ctx.info_name}`")
+            if error is None:
+                raise
+            click.echo(f"mailvault: error: {error}", err=True)
+            ctx.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("mailvault: interrupted", err=True)
             ctx.exit(130)
