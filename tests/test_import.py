@@ -376,3 +376,39 @@ def test_a_truncated_export_is_reported_not_imported_short(tmp_path: Path) -> No
     assert code == 1
     assert [r["offset"] for r in report["rejected"]] == [entries[3]["offset"], entries[4]["offset"]]
     assert catalog_set(fresh) == {e["sha256"] for e in entries[:3]}
+
+
+def test_an_edit_that_shifts_later_messages_rejects_only_the_edited_one(tmp_path: Path) -> None:
+    """A line inserted into one message moves every later one off its manifest offset: those
+    are still found (by their From_ lines) and imported, so the report warns about them and
+    rejects only what was really not stored."""
+    crafted, vault, box = _exported_mbox(tmp_path, 6)
+    entries = [
+        json.loads(x) for x in (tmp_path / "out.mbox.manifest.jsonl").read_text().splitlines()
+    ]
+    victim = entries[1]
+    data = box.read_bytes()
+    at = victim["offset"] + victim["length"] // 2
+    box.write_bytes(data[:at] + b"INSERTED LINE\n" + data[at:])
+    fresh = new_vault(tmp_path / "fresh")
+    code, report = import_json(fresh, str(box))
+    assert code == 1
+    stored = catalog_set(fresh)
+    assert stored >= {e.get("exported_sha256", e["sha256"]) for e in entries[2:]}
+    assert victim["sha256"] not in stored
+    rejected = [r for r in report["rejected"] if r["offset"] in {e["offset"] for e in entries}]
+    assert [r["offset"] for r in rejected] == [victim["offset"]]
+    moved = [w for w in report["warnings"] if "found at byte" in w["message"]]
+    assert sorted(w["offset"] for w in moved) == [e["offset"] for e in entries[2:]]
+
+
+def test_the_entries_file_alone_is_enough_to_follow_the_manifest(tmp_path: Path) -> None:
+    crafted, vault, box = _exported_mbox(tmp_path, 6)
+    (tmp_path / "out.mbox.manifest.json").unlink()
+    fresh = new_vault(tmp_path / "fresh")
+    code, report = import_json(fresh, str(box))
+    assert code == 0 and catalog_set(fresh) == {sha(m) for m in crafted}  # final \n kept exact
+    assert [w["message"] for w in report["warnings"]] == [
+        "out.mbox.manifest.json is missing; following out.mbox.manifest.jsonl alone (as "
+        "written by mailvault export: mboxrd)"
+    ]

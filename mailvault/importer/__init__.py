@@ -28,7 +28,7 @@ from typing import Any
 
 from mailvault.catalog import Catalog, Committed, utcnow
 from mailvault.errors import MailvaultError, UsageError
-from mailvault.importer._model import Event, Found, Rejected, Skipped, Warned
+from mailvault.importer._model import Event, Found, Missed, Rejected, Skipped, Warned
 from mailvault.importer.eml import has_eml, read_eml
 from mailvault.importer.maildir import contains_maildir, is_maildir, read_maildir
 from mailvault.importer.mbox import VARIANTS, looks_like_mbox, read_mbox
@@ -175,6 +175,7 @@ class _Committer:
         self.batch_bytes = settings.commit_batch_bytes
         self.batch: list[_Pending] = []
         self.batch_size = 0
+        self.found_at: dict[str, int | None] = {}  # digest -> offset, in the current source
 
     def close(self) -> None:
         self.catalog.close()
@@ -217,6 +218,7 @@ class _Committer:
             staged.tmp_path.unlink(missing_ok=True)
             self.report.rejected.append(Rejected(found.path, found.offset, reason))
         else:
+            self.found_at.setdefault(staged.digest, found.offset)
             self.batch.append(_Pending(staged, found.path, found.kind, found.offset))
             self.batch_size += staged.size
             if len(self.batch) >= self.batch_messages or self.batch_size >= self.batch_bytes:
@@ -284,6 +286,8 @@ def import_sources(
         committer = _Committer(vault, report, progress, total)
         try:
             for path, kind in sources:
+                committer.found_at.clear()
+                missed: list[Missed] = []
                 for event in _events(path, kind, mbox_variant):
                     if isinstance(event, Found):
                         committer.add(event)
@@ -291,8 +295,11 @@ def import_sources(
                         report.rejected.append(event)
                     elif isinstance(event, Skipped):
                         report.skipped.append(event)
+                    elif isinstance(event, Missed):
+                        missed.append(event)
                     else:
                         report.warnings.append(event)
+                _settle_missed(missed, committer.found_at, report)
             committer.flush()
         finally:
             committer.close()
@@ -300,6 +307,34 @@ def import_sources(
             _catch_up(vault, report)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _settle_missed(
+    missed: list[Missed], found_at: dict[str, int | None], report: ImportReport
+) -> None:
+    """A manifest entry with no message at its offset is a lost message, unless its content was
+    stored from elsewhere in the same file: then the file was only edited before it."""
+    for m in missed:
+        elsewhere = [found_at[h] for h in sorted(m.hashes) if h in found_at]
+        if elsewhere:
+            report.warnings.append(
+                Warned(
+                    m.path,
+                    m.offset,
+                    "the export manifest places a message here; it was found at byte "
+                    f"{elsewhere[0]} instead (the file was edited before it) and taken from there",
+                )
+            )
+        else:
+            report.rejected.append(
+                Rejected(
+                    m.path,
+                    m.offset,
+                    "the export manifest lists a message here that the file no longer has "
+                    "(damaged or edited mbox)",
+                    m.length,
+                )
+            )
 
 
 def _catch_up(vault: Vault, report: ImportReport) -> None:

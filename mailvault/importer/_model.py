@@ -4,7 +4,8 @@ Readers are generators.  A ``Found`` carries its bytes as an iterator of chunks 
 must consume completely before asking the reader for the next item (the mbox reader walks one
 file from front to back).  Nothing a reader sees is dropped silently: what is not a ``Found`` is
 a ``Rejected`` (damaged or unreadable: the import exits 1), a ``Skipped`` (not a message by the
-source format's own rules, such as a file in a Maildir's tmp/) or a ``Warned`` note.
+source format's own rules, such as a file in a Maildir's tmp/), a ``Warned`` note, or a
+``Missed`` manifest entry that the importer settles once it has read the whole file.
 """
 
 from __future__ import annotations
@@ -51,7 +52,18 @@ class Warned:
     message: str
 
 
-Event = Found | Rejected | Skipped | Warned
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """An export manifest's entry with no message at its offset.  Rejected, unless content with
+    one of its hashes turns up elsewhere in the same file (an edit before it shifted it)."""
+
+    path: Path
+    offset: int
+    length: int
+    hashes: frozenset[str]
+
+
+Event = Found | Rejected | Skipped | Warned | Missed
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:

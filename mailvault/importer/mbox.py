@@ -27,7 +27,8 @@ file; an mbox with a mailvault manifest always uses the manifest's.
 
 Damage is reported, and the rest of the file still imported: bytes before the first From_ line
 (rejected with their offset and length), a From_ line with nothing after it, a message that does
-not match its manifest entry, and manifest entries the file no longer has at their offset.
+not match its manifest entry, and manifest entries the file no longer has at their offset
+(``Missed``: the importer rejects them unless the same content was found elsewhere in the file).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from mailvault.export.manifest import MboxEntry, MboxManifestCursor, read_summary
 from mailvault.export.transform import HEADER_CAP, MboxrdUnquoter
-from mailvault.importer._model import Event, Found, Rejected, Warned
+from mailvault.importer._model import Event, Found, Missed, Rejected, Warned
 from mailvault.store import READ_CHUNK
 
 BLOCK = 1024 * 1024
@@ -246,13 +247,7 @@ class _Reader:
     def _missed(self) -> Iterator[Event]:
         if self.cursor is not None:
             for entry in self.cursor.take_missed():
-                yield Rejected(
-                    self.path,
-                    entry.offset,
-                    "the export manifest lists a message here that the file no longer has "
-                    "(damaged or edited mbox)",
-                    entry.length,
-                )
+                yield Missed(self.path, entry.offset, entry.length, entry.hashes)
 
     def events(self) -> Iterator[Event]:
         f, path = self.f, self.path
@@ -324,9 +319,16 @@ def read_mbox(path: Path, variant: str = "mboxrd") -> Iterator[Event]:
 def _with_manifest(reader: _Reader, path: Path, variant: str) -> Iterator[Event]:
     summary_path = path.with_name(path.name + ".manifest.json")
     entries_path = path.with_name(path.name + ".manifest.jsonl")
-    summary = read_summary(summary_path)
+    summary = read_summary(summary_path) if summary_path.is_file() else {"format": "mbox"}
     if summary is not None and summary.get("format") == "mbox" and entries_path.is_file():
         reader.cursor = MboxManifestCursor(entries_path)
+        if not summary_path.is_file():
+            yield Warned(
+                path,
+                None,
+                f"{summary_path.name} is missing; following {entries_path.name} alone "
+                "(as written by mailvault export: mboxrd)",
+            )
         quoting = str(summary.get("mbox_variant", "mboxrd"))
         if quoting != variant:
             yield Warned(
