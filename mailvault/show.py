@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mailvault.errors import CatalogError, UsageError
+from mailvault.errors import CatalogError, StoreError, UsageError
 from mailvault.parse.model import Address, ParsedMessage
+from mailvault.store import BlobStore
 
 MIN_PREFIX = 8
 MAX_CANDIDATES = 20
@@ -135,6 +136,49 @@ def resolve(catalog_path: Path, ident: str) -> str:
         raise CatalogError(f"cannot read the catalog {catalog_path}: {exc}") from None
     finally:
         conn.close()
+
+
+def _damaged(digest: str) -> StoreError:
+    return StoreError(
+        f"blob {digest} no longer matches its sha256: the stored copy is damaged, so it is not "
+        "shown; run `mailvault verify` and restore the vault from a backup"
+    )
+
+
+def verified_bytes(store: BlobStore, digest: str) -> bytes:
+    """The message's stored bytes, checked against their name before anything is shown: an
+    investigator must never pass on an altered copy as the archived message."""
+    import hashlib
+
+    import zstandard
+
+    try:
+        data = store.read_bytes(digest)
+    except (OSError, zstandard.ZstdError) as exc:
+        raise StoreError(f"blob {digest} cannot be read ({exc}); run `mailvault verify`") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise _damaged(digest)
+    return data
+
+
+def verified_chunks(store: BlobStore, digest: str) -> Iterator[bytes]:
+    """The message's stored bytes in chunks (flat memory for any size), checked in a first pass
+    before the first byte is given out, and again on the way (raises if it changed since)."""
+    import hashlib
+
+    import zstandard
+
+    try:
+        if store.rehash(digest) != digest:
+            raise _damaged(digest)
+        h = hashlib.sha256()
+        for chunk in store.iter_chunks(digest):
+            h.update(chunk)
+            yield chunk
+    except (OSError, zstandard.ZstdError) as exc:
+        raise StoreError(f"blob {digest} cannot be read ({exc}); run `mailvault verify`") from None
+    if h.hexdigest() != digest:
+        raise _damaged(digest)
 
 
 def first_ingest(catalog_path: Path, digest: str) -> datetime:

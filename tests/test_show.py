@@ -130,3 +130,27 @@ def test_hostile_headers_and_body_are_neutralised(shown: Fixture) -> None:
     out = run(vault, "show", named["hostile"]).stdout
     assert "\x1b" not in out and "\x07" not in out
     assert "Evil" in out and "sequence." in out
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_blob_is_never_shown(tmp_path: Path, damage: str) -> None:
+    """An investigator must not pass on an altered copy as the archived message: every mode
+    refuses, in one line, before printing a byte of it."""
+    messages = generated(3, seed=5)
+    vault, digests, _ = build_vault(tmp_path / "vault", messages, [])
+    blob = vault.store().find(digests[1])
+    assert blob is not None
+    data = bytearray(blob.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        del data[20:]
+    blob.chmod(0o600)
+    blob.write_bytes(bytes(data))
+    for args in (["--raw"], [], ["--json"], ["--part", "0", "--out", "-"]):
+        result = CliRunner().invoke(cli, ["--vault", str(vault.root), "show", *args, digests[1]])
+        assert result.exit_code == 3, (args, result.output)
+        assert result.stdout_bytes == b""
+        assert result.stderr.count("\n") == 1 and f"blob {digests[1]}" in result.stderr
+        assert "mailvault verify" in result.stderr
+    assert run(vault, "show", "--raw", digests[0]).stdout_bytes == messages[0].raw

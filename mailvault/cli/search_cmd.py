@@ -176,7 +176,15 @@ def show(
     from mailvault.audit import record as audit
     from mailvault.cli._common import print_json, vault_from
     from mailvault.errors import UsageError
-    from mailvault.show import AmbiguousId, first_ingest, part_bytes, render_text, resolve
+    from mailvault.show import (
+        AmbiguousId,
+        first_ingest,
+        part_bytes,
+        render_text,
+        resolve,
+        verified_bytes,
+        verified_chunks,
+    )
     from mailvault.show import as_json as message_json
 
     if sum([raw, part is not None, as_json]) > 1:
@@ -199,11 +207,11 @@ def show(
     store = vault.read_store()
     if raw:
         stdout = sys.stdout.buffer
-        for chunk in store.iter_chunks(digest):
+        for chunk in verified_chunks(store, digest):
             stdout.write(chunk)
         stdout.flush()
         return
-    data = store.read_bytes(digest)
+    data = verified_bytes(store, digest)
     if part is not None:
         payload = part_bytes(data, part)
         if out is None or str(out) == "-":
