@@ -127,6 +127,8 @@ def _certificate(account: AccountConfig) -> Step:
     try:
         _handshake(account, tls_context(account)).close()
         verdict, hint = "trusted (chain and host name verified)", ""
+        if account.tls_fingerprint:  # the pin replaces CA and host-name checks (see transport)
+            verdict = "trusted (pinned: its fingerprint matches tls_fingerprint)"
     except TLSError as exc:
         verdict, hint = "NOT trusted", str(exc)
     except MailvaultError as exc:

@@ -151,6 +151,43 @@ def test_check_command_walks_every_step(tmp_path: Path, dovecot: Dovecot) -> Non
     assert "hint: check user and the password source" in result.output
 
 
+def served_fingerprint(server: Dovecot) -> str:
+    import socket
+    import ssl
+
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", server.tls_port), timeout=10) as raw:
+        with probe.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der
+    return "sha256:" + ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def test_a_pinned_certificate_replaces_ca_trust(tmp_path: Path, dovecot: Dovecot) -> None:
+    """tls_fingerprint without ca_file: the right pin fetches (and check says it was the pin,
+    not a CA, that made it trusted); a wrong pin refuses to log in at all."""
+    dovecot.add_messages("alice", mail(3, seed=77))
+    pin = served_fingerprint(dovecot)
+    pinned = account(dovecot, "implicit", tls_fingerprint=pin)
+    del pinned["ca_file"]
+    wrong = dict(pinned, tls_fingerprint="sha256:" + "00" * 32)
+    vault = make_vault(tmp_path / "v", {"pinned": pinned, "wrong": wrong})
+    result = run_cli(vault, "check", "pinned")
+    assert result.exit_code == 0, result.output
+    assert "trusted (pinned: its fingerprint matches tls_fingerprint)" in result.output
+    assert "chain and host name verified" not in result.output
+    code, report = fetch_json(vault, "pinned")
+    assert code == 0 and report["accounts"][0]["fetched"] == 3
+    result = run_cli(vault, "check", "wrong")
+    assert result.exit_code == 1 and "[FAIL] tls" in result.output
+    assert "NOT trusted" in result.output and "differs from tls_fingerprint" in result.output
+    code, report = fetch_json(vault, "wrong")
+    assert code == 1 and report["accounts"][0]["fetched"] == 0
+    assert "fingerprint" in " ".join(report["accounts"][0]["errors"])
+
+
 def test_crash_at_random_moments_loses_and_duplicates_nothing(
     tmp_path: Path, dovecot: Dovecot
 ) -> None:
