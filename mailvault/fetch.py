@@ -32,7 +32,13 @@ import tenacity
 from mailvault import pop3
 from mailvault.catalog import Catalog, Committed
 from mailvault.config import AccountConfig
-from mailvault.errors import LoginDelay, MailboxInUse, MailvaultError, ProtocolError
+from mailvault.errors import (
+    ConfigError,
+    LoginDelay,
+    MailboxInUse,
+    MailvaultError,
+    ProtocolError,
+)
 from mailvault.secrets import resolve_secret
 from mailvault.session import PIPELINE_WINDOW, ListedMessage, Pop3Session, Trace
 from mailvault.store import BlobStore, BlobWriter, StagedBlob
@@ -60,6 +66,7 @@ class AccountReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     would_delete: int = 0
+    config_error: bool = False  # failed on its configuration (a password source): exit 2
 
     def counts(self) -> dict[str, int]:
         keys = ("listed", "new", "fetched", "duplicates", "deleted", "bytes", "retries")
@@ -151,6 +158,7 @@ class AccountFetcher:
         except MailvaultError as exc:
             self.report.status = "failed"
             self.report.errors.append(str(exc))
+            self.report.config_error = isinstance(exc, ConfigError)
         finally:
             if self.run_id is not None:
                 status = self.report.status

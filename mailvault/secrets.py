@@ -7,6 +7,7 @@ command's exit status), never what it printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -18,7 +19,7 @@ from mailvault.errors import ConfigError
 
 def resolve_secret(account: AccountConfig) -> str:
     """Return the password (or XOAUTH2 token) for ``account``."""
-    where = f"accounts.{account.name}"
+    where = f"{account.config_path or 'mailvault.toml'}: accounts.{account.name}"
     if account.password_env:
         value = os.environ.get(account.password_env)
         if not value:
@@ -47,23 +48,46 @@ def resolve_secret(account: AccountConfig) -> str:
             raise ConfigError(f"{where}: password_file {path} is empty")
         return value
     if account.password_command:
-        try:
-            done = subprocess.run(
-                account.password_command,
-                shell=True,
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise ConfigError(f"{where}: password_command did not finish within 120 s") from None
-        if done.returncode != 0:
+        returncode, stdout = _run_password_command(account.password_command, where)
+        if returncode != 0:
             raise ConfigError(
-                f"{where}: password_command exited with status {done.returncode}; "
+                f"{where}: password_command exited with status {returncode}; "
                 "run it by hand to see why"
             )
-        lines = done.stdout.decode("utf-8", "replace").splitlines()
+        lines = stdout.decode("utf-8", "replace").splitlines()
         if not lines or not lines[0]:
             raise ConfigError(f"{where}: password_command printed nothing on its first line")
         return lines[0]
     raise ConfigError(f"{where}: no password source configured")
+
+
+COMMAND_TIMEOUT = 120  # seconds a password_command may take (a pinentry waiting for a person)
+
+
+def _run_password_command(command: str, where: str) -> tuple[int, bytes]:
+    """Run the command with a time limit that holds: on timeout the shell is killed and its
+    pipe closed on our side, instead of waiting for end-of-file (a child of the shell still
+    holding the pipe, gpg or a pinentry, would keep the fetch, or a cron job, waiting for ever).
+    It stays in our session, so that a pinentry can still ask at the terminal."""
+    proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        stdout, _ = proc.communicate(timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _abandon(proc)
+        raise ConfigError(
+            f"{where}: password_command did not finish within {COMMAND_TIMEOUT} s (waiting "
+            "for a passphrase prompt?); make it work without a terminal, e.g. with a running "
+            "gpg-agent"
+        ) from None
+    except BaseException:
+        _abandon(proc)
+        raise
+    return proc.returncode, stdout
+
+
+def _abandon(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        proc.kill()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    proc.wait()

@@ -210,7 +210,7 @@ def check_vault(root: str | os.PathLike[str]) -> str:
     marker_path = os.path.join(root, "vault.json")
     if not os.path.exists(marker_path):
         raise VaultNotFound(
-            f"no vault at {root}; create one with `mailvault init --vault {root}` "
+            f"no vault at {root}; create one with `mailvault --vault {root} init` "
             "or point --vault / MAILVAULT_VAULT at an existing one"
         )
     check_ownership(root)

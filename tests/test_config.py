@@ -85,3 +85,42 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match="exited with status 3") as err:
         resolve_secret(parse_config(Path("m.toml"), text).account("journal"))
     assert "leaked" not in str(err.value)
+
+
+def test_no_vault_names_a_command_that_works(tmp_path: Path) -> None:
+    """The hint for a missing vault is a command line that runs as written."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    import mailvault.cli.commands  # noqa: F401  (registers the commands)
+    from mailvault.cli import cli
+
+    root = tmp_path / "nowhere"
+    result = CliRunner().invoke(cli, ["--vault", str(root), "fetch"])
+    assert result.exit_code == 2
+    hint = result.stderr.split("create one with `", 1)[1].split("`", 1)[0]
+    argv = shlex.split(hint)
+    assert argv[0] == "mailvault"
+    assert CliRunner().invoke(cli, argv[1:]).exit_code == 0
+    assert (root / "vault.json").exists()
+
+
+def test_a_hung_password_command_gives_up_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shell's child keeps the pipe open after the shell is killed (as gpg or a pinentry
+    would): the time limit still holds, and the error names the file and the key."""
+    import time
+
+    from mailvault import secrets
+
+    monkeypatch.setattr(secrets, "COMMAND_TIMEOUT", 0.5)
+    text = GOOD.replace('password_env = "JOURNAL_PW"', 'password_command = "sleep 30 | cat"')
+    acct = parse_config(tmp_path / "m.toml", text).account("journal")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        resolve_secret(acct)
+    assert time.monotonic() - started < 20  # not the 30 s of the command
+    assert str(err.value).startswith(f"{tmp_path / 'm.toml'}: accounts.journal: password_command")
+    assert "did not finish within 0.5 s" in str(err.value)

@@ -17,6 +17,7 @@ import pytest
 from mailvault.testkit.dovecot import Dovecot, retr_payload
 from tests.vaults import (
     PASSWORD_ENV,
+    account_toml,
     assert_vault_exact,
     fetch_json,
     make_vault,
@@ -158,9 +159,11 @@ def served_fingerprint(server: Dovecot) -> str:
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", server.tls_port), timeout=10) as raw:
-        with probe.wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", server.tls_port), timeout=10) as raw,
+        probe.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
     assert der
     return "sha256:" + ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
@@ -186,6 +189,28 @@ def test_a_pinned_certificate_replaces_ca_trust(tmp_path: Path, dovecot: Dovecot
     code, report = fetch_json(vault, "wrong")
     assert code == 1 and report["accounts"][0]["fetched"] == 0
     assert "fingerprint" in " ".join(report["accounts"][0]["errors"])
+
+
+def test_a_wrong_password_source_is_a_config_error_and_the_others_still_run(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """A password_file others can read is refused (exit 2, naming mailvault.toml, the key and
+    the fix), but a nightly job with several accounts still archives the other ones."""
+    dovecot.add_messages("alice", mail(2, seed=91))
+    secret = tmp_path / "pw"
+    secret.write_text("alice-secret\n")
+    secret.chmod(0o644)
+    vault = make_vault(tmp_path / "v", {"good": account(dovecot, "starttls")})
+    leaky = account_toml(
+        "leaky", user="alice", password_file=str(secret), **account(dovecot, "starttls")
+    )
+    with (vault / "mailvault.toml").open("a") as toml:
+        toml.write(leaky)
+    result = run_cli(vault, "fetch", "--no-index")
+    assert result.exit_code == 2, result.output
+    assert "good: listed 2, new 2, fetched 2" in result.stdout
+    assert f"{vault / 'mailvault.toml'}: accounts.leaky: password_file {secret}" in result.stderr
+    assert f"chmod 600 {secret}" in result.stderr
 
 
 def test_crash_at_random_moments_loses_and_duplicates_nothing(

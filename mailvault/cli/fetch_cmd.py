@@ -177,8 +177,8 @@ def fetch(
             line = (
                 f"{r.account}: listed {r.listed}, new {r.new}, {verb} "
                 f"{r.new if dry_run else r.fetched}, duplicates {r.duplicates}, "
-                f"deleted {r.would_delete if dry_run else r.deleted}"
-                f"{' (would delete)' if dry_run else ''}, {r.bytes:,} bytes"
+                f"{'would delete' if dry_run else 'deleted'} "
+                f"{r.would_delete if dry_run else r.deleted}, {r.bytes:,} bytes"
                 f"{f', {r.retries} retries' if r.retries else ''} [{r.status}]"
             )
             click.echo(line)
@@ -193,6 +193,8 @@ def fetch(
             )
     if index_error:
         click.echo(f"mailvault: warning: {index_error}", err=True)
+    if any(r.config_error for r in failed):  # the other accounts still ran
+        ctx.exit(2)
     if failed or index_error:
         ctx.exit(1)
 
