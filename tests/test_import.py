@@ -83,12 +83,15 @@ def test_eml_directory_single_file_and_strays(tmp_path: Path) -> None:
     write(src / "notes.txt", b"hello")
     write(src / "old", b"From someone Fri Jul  8 12:08:34 2011\n" + A)
     write(src / "empty.eml", b"")
+    write(src / "box" / "cur" / "1:2,S", C)  # a Maildir among them: one note, not one per file
+    write(src / "box" / "new" / "2", D)
     vault = new_vault(tmp_path / "vault")
     code, report = import_json(vault, str(src))
     assert code == 0 and report["sources"][0]["format"] == "eml"
     assert report["imported"] == 3  # a, b and the empty message (with a warning)
     skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
-    assert set(skipped) == {"notes.txt", "old"}
+    assert set(skipped) == {"notes.txt", "old", "box"}
+    assert f"import it on its own (mailvault import {src / 'box'})" in skipped["box"]
     assert "--format eml" in skipped["notes.txt"]
     assert f"mailvault import {src / 'old'}" in skipped["old"]
     assert any("empty" in w["message"] for w in report["warnings"])

@@ -106,8 +106,10 @@ def export_command(
         document.update((k, v) for k, v in summary.items() if k != "schema")
         print_json(document)
         return
+    count = summary["count"]
     click.echo(
-        f"exported {summary['count']} messages ({summary['total_bytes']:,} bytes) to {out} "
+        f"exported {count} message{'' if count == 1 else 's'} ({summary['total_bytes']:,} "
+        f"bytes) to {out} "
         f"[{fmt}, {summary['line_endings']}]: {summary['added']} written, "
         f"{summary['skipped']} already there"
     )

@@ -24,8 +24,9 @@ def target_error(action: str, path: Path, exc: OSError) -> ExportError:
         )
     if code == errno.EFBIG:
         return ExportError(
-            f"file too large while {action} {path} (a filesystem or `ulimit -f` limit); "
-            "use --format maildir or eml, or raise the limit (no half-written message was left)"
+            f"file too large while {action} {path} (a filesystem or `ulimit -f` limit); raise "
+            "the limit, or for an mbox use --format maildir or eml (no half-written message was "
+            "left)"
         )
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return ExportError(

@@ -2,7 +2,8 @@
 
 A directory is walked recursively in sorted order; ``*.eml`` files (any case) are messages.
 Dot-files, dot-directories and an export's own ``manifest.json``/``manifest.jsonl`` are passed
-over quietly; any other file is listed as skipped, with the command that imports it.
+over quietly; any other file, and a Maildir found inside, is listed as skipped, with the command
+that imports it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def _walk(directory: Path, *, top: bool) -> Iterator[Event]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir(follow_symlinks=False):
+            if any(os.path.isdir(os.path.join(entry.path, sub)) for sub in ("cur", "new")):
+                yield Skipped(
+                    path,
+                    f"a Maildir inside a directory of .eml files: import it on its own "
+                    f"(mailvault import {path})",
+                )
+                continue
             yield from _walk(path, top=False)
         elif entry.is_symlink() and path.is_dir():
             yield Skipped(path, "a symbolic link to a directory: not followed (import its target)")
