@@ -7,6 +7,14 @@ import ctypes.util
 import os
 import signal
 
+_PARENT = 0  # in a pool worker: the pid of the command that started it
+
+
+def command_pid() -> int:
+    """The pid of the running command: the process itself, or a worker's parent.  Temporary
+    files carry it, so that a later run can tell those of a killed command from a live one's."""
+    return _PARENT or os.getpid()
+
 
 def init_worker(parent: int) -> None:
     """Call first thing in a pool worker (``initializer``), with the parent's pid.
@@ -17,6 +25,8 @@ def init_worker(parent: int) -> None:
     worker whose parent is killed (SIGKILL, the OOM killer) would otherwise block on its result
     pipe forever; Linux kills it with the parent instead (PR_SET_PDEATHSIG).
     """
+    global _PARENT
+    _PARENT = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pr_set_pdeathsig = 1
     try:

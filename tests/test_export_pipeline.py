@@ -469,3 +469,40 @@ def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(tmp_path: Path, fmt: 
         assert len(list(cur.iterdir())) == 3000
     else:
         assert len(manifest_lines(Path(f"{out}.manifest.jsonl"))) == 3000
+
+
+@pytest.mark.parametrize("fmt", ["mbox", "eml", "maildir"])
+def test_the_next_export_clears_what_a_killed_one_left(tmp_path: Path, fmt: str) -> None:
+    """kill -9 of the whole export (no handler runs): its temporary files stay behind, and the
+    next export into the same target removes them, and only them: another export's, still
+    running, are left alone."""
+    from mailvault.testkit.generator import generate
+
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, [m.raw for m in generate(3000, 12, median_size=4000, max_size=20000)])
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "mailvault", "--vault", str(root), "export", "--format"]
+    argv += [fmt, "--out", str(out)]
+    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
+
+    def ours() -> list[Path]:
+        return [p for p in tmp_path.rglob(".*.tmp-*") if p.is_file()]
+
+    while proc.poll() is None and not any(p.stat().st_size for p in ours()):
+        pass
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    left = ours()
+    assert left, "the kill came too late to leave anything"
+    live = subprocess.Popen(["sleep", "60"])  # stands for an export still running
+    try:
+        where = tmp_path if fmt == "mbox" else out
+        name = "out" if fmt == "mbox" else ("manifest.jsonl" if fmt == "maildir" else "x.eml")
+        alive = where / f".{name}.tmp-{live.pid}-0123456789ab"
+        alive.write_bytes(b"partial")
+        result = cli(root, "export", "--format", fmt, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert ours() == [alive]
+    finally:
+        live.kill()
+        live.wait()

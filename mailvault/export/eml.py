@@ -1,6 +1,6 @@
 """Export as a directory of ``<sha256>.eml`` files, one per message, exact bytes by default.
 
-Each file is written as ``.<sha256>.eml.tmp-<random>`` in the same directory, then made durable
+Each file is written as ``.<sha256>.eml.tmp-<pid>-<random>`` in the same directory, then made durable
 in batches and renamed; a re-export skips files that are already there and correct, and replaces
 (atomically, by rename) one whose content no longer matches its name.
 """
@@ -8,10 +8,10 @@ in batches and renamed; a re-export skips files that are already there and corre
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+from mailvault._tempfiles import remove_orphans, temp_path
 from mailvault.export._errors import ExportError
 from mailvault.export._target import (
     DirBatch,
@@ -25,7 +25,7 @@ from mailvault.export._target import (
 )
 from mailvault.export.transform import MessageMeta
 
-_OURS = re.compile(r"^(?:[0-9a-f]{64}\.eml|manifest\.jsonl?|\..*\.tmp-[0-9a-f]+)$")
+_OURS = re.compile(r"^(?:[0-9a-f]{64}\.eml|manifest\.jsonl?|\..*\.tmp-[0-9a-z-]+)$")
 
 
 class EmlTarget(Target):
@@ -48,6 +48,7 @@ class EmlTarget(Target):
                 )
             check_previous_export(out, "eml", self.line_endings)
             self.names = {name for name in entries if name.endswith(".eml")}
+            remove_orphans(out)
         make_dirs(out)
 
     def find(self, digest: str) -> list[str]:
@@ -65,7 +66,7 @@ class EmlTarget(Target):
 
     def stage(self, digest: str, chunks: Iterable[bytes]) -> Staged:
         name = f"{digest}.eml"
-        tmp = f"{self.out}/.{name}.tmp-{secrets.token_hex(6)}"
+        tmp = temp_path(self.out, name)
         return Staged(tmp, name, write_new_file(tmp, chunks))
 
     def place_staged(self, digest: str, tmp: str, relative: str, size: int) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from mailvault._tempfiles import remove_orphans
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import (
     DirBatch,
@@ -65,6 +66,7 @@ class MaildirTarget(Target):
                     "choose a new or empty directory"
                 )
             check_previous_export(out, "maildir", self.line_endings, unlike=", not a Maildir")
+            remove_orphans(out, ".manifest.")  # a killed export's manifest; tmp/ is the Maildir's
         for sub in SUBDIRS:
             make_dirs(out / sub)
         self._scan()

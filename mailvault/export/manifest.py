@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_string  # json.dumps' own, ensure_ascii off
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mailvault._fs import fsync_dir
+from mailvault._tempfiles import temp_path
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export.transform import MessageMeta
 
@@ -95,9 +95,8 @@ class ManifestWriter:
         self.entries_path = entries_path
         self.summary_path = summary_path
         self.previous_entries = 0
-        token = secrets.token_hex(6)
-        self._tmp = entries_path.with_name(f".{entries_path.name}.tmp-{token}")
-        self._summary_tmp = summary_path.with_name(f".{summary_path.name}.tmp-{token}")
+        self._tmp = Path(temp_path(entries_path.parent, entries_path.name))
+        self._summary_tmp = Path(temp_path(summary_path.parent, summary_path.name))
         self._file: IO[str] | None = None
         try:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -10,7 +10,7 @@ Each message is written as
 The manifest's ``offset`` and ``length`` cover exactly the quoted message bytes (the second
 block), so an auditor can cut each message out with ``tail -c +N | head -c L``.
 
-A new mbox is written as ``<target>.tmp-<random>`` beside the target, fsynced, and linked into
+A new mbox is written as ``.<target>.tmp-<pid>-<random>`` beside the target, fsynced, and linked into
 place only if nothing appeared there meanwhile; an existing target is refused unless
 ``--append``, which takes an exclusive ``flock`` on it (mutt, Dovecot's mbox driver and
 procmail use flock too), appends, fsyncs, and on any error truncates the file back to its size
@@ -22,15 +22,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import itertools
 import mmap
 import os
-import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from mailvault._fs import IOV_BATCH, fsync_dir, write_all, writev_all
+from mailvault._tempfiles import remove_orphans, temp_path
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import (
     FILE_MODE,
@@ -45,9 +44,6 @@ from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
 BUFFER = 1024 * 1024
 WRITEBACK_STEP = 8 * 1024 * 1024  # start the disk write every this many bytes
 BOM = b"\xef\xbb\xbf"
-
-
-_RUNS = itertools.count()
 
 
 def _copy_range(source: int, target: int, start: int, length: int) -> None:
@@ -100,7 +96,6 @@ class MboxTarget(Target):
         self._buf_start = 0
         self._written_back = 0  # start_writeback was called for the bytes before this offset
         self._truncate_to: int | None = None  # an append: the file's size before this run
-        self._token = secrets.token_hex(4)  # in the names of the staged runs of this export
         self._run_dir = str(out.parent)
         self._segment: tuple[int, int, int] | None = None  # placed, not yet copied: fd, start, end
 
@@ -117,7 +112,7 @@ class MboxTarget(Target):
             self._open_existing()
         else:
             make_dirs(out.parent)
-            self.tmp = out.with_name(f"{out.name}.tmp-{secrets.token_hex(6)}")
+            self.tmp = Path(temp_path(out.parent, out.name))
             try:
                 self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             except OSError as exc:
@@ -127,6 +122,8 @@ class MboxTarget(Target):
         # spool): then the temp dir.
         parent = str(out.parent)
         self._run_dir = parent if os.access(parent, os.W_OK | os.X_OK) else tempfile.gettempdir()
+        for directory in {parent, self._run_dir}:  # what an export killed with SIGKILL left
+            remove_orphans(directory, f".{out.name}.")
 
     def _open_existing(self) -> None:
         out = self.out
@@ -224,8 +221,7 @@ class MboxTarget(Target):
         """Write prepared records to a hidden file beside the target, in a worker: the main
         process then copies them into the mbox (``place_record``, straight from a mapping of
         the run) instead of receiving every byte through a pipe."""
-        run = f"{self._token}-{os.getpid()}-{next(_RUNS)}"
-        name = f"{self._run_dir}/.{self.out.name}.tmp-run-{run}"
+        name = temp_path(self._run_dir, self.out.name, "run-")
         write_new_file(name, records)
         return name
 

@@ -1,0 +1,49 @@
+"""Temporary files that say which command wrote them, so that a later run can clear those of a
+command killed with SIGKILL (no handler runs then) without touching a live one's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+from mailvault._workers import command_pid
+
+_TEMP = re.compile(r"^\..*\.tmp-(\d+)-[0-9a-z-]+$")
+
+
+def temp_path(directory: str | Path, name: str, tag: str = "") -> str:
+    """``<directory>/.<name>.tmp-<pid>-<tag><random>``: hidden, and carrying the pid of the
+    command writing it (see ``remove_orphans``)."""
+    return f"{directory}/.{name}.tmp-{command_pid()}-{tag}{secrets.token_hex(6)}"
+
+
+def remove_orphans(directory: str | Path, prefix: str = ".") -> int:
+    """Remove temporary files an export killed with SIGKILL left in ``directory`` (those of
+    ``temp_path`` whose command no longer runs, and whose names start with ``prefix``); a
+    live export's are left alone.  Returns how many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        match = _TEMP.match(name)
+        if match is None or not name.startswith(prefix) or _running(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
