@@ -186,7 +186,9 @@ def import_command(
             click.echo(f"warning: {where}: {w.message}", err=True)
         index = report.index
         if index is not None and (index.get("parsed") or index.get("indexed")):
-            click.echo(f"indexed {index.get('indexed', 0)} messages")
+            indexed = int(index.get("indexed", 0))
+            earlier = " (with earlier ones not indexed yet)" if indexed > report.imported else ""
+            click.echo(f"indexed {indexed} message{'' if indexed == 1 else 's'}{earlier}")
         if report.index_error:
             click.echo(f"mailvault: warning: {report.index_error}", err=True)
     if not report.ok:
