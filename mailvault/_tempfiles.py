@@ -31,7 +31,7 @@ def remove_orphans(directory: str | Path, prefix: str = ".") -> int:
         return 0
     for name in names:
         match = _TEMP.match(name)
-        if match is None or not name.startswith(prefix) or _running(int(match.group(1))):
+        if match is None or not name.startswith(prefix) or running(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(directory, name))
@@ -39,11 +39,18 @@ def remove_orphans(directory: str | Path, prefix: str = ".") -> int:
     return removed
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (a killed export's workers may stay
+    zombies for a while if whoever inherits them is slow to reap them)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists, owned by someone else
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
-    return True
+    return state not in (b"Z", b"X")

@@ -503,6 +503,8 @@ def test_the_next_export_clears_what_a_killed_one_left(tmp_path: Path, fmt: str)
         result = cli(root, "export", "--format", fmt, "--out", str(out))
         assert result.exit_code == 0, result.output
         assert ours() == [alive]
+        if fmt == "maildir":  # the killed workers' files in tmp/ are gone too
+            assert list((out / "tmp").iterdir()) == []
     finally:
         live.kill()
         live.wait()

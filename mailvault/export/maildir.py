@@ -11,6 +11,7 @@ The host part escapes ``/``, ``:`` and ``,`` as ``\\057``, ``\\072`` and ``\\054
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -19,7 +20,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from mailvault._tempfiles import remove_orphans
+from mailvault._tempfiles import remove_orphans, running
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import (
     DirBatch,
@@ -66,10 +67,27 @@ class MaildirTarget(Target):
                     "choose a new or empty directory"
                 )
             check_previous_export(out, "maildir", self.line_endings, unlike=", not a Maildir")
-            remove_orphans(out, ".manifest.")  # a killed export's manifest; tmp/ is the Maildir's
+            remove_orphans(out, ".manifest.")  # what an export killed with SIGKILL left
         for sub in SUBDIRS:
             make_dirs(out / sub)
+        self._remove_own_orphans()
         self._scan()
+
+    def _remove_own_orphans(self) -> None:
+        """Files in tmp/ that an export from this host wrote and never renamed because it was
+        killed (SIGKILL: no handler ran): the process named in the file name no longer runs.
+        Other programs' files in tmp/ are theirs to clean up."""
+        own = re.compile(rf"^\d+\.M\d+P(\d+)Q\d+\.{re.escape(self.host)}$")
+        tmp = self.out / "tmp"
+        try:
+            names = os.listdir(tmp)
+        except OSError:
+            return
+        for name in names:
+            match = own.match(name)
+            if match is not None and not running(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp / name)
 
     def _scan(self) -> None:
         """One pass over cur/ and new/: which messages (by sha256) are already here."""
