@@ -181,14 +181,23 @@ class Catalog:
         return row is not None
 
     def commit_messages(
-        self, account: str | None, run_id: int | None, source: str, items: Sequence[Committed]
+        self,
+        account: str | None,
+        run_id: int | None,
+        source: str,
+        items: Sequence[Committed],
+        *,
+        replaced: Sequence[int] = (),
     ) -> list[tuple[bool, int | None]]:
         """Record a batch in one transaction; per item: (content was new, UIDL row id).
 
+        ``replaced``: live UIDL rows whose UIDL the server now uses for other content (their
+        message is gone); they are closed in the same transaction, before the new rows.
         Called only after the blobs are durable (``BlobStore.publish``).
         """
         now = utcnow()
         with self.transaction():
+            self._mark_deleted(replaced, "server-gone", now)
             return self._record_batch(items, source=source, account=account, run_id=run_id, now=now)
 
     def _record_batch(
@@ -333,20 +342,19 @@ class Catalog:
         now = utcnow()
         kind = "server-delete" if confirmed_by_quit else "server-gone"
         with self.transaction():
-            for row_id in ids:
-                row = self.conn.execute(
-                    "SELECT account, uidl, sha256, size FROM uidls "
-                    "WHERE id=? AND deleted_confirmed_at IS NULL",
-                    (row_id,),
-                ).fetchone()
-                if row is None:
-                    continue
-                self.conn.execute(
-                    "UPDATE uidls SET deleted_confirmed_at=? WHERE id=?", (now, row_id)
-                )
-                ledger.append(
-                    self.conn, kind, account=row[0], uidl=row[1], sha256=row[2], size=row[3]
-                )
+            self._mark_deleted(ids, kind, now)
+
+    def _mark_deleted(self, ids: Iterable[int], kind: str, now: str) -> None:
+        for row_id in ids:
+            row = self.conn.execute(
+                "SELECT account, uidl, sha256, size FROM uidls "
+                "WHERE id=? AND deleted_confirmed_at IS NULL",
+                (row_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            self.conn.execute("UPDATE uidls SET deleted_confirmed_at=? WHERE id=?", (now, row_id))
+            ledger.append(self.conn, kind, account=row[0], uidl=row[1], sha256=row[2], size=row[3])
 
     # -- reading --------------------------------------------------------------------------------
     def message_count(self) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 import tenacity
 
 from mailvault import pop3
-from mailvault.catalog import Catalog, Committed
+from mailvault.catalog import Catalog, Committed, LiveUidl
 from mailvault.config import AccountConfig
 from mailvault.errors import (
     ConfigError,
@@ -214,9 +214,26 @@ class AccountFetcher:
             self.catalog.mark_deleted(gone, confirmed_by_quit=False)
         new = [m for m in listed if m.uidl is None or m.uidl not in live]
         ghosts = [(m, live[m.uidl]) for m in listed if m.uidl is not None and m.uidl in live]
-        ghost_deletes = [
-            (m.msgno, row.id) for m, row in ghosts if self._deletable(row.first_seen, now)
-        ]
+        # A committed message still listed is DELEd without a download only if the server
+        # lists it at the size it was committed with: a server that applied a QUIT whose reply
+        # was lost may have given the UIDL to new mail since.  Any other is downloaded first
+        # ("suspects"): the same content is then DELEd as a duplicate, other content is new mail.
+        ghost_deletes: list[tuple[int, int]] = []
+        suspects: dict[str, LiveUidl] = {}
+        for m, row in ghosts:
+            if not self._deletable(row.first_seen, now):
+                continue
+            if m.size == row.size:
+                ghost_deletes.append((m.msgno, row.id))
+            else:
+                suspects[row.uidl] = row
+                warning = (
+                    f"UIDL {row.uidl}: committed with {row.size} octets, now listed with "
+                    f"{m.size}; downloaded again to check before any DELE (a server that "
+                    "reuses UIDLs, or misreports sizes?)"
+                )
+                if warning not in report.warnings:
+                    report.warnings.append(warning)
         if not self._counted:  # retries and capped sessions re-list; count the first listing
             report.listed, report.new, self._counted = len(listed), len(new), True
         if self.dry_run:
@@ -227,9 +244,10 @@ class AccountFetcher:
             session.quit()
             return False
         cap = self.account.max_messages_per_session
-        batch_now = new[:cap] if cap else new
-        more = bool(cap) and len(new) > cap
-        loop = _PumpLoop(self, session, batch_now, ghost_deletes, listing_time, now)
+        to_fetch = [m for m in listed if m.uidl in suspects] + new
+        batch_now = to_fetch[:cap] if cap else to_fetch
+        more = bool(cap) and len(to_fetch) > cap
+        loop = _PumpLoop(self, session, batch_now, ghost_deletes, listing_time, now, suspects)
         loop.run()
         confirmed = session.quit()
         if confirmed and loop.deleted_ids:
@@ -373,8 +391,10 @@ class _PumpLoop:
         ghost_deletes: list[tuple[int, int]],
         listing_time: str,
         now: datetime,
+        suspects: dict[str, LiveUidl] | None = None,
     ) -> None:
         self.f = fetcher
+        self.suspects = suspects or {}
         self.session = session
         self.to_fetch = deque(to_fetch)
         self.total = len(to_fetch)
@@ -542,8 +562,28 @@ class _PumpLoop:
     def _record(self, batch: _Batch) -> _Results:
         """On the commit thread, once the batch's blobs are durable: one catalog transaction."""
         f = self.f
-        items = [Committed(st.digest, st.size, m.uidl, self.listing_time) for m, st in batch]
-        return f.catalog.commit_messages(f.account.name, f.run_id, f"pop3:{f.account.name}", items)
+        if not self.suspects:
+            items = [Committed(st.digest, st.size, m.uidl, self.listing_time) for m, st in batch]
+            return f.catalog.commit_messages(
+                f.account.name, f.run_id, f"pop3:{f.account.name}", items
+            )
+        # A suspect that is the committed content keeps its row; other content replaces it.
+        kept: dict[int, tuple[bool, int | None]] = {}
+        items, replaced = [], []
+        for i, (m, st) in enumerate(batch):
+            row = self.suspects.get(m.uidl) if m.uidl is not None else None
+            if row is not None and st.digest == row.sha256:
+                kept[i] = (False, row.id)
+                continue
+            if row is not None:
+                replaced.append(row.id)
+            items.append(Committed(st.digest, st.size, m.uidl, self.listing_time))
+        recorded = iter(
+            f.catalog.commit_messages(
+                f.account.name, f.run_id, f"pop3:{f.account.name}", items, replaced=replaced
+            )
+        )
+        return [kept[i] if i in kept else next(recorded) for i in range(len(batch))]
 
     def _collect(self) -> None:
         """Account for finished commits and queue their DELEs (never before the commit)."""
@@ -557,7 +597,9 @@ class _PumpLoop:
                 report.bytes += staged.size
                 if not fresh:
                     report.duplicates += 1
-                if self.delete_new and row_id is not None:
+                suspect = self.suspects.get(msg.uidl) if msg.uidl is not None else None
+                kept = suspect is not None and suspect.id == row_id  # committed, and deletable
+                if row_id is not None and (kept or self.delete_new):
                     self.deletes.append((msg.msgno, row_id))
                 elif self.delete_new and msg.uidl is None:
                     self.deletes.append((msg.msgno, -1))

@@ -521,3 +521,48 @@ def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(tmp_path: Path) -> None:
         check_invariants(vault, server, messages)
         assert no_tmp_leftovers(vault)
         complete_and_check(vault, server, messages)
+
+
+def test_a_reused_uidl_is_never_deleted_as_a_ghost(tmp_path: Path) -> None:
+    """The server applies a QUIT whose reply is lost, then gives a deleted message's UIDL to
+    new mail: that is not the committed message (its size differs), so it is downloaded and
+    archived before any DELE, not deleted unread as a "ghost"."""
+    messages = corpus(3)
+    faults = Faults(reuse_uidls=True, cut_before_quit_reply=True, quit_applies_before_cut=True)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", retries=0)
+        fetch_json(vault)
+        assert server.mailbox == []
+        server.faults = Faults(reuse_uidls=True)
+        server.wait_unlocked()
+        fresh = b"From: new@example.com\r\nSubject: new mail under an old UIDL\r\n\r\nhi\r\n"
+        server.add_message(fresh)
+        assert server.mailbox[0].uidl == "uid-1"
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0, report
+        assert (acct["fetched"], acct["deleted"]) == (1, 1)
+        assert any("UIDL uid-1" in w and "downloaded again" in w for w in acct["warnings"])
+        assert server.mailbox == []
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in [*messages, fresh]))
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            kinds = [r[0] for r in db.execute("SELECT kind FROM ledger ORDER BY seq")]
+        assert kinds.count("server-gone") == 3 and kinds.count("server-delete") == 1
+
+
+def test_a_ghost_listed_at_another_size_is_checked_then_deleted(tmp_path: Path) -> None:
+    """A server that misreports sizes: the ghost is downloaded once to check, found to be the
+    committed message (no new row, no duplicate), and deleted."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(cut_in_dele=1)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", retries=0)
+        fetch_json(vault)
+        server.faults = Faults(lie_about_sizes=True)
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0, report
+        assert acct["deleted"] == 3 and server.mailbox == []
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM uidls").fetchone()[0] == 3
