@@ -132,6 +132,7 @@ class AccountFetcher:
         self.run_id: int | None = None
         self._login_delay = 0.0
         self._counted = False
+        self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
         settings = vault.config.vault
         self.batch_messages = settings.commit_batch_messages
         self.batch_bytes = settings.commit_batch_bytes
@@ -155,6 +156,8 @@ class AccountFetcher:
             more = True
             while more:
                 more = retrying(self._one_session)
+            if self.report.errors and self.report.status == "ok":  # a RETR or DELE refused
+                self.report.status = "failed"
         except MailvaultError as exc:
             self.report.status = "failed"
             self.report.errors.append(str(exc))
@@ -244,16 +247,31 @@ class AccountFetcher:
             session.quit()
             return False
         cap = self.account.max_messages_per_session
+        if cap and not has_uidl and not self._deletable(listing_time, now):
+            # Without UIDLs, and without deleting what is committed, the next session would
+            # list the same messages first again: one session takes them all.
+            cap = 0
+            warning = (
+                "max_messages_per_session has no effect without UIDL unless messages are "
+                "deleted as they are committed (delete_after_days = 0): one session fetches all"
+            )
+            if warning not in report.warnings:
+                report.warnings.append(warning)
         to_fetch = [m for m in listed if m.uidl in suspects] + new
+        to_fetch = [m for m in to_fetch if m.uidl is None or m.uidl not in self.refused]
         batch_now = to_fetch[:cap] if cap else to_fetch
-        more = bool(cap) and len(to_fetch) > cap
+        refused_before = len(self.refused)
         loop = _PumpLoop(self, session, batch_now, ghost_deletes, listing_time, now, suspects)
         loop.run()
         confirmed = session.quit()
         if confirmed and loop.deleted_ids:
             self.catalog.mark_deleted(loop.deleted_ids, confirmed_by_quit=True)
             report.deleted += len(loop.deleted_ids)
-        return more
+        # Another session only for what the cap left, and only after progress (a message
+        # archived or deleted, or a refused one that later sessions skip): a server that
+        # refuses every RETR must not be asked again and again.
+        progress = loop.done > 0 or bool(loop.deleted_ids) or len(self.refused) > refused_before
+        return bool(cap) and len(to_fetch) > cap and progress
 
 
 _Batch = list[tuple[ListedMessage, StagedBlob]]  # staged messages for one group commit
@@ -490,6 +508,8 @@ class _PumpLoop:
             elif isinstance(event, pop3.Err):
                 self.inflight.popleft()
                 self.retr_inflight -= 1
+                if subject.uidl is not None:
+                    self.f.refused.add(subject.uidl)
                 self.f.report.errors.append(
                     f"RETR {subject.msgno} (UIDL {subject.uidl}) refused: -ERR {event.text}; "
                     "the message stays on the server and is retried next run"

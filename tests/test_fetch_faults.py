@@ -566,3 +566,32 @@ def test_a_ghost_listed_at_another_size_is_checked_then_deleted(tmp_path: Path) 
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
         with sqlite3.connect(vault / "catalog.sqlite") as db:
             assert db.execute("SELECT count(*) FROM uidls").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("cap", [0, 1])
+def test_a_refused_retr_fails_the_account_and_never_loops(tmp_path: Path, cap: int) -> None:
+    """A message the server will not hand out: every other one is archived, the account is
+    reported failed (exit 1: a message is not being archived), and a per-session cap does not
+    make fetch ask again and again in a loop."""
+    messages = corpus(4)
+    with FakePop3Server(messages, faults=Faults(refuse_retr=1)) as server:
+        vault = vault_for(tmp_path, server, max_messages_per_session=cap, retries=0)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 1 and report["ok"] is False and acct["status"] == "failed"
+        assert acct["fetched"] == 3 and "RETR 1 (UIDL uid-1) refused" in acct["errors"][0]
+        assert acct["sessions"] <= 4
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages[1:]))
+
+
+def test_a_cap_without_uidl_fetches_everything_once(tmp_path: Path) -> None:
+    """Without UIDLs and without deleting, the next session would list the same messages
+    first: the cap is set aside (with a warning) instead of reconnecting for ever."""
+    messages = corpus(5)
+    with FakePop3Server(messages, faults=Faults(no_uidl=True)) as server:
+        vault = vault_for(tmp_path, server, max_messages_per_session=2, retries=0)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0 and (acct["fetched"], acct["sessions"]) == (5, 1)
+        assert any("max_messages_per_session has no effect" in w for w in acct["warnings"])
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))

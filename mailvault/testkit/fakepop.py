@@ -85,6 +85,7 @@ class Faults:
     auth_fail: bool = False
     lie_about_sizes: bool = False  # LIST/STAT/RETR "+OK n octets" count LF, not CRLF
     endless_line_in_retr: int | None = None
+    refuse_retr: int | None = None  # answer RETR of this msgno with -ERR [SYS/PERM], every time
     garbage_greeting: bool = False  # send GARBAGE_GREETING and close
     garbage_after: str | None = None  # a +OK to this command becomes GARBAGE_LINE (no body)
     stls_inject: bool = False  # INJECTED follows "+OK Begin TLS" in the same write
@@ -455,6 +456,9 @@ class _Session:
         if found is None:
             return
         number, msg = found
+        if self.faults.refuse_retr == number:
+            self._reply("-ERR [SYS/PERM] message file is corrupt")
+            return
         status = f"+OK {self._size(msg)} octets"
         if self.faults.endless_line_in_retr == number:
             self._reply(status)
