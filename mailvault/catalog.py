@@ -131,10 +131,18 @@ class Catalog:
 
     # -- runs and provenance --------------------------------------------------------------------
     def start_run(self, account: str) -> int:
+        """A new run of ``account``; one still 'running' was killed (the caller holds the vault
+        lock, so no other process runs it), and is marked so."""
+        now = utcnow()
         with self.transaction():
+            self.conn.execute(
+                "UPDATE runs SET status='killed', finished_at=? WHERE account=? AND "
+                "status='running'",
+                (now, account),
+            )
             cur = self.conn.execute(
                 "INSERT INTO runs(account, started_at, status) VALUES (?, ?, 'running')",
-                (account, utcnow()),
+                (account, now),
             )
         return int(cur.lastrowid or 0)
 

@@ -25,6 +25,7 @@ from mailvault.errors import (
     TemporaryServerError,
     TLSError,
 )
+from mailvault.pop3 import LocalProtocolError
 from mailvault.secrets import resolve_secret
 from mailvault.session import Pop3Session
 from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
@@ -196,6 +197,14 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
             session.login()
         except MailvaultError as exc:
             yield Step("login", False, str(exc), _login_hint(exc))
+            return
+        except LocalProtocolError as exc:  # the user or password cannot form a command
+            yield Step(
+                "login",
+                False,
+                f"the user name or the password cannot be sent in a POP3 command ({exc})",
+                "check user and the password source (a line break, or a space with APOP?)",
+            )
             return
         yield Step("login", True, f"logged in as {account.user} ({account.auth})")
         count, size = session.stat()

@@ -140,6 +140,7 @@ class AccountFetcher:
     # -- the whole account ----------------------------------------------------------------------
     def run(self) -> AccountReport:
         acct = self.account
+        interrupted = False
         try:
             if not self.dry_run:
                 self.catalog.ensure_account(acct.name, acct.host, acct.port, acct.user, acct.tls)
@@ -162,9 +163,27 @@ class AccountFetcher:
             self.report.status = "failed"
             self.report.errors.append(str(exc))
             self.report.config_error = isinstance(exc, ConfigError)
+        except pop3.LocalProtocolError as exc:  # the user or password cannot form a command
+            self.report.status = "failed"
+            self.report.config_error = True
+            self.report.errors.append(
+                f"{acct.config_path or 'mailvault.toml'}: accounts.{acct.name}: the user name "
+                f"or the password cannot be sent in a POP3 command ({exc}); check user and "
+                "the password source"
+            )
+        except Exception as exc:  # a bug: reported, and the other accounts still run
+            log.debug("%s: unexpected error", acct.name, exc_info=True)
+            self.report.status = "failed"
+            self.report.errors.append(
+                f"unexpected {type(exc).__name__} (a bug in mailvault; rerun with -vv and "
+                "report it); what was committed is kept"
+            )
+        except BaseException:  # Ctrl-C: the catalog says so
+            interrupted = True
+            raise
         finally:
             if self.run_id is not None:
-                status = self.report.status
+                status = "interrupted" if interrupted else self.report.status
                 self.catalog.finish_run(
                     self.run_id, status, self.report.counts(), self.report.errors
                 )

@@ -45,7 +45,7 @@ CREATE TABLE runs (
     account     TEXT NOT NULL,
     started_at  TEXT NOT NULL,
     finished_at TEXT,
-    status      TEXT NOT NULL,                 -- running | ok | failed
+    status      TEXT NOT NULL,                 -- running | ok | failed | interrupted | killed
     listed      INTEGER NOT NULL DEFAULT 0,
     new         INTEGER NOT NULL DEFAULT 0,
     fetched     INTEGER NOT NULL DEFAULT 0,

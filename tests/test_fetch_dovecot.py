@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -261,3 +262,6 @@ def test_crash_at_random_moments_loses_and_duplicates_nothing(
     assert code == 0, report
     assert dovecot.mailbox_count("alice") == 0
     assert_vault_exact(vault, expected)
+    with sqlite3.connect(vault / "catalog.sqlite") as db:  # the catalog's record of the runs
+        statuses = [row[0] for row in db.execute("SELECT status FROM runs")]
+    assert "running" not in statuses and statuses.count("killed") >= 1

@@ -595,3 +595,30 @@ def test_a_cap_without_uidl_fetches_everything_once(tmp_path: Path) -> None:
         assert code == 0 and (acct["fetched"], acct["sessions"]) == (5, 1)
         assert any("max_messages_per_session has no effect" in w for w in acct["warnings"])
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
+def test_a_password_that_cannot_be_sent_is_one_line_and_the_others_run(tmp_path: Path) -> None:
+    """A password with a line break (from a variable set by mistake) cannot form a PASS
+    command: a configuration error in one line (exit 2), recorded as a failed run, and the
+    next account is still fetched; `check` says the same without a traceback."""
+    messages = corpus(2)
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server)
+        toml = (vault / "mailvault.toml").read_text()
+        other = toml.replace("[accounts.acct]", "[accounts.broken]").replace(
+            f'password_env = "{PASSWORD_ENV}"', 'password_env = "MV_TEST_BROKEN"'
+        )
+        (vault / "mailvault.toml").write_text(other + toml)  # the broken one first
+        env = {"MV_TEST_BROKEN": "alice-secret\nsecond line"}
+        result = run_cli(vault, "fetch", "--no-index", env=env)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert "accounts.broken: the user name or the password cannot be sent" in result.stderr
+        assert "alice-secret" not in result.output
+        assert "acct: listed 2, new 2, fetched 2" in result.stdout
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            status = dict(db.execute("SELECT account, status FROM runs").fetchall())
+        assert status == {"acct": "ok", "broken": "failed"}
+        result = run_cli(vault, "check", "broken", env=env)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "[FAIL] login" in result.output
