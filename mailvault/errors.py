@@ -18,6 +18,7 @@ process exit codes, so library code raises and never exits.
         +-- TransportError       retryable       connect refused, reset, EOF, timeout
         +-- TLSError                             certificate / handshake / pin mismatch
         +-- ProtocolError                        the server broke RFC 1939/2449
+        |   +-- OverlongLine                     one message's line is over the bound
         +-- ServerError                          a -ERR that aborts the session
             +-- AuthenticationError              [AUTH] or -ERR to PASS
             +-- MailboxInUse     retryable       [IN-USE]
@@ -109,6 +110,11 @@ class TLSError(RemoteError):
 
 class ProtocolError(RemoteError):
     """The server's bytes do not follow RFC 1939 / RFC 2449."""
+
+
+class OverlongLine(ProtocolError):
+    """A line of message data longer than the bound: one message, not the whole session, is
+    at fault (fetch skips it for the rest of the run)."""
 
 
 class ServerError(RemoteError):

@@ -17,6 +17,7 @@ batch is made durable; batches that queue up behind a slow disk are committed to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from mailvault.errors import (
     LoginDelay,
     MailboxInUse,
     MailvaultError,
+    OverlongLine,
     ProtocolError,
 )
 from mailvault.secrets import resolve_secret
@@ -209,6 +211,19 @@ class AccountFetcher:
             session.login()
             listed, has_uidl = session.listing()
             return self._drain(session, listed, has_uidl)
+        except _Unfetchable as exc:
+            msg = exc.message
+            if msg.uidl is None or msg.uidl in self.refused:
+                raise
+            # Skipped for the rest of this run (a new session picks up after it); reported,
+            # and tried again next run.
+            self.refused.add(msg.uidl)
+            self.report.errors.append(
+                f"message {msg.msgno} (UIDL {msg.uidl}, {msg.size:,} octets) not archived: "
+                f"{exc}; the others were fetched, and it is tried again next run (fetch it with "
+                "another client, or remove it from the server)"
+            )
+            return True
         finally:
             session.close()
 
@@ -291,6 +306,14 @@ class AccountFetcher:
         # refuses every RETR must not be asked again and again.
         progress = loop.done > 0 or bool(loop.deleted_ids) or len(self.refused) > refused_before
         return bool(cap) and len(to_fetch) > cap and progress
+
+
+class _Unfetchable(ProtocolError):
+    """One message cannot be received (a line over the bound); the session is broken."""
+
+    def __init__(self, message: ListedMessage, text: str) -> None:
+        super().__init__(text)
+        self.message = message
 
 
 _Batch = list[tuple[ListedMessage, StagedBlob]]  # staged messages for one group commit
@@ -457,6 +480,14 @@ class _PumpLoop:
         self.committer = _Committer(self.f.store, self._record)
         try:
             self._pump()
+        except MailvaultError:
+            # The session broke (cut, garbage, a message over the line bound): the messages
+            # received whole before it are committed all the same, so a rerun, or the next
+            # session, does not fetch them again.  No DELE goes out on this connection.
+            if self.batch:
+                with contextlib.suppress(MailvaultError):
+                    self._request_commit()
+            raise
         finally:
             if self.writer is not None:
                 self.writer.abort()
@@ -487,7 +518,14 @@ class _PumpLoop:
                     self._collect()
                     continue
                 return
-            self._handle(self.session.next_event())
+            try:
+                event = self.session.next_event()
+            except OverlongLine as exc:
+                command, subject = self.inflight[0]
+                if isinstance(command, pop3.Retr) and isinstance(subject, ListedMessage):
+                    raise _Unfetchable(subject, str(exc)) from None
+                raise
+            self._handle(event)
 
     def _fill(self) -> None:
         """Top the window up once it is half empty, so commands go out in batches."""

@@ -231,14 +231,35 @@ def test_server_lying_about_sizes(tmp_path: Path) -> None:
 
 
 def test_endless_line(tmp_path: Path) -> None:
+    """An endless line in one message: that message is skipped for the run (named, with the
+    cause), every other one is archived (and deleted), and the account reports failure."""
     messages = corpus()
     with FakePop3Server(messages, faults=Faults(endless_line_in_retr=2)) as server:
         vault = vault_for(tmp_path, server, delete="after-commit")
         code, report = fetch_json(vault)
-        assert code == 1
-        assert "longer than" in report["accounts"][0]["errors"][0]
+        acct = report["accounts"][0]
+        assert code == 1 and acct["fetched"] == 5 and len(acct["errors"]) == 1
+        assert "message 2 (UIDL uid-2" in acct["errors"][0]
+        assert "longer than" in acct["errors"][0]
         check_invariants(vault, server, messages)
+        assert [m.uidl for m in server.mailbox] == ["uid-2"]
         complete_and_check(vault, server, messages)
+
+
+def test_a_cut_keeps_the_messages_received_before_it(tmp_path: Path) -> None:
+    """The connection drops in the middle of message 4: messages 1-3 arrived whole and are
+    committed anyway (one commit batch holds them all), so the next run does not fetch them
+    again."""
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(cut_in_retr=(4, 100))) as server:
+        vault = vault_for(tmp_path, server)
+        code, report = fetch_json(vault)
+        assert code == 1 and report["accounts"][0]["fetched"] == 3
+        server.faults = Faults()
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        assert code == 0 and report["accounts"][0]["fetched"] == 3
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
 
 
 @pytest.mark.parametrize(

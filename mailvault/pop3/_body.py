@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from mailvault.errors import ProtocolError
+from mailvault.errors import OverlongLine
 
 from ._reader import ReceiveBuffer
 
@@ -142,7 +142,7 @@ class DataDecoder:
                     break
                 lf = buf.rfind(b"\n", p, window)
                 if lf < 0:
-                    raise ProtocolError(f"server sent a message line longer than {limit} bytes")
+                    raise OverlongLine(f"server sent a message line longer than {limit} bytes")
                 p = lf + 1
                 carry = 0
         self._line_len = carry
