@@ -18,6 +18,7 @@ batch is made durable; batches that queue up behind a slow disk are committed to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -40,6 +41,7 @@ from mailvault.errors import (
     MailvaultError,
     OverlongLine,
     ProtocolError,
+    TransportError,
 )
 from mailvault.secrets import resolve_secret
 from mailvault.session import PIPELINE_WINDOW, ListedMessage, Pop3Session, Trace
@@ -135,6 +137,7 @@ class AccountFetcher:
         self._login_delay = 0.0
         self._counted = False
         self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
+        self._lockstep = False  # after a stall with pipelined commands in flight
         settings = vault.config.vault
         self.batch_messages = settings.commit_batch_messages
         self.batch_bytes = settings.commit_batch_bytes
@@ -201,7 +204,10 @@ class AccountFetcher:
     # -- one POP3 session -----------------------------------------------------------------------
     def _one_session(self) -> bool:
         """Run one session; return True if a per-session cap left messages for another one."""
-        session = Pop3Session(self.account, lambda: resolve_secret(self.account), self.trace)
+        account = self.account
+        if self._lockstep:
+            account = dataclasses.replace(account, pipelining="off")
+        session = Pop3Session(account, lambda: resolve_secret(self.account), self.trace)
         self.report.sessions += 1
         try:
             session.connect()
@@ -211,6 +217,16 @@ class AccountFetcher:
             session.login()
             listed, has_uidl = session.listing()
             return self._drain(session, listed, has_uidl)
+        except TransportError as exc:
+            if session.conn.pipelining and "sent nothing" in str(exc) and not self._lockstep:
+                # Some servers advertise PIPELINING and then drop commands sent together:
+                # the retry goes lock-step (slower, but it gets the mail).
+                self._lockstep = True
+                self.report.warnings.append(
+                    f"{self.account.host} stalled with pipelined commands in flight; retrying "
+                    'without pipelining (set pipelining = "off" for this account if it recurs)'
+                )
+            raise
         except _Unfetchable as exc:
             msg = exc.message
             if msg.uidl is None or msg.uidl in self.refused:
@@ -242,6 +258,11 @@ class AccountFetcher:
                 f"{self.account.host} does not support UIDL: every message is downloaded "
                 "each run and de-duplicated by content hash"
             )
+            if self.account.delete == "after-commit" and self.account.delete_after_days:
+                warning += (
+                    "; delete_after_days cannot be honoured without UIDL (a message cannot be "
+                    "recognised in a later run), so nothing is deleted"
+                )
             if warning not in report.warnings:
                 report.warnings.append(warning)
         live = self.catalog.live_uidls(self.account.name) if not self.dry_run or has_uidl else {}

@@ -643,3 +643,18 @@ def test_a_password_that_cannot_be_sent_is_one_line_and_the_others_run(tmp_path:
         result = run_cli(vault, "check", "broken", env=env)
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert "[FAIL] login" in result.output
+
+
+def test_a_server_that_drops_pipelined_commands_is_retried_lock_step(tmp_path: Path) -> None:
+    """It advertises PIPELINING, then ignores all but the first command of each read: the
+    stall is noticed, the retry goes lock-step, every message arrives, and a warning says what
+    to set."""
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(drop_pipelined=True)) as server:
+        vault = vault_for(tmp_path, server, retries=1, timeout=2)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0, report
+        assert acct["fetched"] == 6 and acct["retries"] == 1
+        assert any('pipelining = "off"' in w for w in acct["warnings"])
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))

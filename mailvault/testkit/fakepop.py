@@ -93,6 +93,7 @@ class Faults:
     no_uidl: bool = False
     no_pipelining: bool = False
     reuse_uidls: bool = False  # new default UIDLs reuse the lowest "uid-<n>" not in the mailbox
+    drop_pipelined: bool = False  # advertise PIPELINING, then drop what follows a command in a read
     login_delay: int | None = None  # advertise LOGIN-DELAY n
 
 
@@ -237,6 +238,8 @@ class _Session:
             end = self.buf.find(b"\n")
             if end >= 0:
                 line, self.buf = self.buf[:end], self.buf[end + 1 :]
+                if self.faults.drop_pipelined and self.state == TRANSACTION_STATE:
+                    self.buf = b""  # a broken server: only the first command of a read counts
                 return line[:-1] if line.endswith(b"\r") else line
             if len(self.buf) > MAX_LINE:
                 self._reply("-ERR line too long")
