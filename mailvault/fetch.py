@@ -120,10 +120,13 @@ class AccountFetcher:
         dry_run: bool = False,
         trace: Trace | None = None,
         progress: Progress | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.vault = vault
         self.account = account
         self.dry_run = dry_run
+        self.cancel = cancel or threading.Event()  # set with interrupt(): Ctrl-C with --jobs
+        self._session: Pop3Session | None = None
         # Each line says whose dialogue it is: with --jobs, several accounts share one file.
         self.trace: Trace | None = None
         if trace is not None:
@@ -152,8 +155,11 @@ class AccountFetcher:
                 self.run_id = self.catalog.start_run(acct.name)
             retrying = tenacity.Retrying(
                 retry=tenacity.retry_if_exception(
-                    lambda e: isinstance(e, MailvaultError) and e.retryable
+                    lambda e: (
+                        isinstance(e, MailvaultError) and e.retryable and not self.cancel.is_set()
+                    )
                 ),
+                sleep=self._sleep,
                 stop=tenacity.stop_after_attempt(acct.retries + 1),
                 wait=_Wait(lambda: self._login_delay),
                 before_sleep=self._before_retry,
@@ -165,6 +171,9 @@ class AccountFetcher:
             if self.report.errors and self.report.status == "ok":  # a RETR or DELE refused
                 self.report.status = "failed"
         except MailvaultError as exc:
+            if self.cancel.is_set():  # the failure is interrupt()'s doing
+                interrupted = True
+                raise KeyboardInterrupt from None
             self.report.status = "failed"
             self.report.errors.append(str(exc))
             self.report.config_error = isinstance(exc, ConfigError)
@@ -195,6 +204,18 @@ class AccountFetcher:
             self.catalog.close()
         return self.report
 
+    def interrupt(self) -> None:
+        """From another thread: stop this account as soon as possible (Ctrl-C with --jobs).
+        What was committed stays committed; a blocked read fails now, a back-off ends now."""
+        self.cancel.set()
+        session = self._session
+        if session is not None:
+            session.interrupt()
+
+    def _sleep(self, seconds: float) -> None:
+        if self.cancel.wait(seconds):
+            raise KeyboardInterrupt
+
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         self.report.retries += 1
         exc = state.outcome.exception() if state.outcome else None
@@ -209,6 +230,7 @@ class AccountFetcher:
             account = dataclasses.replace(account, pipelining="off")
         session = Pop3Session(account, lambda: resolve_secret(self.account), self.trace)
         self.report.sessions += 1
+        self._session = session
         try:
             session.connect()
             self._login_delay = float(session.login_delay or 0)
@@ -241,6 +263,7 @@ class AccountFetcher:
             )
             return True
         finally:
+            self._session = None
             session.close()
 
     def _deletable(self, first_seen: str, now: datetime) -> bool:
@@ -718,15 +741,24 @@ def fetch_accounts(
     if not dry_run:
         vault.store().clean_tmp()
 
-    def one(account: AccountConfig) -> AccountReport:
-        return AccountFetcher(vault, account, dry_run=dry_run, trace=trace, progress=progress).run()
-
+    fetchers = [
+        AccountFetcher(vault, account, dry_run=dry_run, trace=trace, progress=progress)
+        for account in accounts
+    ]
     started = time.monotonic()
     if jobs <= 1 or len(accounts) <= 1:  # no thread: Ctrl-C and profilers see the real work
-        reports = [one(account) for account in accounts]
+        reports = [fetcher.run() for fetcher in fetchers]
     else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            reports = list(pool.map(one, accounts))
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            futures = [pool.submit(fetcher.run) for fetcher in fetchers]
+            reports = [future.result() for future in futures]
+        except KeyboardInterrupt:  # only the main thread gets it: stop the others at once
+            for fetcher in fetchers:
+                fetcher.interrupt()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     log.debug("fetched %d accounts in %.2f s", len(accounts), time.monotonic() - started)
     return reports
 

@@ -326,6 +326,12 @@ class Pop3Session:
         finally:
             self.close()
 
+    def interrupt(self) -> None:
+        """From another thread (Ctrl-C with --jobs): make a blocked read fail now."""
+        stream = self.stream
+        if stream is not None:
+            stream.interrupt()
+
     def close(self) -> None:
         if self.stream is not None:
             self.stream.close()

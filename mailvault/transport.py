@@ -139,6 +139,12 @@ class SocketStream:
         der = self.peer_cert_der()
         return hashlib.sha256(der).hexdigest() if der else None
 
+    def interrupt(self) -> None:
+        """From another thread: wake a blocked read (it then fails as a lost connection);
+        closing the socket would not wake it."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()

@@ -658,3 +658,42 @@ def test_a_server_that_drops_pipelined_commands_is_retried_lock_step(tmp_path: P
         assert acct["fetched"] == 6 and acct["retries"] == 1
         assert any('pipelining = "off"' in w for w in acct["warnings"])
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
+def test_ctrl_c_with_jobs_stops_at_once(tmp_path: Path) -> None:
+    """Ctrl-C while another account's worker waits on a server that never answers: the run
+    stops at once (exit 130), not after that account's timeouts and back-offs; the catalog
+    says the runs were interrupted, and what was committed stays."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)  # accepts (the kernel does), never greets
+    try:
+        with FakePop3Server(corpus(3)) as server:
+            vault = make_vault(
+                tmp_path / "vault",
+                {
+                    "good": {**PLAIN, "port": server.port, "retries": 0},
+                    "mute": {**PLAIN, "port": silent.getsockname()[1], "timeout": 30},
+                },
+            )
+            env = dict(os.environ, MAILVAULT_VAULT=str(vault), **{PASSWORD_ENV: "alice-secret"})
+            argv = [sys.executable, "-m", "mailvault", "fetch", "--jobs", "2", "--no-index"]
+            proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 30
+            while not committed_uidls(vault, "good") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the mute account is now waiting for its greeting
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 130, err
+            assert time.monotonic() - started < 10  # not the 30 s timeout, let alone retries
+            assert len(committed_uidls(vault, "good")) == 3
+            with sqlite3.connect(vault / "catalog.sqlite") as db:
+                status = dict(db.execute("SELECT account, status FROM runs").fetchall())
+            assert status["mute"] == "interrupted"
+    finally:
+        silent.close()
