@@ -54,6 +54,12 @@ class LiveUidl:
     size: int
     first_seen: str
     dele_sent_at: str | None
+    listed_size: int | None  # what LIST said when it was committed (None: not recorded)
+
+    @property
+    def committed_listing(self) -> int:
+        """The size LIST gave when it was committed (the stored size for older rows)."""
+        return self.size if self.listed_size is None else self.listed_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,7 @@ class Committed:
     size: int
     uidl: str | None
     first_seen: str
+    listed_size: int | None = None  # fetch: LIST's size for it
 
 
 class Catalog:
@@ -178,11 +185,25 @@ class Catalog:
     # -- the UIDL map ---------------------------------------------------------------------------
     def live_uidls(self, account: str) -> dict[str, LiveUidl]:
         rows = self.conn.execute(
-            "SELECT id, uidl, sha256, size, first_seen, dele_sent_at FROM uidls "
+            "SELECT id, uidl, sha256, size, first_seen, dele_sent_at, listed_size FROM uidls "
             "WHERE account=? AND deleted_confirmed_at IS NULL",
             (account,),
         ).fetchall()
         return {row[1]: LiveUidl(*row) for row in rows}
+
+    def record_listed_sizes(
+        self, sizes: Sequence[tuple[int, int]], *, transaction: bool = True
+    ) -> None:
+        """(row id, size LIST gives now) for live rows known to hold their message."""
+        if not sizes:
+            return
+        sql = "UPDATE uidls SET listed_size=? WHERE id=?"
+        params = [(size, row_id) for row_id, size in sizes]
+        if transaction:
+            with self.transaction():
+                self.conn.executemany(sql, params)
+        else:
+            self.conn.executemany(sql, params)
 
     def has_message(self, sha256: str) -> bool:
         row = self.conn.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
@@ -196,16 +217,20 @@ class Catalog:
         items: Sequence[Committed],
         *,
         replaced: Sequence[int] = (),
+        relisted: Sequence[tuple[int, int]] = (),
     ) -> list[tuple[bool, int | None]]:
         """Record a batch in one transaction; per item: (content was new, UIDL row id).
 
         ``replaced``: live UIDL rows whose UIDL the server now uses for other content (their
         message is gone); they are closed in the same transaction, before the new rows.
+        ``relisted``: (row id, size) of live rows checked to still be their message, listed at
+        that size now.
         Called only after the blobs are durable (``BlobStore.publish``).
         """
         now = utcnow()
         with self.transaction():
             self._mark_deleted(replaced, "server-gone", now)
+            self.record_listed_sizes(relisted, transaction=False)
             return self._record_batch(items, source=source, account=account, run_id=run_id, now=now)
 
     def _record_batch(
@@ -282,10 +307,10 @@ class Catalog:
             return [None] * len(items)
         with_uidl = [it for it in items if it.uidl is not None]
         self.conn.executemany(
-            "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, run_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, run_id, "
+            "listed_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (account, it.uidl, it.sha256, it.size, it.first_seen, now, run_id)
+                (account, it.uidl, it.sha256, it.size, it.first_seen, now, run_id, it.listed_size)
                 for it in with_uidl
             ],
         )
@@ -323,8 +348,17 @@ class Catalog:
         if account is not None and item.uidl is not None:
             cur = self.conn.execute(
                 "INSERT INTO uidls(account, uidl, sha256, size, first_seen, committed_at, "
-                "run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (account, item.uidl, item.sha256, item.size, item.first_seen, now, run_id),
+                "run_id, listed_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    account,
+                    item.uidl,
+                    item.sha256,
+                    item.size,
+                    item.first_seen,
+                    now,
+                    run_id,
+                    item.listed_size,
+                ),
             )
             row_id = cur.lastrowid
         ledger.append(

@@ -295,26 +295,32 @@ class AccountFetcher:
             self.catalog.mark_deleted(gone, confirmed_by_quit=False)
         new = [m for m in listed if m.uidl is None or m.uidl not in live]
         ghosts = [(m, live[m.uidl]) for m in listed if m.uidl is not None and m.uidl in live]
-        # A committed message still listed is DELEd without a download only if the server
-        # lists it at the size it was committed with: a server that applied a QUIT whose reply
-        # was lost may have given the UIDL to new mail since.  Any other is downloaded first
-        # ("suspects"): the same content is then DELEd as a duplicate, other content is new mail.
+        # A committed UIDL is trusted to be the committed message only while LIST gives it the
+        # size it gave when the message was committed: a server that applied a QUIT whose reply
+        # was lost, or whose mail another client deleted, may have given the UIDL to new mail
+        # since.  Any other is downloaded first ("suspects"): the same content is then kept
+        # (and DELEd if due), other content is archived as new mail, never deleted unread.
         ghost_deletes: list[tuple[int, int]] = []
-        suspects: dict[str, LiveUidl] = {}
+        suspects: dict[str, tuple[LiveUidl, bool]] = {}  # uidl -> (row, deletable)
+        backfill: list[tuple[int, int]] = []  # rows from before LIST sizes were recorded
         for m, row in ghosts:
-            if not self._deletable(row.first_seen, now):
+            deletable = self._deletable(row.first_seen, now)
+            if row.listed_size is None and not deletable:
+                backfill.append((row.id, m.size))  # trusted as before; compared from now on
                 continue
-            if m.size == row.size:
-                ghost_deletes.append((m.msgno, row.id))
-            else:
-                suspects[row.uidl] = row
-                warning = (
-                    f"UIDL {row.uidl}: committed with {row.size} octets, now listed with "
-                    f"{m.size}; downloaded again to check before any DELE (a server that "
-                    "reuses UIDLs, or misreports sizes?)"
-                )
-                if warning not in report.warnings:
-                    report.warnings.append(warning)
+            if m.size == row.committed_listing:
+                if deletable:
+                    ghost_deletes.append((m.msgno, row.id))
+                continue
+            suspects[row.uidl] = (row, deletable)
+            warning = (
+                f"UIDL {row.uidl}: listed with {row.committed_listing} octets when committed, "
+                f"now with {m.size}; downloaded again to check (a server that reuses UIDLs?)"
+            )
+            if warning not in report.warnings:
+                report.warnings.append(warning)
+        if backfill and not self.dry_run:
+            self.catalog.record_listed_sizes(backfill)
         if not self._counted:  # retries and capped sessions re-list; count the first listing
             report.listed, report.new, self._counted = len(listed), len(new), True
         if self.dry_run:
@@ -495,7 +501,7 @@ class _PumpLoop:
         ghost_deletes: list[tuple[int, int]],
         listing_time: str,
         now: datetime,
-        suspects: dict[str, LiveUidl] | None = None,
+        suspects: dict[str, tuple[LiveUidl, bool]] | None = None,
     ) -> None:
         self.f = fetcher
         self.suspects = suspects or {}
@@ -684,24 +690,32 @@ class _PumpLoop:
         """On the commit thread, once the batch's blobs are durable: one catalog transaction."""
         f = self.f
         if not self.suspects:
-            items = [Committed(st.digest, st.size, m.uidl, self.listing_time) for m, st in batch]
+            items = [
+                Committed(st.digest, st.size, m.uidl, self.listing_time, m.size) for m, st in batch
+            ]
             return f.catalog.commit_messages(
                 f.account.name, f.run_id, f"pop3:{f.account.name}", items
             )
         # A suspect that is the committed content keeps its row; other content replaces it.
         kept: dict[int, tuple[bool, int | None]] = {}
-        items, replaced = [], []
+        items, replaced, relisted = [], [], []
         for i, (m, st) in enumerate(batch):
-            row = self.suspects.get(m.uidl) if m.uidl is not None else None
+            row = self.suspects[m.uidl][0] if m.uidl in self.suspects else None
             if row is not None and st.digest == row.sha256:
                 kept[i] = (False, row.id)
+                relisted.append((row.id, m.size))
                 continue
             if row is not None:
                 replaced.append(row.id)
-            items.append(Committed(st.digest, st.size, m.uidl, self.listing_time))
+            items.append(Committed(st.digest, st.size, m.uidl, self.listing_time, m.size))
         recorded = iter(
             f.catalog.commit_messages(
-                f.account.name, f.run_id, f"pop3:{f.account.name}", items, replaced=replaced
+                f.account.name,
+                f.run_id,
+                f"pop3:{f.account.name}",
+                items,
+                replaced=replaced,
+                relisted=relisted,
             )
         )
         return [kept[i] if i in kept else next(recorded) for i in range(len(batch))]
@@ -718,9 +732,11 @@ class _PumpLoop:
                 report.bytes += staged.size
                 if not fresh:
                     report.duplicates += 1
-                suspect = self.suspects.get(msg.uidl) if msg.uidl is not None else None
-                kept = suspect is not None and suspect.id == row_id  # committed, and deletable
-                if row_id is not None and (kept or self.delete_new):
+                row, deletable = self.suspects.get(msg.uidl or "", (None, False))
+                if row is not None and row.id == row_id:  # the committed message after all
+                    if deletable:
+                        self.deletes.append((msg.msgno, row_id))
+                elif row_id is not None and self.delete_new:
                     self.deletes.append((msg.msgno, row_id))
                 elif self.delete_new and msg.uidl is None:
                     self.deletes.append((msg.msgno, -1))

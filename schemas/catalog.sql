@@ -191,3 +191,11 @@ CREATE TABLE imports (
 );
 CREATE INDEX imports_sha256 ON imports(sha256);
 CREATE INDEX imports_account ON imports(account, sha256) WHERE account IS NOT NULL;
+
+-- migration: 5
+-- The size LIST gave for a UIDL when its message was committed (NULL for rows from before this
+-- migration).  A committed UIDL listed later at another size is not the committed message any
+-- more (a server that reused the UIDL): fetch downloads it to check instead of deleting it
+-- unread or ignoring new mail.  Compared with LIST's own earlier answer, not with the stored
+-- size, so a server that misreports sizes consistently never looks like it reused a UIDL.
+ALTER TABLE uidls ADD COLUMN listed_size INTEGER;

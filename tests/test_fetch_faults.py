@@ -697,3 +697,43 @@ def test_ctrl_c_with_jobs_stops_at_once(tmp_path: Path) -> None:
             assert status["mute"] == "interrupted"
     finally:
         silent.close()
+
+
+def test_new_mail_under_a_reused_uidl_is_archived_when_keeping(tmp_path: Path) -> None:
+    """delete = "never": another client deletes a message and the server gives its UIDL to
+    new mail.  LIST's size for that UIDL changed since the commit, so it is downloaded and
+    archived (the old row closed as gone), not ignored for ever; unchanged UIDLs are not
+    downloaded again, and a later run downloads nothing."""
+    messages = corpus(3)
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server)
+        assert fetch_json(vault)[0] == 0
+        with server._lock:  # another client deleted uid-2
+            server.mailbox = [m for m in server.mailbox if m.uidl != "uid-2"]
+        fresh = b"From: x@example.com\r\nSubject: new under uid-2\r\n\r\nnew\r\n"
+        server.add_message(fresh, uidl="uid-2")
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0 and acct["fetched"] == 1, report
+        assert any("UIDL uid-2" in w for w in acct["warnings"])
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in [*messages, fresh]))
+        code, report = fetch_json(vault)
+        assert code == 0 and report["accounts"][0]["fetched"] == 0
+
+
+def test_rows_from_before_listed_sizes_are_trusted_then_recorded(tmp_path: Path) -> None:
+    """UIDL rows committed before LIST sizes were recorded (listed_size NULL) on a server that
+    misreports sizes: kept without a download, as before, and their LIST size is recorded so
+    that later runs can compare."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(lie_about_sizes=True)) as server:
+        vault = vault_for(tmp_path, server)
+        assert fetch_json(vault)[0] == 0
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            db.execute("UPDATE uidls SET listed_size = NULL")
+        code, report = fetch_json(vault)
+        assert code == 0 and report["accounts"][0]["fetched"] == 0
+        assert report["accounts"][0]["warnings"] == []
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            rows = db.execute("SELECT size, listed_size FROM uidls").fetchall()
+        assert all(listed is not None and listed != size for size, listed in rows)
