@@ -274,3 +274,28 @@ def test_thread_from_in_reply_to_then_own_id() -> None:
     assert root.message_id == "no-brackets@x"
     assert root.thread_id == "no-brackets@x"
     assert parse(mail()).thread_id == ""
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        (
+            "To",
+            "Legal Team [EXT] <legal@corp.test>, Bob <bob@corp.test>",
+            [("Legal Team [EXT]", "legal@corp.test"), ("Bob", "bob@corp.test")],
+        ),
+        ("Cc", "Ops [on-call] <OPS@corp.test>", [("Ops [on-call]", "ops@corp.test")]),
+        ("From", "Boss [Legal] <boss@example.com>", [("Boss [Legal]", "boss@example.com")]),
+        ("From", "Evil \x1b[31mRED <evil@x.test>", [("Evil \x1b[31mRED", "evil@x.test")]),
+    ],
+)
+def test_a_display_name_the_strict_parser_rejects_keeps_its_addresses(
+    field: str, value: str, expected: list[tuple[str, str]]
+) -> None:
+    """Python's strict address parser returns nothing at all for a header with a "[EXT]" tag
+    or a stray escape in a display name: the message then could not be found by sender or
+    recipient, and a legal hold on that address would miss it."""
+    raw = f"{field}: {value}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    msg = parse_message(raw, "0" * 64, ingest_time=datetime(2024, 1, 1, tzinfo=UTC))
+    got = {"To": msg.to, "Cc": msg.cc, "From": msg.from_}[field]
+    assert [(a.name, a.addr) for a in got] == expected

@@ -31,12 +31,19 @@ _MSG_ID = re.compile(r"<([^<>\s]+)>")
 
 def addresses(values: Iterable[str]) -> tuple[Address, ...]:
     """Mailboxes of every occurrence of one address header; names decoded, addrs lower-case."""
-    cleaned = [unfold(header_bytes_to_str(v)) for v in values]
     found: list[Address] = []
-    try:
-        pairs = getaddresses(cleaned)
-    except Exception:
-        pairs = []
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        cleaned = unfold(header_bytes_to_str(value))
+        try:
+            parsed = getaddresses([cleaned])
+        except Exception:
+            parsed = [("", "")]
+        # The strict parser gives up on a whole header over one odd display name (a "[EXT]"
+        # tag, a stray escape byte): read such a header mailbox by mailbox instead.
+        if parsed == [("", "")] and cleaned.strip():
+            parsed = _tolerant_addresses(cleaned)
+        pairs.extend(parsed)
     for name, addr in pairs:
         name = decode_words(name).strip()
         addr = addr.strip()
@@ -47,6 +54,60 @@ def addresses(values: Iterable[str]) -> tuple[Address, ...]:
         if name or addr:
             found.append(Address(name=name, addr=addr.lower()))
     return tuple(found)
+
+
+_ANGLE = re.compile(r"<([^<>]*)>")
+_BARE_ADDR = re.compile(r"[^\s<>()\",;:\[\]]+@[^\s<>()\",;:\[\]]+")
+
+
+def _split_mailboxes(text: str) -> list[str]:
+    """Split at commas outside quotes, angle brackets and comments."""
+    parts, start, quoted, angle, paren = [], 0, False, 0, 0
+    escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "<":
+            angle += 1
+        elif ch == ">":
+            angle = max(0, angle - 1)
+        elif ch == "(":
+            paren += 1
+        elif ch == ")":
+            paren = max(0, paren - 1)
+        elif ch == "," and not angle and not paren:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _tolerant_addresses(text: str) -> list[tuple[str, str]]:
+    """(name, addr) per mailbox of a header the strict parser rejected: the ``<addr>`` (else the
+    first bare ``local@domain``) is the address, the rest of the mailbox its name."""
+    found = []
+    for piece in _split_mailboxes(text):
+        piece = piece.strip().rstrip(";")
+        if ":" in piece.split("<", 1)[0] and "@" not in piece.split(":", 1)[0]:
+            piece = piece.split(":", 1)[1].strip()  # a group's "name:" before its first member
+        if not piece:
+            continue
+        match = _ANGLE.search(piece)
+        if match is not None:
+            addr, name = match.group(1).strip(), piece[: match.start()]
+        else:
+            bare = _BARE_ADDR.search(piece)
+            addr = bare.group(0) if bare else ""
+            name = piece.replace(addr, "", 1) if addr else piece
+        name = name.strip().strip('"').strip().strip("()").strip()
+        found.append((name, addr))
+    return found
 
 
 def message_id(value: str) -> str:
