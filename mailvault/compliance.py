@@ -141,7 +141,10 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
     try:
         rows = catalog.rows(
             """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback,
-                      (SELECT group_concat(DISTINCT account) FROM uidls u WHERE u.sha256 = m.sha256) AS accounts
+                      (SELECT group_concat(account) FROM (
+                           SELECT account FROM uidls u WHERE u.sha256 = m.sha256
+                           UNION SELECT account FROM imports i
+                           WHERE i.sha256 = m.sha256 AND i.account IS NOT NULL)) AS accounts
                FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
                WHERE m.purged_at IS NULL"""
         )
@@ -193,9 +196,15 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
                         "date": c.age_basis,
                     },
                 )
+        # Files of purges the ledger records (this one, and any a crash left unfinished); a
+        # purged_at without its ledger entry is an edited catalog: verify reports it, and its
+        # blob stays.
         leftovers = {
             r["sha256"]
-            for r in catalog.rows("SELECT sha256 FROM messages WHERE purged_at IS NOT NULL")
+            for r in catalog.rows(
+                "SELECT sha256 FROM messages m WHERE purged_at IS NOT NULL AND EXISTS "
+                "(SELECT 1 FROM ledger l WHERE l.kind = 'purge' AND l.sha256 = m.sha256)"
+            )
         }
     finally:
         catalog.close()

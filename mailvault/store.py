@@ -40,6 +40,9 @@ def valid_digest(digest: str) -> bool:
     return _DIGEST.fullmatch(digest) is not None
 
 
+_FANOUT = re.compile(r"[0-9a-f]{2}")
+
+
 def _require_digest(digest: str) -> None:
     if not valid_digest(digest):
         raise StoreError(f"invalid blob name {digest!r}: expected 64 lower-case hex digits")
@@ -273,12 +276,29 @@ class BlobStore:
         return h.hexdigest()
 
     def iter_digests(self) -> Iterator[str]:
-        """Every blob name on disk (for verify)."""
+        """Every blob name on disk (for verify); anything else there is in ``strays()``."""
+        for _, digest in self._entries():
+            if digest is not None:
+                yield digest
+
+    def strays(self) -> Iterator[Path]:
+        """Files and directories under objects/ that are not blobs (an editor's swap file, a
+        note someone left): verify lists them instead of stopping at the first."""
+        for path, digest in self._entries():
+            if digest is None:
+                yield path
+
+    def _entries(self) -> Iterator[tuple[Path, str | None]]:
         if not self.objects.exists():
             return
         for fanout in sorted(self.objects.iterdir()):
+            if not fanout.is_dir() or fanout.is_symlink() or not _FANOUT.fullmatch(fanout.name):
+                yield fanout, None
+                continue
             for blob in sorted(fanout.iterdir()):
-                yield blob.name.removesuffix(ZSTD_SUFFIX)
+                digest = blob.name.removesuffix(ZSTD_SUFFIX)
+                ok = valid_digest(digest) and digest[:2] == fanout.name and blob.is_file()
+                yield blob, digest if ok and not blob.is_symlink() else None
 
     def remove_own_tmp(self) -> None:
         """Remove the temp files this store object wrote that were never linked into place.

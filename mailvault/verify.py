@@ -71,6 +71,13 @@ def _blobs(vault: Vault, catalog_ids: set[str], quick: bool) -> Iterator[Finding
                 digest,
                 f"blob {store.find(digest)} hashes to {actual}: its content changed",
             )
+    for stray in store.strays():
+        yield Finding(
+            "blob-stray",
+            "warning",
+            str(stray),
+            f"{stray} is not a blob (a stray file in the object store); move it out of the vault",
+        )
     for digest in sorted(catalog_ids - on_disk):
         yield Finding(
             "blob-missing",
@@ -131,6 +138,15 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 "error",
                 sha256,
                 f"catalog says message {sha256} has {size} bytes, the ledger says {sizes.get(sha256)}",
+            )
+    for (sha256,) in db.execute("SELECT sha256 FROM messages WHERE purged_at IS NOT NULL"):
+        if sha256 not in purged:
+            yield Finding(
+                "ledger-missing",
+                "error",
+                sha256,
+                f"message {sha256} is marked purged but no purge is in the ledger (the catalog "
+                "was edited?); retention will not remove its blob",
             )
     for sha256 in contents - purged:
         row = db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()

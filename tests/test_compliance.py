@@ -105,3 +105,70 @@ def test_retention_needs_a_policy(tmp_path: Path) -> None:
         fetch_json(path)
     result = run_cli(path, "retention", "apply")
     assert result.exit_code == 2 and "keep_days" in result.stderr
+
+
+def test_a_message_not_yet_indexed_cannot_escape_a_hold(vault: Path, tmp_path: Path) -> None:
+    """Holds are matched through the index: mail imported with --no-index (or an index run
+    killed half-way) is indexed before anything is purged, so its hold protects it."""
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    late = tmp_path / "late.eml"
+    late.write_bytes(message(99, "bob@acme.com", 2001))
+    assert run_cli(vault, "import", "--no-index", str(late)).exit_code == 0
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert (dry["expired"], dry["held"]) == (6, 3)
+    done = json.loads(run_cli(vault, "retention", "apply", "--json").stdout)
+    assert (done["held"], done["purged"]) == (3, 3)
+    assert run_cli(vault, "search", "--count", "from:bob@acme.com").stdout.strip() == "3"
+
+
+def test_per_account_retention_covers_imported_mail(vault: Path, tmp_path: Path) -> None:
+    """keep_days of an account applies to mail imported with --account as well as fetched."""
+    old = tmp_path / "old.eml"
+    old.write_bytes(message(77, "dave@legacy.example", 2001))
+    assert run_cli(vault, "import", "--account", "legacy", str(old)).exit_code == 0
+    toml = vault / "mailvault.toml"
+    text = toml.read_text().replace(
+        "[retention]",
+        "[accounts.legacy]\n"
+        + "".join(
+            f"{k} = {json.dumps(v)}\n"
+            for k, v in {
+                **PLAIN,
+                "port": 110,
+                "user": "x",
+                "password_env": "X",
+                "keep_days": 100000,
+            }.items()
+        )
+        + "\n[retention]",
+    )
+    toml.write_text(text)
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert dry["expired"] == 5  # the five fetched 2001 messages, not the imported one
+
+
+def test_a_purge_the_ledger_does_not_record_is_reported_and_its_blob_kept(vault: Path) -> None:
+    """purged_at set by editing the catalog: verify reports it, retention does not delete the
+    blob on its strength."""
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        sha = db.execute("SELECT sha256 FROM messages ORDER BY sha256 LIMIT 1").fetchone()[0]
+        db.execute(
+            "UPDATE messages SET purged_at = '2026-01-01T00:00:00+00:00' WHERE sha256=?", (sha,)
+        )
+    result = run_cli(vault, "verify")
+    assert result.exit_code == 1 and f"message {sha} is marked purged but no purge" in result.output
+    toml = vault / "mailvault.toml"
+    toml.write_text(toml.read_text().replace("keep_days = 3650", "keep_days = 100000"))
+    assert run_cli(vault, "retention", "apply").exit_code == 0
+    assert list((vault / "objects").rglob(f"{sha}*"))
+
+
+def test_a_stray_file_in_the_store_is_a_finding_not_a_stop(vault: Path) -> None:
+    fanout = next(p for p in (vault / "objects").iterdir() if p.is_dir())
+    (fanout / "notes.txt").write_text("hi")
+    (vault / "objects" / "README").write_text("hi")
+    result = run_cli(vault, "verify", "--json")
+    report = json.loads(result.stdout)
+    strays = [f for f in report["findings"] if f["code"] == "blob-stray"]
+    assert result.exit_code == 1 and len(strays) == 2, report  # found, and every check still ran
+    assert not [f for f in report["findings"] if f["severity"] == "error"]

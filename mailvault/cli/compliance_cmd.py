@@ -110,14 +110,26 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     """Purge (or with --dry-run list) messages past retention and not under any hold.
 
     Each purge removes the blob, the catalog's parse rows and the index document, and leaves a
-    tombstone in the ledger.
+    tombstone in the ledger.  The index is brought up to date first (holds are matched through
+    it), so a message archived since the last `mailvault index` cannot escape a hold.
 
     Example: mailvault retention apply --dry-run
     """
     from mailvault.compliance import apply, plan
+    from mailvault.errors import MailvaultError
+    from mailvault.indexer import catch_up
 
     vault = vault_from(ctx)
     with vault.write_lock("retention apply"):
+        # Holds are matched through the search index: every message must be in it first, or
+        # one archived (or parsed) since the last `mailvault index` would escape its hold.
+        try:
+            catch_up(vault)
+        except MailvaultError as exc:
+            raise MailvaultError(
+                f"retention needs an up-to-date index to honour legal holds, and indexing "
+                f"failed: {exc}; nothing was purged"
+            ) from None
         candidates = plan(vault)
         held = [c for c in candidates if c.held_by]
         purged = [] if dry_run else apply(vault, candidates)
