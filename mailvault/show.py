@@ -181,6 +181,20 @@ def verified_chunks(store: BlobStore, digest: str) -> Iterator[bytes]:
         raise _damaged(digest)
 
 
+def require_not_purged(catalog_path: Path, digest: str) -> None:
+    """A purged message has only its tombstone left: say so, not "blob missing"."""
+    conn = _connect(catalog_path)
+    try:
+        row = conn.execute("SELECT purged_at FROM messages WHERE sha256=?", (digest,)).fetchone()
+    finally:
+        conn.close()
+    if row is not None and row[0]:
+        raise MessageNotFound(
+            f"message {digest} was purged by retention at {row[0]}: only its tombstone (the "
+            "catalog row and the ledger's purge entry) remains"
+        )
+
+
 def first_ingest(catalog_path: Path, digest: str) -> datetime:
     """When the vault first stored the message: what parse falls back to without a Date."""
     conn = _connect(catalog_path)

@@ -173,6 +173,15 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 f"{key[0]}/{key[1]}",
                 f"UIDL {key[1]} of account {key[0]} is in the catalog but its ingest is not in the ledger",
             )
+    for key, count in ingested.items():  # a UIDL row is never deleted, only marked
+        if key[1] is not None and key[0] is not None and rows[key] < count:
+            yield Finding(
+                "catalog-row-missing",
+                "error",
+                f"{key[0]}/{key[1]}",
+                f"the ledger records the ingest of UIDL {key[1]} of account {key[0]} but the "
+                "catalog has no row for it (a fetch would download it again)",
+            )
     for key, count in confirmed.items():
         if gone[key] < count:
             yield Finding(
@@ -204,6 +213,15 @@ def verify(
         yield from _blobs(vault, catalog_ids - purged, quick)
         yield from _ledger(db)
         yield from _audit(db)
+    except sqlite3.DatabaseError as exc:  # a damaged file: what was found so far still stands
+        yield Finding(
+            "catalog-corrupt",
+            "error",
+            "catalog.sqlite",
+            f"the catalog cannot be read ({exc}); restore catalog.sqlite from a backup (the "
+            "blobs in objects/ are intact copies of every message)",
+        )
+        return
     finally:
         db.close()
     if index_check is not None:

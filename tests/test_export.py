@@ -298,6 +298,7 @@ def test_targets_of_the_wrong_kind_are_refused(tmp_path: Path, vault: Path) -> N
         (["--format", "eml", "--out", str(stranger)], "not empty and not an eml export"),
         (["--format", "mbox", "--out", str(stranger)], "is a directory"),
         (["--format", "eml", "--out", str(tmp_path / "e"), "--append"], "--append applies"),
+        (["--format", "mbox", "--out", "-"], "--out - (standard output) is not supported"),
     ]
     for args, message in cases:
         result = cli(vault, "export", *args)

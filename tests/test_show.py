@@ -154,3 +154,32 @@ def test_a_damaged_blob_is_never_shown(tmp_path: Path, damage: str) -> None:
         assert result.stderr.count("\n") == 1 and f"blob {digests[1]}" in result.stderr
         assert "mailvault verify" in result.stderr
     assert run(vault, "show", "--raw", digests[0]).stdout_bytes == messages[0].raw
+
+
+def test_a_purged_message_says_it_was_purged(tmp_path: Path) -> None:
+    messages = generated(2, seed=6)
+    vault, digests, _ = build_vault(tmp_path / "vault", messages)
+    with sqlite3.connect(vault.catalog_path) as db:  # as retention leaves it: a tombstone
+        db.execute(
+            "UPDATE messages SET purged_at='2026-01-02T00:00:00+00:00' WHERE sha256=?",
+            (digests[0],),
+        )
+    result = CliRunner().invoke(cli, ["--vault", str(vault.root), "show", digests[0]])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "was purged by retention at 2026-01-02" in result.stderr
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
+    """`mailvault show --raw ID | head`: the broken pipe ends the command quietly."""
+    import subprocess
+    import sys
+
+    big = b"From: a@b.c\r\nSubject: big\r\n\r\n" + b"a line of the body\r\n" * 100_000
+    vault, _, named = build_vault(tmp_path / "vault", [], {"big": big})  # beyond a pipe's buffer
+    argv = [sys.executable, "-m", "mailvault", "--vault", str(vault.root), "show", "--raw"]
+    proc = subprocess.Popen([*argv, named["big"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.read(1)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b""

@@ -206,3 +206,25 @@ def test_dropped_index_document_is_found_and_repaired(vault: Path) -> None:
     assert run_cli(vault, "verify", "--repair-index").exit_code == 0
     assert findings(vault) == (0, [])
     assert run_cli(vault, "search", "--count", "*").stdout.strip() == "8"
+
+
+def test_a_deleted_uidl_row_and_a_corrupt_catalog_are_findings(tmp_path: Path) -> None:
+    """A UIDL row removed by hand (a fetch would download that message again) is caught
+    through the ledger; a damaged catalog file is a finding with exit 1, not a crash."""
+    import os
+
+    with FakePop3Server(corpus(3)) as server:
+        root = make_vault(tmp_path / "v", {"acct": {**PLAIN, "port": server.port}})
+        assert fetch_json(root, "--no-index")[0] == 0
+    with sqlite3.connect(root / "catalog.sqlite") as db:
+        db.execute("DELETE FROM uidls WHERE uidl = 'uid-2'")
+    result = run_cli(root, "verify", "--json")
+    findings = json.loads(result.stdout)["findings"]
+    assert result.exit_code == 1
+    assert [f["code"] for f in findings if f["subject"] == "acct/uid-2"] == ["catalog-row-missing"]
+    data = bytearray((root / "catalog.sqlite").read_bytes())
+    data[4096:8192] = os.urandom(4096)
+    (root / "catalog.sqlite").write_bytes(bytes(data))
+    result = run_cli(root, "verify")
+    assert result.exit_code == 1 and "catalog-corrupt" in result.output
+    assert "Traceback" not in result.output

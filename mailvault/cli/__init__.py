@@ -70,6 +70,10 @@ class MailvaultGroup(click.Group):
         except MailvaultError as exc:
             click.echo(f"mailvault: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:  # `mailvault show --raw ID | head`: the reader has enough
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+            ctx.exit(0)
         except Exception as exc:  # the net for disk and SQLite errors no library code mapped
             error = from_storage_error(exc, f"running `{ctx.invoked_subcommand or ctx.info_name}`")
             if error is None:

@@ -12,6 +12,7 @@ import click
 
 from mailvault.cli import cli
 from mailvault.cli._common import print_json, vault_from
+from mailvault.errors import UsageError
 from mailvault.export import FORMATS, ExportOptions, export
 from mailvault.importer import VARIANTS, import_sources
 
@@ -86,6 +87,11 @@ def export_command(
 
     Example: mailvault export 'from:alice@example.com' --format mbox --out alice.mbox
     """
+    if str(out) == "-":
+        raise UsageError(
+            "--out - (standard output) is not supported: an export is written under a "
+            "temporary name and renamed, with its manifest beside it; give a path"
+        )
     vault = vault_from(ctx)
     options = ExportOptions(
         fmt=fmt,
@@ -187,7 +193,8 @@ def import_command(
         index = report.index
         if index is not None and (index.get("parsed") or index.get("indexed")):
             indexed = int(index.get("indexed", 0))
-            earlier = " (with earlier ones not indexed yet)" if indexed > report.imported else ""
+            seen = report.imported + report.duplicates
+            earlier = " (with earlier ones not indexed yet)" if indexed > seen else ""
             click.echo(f"indexed {indexed} message{'' if indexed == 1 else 's'}{earlier}")
         if report.index_error:
             click.echo(f"mailvault: warning: {report.index_error}", err=True)

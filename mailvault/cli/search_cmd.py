@@ -181,6 +181,7 @@ def show(
         first_ingest,
         part_bytes,
         render_text,
+        require_not_purged,
         resolve,
         verified_bytes,
         verified_chunks,
@@ -199,6 +200,7 @@ def show(
         for candidate in exc.candidates:
             click.echo(f"  {candidate.line()}", err=True)
         ctx.exit(exc.exit_code)
+    require_not_purged(vault.catalog_path, digest)
     mode = "raw" if raw else "part" if part is not None else "json" if as_json else "text"
     detail: dict[str, Any] = {"id": digest, "mode": mode}
     if part is not None:
