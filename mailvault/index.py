@@ -88,7 +88,9 @@ WRITER_THREADS = 1
 ADDRESS_FIELDS = ("from", "to", "cc", "bcc")
 
 # Tantivy stores dates as nanoseconds in an i64 (1677-09-21 to 2262-04-11); a Date header
-# outside these bounds is indexed as an unknown date, like a missing one.
+# outside these bounds (a forged or garbled year: 3609 in real mail) is indexed at the nearest
+# bound, so it sorts and ranges on the right side of every real date (`date:<2000` does not
+# find a message dated 3609).  `show` gives the header as written.
 UNKNOWN_DATE = datetime(1970, 1, 1, tzinfo=UTC)
 DATE_MIN = datetime(1678, 1, 1, tzinfo=UTC)
 DATE_MAX = datetime(2262, 1, 1, tzinfo=UTC)
@@ -370,8 +372,10 @@ def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.D
         if att.text:
             doc.add_text("attachment_text", normalize(att.text))
     date = msg.date
-    if date is None or not DATE_MIN <= date <= DATE_MAX:
-        date = UNKNOWN_DATE  # a forged or garbled year (3609 in real mail) is no date at all
+    if date is None:
+        date = UNKNOWN_DATE
+    elif not DATE_MIN <= date <= DATE_MAX:
+        date = DATE_MIN if date < DATE_MIN else DATE_MAX
     doc.add_date("date", date.astimezone(UTC))
     doc.add_unsigned("size", max(int(msg.size), 0))
     doc.add_boolean("has_attachment", bool(msg.attachments))

@@ -22,8 +22,10 @@ from mailvault.store import BlobStore
 MIN_PREFIX = 8
 MAX_CANDIDATES = 20
 HEX = re.compile(r"^[0-9a-fA-F]+$")
-# C0/C1 controls except tab and newline: a hostile message must not drive the terminal.
-UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0/C1 controls except tab and newline, and the bidirectional overrides and isolates (which
+# can make text read in another order than it is stored): a hostile message must not drive the
+# terminal or disguise what it says.
+UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)

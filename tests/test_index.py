@@ -429,8 +429,9 @@ def test_imported_account_is_searchable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("year", ["3609", "1500", "1066"])
-def test_a_date_outside_tantivys_range_is_indexed_as_unknown(tmp_path: Path, year: str) -> None:
-    """Real mail has Date headers in the year 3609: indexing must not stop at them."""
+def test_a_date_outside_tantivys_range_is_indexed_at_the_bound(tmp_path: Path, year: str) -> None:
+    """Real mail has Date headers in the year 3609: indexing must not stop at them, and the
+    message sorts and ranges on the right side of every real date."""
     raw = (
         f"From: a@example.com\r\nTo: b@example.com\r\nSubject: time traveller\r\n"
         f"Date: Sat, 30 Jun {year} 09:33:50 +0000\r\nMessage-ID: <tt-{year}@example.com>\r\n"
@@ -441,7 +442,10 @@ def test_a_date_outside_tantivys_range_is_indexed_as_unknown(tmp_path: Path, yea
     assert report.indexed == 4
     hits = Searcher(vault.index_path, "chronoxyl").page(limit=0, snippets=False)
     assert [h.id for h in hits] == [names["odd"]]
-    assert hits[0].date is not None and hits[0].date.year == 1970
+    assert hits[0].date is not None and hits[0].date.year == (2262 if year == "3609" else 1678)
+    late = Searcher(vault.index_path, "date:>2100").page(limit=0, snippets=False)
+    early = Searcher(vault.index_path, "date:<1700").page(limit=0, snippets=False)
+    assert [h.id for h in (late if year == "3609" else early)] == [names["odd"]]
 
 
 def test_every_message_of_the_corpora_is_indexed_and_verifies(tmp_path: Path) -> None:

@@ -183,3 +183,12 @@ def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err == b""
+
+
+def test_bidirectional_overrides_are_neutralised(tmp_path: Path) -> None:
+    """U+202E and friends can make text read in another order than it is stored."""
+    raw = "From: a@b.c\r\nSubject: invoice \u202egpj.exe\r\n\r\npay \u2066here\u2069 now\r\n"
+    vault, _, named = build_vault(tmp_path / "vault", [], {"bidi": raw.encode()})
+    out = run(vault, "show", named["bidi"]).stdout
+    assert "\u202e" not in out and "\u2066" not in out and "\u2069" not in out
+    assert "invoice ?gpj.exe" in out
