@@ -299,3 +299,19 @@ def test_a_display_name_the_strict_parser_rejects_keeps_its_addresses(
     msg = parse_message(raw, "0" * 64, ingest_time=datetime(2024, 1, 1, tzinfo=UTC))
     got = {"To": msg.to, "Cc": msg.cc, "From": msg.from_}[field]
     assert [(a.name, a.addr) for a in got] == expected
+
+
+def test_a_raw_utf8_file_name_cut_mid_character_stays_utf8() -> None:
+    """A mailer truncated a long raw UTF-8 name in the middle of a character: the rest is still
+    UTF-8 (so `attachment:картинка` finds it), not windows-1252 mojibake."""
+    name = "Картинка с очень длинным именем".encode()[:-1]  # the last character cut short
+    raw = (
+        b"From: a@b.c\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n'
+        b"\r\nhi\r\n--b\r\nContent-Type: image/png\r\n"
+        b'Content-Disposition: attachment; filename="' + name + b'"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\naGk=\r\n--b--\r\n"
+    )
+    msg = parse_message(raw, "0" * 64, ingest_time=datetime(2024, 1, 1, tzinfo=UTC))
+    assert [a.filename[:8] for a in msg.attachments] == ["Картинка"]
+    assert decode_text("caf\xe9".encode("latin-1"), None) == "café"  # one byte: still 1252

@@ -10,6 +10,7 @@ UTF-8 nor honestly labelled goes through charset-normalizer's detector.
 from __future__ import annotations
 
 import codecs
+import re
 from functools import lru_cache
 
 # Labels seen in the wild that Python does not know, or where a superset decodes more mail.
@@ -146,6 +147,9 @@ def decode_text(data: bytes, label: str | None) -> str:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             pass
+        if _mostly_utf8(data):
+            # UTF-8 with a character cut short (a truncated file name) or a stray byte or two
+            return data.decode("utf-8", "mailvault-cp1252")
         detected = _detect(data)
         if detected is not None:
             return detected
@@ -167,6 +171,19 @@ def decode_text(data: bytes, label: str | None) -> str:
         return data.decode(codec, "replace")
     except Exception:
         return data.decode("cp1252", "mailvault-latin1")
+
+
+_STRAY = re.compile("[\udc80-\udcff]")
+_WIDE = re.compile("[^\x00-\x7f\udc80-\udcff]")
+
+
+def _mostly_utf8(data: bytes) -> bool:
+    """Invalid UTF-8, but with at least two well-formed multi-byte characters for every bad
+    byte: text that is UTF-8 apart from a damaged spot, not text in a single-byte charset (in
+    which well-formed UTF-8 sequences almost never occur by chance)."""
+    text = data.decode("utf-8", "surrogateescape")
+    bad = len(_STRAY.findall(text))
+    return bad > 0 and len(_WIDE.findall(text)) >= 2 * bad
 
 
 def header_bytes_to_str(value: str) -> str:
