@@ -324,7 +324,10 @@ def _size(query: str, tok: _Tok, value: str) -> int:
         raise _fail(
             query, tok.pos, tok.end - tok.pos, "expected a size such as 2048, 10k, 1.5M or 2G"
         )
-    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+    size = int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+    if size >= 2**63:  # the index stores sizes as signed 64-bit integers
+        raise _fail(query, tok.pos, tok.end - tok.pos, "size too large (at most 8E bytes)")
+    return size
 
 
 RANGE = re.compile(r"^([\[{])\s*(\S+)\s+TO\s+(\S+)\s*([\]}])$")

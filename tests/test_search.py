@@ -442,6 +442,7 @@ def test_snippet_highlights_the_term(corpus: Corpus) -> None:
         ("OR a", 1, "OR"),
         ("a AND", 3, "AND"),
         ("size:>lots", 1, "size:>lots"),
+        ("size:>99999999999999999999999G", 1, "size:>99999999999999999999999G"),
         ("date:2024-13", 1, "date:2024-13"),
         ("after:yesterday", 1, "after:yesterday"),
         ("has:pdf", 1, "has:pdf"),
