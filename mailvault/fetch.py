@@ -11,8 +11,9 @@ the server, recognised by its UIDL, and deleted again without a download ("ghost
 
 Group commit is the speed lever: a batch of messages costs (at most) two ``syncfs`` calls and one
 catalog transaction, and the DELEs for that batch follow it down the same pipelined connection.
-The commits run on a thread of their own (``_Committer``), so the socket keeps streaming while a
-batch is made durable; batches that queue up behind a slow disk are committed together.
+The commits run on a thread of their own (``GroupCommitter`` in ``mailvault.group_commit``), so
+the socket keeps streaming while a batch is made durable; batches that queue up behind a slow
+disk are committed together.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from mailvault.errors import (
     ProtocolError,
     TransportError,
 )
+from mailvault.group_commit import Batch, GroupCommitter, Results
 from mailvault.secrets import resolve_secret
 from mailvault.session import PIPELINE_WINDOW, ListedMessage, Pop3Session, Trace
 from mailvault.store import BlobStore, BlobWriter, StagedBlob
@@ -366,125 +368,6 @@ class _Unfetchable(ProtocolError):
         self.message = message
 
 
-_Batch = list[tuple[ListedMessage, StagedBlob]]  # staged messages for one group commit
-_Results = list[tuple[bool, int | None]]  # per message: (content was new, UIDL row id)
-
-
-@dataclass(slots=True)
-class _Finished:
-    """A committed batch and what the catalog said about each of its messages."""
-
-    batch: _Batch
-    results: _Results
-
-
-class _Committer:
-    """Group commits on a thread of their own, so the download does not wait for the disk.
-
-    The socket thread stages a batch (its files are completely written and closed) and hands
-    it over with ``put``; this thread makes it durable and records it, and hands it back in
-    ``finished``.  Only then does the socket thread queue the batch's DELEs, so "DELE only
-    after commit" holds exactly as with a synchronous commit.  The staging itself stays on
-    the socket thread: a second thread doing it waited for the GIL after every hash, compress
-    and file call while the socket thread parsed, and measured no faster for more memory.
-
-    Batches that queue up while a commit runs are committed together (one ``syncfs`` pair and
-    one SQLite fsync for all), and the ``syncfs`` that makes one commit's names durable also
-    covers the data of the batches queued at that moment, so their commit skips its first
-    ``syncfs``.  For every message the order stays: data durable, name, name durable, catalog
-    row.  At most ``max_waiting`` batches wait; ``put`` blocks beyond that.
-    """
-
-    def __init__(
-        self, store: BlobStore, record: Callable[[_Batch], _Results], *, max_waiting: int = 4
-    ) -> None:
-        self._store = store
-        self._record = record
-        self._max_waiting = max_waiting
-        self._cond = threading.Condition()
-        self._waiting: deque[_Batch] = deque()
-        self._busy = False
-        self._closing = False
-        self._error: BaseException | None = None
-        self._presynced: list[_Batch] = []  # waiting batches whose data the last syncfs covered
-        self.finished: deque[_Finished] = deque()
-        self._thread = threading.Thread(target=self._run, name="mailvault-commit", daemon=True)
-        self._thread.start()
-
-    # -- the socket thread's side ---------------------------------------------------------------
-    def put(self, batch: _Batch) -> None:
-        """Queue a staged batch for commit; raise if an earlier commit failed."""
-        with self._cond:
-            while len(self._waiting) >= self._max_waiting and self._error is None:
-                self._cond.wait()
-            self._raise()
-            self._waiting.append(batch)
-            self._cond.notify_all()
-
-    def wait_finished(self) -> None:
-        """Block until a commit finishes or none is left to run; raise a commit's failure."""
-        with self._cond:
-            while not self.finished and (self._waiting or self._busy) and self._error is None:
-                self._cond.wait()
-            self._raise()
-
-    def raise_error(self) -> None:
-        with self._cond:
-            self._raise()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def close(self) -> None:
-        """Commit what is queued (unless a commit failed) and stop.  The staged files no commit
-        took are the caller's to remove (``BlobStore.remove_own_tmp``)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join()
-        self._waiting = deque()
-
-    # -- the commit thread ----------------------------------------------------------------------
-    def _run(self) -> None:
-        cond = self._cond
-        while True:
-            with cond:
-                while not self._waiting and not self._closing:
-                    cond.wait()
-                if not self._waiting:
-                    return
-                batches = list(self._waiting)
-                self._waiting.clear()
-                self._busy = True
-                cond.notify_all()
-            try:
-                results = self._commit(batches)
-            except BaseException as exc:  # handed to the socket thread, which raises it
-                with cond:
-                    self._error, self._busy = exc, False
-                    cond.notify_all()
-                return
-            with cond:
-                start = 0
-                for batch in batches:
-                    self.finished.append(_Finished(batch, results[start : start + len(batch)]))
-                    start += len(batch)
-                self._busy = False
-                cond.notify_all()
-
-    def _commit(self, batches: list[_Batch]) -> _Results:
-        """syncfs (data), link, syncfs (names), one catalog transaction."""
-        store = self._store
-        if not all(any(b is p for p in self._presynced) for b in batches):
-            store.sync()
-        store.link([staged for batch in batches for _, staged in batch])
-        with self._cond:  # queued, so completely written: the next syncfs covers their data
-            self._presynced = list(self._waiting)  # references: no id can be reused
-        store.sync()
-        return self._record([item for batch in batches for item in batch])
-
-
 class _PumpLoop:
     """Keep a window of RETR/DELE in flight; stage RETR data as blobs; group-commit them."""
 
@@ -512,7 +395,7 @@ class _PumpLoop:
         self.listing_time = listing_time
         self.delete_new = fetcher._deletable(listing_time, now)
         self.inflight: deque[tuple[pop3.Command, ListedMessage | int]] = deque()
-        self.batch: _Batch = []
+        self.batch: Batch = []
         self.batch_size = 0
         self.commits_pending = 0
         self.chunks: list[bytes] = []  # of the message being received, not yet written
@@ -524,10 +407,10 @@ class _PumpLoop:
         self.bytes_done = 0
         self.retr_inflight = 0
         self.window = PIPELINE_WINDOW if session.conn.pipelining else 1
-        self.committer: _Committer | None = None
+        self.committer: GroupCommitter | None = None
 
     def run(self) -> None:
-        self.committer = _Committer(self.f.store, self._record)
+        self.committer = GroupCommitter(self.f.store, self._record)
         try:
             self._pump()
         except MailvaultError:
@@ -686,7 +569,7 @@ class _PumpLoop:
         self.batch, self.batch_size = [], 0
         self.commits_pending += 1
 
-    def _record(self, batch: _Batch) -> _Results:
+    def _record(self, batch: Batch) -> Results:
         """On the commit thread, once the batch's blobs are durable: one catalog transaction."""
         f = self.f
         if not self.suspects:
