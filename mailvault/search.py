@@ -413,6 +413,8 @@ def _term_clause(query: str, tok: _Tok) -> str:
         raw = value.strip()
         if kind == "msgid":
             raw = raw.removeprefix("<").removesuffix(">")
+            if not raw.strip("<>* "):
+                raise _fail(query, *span, "message-id: needs an id (as in message-id:<abc@x>)")
         if not tok.quoted and raw.endswith("*"):
             return f"{target}:/{_regex_escape(raw[:-1])}.*/"
         return f"{target}:{_quote(raw)}"
@@ -428,6 +430,12 @@ def _term_clause(query: str, tok: _Tok) -> str:
     if (not tok.quoted and value.endswith("*")) or (tok.quoted and suffix.startswith("*")):
         return _prefix_clause(query, tok, fields, value.rstrip("*"))
     text = ix.normalize(value)
+    if not re.search(r"\w", text):
+        raise _fail(
+            query,
+            *span,
+            "nothing to search for here (no letters or digits); quote it if you mean it",
+        )
     if target:
         return _any([f"{f}:{_quote(text)}{suffix}{boost}" for f in fields])
     return f"{_quote(text)}{suffix}{boost}"
@@ -475,6 +483,13 @@ def _group(query: str, toks: list[_Tok], i: int, *, top: bool) -> tuple[str, int
         if tok.kind == "op":
             if tok.text == "NOT":
                 negate_next = not negate_next
+            elif dangling is not None and dangling.text in ("AND", "OR"):
+                raise _fail(
+                    query,
+                    tok.pos,
+                    tok.end - tok.pos,
+                    f"{tok.text} right after {dangling.text}: a word is missing between them",
+                )
             elif not runs[-1]:
                 raise _fail(query, tok.pos, tok.end - tok.pos, f"{tok.text} needs a left side")
             elif tok.text == "OR":
