@@ -132,10 +132,11 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
     now = now or datetime.now(UTC)
     config = vault.config
     default = config.retention_keep_days
-    per_account = {a.name: a.keep_days for a in config.accounts.values() if a.keep_days is not None}
+    per_account = config.keep_days_by_label()
     if default is None and not per_account:
         raise UsageError(
-            f"{config.path}: no retention policy; set [retention] keep_days = N (or keep_days per account)"
+            f"{config.path}: no retention policy; set [retention] keep_days = N (or keep_days "
+            "per account, or per import label in [imports.NAME])"
         )
     catalog = vault.catalog()
     try:

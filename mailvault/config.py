@@ -69,7 +69,13 @@ class Config:
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
     vault: VaultSettings = field(default_factory=VaultSettings)
     retention_keep_days: int | None = None
+    import_keep_days: dict[str, int] = field(default_factory=dict)  # [imports.NAME] keep_days
     raw: dict[str, Any] = field(default_factory=dict)
+
+    def keep_days_by_label(self) -> dict[str, int]:
+        """keep_days per account and per import label (``import --account NAME``)."""
+        days = {a.name: a.keep_days for a in self.accounts.values() if a.keep_days is not None}
+        return {**days, **self.import_keep_days}
 
     def account(self, name: str) -> AccountConfig:
         try:
@@ -121,11 +127,19 @@ def parse_config(path: Path, text: str) -> Config:
         name: _account(path, name, table) for name, table in raw.get("accounts", {}).items()
     }
     vault_table = raw.get("vault", {})
+    imports = {name: int(t["keep_days"]) for name, t in raw.get("imports", {}).items()}
+    for name in imports:
+        if name in accounts:
+            raise ConfigError(
+                f"{path}: imports.{name} names an account; set keep_days in [accounts.{name}] "
+                "instead (it covers the mail imported with --account too)"
+            )
     return Config(
         path=path,
         accounts=accounts,
         vault=VaultSettings(**vault_table),
         retention_keep_days=raw.get("retention", {}).get("keep_days"),
+        import_keep_days=imports,
         raw=raw,
     )
 

@@ -122,29 +122,28 @@ def test_a_message_not_yet_indexed_cannot_escape_a_hold(vault: Path, tmp_path: P
 
 
 def test_per_account_retention_covers_imported_mail(vault: Path, tmp_path: Path) -> None:
-    """keep_days of an account applies to mail imported with --account as well as fetched."""
+    """keep_days of an account applies to mail imported with --account as well as fetched; a
+    label that is only an import label gets its own in [imports.NAME]."""
     old = tmp_path / "old.eml"
     old.write_bytes(message(77, "dave@legacy.example", 2001))
+    older = tmp_path / "older.eml"
+    older.write_bytes(message(78, "erin@acct.example", 2001))
     assert run_cli(vault, "import", "--account", "legacy", str(old)).exit_code == 0
+    assert run_cli(vault, "import", "--account", "acct", str(older)).exit_code == 0
     toml = vault / "mailvault.toml"
-    text = toml.read_text().replace(
-        "[retention]",
-        "[accounts.legacy]\n"
-        + "".join(
-            f"{k} = {json.dumps(v)}\n"
-            for k, v in {
-                **PLAIN,
-                "port": 110,
-                "user": "x",
-                "password_env": "X",
-                "keep_days": 100000,
-            }.items()
-        )
-        + "\n[retention]",
-    )
-    toml.write_text(text)
+    text = toml.read_text()
+    toml.write_text(text + "\n[imports.legacy]\nkeep_days = 100000\n")
     dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
-    assert dry["expired"] == 5  # the five fetched 2001 messages, not the imported one
+    assert dry["expired"] == 6  # the five fetched 2001 messages and erin's, not dave's
+    toml.write_text(text.replace("[accounts.acct]", "[accounts.acct]\nkeep_days = 100000"))
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert dry["expired"] == 1  # dave's: the account's keep_days covers its imports too
+    toml.write_text(
+        text.replace("[accounts.acct]", "[accounts.acct]\nkeep_days = 1")
+        + "\n[imports.acct]\nkeep_days = 5\n"
+    )
+    result = run_cli(vault, "retention", "apply", "--dry-run")
+    assert result.exit_code == 2 and "imports.acct names an account" in result.stderr
 
 
 def test_a_purge_the_ledger_does_not_record_is_reported_and_its_blob_kept(vault: Path) -> None:
