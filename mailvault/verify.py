@@ -8,6 +8,7 @@ except what is derived (the index, with ``repair_index``); the truth is never "f
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -205,6 +206,7 @@ def verify(
 ) -> Iterator[Finding]:
     """Every finding about the vault; nothing is changed."""
     yield from _config(vault)
+    yield from _permissions(vault)
     db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
     try:
         yield from _catalog(db)
@@ -226,6 +228,32 @@ def verify(
         db.close()
     if index_check is not None:
         yield from index_check(vault, catalog_ids - purged)
+
+
+def _permissions(vault: Vault) -> Iterator[Finding]:
+    """Every directory of the vault, and the index's files, writable only by its owner: what
+    others could have changed cannot be trusted (opening a vault checks only the top)."""
+    root = str(vault.root)
+    me = os.geteuid()
+    for top in ("objects", "index", "tmp"):
+        for dirpath, _dirs, files in os.walk(os.path.join(root, top)):
+            paths = [dirpath] + (
+                [os.path.join(dirpath, f) for f in files] if top == "index" else []
+            )
+            for path in paths:
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    continue
+                if info.st_uid != me or info.st_mode & 0o022:
+                    yield Finding(
+                        "vault-permissions",
+                        "error",
+                        path,
+                        f"{path} is writable by others or not owned by you (mode "
+                        f"{info.st_mode & 0o777:o}, uid {info.st_uid}): its contents cannot be "
+                        "trusted; fix the mode (chmod go-w) and check what changed",
+                    )
 
 
 def _config(vault: Vault) -> Iterator[Finding]:

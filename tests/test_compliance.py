@@ -171,3 +171,14 @@ def test_a_stray_file_in_the_store_is_a_finding_not_a_stop(vault: Path) -> None:
     strays = [f for f in report["findings"] if f["code"] == "blob-stray"]
     assert result.exit_code == 1 and len(strays) == 2, report  # found, and every check still ran
     assert not [f for f in report["findings"] if f["severity"] == "error"]
+
+
+def test_a_subdirectory_others_can_write_is_a_finding(vault: Path) -> None:
+    fanout = next(p for p in (vault / "objects").iterdir() if p.is_dir())
+    fanout.chmod(0o777)
+    result = run_cli(vault, "verify", "--json")
+    report = json.loads(result.stdout)
+    found = [f for f in report["findings"] if f["code"] == "vault-permissions"]
+    assert result.exit_code == 1 and [f["subject"] for f in found] == [str(fanout)]
+    fanout.chmod(0o700)
+    assert run_cli(vault, "verify").exit_code == 0
