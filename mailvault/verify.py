@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import zstandard
 
 from mailvault import ledger
-from mailvault.errors import MailvaultError
+from mailvault.errors import MailvaultError, UsageError
 from mailvault.vault import Vault
 
 
@@ -193,6 +194,30 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
             )
 
 
+APPEND_ONLY_TRIGGERS = (
+    "ledger_no_update",
+    "ledger_no_delete",
+    "audit_no_update",
+    "audit_no_delete",
+)
+
+
+def _guards(db: sqlite3.Connection) -> Iterator[Finding]:
+    """The triggers that make the ledger and the audit trail append-only are still there:
+    someone who dropped one could edit or cut the chains."""
+    present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    for name in APPEND_ONLY_TRIGGERS:
+        if name not in present:
+            yield Finding(
+                "catalog-guard-missing",
+                "error",
+                name,
+                f"trigger {name} is gone from the catalog: the {name.split('_')[0]} was made "
+                "editable by hand; check it against a notarised head (verify --ledger-head / "
+                "--audit-head)",
+            )
+
+
 def _audit(db: sqlite3.Connection) -> Iterator[Finding]:
     entries = ledger.iter_entries(db, "audit")
     for problem in ledger.check_chain(entries, ledger.AUDIT_FIELDS):
@@ -201,10 +226,50 @@ def _audit(db: sqlite3.Connection) -> Iterator[Finding]:
         )
 
 
+Anchor = tuple[int, str]  # (seq, entry hash) of a chain's entry, notarised outside the vault
+
+
+def parse_anchor(text: str) -> Anchor:
+    """``SEQ HASH`` (as `ledger head` and `audit --head` print it) or ``SEQ:HASH``."""
+    seq, _, digest = text.replace(" ", ":", 1).partition(":")
+    if not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise UsageError(f'{text!r} is not a head; give "SEQ HASH" as `ledger head` prints it')
+    return int(seq), digest
+
+
+def _anchored(db: sqlite3.Connection, table: str, anchor: Anchor) -> Iterator[Finding]:
+    """The chain still holds the notarised entry: nothing before it was removed or rewritten
+    (the chain links every later entry to it), and it was not cut back before it."""
+    seq, digest = anchor
+    row = db.execute(f"SELECT entry_hash FROM {table} WHERE seq=?", (seq,)).fetchone()
+    name = "ledger" if table == "ledger" else "audit trail"
+    if row is None:
+        yield Finding(
+            f"{table}-truncated",
+            "error",
+            f"{table} {seq}",
+            f"the {name} has no entry {seq} any more, but it was notarised with that entry: "
+            "entries were removed",
+        )
+    elif row[0] != digest:
+        yield Finding(
+            f"{table}-truncated",
+            "error",
+            f"{table} {seq}",
+            f"entry {seq} of the {name} hashes to {row[0]}, not the notarised {digest}: the "
+            "chain was rewritten",
+        )
+
+
 def verify(
-    vault: Vault, *, quick: bool = False, index_check: IndexCheck | None = None
+    vault: Vault,
+    *,
+    quick: bool = False,
+    index_check: IndexCheck | None = None,
+    anchors: dict[str, Anchor] | None = None,
 ) -> Iterator[Finding]:
-    """Every finding about the vault; nothing is changed."""
+    """Every finding about the vault; nothing is changed.  ``anchors``: notarised heads of the
+    "ledger" and "audit" chains that must still be in them."""
     yield from _config(vault)
     yield from _permissions(vault)
     db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
@@ -215,6 +280,9 @@ def verify(
         yield from _blobs(vault, catalog_ids - purged, quick)
         yield from _ledger(db)
         yield from _audit(db)
+        yield from _guards(db)
+        for table, anchor in (anchors or {}).items():
+            yield from _anchored(db, table, anchor)
     except sqlite3.DatabaseError as exc:  # a damaged file: what was found so far still stands
         yield Finding(
             "catalog-corrupt",

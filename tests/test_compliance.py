@@ -182,3 +182,29 @@ def test_a_subdirectory_others_can_write_is_a_finding(vault: Path) -> None:
     assert result.exit_code == 1 and [f["subject"] for f in found] == [str(fanout)]
     fanout.chmod(0o700)
     assert run_cli(vault, "verify").exit_code == 0
+
+
+def test_a_trail_cut_back_before_a_notarised_head_is_found(vault: Path) -> None:
+    """A clean cut at the end of a hash chain leaves a valid chain: only a head kept outside
+    the vault shows it.  Audit trail and ledger alike."""
+    for query in ("report", "numbers"):
+        assert run_cli(vault, "search", "--count", query).exit_code == 0
+    audit_head = run_cli(vault, "audit", "--head").stdout.strip()
+    ledger_head = run_cli(vault, "ledger", "head").stdout.strip()
+    args = ["verify", "--audit-head", audit_head, "--ledger-head", ledger_head]
+    assert run_cli(vault, *args).exit_code == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:  # as someone with the file would
+        triggers = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"
+        ).fetchall()
+        for (name,) in triggers:
+            db.execute(f"DROP TRIGGER {name}")
+        db.execute("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)")
+    result = run_cli(vault, "verify")  # the chain alone still looks intact; the guard is gone
+    assert result.exit_code == 1 and "catalog-guard-missing" in result.output
+    assert "audit-broken" not in result.output and "audit-truncated" not in result.output
+    result = run_cli(vault, *args)
+    assert result.exit_code == 1 and "audit-truncated" in result.output
+    assert "ledger-truncated" not in result.output
+    result = run_cli(vault, "verify", "--audit-head", "12 nothex")
+    assert result.exit_code == 2 and "is not a head" in result.stderr

@@ -188,8 +188,8 @@ def test_edited_audit_entry(vault: Path) -> None:
         db.execute("DROP TRIGGER audit_no_update")
         db.execute("UPDATE audit SET results = 0 WHERE seq = 1")
     code, items = findings(vault)
-    assert code == 1 and [f["code"] for f in items] == ["audit-broken"]
-    assert items[0]["subject"] == "audit entry 1"
+    assert code == 1 and [f["code"] for f in items] == ["audit-broken", "catalog-guard-missing"]
+    assert items[0]["subject"] == "audit entry 1" and items[1]["subject"] == "audit_no_update"
 
 
 def test_dropped_index_document_is_found_and_repaired(vault: Path) -> None:

@@ -14,13 +14,30 @@ from mailvault.errors import UsageError
 @cli.command()
 @click.option("--since", help="Only entries at or after this date (YYYY-MM-DD or ISO time).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines.")
+@click.option(
+    "--head",
+    "show_head",
+    is_flag=True,
+    help="Print the trail's last sequence number and hash (to notarise; `verify --audit-head`).",
+)
 @click.pass_context
-def audit(ctx: click.Context, since: str | None, as_json: bool) -> None:
+def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool) -> None:
     """List the audit trail: every search, show and export, who ran it and what it returned.
 
     Example: mailvault audit --since 2026-01-01
     """
     import json
+
+    if show_head:
+        import sqlite3
+
+        from mailvault import ledger
+
+        vault = vault_from(ctx)
+        with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+            seq, digest = ledger.head(db, "audit")
+        click.echo(f"{seq} {digest}")
+        return
 
     from mailvault.compliance import audit_entries
 

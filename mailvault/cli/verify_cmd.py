@@ -21,27 +21,50 @@ from mailvault.errors import UsageError
 @click.option(
     "--repair-index", is_flag=True, help="Rebuild the derived search index if it disagrees."
 )
+@click.option(
+    "--ledger-head",
+    metavar="SEQ HASH",
+    help="A head `ledger head` printed earlier (notarised): it must still be in the ledger.",
+)
+@click.option(
+    "--audit-head",
+    metavar="SEQ HASH",
+    help="A head `audit --head` printed earlier: it must still be in the audit trail.",
+)
 @click.pass_context
-def verify(ctx: click.Context, as_json: bool, quick: bool, repair_index: bool) -> None:
+def verify(
+    ctx: click.Context,
+    as_json: bool,
+    quick: bool,
+    repair_index: bool,
+    ledger_head: str | None,
+    audit_head: str | None,
+) -> None:
     """Check the whole vault: blobs, catalog, ledger chain and index; report every finding.
 
     Exit 0 when clean, 1 when anything was found.  Nothing but the derived index is ever
-    repaired.
+    repaired.  With --ledger-head / --audit-head, a chain cut back or rewritten before a head
+    notarised outside the vault is found too (the chains alone cannot show a clean cut).
 
-    Example: mailvault verify --json
+    Example: mailvault verify --json --audit-head "$(cat audit-head.txt)"
     """
     from mailvault.indexer import index_findings as index_check
-    from mailvault.verify import summary
+    from mailvault.verify import Anchor, parse_anchor, summary
     from mailvault.verify import verify as run_verify
 
+    anchors: dict[str, Anchor] = {}
+    if ledger_head:
+        anchors["ledger"] = parse_anchor(ledger_head)
+    if audit_head:
+        anchors["audit"] = parse_anchor(audit_head)
     vault = vault_from(ctx)
-    findings = list(run_verify(vault, quick=quick, index_check=index_check))
+    findings = list(run_verify(vault, quick=quick, index_check=index_check, anchors=anchors))
     if repair_index and any(f.code.startswith("index-") for f in findings):
         from mailvault.indexer import reindex
 
         with vault.write_lock("verify --repair-index"):
             reindex(vault)
-        findings = list(run_verify(vault, quick=quick, index_check=index_check))
+        findings = list(run_verify(vault, quick=quick, index_check=index_check, anchors=anchors))
     report = summary(findings)
     if as_json:
         print_json(report)
