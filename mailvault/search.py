@@ -425,6 +425,12 @@ def _term_clause(query: str, tok: _Tok) -> str:
         bm = BOOST.search(value)
         if bm:
             boost, value = "^" + bm.group(1), value[: bm.start()]
+        elif "^" in value:
+            raise _fail(query, *span, "^ takes a number (a boost, as in word^2)")
+        if kind == "addr" and value.startswith("*@") and len(value) > 2:
+            value = value[2:]  # from:*@example.com: the domain, as from:example.com finds it
+        if "*" in value.rstrip("*"):
+            raise _fail(query, *span, "* only ends a word (a prefix, as in invoic*)")
     if kind == "addr" and ADDRESS.match(value) and not value.endswith("*") and not suffix:
         return _any([f"{f}_addr:{_quote(value.lower())}{boost}" for f in fields])
     if (not tok.quoted and value.endswith("*")) or (tok.quoted and suffix.startswith("*")):

@@ -448,6 +448,9 @@ def test_snippet_highlights_the_term(corpus: Corpus) -> None:
         ("--", 1, "--"),
         ("-", 1, "-"),
         ("mid:<>", 1, "mid:<>"),
+        ("word^abc", 1, "word^abc"),
+        ("fo*o", 1, "fo*o"),
+        ("*foo", 1, "*foo"),
         ("date:2024-13", 1, "date:2024-13"),
         ("after:yesterday", 1, "after:yesterday"),
         ("has:pdf", 1, "has:pdf"),
@@ -475,6 +478,7 @@ def test_translation_examples() -> None:
     assert translate("from:Alice@Example.com") == 'from_addr:"alice@example.com"'
     assert translate("date:2024-03") == "date:[2024-03-01T00:00:00Z TO 2024-04-01T00:00:00Z}"
     assert translate("size:>1M") == "size:>1048576"
+    assert translate("from:*@example.com") == translate("from:example.com")
     assert translate("has:attachment") == "has_attachment:true"
     assert translate("message-id:<a@b>") == 'message_id:"a@b"'
     assert translate("a b OR c") == '("a" AND "b") OR "c"'
