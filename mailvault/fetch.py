@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import tenacity
+import zstandard
 
 from mailvault import pop3
 from mailvault.catalog import Catalog, Committed, LiveUidl
@@ -268,6 +269,21 @@ class AccountFetcher:
             self._session = None
             session.close()
 
+    def _same_header(self, session: Pop3Session, msgno: int, sha256: str) -> bool:
+        """Whether ``TOP msgno 0`` gives the header of the committed message (a few KB, not
+        a download); False if it differs or the server refuses TOP."""
+        head = session.top_header(msgno)
+        if not head:
+            return False
+        stored = bytearray()
+        try:
+            with self.store.open(sha256) as stream:
+                while len(stored) < len(head) and (chunk := stream.read(len(head) - len(stored))):
+                    stored += chunk
+        except (OSError, MailvaultError, zstandard.ZstdError):
+            return False
+        return stored == head
+
     def _deletable(self, first_seen: str, now: datetime) -> bool:
         if self.account.delete != "after-commit":
             return False
@@ -311,14 +327,25 @@ class AccountFetcher:
                 backfill.append((row.id, m.size))  # trusted as before; compared from now on
                 continue
             if m.size == row.committed_listing:
-                if deletable:
+                if not deletable:
+                    continue
+                # A DELE we sent whose QUIT we never saw confirmed may have been applied, and
+                # the UIDL given to new mail of the same size: its header must match too.
+                if row.dele_sent_at is None or self._same_header(session, m.msgno, row.sha256):
                     ghost_deletes.append((m.msgno, row.id))
-                continue
+                    continue
             suspects[row.uidl] = (row, deletable)
-            warning = (
-                f"UIDL {row.uidl}: listed with {row.committed_listing} octets when committed, "
-                f"now with {m.size}; downloaded again to check (a server that reuses UIDLs?)"
+            was = (
+                f"listed with {row.listed_size} octets when committed"
+                if row.listed_size is not None
+                else f"committed with {row.size} octets"
             )
+            warning = (
+                f"UIDL {row.uidl}: {was}, now listed with {m.size}"
+                if m.size != row.committed_listing
+                else f"UIDL {row.uidl}: its DELE may have been applied and the UIDL reused (its "
+                "header differs from the committed message's)"
+            ) + "; downloaded again to check before any DELE"
             if warning not in report.warnings:
                 report.warnings.append(warning)
         if backfill and not self.dry_run:

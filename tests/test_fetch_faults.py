@@ -737,3 +737,51 @@ def test_rows_from_before_listed_sizes_are_trusted_then_recorded(tmp_path: Path)
         with sqlite3.connect(vault / "catalog.sqlite") as db:
             rows = db.execute("SELECT size, listed_size FROM uidls").fetchall()
         assert all(listed is not None and listed != size for size, listed in rows)
+
+
+def test_new_mail_of_the_same_size_under_a_reused_uidl_is_never_deleted_unread(
+    tmp_path: Path,
+) -> None:
+    """After a QUIT whose reply was lost but which the server applied, new mail of exactly the
+    committed message's size gets its UIDL: its header (TOP n 0) differs, so it is downloaded
+    and archived, not deleted as a ghost."""
+    messages = corpus(3)
+    faults = Faults(reuse_uidls=True, cut_before_quit_reply=True, quit_applies_before_cut=True)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", retries=0)
+        fetch_json(vault)
+        assert server.mailbox == []
+        server.faults = Faults(reuse_uidls=True)
+        server.wait_unlocked()
+        first = messages[0]
+        twin = first.replace(b"Subject: m0", b"Subject: X0").replace(b"<m0@t>", b"<x0@t>")
+        assert len(twin) == len(first) and twin != first
+        server.add_message(twin)
+        assert server.mailbox[0].uidl == "uid-1"
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0, report
+        assert (acct["fetched"], acct["deleted"]) == (1, 1)
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in [*messages, twin]))
+
+
+def test_a_ghost_whose_dele_was_sent_is_checked_by_its_header_not_downloaded(
+    tmp_path: Path,
+) -> None:
+    """The usual case after a lost QUIT reply (the server did not apply it): TOP shows the
+    committed header, so the ghost is deleted without a download."""
+    messages = corpus(3)
+    faults = Faults(cut_before_quit_reply=True, quit_applies_before_cut=False)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", retries=0)
+        fetch_json(vault)
+        assert len(server.mailbox) == 3
+        server.faults = Faults()
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0 and (acct["fetched"], acct["deleted"]) == (0, 3), report
+        assert server.mailbox == []
+        retrs = [c for d, c in server.log if d == "C" and c.startswith("RETR")]
+        tops = [c for d, c in server.log if d == "C" and c.startswith("TOP")]
+        assert len(retrs) == 3 and len(tops) == 3  # RETRs of the first run only
