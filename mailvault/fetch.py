@@ -248,9 +248,11 @@ class AccountFetcher:
                 # the retry goes lock-step (slower, but it gets the mail).
                 self._lockstep = True
                 self.report.warnings.append(
-                    f"{self.account.host} stalled with pipelined commands in flight; retrying "
-                    'without pipelining (set pipelining = "off" for this account if it recurs)'
+                    f"{self.account.host} stalled with pipelined commands in flight; retried "
+                    'without pipelining (set pipelining = "off" for this account to skip the wait)'
                 )
+                session.close()
+                return self._one_session()  # at once, and not counted against `retries`
             raise
         except _Unfetchable as exc:
             msg = exc.message
