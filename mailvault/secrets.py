@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from mailvault.config import AccountConfig
@@ -65,24 +67,51 @@ COMMAND_TIMEOUT = 120  # seconds a password_command may take (a pinentry waiting
 
 
 def _run_password_command(command: str, where: str) -> tuple[int, bytes]:
-    """Run the command with a time limit that holds: on timeout the shell is killed and its
-    pipe closed on our side, instead of waiting for end-of-file (a child of the shell still
-    holding the pipe, gpg or a pinentry, would keep the fetch, or a cron job, waiting for ever).
+    """Run the command with a time limit that holds, and take its output once the shell has
+    exited: a child it left running (an agent it started, gpg or a pinentry) may keep the pipe
+    open, so waiting for end-of-file would wait for that child (or for ever, for a cron job).
     It stays in our session, so that a pinentry can still ask at the terminal."""
     proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    out = bytearray()
+    deadline = time.monotonic() + COMMAND_TIMEOUT
     try:
-        stdout, _ = proc.communicate(timeout=COMMAND_TIMEOUT)
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _abandon(proc)
+                raise ConfigError(
+                    f"{where}: password_command did not finish within {COMMAND_TIMEOUT} s "
+                    "(waiting for a passphrase prompt?); make it work without a terminal, e.g. "
+                    "with a running gpg-agent"
+                )
+            ready, _, _ = select.select([fd], [], [], min(left, 0.2))
+            if ready and not _read_some(fd, out):
+                proc.wait(max(0.0, deadline - time.monotonic()))  # EOF: the shell is ending
+        os.set_blocking(fd, False)  # what the shell wrote before it exited; no waiting for EOF
+        while _read_some(fd, out):
+            pass
     except subprocess.TimeoutExpired:
         _abandon(proc)
         raise ConfigError(
-            f"{where}: password_command did not finish within {COMMAND_TIMEOUT} s (waiting "
-            "for a passphrase prompt?); make it work without a terminal, e.g. with a running "
-            "gpg-agent"
+            f"{where}: password_command did not finish within {COMMAND_TIMEOUT} s"
         ) from None
     except BaseException:
         _abandon(proc)
         raise
-    return proc.returncode, stdout
+    proc.stdout.close()
+    return proc.returncode, bytes(out)
+
+
+def _read_some(fd: int, out: bytearray) -> bool:
+    """Append what can be read now; False at end-of-file or when nothing is waiting."""
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        return False
+    out += chunk
+    return bool(chunk)
 
 
 def _abandon(proc: subprocess.Popen[bytes]) -> None:

@@ -124,3 +124,17 @@ def test_a_hung_password_command_gives_up_in_time(
     assert time.monotonic() - started < 20  # not the 30 s of the command
     assert str(err.value).startswith(f"{tmp_path / 'm.toml'}: accounts.journal: password_command")
     assert "did not finish within 0.5 s" in str(err.value)
+
+
+def test_a_password_command_that_leaves_a_child_running_returns_at_once(tmp_path: Path) -> None:
+    """The shell printed the password and exited, but a child it started (an agent) still
+    holds the pipe: the password is taken when the shell exits, not after the child."""
+    import time
+
+    text = GOOD.replace(
+        'password_env = "JOURNAL_PW"', 'password_command = "(sleep 30 &); echo from-cmd"'
+    )
+    acct = parse_config(tmp_path / "m.toml", text).account("journal")
+    started = time.monotonic()
+    assert resolve_secret(acct) == "from-cmd"
+    assert time.monotonic() - started < 20  # not the child's 30 s
