@@ -206,5 +206,9 @@ def test_a_trail_cut_back_before_a_notarised_head_is_found(vault: Path) -> None:
     result = run_cli(vault, *args)
     assert result.exit_code == 1 and "audit-truncated" in result.output
     assert "ledger-truncated" not in result.output
+    genesis = "0 " + "0" * 64  # what a head printed on an empty chain looks like
+    assert run_cli(vault, "verify", "--ledger-head", genesis).exit_code == 1  # (the guard)
+    result = run_cli(vault, "verify", "--ledger-head", genesis, "--json")
+    assert not [f for f in json.loads(result.stdout)["findings"] if "truncated" in f["code"]]
     result = run_cli(vault, "verify", "--audit-head", "12 nothex")
     assert result.exit_code == 2 and "is not a head" in result.stderr

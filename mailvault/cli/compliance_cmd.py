@@ -36,7 +36,19 @@ def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool)
         vault = vault_from(ctx)
         with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
             seq, digest = ledger.head(db, "audit")
-        click.echo(f"{seq} {digest}")
+        if as_json:  # the same document as `ledger head --json`
+            click.echo(
+                json.dumps(
+                    {
+                        "schema": "mailvault/ledger-head/v1",
+                        "vault_id": vault.vault_id,
+                        "seq": seq,
+                        "head": digest,
+                    }
+                )
+            )
+        else:
+            click.echo(f"{seq} {digest}")
         return
 
     from mailvault.compliance import audit_entries

@@ -23,13 +23,15 @@ from mailvault.errors import UsageError
 )
 @click.option(
     "--ledger-head",
-    metavar="SEQ HASH",
-    help="A head `ledger head` printed earlier (notarised): it must still be in the ledger.",
+    metavar='"SEQ HASH"',
+    help="A head `ledger head` printed earlier (notarised), quoted as one argument: it must "
+    "still be in the ledger.",
 )
 @click.option(
     "--audit-head",
-    metavar="SEQ HASH",
-    help="A head `audit --head` printed earlier: it must still be in the audit trail.",
+    metavar='"SEQ HASH"',
+    help="A head `audit --head` printed earlier, quoted as one argument: it must still be in "
+    "the audit trail.",
 )
 @click.pass_context
 def verify(
