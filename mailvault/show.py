@@ -192,8 +192,8 @@ def require_not_purged(catalog_path: Path, digest: str) -> None:
         conn.close()
     if row is not None and row[0]:
         raise MessageNotFound(
-            f"message {digest} was purged by retention at {row[0]}: only its tombstone (the "
-            "catalog row and the ledger's purge entry) remains"
+            f"message {digest} is marked purged (at {row[0]}): retention removed it, and only "
+            "its tombstone remains; run `mailvault verify` if that is unexpected"
         )
 
 

@@ -41,11 +41,23 @@ class Finding:
 IndexCheck = Callable[[Vault, set[str]], Iterator[Finding]]
 
 
-def _blobs(vault: Vault, catalog_ids: set[str], quick: bool) -> Iterator[Finding]:
+def _blobs(
+    vault: Vault, catalog_ids: set[str], quick: bool, purged: frozenset[str] = frozenset()
+) -> Iterator[Finding]:
     store = vault.read_store()  # reading needs no config: verify must work when it is broken
     on_disk = set()
     for digest in store.iter_digests():
         on_disk.add(digest)
+        if digest in purged:
+            yield Finding(
+                "blob-purge-unfinished",
+                "warning",
+                digest,
+                f"blob {store.find(digest)} belongs to a message marked purged: an interrupted "
+                "purge (the next `retention apply` removes it), or an edited catalog (then "
+                "ledger-missing says so)",
+            )
+            continue
         if digest not in catalog_ids:
             yield Finding(
                 "blob-orphan",
@@ -279,7 +291,7 @@ def verify(
         yield from _catalog(db)
         catalog_ids = {row[0] for row in db.execute("SELECT sha256 FROM messages")}
         purged = _purged(db)
-        yield from _blobs(vault, catalog_ids - purged, quick)
+        yield from _blobs(vault, catalog_ids - purged, quick, frozenset(purged))
         yield from _ledger(db)
         yield from _audit(db)
         yield from _guards(db)

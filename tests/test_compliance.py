@@ -156,6 +156,7 @@ def test_a_purge_the_ledger_does_not_record_is_reported_and_its_blob_kept(vault:
         )
     result = run_cli(vault, "verify")
     assert result.exit_code == 1 and f"message {sha} is marked purged but no purge" in result.output
+    assert "blob-purge-unfinished" in result.output and "blob-orphan" not in result.output
     toml = vault / "mailvault.toml"
     toml.write_text(toml.read_text().replace("keep_days = 3650", "keep_days = 100000"))
     assert run_cli(vault, "retention", "apply").exit_code == 0

@@ -166,7 +166,7 @@ def test_a_purged_message_says_it_was_purged(tmp_path: Path) -> None:
         )
     result = CliRunner().invoke(cli, ["--vault", str(vault.root), "show", digests[0]])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert "was purged by retention at 2026-01-02" in result.stderr
+    assert "is marked purged (at 2026-01-02" in result.stderr
 
 
 def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
