@@ -415,3 +415,31 @@ def test_the_entries_file_alone_is_enough_to_follow_the_manifest(tmp_path: Path)
         "out.mbox.manifest.json is missing; following out.mbox.manifest.jsonl alone (as "
         "written by mailvault export: mboxrd)"
     ]
+
+
+def test_a_deleted_message_rejects_only_itself_when_the_others_are_the_same_size(
+    tmp_path: Path,
+) -> None:
+    """Messages of equal size: with one cut out of the mbox, every later message lands exactly
+    on the manifest offset of another entry.  Each is a message the manifest lists, so it is
+    imported (with a warning); only the one really missing is rejected."""
+    src = tmp_path / "src"
+    mails = [b"From: a@b.c\r\nSubject: m%02d\r\n\r\nthe same size\r\n" % i for i in range(8)]
+    for i, raw in enumerate(mails):
+        write(src / f"{i}.eml", raw)
+    vault = new_vault(tmp_path / "vault")
+    assert import_json(vault, str(src))[0] == 0
+    box = tmp_path / "out.mbox"
+    result = cli(vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf")
+    assert result.exit_code == 0, result.output
+    entries = [json.loads(x) for x in Path(f"{box}.manifest.jsonl").read_text().splitlines()]
+    data = box.read_bytes()
+    start = data.rindex(b"From ", 0, entries[2]["offset"])  # its From_ line
+    end = data.rindex(b"From ", 0, entries[3]["offset"])
+    box.write_bytes(data[:start] + data[end:])
+    fresh = new_vault(tmp_path / "fresh")
+    code, report = import_json(fresh, str(box))
+    assert code == 1 and report["imported"] == 7
+    assert catalog_set(fresh) == {sha(m) for m in mails} - {entries[2]["sha256"]}
+    assert [r["offset"] for r in report["rejected"]] == [entries[2]["offset"]]  # the lost one
+    assert "no longer has" in report["rejected"][0]["reason"]

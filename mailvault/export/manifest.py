@@ -165,6 +165,8 @@ class MboxManifestCursor:
     """
 
     def __init__(self, entries_path: Path) -> None:
+        self._path = entries_path
+        self._all: set[bytes] | None = None  # every hash of the manifest, read on first need
         self._file: IO[str] | None = entries_path.open("r", encoding="utf-8")
         self._lines: Iterator[str] = iter(self._file)
         self._next: MboxEntry | None = None
@@ -209,6 +211,24 @@ class MboxManifestCursor:
             self._matched = True
             return self._next
         return None
+
+    def lists(self, digest: str) -> bool:
+        """Whether any entry of the manifest hashes to ``digest``: a message found where the
+        manifest places another (an edit shifted it there) is then one it lists elsewhere.
+        Read in one pass the first time it is asked (32 bytes per hash), only on that path."""
+        if self._all is None:
+            self._all = set()
+            with contextlib.suppress(OSError), self._path.open("r", encoding="utf-8") as f:
+                for line in f:
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        data = json.loads(line)
+                        for key in ("sha256", "exported_sha256"):
+                            if isinstance(data.get(key), str):
+                                self._all.add(bytes.fromhex(data[key]))
+        try:
+            return bytes.fromhex(digest) in self._all
+        except ValueError:
+            return False
 
     def take_missed(self) -> list[MboxEntry]:
         """Entries passed over without a message starting at their offset (since last call)."""

@@ -176,6 +176,7 @@ class _Committer:
         self.batch: list[_Pending] = []
         self.batch_size = 0
         self.found_at: dict[str, int | None] = {}  # digest -> offset, in the current source
+        self.displaced: list[Missed] = []  # manifest entries whose place another message took
 
     def close(self) -> None:
         self.catalog.close()
@@ -207,7 +208,25 @@ class _Committer:
             self.report.warnings.append(
                 Warned(found.path, found.offset, "empty (0 bytes); stored as an empty message")
             )
-        if found.expect and staged.digest not in found.expect:
+        if (
+            found.expect
+            and staged.digest not in found.expect
+            and found.listed_elsewhere is not None
+            and found.listed_elsewhere(staged.digest)
+        ):
+            self.report.warnings.append(
+                Warned(
+                    found.path,
+                    found.offset,
+                    "the export manifest places another message here; this one is a message it "
+                    "lists at another offset (an edit before it shifted it): imported",
+                )
+            )
+            # and the message the manifest places here was not found here: settled at the end
+            # of the file like any entry without its message (found elsewhere, or rejected)
+            if found.offset is not None:
+                self.displaced.append(Missed(found.path, found.offset, None, found.expect))
+        elif found.expect and staged.digest not in found.expect:
             reason = (
                 f"content (sha256 {staged.digest}) does not match the export manifest's "
                 f"{' or '.join(sorted(found.expect))}: the file is damaged here"
@@ -299,6 +318,8 @@ def import_sources(
                         missed.append(event)
                     else:
                         report.warnings.append(event)
+                missed += committer.displaced
+                committer.displaced.clear()
                 _settle_missed(missed, committer.found_at, report)
             committer.flush()
         finally:

@@ -10,7 +10,7 @@ source format's own rules, such as a file in a Maildir's tmp/), a ``Warned`` not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ class Found:
     chunks: Iterator[bytes]
     expect: frozenset[str] = field(default_factory=frozenset)  # acceptable sha256s, if known
     allow_empty: bool = False
+    listed_elsewhere: Callable[[str], bool] | None = None  # the manifest lists it at another offset
 
     @property
     def location(self) -> str:
@@ -59,7 +60,7 @@ class Missed:
 
     path: Path
     offset: int
-    length: int
+    length: int | None
     hashes: frozenset[str]
 
 

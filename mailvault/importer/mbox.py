@@ -293,6 +293,7 @@ class _Reader:
                     f.pieces(start, end, unquote=self.variant == "mboxrd"),
                     expect=entry.hashes if entry is not None else frozenset(),
                     allow_empty=entry is not None,
+                    listed_elsewhere=self.cursor.lists if self.cursor is not None else None,
                 )
             pos = max(nxt, start)
         if self.cursor is not None:
