@@ -256,7 +256,14 @@ class AccountFetcher:
             raise
         except _Unfetchable as exc:
             msg = exc.message
-            if msg.uidl is None or msg.uidl in self.refused:
+            if msg.uidl is None:
+                raise ProtocolError(
+                    f"message {msg.msgno} ({msg.size:,} octets) not archived: {exc}; without "
+                    "UIDL it cannot be skipped, so nothing after it is fetched either (fetch it "
+                    "with another client, or remove it from the server)",
+                    account=self.account.name,
+                ) from None
+            if msg.uidl in self.refused:
                 raise
             # Skipped for the rest of this run (a new session picks up after it); reported,
             # and tried again next run.

@@ -326,7 +326,9 @@ def _size(query: str, tok: _Tok, value: str) -> int:
         )
     size = int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
     if size >= 2**63:  # the index stores sizes as signed 64-bit integers
-        raise _fail(query, tok.pos, tok.end - tok.pos, "size too large (at most 8E bytes)")
+        raise _fail(
+            query, tok.pos, tok.end - tok.pos, f"size too large for the index (at most {2**63 - 1})"
+        )
     return size
 
 

@@ -313,15 +313,13 @@ def verify(
 
 
 def _permissions(vault: Vault) -> Iterator[Finding]:
-    """Every directory of the vault, and the index's files, writable only by its owner: what
-    others could have changed cannot be trusted (opening a vault checks only the top)."""
+    """Every directory of the vault, every blob and index file, writable only by its owner:
+    what others could have changed cannot be trusted (opening a vault checks only the top)."""
     root = str(vault.root)
     me = os.geteuid()
     for top in ("objects", "index", "tmp"):
         for dirpath, _dirs, files in os.walk(os.path.join(root, top)):
-            paths = [dirpath] + (
-                [os.path.join(dirpath, f) for f in files] if top == "index" else []
-            )
+            paths = [dirpath] + [os.path.join(dirpath, f) for f in files if top != "tmp"]
             for path in paths:
                 try:
                     info = os.lstat(path)

@@ -213,3 +213,11 @@ def test_a_trail_cut_back_before_a_notarised_head_is_found(vault: Path) -> None:
     assert not [f for f in json.loads(result.stdout)["findings"] if "truncated" in f["code"]]
     result = run_cli(vault, "verify", "--audit-head", "12 nothex")
     assert result.exit_code == 2 and "is not a head" in result.stderr
+
+
+def test_a_blob_others_can_write_is_a_finding(vault: Path) -> None:
+    blob = next(p for p in (vault / "objects").rglob("*") if p.is_file())
+    blob.chmod(0o666)
+    result = run_cli(vault, "verify", "--quick", "--json")
+    found = [f for f in json.loads(result.stdout)["findings"] if f["code"] == "vault-permissions"]
+    assert result.exit_code == 1 and [f["subject"] for f in found] == [str(blob)]
