@@ -221,3 +221,16 @@ def test_a_blob_others_can_write_is_a_finding(vault: Path) -> None:
     result = run_cli(vault, "verify", "--quick", "--json")
     found = [f for f in json.loads(result.stdout)["findings"] if f["code"] == "vault-permissions"]
     assert result.exit_code == 1 and [f["subject"] for f in found] == [str(blob)]
+
+
+def test_a_hold_can_be_placed_on_a_vault_not_indexed_yet(tmp_path: Path) -> None:
+    """Mail imported with --no-index: `hold add` indexes it first, so the hold's query is
+    checked and its count is right (it asked for `mailvault index`)."""
+    root = tmp_path / "v"
+    assert run_cli(root, "init").exit_code == 0
+    old = tmp_path / "old.eml"
+    old.write_bytes(message(5, "bob@acme.com", 2001))
+    assert run_cli(root, "import", "--no-index", str(old)).exit_code == 0
+    result = run_cli(root, "hold", "add", "acme", "from:bob@acme.com")
+    assert result.exit_code == 0, result.output
+    assert "it protects 1 message now" in result.output

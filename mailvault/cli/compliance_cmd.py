@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from mailvault.cli import cli
 from mailvault.cli._common import print_json, vault_from
 from mailvault.errors import UsageError
+
+if TYPE_CHECKING:
+    from mailvault.vault import Vault
 
 
 @cli.command()
@@ -90,8 +94,11 @@ def hold_add(ctx: click.Context, name: str, query: str, reason: str | None) -> N
 
     vault = vault_from(ctx)
     with vault.write_lock("hold add"):
+        _index_first(vault, "a hold's query is matched through the index")
         matches = add_hold(vault, name, query, reason)
-    click.echo(f"hold {name!r} placed; it protects {matches} messages now")
+    click.echo(
+        f"hold {name!r} placed; it protects {matches} message{'' if matches == 1 else 's'} now"
+    )
 
 
 @hold.command(name="list")
@@ -145,20 +152,12 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     Example: mailvault retention apply --dry-run
     """
     from mailvault.compliance import apply, plan
-    from mailvault.errors import MailvaultError
-    from mailvault.indexer import catch_up
 
     vault = vault_from(ctx)
     with vault.write_lock("retention apply"):
         # Holds are matched through the search index: every message must be in it first, or
         # one archived (or parsed) since the last `mailvault index` would escape its hold.
-        try:
-            catch_up(vault)
-        except MailvaultError as exc:
-            raise MailvaultError(
-                f"retention needs an up-to-date index to honour legal holds, and indexing "
-                f"failed: {exc}; nothing was purged"
-            ) from None
+        _index_first(vault, "retention needs an up-to-date index to honour legal holds")
         candidates = plan(vault)
         held = [c for c in candidates if c.held_by]
         purged = [] if dry_run else apply(vault, candidates)
@@ -186,3 +185,15 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         f"{len(candidates) - len(held) if dry_run else len(purged)} {'to purge' if dry_run else 'purged'}",
         err=True,
     )
+
+
+def _index_first(vault: Vault, why: str) -> None:
+    """Index whatever is not indexed yet (as `mailvault index` does); the caller holds the
+    write lock.  A failure stops the command before it changes anything."""
+    from mailvault.errors import MailvaultError
+    from mailvault.indexer import catch_up
+
+    try:
+        catch_up(vault)
+    except MailvaultError as exc:
+        raise MailvaultError(f"{why}, and indexing failed: {exc}; nothing was changed") from None
