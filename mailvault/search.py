@@ -231,6 +231,10 @@ def _lex(query: str) -> list[_Tok]:
             sm = re.match(r"(~\d+|\*|\^\d+(?:\.\d+)?)*", query[i:])
             tok.suffix = sm.group(0) if sm else ""
             i += len(tok.suffix)
+            if i < n and query[i] in "~^":
+                raise _fail(
+                    query, i, 1, f'{query[i]} after a phrase takes a number (as in "a b"~2)'
+                )
         elif i < n and query[i] in "[{":
             close = min(
                 (p for p in (query.find("]", i), query.find("}", i)) if p != -1), default=-1

@@ -451,6 +451,7 @@ def test_snippet_highlights_the_term(corpus: Corpus) -> None:
         ("word^abc", 1, "word^abc"),
         ("fo*o", 1, "fo*o"),
         ("*foo", 1, "*foo"),
+        ('"a b"~x', 6, "~"),
         ("date:2024-13", 1, "date:2024-13"),
         ("after:yesterday", 1, "after:yesterday"),
         ("has:pdf", 1, "has:pdf"),
