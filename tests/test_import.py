@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -17,6 +17,7 @@ from tests.test_export_kit import (
     cli,
     cli_json,
     crafted_messages,
+    manifest_lines,
     new_vault,
     sha,
 )
@@ -179,30 +180,30 @@ def test_damaged_regions_are_reported_with_offsets_and_the_rest_imported(tmp_pat
     assert rejected == [(0, len(garbage)), (empty_at, 0)]
 
 
-def _exported_mbox(tmp_path: Path, count: int) -> tuple[list[bytes], Path, Path]:
-    """The first ``count`` crafted messages imported into a vault and exported as an mbox (crlf)."""
-    crafted = crafted_messages()[:count]
+def _exported_mbox(
+    tmp_path: Path, messages: list[bytes]
+) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """``messages`` imported into a vault and exported as an mbox (crlf): the vault, the mbox
+    and its manifest entries."""
     src = tmp_path / "src"
-    for i, raw in enumerate(crafted):
+    for i, raw in enumerate(messages):
         write(src / f"{i}.eml", raw)
     vault = new_vault(tmp_path / "vault")
     assert import_json(vault, str(src))[0] == 0
     box = tmp_path / "out.mbox"
     result = cli(vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf")
     assert result.exit_code == 0, result.output
-    return crafted, vault, box
+    return vault, box, manifest_lines(Path(f"{box}.manifest.jsonl"))
 
 
 def test_our_mbox_export_imports_exactly_through_its_manifest(tmp_path: Path) -> None:
-    crafted, vault, box = _exported_mbox(tmp_path, 6)
+    crafted = crafted_messages()[:6]
+    vault, box, entries = _exported_mbox(tmp_path, crafted)
     fresh = new_vault(tmp_path / "fresh")
     code, report = import_json(fresh, str(box))
     assert code == 0 and report["warnings"] == []
     assert catalog_set(fresh) == {sha(m) for m in crafted}  # including the no-final-newline ones
     # Damage inside one message: that one is rejected at its offset, the others still import.
-    entries = [
-        json.loads(x) for x in (tmp_path / "out.mbox.manifest.jsonl").read_text().splitlines()
-    ]
     victim = entries[2]
     data = bytearray(box.read_bytes())
     data[victim["offset"] + 3] ^= 0x20
@@ -368,10 +369,8 @@ def test_big_mbox_message_streams(tmp_path: Path, size: int) -> None:
 
 
 def test_a_truncated_export_is_reported_not_imported_short(tmp_path: Path) -> None:
-    crafted, vault, box = _exported_mbox(tmp_path, 5)
-    entries = [
-        json.loads(x) for x in (tmp_path / "out.mbox.manifest.jsonl").read_text().splitlines()
-    ]
+    crafted = crafted_messages()[:5]
+    vault, box, entries = _exported_mbox(tmp_path, crafted)
     cut = entries[3]["offset"] + entries[3]["length"] // 2
     box.write_bytes(box.read_bytes()[:cut])  # lose the end of message 4 and all of message 5
     fresh = new_vault(tmp_path / "fresh")
@@ -385,10 +384,8 @@ def test_an_edit_that_shifts_later_messages_rejects_only_the_edited_one(tmp_path
     """A line inserted into one message moves every later one off its manifest offset: those
     are still found (by their From_ lines) and imported, so the report warns about them and
     rejects only what was really not stored."""
-    crafted, vault, box = _exported_mbox(tmp_path, 6)
-    entries = [
-        json.loads(x) for x in (tmp_path / "out.mbox.manifest.jsonl").read_text().splitlines()
-    ]
+    crafted = crafted_messages()[:6]
+    vault, box, entries = _exported_mbox(tmp_path, crafted)
     victim = entries[1]
     data = box.read_bytes()
     at = victim["offset"] + victim["length"] // 2
@@ -406,7 +403,8 @@ def test_an_edit_that_shifts_later_messages_rejects_only_the_edited_one(tmp_path
 
 
 def test_the_entries_file_alone_is_enough_to_follow_the_manifest(tmp_path: Path) -> None:
-    crafted, vault, box = _exported_mbox(tmp_path, 6)
+    crafted = crafted_messages()[:6]
+    vault, box, _ = _exported_mbox(tmp_path, crafted)
     (tmp_path / "out.mbox.manifest.json").unlink()
     fresh = new_vault(tmp_path / "fresh")
     code, report = import_json(fresh, str(box))
@@ -423,16 +421,8 @@ def test_a_deleted_message_rejects_only_itself_when_the_others_are_the_same_size
     """Messages of equal size: with one cut out of the mbox, every later message lands exactly
     on the manifest offset of another entry.  Each is a message the manifest lists, so it is
     imported (with a warning); only the one really missing is rejected."""
-    src = tmp_path / "src"
     mails = [b"From: a@b.c\r\nSubject: m%02d\r\n\r\nthe same size\r\n" % i for i in range(8)]
-    for i, raw in enumerate(mails):
-        write(src / f"{i}.eml", raw)
-    vault = new_vault(tmp_path / "vault")
-    assert import_json(vault, str(src))[0] == 0
-    box = tmp_path / "out.mbox"
-    result = cli(vault, "export", "--format", "mbox", "--out", str(box), "--line-endings", "crlf")
-    assert result.exit_code == 0, result.output
-    entries = [json.loads(x) for x in Path(f"{box}.manifest.jsonl").read_text().splitlines()]
+    vault, box, entries = _exported_mbox(tmp_path, mails)
     data = box.read_bytes()
     start = data.rindex(b"From ", 0, entries[2]["offset"])  # its From_ line
     end = data.rindex(b"From ", 0, entries[3]["offset"])
