@@ -544,10 +544,21 @@ def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(tmp_path: Path) -> None:
         complete_and_check(vault, server, messages)
 
 
-def test_a_reused_uidl_is_never_deleted_as_a_ghost(tmp_path: Path) -> None:
+def _new_mail(messages: list[bytes], size: str) -> bytes:
+    if size == "other size":
+        return b"From: new@example.com\r\nSubject: new mail under an old UIDL\r\n\r\nhi\r\n"
+    first = messages[0]  # the same size as the committed message: only its header tells
+    twin = first.replace(b"Subject: m0", b"Subject: X0").replace(b"<m0@t>", b"<x0@t>")
+    assert len(twin) == len(first) and twin != first
+    return twin
+
+
+@pytest.mark.parametrize("size", ["other size", "same size"])
+def test_a_reused_uidl_is_never_deleted_as_a_ghost(tmp_path: Path, size: str) -> None:
     """The server applies a QUIT whose reply is lost, then gives a deleted message's UIDL to
-    new mail: that is not the committed message (its size differs), so it is downloaded and
-    archived before any DELE, not deleted unread as a "ghost"."""
+    new mail: that is not the committed message (its size differs, or at the same size its
+    header, TOP n 0, does), so it is downloaded and archived before any DELE, not deleted
+    unread as a "ghost"."""
     messages = corpus(3)
     faults = Faults(reuse_uidls=True, cut_before_quit_reply=True, quit_applies_before_cut=True)
     with FakePop3Server(messages, faults=faults) as server:
@@ -556,7 +567,7 @@ def test_a_reused_uidl_is_never_deleted_as_a_ghost(tmp_path: Path) -> None:
         assert server.mailbox == []
         server.faults = Faults(reuse_uidls=True)
         server.wait_unlocked()
-        fresh = b"From: new@example.com\r\nSubject: new mail under an old UIDL\r\n\r\nhi\r\n"
+        fresh = _new_mail(messages, size)
         server.add_message(fresh)
         assert server.mailbox[0].uidl == "uid-1"
         code, report = fetch_json(vault)
@@ -737,32 +748,6 @@ def test_rows_from_before_listed_sizes_are_trusted_then_recorded(tmp_path: Path)
         with sqlite3.connect(vault / "catalog.sqlite") as db:
             rows = db.execute("SELECT size, listed_size FROM uidls").fetchall()
         assert all(listed is not None and listed != size for size, listed in rows)
-
-
-def test_new_mail_of_the_same_size_under_a_reused_uidl_is_never_deleted_unread(
-    tmp_path: Path,
-) -> None:
-    """After a QUIT whose reply was lost but which the server applied, new mail of exactly the
-    committed message's size gets its UIDL: its header (TOP n 0) differs, so it is downloaded
-    and archived, not deleted as a ghost."""
-    messages = corpus(3)
-    faults = Faults(reuse_uidls=True, cut_before_quit_reply=True, quit_applies_before_cut=True)
-    with FakePop3Server(messages, faults=faults) as server:
-        vault = vault_for(tmp_path, server, delete="after-commit", retries=0)
-        fetch_json(vault)
-        assert server.mailbox == []
-        server.faults = Faults(reuse_uidls=True)
-        server.wait_unlocked()
-        first = messages[0]
-        twin = first.replace(b"Subject: m0", b"Subject: X0").replace(b"<m0@t>", b"<x0@t>")
-        assert len(twin) == len(first) and twin != first
-        server.add_message(twin)
-        assert server.mailbox[0].uidl == "uid-1"
-        code, report = fetch_json(vault)
-        acct = report["accounts"][0]
-        assert code == 0, report
-        assert (acct["fetched"], acct["deleted"]) == (1, 1)
-        assert_vault_exact(vault, sha256s(served_bytes(m) for m in [*messages, twin]))
 
 
 def test_a_ghost_whose_dele_was_sent_is_checked_by_its_header_not_downloaded(
