@@ -22,6 +22,22 @@ def print_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
+def print_chain_head(vault: Vault, table: str, as_json: bool) -> None:
+    """The last sequence number and hash of a hash chain (the ledger or the audit trail), to
+    notarise outside the vault: ``SEQ HASH``, or the ledger-head document."""
+    import sqlite3
+
+    from mailvault import ledger
+
+    with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+        seq, digest = ledger.head(db, table)
+    if as_json:
+        document = {"schema": "mailvault/ledger-head/v1", "vault_id": vault.vault_id}
+        print_json({**document, "seq": seq, "head": digest})
+    else:
+        click.echo(f"{seq} {digest}")
+
+
 class IndexProgress:
     """One status line on stderr while parsing and indexing: count and rate."""
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mailvault.cli import cli
-from mailvault.cli._common import print_json, vault_from
+from mailvault.cli._common import print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
 
 if TYPE_CHECKING:
@@ -33,26 +33,7 @@ def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool)
     import json
 
     if show_head:
-        import sqlite3
-
-        from mailvault import ledger
-
-        vault = vault_from(ctx)
-        with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
-            seq, digest = ledger.head(db, "audit")
-        if as_json:  # the same document as `ledger head --json`
-            click.echo(
-                json.dumps(
-                    {
-                        "schema": "mailvault/ledger-head/v1",
-                        "vault_id": vault.vault_id,
-                        "seq": seq,
-                        "head": digest,
-                    }
-                )
-            )
-        else:
-            click.echo(f"{seq} {digest}")
+        print_chain_head(vault_from(ctx), "audit", as_json)
         return
 
     from mailvault.compliance import audit_entries

@@ -11,7 +11,7 @@ import click
 
 from mailvault import ledger
 from mailvault.cli import cli
-from mailvault.cli._common import print_json, vault_from
+from mailvault.cli._common import print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
 
 
@@ -94,20 +94,7 @@ def ledger_group() -> None:
 @click.pass_context
 def head(ctx: click.Context, as_json: bool) -> None:
     """Print the ledger's sequence number and head hash (to notarise outside the vault)."""
-    vault = vault_from(ctx)
-    with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
-        seq, digest = ledger.head(db)
-    if as_json:
-        print_json(
-            {
-                "schema": "mailvault/ledger-head/v1",
-                "vault_id": vault.vault_id,
-                "seq": seq,
-                "head": digest,
-            }
-        )
-    else:
-        click.echo(f"{seq} {digest}")
+    print_chain_head(vault_from(ctx), "ledger", as_json)
 
 
 @ledger_group.command(name="export")
