@@ -171,7 +171,6 @@ def from_storage_error(exc: BaseException, doing: str) -> MailvaultError | None:
     is the net for the rest (a full disk in the middle of indexing, say), so that what reaches
     the user is still one line with a fix, never a traceback.
     """
-    import errno
     import sqlite3
 
     if isinstance(exc, sqlite3.Error):
@@ -190,21 +189,30 @@ def from_storage_error(exc: BaseException, doing: str) -> MailvaultError | None:
             f"the catalog failed while {doing} ({text}); run `mailvault verify` to check it"
         )
     if isinstance(exc, OSError):
-        where = f" {exc.filename}" if exc.filename else ""
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return StoreError(
-                f"disk full while {doing}{where}; free space on that filesystem and rerun: "
-                "what was committed is kept"
-            )
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return StoreError(
-                f"no permission while {doing}{where} ({exc.strerror}); check the owner and "
-                "mode of the vault and of any path given"
-            )
-        return StoreError(f"{doing}{where} failed: {exc.strerror or exc}")
+        return disk_error(exc, doing)
     if "No space left on device" in str(exc) or "os error 28" in str(exc):  # from tantivy (Rust)
         return StoreError(
             f"disk full while {doing}; free space on the vault's filesystem and rerun: what "
             "was committed is kept"
         )
     return None
+
+
+def disk_error(exc: OSError, doing: str, path: object = None) -> StoreError:
+    """The one-line error for an ``OSError`` while ``doing`` something to ``path`` (else the
+    file the error names): a full disk or quota, a permission, or anything else."""
+    import errno
+
+    target = path if path is not None else exc.filename
+    where = f" {target}" if target else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(
+            f"disk full while {doing}{where}; free space on that filesystem and rerun: what "
+            "was committed is kept"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(
+            f"no permission while {doing}{where} ({exc.strerror}); check the owner and mode "
+            "of the vault and of any path given"
+        )
+    return StoreError(f"{doing}{where} failed: {exc.strerror or exc}")

@@ -14,7 +14,6 @@ may the catalog say the message is stored, and only after that may the server de
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import itertools
 import os
@@ -28,7 +27,7 @@ from typing import BinaryIO
 import zstandard
 
 from mailvault._fs import sync_filesystem, write_all
-from mailvault.errors import StoreError
+from mailvault.errors import StoreError, disk_error
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 ZSTD_SUFFIX = ".zst"
@@ -46,19 +45,6 @@ _FANOUT = re.compile(r"[0-9a-f]{2}")
 def _require_digest(digest: str) -> None:
     if not valid_digest(digest):
         raise StoreError(f"invalid blob name {digest!r}: expected 64 lower-case hex digits")
-
-
-def _disk_error(action: str, path: Path, exc: OSError) -> StoreError:
-    if exc.errno == errno.ENOSPC:
-        return StoreError(
-            f"disk full while {action} {path}; free space on that filesystem and rerun: what "
-            "was committed is kept"
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError(
-            f"no permission {action} {path} ({exc.strerror}); check the vault's owner and mode"
-        )
-    return StoreError(f"{action} {path} failed: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +68,7 @@ class BlobWriter:
         try:
             fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            raise _disk_error("creating", self._path, exc) from None
+            raise disk_error(exc, "creating", self._path) from None
         self._fd = fd
         self._hash = hashlib.sha256()
         self._size = 0
@@ -101,7 +87,7 @@ class BlobWriter:
             self._write_all(self._compressor.compress(data) if self._compressor else data)
         except OSError as exc:
             self.abort()
-            raise _disk_error("writing", self._path, exc) from None
+            raise disk_error(exc, "writing", self._path) from None
 
     def finish(self) -> StagedBlob:
         """Close the temp file (not yet fsynced: ``publish`` does that for a whole batch)."""
@@ -112,7 +98,7 @@ class BlobWriter:
             self._fd = -1
         except OSError as exc:
             self.abort()
-            raise _disk_error("writing", self._path, exc) from None
+            raise disk_error(exc, "writing", self._path) from None
         return StagedBlob(self._hash.hexdigest(), self._size, self._name)
 
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -161,7 +147,7 @@ class BlobStore:
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            raise _disk_error("creating", Path(name), exc) from None
+            raise disk_error(exc, "creating", Path(name)) from None
         try:
             try:
                 write_all(fd, self._compressor.compress(data) if self._compressor else data)
@@ -170,7 +156,7 @@ class BlobStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(name)
-            raise _disk_error("writing", Path(name), exc) from None
+            raise disk_error(exc, "writing", Path(name)) from None
         return StagedBlob(hashlib.sha256(data).hexdigest(), len(data), name)
 
     def _dir(self, digest: str) -> Path:
@@ -242,7 +228,7 @@ class BlobStore:
                     results.append(False)
                 os.unlink(blob.tmp_name)
         except OSError as exc:
-            raise _disk_error("storing a blob in", self.objects, exc) from None
+            raise disk_error(exc, "storing a blob in", self.objects) from None
         return results
 
     def open(self, digest: str) -> BinaryIO:
