@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -429,29 +430,43 @@ def test_a_failing_background_batch_stops_the_export_cleanly(
         assert (out / "cur" / name).read_bytes() == by_digest[name.split(",H=")[1][:64]]
 
 
+def _export_in_background(
+    tmp_path: Path, fmt: str, seed: int, stderr: int
+) -> tuple[Path, Path, subprocess.Popen[bytes]]:
+    """A vault of 3,000 small messages, and its export to ``tmp_path/out`` running in a
+    process group of its own (so a signal reaches the workers too)."""
+    from mailvault.testkit.generator import generate
+
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, [m.raw for m in generate(3000, seed, median_size=4000, max_size=20000)])
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "mailvault", "--vault", str(root), "export", "--format"]
+    argv += [fmt, "--out", str(out)]
+    return root, out, subprocess.Popen(argv, start_new_session=True, stderr=stderr)
+
+
+def _any_written(paths: Iterable[Path]) -> bool:
+    """Whether one of these files has data; the export removes its runs as it goes, so a file
+    may vanish between listing and stat."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and path.stat().st_size:
+                return True
+    return False
+
+
 @pytest.mark.parametrize("fmt", ["maildir", "mbox"])
 def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(tmp_path: Path, fmt: str) -> None:
     """Ctrl-C (SIGINT to the whole process group) mid-export: exit 130, no temporary file (tmp/
     of the Maildir; the mbox's temporary file and its workers' staged runs), no worker left; the
     next export completes the target."""
-    from mailvault.testkit.generator import generate
-
-    root = new_vault(tmp_path / "vault")
-    add_messages(root, [m.raw for m in generate(3000, 11, median_size=4000, max_size=20000)])
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "mailvault", "--vault", str(root), "export", "--format"]
-    argv += [fmt, "--out", str(out)]
-    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE)
+    root, out, proc = _export_in_background(tmp_path, fmt, 11, subprocess.PIPE)
     cur = out / "cur"
 
     def started() -> bool:
         if fmt == "maildir":
             return cur.is_dir() and any(cur.iterdir())
-        for path in tmp_path.glob(".out.tmp-*"):  # runs are removed as they are placed
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_file() and path.stat().st_size:
-                    return True
-        return False
+        return _any_written(tmp_path.glob(".out.tmp-*"))
 
     while proc.poll() is None and not started():
         pass
@@ -481,26 +496,12 @@ def test_the_next_export_clears_what_a_killed_one_left(tmp_path: Path, fmt: str)
     """kill -9 of the whole export (no handler runs): its temporary files stay behind, and the
     next export into the same target removes them, and only them: another export's, still
     running, are left alone."""
-    from mailvault.testkit.generator import generate
-
-    root = new_vault(tmp_path / "vault")
-    add_messages(root, [m.raw for m in generate(3000, 12, median_size=4000, max_size=20000)])
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "mailvault", "--vault", str(root), "export", "--format"]
-    argv += [fmt, "--out", str(out)]
-    proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.DEVNULL)
+    root, out, proc = _export_in_background(tmp_path, fmt, 12, subprocess.DEVNULL)
 
     def ours() -> list[Path]:
         return [p for p in tmp_path.rglob(".*.tmp-*") if p.is_file()]
 
-    def written() -> bool:  # the export removes its runs as it goes: a file may vanish
-        for path in ours():
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_size:
-                    return True
-        return False
-
-    while proc.poll() is None and not written():
+    while proc.poll() is None and not _any_written(ours()):
         pass
     os.killpg(proc.pid, 9)
     proc.wait()
