@@ -262,29 +262,27 @@ class BlobStore:
         return h.hexdigest()
 
     def iter_digests(self) -> Iterator[str]:
-        """Every blob name on disk (for verify); anything else there is in ``strays()``."""
-        for _, digest in self._entries():
+        """Every blob name on disk."""
+        for _, digest in self.entries():
             if digest is not None:
                 yield digest
 
-    def strays(self) -> Iterator[Path]:
-        """Files and directories under objects/ that are not blobs (an editor's swap file, a
-        note someone left): verify lists them instead of stopping at the first."""
-        for path, digest in self._entries():
-            if digest is None:
-                yield path
-
-    def _entries(self) -> Iterator[tuple[Path, str | None]]:
+    def entries(self) -> Iterator[tuple[Path, str | None]]:
+        """Everything under objects/, in one pass (for verify): each blob's path and digest,
+        and with None whatever is not a blob (an editor's swap file, a note someone left)."""
         if not self.objects.exists():
             return
-        for fanout in sorted(self.objects.iterdir()):
-            if not fanout.is_dir() or fanout.is_symlink() or not _FANOUT.fullmatch(fanout.name):
-                yield fanout, None
+        for fanout in sorted(os.scandir(self.objects), key=lambda e: e.name):
+            if not fanout.is_dir(follow_symlinks=False) or not _FANOUT.fullmatch(fanout.name):
+                yield Path(fanout.path), None
                 continue
-            for blob in sorted(fanout.iterdir()):
+            for blob in sorted(os.scandir(fanout.path), key=lambda e: e.name):
                 digest = blob.name.removesuffix(ZSTD_SUFFIX)
-                ok = valid_digest(digest) and digest[:2] == fanout.name and blob.is_file()
-                yield blob, digest if ok and not blob.is_symlink() else None
+                ok = valid_digest(digest) and digest[:2] == fanout.name
+                yield (
+                    Path(blob.path),
+                    digest if ok and blob.is_file(follow_symlinks=False) else None,
+                )
 
     def remove_own_tmp(self) -> None:
         """Remove the temp files this store object wrote that were never linked into place.

@@ -7,6 +7,7 @@ except what is derived (the index, with ``repair_index``); the truth is never "f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,14 +47,24 @@ def _blobs(
 ) -> Iterator[Finding]:
     store = vault.read_store()  # reading needs no config: verify must work when it is broken
     on_disk = set()
-    for digest in store.iter_digests():
+    for path, digest in store.entries():  # one pass over objects/: blobs, strays, their modes
+        yield from _permission(str(path))
+        if digest is None:
+            yield Finding(
+                "blob-stray",
+                "warning",
+                str(path),
+                f"{path} is not a blob (a stray file in the object store); move it out of the "
+                "vault",
+            )
+            continue
         on_disk.add(digest)
         if digest in purged:
             yield Finding(
                 "blob-purge-unfinished",
                 "warning",
                 digest,
-                f"blob {store.find(digest)} belongs to a message marked purged: an interrupted "
+                f"blob {path} belongs to a message marked purged: an interrupted "
                 "purge (the next `retention apply` removes it), or an edited catalog (then "
                 "ledger-missing says so)",
             )
@@ -63,7 +74,7 @@ def _blobs(
                 "blob-orphan",
                 "warning",
                 digest,
-                f"blob {store.find(digest)} has no catalog row (an interrupted fetch leaves "
+                f"blob {path} has no catalog row (an interrupted fetch leaves "
                 "these; the next fetch of that message adopts it)",
             )
         if quick:
@@ -75,7 +86,7 @@ def _blobs(
                 "blob-unreadable",
                 "error",
                 digest,
-                f"blob {store.find(digest)} cannot be read: {exc}",
+                f"blob {path} cannot be read: {exc}",
             )
             continue
         if actual != digest:
@@ -83,15 +94,8 @@ def _blobs(
                 "blob-corrupt",
                 "error",
                 digest,
-                f"blob {store.find(digest)} hashes to {actual}: its content changed",
+                f"blob {path} hashes to {actual}: its content changed",
             )
-    for stray in store.strays():
-        yield Finding(
-            "blob-stray",
-            "warning",
-            str(stray),
-            f"{stray} is not a blob (a stray file in the object store); move it out of the vault",
-        )
     for digest in sorted(catalog_ids - on_disk):
         yield Finding(
             "blob-missing",
@@ -313,27 +317,37 @@ def verify(
 
 
 def _permissions(vault: Vault) -> Iterator[Finding]:
-    """Every directory of the vault, every blob and index file, writable only by its owner:
-    what others could have changed cannot be trusted (opening a vault checks only the top)."""
-    root = str(vault.root)
-    me = os.geteuid()
-    for top in ("objects", "index", "tmp"):
-        for dirpath, _dirs, files in os.walk(os.path.join(root, top)):
-            paths = [dirpath] + [os.path.join(dirpath, f) for f in files if top != "tmp"]
-            for path in paths:
-                try:
-                    info = os.lstat(path)
-                except OSError:
-                    continue
-                if info.st_uid != me or info.st_mode & 0o022:
-                    yield Finding(
-                        "vault-permissions",
-                        "error",
-                        path,
-                        f"{path} is writable by others or not owned by you (mode "
-                        f"{info.st_mode & 0o777:o}, uid {info.st_uid}): its contents cannot be "
-                        "trusted; fix the mode (chmod go-w) and check what changed",
-                    )
+    """Every directory of the vault, and every index file, writable only by its owner: what
+    others could have changed cannot be trusted (opening a vault checks only the top).  The
+    blobs are checked as ``_blobs`` walks them."""
+    objects = os.path.join(vault.root, "objects")
+    yield from _permission(objects)
+    with contextlib.suppress(OSError), os.scandir(objects) as fanouts:  # not the blobs again
+        for fanout in fanouts:
+            if fanout.is_dir(follow_symlinks=False):
+                yield from _permission(fanout.path)
+    for top in ("index", "tmp"):
+        for dirpath, _dirs, files in os.walk(os.path.join(vault.root, top)):
+            yield from _permission(dirpath)
+            if top == "index":
+                for name in files:
+                    yield from _permission(os.path.join(dirpath, name))
+
+
+def _permission(path: str) -> Iterator[Finding]:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        yield Finding(
+            "vault-permissions",
+            "error",
+            path,
+            f"{path} is writable by others or not owned by you (mode "
+            f"{info.st_mode & 0o777:o}, uid {info.st_uid}): its contents cannot be trusted; "
+            "fix the mode (chmod go-w) and check what changed",
+        )
 
 
 def _config(vault: Vault) -> Iterator[Finding]:
