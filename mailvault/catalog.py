@@ -191,19 +191,16 @@ class Catalog:
         ).fetchall()
         return {row[1]: LiveUidl(*row) for row in rows}
 
-    def record_listed_sizes(
-        self, sizes: Sequence[tuple[int, int]], *, transaction: bool = True
-    ) -> None:
+    def record_listed_sizes(self, sizes: Sequence[tuple[int, int]]) -> None:
         """(row id, size LIST gives now) for live rows known to hold their message."""
-        if not sizes:
-            return
-        sql = "UPDATE uidls SET listed_size=? WHERE id=?"
-        params = [(size, row_id) for row_id, size in sizes]
-        if transaction:
+        if sizes:
             with self.transaction():
-                self.conn.executemany(sql, params)
-        else:
-            self.conn.executemany(sql, params)
+                self._set_listed_sizes(sizes)
+
+    def _set_listed_sizes(self, sizes: Sequence[tuple[int, int]]) -> None:
+        self.conn.executemany(
+            "UPDATE uidls SET listed_size=? WHERE id=?", [(size, rid) for rid, size in sizes]
+        )
 
     def has_message(self, sha256: str) -> bool:
         row = self.conn.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
@@ -230,7 +227,7 @@ class Catalog:
         now = utcnow()
         with self.transaction():
             self._mark_deleted(replaced, "server-gone", now)
-            self.record_listed_sizes(relisted, transaction=False)
+            self._set_listed_sizes(relisted)
             return self._record_batch(items, source=source, account=account, run_id=run_id, now=now)
 
     def _record_batch(
