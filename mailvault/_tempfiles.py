@@ -20,17 +20,20 @@ def temp_path(directory: str | Path, name: str, tag: str = "") -> str:
     return f"{directory}/.{name}.tmp-{command_pid()}-{tag}{secrets.token_hex(6)}"
 
 
-def remove_orphans(directory: str | Path, prefix: str = ".") -> int:
-    """Remove temporary files an export killed with SIGKILL left in ``directory`` (those of
-    ``temp_path`` whose command no longer runs, and whose names start with ``prefix``); a
-    live export's are left alone.  Returns how many were removed."""
+def remove_orphans(
+    directory: str | Path, prefix: str = ".", pattern: re.Pattern[str] = _TEMP
+) -> int:
+    """Remove temporary files an export killed with SIGKILL left in ``directory``: names that
+    start with ``prefix`` and match ``pattern`` (by default those of ``temp_path``), whose
+    process, the pattern's first group, no longer runs; a live export's are left alone.
+    Returns how many were removed."""
     removed = 0
     try:
         names = os.listdir(directory)
     except OSError:
         return 0
     for name in names:
-        match = _TEMP.match(name)
+        match = pattern.match(name)
         if match is None or not name.startswith(prefix) or running(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):

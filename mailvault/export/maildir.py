@@ -11,7 +11,6 @@ The host part escapes ``/``, ``:`` and ``,`` as ``\\057``, ``\\072`` and ``\\054
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -20,7 +19,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from mailvault._tempfiles import remove_orphans, running
+from mailvault._tempfiles import remove_orphans
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import (
     DirBatch,
@@ -78,16 +77,7 @@ class MaildirTarget(Target):
         killed (SIGKILL: no handler ran): the process named in the file name no longer runs.
         Other programs' files in tmp/ are theirs to clean up."""
         own = re.compile(rf"^\d+\.M\d+P(\d+)Q\d+\.{re.escape(self.host)}$")
-        tmp = self.out / "tmp"
-        try:
-            names = os.listdir(tmp)
-        except OSError:
-            return
-        for name in names:
-            match = own.match(name)
-            if match is not None and not running(int(match.group(1))):
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp / name)
+        remove_orphans(self.out / "tmp", "", own)
 
     def _scan(self) -> None:
         """One pass over cur/ and new/: which messages (by sha256) are already here."""
