@@ -73,6 +73,7 @@ class AccountReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     would_delete: int = 0
+    would_check: int = 0  # dry run: committed UIDLs that would be downloaded again to check
     config_error: bool = False  # failed on its configuration (a password source): exit 2
 
     def counts(self) -> dict[str, int]:
@@ -84,6 +85,7 @@ class AccountReport:
         data.update(sessions=self.sessions, errors=self.errors, warnings=self.warnings)
         if self.status == "dry-run":
             data["would_delete"] = self.would_delete
+            data["would_check"] = self.would_check
         return data
 
 
@@ -363,6 +365,7 @@ class AccountFetcher:
             report.listed, report.new, self._counted = len(listed), len(new), True
         if self.dry_run:
             report.status = "dry-run"
+            report.would_check = len([u for u in suspects if u not in self.refused])
             report.would_delete = len(ghost_deletes) + (
                 len(new) if self._deletable(listing_time, now) else 0
             )

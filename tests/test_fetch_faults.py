@@ -714,7 +714,12 @@ def test_new_mail_under_a_reused_uidl_is_archived_when_keeping(tmp_path: Path) -
     """delete = "never": another client deletes a message and the server gives its UIDL to
     new mail.  LIST's size for that UIDL changed since the commit, so it is downloaded and
     archived (the old row closed as gone), not ignored for ever; unchanged UIDLs are not
-    downloaded again, and a later run downloads nothing."""
+    downloaded again, and a later run downloads nothing.  A dry run counts it in
+    ``would_check``."""
+    import jsonschema
+
+    from mailvault.resources import json_schema
+
     messages = corpus(3)
     with FakePop3Server(messages) as server:
         vault = vault_for(tmp_path, server)
@@ -723,6 +728,12 @@ def test_new_mail_under_a_reused_uidl_is_archived_when_keeping(tmp_path: Path) -
             server.mailbox = [m for m in server.mailbox if m.uidl != "uid-2"]
         fresh = b"From: x@example.com\r\nSubject: new under uid-2\r\n\r\nnew\r\n"
         server.add_message(fresh, uidl="uid-2")
+        retrs = sum(cmd.startswith("RETR") for d, cmd in server.log if d == "C")
+        code, report = fetch_json(vault, "--dry-run")  # says so, and downloads nothing
+        acct = report["accounts"][0]
+        assert (code, acct["new"], acct["would_check"], acct["fetched"]) == (0, 0, 1, 0)
+        jsonschema.validate(report, json_schema("fetch-report.schema.json"))
+        assert sum(cmd.startswith("RETR") for d, cmd in server.log if d == "C") == retrs
         code, report = fetch_json(vault)
         acct = report["accounts"][0]
         assert code == 0 and acct["fetched"] == 1, report

@@ -176,7 +176,9 @@ def fetch(
             verb = "would fetch" if dry_run else "fetched"
             line = (
                 f"{r.account}: listed {r.listed}, new {r.new}, {verb} "
-                f"{r.new if dry_run else r.fetched}, duplicates {r.duplicates}, "
+                f"{r.new if dry_run else r.fetched}, "
+                f"{f'download {r.would_check} again to check, ' if r.would_check else ''}"
+                f"duplicates {r.duplicates}, "
                 f"{'would delete' if dry_run else 'deleted'} "
                 f"{r.would_delete if dry_run else r.deleted}, {r.bytes:,} bytes"
                 f"{f', {r.retries} retries' if r.retries else ''} [{r.status}]"
