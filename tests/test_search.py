@@ -495,7 +495,7 @@ def test_queries_on_a_vault_without_index(tmp_path: Path) -> None:
 
 
 def test_plain_snippet_marks_every_query_word_and_defers_what_it_cannot() -> None:
-    from mailvault.search import SNIPPET_CHARS, _plain_snippet
+    from mailvault.search.engine import SNIPPET_CHARS, _plain_snippet
 
     body = "intro " * 30 + "The Parking\n\tlot is near the parking  garage. " + "tail " * 60
     snippet = _plain_snippet(body, body.find("Parking"), ["parking", "garage"])

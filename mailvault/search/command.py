@@ -1,0 +1,134 @@
+"""`mailvault search` after argument parsing, and a click-free entry point for it.
+
+A search is the command an investigator runs most, so its start-up is kept short: this path
+imports only tantivy, the standard library, ``mailvault.errors``, ``mailvault.index`` and the
+modules of this package; no click, no sqlite-utils, no parser, no PDF library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from mailvault.search.engine import Results, Searcher
+from mailvault.search.output import isatty, iter_lines
+from mailvault.search.query import SORTS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def run(
+    vault_root: str | os.PathLike[str],
+    query: str,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    sort: str = "-date",
+    mode: str = "text",
+    out: Any = None,
+    exiting: bool = False,
+) -> int:
+    """The whole `mailvault search` after argument parsing; returns the exit code (0 hits, 1 none).
+
+    Click-free, so that a fast entry point can call it without importing the CLI group.
+    """
+    from mailvault.audit import record as audit
+    from mailvault.vault import check_vault
+
+    stream = out or sys.stdout
+    check_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
+    searcher = Searcher(os.path.join(vault_root, "index"), query)
+    if mode == "count":
+        n = searcher.count()
+        audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
+        stream.write(f"{n}\n")
+        return 0 if n else 1
+    color = mode == "text" and isatty(stream)
+    hits = searcher.page(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
+    # The audit entry is durable before anything is shown (fail closed).
+    detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
+    audit(vault_root, "search", query, len(hits), exiting=exiting, **detail)
+    results = Results(total=None, hits=hits)
+    try:
+        for line in iter_lines(results, mode=mode, color=color):
+            stream.write(line + "\n")
+        stream.flush()
+    except BrokenPipeError:  # `mailvault search x | head`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return 0 if hits else 1
+
+
+_SEARCH_FLAGS = {"--json": "json", "--count": "count", "--ids": "ids"}
+_SEARCH_VALUES = ("--limit", "--offset", "--sort")
+
+
+def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
+    """Run ``[--vault P] [-q] [-v] search [options] QUERY...`` without importing click or the
+    CLI group; None when ``argv`` is anything else (help, other commands, odd options), so the
+    caller falls back to the full CLI, which gives the same results and messages.  ``exiting``:
+    the caller ends the process right after (see ``audit.record``).
+    """
+    args = list(argv)
+    vault: str | None = None
+    while args and args[0] != "search":
+        head = args.pop(0)
+        if head == "--vault" and args:
+            vault = args.pop(0)
+        elif head.startswith("--vault="):
+            vault = head.split("=", 1)[1]
+        elif head not in ("-q", "--quiet", "-v", "-vv", "--verbose"):
+            return None
+    if not args:
+        return None
+    args.pop(0)
+    opts: dict[str, Any] = {"limit": 50, "offset": 0, "sort": "-date"}
+    modes: list[str] = []
+    words: list[str] = []
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            words.extend(args)
+            break
+        name, eq, inline = arg.partition("=")
+        if name in _SEARCH_FLAGS and not eq:
+            modes.append(_SEARCH_FLAGS[name])
+        elif name in _SEARCH_VALUES:
+            value = inline if eq else (args.pop(0) if args else None)
+            if value is None:
+                return None
+            if name == "--sort":
+                if value not in SORTS:
+                    return None
+                opts["sort"] = value
+            else:
+                if not value.isdigit():
+                    return None
+                opts[name[2:]] = int(value)
+        elif arg.startswith("--"):
+            return None  # --help and anything unknown: the full CLI explains
+        else:
+            words.append(arg)
+    if not words or len(modes) > 1:
+        return None
+    if vault is None:
+        vault = os.environ.get("MAILVAULT_VAULT") or None
+    if vault is None:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local", "share"
+        )
+        vault = os.path.join(base, "mailvault")
+    from mailvault.errors import MailvaultError
+
+    try:
+        mode = modes[0] if modes else "text"
+        return run(vault, " ".join(words), mode=mode, exiting=exiting, **opts)
+    except MailvaultError as exc:
+        sys.stderr.write(f"mailvault: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("mailvault: interrupted\n")
+        return 130

@@ -1,0 +1,270 @@
+"""Running a translated query against the index: counts, pages of hits, body snippets.
+
+A hit's printed fields come from the index's stored fields, never from the catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+
+import tantivy
+
+from mailvault import index as ix
+from mailvault.errors import QuerySyntaxError, SearchError
+from mailvault.search.query import SORTS, iso_utc, translate_with_words
+
+# Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
+# search` start-up (paths are handled with os.path here; callers may pass Path objects).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+SNIPPET_CHARS = 160
+
+
+class Hit:
+    """One search hit, from the index's stored fields."""
+
+    __slots__ = (
+        "id", "message_id", "date", "from_", "to", "subject", "size", "score", "snippet",
+        "highlights",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        message_id: str,
+        date: datetime | None,
+        from_: str,
+        to: list[str],
+        subject: str,
+        size: int,
+        score: float | None,
+    ) -> None:
+        self.id, self.message_id, self.date = id, message_id, date
+        self.from_, self.to, self.subject = from_, to, subject
+        self.size, self.score = size, score
+        self.snippet = ""
+        self.highlights: list[tuple[int, int]] = []  # char ranges in snippet
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "date": iso_utc(self.date) if self.date else None,
+            "from": self.from_,
+            "to": self.to,
+            "subject": self.subject,
+            "size": self.size,
+            "score": self.score,
+            "snippet": self.snippet,
+        }
+
+
+class Results:
+    __slots__ = ("total", "hits")
+
+    def __init__(self, total: int | None, hits: list[Hit]) -> None:
+        self.total, self.hits = total, hits
+
+
+class Searcher:
+    """An opened index and a parsed query: count it, or fetch one page of hits."""
+
+    def __init__(self, index_dir: str | os.PathLike[str], query: str) -> None:
+        self.query_text = query
+        self.translated, self.words = translate_with_words(query)
+        self.index = ix.open_for_search(index_dir)
+        self.query = self._parse(query)
+        self.searcher = self.index.searcher()
+
+    def _parse(self, original: str) -> tantivy.Query:
+        try:
+            return self.index.parse_query(
+                self.translated,
+                default_field_names=list(ix.DEFAULT_FIELDS),
+                field_boosts=ix.FIELD_BOOSTS,
+                conjunction_by_default=True,
+                allow_regexes=True,
+            )
+        except ValueError as exc:
+            raise QuerySyntaxError(
+                f"invalid query {original!r}: {exc} (as Tantivy query: {self.translated!r})"
+            ) from None
+
+    def count(self) -> int:
+        result = self.searcher.search(self.query, 1, count=True)
+        return int(getattr(result, "count", 0) or 0)
+
+    def page(
+        self, *, limit: int = 50, offset: int = 0, sort: str = "-date", snippets: bool = True
+    ) -> list[Hit]:
+        if sort not in SORTS:
+            raise SearchError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
+        if limit <= 0:
+            limit = max(self.searcher.num_docs, 1)
+        try:
+            if sort == "score":
+                result = self.searcher.search(self.query, limit, count=False, offset=offset)
+            else:
+                result = self.searcher.search(
+                    self.query,
+                    limit,
+                    count=False,
+                    order_by_field="date",
+                    offset=offset,
+                    order=tantivy.Order.Desc if sort == "-date" else tantivy.Order.Asc,
+                )
+        except ValueError as exc:
+            raise QuerySyntaxError(f"invalid query {self.query_text!r}: {exc}") from None
+        generator = None
+        if snippets and result.hits and self.words:
+            generator = tantivy.SnippetGenerator.create(
+                self.searcher, self.query, self.index.schema, "body"
+            )
+            generator.set_max_num_chars(SNIPPET_CHARS)
+        hits = []
+        for key, address in result.hits:
+            doc = self.searcher.doc(address)
+            hit = _hit(doc, float(key) if sort == "score" else None)
+            if snippets:
+                hit.snippet, hit.highlights = _snippet(generator, doc, self.words)
+            hits.append(hit)
+        return hits
+
+
+def _first(doc: tantivy.Document, name: str, default: Any = "") -> Any:
+    value = doc.get_first(name)
+    return default if value is None else value
+
+
+def _hit(doc: tantivy.Document, score: float | None) -> Hit:
+    date = doc.get_first("date")
+    if isinstance(date, datetime) and date.tzinfo is None:
+        date = date.replace(tzinfo=UTC)
+    return Hit(
+        id=_first(doc, "id"),
+        message_id=_first(doc, "message_id"),
+        date=date,
+        from_=ix.display(_first(doc, "from")),
+        to=[ix.display(t) for t in doc.get_all("to")],
+        subject=ix.display(_first(doc, "subject")),
+        size=int(_first(doc, "size", 0)),
+        score=score,
+    )
+
+
+def _snippet(
+    generator: tantivy.SnippetGenerator | None, doc: tantivy.Document, words: list[str]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The best fragment of the body, whitespace collapsed, with char ranges of the terms.
+
+    Tantivy's generator tokenizes the text it is given, so it gets a window of the body around
+    the first place a query word occurs (found with a plain search, as written, capitalised,
+    then lower-cased: lower-casing a long body costs more than the searches) rather than the
+    whole body; the window is small because tokenizing it is most of a hit's cost.  Where
+    nothing is found (accents folded away) it gets the first 20,000 chars.
+    """
+    body = str(_first(doc, "body"))
+    if generator is None or not words:
+        return " ".join(ix.display(body[: SNIPPET_CHARS * 3]).split())[:SNIPPET_CHARS], []
+    found = [p for w in words for p in (body.find(w), body.find(w.capitalize())) if p >= 0]
+    if not found:
+        low = body.lower()
+        found = [p for p in (low.find(w) for w in words) if p >= 0]
+    if found:
+        quick = _plain_snippet(body, min(found), words)
+        if quick is not None:
+            return quick
+    start = max(min(found) - 200, 0) if found else 0
+    window = body[start : start + (600 if found else 20_000)]
+    if start:
+        window = window[window.find(" ") + 1 :]  # do not start mid-word
+    probe = tantivy.Document()
+    probe.add_text("body", window)
+    snip = generator.snippet_from_doc(probe)
+    fragment = snip.fragment()
+    ranges_bytes = sorted((r.start, r.end) for r in snip.highlighted())
+    if not fragment.strip() or not ranges_bytes:
+        if not found:
+            return " ".join(ix.display(body[: SNIPPET_CHARS * 3]).split())[:SNIPPET_CHARS], []
+        # a prefix (word*) query: tantivy does not highlight those; mark the word ourselves
+        at = min(found)
+        begin = max(body.rfind(" ", 0, max(at - 50, 0)) + 1, 0)
+        fragment = body[begin : begin + SNIPPET_CHARS]
+        m = re.match(r"\w+", fragment[at - begin :])
+        rel = at - begin
+        ranges_bytes = []
+        if m:
+            b0 = len(fragment[:rel].encode("utf-8"))
+            ranges_bytes = [(b0, b0 + len(m.group(0).encode("utf-8")))]
+    raw = fragment.encode("utf-8")
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for begin_b, end_b in ranges_bytes:
+        if begin_b < cursor:
+            continue
+        pieces.append((raw[cursor:begin_b].decode("utf-8", "replace"), False))
+        pieces.append((raw[begin_b:end_b].decode("utf-8", "replace"), True))
+        cursor = end_b
+    pieces.append((raw[cursor:].decode("utf-8", "replace"), False))
+    text, ranges = "", []
+    for piece, marked in pieces:
+        piece = re.sub(r"\s+", " ", ix.display(piece))
+        if not text:
+            piece = piece.lstrip()
+        if marked and piece:
+            ranges.append((len(text), len(text) + len(piece)))
+        text += piece
+    return text.rstrip(), ranges
+
+
+_TOKEN = re.compile(r"\w+")
+SNIPPET_LEAD = 40  # characters of context before the first query word
+
+
+def _plain_snippet(
+    body: str, at: int, words: list[str]
+) -> tuple[str, list[tuple[int, int]]] | None:
+    """The fragment from a little before ``at``, with every token that is a query word marked.
+
+    Most snippets need nothing more, and this costs a few microseconds where tokenizing a
+    window with Tantivy's generator costs tens: a tenth of a search's run time for 50 hits.
+    None (Tantivy's generator decides) when no token matches as written or lower-cased
+    (accents folded, a prefix query) or for CJK text, whose tokens the index splits per
+    character.
+    """
+    begin = body.rfind(" ", 0, max(at - SNIPPET_LEAD, 0)) + 1
+    text = " ".join(ix.display(body[begin : begin + SNIPPET_CHARS * 2]).split())
+    if len(text) > SNIPPET_CHARS:
+        cut = text.rfind(" ", 0, SNIPPET_CHARS + 1)
+        text = text[: cut if cut > 0 else SNIPPET_CHARS]
+    if not text.isascii() and max(text) >= ix.CJK[0]:
+        return None
+    wanted = set(words)
+    ranges = [m.span() for m in _TOKEN.finditer(text) if m.group().lower() in wanted]
+    return (text, ranges) if ranges else None
+
+
+def search(
+    index_dir: Path,
+    query: str,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    sort: str = "-date",
+    snippets: bool = True,
+) -> Results:
+    """Run a query; ``total`` is counted only when asked for via :func:`count`."""
+    s = Searcher(index_dir, query)
+    return Results(
+        total=None, hits=s.page(limit=limit, offset=offset, sort=sort, snippets=snippets)
+    )
+
+
+def count(index_dir: Path, query: str) -> int:
+    return Searcher(index_dir, query).count()

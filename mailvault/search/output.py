@@ -1,0 +1,101 @@
+"""Printing hits: one line per hit on a terminal, ids, or JSON lines.
+
+Everything printed from a message passes ``clean``: a hostile Subject must not be able to send
+terminal escapes, bidi overrides or line breaks to the investigator's screen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Iterator
+
+from mailvault.search.engine import Hit, Results
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# C0/C1 controls, zero-width and bidi controls: each becomes a space (a translate table is
+# cheaper to build at start-up than the equivalent regex).
+CONTROL = dict.fromkeys(
+    [
+        *range(0x00, 0x20),
+        *range(0x7F, 0xA0),
+        *range(0x200B, 0x2010),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ],
+    " ",
+)
+BOLD, RESET = "\033[1m", "\033[0m"
+
+
+def clean(text: str) -> str:
+    """No control characters (terminal escapes in a hostile Subject) and no line breaks."""
+    return text if text.isprintable() else text.translate(CONTROL)  # every CONTROL is not
+
+
+def _fit(text: str, width: int) -> str:
+    text = " ".join(clean(text).split())
+    used = _width(text)
+    if used <= width:
+        return text + " " * (width - used)
+    out, used = "", 0
+    for ch in text:
+        w = 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if used + w > width - 1:
+            break
+        out += ch
+        used += w
+    return out + "…" + " " * (width - used - 1)
+
+
+def _width(text: str) -> int:
+    if text.isascii() or max(text) < "\u1100":  # no assigned wide character below U+1100
+        return len(text)
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _short_from(value: str) -> str:
+    m = re.match(r"^(.*\S)\s*<([^<>]*)>$", value)
+    return m.group(1).strip('"') if m else value
+
+
+def format_hit(hit: Hit, *, color: bool) -> str:
+    """One line: date, sender, subject, short id, and the snippet (terms bold on a terminal)."""
+    date = hit.date.strftime("%Y-%m-%d %H:%M") if hit.date else "????-??-?? ??:??"
+    head = f"{date}  {_fit(_short_from(hit.from_), 24)}  {_fit(hit.subject or '(no subject)', 50)}"
+    line = f"{head}  {hit.id[:12]}"
+    if hit.snippet:
+        snippet = clean(hit.snippet)
+        if color and hit.highlights:
+            out, cursor = "", 0
+            for start, end in hit.highlights:
+                out += snippet[cursor:start] + BOLD + snippet[start:end] + RESET
+                cursor = end
+            snippet = out + snippet[cursor:]
+        line += f"  {snippet}"
+    return line
+
+
+def iter_lines(results: Results, *, mode: str, color: bool) -> Iterator[str]:
+    import json
+
+    for hit in results.hits:
+        if mode == "ids":
+            yield hit.id
+        elif mode == "json":
+            yield json.dumps(hit.as_json(), ensure_ascii=False)
+        else:
+            yield format_hit(hit, color=color)
+
+
+def isatty(stream: Any) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,501 @@
+"""The query language: lexing a mailvault query and translating it into Tantivy's.
+
+Pure string work (plus Tantivy's analyzer, so that query words are folded exactly as the indexed
+text was); nothing here opens an index.  Errors quote the bad token and its column.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import tantivy
+
+from mailvault import index as ix
+from mailvault.errors import QuerySyntaxError
+
+# -- the user-visible field names ---------------------------------------------------------------
+
+# name as typed -> (kind, index field)
+FIELD_ALIASES: dict[str, tuple[str, str]] = {
+    "from": ("addr", "from"),
+    "to": ("addr", "to"),
+    "cc": ("addr", "cc"),
+    "bcc": ("addr", "bcc"),
+    "recipient": ("addr", "recipient"),  # to, cc or bcc
+    "subject": ("text", "subject"),
+    "body": ("text", "body"),
+    "attachment": ("text", "attachment"),
+    "filename": ("text", "attachment"),
+    "attachment-text": ("text", "attachment_text"),
+    "attachment_text": ("text", "attachment_text"),
+    "list": ("text", "list_id"),
+    "list-id": ("text", "list_id"),
+    "list_id": ("text", "list_id"),
+    "message-id": ("msgid", "message_id"),
+    "message_id": ("msgid", "message_id"),
+    "mid": ("msgid", "message_id"),
+    "thread": ("msgid", "thread"),
+    "account": ("raw", "account"),
+    "id": ("sha", "id"),
+    "date": ("date", "date"),
+    "after": ("after", "date"),
+    "before": ("before", "date"),
+    "size": ("size", "size"),
+    "has": ("has", ""),
+    "is": ("is", ""),
+}
+PRIMARY_FIELDS = [
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "recipient",
+    "subject",
+    "body",
+    "attachment",
+    "attachment-text",
+    "message-id",
+    "list",
+    "thread",
+    "account",
+    "id",
+    "date",
+    "after",
+    "before",
+    "size",
+    "has",
+    "is",
+]
+VIRTUAL_FIELDS = {"recipient": ("to", "cc", "bcc")}
+HAS_VALUES = {"attachment": "has_attachment:true", "attachments": "has_attachment:true"}
+IS_VALUES = {"unreadable": "unreadable:true"}
+
+ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+FIELD_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):")
+BOOST = re.compile(r"\^(\d+(?:\.\d+)?)$")
+SIZE_VALUE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+DATE_VALUE = re.compile(r"^(\d{4})(?:[-/](\d{1,2})(?:[-/](\d{1,2}))?)?$")
+
+SORTS = ("-date", "date", "score")
+
+
+def _fail(query: str, pos: int, length: int, message: str) -> QuerySyntaxError:
+    """An error that quotes the bad token and its column (1-based) in the user's query."""
+    token = query[pos : pos + max(length, 1)] if pos < len(query) else "end of query"
+    # columns as the user typed the query: without the joiners normalize() put in CJK runs
+    where = f"at column {len(ix.display(query[:pos])) + 1}" if pos < len(query) else "at the end"
+    token, query = ix.display(token), ix.display(query)
+    return QuerySyntaxError(f"invalid query: {message}: {token!r} {where} of {query!r}")
+
+
+# -- lexing ------------------------------------------------------------------------------------
+
+
+class _Tok:
+    """One lexed token.  (Plain classes, not dataclasses: ``dataclasses`` imports ``inspect``,
+    which costs the search path ~7 ms at start-up.)"""
+
+    __slots__ = ("kind", "pos", "end", "text", "field", "value", "quoted", "suffix", "modifier")
+
+    def __init__(
+        self,
+        kind: str,  # "(" ")" "op" "term"
+        pos: int,
+        end: int,
+        text: str = "",  # op name, or the raw term text
+        *,
+        field: str | None = None,  # as typed, lower-cased
+        modifier: str = "",  # "+" "-" or ""
+    ) -> None:
+        self.kind, self.pos, self.end, self.text = kind, pos, end, text
+        self.field, self.modifier = field, modifier
+        self.value = ""  # term value without field, quotes and suffix
+        self.quoted = False
+        self.suffix = ""  # after a closing quote: ~N, *, ^N
+
+
+SPECIAL = set('()"')
+
+
+def _lex(query: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    i, n = 0, len(query)
+    field_stack: list[str | None] = []
+    while i < n:
+        c = query[i]
+        if c.isspace():
+            i += 1
+            continue
+        if c == "(":
+            toks.append(_Tok("(", i, i + 1))
+            field_stack.append(None)
+            i += 1
+            continue
+        if c == ")":
+            toks.append(_Tok(")", i, i + 1))
+            if field_stack:
+                field_stack.pop()
+            i += 1
+            continue
+        start = i
+        modifier = ""
+        if c in "+-!" and i + 1 < n and not query[i + 1].isspace():
+            modifier = "-" if c in "-!" else "+"
+            i += 1
+            if query[i] == "(":
+                toks.append(_Tok("(", start, i + 1, modifier=modifier))
+                field_stack.append(field_stack[-1] if field_stack else None)
+                i += 1
+                continue
+        # an operator word?
+        m = re.match(r"(AND|OR|NOT|&&|\|\||!)(?=[\s()]|$)", query[i:])
+        if m and not modifier:
+            op = {"&&": "AND", "||": "OR", "!": "NOT"}.get(m.group(1), m.group(1))
+            toks.append(_Tok("op", start, i + m.end(), op))
+            i += m.end()
+            continue
+        fm = FIELD_PREFIX.match(query[i:])
+        fname: str | None = None
+        if fm:
+            fname = fm.group(1).lower()
+            if fname not in FIELD_ALIASES:
+                raise _fail(
+                    query,
+                    i,
+                    fm.end(),
+                    f"unknown field {fm.group(1)!r} (known: {', '.join(PRIMARY_FIELDS)};"
+                    " to search for the text, put it in double quotes)",
+                )
+            i += fm.end()
+            if i < n and query[i] == "(":
+                # field:( ... ): the field applies to every term inside
+                toks.append(_Tok("(", start, i + 1, modifier=modifier))
+                field_stack.append(fname)
+                i += 1
+                continue
+        elif field_stack and field_stack[-1] is not None:
+            fname = field_stack[-1]
+        tok = _Tok("term", start, i, field=fname, modifier=modifier)
+        if i < n and query[i] == '"':
+            close = query.find('"', i + 1)
+            while close != -1 and query[close - 1] == "\\":
+                close = query.find('"', close + 1)
+            if close == -1:
+                raise _fail(query, i, n - i, 'unclosed double quote (add a closing ")')
+            tok.value = query[i + 1 : close].replace('\\"', '"')
+            tok.quoted = True
+            i = close + 1
+            sm = re.match(r"(~\d+|\*|\^\d+(?:\.\d+)?)*", query[i:])
+            tok.suffix = sm.group(0) if sm else ""
+            i += len(tok.suffix)
+            if i < n and query[i] in "~^":
+                raise _fail(
+                    query, i, 1, f'{query[i]} after a phrase takes a number (as in "a b"~2)'
+                )
+        elif i < n and query[i] in "[{":
+            close = min(
+                (p for p in (query.find("]", i), query.find("}", i)) if p != -1), default=-1
+            )
+            if close == -1:
+                raise _fail(query, i, n - i, "unclosed range (end it with ] or })")
+            tok.value = query[i : close + 1]
+            i = close + 1
+        else:
+            j = i
+            while j < n and not query[j].isspace() and query[j] not in SPECIAL:
+                j += 1
+            tok.value = query[i:j]
+            i = j
+            if not tok.value and fname is not None:
+                raise _fail(query, start, i - start, "a field needs a value")
+        tok.end = i
+        tok.text = query[start:i]
+        toks.append(tok)
+    return toks
+
+
+# -- translation -------------------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", " ").replace('"', " ") + '"'
+
+
+def _regex_escape(value: str) -> str:
+    return re.sub(r"([\\.+*?()|\[\]{}^$#&~/<>\"-])", r"\\\1", value)
+
+
+def _fold(value: str) -> list[str]:
+    """The query-side analysis of a text value (same as the indexed side)."""
+    return list(_analyzer().analyze(ix.normalize(value)))
+
+
+_ANALYZER: list[tantivy.TextAnalyzer] = []
+
+
+def _analyzer() -> tantivy.TextAnalyzer:
+    if not _ANALYZER:
+        _ANALYZER.append(ix.text_analyzer())
+    return _ANALYZER[0]
+
+
+def _fields_of(name: str | None) -> tuple[str, ...]:
+    if name is None:
+        return ix.DEFAULT_FIELDS
+    return VIRTUAL_FIELDS.get(name, (name,))
+
+
+def _any(clauses: list[str]) -> str:
+    return clauses[0] if len(clauses) == 1 else "(" + " OR ".join(clauses) + ")"
+
+
+def _day_start(query: str, tok: _Tok, value: str) -> tuple[datetime, datetime]:
+    """The [start, end) instants of a date value: a year, a month, a day, or a timestamp."""
+    m = DATE_VALUE.match(value)
+    try:
+        if m:
+            year, month, day = int(m.group(1)), m.group(2), m.group(3)
+            if month is None:
+                return datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+            mon = int(month)
+            if day is None:
+                start = datetime(year, mon, 1, tzinfo=UTC)
+                end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC)
+                return start, end
+            start = datetime(year, mon, int(day), tzinfo=UTC)
+            return start, start + timedelta(days=1)
+        stamp = datetime.fromisoformat(value)
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        stamp = stamp.astimezone(UTC)
+        return stamp, stamp + timedelta(seconds=1)
+    except ValueError:
+        raise _fail(
+            query, tok.pos, tok.end - tok.pos, "expected a date YYYY, YYYY-MM or YYYY-MM-DD"
+        ) from None
+
+
+def iso_utc(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _size(query: str, tok: _Tok, value: str) -> int:
+    m = SIZE_VALUE.match(value.strip())
+    if not m:
+        raise _fail(
+            query, tok.pos, tok.end - tok.pos, "expected a size such as 2048, 10k, 1.5M or 2G"
+        )
+    size = int(float(m.group(1)) * SIZE_UNITS[m.group(2).lower()])
+    if size >= 2**63:  # the index stores sizes as signed 64-bit integers
+        raise _fail(
+            query, tok.pos, tok.end - tok.pos, f"size too large for the index (at most {2**63 - 1})"
+        )
+    return size
+
+
+RANGE = re.compile(r"^([\[{])\s*(\S+)\s+TO\s+(\S+)\s*([\]}])$")
+COMPARE = re.compile(r"^(>=|<=|>|<)(.+)$")
+
+
+def _date_clause(query: str, tok: _Tok, kind: str) -> str:
+    value = tok.value.strip()
+    if kind == "after":
+        return f"date:[{iso_utc(_day_start(query, tok, value)[0])} TO *]"
+    if kind == "before":
+        return f"date:[* TO {iso_utc(_day_start(query, tok, value)[0])}}}"
+    rm = RANGE.match(value)
+    if rm:
+        low, high = rm.group(2), rm.group(3)
+        lo = "*" if low == "*" else iso_utc(_day_start(query, tok, low)[rm.group(1) == "{"])
+        hi = "*" if high == "*" else iso_utc(_day_start(query, tok, high)[rm.group(4) == "]"])
+        return f"date:[{lo} TO {hi}}}" if hi != "*" else f"date:[{lo} TO *]"
+    cm = COMPARE.match(value)
+    if cm:
+        start, end = _day_start(query, tok, cm.group(2))
+        return {
+            ">": f"date:[{iso_utc(end)} TO *]",
+            ">=": f"date:[{iso_utc(start)} TO *]",
+            "<": f"date:[* TO {iso_utc(start)}}}",
+            "<=": f"date:[* TO {iso_utc(end)}}}",
+        }[cm.group(1)]
+    if value.startswith(("[", "{")):
+        raise _fail(query, tok.pos, tok.end - tok.pos, "expected a range [FROM TO UNTIL]")
+    start, end = _day_start(query, tok, value)
+    return f"date:[{iso_utc(start)} TO {iso_utc(end)}}}"
+
+
+def _size_clause(query: str, tok: _Tok) -> str:
+    value = tok.value.strip()
+    rm = RANGE.match(value)
+    if rm:
+        lo = "*" if rm.group(2) == "*" else str(_size(query, tok, rm.group(2)))
+        hi = "*" if rm.group(3) == "*" else str(_size(query, tok, rm.group(3)))
+        return f"size:{rm.group(1)}{lo} TO {hi}{rm.group(4)}"
+    cm = COMPARE.match(value)
+    if cm:
+        return f"size:{cm.group(1)}{_size(query, tok, cm.group(2))}"
+    return f"size:{_size(query, tok, value)}"
+
+
+def _prefix_clause(query: str, tok: _Tok, fields: tuple[str, ...], value: str) -> str:
+    words = _fold(value)
+    if not words and tok.field is not None and not value.strip():
+        return _any([f"{f}:/.+/" for f in fields])  # `to:*`: any value at all in the field
+    if not words:
+        raise _fail(query, tok.pos, tok.end - tok.pos, "nothing to search for before the *")
+    if len(words) == 1:
+        pattern = _regex_escape(words[0]) + ".*"
+        return _any([f"{f}:/{pattern}/" for f in fields])
+    phrase = _quote(" ".join(words))
+    return _any([f"{f}:{phrase}*" for f in fields])
+
+
+def _term_clause(query: str, tok: _Tok) -> str:
+    value = tok.value
+    kind, target = FIELD_ALIASES[tok.field] if tok.field else ("text", "")
+    span = (tok.pos, tok.end - tok.pos)
+    if tok.field is None and not tok.quoted and value == "*":
+        return "*"
+    if kind in ("date", "after", "before"):
+        return _date_clause(query, tok, kind)
+    if kind == "size":
+        return _size_clause(query, tok)
+    if kind in ("has", "is"):
+        table = HAS_VALUES if kind == "has" else IS_VALUES
+        clause = table.get(value.lower())
+        if clause is None:
+            raise _fail(query, *span, f"{kind}: takes one of {', '.join(sorted(table))}")
+        return clause
+    if kind == "sha":
+        digest = value.lower()
+        if not re.fullmatch(r"[0-9a-f]{1,64}\*?", digest):
+            raise _fail(query, *span, "id: takes a sha256 or a prefix of one (hex digits)")
+        digest = digest.rstrip("*")
+        return f"id:{_quote(digest)}" if len(digest) == 64 else f"id:/{digest}.*/"
+    if kind in ("msgid", "raw"):
+        raw = value.strip()
+        if kind == "msgid":
+            raw = raw.removeprefix("<").removesuffix(">")
+            if not raw.strip("<>* "):
+                raise _fail(query, *span, "message-id: needs an id (as in message-id:<abc@x>)")
+        if not tok.quoted and raw.endswith("*"):
+            return f"{target}:/{_regex_escape(raw[:-1])}.*/"
+        return f"{target}:{_quote(raw)}"
+    fields = _fields_of(target or None)
+    boost = ""
+    suffix = tok.suffix
+    if not tok.quoted:
+        bm = BOOST.search(value)
+        if bm:
+            boost, value = "^" + bm.group(1), value[: bm.start()]
+        elif "^" in value:
+            raise _fail(query, *span, "^ takes a number (a boost, as in word^2)")
+        if kind == "addr" and value.startswith("*@") and len(value) > 2:
+            value = value[2:]  # from:*@example.com: the domain, as from:example.com finds it
+        if "*" in value.rstrip("*"):
+            raise _fail(query, *span, "* only ends a word (a prefix, as in invoic*)")
+    if kind == "addr" and ADDRESS.match(value) and not value.endswith("*") and not suffix:
+        return _any([f"{f}_addr:{_quote(value.lower())}{boost}" for f in fields])
+    if (not tok.quoted and value.endswith("*")) or (tok.quoted and suffix.startswith("*")):
+        return _prefix_clause(query, tok, fields, value.rstrip("*"))
+    text = ix.normalize(value)
+    if not re.search(r"\w", text):
+        raise _fail(
+            query,
+            *span,
+            "nothing to search for here (no letters or digits); quote it if you mean it",
+        )
+    if target:
+        return _any([f"{f}:{_quote(text)}{suffix}{boost}" for f in fields])
+    return f"{_quote(text)}{suffix}{boost}"
+
+
+def translate(query: str) -> str:
+    """Rewrite a mailvault query into Tantivy's query language (raises QuerySyntaxError)."""
+    return translate_with_words(query)[0]
+
+
+def translate_with_words(query: str) -> tuple[str, list[str]]:
+    """The Tantivy query, and the folded words the body snippet should show."""
+    query = ix.normalize(query)
+    if not query.strip():
+        raise QuerySyntaxError("invalid query: it is empty (use '*' to match every message)")
+    toks = _lex(query)
+    out, _ = _group(query, toks, 0, top=True)
+    words: list[str] = []
+    for tok in toks:
+        if (
+            tok.kind == "term"
+            and tok.modifier != "-"
+            and tok.field in (None, "body")
+            and tok.value != "*"
+        ):
+            value = tok.value.rstrip("*")
+            # folded (as indexed) and as typed: the body is searched for either
+            for w in [*_fold(value), *re.findall(r"\w+", value.lower())]:
+                if w not in words:
+                    words.append(w)
+    return out, words
+
+
+def _group(query: str, toks: list[_Tok], i: int, *, top: bool) -> tuple[str, int]:
+    """Translate tokens up to the matching ')' (or the end); AND binds tighter than OR."""
+    runs: list[list[tuple[str, bool]]] = [[]]  # runs of ANDed (clause, negated)
+    negate_next = False
+    dangling: _Tok | None = None  # an operator still waiting for its right-hand side
+    while i < len(toks):
+        tok = toks[i]
+        if tok.kind == ")":
+            if top:
+                raise _fail(query, tok.pos, 1, "unmatched closing parenthesis")
+            break
+        if tok.kind == "op":
+            if tok.text == "NOT":
+                negate_next = not negate_next
+            elif dangling is not None and dangling.text in ("AND", "OR"):
+                raise _fail(
+                    query,
+                    tok.pos,
+                    tok.end - tok.pos,
+                    f"{tok.text} right after {dangling.text}: a word is missing between them",
+                )
+            elif not runs[-1]:
+                raise _fail(query, tok.pos, tok.end - tok.pos, f"{tok.text} needs a left side")
+            elif tok.text == "OR":
+                runs.append([])
+            dangling = tok
+            i += 1
+            continue
+        if tok.kind == "(":
+            inner, i = _group(query, toks, i + 1, top=False)
+            if i >= len(toks) or toks[i].kind != ")":
+                raise _fail(query, tok.pos, tok.end - tok.pos, "unclosed parenthesis (add a ')')")
+            clause = f"({inner})"
+        else:
+            clause = _term_clause(query, tok)
+        negated = negate_next != (tok.modifier == "-")
+        runs[-1].append((clause, negated))
+        negate_next = False
+        dangling = None
+        i += 1
+    if dangling is not None:
+        raise _fail(
+            query, dangling.pos, dangling.end - dangling.pos, f"{dangling.text} needs a right side"
+        )
+    if not runs[-1]:
+        if len(runs) == 1 and not top and i >= len(toks):
+            return "", i  # `(` at the end: the caller reports the unclosed parenthesis
+        if len(runs) == 1 and not top:
+            opening = toks[i - 1]
+            raise _fail(query, opening.pos, opening.end - opening.pos, "empty parentheses")
+        if len(runs) == 1:
+            raise QuerySyntaxError("invalid query: nothing to search for")
+    parts = []
+    for run in runs:
+        clauses = [("-" if neg else "") + c for c, neg in run]
+        if all(neg for _, neg in run):
+            clauses.insert(0, "*")
+        parts.append(clauses[0] if len(clauses) == 1 else "(" + " AND ".join(clauses) + ")")
+    return " OR ".join(parts), i
