@@ -6,9 +6,12 @@ any file size.  Where a message ends is decided in this order:
 
 1. **The export manifest.**  Beside an mbox written by ``mailvault export`` lie
    ``<mbox>.manifest.json(l)`` with each message's exact offset and length and its sha256.  The
-   reader follows them in step with the file (flat memory), takes exactly those bytes, and the
-   import rejects a message whose bytes no longer hash to the manifest's value.  This also
-   restores messages that did not end with a line break, which plain mbox cannot represent.
+   reader follows them in step with the file (flat memory) and takes exactly those bytes if
+   they hash to the manifest's value.  If they do not (a message was deleted or edited, and
+   another one now starts at that offset), the message is split as below, and the import then
+   either finds it listed elsewhere in the manifest or rejects it as damaged.  The manifest also
+   restores messages that did not end with a line break, which plain mbox cannot represent,
+   wherever an edit moved them.
 2. **Content-Length.**  If the header block has ``Content-Length: N`` and the body start plus N
    lands exactly on a boundary (end of file, a ``From `` line, or a blank line then a ``From ``
    line), that is the end (Netscape, Solaris mail and mboxcl files rely on it).  Otherwise the
@@ -33,6 +36,7 @@ not match its manifest entry, and manifest entries the file no longer has at the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -243,6 +247,35 @@ class _Reader:
             end = nxt - 2
         return end, nxt
 
+    def _digests(self, start: int, end: int) -> tuple[str, str | None]:
+        """sha256 of the message in bytes [start, end) as it would be stored, and of the same
+        without its last byte if that is a line feed (one pass)."""
+        h = hashlib.sha256()
+        last = b""
+        for piece in self.f.pieces(start, end, unquote=self.variant == "mboxrd"):
+            if last:
+                h.update(last)
+            last = piece
+        short = None
+        if last.endswith(b"\n"):
+            h.update(last[:-1])
+            short = h.copy()
+            h.update(b"\n")
+        else:
+            h.update(last)
+        return h.hexdigest(), short.hexdigest() if short is not None else None
+
+    def _listed_end(self, start: int, end: int) -> int:
+        """Where a message found away from its manifest offset ends: one byte earlier if only
+        that form is in the manifest.  A message exported without a final line break is written
+        with two LFs after it, and splitting at the next From_ line takes only one of them away;
+        the manifest, which knows its exact bytes, decides."""
+        assert self.cursor is not None
+        full, short = self._digests(start, end)
+        if short is not None and not self.cursor.lists(full) and self.cursor.lists(short):
+            return end - 1
+        return end
+
     # -- the file -----------------------------------------------------------------------------
     def _missed(self) -> Iterator[Event]:
         if self.cursor is not None:
@@ -274,6 +307,12 @@ class _Reader:
             span: tuple[int, int] | None = None
             if entry is not None:  # its hash is checked even if the file ends too early
                 span = self._by_manifest(start, entry)
+                if span is not None and self._digests(start, span[0])[0] not in entry.hashes:
+                    # Another message sits where the manifest places this one: deleting a
+                    # message moves the next one to exactly its offset.  Split it as if there
+                    # were no manifest; the import then finds it listed elsewhere, or rejects it.
+                    span = None
+            guided = span is not None
             if span is None:
                 found = self._by_content_length(start)
                 if isinstance(found, Warned):
@@ -283,6 +322,8 @@ class _Reader:
             if span is None:
                 span = self._by_separator(start)
             end, nxt = span
+            if not guided and self.cursor is not None and end > start:
+                end = self._listed_end(start, end)
             if end == start and entry is None:
                 yield Rejected(path, start, "an empty message (a From_ line and nothing else)", 0)
             else:
