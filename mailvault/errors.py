@@ -32,12 +32,18 @@ Whether to retry is a property of the error class (``retryable``), so the retry 
 
 from __future__ import annotations
 
+from mailvault.redact import redact
+
 
 class MailvaultError(Exception):
     """Base of every error mailvault reports to a user."""
 
     exit_code: int = 3
     retryable: bool = False
+
+    def __str__(self) -> str:
+        # A server may quote a password back in its -ERR text (see mailvault.redact).
+        return redact(super().__str__())
 
 
 class UsageError(MailvaultError):

@@ -46,6 +46,7 @@ from mailvault.errors import (
     TransportError,
 )
 from mailvault.group_commit import Batch, GroupCommitter, Results
+from mailvault.redact import redact
 from mailvault.secrets import resolve_secret
 from mailvault.session import PIPELINE_WINDOW, ListedMessage, Pop3Session, Trace
 from mailvault.store import BlobStore, BlobWriter, StagedBlob
@@ -201,6 +202,9 @@ class AccountFetcher:
             interrupted = True
             raise
         finally:
+            # Server text in errors and warnings may quote a password (see mailvault.redact).
+            self.report.errors = [redact(e) for e in self.report.errors]
+            self.report.warnings = [redact(w) for w in self.report.warnings]
             if self.run_id is not None:
                 status = "interrupted" if interrupted else self.report.status
                 self.catalog.finish_run(

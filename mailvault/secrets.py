@@ -17,10 +17,17 @@ from pathlib import Path
 
 from mailvault.config import AccountConfig
 from mailvault.errors import ConfigError
+from mailvault.redact import register_secret
 
 
 def resolve_secret(account: AccountConfig) -> str:
-    """Return the password (or XOAUTH2 token) for ``account``."""
+    """Return the password (or XOAUTH2 token) for ``account``, registered for redaction."""
+    secret = _resolve(account)
+    register_secret(secret)
+    return secret
+
+
+def _resolve(account: AccountConfig) -> str:
     where = f"{account.config_path or 'mailvault.toml'}: accounts.{account.name}"
     if account.password_env:
         value = os.environ.get(account.password_env)
@@ -45,10 +52,28 @@ def resolve_secret(account: AccountConfig) -> str:
                 f"{where}: password_file {path} is readable by other users "
                 f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
             )
-        value = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
-        if not value:
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{where}: password_file {path} is a directory; name the file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: cannot read password_file {path} ({exc.strerror})"
+            ) from None
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{where}: password_file {path} is not UTF-8 text; save it as UTF-8"
+            ) from None
+        if not lines:
             raise ConfigError(f"{where}: password_file {path} is empty")
-        return value
+        if not lines[0]:
+            raise ConfigError(
+                f"{where}: the first line of password_file {path} is empty; the password "
+                "must be on the first line"
+            )
+        return lines[0]
     if account.password_command:
         returncode, stdout = _run_password_command(account.password_command, where)
         if returncode != 0:

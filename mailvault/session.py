@@ -22,6 +22,7 @@ from mailvault.errors import (
     TLSError,
     server_error_for,
 )
+from mailvault.redact import register_secret
 from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
 
 Trace = Callable[[str], None]
@@ -223,6 +224,7 @@ class Pop3Session:
             else:
                 mode = "user"
         secret = self._secret()
+        register_secret(secret)  # a test or another caller may not use resolve_secret
         try:
             if mode == "user":
                 self._status(pop3.User(user))
@@ -238,11 +240,13 @@ class Pop3Session:
                 self._status(pop3.Apop(user, digest))
             elif mode == "plain":
                 token = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+                register_secret(token)
                 self._sasl("PLAIN", token)
             elif mode == "xoauth2":
                 token = base64.b64encode(
                     f"user={user}\x01auth=Bearer {secret}\x01\x01".encode()
                 ).decode()
+                register_secret(token)
                 self._sasl("XOAUTH2", token, two_step=True)
         except ServerError as exc:
             if type(exc) is ServerError:  # a bare -ERR to a login command means bad credentials

@@ -87,6 +87,27 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "leaked" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b"\xff\xfesecret\n"), "is not UTF-8 text"),
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.write_bytes(b"\nsecret\n"), "the password must be on the first line"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+    ],
+)
+def test_an_unusable_password_file_is_a_config_error(
+    tmp_path: Path, make: object, message: str
+) -> None:
+    path = tmp_path / "pw"
+    make(path)  # type: ignore[operator]
+    os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    text = GOOD.replace('password_env = "JOURNAL_PW"', f'password_file = "{path}"')
+    with pytest.raises(ConfigError, match=message) as err:
+        resolve_secret(parse_config(tmp_path / "m.toml", text).account("journal"))
+    assert "secret" not in str(err.value)
+
+
 def test_no_vault_names_a_command_that_works(tmp_path: Path) -> None:
     """The hint for a missing vault is a command line that runs as written."""
     import shlex

@@ -522,6 +522,36 @@ def test_no_secret_anywhere_in_the_vault_or_output(tmp_path: Path) -> None:
             assert secret.encode() not in path.read_bytes(), f"password found in {path}"
 
 
+@pytest.mark.parametrize("auth", ["user", "plain"])
+def test_a_password_the_server_quotes_back_is_redacted_everywhere(
+    tmp_path: Path, auth: str
+) -> None:
+    """Some servers quote the credentials in their -ERR ("wrong password: <arg>", or the
+    decoded SASL token): that text reaches errors, the JSON report, the trace, the log, the
+    catalog's runs table and `check`.  Neither the password nor its base64 form may."""
+    import base64
+
+    secret = "alice-secret"
+    token = base64.b64encode(b"\0alice\0" + secret.encode()).decode()
+    with FakePop3Server(corpus(), faults=Faults(echo_credentials=True)) as server:
+        vault = vault_for(tmp_path, server, auth=auth)
+        trace = tmp_path / "trace.txt"
+        outputs = [
+            run_cli(vault, "-vv", "fetch", "--trace", str(trace)),
+            run_cli(vault, "fetch", "--json"),
+            run_cli(vault, "-vv", "check", "acct"),
+        ]
+    assert [r.exit_code for r in outputs] == [1, 1, 1]
+    assert "****" in outputs[0].stderr  # the server's text is kept, the secret masked
+    for result in outputs:
+        for text in (result.output, result.stderr):
+            assert secret not in text and token not in text, text
+    for path in [trace, *vault.rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data and token.encode() not in data, path
+
+
 def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group) while batches stream and commit: exit 130, every
     deleted message committed, no temp file left, and the next run completes."""

@@ -22,6 +22,7 @@ import click
 
 from mailvault import __version__
 from mailvault.errors import MailvaultError, from_storage_error
+from mailvault.redact import redact
 
 # Command name -> module under mailvault.cli that defines it.  Commands load lazily so that
 # `mailvault search` imports the search path only (no catalog library, no parser, no TLS).
@@ -41,6 +42,13 @@ COMMAND_MODULES = {
     "hold": "compliance_cmd",
     "retention": "compliance_cmd",
 }
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Log lines may carry exception text from a server, which may quote a password."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def default_vault_path() -> Path:
@@ -102,7 +110,9 @@ def cli(ctx: click.Context, vault_path: Path | None, verbose: int, quiet: bool) 
     """mailvault: archive POP3 mailboxes into a lossless, searchable vault."""
     os.umask(0o077)  # everything mailvault writes (vault, exports, traces) is private
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="mailvault: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("mailvault: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     ctx.obj = {"vault_path": vault_path or default_vault_path(), "quiet": quiet}
 
 

@@ -16,10 +16,12 @@ from mailvault.cli import cli
 from mailvault.cli._common import IndexProgress, print_json, vault_from
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.fetch import fetch_accounts
+from mailvault.redact import redact
 
 
 class _TraceFile:
-    """Thread-safe writer of the redacted POP3 dialogue (the session already redacts)."""
+    """Thread-safe writer of the POP3 dialogue: our commands are rendered redacted by the
+    session, and what the server says passes ``redact`` (it may quote a password back)."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -29,7 +31,7 @@ class _TraceFile:
         now = time.time()
         stamp = f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now * 1000) % 1000:03d}"
         with self.lock:
-            self.stream.write(f"{stamp} {line}\n")
+            self.stream.write(f"{stamp} {redact(line)}\n")
 
 
 def _open_trace(path: Path, names: list[str]) -> IO[str]:

@@ -95,6 +95,7 @@ class Faults:
     reuse_uidls: bool = False  # new default UIDLs reuse the lowest "uid-<n>" not in the mailbox
     drop_pipelined: bool = False  # advertise PIPELINING, then drop what follows a command in a read
     login_delay: int | None = None  # advertise LOGIN-DELAY n
+    echo_credentials: bool = False  # refuse every login, quoting what the client sent
 
 
 @dataclass
@@ -346,6 +347,9 @@ class _Session:
             self._reply("-ERR send USER first")
             return
         user, self.user = self.user, None
+        if self.faults.echo_credentials:
+            self._reply(f"-ERR [AUTH] wrong password: {arg}")
+            return
         self._login(user == self.server.user and arg == self.server.password)
 
     def _apop(self, arg: str) -> None:
@@ -374,6 +378,11 @@ class _Session:
             if response == "*":
                 self._reply("-ERR authentication cancelled")
                 return
+        if self.faults.echo_credentials:
+            with contextlib.suppress(binascii.Error, ValueError):
+                response += " = " + base64.b64decode(response).decode("latin-1")
+            self._reply(f"-ERR [AUTH] rejected {response}")
+            return
         try:
             decoded = b"" if response == "=" else base64.b64decode(response, validate=True)
             authz, authc, password = decoded.decode("utf-8").split("\0")
