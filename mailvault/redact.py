@@ -42,3 +42,11 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def forget_secrets() -> None:
+    """Drop every registered secret.  One process runs one command, so only tests (which run
+    many commands in one process) need this."""
+    global _SECRETS
+    with _LOCK:
+        _SECRETS = ()

@@ -76,3 +76,19 @@ def vault(tmp_path: Path, crafted: list[bytes]) -> Path:
     root = new_vault(tmp_path / "vault")
     add_messages(root, crafted)
     return root
+
+
+# --------------------------------------------------------------------------------------
+# Secrets: mailvault masks every password it has used in any text it writes, for the life of
+# the process (mailvault/redact.py).  Tests run many commands in one process: each starts
+# with none registered, so one test's password ("wrong") does not mask another's output.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    from mailvault.redact import forget_secrets
+
+    forget_secrets()
+    yield
+    forget_secrets()
