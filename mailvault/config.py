@@ -7,6 +7,8 @@ the fix, because a nightly job's log is read by someone who did not write the co
 
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,45 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+def _is_integer(_checker: object, value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # not 110.0, not true
+
+
+def _is_number(_checker: object, value: object) -> bool:
+    return _is_integer(_checker, value) or (isinstance(value, float) and math.isfinite(value))
+
+
+# TOML has integers and floats apart; JSON Schema would take 110.0 for an integer and nan for a
+# number (every comparison with nan is false, so no bound stops it).
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number}
+    ),
+)
+_TYPE_NAMES = {
+    "integer": "an integer (no decimal point)",
+    "number": "a number",
+    "string": 'a string (in "quotes")',
+    "boolean": "true or false",
+    "object": "a table",
+    "array": "an array",
+}
+
+
+def _toml(value: object) -> str:
+    """A value as it would be written in TOML, for messages (not Python's repr)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return repr(value)
+
+
 def _explain(error: jsonschema.ValidationError) -> str:
     """Turn a jsonschema error into 'key: problem; fix'."""
     key = _key_path(error)
@@ -104,22 +145,37 @@ def _explain(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return f"[{key}] is missing a required key: {error.message.split(' is ')[0]}"
     if error.validator == "enum":
-        choices = " | ".join(map(str, error.validator_value))
-        return f"{key} = {error.instance!r} is not allowed; use one of: {choices}"
+        choices = " | ".join(_toml(v) for v in error.validator_value)
+        return f"{key} = {_toml(error.instance)} is not allowed; use one of: {choices}"
     if error.validator == "type":
+        wanted = _TYPE_NAMES.get(str(error.validator_value), str(error.validator_value))
+        return f"{key} = {_toml(error.instance)} has the wrong type; it must be {wanted}"
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum"):
+        bounds = error.schema
+        low = bounds.get("minimum", bounds.get("exclusiveMinimum"))
+        above = "above" if "exclusiveMinimum" in bounds else "at least"
+        wanted = f"{above} {low}" if low is not None else ""
+        if "maximum" in bounds:
+            wanted += f"{' and ' if wanted else ''}at most {bounds['maximum']}"
+        hint = f" ({bounds['description']})" if "description" in bounds else ""
+        return f"{key} = {_toml(error.instance)} is out of range; it must be {wanted}{hint}"
+    if error.validator == "pattern" and "description" in error.schema:
         return (
-            f"{key} = {error.instance!r} has the wrong type; it must be a {error.validator_value}"
+            f"{key} = {_toml(error.instance)} is not valid; it must be "
+            f"{error.schema['description']}"
         )
+    if "propertyNames" in error.schema_path:
+        return f'[{key}.""]: an empty name is not allowed; give it a name'
     return f"{key}: {error.message}"
 
 
 def parse_config(path: Path, text: str) -> Config:
     """Parse and validate config text; raise ConfigError naming file, key and fix."""
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))  # a BOM from a Windows editor
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax at that line") from None
-    validator = jsonschema.Draft202012Validator(json_schema("config.schema.json"))
+    validator = _Validator(json_schema("config.schema.json"))
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError(f"{path}: {_explain(errors[0])}")
@@ -162,6 +218,14 @@ def _account(path: Path, name: str, table: dict[str, Any]) -> AccountConfig:
             f'{path}: accounts.{name} uses tls = "none", which sends the password in clear text; '
             'use tls = "implicit" or "starttls", or set allow_plaintext_auth = true if you mean it'
         )
+    if tls == "none":
+        ignored = [k for k in ("tls_fingerprint", "ca_file") if table.get(k)]
+        if ignored:
+            raise ConfigError(
+                f'{path}: accounts.{name} sets {" and ".join(ignored)} but tls = "none", so '
+                f'there is no certificate to check; use tls = "implicit" or "starttls", or '
+                f"remove {' and '.join(ignored)}"
+            )
     fields = {k: v for k, v in table.items() if k != "port"}
     if fields.get("ca_file") == "":
         fields.pop("ca_file")

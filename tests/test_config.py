@@ -31,9 +31,31 @@ def test_defaults_follow_tls_mode() -> None:
     ("extra", "needle"),
     [
         ("prot = 1\n", "unknown key prot in [accounts.journal]"),
-        ('tls = "ssl"\n', "tls = 'ssl' is not allowed; use one of: implicit | starttls | none"),
-        ('port = "995"\n', "port = '995' has the wrong type"),
-        ('delete = "always"\n', "delete = 'always' is not allowed"),
+        (
+            'tls = "ssl"\n',
+            'tls = "ssl" is not allowed; use one of: "implicit" | "starttls" | "none"',
+        ),
+        ('port = "995"\n', 'port = "995" has the wrong type; it must be an integer'),
+        ("port = 995.0\n", "port = 995.0 has the wrong type; it must be an integer"),
+        ("retries = 1.0\n", "retries = 1.0 has the wrong type; it must be an integer"),
+        ("timeout = nan\n", "timeout = nan has the wrong type; it must be a number"),
+        ("timeout = inf\n", "timeout = inf has the wrong type; it must be a number"),
+        ("timeout = 0\n", "timeout = 0 is out of range; it must be above 0 and at most 3600"),
+        ("allow_plaintext_auth = 1\n", "it must be true or false"),
+        ('delete = "always"\n', 'delete = "always" is not allowed'),
+        ("delete = true\n", "delete = true is not allowed"),
+        (
+            'delete = "after-commit"\ndelete_after_days = 99999999999\n',
+            "delete_after_days = 99999999999 is out of range; it must be at least 0 and at most",
+        ),
+        ('tls_fingerprint = "' + "ab" * 33 + '"\n', "64 hex digits, or 32 colon-separated pairs"),
+        ('tls_fingerprint = "' + ":" * 64 + '"\n', "64 hex digits"),
+        (
+            'tls = "none"\nallow_plaintext_auth = true\ntls_fingerprint = "' + "ab" * 32 + '"\n',
+            'sets tls_fingerprint but tls = "none"',
+        ),
+        ("[retention]\nkeep_days = 999999\n", "leave it out to keep mail for ever"),
+        ('[accounts.""]\nhost = "h"\nuser = "u"\npassword_env = "X"\n', "an empty name"),
         ('password_command = "x"\n', "keep exactly one password source"),
         ('tls = "none"\n', "allow_plaintext_auth = true"),
         ("delete_after_days = 3\n", 'set delete = "after-commit"'),
@@ -46,6 +68,10 @@ def test_invalid_config_names_file_key_and_fix(extra: str, needle: str) -> None:
     assert message.startswith("/etc/m.toml: ")
     assert needle in message
     assert "\n" not in message
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error() -> None:
+    assert parse_config(Path("m.toml"), "\ufeff" + GOOD).account("journal")
 
 
 def test_toml_syntax_error() -> None:
