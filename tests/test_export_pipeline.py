@@ -521,3 +521,55 @@ def test_the_next_export_clears_what_a_killed_one_left(tmp_path: Path, fmt: str)
     finally:
         live.kill()
         live.wait()
+
+
+_KILLED_APPEND = """
+import os, sys
+from mailvault.export import mbox, pipeline
+pipeline.INLINE_MAX, pipeline.TASK_MESSAGES, pipeline.worker_count = 1, 2, lambda: 2
+copy = mbox.MboxTarget._copy_segment
+done = []
+def copy_then_die(self):
+    copy(self)
+    done.append(1)
+    if len(done) == 2:  # SIGKILL: no handler, no clean-up, the journal stays
+        os._exit(9)
+mbox.MboxTarget._copy_segment = copy_then_die
+from mailvault.cli import main
+sys.argv = ["mailvault", "--vault", sys.argv[1], "export", "--format", "mbox", "--out",
+            sys.argv[2], "--append"]
+main()
+"""
+
+
+def test_an_append_killed_half_way_is_set_aside_by_the_next(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """kill -9 during `export --append`: its partial output stays in the mbox, so the rerun
+    must not append after it (every message twice, one cut short).  The rerun finds the killed
+    run's journal, moves those bytes aside into a file of their own (another program might
+    have appended behind them), and appends in their place: each message once."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:8])
+    out = tmp_path / "box.mbox"
+    original = b"From x@y Mon Jan  1 00:00:00 2024\nSubject: kept\n\nbody\n\n"
+    out.write_bytes(original)
+    argv = [sys.executable, "-c", _KILLED_APPEND, str(root), str(out)]
+    assert subprocess.run(argv, capture_output=True).returncode == 9
+    partial = out.read_bytes()
+    assert len(partial) > len(original) and partial.startswith(original)
+    assert [p.name for p in tmp_path.glob(".box.mbox.append-journal-*")]
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert code == 0 and summary["count"] == 8
+    (aside,) = tmp_path.glob("box.mbox.interrupted-*")
+    assert aside.read_bytes() == partial[len(original) :]
+    assert "was killed" in summary["warnings"][0] and str(aside) in summary["warnings"][0]
+    messages = read_stdlib_mbox(out)
+    assert len(messages) == 9 and out.read_bytes().startswith(original)
+    assert not list(tmp_path.glob(".box.mbox.append-journal-*"))
+    # A completed append leaves no journal, so the next one sets nothing aside.
+    add_messages(root, crafted[8:])
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert code == 0 and not any("killed" in w for w in summary["warnings"])
+    assert len(list(tmp_path.glob("box.mbox.interrupted-*"))) == 1
+    assert len(read_stdlib_mbox(out)) == 9 + len(crafted)  # --append adds the whole selection

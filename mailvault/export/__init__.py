@@ -317,11 +317,22 @@ def export(
                 summary["append"] = {
                     "offset": exporter.target.start_offset,
                     "previous_entries": writer.previous_entries if writer else 0,
+                    "run": exporter.target.run_id,
                 }
+                if exporter.target.set_aside is not None:
+                    aside, offset, length = exporter.target.set_aside
+                    run.warnings.insert(
+                        0,
+                        f"an earlier export --append into {out} was killed: the {length} bytes "
+                        f"it had written after offset {offset} were set aside in {aside}, and "
+                        "this run appended in their place",
+                    )
             manifest_sha256 = None
             if writer is not None:
                 writer.finish(summary)
                 manifest_sha256, _ = _hash_file(paths[1])
+            if isinstance(exporter.target, MboxTarget):
+                exporter.target.finished()  # the append journal goes once the manifest is in
         except BaseException:
             exporter.target.abort()
             if writer is not None:

@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import mmap
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mailvault._fs import IOV_BATCH, fsync_dir, write_all, writev_all
@@ -44,6 +47,21 @@ from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
 BUFFER = 1024 * 1024
 WRITEBACK_STEP = 8 * 1024 * 1024  # start the disk write every this many bytes
 BOM = b"\xef\xbb\xbf"
+
+
+def _read_journal(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _manifest_run(out: Path) -> object:
+    """The run id the mbox's manifest summary records for its last append, if any."""
+    summary = _read_journal(out.with_name(out.name + ".manifest.json"))
+    append = summary.get("append") if summary is not None else None
+    return append.get("run") if isinstance(append, dict) else None
 
 
 def _copy_range(source: int, target: int, start: int, length: int) -> None:
@@ -98,6 +116,9 @@ class MboxTarget(Target):
         self._truncate_to: int | None = None  # an append: the file's size before this run
         self._run_dir = str(out.parent)
         self._segment: tuple[int, int, int] | None = None  # placed, not yet copied: fd, start, end
+        self.run_id = secrets.token_hex(8)  # an append's; recorded in its journal and manifest
+        self.journal: Path | None = None  # an append in progress (see AppendJournal)
+        self.set_aside: tuple[Path, int, int] | None = None  # recovered: (file, offset, bytes)
 
     def open(self) -> None:
         out = self.out
@@ -156,6 +177,7 @@ class MboxTarget(Target):
                 f"{out} does not start with a From_ line, so it is not an mbox; refusing to "
                 "append to it"
             )
+        size = self._recover(size)
         self._truncate_to = size
         self.original_size = size
         self.pos = size
@@ -166,6 +188,82 @@ class MboxTarget(Target):
         elif size and tail != b"\n\n":
             self._put(b"\n")
         self.start_offset = self.pos
+
+    # -- an append killed half-way ------------------------------------------------------------
+    def _journal_path(self) -> Path:
+        st = os.fstat(self.fd)
+        parent = str(self.out.parent)
+        where = parent if os.access(parent, os.W_OK | os.X_OK) else tempfile.gettempdir()
+        return Path(where) / f".{self.out.name}.append-journal-{st.st_dev}-{st.st_ino}"
+
+    def _recover(self, size: int) -> int:
+        """Before appending: undo the partial output of an append that was killed (its
+        journal is still there), then start this run's journal.  Returns the size to append at.
+
+        The bytes the killed run added are set aside, not destroyed (another program may have
+        appended behind them since), in ``<mbox>.interrupted-<time>`` beside the mbox.  A run
+        whose manifest was already in place (killed just before removing its journal) was
+        complete, and is left alone.
+        """
+        journal = self._journal_path()
+        previous = _read_journal(journal)
+        completed = previous is not None and previous.get("run") == _manifest_run(self.out)
+        start = previous.get("size") if previous is not None else None
+        if isinstance(start, int) and not completed and 0 <= start < size:
+            self._set_aside(start, size)
+            size = start
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        entry = {"run": self.run_id, "size": size, "pid": os.getpid(), "started_at": now}
+        fresh = f"{journal}.new"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fresh)  # left by a run killed while writing its journal
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+            try:
+                write_all(fd, json.dumps(entry).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(fresh, journal)
+            fsync_dir(journal.parent)
+        except OSError as exc:
+            self._close_fd()
+            raise target_error("writing the append journal", journal, exc) from None
+        self.journal = journal
+        return size
+
+    def _set_aside(self, start: int, size: int) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.out.with_name(f"{self.out.name}.interrupted-{stamp}")
+        try:
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                _copy_range(self.fd, fd, start, size - start)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(aside.parent)
+            os.ftruncate(self.fd, start)
+            os.fsync(self.fd)
+        except OSError as exc:
+            self._close_fd()
+            with contextlib.suppress(OSError):
+                if os.path.getsize(aside) < size - start:
+                    aside.unlink()
+            raise ExportError(
+                f"an earlier export --append into {self.out} was killed and left {size - start} "
+                f"bytes after offset {start}; setting them aside in {aside} failed "
+                f"({exc.strerror}); free some space, or cut them off yourself "
+                f"(`truncate -s {start} {self.out}`), and retry"
+            ) from None
+        self.set_aside = (aside, start, size - start)
+
+    def finished(self) -> None:
+        """The run is complete, manifest included: its journal can go."""
+        if self.journal is not None:
+            with contextlib.suppress(OSError):
+                self.journal.unlink()
+            self.journal = None
 
     # -- writing -----------------------------------------------------------------------------
     def _put(self, data: bytes) -> None:
@@ -314,6 +412,7 @@ class MboxTarget(Target):
                 os.ftruncate(self.fd, self._truncate_to)
                 os.fsync(self.fd)
         self._close_fd()
+        self.finished()  # cut back to where it started: nothing of this run is left
         if self.tmp is not None:
             with contextlib.suppress(OSError):
                 self.tmp.unlink()
