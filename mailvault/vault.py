@@ -111,12 +111,7 @@ class Vault:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                try:
-                    info = json.loads(holder)
-                    who = f"pid {info['pid']} ({info['command']}, since {info['since']})"
-                except (ValueError, KeyError, TypeError):
-                    who = "another process"
+                who = _holder(os.pread(fd, 4096, 0)) or "another process"
                 raise VaultLocked(
                     f"vault {self.root} is locked by {who}; wait for it to finish "
                     "(the lock is released automatically if that process dies)"
@@ -130,6 +125,35 @@ class Vault:
             yield
         finally:
             os.close(fd)
+
+    def writer(self) -> str | None:
+        """Who is writing to the vault right now (as the lock file names them), or None.
+
+        For readers that must not take the lock (verify: a long re-hash would block the nightly
+        fetch) but should know that what they see may be mid-change.  Read from the lock file
+        rather than probed with flock: a probe would make a writer starting at that instant
+        fail with VaultLocked."""
+        try:
+            text = (self.root / "lock").read_bytes()[:4096]
+        except OSError:
+            return None
+        who = _holder(text)
+        try:
+            pid = int(json.loads(text)["pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        from mailvault._tempfiles import running
+
+        return who if who and pid != os.getpid() and running(pid) else None
+
+
+def _holder(text: bytes) -> str | None:
+    """'pid N (command, since T)' from the lock file's content, if it is readable."""
+    try:
+        info = json.loads(text.decode("utf-8", "replace").strip())
+        return f"pid {info['pid']} ({info['command']}, since {info['since']})"
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _new_vault_id() -> str:

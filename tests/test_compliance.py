@@ -132,10 +132,10 @@ def test_per_account_retention_covers_imported_mail(vault: Path, tmp_path: Path)
     assert run_cli(vault, "import", "--account", "acct", str(older)).exit_code == 0
     toml = vault / "mailvault.toml"
     text = toml.read_text()
-    toml.write_text(text + "\n[imports.legacy]\nkeep_days = 100000\n")
+    toml.write_text(text + "\n[imports.legacy]\nkeep_days = 36500\n")
     dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
     assert dry["expired"] == 6  # the five fetched 2001 messages and erin's, not dave's
-    toml.write_text(text.replace("[accounts.acct]", "[accounts.acct]\nkeep_days = 100000"))
+    toml.write_text(text.replace("[accounts.acct]", "[accounts.acct]\nkeep_days = 36500"))
     dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
     assert dry["expired"] == 1  # dave's: the account's keep_days covers its imports too
     toml.write_text(
@@ -158,7 +158,7 @@ def test_a_purge_the_ledger_does_not_record_is_reported_and_its_blob_kept(vault:
     assert result.exit_code == 1 and f"message {sha} is marked purged but no purge" in result.output
     assert "blob-purge-unfinished" in result.output and "blob-orphan" not in result.output
     toml = vault / "mailvault.toml"
-    toml.write_text(toml.read_text().replace("keep_days = 3650", "keep_days = 100000"))
+    toml.write_text(toml.read_text().replace("keep_days = 3650", "keep_days = 36500"))
     assert run_cli(vault, "retention", "apply").exit_code == 0
     assert list((vault / "objects").rglob(f"{sha}*"))
 

@@ -228,3 +228,63 @@ def test_a_deleted_uidl_row_and_a_corrupt_catalog_are_findings(tmp_path: Path) -
     result = run_cli(root, "verify")
     assert result.exit_code == 1 and "catalog-corrupt" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_import_committing_while_verify_reads_is_no_finding(
+    vault: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify takes no lock; an import commits (messages, their ledger entries) between its
+    reading the ledger and reading the messages.  One snapshot: no ledger-missing, no orphan."""
+    from mailvault import ledger
+    from tests.test_export_kit import add_messages
+
+    entries = ledger.iter_entries
+    done: list[str] = []
+
+    def entries_then_a_commit(db: sqlite3.Connection, *args: str) -> object:
+        yield from entries(db, *args)
+        if not args and not done:
+            done.extend(add_messages(vault, [b"Subject: meanwhile\r\n\r\ncommitted meanwhile\r\n"]))
+
+    monkeypatch.setattr(ledger, "iter_entries", entries_then_a_commit)
+    code, items = findings(vault)
+    assert done and (code, codes(items)) == (0, set()), items
+
+
+def test_blobs_a_running_writer_has_not_committed_yet_are_not_orphans(
+    vault: Path, tmp_path: Path
+) -> None:
+    """A fetch publishes a batch's blobs, then commits their rows: verify running in between
+    reports them as in flight (info), not as orphans, while that writer holds the vault."""
+    import subprocess
+    import sys
+    import textwrap
+
+    ready = tmp_path / "ready"
+    holder = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from mailvault.vault import open_vault
+        vault = open_vault(Path({str(vault)!r}))
+        with vault.write_lock("fetch"):
+            store = vault.store()
+            writer = store.writer()
+            writer.write(b"Subject: in flight\\r\\n\\r\\npublished, not committed\\r\\n")
+            store.publish([writer.finish()])
+            Path({str(ready)!r}).touch()
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder])
+    try:
+        while not ready.exists():
+            assert proc.poll() is None, "the lock holder died"
+        code, items = findings(vault)
+        assert (code, codes(items)) == (0, set()), items
+        assert [f["code"] for f in items if f["code"] == "blob-in-flight"] == ["blob-in-flight"]
+    finally:
+        proc.kill()
+        proc.wait()
+    code, items = findings(vault)  # the writer is gone: now it is an orphan
+    assert "blob-orphan" in codes(items)
