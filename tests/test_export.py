@@ -318,10 +318,11 @@ def test_out_below_a_regular_file_is_a_one_line_error(
 ) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    result = cli(vault, "export", "--format", fmt, "--out", str(blocker / "sub" / "target"))
-    assert result.exit_code == 3
-    assert result.stderr.count("\n") == 1 and "not a directory" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "vault"]
+    for out in (blocker / "sub" / "target", blocker / "target"):  # the file: above, or parent
+        result = cli(vault, "export", "--format", fmt, "--out", str(out))
+        assert result.exit_code == 3
+        assert result.stderr.count("\n") == 1 and "not a directory" in result.stderr, out
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "vault"]
 
 
 # argv: the file size limit, "pool" (force the worker pool even for a handful of messages, so

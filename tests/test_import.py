@@ -460,3 +460,106 @@ def test_any_deleted_message_rejects_only_itself(tmp_path: Path, line_endings: s
         code, report = import_json(fresh, str(edited))
         assert catalog_set(fresh) == set(exported) - {exported[k]}, k
         assert (code, [r["offset"] for r in report["rejected"]]) == (1, [entries[k]["offset"]])
+
+
+def test_an_unreadable_folder_is_rejected_and_the_rest_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder the importing user may not read (.Sent/new, chmod 000; root reads anything, so
+    the refusal is simulated) is one rejected entry with its reason; the other folders are
+    imported and committed, and nothing is left staged in the vault."""
+    import os as os_module
+
+    md = tmp_path / "Maildir"
+    write(md / "cur" / "1:2,S", A)
+    write(md / ".Sent" / "new" / "2", C)
+    write(md / ".Archive" / "cur" / "3:2,S", D)
+    scandir = os_module.scandir
+
+    def refusing(path: object) -> object:
+        if str(path).endswith(".Sent/new"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os_module, "scandir", refusing)
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(md))
+    assert code == 1 and report["imported"] == 2
+    (rejected,) = report["rejected"]
+    assert (
+        rejected["path"].endswith(".Sent/new")
+        and "cannot read this directory" in rejected["reason"]
+    )
+    assert catalog_set(vault) == {sha(A), sha(D)}
+    assert os_module.listdir(vault / "tmp") == []
+
+
+def test_eml_named_files_inside_maildirs_are_still_a_maildir_tree(tmp_path: Path) -> None:
+    """A directory of Maildirs (no cur/ of its own) whose messages include one named *.eml:
+    the auto-detection must not take it for a directory of .eml files and skip the Maildirs."""
+    write(tmp_path / "Mail" / "INBOX" / "cur" / "1:2,S", A)
+    write(tmp_path / "Mail" / "INBOX" / "cur" / "forwarded.eml", C)
+    write(tmp_path / "Mail" / "Sent" / "cur" / "2:2,S", D)
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(tmp_path / "Mail"))
+    assert code == 0 and report["sources"][0]["format"] == "maildir"
+    assert catalog_set(vault) == {sha(A), sha(C), sha(D)}
+
+
+def test_a_file_that_changes_while_it_is_read_is_rejected(tmp_path: Path) -> None:
+    """Stored half old, half new, it would match neither version: rejected, so that the next
+    import reads it whole."""
+    from mailvault.importer._model import file_chunks
+    from mailvault.store import READ_CHUNK
+
+    path = write(tmp_path / "big.eml", b"Subject: x\r\n\r\n" + b"a" * (3 * READ_CHUNK))
+    chunks = file_chunks(path)
+    next(chunks)
+    with path.open("ab") as f:  # a mail client saving it again
+        f.write(b"more")
+    with pytest.raises(OSError, match="changed while it was read"):
+        list(chunks)
+
+
+def test_a_full_disk_leaves_no_staged_files_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up when a batch is published: exit 3, one line, and the batch's staged
+    files are removed (left in tmp/, they kept the disk full for the next run)."""
+    import errno as errno_module
+    import os as os_module
+
+    from mailvault.errors import disk_error
+    from mailvault.store import BlobStore
+
+    def full(self: BlobStore, staged: object) -> list[bool]:
+        raise disk_error(OSError(errno_module.ENOSPC, "No space left on device"), "syncing")
+
+    monkeypatch.setattr(BlobStore, "publish", full)
+    vault = new_vault(tmp_path / "vault")
+    paths = [str(write(tmp_path / f"{n}.eml", m)) for n, m in enumerate((A, C, D))]
+    result = cli(vault, "import", "--no-index", *paths)
+    assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.stderr
+    assert os_module.listdir(vault / "tmp") == []
+
+
+def test_an_mbox_another_program_is_writing_is_not_read_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MDA or mail client holds flock(LOCK_EX) while it appends: the import waits for it
+    (LOCK_WAIT), and if it does not let go, rejects the file instead of storing a
+    half-delivered message."""
+    import fcntl
+
+    from mailvault.importer import mbox
+
+    monkeypatch.setattr(mbox, "LOCK_WAIT", 0.3)
+    box = write(tmp_path / "spool.mbox", b"From a@b Mon Jan  1 00:00:00 2024\n" + B)
+    vault = new_vault(tmp_path / "vault")
+    with box.open("rb+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, report = import_json(vault, str(box))
+    assert code == 1 and report["messages"] == 0
+    assert "locked by another program" in report["rejected"][0]["reason"]
+    code, report = import_json(vault, str(box))  # let go: imported
+    assert code == 0 and report["imported"] == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import queue
 import threading
@@ -276,6 +277,8 @@ def make_dirs(path: Path) -> None:
     """mkdir -p with the export's modes; OS errors become one-line ExportErrors."""
     try:
         path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    except FileExistsError:  # exist_ok covers directories only: a file is in the way
+        raise target_error("creating", path, NotADirectoryError(errno.ENOTDIR, "")) from None
     except OSError as exc:
         raise target_error("creating", path, exc) from None
 

@@ -181,6 +181,13 @@ class _Committer:
     def close(self) -> None:
         self.catalog.close()
 
+    def discard(self) -> None:
+        """The import failed (a full disk, say): remove the staged files of the batch that will
+        never be committed, so they do not keep filling the disk that just ran out."""
+        for pending in self.batch:
+            pending.staged.tmp_path.unlink(missing_ok=True)
+        self.batch, self.batch_size = [], 0
+
     def _purged_at(self, digest: str) -> str | None:
         row = self.catalog.db.execute(
             "SELECT purged_at FROM messages WHERE sha256 = ?", (digest,)
@@ -250,7 +257,11 @@ class _Committer:
         batch, self.batch, self.batch_size = self.batch, [], 0
         if not batch:
             return
-        self.store.publish(p.staged for p in batch)
+        try:
+            self.store.publish(p.staged for p in batch)
+        except BaseException:
+            self.batch = batch  # discarded by the caller
+            raise
         now = utcnow()
         report = self.report
         with self.catalog.transaction() as conn:
@@ -322,6 +333,9 @@ def import_sources(
                 committer.displaced.clear()
                 _settle_missed(missed, committer.found_at, report)
             committer.flush()
+        except BaseException:
+            committer.discard()
+            raise
         finally:
             committer.close()
         if index and report.messages:

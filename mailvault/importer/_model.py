@@ -10,6 +10,8 @@ source format's own rules, such as a file in a Maildir's tmp/), a ``Warned`` not
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +70,20 @@ Event = Found | Rejected | Skipped | Warned | Missed
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:
-    """A whole file in READ_CHUNK pieces (OSError propagates to the consumer)."""
+    """A whole file in READ_CHUNK pieces (OSError propagates to the consumer).
+
+    A file that changes while it is read (a mail client saving it, a copy still running) would
+    be stored as a mix of old and new bytes that matches neither, so its size and mtime are
+    compared before and after, and a change is an error: the consumer rejects the message, and
+    the next import reads it whole."""
     with path.open("rb") as f:
+        before = os.fstat(f.fileno())
+        read = 0
         while chunk := f.read(READ_CHUNK):
+            read += len(chunk)
             yield chunk
+        after = os.fstat(f.fileno())
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
+        read != after.st_size
+    ):
+        raise OSError(errno.EAGAIN, "the file changed while it was read; import it again")

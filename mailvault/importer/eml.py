@@ -13,17 +13,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mailvault.importer._model import Event, Found, Skipped, file_chunks
+from mailvault.importer.maildir import listing
 from mailvault.importer.mbox import looks_like_mbox
 
 _QUIET = frozenset({"manifest.json", "manifest.jsonl"})
 
 
 def has_eml(path: Path) -> bool:
-    for _, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    """Whether ``path`` holds .eml files outside any Maildir (a message in a Maildir's cur/
+    may be named anything, ``*.eml`` included: that is still a Maildir)."""
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and not (root != str(path) and d in ("cur", "new", "tmp"))
+            and not _is_maildir(os.path.join(root, d))
+        ]
         if any(f.lower().endswith(".eml") and not f.startswith(".") for f in files):
             return True
     return False
+
+
+def _is_maildir(directory: str) -> bool:
+    return any(os.path.isdir(os.path.join(directory, sub)) for sub in ("cur", "new"))
 
 
 def read_eml(path: Path) -> Iterator[Event]:
@@ -34,14 +47,15 @@ def read_eml(path: Path) -> Iterator[Event]:
 
 
 def _walk(directory: Path, *, top: bool) -> Iterator[Event]:
-    with os.scandir(directory) as it:
-        entries = sorted(it, key=lambda e: e.name)
+    entries, failed = listing(directory)
+    if failed is not None:
+        yield failed
     for entry in entries:
         path = Path(entry.path)
         if entry.name.startswith("."):
             continue
         if entry.is_dir(follow_symlinks=False):
-            if any(os.path.isdir(os.path.join(entry.path, sub)) for sub in ("cur", "new")):
+            if _is_maildir(entry.path):
                 yield Skipped(
                     path,
                     f"a Maildir inside a directory of .eml files: import it on its own "

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mailvault.importer._model import Event, Found, Skipped, file_chunks
+from mailvault.importer._model import Event, Found, Rejected, Skipped, file_chunks
 
 MESSAGE_DIRS = ("new", "cur")
 _METADATA = re.compile(
@@ -47,6 +47,16 @@ def _entries(directory: Path) -> list[os.DirEntry[str]]:
         return sorted(it, key=lambda e: e.name)
 
 
+def listing(directory: Path) -> tuple[list[os.DirEntry[str]], Rejected | None]:
+    """A directory's entries in name order; an unreadable one is a rejected entry of the
+    report (the rest of the tree is still imported), not the end of the import."""
+    try:
+        return _entries(directory), None
+    except OSError as exc:
+        reason = f"cannot read this directory ({exc.strerror or exc}); nothing in it was imported"
+        return [], Rejected(directory, None, reason)
+
+
 def read_maildir(root: Path) -> Iterator[Event]:
     """Every message of the Maildir tree at ``root``, folder by folder, names in sorted order."""
     yield from _folder(root)
@@ -59,7 +69,10 @@ def _folder(folder: Path) -> Iterator[Event]:
             directory = folder / sub
             if not directory.is_dir():
                 continue
-            for entry in _entries(directory):
+            entries, failed = listing(directory)
+            if failed is not None:
+                yield failed
+            for entry in entries:
                 path = Path(entry.path)
                 if entry.name.startswith("."):
                     yield Skipped(path, "hidden file in a Maildir (not a message by Maildir rules)")
@@ -69,11 +82,14 @@ def _folder(folder: Path) -> Iterator[Event]:
                     yield Found(path, "maildir", None, file_chunks(path))
         tmp = folder / "tmp"
         if tmp.is_dir():
-            for entry in _entries(tmp):
+            for entry in listing(tmp)[0]:
                 yield Skipped(
                     Path(entry.path), "in tmp/: an unfinished delivery, not yet a message"
                 )
-    for entry in _entries(folder):
+    entries, failed = listing(folder)
+    if failed is not None and not maildir:
+        yield failed
+    for entry in entries:
         path = Path(entry.path)
         if maildir and entry.name in ("cur", "new", "tmp"):
             continue

@@ -36,9 +36,11 @@ not match its manifest entry, and manifest entries the file no longer has at the
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -342,6 +344,25 @@ class _Reader:
             yield from self._missed()
 
 
+LOCK_WAIT = 10.0  # seconds to wait for a writer's flock on an mbox
+
+
+def _shared_lock(fd: int, wait: float | None = None) -> bool:
+    """A shared ``flock`` on the mbox, as mutt, Dovecot and procmail take an exclusive one to
+    write it: reading while they append would store their half-written message."""
+    deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        except OSError:  # a filesystem without flock: read it as it is
+            return True
+
+
 def read_mbox(path: Path, variant: str = "mboxrd") -> Iterator[Event]:
     """Every message of one mbox file, in file order."""
     try:
@@ -350,6 +371,14 @@ def read_mbox(path: Path, variant: str = "mboxrd") -> Iterator[Event]:
         yield Rejected(path, None, f"cannot open: {exc.strerror}")
         return
     try:
+        if not _shared_lock(fd):
+            yield Rejected(
+                path,
+                None,
+                f"locked by another program for {LOCK_WAIT:.0f} s (a delivery, or a mail client "
+                "writing it); import it again when it is done",
+            )
+            return
         reader = _Reader(path, fd, variant)
         yield from _with_manifest(reader, path, variant)
     except OSError as exc:
