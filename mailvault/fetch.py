@@ -682,7 +682,9 @@ def fetch_accounts(
 
     if not dry_run:
         vault.store().clean_tmp()
-
+    # Named twice, an account would run twice at once with --jobs: two sessions on one
+    # mailbox, and two commits of the same UIDLs.
+    accounts = list({account.name: account for account in accounts}.values())
     fetchers = [
         AccountFetcher(vault, account, dry_run=dry_run, trace=trace, progress=progress)
         for account in accounts

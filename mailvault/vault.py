@@ -193,6 +193,11 @@ def init_vault(root: Path) -> Vault:
     vault = open_vault(root)
     vault.catalog().close()
     os.chmod(vault.catalog_path, 0o600)
+    # An empty index too: a new vault must search (no hits, exit 1) and verify clean, not
+    # ask for `mailvault index` before it holds anything.
+    from mailvault.index import create_or_open
+
+    create_or_open(vault.index_path)
     return vault
 
 

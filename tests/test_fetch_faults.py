@@ -454,6 +454,16 @@ def test_one_failing_account_does_not_stop_the_others(tmp_path: Path) -> None:
         assert by_name["bad"]["status"] == "failed"
 
 
+def test_an_account_named_twice_is_fetched_once(tmp_path: Path) -> None:
+    """`fetch --jobs 2 acct acct` ran two sessions of one account at once: one of them
+    failed on the other's commits."""
+    with FakePop3Server(corpus()) as server:
+        vault = vault_for(tmp_path, server)
+        code, report = fetch_json(vault, "--jobs", "2", "acct", "acct")
+    assert code == 0 and [a["account"] for a in report["accounts"]] == ["acct"]
+    assert report["accounts"][0]["fetched"] == 6 and server.sessions == 1
+
+
 def test_vault_lock_names_the_holder(tmp_path: Path) -> None:
     from mailvault.vault import open_vault
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -361,6 +362,9 @@ def test_verify_index_findings(small: tuple[Vault, list[str]]) -> None:
 
     vault, digests = small
     ids = set(digests)
+    # init made an empty index: the messages added since are pending
+    assert [f.code for f in indexer.index_findings(vault, ids)] == ["index-pending"]
+    shutil.rmtree(vault.index_path)
     assert [f.code for f in indexer.index_findings(vault, ids)] == ["index-unreadable"]
     catch_up(vault)
     assert list(indexer.index_findings(vault, ids)) == []

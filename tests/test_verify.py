@@ -288,3 +288,14 @@ def test_blobs_a_running_writer_has_not_committed_yet_are_not_orphans(
         proc.wait()
     code, items = findings(vault)  # the writer is gone: now it is an orphan
     assert "blob-orphan" in codes(items)
+
+
+def test_a_new_vault_verifies_clean_and_searches_to_no_hits(tmp_path: Path) -> None:
+    """`init && verify` in a provisioning script: exit 0, and search says "no hits" (exit 1),
+    not "no index" (exit 2)."""
+    root = tmp_path / "new"
+    assert run_cli(root, "init").exit_code == 0
+    code, items = findings(root)
+    assert (code, [f for f in items if f["severity"] != "info"]) == (0, [])
+    result = run_cli(root, "search", "anything")
+    assert result.exit_code == 1, result.stderr

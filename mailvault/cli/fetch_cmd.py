@@ -119,7 +119,7 @@ def fetch(
     Example: mailvault fetch --jobs 4 --json
     """
     vault = vault_from(ctx)
-    names = list(accounts) or sorted(vault.config.accounts)
+    names = list(dict.fromkeys(accounts)) or sorted(vault.config.accounts)  # each once
     if not names:
         raise UsageError(
             f"no accounts configured in {vault.config_path}; add an [accounts.NAME] table"

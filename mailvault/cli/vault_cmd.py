@@ -11,7 +11,7 @@ from mailvault.vault import init_vault
 @cli.command()
 @click.pass_context
 def init(ctx: click.Context) -> None:
-    """Create a new vault (directory 0700, config, object store, catalog).
+    """Create a new vault (directory 0700, config, object store, catalog, empty index).
 
     Example: mailvault --vault ~/archive init
     """
