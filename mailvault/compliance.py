@@ -50,6 +50,8 @@ def matching_ids(vault: Vault, query: str) -> set[str]:
 
 def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
     """Place a hold; returns how many messages it matches now (the query is checked here)."""
+    if not name.strip():
+        raise UsageError("a hold needs a name (the matter it is for); `hold release` takes it")
     matches = len(matching_ids(vault, query))
     catalog = vault.catalog()
     try:

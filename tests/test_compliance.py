@@ -107,6 +107,11 @@ def test_retention_needs_a_policy(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "keep_days" in result.stderr
 
 
+def test_a_hold_needs_a_name(vault: Path) -> None:
+    result = run_cli(vault, "hold", "add", " ", "*")
+    assert result.exit_code == 2 and "a hold needs a name" in result.stderr
+
+
 def test_a_message_not_yet_indexed_cannot_escape_a_hold(vault: Path, tmp_path: Path) -> None:
     """Holds are matched through the index: mail imported with --no-index (or an index run
     killed half-way) is indexed before anything is purged, so its hold protects it."""
