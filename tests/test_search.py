@@ -487,7 +487,10 @@ def test_translation_examples() -> None:
 
 
 def test_queries_on_a_vault_without_index(tmp_path: Path) -> None:
+    import shutil
+
     vault, _, _ = build_vault(tmp_path / "v", [])
+    shutil.rmtree(vault.index_path)  # init makes an empty one: this is a vault that lost it
     from mailvault.errors import SearchError
 
     with pytest.raises(SearchError, match="mailvault index"):

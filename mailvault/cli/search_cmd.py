@@ -213,9 +213,8 @@ def show(
             stdout.write(chunk)
         stdout.flush()
         return
-    data = verified_bytes(store, digest)
     if part is not None:
-        payload = part_bytes(data, part)
+        payload = part_bytes(verified_bytes(store, digest), part)
         if out is None or str(out) == "-":
             if out is None and sys.stdout.isatty():
                 raise UsageError("refusing to write a part to a terminal; add --out FILE")
@@ -224,10 +223,11 @@ def show(
             out.write_bytes(payload)
             click.echo(f"wrote part {part} ({len(payload):,} bytes) to {out}", err=True)
         return
-    from mailvault.parse import parse_message
+    from mailvault.parse.skeleton import parse_chunks
 
     when = first_ingest(vault.catalog_path, digest)
-    parsed = parse_message(data, digest, ingest_time=when)
+    # a big message is read as a stream (mailvault/parse/skeleton.py): memory stays bounded
+    parsed = parse_chunks(verified_chunks(store, digest), digest, ingest_time=when)
     if as_json:
         print_json({"schema": "mailvault/show/v1", **message_json(parsed)})
         return

@@ -1,0 +1,147 @@
+"""Big messages are parsed from a skeleton (mailvault/parse/skeleton.py) with bounded memory.
+
+Three promises: the skeleton of a message that fits is the message itself, byte for byte; a
+shortened part's attachment record gets the size and sha256 the whole message gives (or a
+defect says it could not); and a real big message goes through import, index and show in tens
+of MB, not the ~9x its size the stdlib parser takes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mailvault.parse import parse_message
+from mailvault.parse import skeleton as sk
+from mailvault.testkit.generator import generate
+from tests.prereq import corpora_dir
+from tests.test_export_kit import new_vault
+
+INGEST = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[tuple[str, bytes]]:
+    """Every corpus file under 3 MB, and generated mail with attachments."""
+    found = []
+    manifest = corpora_dir() / "MANIFEST.tsv"
+    for line in manifest.read_text(encoding="utf-8").splitlines()[1:]:
+        path, _sha256, size, _set = line.split("\t")
+        if int(size) < 3_000_000:
+            found.append((path, (corpora_dir() / path).read_bytes()))
+    found += [(f"generated {i}", m.raw) for i, m in enumerate(generate(150, seed=11))]
+    return found
+
+
+def _skeleton(raw: bytes, step: int) -> sk.Skeleton:
+    skeleton = sk.Skeleton()
+    for at in range(0, len(raw), step):
+        skeleton.feed(raw[at : at + step])
+    return skeleton
+
+
+def test_the_skeleton_of_a_message_that_fits_is_the_message(
+    messages: list[tuple[str, bytes]],
+) -> None:
+    for step in (1 << 20, 4099, 97):
+        for name, raw in messages:
+            skeleton = _skeleton(raw, step)
+            assert skeleton.finish() == raw, (name, step)
+            assert not skeleton.cuts and skeleton.size == len(raw)
+
+
+def test_shortened_parts_keep_their_real_size_and_sha256(
+    messages: list[tuple[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message parsed from a skeleton with tiny budgets: each attachment record equals
+    the one the whole message gives, or a defect names its part; headers are untouched."""
+    monkeypatch.setattr(sk, "WHOLE_MAX", 0)
+    monkeypatch.setattr(sk, "PART_KEEP", 1024)
+    monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
+    shortened = 0
+    for name, raw in messages:
+        digest = hashlib.sha256(raw).hexdigest()
+        whole = parse_message(raw, digest, ingest_time=INGEST)
+        chunks = [raw[at : at + 5000] for at in range(0, len(raw), 5000)]
+        part = sk.parse_chunks(chunks, digest, ingest_time=INGEST)
+        assert (part.size, part.subject, part.from_, part.date, part.message_id) == (
+            whole.size,
+            whole.subject,
+            whole.from_,
+            whole.date,
+            whole.message_id,
+        ), name
+        assert len(part.attachments) == len(whole.attachments), name
+        for mine, theirs in zip(part.attachments, whole.attachments, strict=True):
+            unknown = f"attachment: part {mine.index} size and sha256 not known"
+            short = f"attachment: part {mine.index} text taken from its first"
+            assert replace(mine, text="") == replace(theirs, text="") or (
+                unknown in part.defects and mine.filename == theirs.filename
+            ), (name, mine.index)
+            assert (
+                mine.text == theirs.text
+                or unknown in part.defects
+                or any(d.startswith(short) for d in part.defects)
+            ), (name, mine.index)
+            shortened += theirs.size > 1024  # more than a part keeps: it was shortened
+    assert len(messages) > 1500 and shortened > 100
+
+
+def _big_message(path: Path, payload: bytes) -> None:
+    encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    path.write_bytes(
+        b"From: big@example.com\r\nTo: x@example.com\r\nSubject: the big one\r\n"
+        b"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+        b"Content-Type: text/plain\r\n\r\nsee the attached measurements\r\n--B\r\n"
+        b"Content-Type: application/octet-stream; name=big.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--B--\r\n"
+    )
+
+
+_MEASURE = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _max_rss_mib(argv: list[str]) -> float:
+    """Peak RSS of a command, which must succeed (in MiB).  Run from a small Python: a child
+    forked from pytest itself starts with pytest's pages resident, which ru_maxrss counts."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, check=True
+    )
+    code, peak = result.stdout.split()[-2:]
+    assert code == "0", result.stderr
+    return int(peak) / 1024
+
+
+def test_a_big_message_is_imported_indexed_and_shown_in_bounded_memory(tmp_path: Path) -> None:
+    """60 MB of base64 attachment: the stdlib parser alone would take about half a GB."""
+    payload = os.urandom(44 * 1024 * 1024)
+    eml = tmp_path / "big.eml"
+    _big_message(eml, payload)
+    vault = new_vault(tmp_path / "vault")
+    mailvault = [sys.executable, "-m", "mailvault", "--vault", str(vault)]
+    peak = _max_rss_mib([*mailvault, "import", str(eml)])
+    assert peak < 250, f"import peaked at {peak:.0f} MiB"
+    digest = hashlib.sha256(eml.read_bytes()).hexdigest()
+    result = subprocess.run([*mailvault, "show", "--json", digest], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["size"] == eml.stat().st_size and shown["subject"] == "the big one"
+    (attachment,) = shown["attachments"]
+    assert attachment["size"] == len(payload)
+    assert attachment["sha256"] == hashlib.sha256(payload).hexdigest()
+    hits = subprocess.run([*mailvault, "search", "--count", "measurements"], capture_output=True)
+    assert hits.stdout.strip() == b"1"
