@@ -573,3 +573,43 @@ def test_an_append_killed_half_way_is_set_aside_by_the_next(
     assert code == 0 and not any("killed" in w for w in summary["warnings"])
     assert len(list(tmp_path.glob("box.mbox.interrupted-*"))) == 1
     assert len(read_stdlib_mbox(out)) == 9 + len(crafted)  # --append adds the whole selection
+
+
+def test_recovery_after_a_kill_mid_write_keeps_names_padding_and_manifest_right(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """The awkward cases of a killed append: it died inside a write (its bytes end mid-line),
+    after renaming manifest.jsonl but before manifest.json, and an earlier recovery's
+    set-aside file has the name this one would take.  The rerun pads after the original
+    content (not after the killed bytes), cuts the manifest back to its own entries, and
+    never touches another file."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:8])
+    out = tmp_path / "box.mbox"
+    assert cli(root, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    original = out.read_bytes()
+    entries = Path(f"{out}.manifest.jsonl")
+    before = entries.read_text()
+    argv = [sys.executable, "-c", _KILLED_APPEND, str(root), str(out)]
+    assert subprocess.run(argv, capture_output=True).returncode == 9
+    with out.open("r+b") as f:  # died inside a write: the last line is cut short
+        f.truncate(out.stat().st_size - 7)
+    entries.write_text(before + before)  # as if its manifest.jsonl had been renamed in
+    stamp = datetime.now(UTC)
+    precious = []
+    for second in range(0, 5):
+        moment = datetime.fromtimestamp(stamp.timestamp() + second, UTC)
+        other = tmp_path / f"box.mbox.interrupted-{moment.strftime('%Y%m%dT%H%M%SZ')}"
+        other.write_bytes(b"an earlier recovery's bytes")
+        precious.append(other)
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert code == 0, summary
+    assert all(p.read_bytes() == b"an earlier recovery's bytes" for p in precious)
+    assert len(list(tmp_path.glob("box.mbox.interrupted-*"))) == len(precious) + 1
+    data = out.read_bytes()
+    assert data.startswith(original + b"From ")  # padded after the original, as a clean run
+    lines = manifest_lines(entries)
+    assert len(lines) == 16 and len(read_stdlib_mbox(out)) == 16
+    for entry in lines:
+        cut = data[entry["offset"] : entry["offset"] + entry["length"]]
+        assert hashlib.sha256(unquote_mboxrd(cut)).hexdigest() == entry["exported_sha256"]

@@ -57,6 +57,38 @@ def _read_journal(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+def _cut_lines(path: Path, keep: int) -> None:
+    """Keep the first ``keep`` entries of a manifest.jsonl (replaced atomically)."""
+    if _count_lines(path) <= keep:
+        return
+    fresh = Path(temp_path(path.parent, path.name))
+    try:
+        with path.open("rb") as old, open(fresh, "xb") as new:
+            left = keep
+            for line in old:
+                if left == 0:
+                    break
+                if line.strip():
+                    new.write(line)
+                    left -= 1
+            new.flush()
+            os.fsync(new.fileno())
+        os.replace(fresh, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            fresh.unlink()
+        raise target_error("repairing the manifest", path, exc) from None
+
+
 def _manifest_run(out: Path) -> object:
     """The run id the mbox's manifest summary records for its last append, if any."""
     summary = _read_journal(out.with_name(out.name + ".manifest.json"))
@@ -167,7 +199,6 @@ class MboxTarget(Target):
         try:
             size = os.fstat(self.fd).st_size
             head = os.pread(self.fd, 8, 0)
-            tail = os.pread(self.fd, 2, max(0, size - 2)) if size else b""
         except OSError as exc:
             self._close_fd()
             raise target_error("reading", out, exc) from None
@@ -177,7 +208,12 @@ class MboxTarget(Target):
                 f"{out} does not start with a From_ line, so it is not an mbox; refusing to "
                 "append to it"
             )
-        size = self._recover(size)
+        size = self._recover(size)  # first: what comes before this run decides its padding
+        try:
+            tail = os.pread(self.fd, 2, max(0, size - 2)) if size else b""
+        except OSError as exc:
+            self._close_fd()
+            raise target_error("reading", out, exc) from None
         self._truncate_to = size
         self.original_size = size
         self.pos = size
@@ -207,13 +243,24 @@ class MboxTarget(Target):
         """
         journal = self._journal_path()
         previous = _read_journal(journal)
+        entries_path = self.out.with_name(self.out.name + ".manifest.jsonl")
         completed = previous is not None and previous.get("run") == _manifest_run(self.out)
         start = previous.get("size") if previous is not None else None
         if isinstance(start, int) and not completed and 0 <= start < size:
             self._set_aside(start, size)
             size = start
+        kept = previous.get("entries") if previous is not None else None
+        if isinstance(kept, int) and not completed:
+            # killed between renaming manifest.jsonl and manifest.json: its lines go too
+            _cut_lines(entries_path, kept)
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        entry = {"run": self.run_id, "size": size, "pid": os.getpid(), "started_at": now}
+        entry = {
+            "run": self.run_id,
+            "size": size,
+            "entries": _count_lines(entries_path),
+            "pid": os.getpid(),
+            "started_at": now,
+        }
         fresh = f"{journal}.new"
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -235,8 +282,16 @@ class MboxTarget(Target):
     def _set_aside(self, start: int, size: int) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = self.out.with_name(f"{self.out.name}.interrupted-{stamp}")
+        fd = -1
         try:
-            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            for attempt in range(1, 1000):  # a name of its own: never touch an existing file
+                try:
+                    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                    break
+                except FileExistsError:
+                    aside = self.out.with_name(f"{self.out.name}.interrupted-{stamp}-{attempt}")
+            else:
+                raise FileExistsError(errno.EEXIST, "no free name for the set-aside file")
             try:
                 _copy_range(self.fd, fd, start, size - start)
                 os.fsync(fd)
@@ -247,8 +302,8 @@ class MboxTarget(Target):
             os.fsync(self.fd)
         except OSError as exc:
             self._close_fd()
-            with contextlib.suppress(OSError):
-                if os.path.getsize(aside) < size - start:
+            if fd >= 0:  # ours, and incomplete: the bytes are still in the mbox
+                with contextlib.suppress(OSError):
                     aside.unlink()
             raise ExportError(
                 f"an earlier export --append into {self.out} was killed and left {size - start} "
