@@ -16,6 +16,7 @@ process exit codes, so library code raises and never exits.
     +-- ExportError                     exit 3   export target full, read-only, of the wrong kind
     +-- RemoteError                              something about the POP3 server; carries account
         +-- TransportError       retryable       connect refused, reset, EOF, timeout
+        |   +-- Stalled                          nothing received for `timeout` seconds
         +-- TLSError                             certificate / handshake / pin mismatch
         +-- ProtocolError                        the server broke RFC 1939/2449
         |   +-- OverlongLine                     one message's line is over the bound
@@ -108,6 +109,10 @@ class TransportError(RemoteError):
     """The connection failed, was cut or timed out."""
 
     retryable = True
+
+
+class Stalled(TransportError):
+    """The server sent nothing for the account's timeout (fetch then tries lock-step)."""
 
 
 class TLSError(RemoteError):

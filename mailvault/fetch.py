@@ -43,6 +43,7 @@ from mailvault.errors import (
     MailvaultError,
     OverlongLine,
     ProtocolError,
+    Stalled,
     TransportError,
 )
 from mailvault.group_commit import Batch, GroupCommitter, Results
@@ -249,7 +250,7 @@ class AccountFetcher:
             listed, has_uidl = session.listing()
             return self._drain(session, listed, has_uidl)
         except TransportError as exc:
-            if session.conn.pipelining and "sent nothing" in str(exc) and not self._lockstep:
+            if session.conn.pipelining and isinstance(exc, Stalled) and not self._lockstep:
                 # Some servers advertise PIPELINING and then drop commands sent together:
                 # the retry goes lock-step (slower, but it gets the mail).
                 self._lockstep = True

@@ -8,6 +8,7 @@ messages to fetch or delete, and when, is ``fetch.py``'s business.  It exposes `
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,21 @@ from mailvault.errors import (
     TLSError,
     server_error_for,
 )
-from mailvault.redact import register_secret
+from mailvault.redact import WITHHELD, may_quote, register_secret, screen
 from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
 
 Trace = Callable[[str], None]
 PIPELINE_WINDOW = 512  # commands in flight; RFC 2449 pipelining, refilled when half empty
+
+
+def _screened(event: pop3.Event) -> pop3.Event:
+    """A reply to a command that carried a secret, its text withheld if it may quote one."""
+    if isinstance(event, pop3.Ok | pop3.Err) and may_quote(event.text):
+        code = f"[{event.code}] " if event.code else ""  # the response code stays: it is ours
+        return dataclasses.replace(event, text=code + screen(event.text))
+    if isinstance(event, pop3.Line) and may_quote(event.line.decode("latin-1")):
+        return dataclasses.replace(event, line=WITHHELD.encode())
+    return event
 
 
 @dataclass
@@ -67,6 +78,7 @@ class Pop3Session:
         self.capabilities: dict[str, str] = {}
         self.apop_timestamp: str | None = None
         self.login_delay: int | None = None
+        self._guarded = False  # answers to a command carrying a secret are being read
 
     # -- plumbing -------------------------------------------------------------------------------
     def send(self, command: pop3.Command) -> None:
@@ -87,8 +99,18 @@ class Pop3Session:
         """The next protocol event, reading from the socket as needed."""
         assert self.stream is not None
         while True:
-            event = self.conn.next_event()
+            try:
+                event = self.conn.next_event()
+            except ProtocolError as exc:
+                if self._guarded and may_quote(str(exc.args[0]) if exc.args else ""):
+                    raise ProtocolError(
+                        f"{self.account.host}: the answer to the login is not POP3 {WITHHELD}",
+                        account=self.account.name,
+                    ) from None
+                raise
             if event is not pop3.NEED_DATA:
+                if self._guarded:
+                    event = _screened(event)
                 if self._trace and not isinstance(event, pop3.Data):
                     self._trace_event(event)
                 return event
@@ -226,6 +248,7 @@ class Pop3Session:
         secret = self._secret()
         register_secret(secret)  # a test or another caller may not use resolve_secret
         try:
+            self._guarded = True  # the server may quote what it is sent (mailvault.redact)
             if mode == "user":
                 self._status(pop3.User(user))
                 self._status(pop3.Pass(secret))
@@ -249,6 +272,7 @@ class Pop3Session:
                 register_secret(token)
                 self._sasl("XOAUTH2", token, two_step=True)
         except ServerError as exc:
+            self._guarded = False
             if type(exc) is ServerError:  # a bare -ERR to a login command means bad credentials
                 raise AuthenticationError(
                     f"{exc}; check user and password source of accounts.{self.account.name}",
@@ -256,6 +280,9 @@ class Pop3Session:
                     account=self.account.name,
                 ) from None
             raise
+
+        finally:
+            self._guarded = False
 
     def _sasl(self, mechanism: str, token: str, *, two_step: bool = False) -> None:
         """RFC 5034: send the initial response inline unless the line would pass 255 octets."""

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 
 from mailvault.config import AccountConfig
-from mailvault.errors import ConfigError, TLSError, TransportError
+from mailvault.errors import ConfigError, Stalled, TLSError, TransportError
 
 RECV_SIZE = 256 * 1024
 
@@ -108,7 +108,7 @@ class SocketStream:
         try:
             return self.sock.recv(RECV_SIZE)
         except TimeoutError:
-            raise TransportError(
+            raise Stalled(
                 f"{self.host} sent nothing for {self.timeout:g} s; the server or network stalled"
             ) from None
         except ssl.SSLError as exc:
