@@ -563,3 +563,29 @@ def test_an_mbox_another_program_is_writing_is_not_read_half_written(
     assert "locked by another program" in report["rejected"][0]["reason"]
     code, report = import_json(vault, str(box))  # let go: imported
     assert code == 0 and report["imported"] == 1
+
+
+def test_an_edit_after_a_deletion_is_imported_with_a_warning_saying_so(tmp_path: Path) -> None:
+    """A message deleted, and a later one edited: every later message is off its manifest
+    offset, so the edited one cannot be told from mail another program added.  It is stored
+    (nothing dropped) and the report says so at its offset; the manifest entries whose exact
+    content is gone (the deleted one, the original of the edited one) are rejected."""
+    mails = [b"From: a@b.c\r\nSubject: n%d\r\n\r\n%s\r\n" % (i, b"y" * (i * 41)) for i in range(7)]
+    vault, box, entries = _exported_mbox(tmp_path, mails)
+    data = bytearray(box.read_bytes())
+    data[entries[4]["offset"] + 30] ^= 0x20  # a byte of message 4's body
+    start = bytes(data).rindex(b"From ", 0, entries[1]["offset"])
+    end = bytes(data).rindex(b"From ", 0, entries[2]["offset"])
+    box.write_bytes(bytes(data[:start] + data[end:]))
+    fresh = new_vault(tmp_path / "fresh")
+    code, report = import_json(fresh, str(box))
+    assert code == 1 and report["imported"] == 6
+    stored = catalog_set(fresh)
+    assert stored >= {e["sha256"] for i, e in enumerate(entries) if i not in (1, 4)}
+    assert entries[1]["sha256"] not in stored and entries[4]["sha256"] not in stored
+    assert sorted(r["offset"] for r in report["rejected"]) == [
+        entries[1]["offset"],
+        entries[4]["offset"],
+    ]
+    unlisted = [w for w in report["warnings"] if "does not list" in w["message"]]
+    assert len(unlisted) == 1

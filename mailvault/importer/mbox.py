@@ -267,16 +267,18 @@ class _Reader:
             h.update(last)
         return h.hexdigest(), short.hexdigest() if short is not None else None
 
-    def _listed_end(self, start: int, end: int) -> int:
-        """Where a message found away from its manifest offset ends: one byte earlier if only
-        that form is in the manifest.  A message exported without a final line break is written
+    def _listed_end(self, start: int, end: int) -> tuple[int, bool]:
+        """Where a message found away from its manifest offset ends, and whether the manifest
+        lists it: it ends one byte earlier if only that form is in the manifest.  A message exported without a final line break is written
         with two LFs after it, and splitting at the next From_ line takes only one of them away;
         the manifest, which knows its exact bytes, decides."""
         assert self.cursor is not None
         full, short = self._digests(start, end)
-        if short is not None and not self.cursor.lists(full) and self.cursor.lists(short):
-            return end - 1
-        return end
+        if self.cursor.lists(full):
+            return end, True
+        if short is not None and self.cursor.lists(short):
+            return end - 1, True
+        return end, False
 
     # -- the file -----------------------------------------------------------------------------
     def _missed(self) -> Iterator[Event]:
@@ -325,7 +327,14 @@ class _Reader:
                 span = self._by_separator(start)
             end, nxt = span
             if not guided and self.cursor is not None and end > start:
-                end = self._listed_end(start, end)
+                end, listed = self._listed_end(start, end)
+                if not listed:
+                    yield Warned(
+                        path,
+                        start,
+                        "a message the export manifest does not list (mail another program "
+                        "added, or a listed message edited since): imported as found",
+                    )
             if end == start and entry is None:
                 yield Rejected(path, start, "an empty message (a From_ line and nothing else)", 0)
             else:
