@@ -52,6 +52,10 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
     """Place a hold; returns how many messages it matches now (the query is checked here)."""
     if not name.strip():
         raise UsageError("a hold needs a name (the matter it is for); `hold release` takes it")
+    if not name.isprintable():
+        raise UsageError(
+            f"hold name {name!r} has a line break or control character; use plain text"
+        )
     matches = len(matching_ids(vault, query))
     catalog = vault.catalog()
     try:

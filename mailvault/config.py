@@ -169,12 +169,28 @@ def _explain(error: jsonschema.ValidationError) -> str:
     return f"{key}: {error.message}"
 
 
+def _nul_key(table: dict[str, Any], prefix: str = "") -> str | None:
+    """The first key whose string value holds a NUL (no path, command or name can)."""
+    for key, value in table.items():
+        where = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found = _nul_key(value, where + ".")
+            if found is not None:
+                return found
+        elif isinstance(value, str) and "\0" in value:
+            return where
+    return None
+
+
 def parse_config(path: Path, text: str) -> Config:
     """Parse and validate config text; raise ConfigError naming file, key and fix."""
     try:
         raw = tomllib.loads(text.removeprefix("\ufeff"))  # a BOM from a Windows editor
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax at that line") from None
+    nul = _nul_key(raw)
+    if nul is not None:
+        raise ConfigError(f"{path}: {nul} contains a NUL character (\\u0000); remove it")
     validator = _Validator(json_schema("config.schema.json"))
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -218,6 +234,14 @@ def _account(path: Path, name: str, table: dict[str, Any]) -> AccountConfig:
             f'{path}: accounts.{name} uses tls = "none", which sends the password in clear text; '
             'use tls = "implicit" or "starttls", or set allow_plaintext_auth = true if you mean it'
         )
+    host = str(table["host"])
+    try:
+        host.encode("idna")  # what the socket layer will do with it
+    except UnicodeError:
+        raise ConfigError(
+            f"{path}: accounts.{name}.host = {_toml(host)} is not a valid host name (an empty "
+            "label, as in 'pop..example.com', or one over 63 characters); fix the name"
+        ) from None
     if tls == "none":
         ignored = [k for k in ("tls_fingerprint", "ca_file") if table.get(k)]
         if ignored:

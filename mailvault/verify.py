@@ -125,11 +125,13 @@ def _blobs(
     if store.tmp.exists():
         leftovers = list(store.tmp.iterdir())
         if leftovers:
+            what = (
+                f"being written by {writer}"
+                if writer is not None
+                else "interrupted write(s); the next fetch removes them"
+            )
             yield Finding(
-                "tmp-leftover",
-                "info",
-                str(store.tmp),
-                f"{len(leftovers)} interrupted write(s) in tmp/; the next fetch removes them",
+                "tmp-leftover", "info", str(store.tmp), f"{len(leftovers)} in tmp/: {what}"
             )
 
 

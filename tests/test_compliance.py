@@ -110,6 +110,8 @@ def test_retention_needs_a_policy(tmp_path: Path) -> None:
 def test_a_hold_needs_a_name(vault: Path) -> None:
     result = run_cli(vault, "hold", "add", " ", "*")
     assert result.exit_code == 2 and "a hold needs a name" in result.stderr
+    result = run_cli(vault, "hold", "add", "a\nb", "*")  # would split `hold list` lines
+    assert result.exit_code == 2 and "line break" in result.stderr
 
 
 def test_a_message_not_yet_indexed_cannot_escape_a_hold(vault: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,7 @@ def test_defaults_follow_tls_mode() -> None:
         ),
         ("[retention]\nkeep_days = 999999\n", "leave it out to keep mail for ever"),
         ('[accounts.""]\nhost = "h"\nuser = "u"\npassword_env = "X"\n', "an empty name"),
+        ('password_file = "p\\u0000w"\n', "contains a NUL character"),
         ('password_command = "x"\n', "keep exactly one password source"),
         ('tls = "none"\n', "allow_plaintext_auth = true"),
         ("delete_after_days = 3\n", 'set delete = "after-commit"'),
@@ -68,6 +70,13 @@ def test_invalid_config_names_file_key_and_fix(extra: str, needle: str) -> None:
     assert message.startswith("/etc/m.toml: ")
     assert needle in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("host", ["pop..example.com", ".x", "a" * 70 + ".example.com"])
+def test_a_host_name_the_socket_layer_cannot_encode_is_a_config_error(host: str) -> None:
+    text = re.sub(r'host = "[^"]*"', f'host = "{host}"', GOOD, count=1)
+    with pytest.raises(ConfigError, match="is not a valid host name"):
+        parse_config(Path("m.toml"), text)
 
 
 def test_a_byte_order_mark_is_not_a_syntax_error() -> None:

@@ -351,6 +351,8 @@ def _settle_missed(
     stored from elsewhere in the same file: then the file was only edited before it."""
     for m in missed:
         elsewhere = [found_at[h] for h in sorted(m.hashes) if h in found_at]
+        if m.offset in elsewhere:  # found right there after all (an entry listed twice)
+            continue
         if elsewhere:
             report.warnings.append(
                 Warned(
