@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -296,6 +296,64 @@ def as_json(msg: ParsedMessage) -> dict[str, Any]:
         "unreadable": msg.unreadable,
         "defects": list(msg.defects),
     }
+
+
+def write_part(store: BlobStore, digest: str, index: int, write: Callable[[bytes], object]) -> int:
+    """Write the decoded content of part ``index`` with ``write``; returns its size.
+
+    A message over ``skeleton.WHOLE_MAX`` is not held in memory: the part is decoded as the
+    message streams by into a temporary file (nothing reaches ``write`` before the part is
+    known to be the one asked for), and the message's skeleton tells which part that is.
+    """
+    import tempfile
+
+    from mailvault.parse import skeleton
+
+    chunks = verified_chunks(store, digest)
+    head: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        head.append(chunk)
+        size += len(chunk)
+        if size > skeleton.WHOLE_MAX:
+            break
+    else:
+        payload = part_bytes(b"".join(head), index)
+        write(payload)
+        return len(payload)
+    with tempfile.TemporaryFile() as spool:
+        walker = skeleton.Skeleton(extract=index, sink=spool.write)
+        for chunk in head:
+            walker.feed(chunk)
+        head.clear()
+        for chunk in chunks:
+            walker.feed(chunk)
+        tree_bytes = walker.finish()
+        got = walker.extracted
+        described = _describe_part(tree_bytes, index)
+        if got is None or not got.exact or got.content_type != described:
+            # a container, an enclosed message, a uuencoded part: the whole-message way
+            payload = part_bytes(verified_bytes(store, digest), index)
+            write(payload)
+            return len(payload)
+        spool.seek(0)
+        while block := spool.read(1024 * 1024):
+            write(block)
+        return got.size
+
+
+def _describe_part(raw: bytes, index: int) -> str:
+    """The content type of part ``index`` of ``raw`` (as ``part_bytes`` checks it)."""
+    from mailvault.parse.mime import parse_bytes, part_at, walk
+
+    tree = parse_bytes(raw)
+    part = part_at(tree, index)
+    if part is None:
+        count = sum(1 for _ in walk(tree))
+        raise UsageError(f"this message has parts 0 to {count - 1}; there is no part {index}")
+    if part.is_multipart() and part.get_content_maintype() != "message":
+        raise UsageError(f"part {index} is a multipart container, not content; pick another part")
+    return part.get_content_type()
 
 
 def part_bytes(raw: bytes, index: int) -> bytes:

@@ -179,12 +179,11 @@ def show(
     from mailvault.show import (
         AmbiguousId,
         first_ingest,
-        part_bytes,
         render_text,
         require_not_purged,
         resolve,
-        verified_bytes,
         verified_chunks,
+        write_part,
     )
     from mailvault.show import as_json as message_json
 
@@ -214,14 +213,25 @@ def show(
         stdout.flush()
         return
     if part is not None:
-        payload = part_bytes(verified_bytes(store, digest), part)
         if out is None or str(out) == "-":
             if out is None and sys.stdout.isatty():
                 raise UsageError("refusing to write a part to a terminal; add --out FILE")
-            sys.stdout.buffer.write(payload)
+            write_part(store, digest, part, sys.stdout.buffer.write)
+            sys.stdout.buffer.flush()
         else:
-            out.write_bytes(payload)
-            click.echo(f"wrote part {part} ({len(payload):,} bytes) to {out}", err=True)
+            import os
+
+            from mailvault._tempfiles import temp_path
+
+            spool = Path(temp_path(out.parent, out.name))
+            try:  # in place only once whole: no half-written part, no file lost to a typo
+                with spool.open("xb") as sink:
+                    size = write_part(store, digest, part, sink.write)
+                os.replace(spool, out)
+            except BaseException:
+                spool.unlink(missing_ok=True)
+                raise
+            click.echo(f"wrote part {part} ({size:,} bytes) to {out}", err=True)
         return
     from mailvault.parse.skeleton import parse_chunks
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -35,6 +35,9 @@ HEADER_KEEP = 1024 * 1024  # header bytes of one part kept (a hostile header blo
 
 _HEADERS = BytesHeaderParser(policy=compat32)
 _WHITESPACE = re.compile(rb"[ \t\r\n]+")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\r\n]")  # a space too: the stdlib tries strict first
+_B64_DATA = re.compile(rb"[A-Za-z0-9+/]")
+_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # email.feedparser's headerRE
 
 
 _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})  # not decoded here
@@ -56,10 +59,20 @@ class _Decoder:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._carry = b""  # base64: characters short of a whole quantum
+        # base64 with stray characters or data after padding: the stdlib decodes the whole
+        # payload at once, where such input ends or shifts differently than in pieces
+        self.clean = True
+        self._padded = False
+        self._length = 0  # base64 characters seen
 
     def feed(self, line: bytes) -> bytes:
         if self.encoding == "base64":
-            data = self._carry + _WHITESPACE.sub(b"", line)
+            if _NOT_BASE64.search(line) or (self._padded and _B64_DATA.search(line)):
+                self.clean = False
+            self._padded = self._padded or b"=" in line
+            stripped = _WHITESPACE.sub(b"", line)
+            self._length += len(stripped)
+            data = self._carry + stripped
             whole = len(data) - len(data) % 4
             self._carry = data[whole:]
             return _b64(data[:whole])
@@ -68,6 +81,8 @@ class _Decoder:
         return line
 
     def flush(self) -> bytes:
+        if self._length % 4 == 1:  # undecodable: the stdlib then keeps the encoded text
+            self.clean = False
         carry, self._carry = self._carry, b""
         return _b64(carry + b"=" * (-len(carry) % 4)) if carry else b""
 
@@ -91,23 +106,35 @@ class _Leaf:
     held: bytes | None = None  # the last line: its line end belongs to a delimiter after it
     blocks: int = 1  # message/delivery-status: the parser makes a part of each header block
     blank: bool = False  # the last line was blank
+    sink: Callable[[bytes], object] | None = None  # where this part's content goes (show --part)
 
     def decode(self, data: bytes) -> None:
-        decoded = self.decoder.feed(data)
+        self.took(self.decoder.feed(data))
+
+    def took(self, decoded: bytes) -> None:
         self.size += len(decoded)
         self.hash.update(decoded)
+        if self.sink is not None and decoded:
+            self.sink(decoded)
 
 
 class Skeleton:
     """Feed a message's bytes in chunks, then ``finish()``: the skeleton's bytes; ``cuts`` has
     the parts (by walk number) whose bodies were shortened, with what they really decode to."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, extract: int | None = None, sink: Callable[[bytes], object] | None = None
+    ) -> None:
+        """``extract``: the walk number of a part whose decoded content goes to ``sink`` as it
+        streams by (``show --part N`` of a big message); ``extracted`` then says what it was."""
+        self._extract, self._sink = extract, sink
+        self.extracted: Cut | None = None
         self.out: list[bytes] = []
         self.cuts: dict[int, Cut] = {}
         self.size = 0
         self._tail = b""
         self._delimiters: list[bytes] = []  # of the open multiparts, innermost last
+        self._digest: list[bool] = []  # each of them multipart/digest (parts default to messages)
         self._leaf: _Leaf | None = None
         self._header: list[bytes] | None = []  # collecting a header block (the top one first)
         self._header_bytes = 0
@@ -132,7 +159,9 @@ class Skeleton:
         if self._tail:
             self._line(self._tail)
             self._tail = b""
-        self._end_leaf(at_delimiter=False)
+        # a part left open by a missing close delimiter loses its last line end too (as the
+        # stdlib does it); a message that is not multipart keeps it
+        self._end_leaf(at_delimiter=bool(self._delimiters))
         if self._header is not None:
             self.out.extend(self._header)
         return b"".join(self.out)
@@ -140,11 +169,20 @@ class Skeleton:
     # -- lines ----------------------------------------------------------------------------------
     def _line(self, line: bytes) -> None:
         if self._header is not None:
-            if self._header_bytes < HEADER_KEEP:
-                self._header.append(line)
-                self._header_bytes += len(line)
             if line in (b"\r\n", b"\n"):
+                self._header.append(line)
                 self._open_part()
+            elif not self._header and line.startswith(b"--") and self._is_delimiter(line):
+                self._delimiter(line)  # a delimiter right after one: no part (as the stdlib)
+            elif _HEADER_LINE.match(line):
+                if self._header_bytes < HEADER_KEEP:
+                    self._header.append(line)
+                    self._header_bytes += len(line)
+            else:  # not a header line: the header block ends, and this line is body (as the
+                self._open_part()  # stdlib parser reads it: MissingHeaderBodySeparator)
+                if self._leaf is not None:  # where the stdlib's recovery varies: not exact
+                    self._leaf.decoder.clean = False
+                self._line(line)
         elif not (line.startswith(b"--") and self._delimiter(line)):
             self._body_line(line)
 
@@ -155,6 +193,8 @@ class Skeleton:
         self._header, self._header_bytes = None, 0
         try:
             headers = _HEADERS.parsebytes(block)
+            if self._digest and self._digest[-1] and headers.get("content-type") is None:
+                headers.set_default_type("message/rfc822")  # RFC 2046 5.1.5, as the stdlib
             content_type = headers.get_content_type()
             boundary = headers.get_boundary()
             # exactly as Message.get_payload(decode=True) reads it ("base64 " is not base64)
@@ -163,13 +203,19 @@ class Skeleton:
             content_type, boundary, encoding = "text/plain", None, ""
         index, self._next_index = self._next_index, self._next_index + 1
         maintype = content_type.partition("/")[0]
-        if maintype == "multipart" and boundary:
+        if maintype == "multipart" and boundary is not None:
             self._delimiters.append(b"--" + boundary.encode("utf-8", "surrogateescape"))
+            self._digest.append(content_type == "multipart/digest")
         elif maintype == "message" and content_type != "message/delivery-status":
             self._header = []  # the enclosed message's own header block follows
             self._messages.append((index, len(self._delimiters)))
         else:
-            self._leaf = _Leaf(index, content_type, _Decoder(encoding))
+            sink = self._sink if index == self._extract else None
+            self._leaf = _Leaf(index, content_type, _Decoder(encoding), sink=sink)
+
+    def _is_delimiter(self, line: bytes) -> bool:
+        """A delimiter (not a close delimiter) of an open multipart."""
+        return line.rstrip(b" \t\r\n") in self._delimiters
 
     def _delimiter(self, line: bytes) -> bool:
         """A delimiter of an open multipart: the part before it ends, a new one may start."""
@@ -179,6 +225,7 @@ class Skeleton:
             if text == delimiter or text == delimiter + b"--":
                 self._end_leaf(at_delimiter=True)
                 del self._delimiters[depth + (text == delimiter) :]
+                del self._digest[depth + (text == delimiter) :]
                 # the enclosed messages inside the part this delimiter ends are over too
                 self._messages = [m for m in self._messages if m[1] <= depth]
                 self.out.append(line)
@@ -217,12 +264,13 @@ class Skeleton:
             leaf.decode(
                 leaf.held.removesuffix(b"\n").removesuffix(b"\r") if at_delimiter else leaf.held
             )
-        tail = leaf.decoder.flush()
-        leaf.size += len(tail)
-        leaf.hash.update(tail)
+        leaf.took(leaf.decoder.flush())
+        if leaf.index == self._extract:
+            exact = leaf.decoder.encoding not in _UUENCODE and leaf.decoder.clean
+            self.extracted = Cut(leaf.content_type, leaf.size, leaf.hash.hexdigest(), exact)
         if leaf.cut:
             self.cut_messages.update(index for index, _ in self._messages)
-            exact = leaf.decoder.encoding not in _UUENCODE
+            exact = leaf.decoder.encoding not in _UUENCODE and leaf.decoder.clean
             self.cuts[leaf.index] = Cut(leaf.content_type, leaf.size, leaf.hash.hexdigest(), exact)
 
 
