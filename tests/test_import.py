@@ -269,6 +269,27 @@ def test_purged_content_is_not_brought_back(tmp_path: Path) -> None:
     assert open_vault(vault).store().find(sha(A)) is None
 
 
+@pytest.mark.parametrize("fmt", ["mbox", "maildir", "eml"])
+def test_an_lf_export_of_purged_mail_does_not_bring_it_back(tmp_path: Path, fmt: str) -> None:
+    """An lf export's bytes differ from the vault's (CRLF) copy, but its manifest entry, or
+    the file name (Maildir ,H=<sha256>; <sha256>.eml), names the purged original."""
+    vault = new_vault(tmp_path / "vault")
+    paths = [str(write(tmp_path / f"{n}.eml", m)) for n, m in enumerate((A, C))]
+    assert import_json(vault, *paths)[0] == 0
+    out = tmp_path / f"out-{fmt}"
+    result = cli(vault, "export", "--format", fmt, "--out", str(out), "--line-endings", "lf")
+    assert result.exit_code == 0, result.stderr
+    if fmt != "mbox":
+        for manifest in out.glob("manifest.json*"):
+            manifest.unlink()  # the name alone is enough
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("UPDATE messages SET purged_at='2026-01-01T00:00:00+00:00'")
+    code, report = import_json(vault, str(out))
+    assert code == 1 and report["imported"] == 0
+    assert len(report["rejected"]) == 2
+    assert all("purged" in r["reason"] for r in report["rejected"])
+
+
 def test_usage_errors(tmp_path: Path) -> None:
     vault = new_vault(tmp_path / "vault")
     unknown = write(tmp_path / "data.bin", b"\x00\x01")

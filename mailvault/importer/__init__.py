@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,9 +189,12 @@ class _Committer:
             pending.staged.tmp_path.unlink(missing_ok=True)
         self.batch, self.batch_size = [], 0
 
-    def _purged_at(self, digest: str) -> str | None:
+    def _purged_at(self, digests: Iterable[str]) -> str | None:
+        """When retention purged any of these contents (None: none of them was purged)."""
+        wanted = sorted(set(digests))
         row = self.catalog.db.execute(
-            "SELECT purged_at FROM messages WHERE sha256 = ?", (digest,)
+            f"SELECT max(purged_at) FROM messages WHERE sha256 IN ({', '.join('?' * len(wanted))})",
+            wanted,
         ).fetchone()
         return str(row[0]) if row and row[0] else None
 
@@ -238,7 +242,11 @@ class _Committer:
                 f"content (sha256 {staged.digest}) does not match the export manifest's "
                 f"{' or '.join(sorted(found.expect))}: the file is damaged here"
             )
-        elif (purged := self._purged_at(staged.digest)) is not None:
+        elif (
+            purged := self._purged_at([staged.digest, *found.expect, *_named(found)])
+        ) is not None:
+            # also an lf export of purged mail: its bytes differ, but its manifest entry or its
+            # file name still names the purged original
             reason = f"this content was purged from the vault at {purged}; not imported again"
         if reason is not None:
             staged.tmp_path.unlink(missing_ok=True)
@@ -342,6 +350,18 @@ def import_sources(
             _catch_up(vault, report)
     report.seconds = time.monotonic() - started
     return report
+
+
+_NAMED_HASH = re.compile(r"(?:,H=|^)([0-9a-f]{64})(?:[:,.]|$)")
+
+
+def _named(found: Found) -> list[str]:
+    """The vault hash an exported file's name carries: Maildir ``,H=<sha256>``, EML
+    ``<sha256>.eml`` (what mailvault export writes)."""
+    if found.kind == "mbox":
+        return []
+    match = _NAMED_HASH.search(found.path.name)
+    return [match.group(1)] if match else []
 
 
 def _settle_missed(
