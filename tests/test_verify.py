@@ -149,6 +149,16 @@ def test_ledger_export_checks_without_the_database(vault: Path, tmp_path: Path) 
     assert len(lines) == 16 and json.loads(lines[-1])["entry_hash"] == head[1]
     assert {json.loads(line)["kind"] for line in lines} == {"ingest", "server-delete"}
     assert run_cli(vault, "ledger", "check", str(out), "--head", head[1]).exit_code == 0
+    # what `ledger head` prints is a head too; an earlier one holds in a longer export
+    printed = run_cli(vault, "ledger", "head").stdout.strip()
+    assert run_cli(vault, "ledger", "check", str(out), "--head", printed).exit_code == 0
+    earlier = json.loads(lines[9])
+    earlier_head = f"{earlier['seq']} {earlier['entry_hash']}"
+    assert run_cli(vault, "ledger", "check", str(out), "--head", earlier_head).exit_code == 0
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(line + "\n" for line in lines[:8]))  # cut back before that head
+    result = run_cli(vault, "ledger", "check", str(cut), "--head", earlier_head)
+    assert result.exit_code == 1 and "cut back or rewritten" in result.output
     # the documented stand-alone check (docs/ledger.md) agrees
     tampered = [json.loads(line) for line in lines]
     del tampered[5]

@@ -117,7 +117,12 @@ def export_ledger(ctx: click.Context, out: Path | None) -> None:
 
 @ledger_group.command(name="check")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--head", "expected_head", help="Also require this head hash (as notarised).")
+@click.option(
+    "--head",
+    "expected_head",
+    help='A notarised head: "SEQ HASH" as `ledger head` prints it (that entry must be in the '
+    "file, later ones may follow), or a bare HASH (it must be the file's last entry).",
+)
 def check_ledger(file: Path, expected_head: str | None) -> None:
     """Verify an exported ledger file on its own: every hash, every link, no gaps."""
     entries = []
@@ -130,7 +135,17 @@ def check_ledger(file: Path, expected_head: str | None) -> None:
             ) from None
     problems = ledger.check_chain(entries)
     last = entries[-1]["entry_hash"] if entries else ledger.GENESIS
-    if expected_head and last != expected_head:
+    if expected_head and " " in expected_head.strip():
+        from mailvault.verify import parse_anchor
+
+        seq, digest = parse_anchor(expected_head.strip())
+        found = next((e for e in entries if e.get("seq") == seq), None)
+        if seq and (found is None or found.get("entry_hash") != digest):
+            problems.append(
+                f"entry {seq} is {'missing' if found is None else found.get('entry_hash')}, "
+                f"the notarised head says {digest}: the ledger was cut back or rewritten"
+            )
+    elif expected_head and last != expected_head.strip():
         problems.append(f"head is {last}, expected {expected_head}: entries were added or removed")
     for problem in problems:
         click.echo(problem)
