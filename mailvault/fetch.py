@@ -76,6 +76,7 @@ class AccountReport:
     warnings: list[str] = field(default_factory=list)
     would_delete: int = 0
     would_check: int = 0  # dry run: committed UIDLs that would be downloaded again to check
+    would_bytes: int = 0  # dry run: their size as LIST gives it
     config_error: bool = False  # failed on its configuration (a password source): exit 2
 
     def counts(self) -> dict[str, int]:
@@ -88,6 +89,7 @@ class AccountReport:
         if self.status == "dry-run":
             data["would_delete"] = self.would_delete
             data["would_check"] = self.would_check
+            data["would_bytes"] = self.would_bytes
         return data
 
 
@@ -371,6 +373,9 @@ class AccountFetcher:
         if self.dry_run:
             report.status = "dry-run"
             report.would_check = len([u for u in suspects if u not in self.refused])
+            report.would_bytes = sum(m.size for m in new) + sum(
+                m.size for m in listed if m.uidl in suspects
+            )
             report.would_delete = len(ghost_deletes) + (
                 len(new) if self._deletable(listing_time, now) else 0
             )

@@ -19,3 +19,14 @@ def test_cli_reference_is_current() -> None:
 def test_readme_shows_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make demo" in readme and "make test" in readme
+
+
+def test_readme_exit_codes_are_the_cli_reference_s() -> None:
+    """README.md and docs/cli.md give one exit-code table (they drifted apart once)."""
+
+    def table(text: str) -> str:
+        return text[text.index("| code | meaning |") : text.index("| 130 | interrupted |")]
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    reference = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert table(readme) == table(reference)

@@ -333,6 +333,7 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
         code, report = fetch_json(vault, "--dry-run")
         acct = report["accounts"][0]
         assert (code, acct["status"], acct["new"], acct["would_delete"]) == (0, "dry-run", 6, 6)
+        assert acct["would_bytes"] == sum(len(served_bytes(m.data)) for m in server.mailbox)
         assert len(server.mailbox) == 6
         assert not any(cmd.startswith(("RETR", "DELE")) for d, cmd in server.log if d == "C")
         assert_vault_exact(vault, set())

@@ -227,3 +227,16 @@ def test_fast_entry_matches_the_cli(
     assert "unknown field" in capsys.readouterr().err
     for other in (["search", "--help"], ["show", "x"], ["--bogus", "search", "x"], ["search"]):
         assert fast_main(other) is None
+
+
+def test_a_lone_dash_h_is_help_and_dash_dash_searches_it(
+    indexed: tuple[Vault, dict[str, str]],
+) -> None:
+    """`search -h` once ran the query NOT h (every message) and wrote an audit entry."""
+    vault, _ = indexed
+    base = [sys.executable, "-m", "mailvault", "--vault", str(vault.root), "search"]
+    helped = subprocess.run([*base, "-h"], capture_output=True, text=True)
+    assert helped.returncode == 0 and helped.stdout.startswith("Usage: mailvault search")
+    counted = subprocess.run([*base, "--count", "--", "-h"], capture_output=True, text=True)
+    assert counted.returncode == 0 and int(counted.stdout) > 0  # NOT h: nearly everything
+    assert "search [OPTIONS] QUERY" in run(vault, "search", "-h").output

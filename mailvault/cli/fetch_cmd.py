@@ -182,7 +182,8 @@ def fetch(
                 f"{f'download {r.would_check} again to check, ' if r.would_check else ''}"
                 f"duplicates {r.duplicates}, "
                 f"{'would delete' if dry_run else 'deleted'} "
-                f"{r.would_delete if dry_run else r.deleted}, {r.bytes:,} bytes"
+                f"{r.would_delete if dry_run else r.deleted}, "
+                f"{f'{r.would_bytes:,} bytes listed' if dry_run else f'{r.bytes:,} bytes'}"
                 f"{f', {r.retries} retries' if r.retries else ''} [{r.status}]"
             )
             click.echo(line)

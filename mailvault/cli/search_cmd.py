@@ -127,9 +127,16 @@ def search(
     Quote the whole query for the shell when it holds phrases or parentheses:
 
       mailvault search 'from:alice@example.com subject:"quarterly report" after:2024-01-01'
+
+    A lone -h is this help, as for every other command; a query that starts with -word
+    (NOT word) works as typed, and `mailvault search -- -h` searches NOT h.
     """
     from mailvault.errors import UsageError
     from mailvault.search import run
+
+    if query == ("-h",) and "--" not in sys.argv:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
 
     if as_json + as_count + as_ids > 1:
         raise UsageError("--json, --count and --ids exclude each other; pick one")
@@ -154,7 +161,8 @@ def search(
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
-    help="With --part: write the decoded part to FILE ('-' for stdout).",
+    help="With --part: write the decoded part to FILE ('-' or no --out: stdout, refused on a "
+    "terminal).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the message as JSON.")
 @click.pass_context

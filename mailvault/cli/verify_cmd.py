@@ -44,7 +44,8 @@ def verify(
 ) -> None:
     """Check the whole vault: blobs, catalog, ledger chain and index; report every finding.
 
-    Exit 0 when clean, 1 when anything was found.  Nothing but the derived index is ever
+    Exit 0 when clean (notes alone count as clean), 1 on any error or warning.  The summary
+    line goes to stdout after the findings.  Nothing but the derived index is ever
     repaired.  With --ledger-head / --audit-head, a chain cut back or rewritten before a head
     notarised outside the vault is found too (the chains alone cannot show a clean cut).
 
@@ -77,8 +78,7 @@ def verify(
         assert isinstance(counts, dict)
         click.echo(
             f"verify: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes"
-            + (" (blobs not re-hashed: --quick)" if quick else ""),
-            err=True,
+            + (" (blobs not re-hashed: --quick)" if quick else "")
         )
     if not report["ok"]:
         ctx.exit(1)

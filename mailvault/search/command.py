@@ -108,8 +108,8 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
                 if not value.isdigit():
                     return None
                 opts[name[2:]] = int(value)
-        elif arg.startswith("--"):
-            return None  # --help and anything unknown: the full CLI explains
+        elif arg.startswith("--") or arg == "-h":
+            return None  # -h, --help and anything unknown: the full CLI explains
         else:
             words.append(arg)
     if not words or len(modes) > 1:

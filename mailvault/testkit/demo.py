@@ -149,7 +149,9 @@ def main() -> None:
             _round_trip(base, env)
         if "verify" in commands:
             _run(["verify"], env)
-    print(f"\ndone. The vault stays at {vault}; try: MAILVAULT_VAULT={vault} mailvault --help")
+    print(
+        f"\ndone. The vault stays at {vault}; try: MAILVAULT_VAULT={vault} .venv/bin/mailvault --help"
+    )
 
 
 if __name__ == "__main__":
