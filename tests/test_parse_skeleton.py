@@ -183,3 +183,20 @@ def test_a_part_streamed_out_is_the_part_the_whole_message_gives(
             assert b"".join(out) == part_bytes(raw, index), (name, index)
             compared += 1
     assert compared > 300
+
+
+def test_a_failure_in_the_skeleton_still_gives_a_parsed_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """parse_message never raises; neither may the streamed path: a bug there must not cost
+    a message its index entry.  It falls back to the message's first WHOLE_MAX bytes."""
+    monkeypatch.setattr(sk, "WHOLE_MAX", 64)
+
+    def broken(self: sk.Skeleton, chunk: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sk.Skeleton, "feed", broken)
+    raw = b"Subject: still here\r\n\r\n" + b"x" * 500 + b"\r\n"
+    parsed = sk.parse_chunks([raw[:100], raw[100:]], "0" * 64, ingest_time=INGEST)
+    assert parsed.subject == "still here" and parsed.size == len(raw)
+    assert "parsed from its first 64 bytes only (RuntimeError)" in parsed.defects

@@ -290,14 +290,30 @@ def parse_chunks(chunks: Iterable[bytes], sha256: str, *, ingest_time: datetime)
     else:
         return parse_message(b"".join(buffered), sha256, ingest_time=ingest_time)
     skeleton = Skeleton()
-    for chunk in buffered:
-        skeleton.feed(chunk)
-    buffered.clear()
-    for chunk in stream:
-        skeleton.feed(chunk)
-    data = skeleton.finish()
-    parsed = parse_message(data, sha256, ingest_time=ingest_time)
-    return restore(parsed, skeleton, data)
+    failure: Exception | None = None
+    try:
+        for chunk in buffered:
+            skeleton.feed(chunk)
+    except Exception as exc:  # a bug here must not cost the message its index entry
+        failure = exc
+    for chunk in stream:  # read to the end in any case: errors reading the blob propagate
+        size += len(chunk)
+        if failure is None:
+            try:
+                skeleton.feed(chunk)
+            except Exception as exc:
+                failure = exc
+    if failure is None:
+        try:
+            data = skeleton.finish()
+            return restore(parse_message(data, sha256, ingest_time=ingest_time), skeleton, data)
+        except Exception as exc:
+            failure = exc
+    # Never raise (parse_message's promise): the first WHOLE_MAX bytes, parsed whole.
+    head = b"".join(buffered)[:WHOLE_MAX]
+    parsed = parse_message(head, sha256, ingest_time=ingest_time)
+    defect = f"parsed from its first {len(head)} bytes only ({type(failure).__name__})"
+    return replace(parsed, size=size, defects=(*parsed.defects, defect))
 
 
 def restore(parsed: ParsedMessage, skeleton: Skeleton, data: bytes) -> ParsedMessage:
