@@ -21,23 +21,28 @@ secret either.  Standard library only, so that ``mailvault.errors`` can use it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import threading
-from urllib.parse import quote
+import _thread  # not threading: a few hundred µs of every `mailvault search` start-up
+
+# base64, binascii, contextlib and urllib.parse are imported where secrets are registered:
+# `mailvault.errors` imports this module, and so every `mailvault search` start-up would pay
+# for them (urllib.parse alone is ~2 ms), where only fetch and check ever register a secret.
 
 MASK = "****"
 MIN_MASKED = 4  # characters; shorter secrets are not masked in all text, see above
 WINDOW = 4  # characters of a secret in a row that make a server reply suspect
 WITHHELD = "(reply text withheld: it may quote the password)"
-_LOCK = threading.Lock()
+_LOCK = _thread.allocate_lock()
 _MASKED: tuple[str, ...] = ()  # longest first, so that a secret containing another goes whole
 _SECRETS: tuple[str, ...] = ()  # every registered secret, for screening replies
 
 
 def _forms(value: str) -> set[str]:
     """The ways a secret may come back in text: as sent, escaped as repr does, re-encoded."""
+    import base64
+    import binascii
+    import contextlib
+    from urllib.parse import quote
+
     raw = value.encode("utf-8", "surrogateescape")
     forms = {
         value,
