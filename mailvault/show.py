@@ -298,7 +298,13 @@ def as_json(msg: ParsedMessage) -> dict[str, Any]:
     }
 
 
-def write_part(store: BlobStore, digest: str, index: int, write: Callable[[bytes], object]) -> int:
+def write_part(
+    store: BlobStore,
+    digest: str,
+    index: int,
+    write: Callable[[bytes], object],
+    warn: Callable[[str], object] | None = None,
+) -> int:
     """Write the decoded content of part ``index`` with ``write``; returns its size.
 
     A message over ``skeleton.WHOLE_MAX`` is not held in memory: the part is decoded as the
@@ -330,12 +336,18 @@ def write_part(store: BlobStore, digest: str, index: int, write: Callable[[bytes
             walker.feed(chunk)
         tree_bytes = walker.finish()
         got = walker.extracted
-        described = _describe_part(tree_bytes, index)
-        if got is None or not got.exact or got.content_type != described:
-            # a container, an enclosed message, a uuencoded part: the whole-message way
+        _describe_part(tree_bytes, index)  # no such part, or a container: a usage error
+        if got is None or index in walker.undecoded or index not in walker.verify(tree_bytes):
+            # an enclosed message, uuencode, or a structure this walk does not follow: the
+            # whole-message way
             payload = part_bytes(verified_bytes(store, digest), index)
             write(payload)
             return len(payload)
+        if not got.exact and warn is not None:
+            warn(
+                f"part {index}'s base64 is damaged: it was decoded "
+                "leniently, as it streamed by; `mailvault show --raw` has the exact bytes"
+            )
         spool.seek(0)
         while block := spool.read(1024 * 1024):
             write(block)

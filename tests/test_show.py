@@ -97,6 +97,30 @@ def test_part_out_saves_the_decoded_part(shown: Fixture, tmp_path: Path) -> None
     result = run(vault, "show", digests[i], "--part", str(first["index"]), "--out", "-")
     assert len(result.stdout_bytes) == messages[i].attachments[0].size
     assert run(vault, "show", digests[i], "--part", "999", "--out", "-").exit_code == 2
+    # a wrong part number leaves an existing --out file alone (the part goes in by rename)
+    out.write_bytes(b"keep me")
+    assert run(vault, "show", digests[i], "--part", "999", "--out", str(out)).exit_code == 2
+    assert out.read_bytes() == b"keep me"
+
+
+def test_part_out_to_a_fifo_writes_into_it(shown: Fixture, tmp_path: Path) -> None:
+    """--out /dev/null or a FIFO is written to, never replaced by a regular file (as root, a
+    rename over /dev/null once replaced the device)."""
+    import os
+    import threading
+
+    vault, _, _, named = shown
+    doc = json.loads(run(vault, "show", "--json", named["pdf"]).stdout)
+    (att,) = doc["attachments"]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    result = run(vault, "show", named["pdf"], "--part", str(att["index"]), "--out", str(fifo))
+    reader.join(timeout=30)
+    assert result.exit_code == 0 and got == [PDF_BYTES]
+    assert fifo.is_fifo()
 
 
 def test_ambiguous_prefix_lists_candidates(shown: Fixture) -> None:

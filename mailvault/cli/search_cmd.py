@@ -154,6 +154,10 @@ def search(
     ctx.exit(code)
 
 
+def _warn(text: str) -> None:
+    click.echo(f"mailvault: warning: {text}", err=True)
+
+
 @cli.command()
 @click.argument("ident", metavar="ID")
 @click.option("--raw", is_flag=True, help="Write the exact stored bytes to stdout.")
@@ -224,21 +228,25 @@ def show(
         if out is None or str(out) == "-":
             if out is None and sys.stdout.isatty():
                 raise UsageError("refusing to write a part to a terminal; add --out FILE")
-            write_part(store, digest, part, sys.stdout.buffer.write)
+            write_part(store, digest, part, sys.stdout.buffer.write, _warn)
             sys.stdout.buffer.flush()
         else:
             import os
 
             from mailvault._tempfiles import temp_path
 
-            spool = Path(temp_path(out.parent, out.name))
-            try:  # in place only once whole: no half-written part, no file lost to a typo
-                with spool.open("xb") as sink:
-                    size = write_part(store, digest, part, sink.write)
-                os.replace(spool, out)
-            except BaseException:
-                spool.unlink(missing_ok=True)
-                raise
+            if out.exists() and not out.is_file():  # /dev/null, a FIFO: write to it as it is
+                with out.open("wb") as sink:
+                    size = write_part(store, digest, part, sink.write, _warn)
+            else:
+                spool = Path(temp_path(out.parent, out.name))
+                try:  # in place only once whole: no half-written part, no file lost to a typo
+                    with spool.open("xb") as sink:
+                        size = write_part(store, digest, part, sink.write, _warn)
+                    os.replace(spool, out)
+                except BaseException:
+                    spool.unlink(missing_ok=True)
+                    raise
             click.echo(f"wrote part {part} ({size:,} bytes) to {out}", err=True)
         return
     from mailvault.parse.skeleton import parse_chunks

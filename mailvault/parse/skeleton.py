@@ -38,7 +38,19 @@ _WHITESPACE = re.compile(rb"[ \t\r\n]+")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\r\n]")  # a space too: the stdlib tries strict first
 _B64_DATA = re.compile(rb"[A-Za-z0-9+/]")
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # email.feedparser's headerRE
-
+_OBS_COLON = re.compile(rb"[!-9;-~]+[ \t]+:")  # "Subject  :", repaired by mime.parse_tree
+_OBS_COLON_FIX = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
+_NEWLINE = re.compile(rb"\r\n|\r|\n")  # the stdlib's line ends (feedparser's NLCRE_crack)
+_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_JUNK_LINE = re.compile(rb"[ \t]+\r?\n")  # what mime.leading_junk skips, after a BOM
+# Fields kept past HEADER_KEEP: what the parser and the index read.  A megabyte of Received
+# lines must not push the Subject out of the skeleton.
+_NEEDED = frozenset(
+    b"content-type content-transfer-encoding content-disposition mime-version subject from "
+    b"to cc bcc date message-id in-reply-to references reply-to sender list-id".split()
+)
+_TOTAL_HEADERS = 8 * 1024 * 1024  # header bytes of all parts kept before only _NEEDED ones
+_MAX_ENCLOSED = 64  # nested message/* parts followed; deeper ones are read as plain bodies
 
 _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})  # not decoded here
 
@@ -50,7 +62,8 @@ class Cut:
     content_type: str
     size: int
     sha256: str
-    exact: bool  # False: a transfer encoding this module does not decode (uuencode)
+    exact: bool  # False: decoded here otherwise than the stdlib would (see _Decoder.clean)
+    kept: str = ""  # sha256 of the part's raw body as the skeleton keeps it (for the check)
 
 
 class _Decoder:
@@ -59,18 +72,23 @@ class _Decoder:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._carry = b""  # base64: characters short of a whole quantum
-        # base64 with stray characters or data after padding: the stdlib decodes the whole
-        # payload at once, where such input ends or shifts differently than in pieces
-        self.clean = True
+        # base64 the stdlib would not decode strictly (stray characters, padding not at the
+        # very end, a length it cannot pad): it then decodes it in ways that differ from
+        # decoding in pieces, or keeps the text as it is
+        self.clean = encoding not in _UUENCODE
         self._padded = False
         self._length = 0  # base64 characters seen
 
     def feed(self, line: bytes) -> bytes:
         if self.encoding == "base64":
-            if _NOT_BASE64.search(line) or (self._padded and _B64_DATA.search(line)):
-                self.clean = False
-            self._padded = self._padded or b"=" in line
             stripped = _WHITESPACE.sub(b"", line)
+            if (
+                _NOT_BASE64.search(stripped)
+                or (self._padded and _B64_DATA.search(stripped))
+                or (b"=" in stripped and _B64_DATA.search(stripped[stripped.index(b"=") :]))
+            ):
+                self.clean = False
+            self._padded = self._padded or b"=" in stripped
             self._length += len(stripped)
             data = self._carry + stripped
             whole = len(data) - len(data) % 4
@@ -81,8 +99,10 @@ class _Decoder:
         return line
 
     def flush(self) -> bytes:
-        if self._length % 4 == 1:  # undecodable: the stdlib then keeps the encoded text
-            self.clean = False
+        if self.encoding == "base64" and (
+            self._length % 4 == 1 or (self._padded and self._length % 4)
+        ):
+            self.clean = False  # the stdlib keeps the encoded text, or decodes it otherwise
         carry, self._carry = self._carry, b""
         return _b64(carry + b"=" * (-len(carry) % 4)) if carry else b""
 
@@ -104,8 +124,8 @@ class _Leaf:
     size: int = 0
     hash: hashlib._Hash = field(default_factory=hashlib.sha256)
     held: bytes | None = None  # the last line: its line end belongs to a delimiter after it
-    blocks: int = 1  # message/delivery-status: the parser makes a part of each header block
-    blank: bool = False  # the last line was blank
+    kept_hash: hashlib._Hash = field(default_factory=hashlib.sha256)  # raw body as kept
+    kept_held: bytes | None = None
     sink: Callable[[bytes], object] | None = None  # where this part's content goes (show --part)
 
     def decode(self, data: bytes) -> None:
@@ -120,7 +140,8 @@ class _Leaf:
 
 class Skeleton:
     """Feed a message's bytes in chunks, then ``finish()``: the skeleton's bytes; ``cuts`` has
-    the parts (by walk number) whose bodies were shortened, with what they really decode to."""
+    the parts (by walk number) whose bodies were shortened, with what they really decode to.
+    ``verify(tree)`` then checks the parser found each of those parts where this walk did."""
 
     def __init__(
         self, extract: int | None = None, sink: Callable[[bytes], object] | None = None
@@ -133,31 +154,52 @@ class Skeleton:
         self.cuts: dict[int, Cut] = {}
         self.size = 0
         self._tail = b""
+        self._mid_line = False  # the next bytes continue a line already passed on in pieces
         self._delimiters: list[bytes] = []  # of the open multiparts, innermost last
         self._digest: list[bool] = []  # each of them multipart/digest (parts default to messages)
+        self._declared: set[bytes] = set()  # every delimiter declared: such lines always stay
         self._leaf: _Leaf | None = None
         self._header: list[bytes] | None = []  # collecting a header block (the top one first)
         self._header_bytes = 0
+        self._headers_total = 0
+        self._field_needed = True  # the header line being read belongs to a needed field
+        self._top = True  # still in the message's own header block (obsolete colons allowed)
+        self._junk = True  # nothing but leading junk seen yet
+        self._enclosed = False  # the header block being read is an enclosed message's
         self._next_index = 0
         self._body_kept = 0
         self._messages: list[tuple[int, int]] = []  # open message/* parts: (index, delimiters)
         self.cut_messages: set[int] = set()  # message/* parts with a shortened part inside
+        self.unreliable = False  # a structure whose numbering this walk does not follow
+        self.undecoded: set[int] = set()  # parts in a transfer encoding not decoded here
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         data = self._tail + chunk if self._tail else chunk
         start = 0
-        while (nl := data.find(b"\n", start)) >= 0:
-            self._line(data[start : nl + 1])
-            start = nl + 1
+        for match in _NEWLINE.finditer(data):
+            if match.group() == b"\r" and match.end() == len(data):
+                break  # a CR at the end of the chunk: wait for a LF after it
+            self._piece(data[start : match.end()], ends_line=True)
+            start = match.end()
         self._tail = data[start:]
-        if len(self._tail) > HEADER_KEEP:  # a line without end: take it as it comes
-            line, self._tail = self._tail, b""
-            self._line(line)
+        if len(self._tail) > HEADER_KEEP:  # a line without end: take it in pieces
+            piece, self._tail = self._tail, b""
+            self._piece(piece, ends_line=False)
+
+    def _piece(self, piece: bytes, *, ends_line: bool) -> None:
+        at_start, self._mid_line = not self._mid_line, not ends_line
+        if at_start:
+            self._line(piece)
+        elif self._header is None:
+            self._body_line(piece)
+        elif self._header_bytes < HEADER_KEEP:  # the rest of an over-long header line
+            self._header.append(piece)
+            self._header_bytes += len(piece)
 
     def finish(self) -> bytes:
         if self._tail:
-            self._line(self._tail)
+            self._piece(self._tail, ends_line=True)
             self._tail = b""
         # a part left open by a missing close delimiter loses its last line end too (as the
         # stdlib does it); a message that is not multipart keeps it
@@ -168,32 +210,70 @@ class Skeleton:
 
     # -- lines ----------------------------------------------------------------------------------
     def _line(self, line: bytes) -> None:
-        if self._header is not None:
-            if line in (b"\r\n", b"\n"):
-                self._header.append(line)
+        if self._header is None:
+            if not (line.startswith(b"--") and self._delimiter(line)):
+                self._body_line(line)
+            return
+        header = self._header
+        if self._junk:  # a BOM and space-only lines before the first header (as
+            if not self.out and line.startswith(b"\xef\xbb\xbf"):  # mime.parse_tree skips)
+                self.out.append(line[:3])
+                line = line[3:]
+            if _JUNK_LINE.fullmatch(line):
+                self.out.append(line)
+                return
+            self._junk = False
+        if line in (b"\r\n", b"\n", b"\r"):
+            header.append(line)
+            self._open_part()
+        elif line.startswith(b"--") and self._delimiter_depth(line) is not None:
+            if header:  # the part's headers end at a delimiter (no blank line before it)
                 self._open_part()
-            elif not self._header and line.startswith(b"--") and self._is_delimiter(line):
-                self._delimiter(line)  # a delimiter right after one: no part (as the stdlib)
-            elif _HEADER_LINE.match(line):
-                if self._header_bytes < HEADER_KEEP:
-                    self._header.append(line)
-                    self._header_bytes += len(line)
-            else:  # not a header line: the header block ends, and this line is body (as the
-                self._open_part()  # stdlib parser reads it: MissingHeaderBodySeparator)
-                if self._leaf is not None:  # where the stdlib's recovery varies: not exact
-                    self._leaf.decoder.clean = False
                 self._line(line)
-        elif not (line.startswith(b"--") and self._delimiter(line)):
-            self._body_line(line)
+            elif line.rstrip(b" \t\r\n").endswith(b"--") and (
+                self._delimiter_depth(line) == len(self._delimiters) - 1
+            ):
+                # "--B" then "--B--": the stdlib reads what follows as that part
+                self.out.append(line)
+                self._delimiters.pop()
+                self._digest.pop()
+            else:
+                self._delimiter(line)  # a delimiter right after one: no part (as the stdlib)
+        elif _HEADER_LINE.match(line) or (self._top and _OBS_COLON.match(line)):
+            self._header_line(line)
+        else:  # not a header line: the header block ends, and this line is body (as the
+            self._open_part()  # stdlib parser reads it: MissingHeaderBodySeparator)
+            if self._leaf is not None:  # where the stdlib's recovery varies: not exact
+                self._leaf.decoder.clean = False
+            self._line(line)
+
+    def _header_line(self, line: bytes) -> None:
+        assert self._header is not None
+        if line[:1] not in (b" ", b"\t"):
+            name = _FIELD.match(line)
+            self._field_needed = bool(name) and name.group(1).lower() in _NEEDED  # type: ignore[union-attr]
+        over = self._header_bytes >= HEADER_KEEP or self._headers_total >= _TOTAL_HEADERS
+        if not over or (self._field_needed and self._header_bytes < 4 * HEADER_KEEP):
+            self._header.append(line)
+            self._header_bytes += len(line)
+            self._headers_total += len(line)
 
     def _open_part(self) -> None:
         assert self._header is not None
         block = b"".join(self._header)
         self.out.extend(self._header)
+        enclosed, top, self._enclosed, self._top = self._enclosed, self._top, False, False
         self._header, self._header_bytes = None, 0
+        if top:  # as mime.parse_tree repairs it: "Subject  :" is a header line there
+            block = _OBS_COLON_FIX.sub(rb"\1:", block)
         try:
             headers = _HEADERS.parsebytes(block)
-            if self._digest and self._digest[-1] and headers.get("content-type") is None:
+            if (
+                not enclosed
+                and self._digest
+                and self._digest[-1]
+                and headers.get("content-type") is None
+            ):
                 headers.set_default_type("message/rfc822")  # RFC 2046 5.1.5, as the stdlib
             content_type = headers.get_content_type()
             boundary = headers.get_boundary()
@@ -204,52 +284,74 @@ class Skeleton:
         index, self._next_index = self._next_index, self._next_index + 1
         maintype = content_type.partition("/")[0]
         if maintype == "multipart" and boundary is not None:
-            self._delimiters.append(b"--" + boundary.encode("utf-8", "surrogateescape"))
+            try:  # the stdlib compares the boundary with lines read as ASCII: a non-ASCII
+                # one (RFC 2231 decoded) never matches
+                delimiter = b"--" + boundary.encode("ascii", "surrogateescape")
+            except UnicodeEncodeError:
+                delimiter = b"\n"  # matches no line
+            self._delimiters.append(delimiter)
+            self._declared.add(delimiter)
             self._digest.append(content_type == "multipart/digest")
-        elif maintype == "message" and content_type != "message/delivery-status":
+        elif (
+            maintype == "message"
+            and content_type != "message/delivery-status"
+            and len(self._messages) < _MAX_ENCLOSED
+        ):
             self._header = []  # the enclosed message's own header block follows
+            self._enclosed = True
             self._messages.append((index, len(self._delimiters)))
         else:
+            if maintype == "message":  # delivery-status: the stdlib numbers its blocks
+                self.unreliable = True
             sink = self._sink if index == self._extract else None
-            self._leaf = _Leaf(index, content_type, _Decoder(encoding), sink=sink)
+            decoder = _Decoder(encoding)
+            self._leaf = _Leaf(index, content_type, decoder, sink=sink)
 
-    def _is_delimiter(self, line: bytes) -> bool:
-        """A delimiter (not a close delimiter) of an open multipart."""
-        return line.rstrip(b" \t\r\n") in self._delimiters
+    def _delimiter_depth(self, line: bytes) -> int | None:
+        """The depth of the open multipart a delimiter line belongs to: the outermost that
+        matches (the stdlib's end-of-part matchers of outer parts see a line first)."""
+        text = line.rstrip(b" \t\r\n")
+        for depth, delimiter in enumerate(self._delimiters):
+            if text == delimiter or text == delimiter + b"--":
+                return depth
+        return None
 
     def _delimiter(self, line: bytes) -> bool:
         """A delimiter of an open multipart: the part before it ends, a new one may start."""
-        text = line.rstrip(b" \t\r\n")
-        for depth in range(len(self._delimiters) - 1, -1, -1):
-            delimiter = self._delimiters[depth]
-            if text == delimiter or text == delimiter + b"--":
-                self._end_leaf(at_delimiter=True)
-                del self._delimiters[depth + (text == delimiter) :]
-                del self._digest[depth + (text == delimiter) :]
-                # the enclosed messages inside the part this delimiter ends are over too
-                self._messages = [m for m in self._messages if m[1] <= depth]
-                self.out.append(line)
-                if text == delimiter:
-                    self._header = []
-                return True
-        return False
+        depth = self._delimiter_depth(line)
+        if depth is None:
+            return False
+        closing = line.rstrip(b" \t\r\n") != self._delimiters[depth]
+        self._end_leaf(at_delimiter=True)
+        del self._delimiters[depth + (not closing) :]
+        del self._digest[depth + (not closing) :]
+        # the enclosed messages inside the part this delimiter ends are over too
+        self._messages = [m for m in self._messages if m[1] <= depth]
+        self.out.append(line)
+        if not closing:
+            self._header = []
+            self._enclosed = False
+        return True
 
     def _body_line(self, line: bytes) -> None:
         leaf = self._leaf
         within = self._body_kept + len(line) <= TOTAL_KEEP and (
             leaf is None or (not leaf.cut and leaf.kept + len(line) <= PART_KEEP)
         )
-        if within or line.startswith(b"--"):  # a line that may be a delimiter always stays
+        keep = within or (
+            line.startswith(b"--") and line.rstrip(b" \t\r\n").removesuffix(b"--") in self._declared
+        )
+        if keep:
             self.out.append(line)
             self._body_kept += len(line)
             if leaf is not None:
                 leaf.kept += len(line)
+                if leaf.kept_held is not None:
+                    leaf.kept_hash.update(leaf.kept_held)
+                leaf.kept_held = line
         if leaf is None:  # a preamble or an epilogue
             return
         leaf.cut = leaf.cut or not within
-        if leaf.content_type == "message/delivery-status":
-            leaf.blocks += leaf.blank  # a blank line with more after it starts a block
-            leaf.blank = line in (b"\r\n", b"\n")
         if leaf.held is not None:
             leaf.decode(leaf.held)
         leaf.held = line
@@ -258,20 +360,59 @@ class Skeleton:
         leaf, self._leaf = self._leaf, None
         if leaf is None:
             return
-        if leaf.content_type == "message/delivery-status":
-            self._next_index += leaf.blocks
         if leaf.held is not None:  # its line end belongs to the delimiter (RFC 2046 5.1.1)
-            leaf.decode(
-                leaf.held.removesuffix(b"\n").removesuffix(b"\r") if at_delimiter else leaf.held
-            )
+            leaf.decode(_chomp(leaf.held) if at_delimiter else leaf.held)
+        if leaf.kept_held is not None:
+            leaf.kept_hash.update(_chomp(leaf.kept_held) if at_delimiter else leaf.kept_held)
         leaf.took(leaf.decoder.flush())
+        result = Cut(
+            leaf.content_type,
+            leaf.size,
+            leaf.hash.hexdigest(),
+            leaf.decoder.clean,
+            leaf.kept_hash.hexdigest(),
+        )
+        if leaf.decoder.encoding in _UUENCODE:
+            self.undecoded.add(leaf.index)
         if leaf.index == self._extract:
-            exact = leaf.decoder.encoding not in _UUENCODE and leaf.decoder.clean
-            self.extracted = Cut(leaf.content_type, leaf.size, leaf.hash.hexdigest(), exact)
+            self.extracted = result
         if leaf.cut:
             self.cut_messages.update(index for index, _ in self._messages)
-            exact = leaf.decoder.encoding not in _UUENCODE and leaf.decoder.clean
-            self.cuts[leaf.index] = Cut(leaf.content_type, leaf.size, leaf.hash.hexdigest(), exact)
+            self.cuts[leaf.index] = result
+
+    def verify(self, raw: bytes) -> set[int]:
+        """The shortened (or extracted) parts the parser finds in the skeleton ``raw`` exactly
+        where this walk put them: same number, same type, the same body bytes."""
+        from mailvault.parse.mime import parse_bytes, walk
+
+        wanted = dict(self.cuts)
+        if self.extracted is not None and self._extract is not None:
+            wanted[self._extract] = self.extracted
+        if not wanted or self.unreliable:
+            return set()
+        good = set()
+        for index, _depth, part in walk(parse_bytes(raw)):
+            cut = wanted.get(index)
+            if cut is None or part.is_multipart() or part.get_content_type() != cut.content_type:
+                continue
+            # the raw payload: get_payload() would decode 8-bit text by its charset
+            payload = getattr(part, "_payload", None)
+            if not isinstance(payload, str):
+                continue
+            try:
+                body = payload.encode("ascii", "surrogateescape")
+            except UnicodeEncodeError:
+                continue
+            if hashlib.sha256(body).hexdigest() == cut.kept:
+                good.add(index)
+        return good
+
+
+def _chomp(line: bytes) -> bytes:
+    for end in (b"\r\n", b"\n", b"\r"):
+        if line.endswith(end):
+            return line[: -len(end)]
+    return line
 
 
 def parse_chunks(chunks: Iterable[bytes], sha256: str, *, ingest_time: datetime) -> ParsedMessage:
@@ -322,18 +463,27 @@ def restore(parsed: ParsedMessage, skeleton: Skeleton, data: bytes) -> ParsedMes
     defects = list(parsed.defects)
     attachments = []
     patched: set[int] = set()
+    found = skeleton.verify(data) if skeleton.cuts else set()  # where the parser agrees
+    # Parts the parser numbers otherwise than this walk: from the first shortened part on,
+    # no attachment's size can be vouched for.
+    doubtful = min(skeleton.cuts) if set(skeleton.cuts) - found else None
     for attachment in parsed.attachments:
         cut = skeleton.cuts.get(attachment.index)
         if attachment.index in skeleton.cut_messages:  # an attached message, shortened inside
             defects.append(f"attachment: part {attachment.index} size and sha256 not known")
-        elif cut is not None and cut.exact and cut.content_type == attachment.content_type:
+        elif (
+            cut is not None
+            and cut.exact
+            and attachment.index in found
+            and cut.content_type == attachment.content_type
+        ):
             attachment = replace(attachment, size=cut.size, sha256=cut.sha256)
             patched.add(attachment.index)
             defects.append(  # a PDF cut short gives no text, a text file only its start
                 f"attachment: part {attachment.index} text taken from its first "
                 f"{PART_KEEP} bytes (a big message)"
             )
-        elif cut is not None:
+        elif cut is not None or (doubtful is not None and attachment.index >= doubtful):
             defects.append(f"attachment: part {attachment.index} size and sha256 not known")
             patched.add(attachment.index)
         attachments.append(attachment)
