@@ -338,8 +338,8 @@ def write_part(
         got = walker.extracted
         _describe_part(tree_bytes, index)  # no such part, or a container: a usage error
         if got is None or index in walker.undecoded or index not in walker.verify(tree_bytes):
-            # an enclosed message, uuencode, or a structure this walk does not follow: the
-            # whole-message way
+            # an enclosed message, uuencode the stdlib keeps as text, or a structure this walk
+            # does not follow: the whole-message way
             payload = part_bytes(verified_bytes(store, digest), index)
             write(payload)
             return len(payload)

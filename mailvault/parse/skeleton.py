@@ -18,6 +18,7 @@ type, and a part that does not match keeps the parser's values, with a defect.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +53,7 @@ _NEEDED = frozenset(
 _TOTAL_HEADERS = 8 * 1024 * 1024  # header bytes of all parts kept before only _NEEDED ones
 _MAX_ENCLOSED = 64  # nested message/* parts followed; deeper ones are read as plain bodies
 
-_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})  # not decoded here
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,14 @@ class _Decoder:
         # base64 the stdlib would not decode strictly (stray characters, padding not at the
         # very end, a length it cannot pad): it then decodes it in ways that differ from
         # decoding in pieces, or keeps the text as it is
-        self.clean = encoding not in _UUENCODE
+        self.clean = True
         self._padded = False
         self._length = 0  # base64 characters seen
+        # uuencode, as email.message._decode_uu reads it; if that fails the stdlib gives the
+        # raw text, so its size and hash are kept too
+        self._uu = "seek"  # seek (the begin line) | data | done | failed
+        self.raw_size = 0
+        self.raw_hash = hashlib.sha256()
 
     def feed(self, line: bytes) -> bytes:
         if self.encoding == "base64":
@@ -96,7 +102,41 @@ class _Decoder:
             return _b64(data[:whole])
         if self.encoding == "quoted-printable":
             return binascii.a2b_qp(line)
+        if self.encoding in _UUENCODE:
+            return self._uudecode(line)
         return line
+
+    def _uudecode(self, line: bytes) -> bytes:
+        self.raw_size += len(line)
+        self.raw_hash.update(line)
+        text = _chomp(line)
+        if self._uu == "seek":
+            if text.startswith(b"begin "):
+                with contextlib.suppress(ValueError):
+                    int(text[6:].partition(b" ")[0], 8)
+                    self._uu = "data"
+            return b""
+        if self._uu != "data":
+            return b""
+        if not text:
+            self._uu = "failed"  # "Truncated input"
+            return b""
+        if text.strip(b" \t\r\n\f") == b"end":
+            self._uu = "done"
+            return b""
+        try:
+            return binascii.a2b_uu(text)
+        except binascii.Error:
+            try:  # the stdlib's workaround for broken encoders
+                return binascii.a2b_uu(text[: (((text[0] - 32) & 63) * 4 + 5) // 3])
+            except binascii.Error:
+                self._uu = "failed"
+                return b""
+
+    @property
+    def uu_failed(self) -> bool:
+        """uuencode the stdlib could not decode: it gives the raw text instead."""
+        return self.encoding in _UUENCODE and self._uu in ("seek", "failed")
 
     def flush(self) -> bytes:
         if self.encoding == "base64" and (
@@ -171,7 +211,7 @@ class Skeleton:
         self._messages: list[tuple[int, int]] = []  # open message/* parts: (index, delimiters)
         self.cut_messages: set[int] = set()  # message/* parts with a shortened part inside
         self.unreliable = False  # a structure whose numbering this walk does not follow
-        self.undecoded: set[int] = set()  # parts in a transfer encoding not decoded here
+        self.undecoded: set[int] = set()  # uuencoded parts the stdlib keeps as raw text
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -365,15 +405,13 @@ class Skeleton:
         if leaf.kept_held is not None:
             leaf.kept_hash.update(_chomp(leaf.kept_held) if at_delimiter else leaf.kept_held)
         leaf.took(leaf.decoder.flush())
-        result = Cut(
-            leaf.content_type,
-            leaf.size,
-            leaf.hash.hexdigest(),
-            leaf.decoder.clean,
-            leaf.kept_hash.hexdigest(),
-        )
-        if leaf.decoder.encoding in _UUENCODE:
+        size, digest = leaf.size, leaf.hash.hexdigest()
+        if leaf.decoder.uu_failed:  # the stdlib's answer is the raw text; what streamed is not
+            size, digest = leaf.decoder.raw_size, leaf.decoder.raw_hash.hexdigest()
             self.undecoded.add(leaf.index)
+        result = Cut(
+            leaf.content_type, size, digest, leaf.decoder.clean, leaf.kept_hash.hexdigest()
+        )
         if leaf.index == self._extract:
             self.extracted = result
         if leaf.cut:
