@@ -304,3 +304,20 @@ def test_a_uuencoded_attachment_is_measured_exactly(monkeypatch: pytest.MonkeyPa
         ]
         assert not [d for d in part.defects if "not known" in d]
     assert whole.attachments[0].size > len(data)  # no begin line: the raw text, as the stdlib
+
+
+@pytest.mark.parametrize("step", [1, 333, 65536])
+def test_chunk_boundaries_do_not_matter(
+    messages: list[tuple[str, bytes]], monkeypatch: pytest.MonkeyPatch, step: int
+) -> None:
+    """Lines of a part past its budget are taken in blocks when the chunk allows it and one by
+    one when it does not: the result is the same wherever the store's chunks end."""
+    monkeypatch.setattr(sk, "WHOLE_MAX", 0)
+    monkeypatch.setattr(sk, "PART_KEEP", 1024)
+    monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
+    sample = [m for m in messages if m[0].startswith("generated")][:: 3 if step > 1 else 15]
+    for name, raw in sample:
+        digest = hashlib.sha256(raw).hexdigest()
+        one = sk.parse_chunks([raw], digest, ingest_time=INGEST)
+        chunks = [raw[at : at + step] for at in range(0, len(raw), step)]
+        assert sk.parse_chunks(chunks, digest, ingest_time=INGEST) == one, (name, step)

@@ -216,16 +216,48 @@ class Skeleton:
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         data = self._tail + chunk if self._tail else chunk
-        start = 0
-        for match in _NEWLINE.finditer(data):
-            if match.group() == b"\r" and match.end() == len(data):
-                break  # a CR at the end of the chunk: wait for a LF after it
+        start, end = 0, len(data)
+        while start < end:
+            if self._bulk_ok() and not data.startswith(b"--", start):
+                stop = _lines_before_dashes(data, start)
+                if stop > start:
+                    self._bulk(data[start:stop])
+                    start = stop
+                    continue
+            match = _NEWLINE.search(data, start)
+            if match is None or (match.group() == b"\r" and match.end() == end):
+                break  # no line end yet, or a CR at the end of the chunk: a LF may follow
             self._piece(data[start : match.end()], ends_line=True)
             start = match.end()
         self._tail = data[start:]
         if len(self._tail) > HEADER_KEEP:  # a line without end: take it in pieces
             piece, self._tail = self._tail, b""
             self._piece(piece, ends_line=False)
+
+    def _bulk_ok(self) -> bool:
+        """Past its budget, a part's lines are only decoded: lines that cannot be delimiters
+        (not starting with "--") go in one block instead of one call each."""
+        leaf = self._leaf
+        return (
+            self._header is None
+            and leaf is not None
+            and leaf.cut
+            and not self._mid_line
+            and leaf.decoder.encoding not in _UUENCODE
+        )
+
+    def _bulk(self, block: bytes) -> None:
+        """Whole lines of a part past its budget, none starting with "--": as _body_line would
+        take them one by one (none kept; each decoded once the next one shows it is content)."""
+        leaf = self._leaf
+        assert leaf is not None
+        eol = 2 if block.endswith(b"\r\n") else 1
+        last = max(block.rfind(b"\n", 0, len(block) - eol), block.rfind(b"\r", 0, len(block) - eol))
+        if leaf.held is not None:
+            leaf.decode(leaf.held)
+        if last >= 0:
+            leaf.decode(block[: last + 1])
+        leaf.held = block[last + 1 :]
 
     def _piece(self, piece: bytes, *, ends_line: bool) -> None:
         at_start, self._mid_line = not self._mid_line, not ends_line
@@ -444,6 +476,16 @@ class Skeleton:
             if hashlib.sha256(body).hexdigest() == cut.kept:
                 good.add(index)
         return good
+
+
+def _lines_before_dashes(data: bytes, start: int) -> int:
+    """The end of the whole lines from ``start`` up to the first line starting with "--" (or
+    to the last line end, except a CR that may be half of a CRLF)."""
+    found = [at + 1 for at in (data.find(b"\n--", start), data.find(b"\r--", start)) if at >= 0]
+    if found:
+        return min(found)
+    last = max(data.rfind(b"\n", start), data.rfind(b"\r", start, len(data) - 1))
+    return last + 1 if last >= start else start
 
 
 def _chomp(line: bytes) -> bytes:
