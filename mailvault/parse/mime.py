@@ -20,7 +20,7 @@ from mailvault.parse._boundary import install as install_boundary_matcher
 # is an empty header block).
 _LEADING_JUNK = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:[ \t]+\r?\n)*")
 # RFC 5322 4.5 obsolete syntax "Subject  : text" (space before the colon).
-_OBS_COLON = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
+OBS_COLON = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _PARSER = BytesParser(policy=compat32)
 install_boundary_matcher()  # see _boundary.py: a quarter of parsing a multipart message
@@ -33,11 +33,11 @@ def leading_junk(raw: bytes) -> int:
     return match.end() if match is not None else 0
 
 
-def _fix_obsolete_colons(raw: bytes) -> bytes | None:
+def fix_obsolete_colons(raw: bytes) -> bytes | None:
     """``raw`` with "Name  :" made "Name:" in the header block, or None if there is none."""
     end = _HEADER_END.search(raw)
     cut = end.start() if end is not None else len(raw)
-    fixed, count = _OBS_COLON.subn(rb"\1:", raw[:cut])
+    fixed, count = OBS_COLON.subn(rb"\1:", raw[:cut])
     return fixed + raw[cut:] if count else None
 
 
@@ -50,7 +50,7 @@ def parse_tree(raw: bytes) -> tuple[Message, list[str]]:
     data = raw[leading_junk(raw) :]
     msg = _PARSER.parsebytes(data)
     if any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in msg.defects):
-        fixed = _fix_obsolete_colons(data)
+        fixed = fix_obsolete_colons(data)
         if fixed is not None:
             return _PARSER.parsebytes(fixed), [OBSOLETE_COLON]
     return msg, []

@@ -27,6 +27,7 @@ from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from mailvault.parse.mime import OBS_COLON, fix_obsolete_colons
 from mailvault.parse.model import ParsedMessage
 
 WHOLE_MAX = 16 * 1024 * 1024  # bytes; bigger messages are parsed from their skeleton
@@ -39,8 +40,6 @@ _WHITESPACE = re.compile(rb"[ \t\r\n]+")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\r\n]")  # a space too: the stdlib tries strict first
 _B64_DATA = re.compile(rb"[A-Za-z0-9+/]")
 _HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # email.feedparser's headerRE
-_OBS_COLON = re.compile(rb"[!-9;-~]+[ \t]+:")  # "Subject  :", repaired by mime.parse_tree
-_OBS_COLON_FIX = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
 _NEWLINE = re.compile(rb"\r\n|\r|\n")  # the stdlib's line ends (feedparser's NLCRE_crack)
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _JUNK_LINE = re.compile(rb"[ \t]+\r?\n")  # what mime.leading_junk skips, after a BOM
@@ -195,8 +194,9 @@ class Skeleton:
         self.size = 0
         self._tail = b""
         self._mid_line = False  # the next bytes continue a line already passed on in pieces
-        self._delimiters: list[bytes] = []  # of the open multiparts, innermost last
-        self._digest: list[bool] = []  # each of them multipart/digest (parts default to messages)
+        # the open multiparts, innermost last: (delimiter, multipart/digest: parts default to
+        # messages)
+        self._open: list[tuple[bytes, bool]] = []
         self._declared: set[bytes] = set()  # every delimiter declared: such lines always stay
         self._leaf: _Leaf | None = None
         self._header: list[bytes] | None = []  # collecting a header block (the top one first)
@@ -275,7 +275,7 @@ class Skeleton:
             self._tail = b""
         # a part left open by a missing close delimiter loses its last line end too (as the
         # stdlib does it); a message that is not multipart keeps it
-        self._end_leaf(at_delimiter=bool(self._delimiters))
+        self._end_leaf(at_delimiter=bool(self._open))
         if self._header is not None:
             self.out.extend(self._header)
         return b"".join(self.out)
@@ -283,7 +283,7 @@ class Skeleton:
     # -- lines ----------------------------------------------------------------------------------
     def _line(self, line: bytes) -> None:
         if self._header is None:
-            if not (line.startswith(b"--") and self._delimiter(line)):
+            if not self._delimiter(line):
                 self._body_line(line)
             return
         header = self._header
@@ -298,20 +298,17 @@ class Skeleton:
         if line in (b"\r\n", b"\n", b"\r"):
             header.append(line)
             self._open_part()
-        elif line.startswith(b"--") and self._delimiter_depth(line) is not None:
+        elif (depth := self._delimiter_depth(line)) is not None:
             if header:  # the part's headers end at a delimiter (no blank line before it)
                 self._open_part()
                 self._line(line)
-            elif line.rstrip(b" \t\r\n").endswith(b"--") and (
-                self._delimiter_depth(line) == len(self._delimiters) - 1
-            ):
+            elif line.rstrip(b" \t\r\n").endswith(b"--") and depth == len(self._open) - 1:
                 # "--B" then "--B--": the stdlib reads what follows as that part
                 self.out.append(line)
-                self._delimiters.pop()
-                self._digest.pop()
+                self._open.pop()
             else:
                 self._delimiter(line)  # a delimiter right after one: no part (as the stdlib)
-        elif _HEADER_LINE.match(line) or (self._top and _OBS_COLON.match(line)):
+        elif _HEADER_LINE.match(line) or (self._top and OBS_COLON.match(line)):
             self._header_line(line)
         else:  # not a header line: the header block ends, and this line is body (as the
             self._open_part()  # stdlib parser reads it: MissingHeaderBodySeparator)
@@ -323,7 +320,7 @@ class Skeleton:
         assert self._header is not None
         if line[:1] not in (b" ", b"\t"):
             name = _FIELD.match(line)
-            self._field_needed = bool(name) and name.group(1).lower() in _NEEDED  # type: ignore[union-attr]
+            self._field_needed = name is not None and name.group(1).lower() in _NEEDED
         over = self._header_bytes >= HEADER_KEEP or self._headers_total >= _TOTAL_HEADERS
         if not over or (self._field_needed and self._header_bytes < 4 * HEADER_KEEP):
             self._header.append(line)
@@ -337,15 +334,10 @@ class Skeleton:
         enclosed, top, self._enclosed, self._top = self._enclosed, self._top, False, False
         self._header, self._header_bytes = None, 0
         if top:  # as mime.parse_tree repairs it: "Subject  :" is a header line there
-            block = _OBS_COLON_FIX.sub(rb"\1:", block)
+            block = fix_obsolete_colons(block) or block
         try:
             headers = _HEADERS.parsebytes(block)
-            if (
-                not enclosed
-                and self._digest
-                and self._digest[-1]
-                and headers.get("content-type") is None
-            ):
+            if not enclosed and self._open and self._open[-1][1] and "content-type" not in headers:
                 headers.set_default_type("message/rfc822")  # RFC 2046 5.1.5, as the stdlib
             content_type = headers.get_content_type()
             boundary = headers.get_boundary()
@@ -361,9 +353,8 @@ class Skeleton:
                 delimiter = b"--" + boundary.encode("ascii", "surrogateescape")
             except UnicodeEncodeError:
                 delimiter = b"\n"  # matches no line
-            self._delimiters.append(delimiter)
+            self._open.append((delimiter, content_type == "multipart/digest"))
             self._declared.add(delimiter)
-            self._digest.append(content_type == "multipart/digest")
         elif (
             maintype == "message"
             and content_type != "message/delivery-status"
@@ -371,7 +362,7 @@ class Skeleton:
         ):
             self._header = []  # the enclosed message's own header block follows
             self._enclosed = True
-            self._messages.append((index, len(self._delimiters)))
+            self._messages.append((index, len(self._open)))
         else:
             if maintype == "message":  # delivery-status: the stdlib numbers its blocks
                 self.unreliable = True
@@ -382,8 +373,10 @@ class Skeleton:
     def _delimiter_depth(self, line: bytes) -> int | None:
         """The depth of the open multipart a delimiter line belongs to: the outermost that
         matches (the stdlib's end-of-part matchers of outer parts see a line first)."""
+        if not line.startswith(b"--"):
+            return None
         text = line.rstrip(b" \t\r\n")
-        for depth, delimiter in enumerate(self._delimiters):
+        for depth, (delimiter, _) in enumerate(self._open):
             if text == delimiter or text == delimiter + b"--":
                 return depth
         return None
@@ -393,10 +386,9 @@ class Skeleton:
         depth = self._delimiter_depth(line)
         if depth is None:
             return False
-        closing = line.rstrip(b" \t\r\n") != self._delimiters[depth]
+        closing = line.rstrip(b" \t\r\n") != self._open[depth][0]
         self._end_leaf(at_delimiter=True)
-        del self._delimiters[depth + (not closing) :]
-        del self._digest[depth + (not closing) :]
+        del self._open[depth + (not closing) :]
         # the enclosed messages inside the part this delimiter ends are over too
         self._messages = [m for m in self._messages if m[1] <= depth]
         self.out.append(line)
@@ -551,12 +543,7 @@ def restore(parsed: ParsedMessage, skeleton: Skeleton, data: bytes) -> ParsedMes
         cut = skeleton.cuts.get(attachment.index)
         if attachment.index in skeleton.cut_messages:  # an attached message, shortened inside
             defects.append(f"attachment: part {attachment.index} size and sha256 not known")
-        elif (
-            cut is not None
-            and cut.exact
-            and attachment.index in found
-            and cut.content_type == attachment.content_type
-        ):
+        elif cut is not None and cut.exact and attachment.index in found:  # verify checked type
             attachment = replace(attachment, size=cut.size, sha256=cut.sha256)
             patched.add(attachment.index)
             defects.append(  # a PDF cut short gives no text, a text file only its start
