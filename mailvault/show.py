@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -314,17 +315,11 @@ def write_part(
     import tempfile
 
     from mailvault.parse import skeleton
+    from mailvault.parse.mime import parse_bytes, payload_bytes
 
-    chunks = verified_chunks(store, digest)
-    head: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        head.append(chunk)
-        size += len(chunk)
-        if size > skeleton.WHOLE_MAX:
-            break
-    else:
-        payload = part_bytes(b"".join(head), index)
+    head, rest = skeleton.read_head(verified_chunks(store, digest))
+    if rest is None:
+        payload = payload_bytes(_content_part(parse_bytes(b"".join(head)), index))
         write(payload)
         return len(payload)
     with tempfile.TemporaryFile() as spool:
@@ -332,12 +327,12 @@ def write_part(
         for chunk in head:
             walker.feed(chunk)
         head.clear()
-        for chunk in chunks:
+        for chunk in rest:
             walker.feed(chunk)
-        tree_bytes = walker.finish()
+        tree = parse_bytes(walker.finish())
+        _content_part(tree, index)  # no such part, or a container: a usage error
         got = walker.extracted
-        _describe_part(tree_bytes, index)  # no such part, or a container: a usage error
-        if got is None or index in walker.undecoded or index not in walker.verify(tree_bytes):
+        if got is None or index in walker.undecoded or index not in walker.verify(tree):
             # an enclosed message, uuencode the stdlib keeps as text, or a structure this walk
             # does not follow: the whole-message way
             payload = part_bytes(verified_bytes(store, digest), index)
@@ -354,29 +349,50 @@ def write_part(
         return got.size
 
 
-def _describe_part(raw: bytes, index: int) -> str:
-    """The content type of part ``index`` of ``raw`` (as ``part_bytes`` checks it)."""
-    from mailvault.parse.mime import parse_bytes, part_at, walk
+def save_part(
+    store: BlobStore,
+    digest: str,
+    index: int,
+    out: Path,
+    warn: Callable[[str], object] | None = None,
+) -> int:
+    """``write_part`` into the file ``out``, which appears (or is replaced) only once the part
+    is whole: no half-written part, and a wrong part number leaves an existing file alone.
+    Something that is not a regular file (/dev/null, a FIFO) is written into as it is."""
+    import os
 
-    tree = parse_bytes(raw)
+    from mailvault._tempfiles import temp_path
+
+    if out.exists() and not out.is_file():
+        with out.open("wb") as sink:
+            return write_part(store, digest, index, sink.write, warn)
+    spool = Path(temp_path(out.parent, out.name))
+    try:
+        with spool.open("xb") as sink:
+            size = write_part(store, digest, index, sink.write, warn)
+        os.replace(spool, out)
+    except BaseException:
+        spool.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _content_part(tree: Message, index: int) -> Message:
+    """Part ``index`` of a parsed message, as ``show`` numbers them; a usage error if there is
+    none, or if it is a multipart container (whose content is its parts)."""
+    from mailvault.parse.mime import part_at, walk
+
     part = part_at(tree, index)
     if part is None:
         count = sum(1 for _ in walk(tree))
         raise UsageError(f"this message has parts 0 to {count - 1}; there is no part {index}")
     if part.is_multipart() and part.get_content_maintype() != "message":
         raise UsageError(f"part {index} is a multipart container, not content; pick another part")
-    return part.get_content_type()
+    return part
 
 
 def part_bytes(raw: bytes, index: int) -> bytes:
     """The decoded content of part ``index`` (numbered as ``show`` lists them)."""
-    from mailvault.parse.mime import parse_bytes, part_at, payload_bytes, walk
+    from mailvault.parse.mime import parse_bytes, payload_bytes
 
-    tree = parse_bytes(raw)
-    part = part_at(tree, index)
-    if part is None:
-        count = sum(1 for _ in walk(tree))
-        raise UsageError(f"this message has parts 0 to {count - 1}; there is no part {index}")
-    if part.is_multipart() and part.get_content_maintype() != "message":
-        raise UsageError(f"part {index} is a multipart container, not content; pick another part")
-    return payload_bytes(part)
+    return payload_bytes(_content_part(parse_bytes(raw), index))

@@ -178,7 +178,7 @@ def test_a_part_streamed_out_is_the_part_the_whole_message_gives(
             skeleton.feed(raw)
             data = skeleton.finish()
             got = skeleton.extracted
-            if got is None or not got.exact or index not in skeleton.verify(data):
+            if got is None or not got.exact or index not in skeleton.verify(parse_bytes(data)):
                 continue  # write_part falls back to the whole message for these
             assert b"".join(out) == part_bytes(raw, index), (name, index)
             compared += 1

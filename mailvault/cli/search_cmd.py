@@ -194,6 +194,7 @@ def show(
         render_text,
         require_not_purged,
         resolve,
+        save_part,
         verified_chunks,
         write_part,
     )
@@ -231,22 +232,7 @@ def show(
             write_part(store, digest, part, sys.stdout.buffer.write, _warn)
             sys.stdout.buffer.flush()
         else:
-            import os
-
-            from mailvault._tempfiles import temp_path
-
-            if out.exists() and not out.is_file():  # /dev/null, a FIFO: write to it as it is
-                with out.open("wb") as sink:
-                    size = write_part(store, digest, part, sink.write, _warn)
-            else:
-                spool = Path(temp_path(out.parent, out.name))
-                try:  # in place only once whole: no half-written part, no file lost to a typo
-                    with spool.open("xb") as sink:
-                        size = write_part(store, digest, part, sink.write, _warn)
-                    os.replace(spool, out)
-                except BaseException:
-                    spool.unlink(missing_ok=True)
-                    raise
+            size = save_part(store, digest, part, out, _warn)
             click.echo(f"wrote part {part} ({size:,} bytes) to {out}", err=True)
         return
     from mailvault.parse.skeleton import parse_chunks

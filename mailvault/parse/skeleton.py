@@ -24,10 +24,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from mailvault.parse.mime import OBS_COLON, fix_obsolete_colons
+from mailvault.parse.mime import OBS_COLON, fix_obsolete_colons, parse_bytes
 from mailvault.parse.model import ParsedMessage
 
 WHOLE_MAX = 16 * 1024 * 1024  # bytes; bigger messages are parsed from their skeleton
@@ -442,10 +443,10 @@ class Skeleton:
             self.cut_messages.update(index for index, _ in self._messages)
             self.cuts[leaf.index] = result
 
-    def verify(self, raw: bytes) -> set[int]:
-        """The shortened (or extracted) parts the parser finds in the skeleton ``raw`` exactly
-        where this walk put them: same number, same type, the same body bytes."""
-        from mailvault.parse.mime import parse_bytes, walk
+    def verify(self, tree: Message) -> set[int]:
+        """The shortened (or extracted) parts the parser finds in the skeleton's ``tree``
+        exactly where this walk put them: same number, same type, the same body bytes."""
+        from mailvault.parse.mime import walk
 
         wanted = dict(self.cuts)
         if self.extracted is not None and self._extract is not None:
@@ -453,7 +454,7 @@ class Skeleton:
         if not wanted or self.unreliable:
             return set()
         good = set()
-        for index, _depth, part in walk(parse_bytes(raw)):
+        for index, _depth, part in walk(tree):
             cut = wanted.get(index)
             if cut is None or part.is_multipart() or part.get_content_type() != cut.content_type:
                 continue
@@ -487,21 +488,29 @@ def _chomp(line: bytes) -> bytes:
     return line
 
 
+def read_head(chunks: Iterable[bytes]) -> tuple[list[bytes], Iterator[bytes] | None]:
+    """A message's first chunks, up to just past ``WHOLE_MAX``, and an iterator of the rest;
+    None instead of it when the whole message is in the head (then parse it whole)."""
+    stream = iter(chunks)
+    head: list[bytes] = []
+    size = 0
+    for chunk in stream:
+        head.append(chunk)
+        size += len(chunk)
+        if size > WHOLE_MAX:
+            return head, stream
+    return head, None
+
+
 def parse_chunks(chunks: Iterable[bytes], sha256: str, *, ingest_time: datetime) -> ParsedMessage:
     """``parse_message`` of the message in ``chunks``, holding at most about ``WHOLE_MAX`` of it
     (see the module docstring): a smaller message is parsed whole, exactly as before."""
     from mailvault.parse.message import parse_message
 
-    stream: Iterator[bytes] = iter(chunks)
-    buffered: list[bytes] = []
-    size = 0
-    for chunk in stream:
-        buffered.append(chunk)
-        size += len(chunk)
-        if size > WHOLE_MAX:
-            break
-    else:
+    buffered, stream = read_head(chunks)
+    if stream is None:
         return parse_message(b"".join(buffered), sha256, ingest_time=ingest_time)
+    size = sum(map(len, buffered))
     skeleton = Skeleton()
     failure: Exception | None = None
     try:
@@ -535,7 +544,8 @@ def restore(parsed: ParsedMessage, skeleton: Skeleton, data: bytes) -> ParsedMes
     defects = list(parsed.defects)
     attachments = []
     patched: set[int] = set()
-    found = skeleton.verify(data) if skeleton.cuts else set()  # where the parser agrees
+    # where the parser agrees (it parses the skeleton again: parse_message keeps no tree)
+    found = skeleton.verify(parse_bytes(data)) if skeleton.cuts else set()
     # Parts the parser numbers otherwise than this walk: from the first shortened part on,
     # no attachment's size can be vouched for.
     doubtful = min(skeleton.cuts) if set(skeleton.cuts) - found else None
