@@ -33,7 +33,10 @@ WINDOW = 4  # characters of a secret in a row that make a server reply suspect
 WITHHELD = "(reply text withheld: it may quote the password)"
 _LOCK = _thread.allocate_lock()
 _MASKED: tuple[str, ...] = ()  # longest first, so that a secret containing another goes whole
-_SECRETS: tuple[str, ...] = ()  # every registered secret, for screening replies
+# What screening looks for, worked out once per secret rather than once per reply: every run
+# of WINDOW characters of each form (case-folded), and of the ASCII letters and digits alone.
+_WINDOWS: frozenset[str] = frozenset()
+_BARE_WINDOWS: frozenset[str] = frozenset()
 
 
 def _forms(value: str) -> set[str]:
@@ -59,17 +62,26 @@ def _forms(value: str) -> set[str]:
     return {f for f in forms if f}
 
 
+def _runs(text: str) -> set[str]:
+    """Every run of WINDOW characters of ``text`` (the whole of a shorter one)."""
+    width = min(WINDOW, len(text))
+    return {text[i : i + width] for i in range(len(text) - width + 1)} if width else set()
+
+
 def register_secret(*values: str) -> None:
     """Remember secrets to be screened and masked in any text from now on."""
-    global _MASKED, _SECRETS
+    global _MASKED, _WINDOWS, _BARE_WINDOWS
     with _LOCK:
-        secrets = set(_SECRETS) | {v for v in values if v}
-        masked = set(_MASKED)
-        for value in values:
+        masked, windows, bare = set(_MASKED), set(_WINDOWS), set(_BARE_WINDOWS)
+        for value in filter(None, values):
+            forms = _forms(value)
             if len(value) >= MIN_MASKED:
-                masked |= {f for f in _forms(value) if len(f) >= MIN_MASKED}
-        _SECRETS = tuple(secrets)
+                masked |= {f for f in forms if len(f) >= MIN_MASKED}
+            for form in forms | {value.upper()}:
+                windows |= _runs(form.casefold())
+            bare |= _runs(_ascii(value))  # accents lost or replaced on the way back
         _MASKED = tuple(sorted(masked, key=len, reverse=True))
+        _WINDOWS, _BARE_WINDOWS = frozenset(windows), frozenset(bare)
 
 
 def redact(text: str) -> str:
@@ -87,17 +99,7 @@ def _ascii(text: str) -> str:
 def may_quote(text: str) -> bool:
     """Whether ``text`` (a server's reply) may hold a registered secret, whole or in part."""
     folded, bare = text.casefold(), _ascii(text)
-    for secret in _SECRETS:
-        for form in _forms(secret) | {secret.upper()}:
-            form = form.casefold()
-            width = min(WINDOW, len(form))
-            if any(form[i : i + width] in folded for i in range(len(form) - width + 1)):
-                return True
-        skeleton = _ascii(secret)  # accents lost or replaced on the way back
-        width = min(WINDOW, len(skeleton))
-        if width and any(skeleton[i : i + width] in bare for i in range(len(skeleton) - width + 1)):
-            return True
-    return False
+    return any(w in folded for w in _WINDOWS) or any(w in bare for w in _BARE_WINDOWS)
 
 
 def screen(text: str) -> str:
@@ -108,6 +110,6 @@ def screen(text: str) -> str:
 def forget_secrets() -> None:
     """Drop every registered secret.  One process runs one command, so only tests (which run
     many commands in one process) need this."""
-    global _MASKED, _SECRETS
+    global _MASKED, _WINDOWS, _BARE_WINDOWS
     with _LOCK:
-        _MASKED, _SECRETS = (), ()
+        _MASKED, _WINDOWS, _BARE_WINDOWS = (), frozenset(), frozenset()

@@ -23,7 +23,7 @@ from mailvault.errors import (
     TLSError,
     server_error_for,
 )
-from mailvault.redact import WITHHELD, may_quote, register_secret, screen
+from mailvault.redact import WITHHELD, may_quote, register_secret
 from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
 
 Trace = Callable[[str], None]
@@ -34,7 +34,7 @@ def _screened(event: pop3.Event) -> pop3.Event:
     """A reply to a command that carried a secret, its text withheld if it may quote one."""
     if isinstance(event, pop3.Ok | pop3.Err) and may_quote(event.text):
         code = f"[{event.code}] " if event.code else ""  # the response code stays: it is ours
-        return dataclasses.replace(event, text=code + screen(event.text))
+        return dataclasses.replace(event, text=code + WITHHELD)
     if isinstance(event, pop3.Line) and may_quote(event.line.decode("latin-1")):
         return dataclasses.replace(event, line=WITHHELD.encode())
     return event
@@ -272,7 +272,6 @@ class Pop3Session:
                 register_secret(token)
                 self._sasl("XOAUTH2", token, two_step=True)
         except ServerError as exc:
-            self._guarded = False
             if type(exc) is ServerError:  # a bare -ERR to a login command means bad credentials
                 raise AuthenticationError(
                     f"{exc}; check user and password source of accounts.{self.account.name}",
@@ -280,7 +279,6 @@ class Pop3Session:
                     account=self.account.name,
                 ) from None
             raise
-
         finally:
             self._guarded = False
 
