@@ -42,6 +42,7 @@ from mailvault.export._target import (
     start_writeback,
     write_new_file,
 )
+from mailvault.export.manifest import manifest_paths, read_summary
 from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
 
 BUFFER = 1024 * 1024
@@ -91,7 +92,7 @@ def _cut_lines(path: Path, keep: int) -> None:
 
 def _manifest_run(out: Path) -> object:
     """The run id the mbox's manifest summary records for its last append, if any."""
-    summary = _read_journal(out.with_name(out.name + ".manifest.json"))
+    summary = read_summary(manifest_paths("mbox", out)[1])
     append = summary.get("append") if summary is not None else None
     return append.get("run") if isinstance(append, dict) else None
 
@@ -243,7 +244,7 @@ class MboxTarget(Target):
         """
         journal = self._journal_path()
         previous = _read_journal(journal)
-        entries_path = self.out.with_name(self.out.name + ".manifest.jsonl")
+        entries_path = manifest_paths("mbox", self.out)[0]
         completed = previous is not None and previous.get("run") == _manifest_run(self.out)
         start = previous.get("size") if previous is not None else None
         if isinstance(start, int) and not completed and 0 <= start < size:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mailvault.importer._model import Event, Found, Skipped, file_chunks
-from mailvault.importer.maildir import listing
+from mailvault.importer.maildir import is_maildir, listing
 from mailvault.importer.mbox import looks_like_mbox
 
 _QUIET = frozenset({"manifest.json", "manifest.jsonl"})
@@ -28,15 +28,11 @@ def has_eml(path: Path) -> bool:
             for d in dirs
             if not d.startswith(".")
             and not (root != str(path) and d in ("cur", "new", "tmp"))
-            and not _is_maildir(os.path.join(root, d))
+            and not is_maildir(Path(root, d))
         ]
         if any(f.lower().endswith(".eml") and not f.startswith(".") for f in files):
             return True
     return False
-
-
-def _is_maildir(directory: str) -> bool:
-    return any(os.path.isdir(os.path.join(directory, sub)) for sub in ("cur", "new"))
 
 
 def read_eml(path: Path) -> Iterator[Event]:
@@ -55,7 +51,7 @@ def _walk(directory: Path, *, top: bool) -> Iterator[Event]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir(follow_symlinks=False):
-            if _is_maildir(entry.path):
+            if is_maildir(path):
                 yield Skipped(
                     path,
                     f"a Maildir inside a directory of .eml files: import it on its own "

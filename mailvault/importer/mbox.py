@@ -269,9 +269,10 @@ class _Reader:
 
     def _listed_end(self, start: int, end: int) -> tuple[int, bool]:
         """Where a message found away from its manifest offset ends, and whether the manifest
-        lists it: it ends one byte earlier if only that form is in the manifest.  A message exported without a final line break is written
-        with two LFs after it, and splitting at the next From_ line takes only one of them away;
-        the manifest, which knows its exact bytes, decides."""
+        lists it: it ends one byte earlier if only that form is in the manifest.  A message
+        exported without a final line break is written with two LFs after it, and splitting at
+        the next From_ line takes only one of them away; the manifest, which knows its exact
+        bytes, decides."""
         assert self.cursor is not None
         full, short = self._digests(start, end)
         if self.cursor.lists(full):
@@ -356,10 +357,10 @@ class _Reader:
 LOCK_WAIT = 10.0  # seconds to wait for a writer's flock on an mbox
 
 
-def _shared_lock(fd: int, wait: float | None = None) -> bool:
+def _shared_lock(fd: int) -> bool:
     """A shared ``flock`` on the mbox, as mutt, Dovecot and procmail take an exclusive one to
     write it: reading while they append would store their half-written message."""
-    deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
+    deadline = time.monotonic() + LOCK_WAIT
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
