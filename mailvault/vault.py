@@ -111,7 +111,8 @@ class Vault:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                who = _holder(os.pread(fd, 4096, 0)) or "another process"
+                holder = _holder(os.pread(fd, 4096, 0))
+                who = holder[1] if holder is not None else "another process"
                 raise VaultLocked(
                     f"vault {self.root} is locked by {who}; wait for it to finish "
                     "(the lock is released automatically if that process dies)"
@@ -134,24 +135,22 @@ class Vault:
         rather than probed with flock: a probe would make a writer starting at that instant
         fail with VaultLocked."""
         try:
-            text = (self.root / "lock").read_bytes()[:4096]
+            holder = _holder((self.root / "lock").read_bytes()[:4096])
         except OSError:
             return None
-        who = _holder(text)
-        try:
-            pid = int(json.loads(text)["pid"])
-        except (ValueError, KeyError, TypeError):
+        if holder is None:
             return None
         from mailvault._tempfiles import running
 
-        return who if who and pid != os.getpid() and running(pid) else None
+        pid, who = holder
+        return who if pid != os.getpid() and running(pid) else None
 
 
-def _holder(text: bytes) -> str | None:
-    """'pid N (command, since T)' from the lock file's content, if it is readable."""
+def _holder(text: bytes) -> tuple[int, str] | None:
+    """(pid, 'pid N (command, since T)') from the lock file's content, if it is readable."""
     try:
         info = json.loads(text.decode("utf-8", "replace").strip())
-        return f"pid {info['pid']} ({info['command']}, since {info['since']})"
+        return int(info["pid"]), f"pid {info['pid']} ({info['command']}, since {info['since']})"
     except (ValueError, KeyError, TypeError):
         return None
 

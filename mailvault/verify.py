@@ -75,12 +75,11 @@ def _blobs(
                 "ledger-missing says so)",
             )
             continue
-        if digest not in catalog_ids and committed_since(digest):
-            pass  # committed by a writer after verify took its snapshot of the catalog
-        elif digest not in catalog_ids and writer is not None:
-            in_flight += 1  # published, its catalog row not committed yet
-            continue
-        elif digest not in catalog_ids:
+        # (a blob a writer committed after verify took its snapshot of the catalog is fine)
+        if digest not in catalog_ids and not committed_since(digest):
+            if writer is not None:
+                in_flight += 1  # published, its catalog row not committed yet
+                continue
             yield Finding(
                 "blob-orphan",
                 "warning",
