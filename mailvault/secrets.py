@@ -105,22 +105,19 @@ def _run_password_command(command: str, where: str) -> tuple[int, bytes]:
         while proc.poll() is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                _abandon(proc)
-                raise ConfigError(
-                    f"{where}: password_command did not finish within {COMMAND_TIMEOUT} s "
-                    "(waiting for a passphrase prompt?); make it work without a terminal, e.g. "
-                    "with a running gpg-agent"
-                )
+                raise subprocess.TimeoutExpired(command, COMMAND_TIMEOUT)
             ready, _, _ = select.select([fd], [], [], min(left, 0.2))
             if ready and not _read_some(fd, out):
                 proc.wait(max(0.0, deadline - time.monotonic()))  # EOF: the shell is ending
         os.set_blocking(fd, False)  # what the shell wrote before it exited; no waiting for EOF
         while _read_some(fd, out):
             pass
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired:  # in the loop, or waiting for the shell to end
         _abandon(proc)
         raise ConfigError(
-            f"{where}: password_command did not finish within {COMMAND_TIMEOUT} s"
+            f"{where}: password_command did not finish within {COMMAND_TIMEOUT} s "
+            "(waiting for a passphrase prompt?); make it work without a terminal, e.g. "
+            "with a running gpg-agent"
         ) from None
     except BaseException:
         _abandon(proc)
