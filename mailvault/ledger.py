@@ -54,7 +54,8 @@ def canonical(entry: dict[str, Any], fields: tuple[str, ...] = LEDGER_FIELDS) ->
 
 
 def entry_hash(entry: dict[str, Any], fields: tuple[str, ...] = LEDGER_FIELDS) -> str:
-    return sha256(canonical(entry, fields)).hexdigest()
+    digest: str = sha256(canonical(entry, fields)).hexdigest()
+    return digest
 
 
 def _append(
