@@ -315,11 +315,11 @@ def write_part(
     import tempfile
 
     from mailvault.parse import skeleton
-    from mailvault.parse.mime import parse_bytes, payload_bytes
+    from mailvault.parse.mime import parse_bytes
 
     head, rest = skeleton.read_head(verified_chunks(store, digest))
     if rest is None:
-        payload = payload_bytes(_content_part(parse_bytes(b"".join(head)), index))
+        payload = part_bytes(b"".join(head), index)
         write(payload)
         return len(payload)
     with tempfile.TemporaryFile() as spool:
@@ -333,8 +333,8 @@ def write_part(
         _content_part(tree, index)  # no such part, or a container: a usage error
         got = walker.extracted
         if got is None or index in walker.undecoded or index not in walker.verify(tree):
-            # an enclosed message, uuencode the stdlib keeps as text, or a structure this walk
-            # does not follow: the whole-message way
+            # uuencode the stdlib keeps as text, or a structure this walk does not follow:
+            # the whole-message way
             payload = part_bytes(verified_bytes(store, digest), index)
             write(payload)
             return len(payload)
@@ -392,7 +392,15 @@ def _content_part(tree: Message, index: int) -> Message:
 
 
 def part_bytes(raw: bytes, index: int) -> bytes:
-    """The decoded content of part ``index`` (numbered as ``show`` lists them)."""
+    """The decoded content of part ``index`` (numbered as ``show`` lists them); of an attached
+    message, its bytes as the message stores them (the parser would write them out anew)."""
     from mailvault.parse.mime import parse_bytes, payload_bytes
+    from mailvault.parse.skeleton import enclosed_messages
 
-    return payload_bytes(_content_part(parse_bytes(raw), index))
+    tree = parse_bytes(raw)
+    part = _content_part(tree, index)
+    if part.get_content_maintype() == "message" and part.is_multipart():
+        pieces: list[bytes] = []
+        if index in enclosed_messages(raw, tree, index, pieces.append):
+            return b"".join(pieces)
+    return payload_bytes(part)

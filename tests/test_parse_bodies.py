@@ -141,6 +141,9 @@ def test_nested_message_rfc822() -> None:
     # 4 inner text, 5 inner attachment
     assert by_name["fwd.eml"].index == 2
     assert by_name["notes.txt"].index == 5
+    # an attached message is measured as it is stored, not as the parser writes it out again
+    assert by_name["fwd.eml"].size == len(inner)
+    assert by_name["fwd.eml"].sha256 == hashlib.sha256(inner).hexdigest()
     assert parsed.subject == "test"
 
 

@@ -158,20 +158,52 @@ def test_a_big_message_is_imported_indexed_and_shown_in_bounded_memory(tmp_path:
     assert result.returncode == 2 and b"there is no part 9" in result.stderr
 
 
+def test_an_attached_big_message_is_saved_as_stored_in_bounded_memory(tmp_path: Path) -> None:
+    """`show --part N` of a forwarded message holding 18 MB: the message's bytes exactly as
+    they are stored, streamed (the parser's way took 280 MB for this 25 MB message)."""
+    inner_eml = tmp_path / "inner.eml"
+    _big_message(inner_eml, os.urandom(18 * 1024 * 1024))
+    inner = inner_eml.read_bytes()
+    eml = tmp_path / "forward.eml"
+    eml.write_bytes(
+        b"From: fwd@example.com\r\nSubject: fwd: the big one\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=OUT\r\n\r\n--OUT\r\n"
+        b"Content-Type: text/plain\r\n\r\nforwarded as it came\r\n--OUT\r\n"
+        b"Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename=in.eml"
+        b"\r\n\r\n" + inner + b"\r\n--OUT--\r\n"
+    )
+    vault = new_vault(tmp_path / "vault")
+    mailvault = [sys.executable, "-m", "mailvault", "--vault", str(vault)]
+    subprocess.run([*mailvault, "import", str(eml)], check=True, capture_output=True)
+    digest = hashlib.sha256(eml.read_bytes()).hexdigest()
+    shown = json.loads(
+        subprocess.run([*mailvault, "show", "--json", digest], capture_output=True).stdout
+    )
+    attached = {a["index"]: a for a in shown["attachments"]}
+    assert attached[2]["size"] == len(inner)
+    assert attached[2]["sha256"] == hashlib.sha256(inner).hexdigest()
+    assert not [d for d in shown["defects"] if "not known" in d]
+    saved = tmp_path / "saved.eml"
+    peak = _max_rss_mib([*mailvault, "show", digest, "--part", "2", "--out", str(saved)])
+    assert peak < 180, f"show --part of an attached message peaked at {peak:.0f} MiB"
+    assert saved.read_bytes() == inner
+
+
 def test_a_part_streamed_out_is_the_part_the_whole_message_gives(
     messages: list[tuple[str, bytes]],
 ) -> None:
     """What `show --part N` writes for a big message (decoded as it streams by) equals what
-    the whole-message path decodes, for every leaf part it takes that way."""
+    the whole-message path decodes, for every leaf and attached message it takes that way."""
     from mailvault.parse.mime import parse_bytes, walk
     from mailvault.show import part_bytes
 
-    compared = 0
+    compared = messages_compared = 0
     for name, raw in messages[::3]:
         for index, _depth, part in walk(parse_bytes(raw)):
             if index > 40:  # one pass over the message per part: enough of the deep ones
                 break
-            if part.is_multipart():
+            enclosed = part.get_content_maintype() == "message" and part.is_multipart()
+            if part.is_multipart() and not enclosed:
                 continue
             out: list[bytes] = []
             skeleton = sk.Skeleton(extract=index, sink=out.append)
@@ -181,8 +213,43 @@ def test_a_part_streamed_out_is_the_part_the_whole_message_gives(
             if got is None or not got.exact or index not in skeleton.verify(parse_bytes(data)):
                 continue  # write_part falls back to the whole message for these
             assert b"".join(out) == part_bytes(raw, index), (name, index)
+            if enclosed:  # an attached message is given as stored: bytes of the message itself
+                encoding = str(part.get("content-transfer-encoding", "")).lower()
+                assert encoding in ("base64", "quoted-printable") or b"".join(out) in raw
+                messages_compared += 1
             compared += 1
-    assert compared > 300
+    assert compared > 300 and messages_compared > 10
+
+
+def test_attached_messages_are_measured_as_stored_whole_or_streamed(
+    messages: list[tuple[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attached message's size and sha256 are those of its bytes in the message (what
+    `show --part N` writes), the same from the whole parse and from the skeleton of a big
+    message, where no budget leaves them unknown any more."""
+    from mailvault.show import part_bytes
+
+    monkeypatch.setattr(sk, "WHOLE_MAX", 0)
+    monkeypatch.setattr(sk, "PART_KEEP", 1024)
+    monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
+    checked = 0
+    for name, raw in messages:
+        digest = hashlib.sha256(raw).hexdigest()
+        whole = parse_message(raw, digest, ingest_time=INGEST)
+        attached = [a for a in whole.attachments if a.content_type.startswith("message/")]
+        if not attached:
+            continue
+        streamed = sk.parse_chunks([raw], digest, ingest_time=INGEST)
+        by_index = {a.index: a for a in streamed.attachments}
+        for attachment in attached:
+            content = part_bytes(raw, attachment.index)
+            assert attachment.size == len(content), (name, attachment.index)
+            assert attachment.sha256 == hashlib.sha256(content).hexdigest(), name
+            mine = by_index[attachment.index]
+            assert (mine.size, mine.sha256) == (attachment.size, attachment.sha256), name
+            assert f"part {attachment.index} size and sha256" not in str(streamed.defects)
+            checked += 1
+    assert checked > 40
 
 
 def test_a_failure_in_the_skeleton_still_gives_a_parsed_message(

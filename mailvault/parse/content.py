@@ -22,6 +22,7 @@ from mailvault.parse.mime import payload_bytes, walk
 from mailvault.parse.model import Attachment
 from mailvault.parse.params import header_params
 from mailvault.parse.pdf_text import pdf_text
+from mailvault.parse.skeleton import Cut, enclosed_messages
 
 MAX_BODY_PART_BYTES = 16 * 1024 * 1024
 MAX_HTML_BYTES = 4 * 1024 * 1024
@@ -130,9 +131,14 @@ def _merge(pieces: list[_Piece]) -> str:
     return "\n\n".join(t.strip() for t in out if t.strip())
 
 
-def extract(msg: Message) -> Content:
-    """Body text, attachments and per-part parser defects of a message tree."""
+def extract(msg: Message, raw: bytes | None = None) -> Content:
+    """Body text, attachments and per-part parser defects of a message tree.
+
+    ``raw``, the bytes ``msg`` was parsed from, gives an attached message's size and sha256 as
+    the message is stored in them (what ``show --part`` writes), not as the parser would
+    write it out again (line ends and header folding changed)."""
     content = Content()
+    enclosed = _Enclosed(raw, msg)
     pieces: list[_Piece] = []
     alternative_of: dict[int, int] = {}  # id(part) -> index of its nearest alternative
     for index, _depth, part in walk(msg):
@@ -151,7 +157,7 @@ def extract(msg: Message) -> Content:
                 headers = _enclosed_headers(children[0])
                 if headers:
                     pieces.append(_Piece(headers))
-        _leaf(index, part, content_type, group, pieces, content)
+        _leaf(index, part, content_type, group, pieces, content, enclosed)
         content.defects.extend(type(d).__name__ for d in part.defects)
     content.body_text = _merge(pieces)
     return content
@@ -164,6 +170,7 @@ def _leaf(
     group: int,
     pieces: list[_Piece],
     content: Content,
+    enclosed: _Enclosed,
 ) -> None:
     """Body text or an attachment record for one part (containers only when attached)."""
     ct_params = header_params(_first_header(part, "content-type") or "")
@@ -188,14 +195,35 @@ def _leaf(
         else:
             pieces.append(_Piece(_text(data, charset), group))
         return
-    data = payload_bytes(part)
+    stored = enclosed.get(index) if container else None
+    if stored is not None:  # an attached message: no text of its own (its parts have it)
+        size, sha256, text = stored.size, stored.sha256, ""
+    else:
+        data = payload_bytes(part)
+        size, sha256 = len(data), hashlib.sha256(data).hexdigest()
+        text = _attachment_text(content_type, filename, charset, data)
     content.attachments.append(
         Attachment(
             index=index,
             filename=filename,
             content_type=content_type,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            text=_attachment_text(content_type, filename, charset, data),
+            size=size,
+            sha256=sha256,
+            text=text,
         )
     )
+
+
+class _Enclosed:
+    """The attached messages of one message as stored, measured once, when first asked for."""
+
+    def __init__(self, raw: bytes | None, tree: Message) -> None:
+        self._raw, self._tree = raw, tree
+        self._found: dict[int, Cut] | None = None
+
+    def get(self, index: int) -> Cut | None:
+        if self._raw is None:
+            return None
+        if self._found is None:
+            self._found = enclosed_messages(self._raw, self._tree)
+        return self._found.get(index)

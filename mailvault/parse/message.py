@@ -106,7 +106,7 @@ def _parse(raw: bytes, sha256: str, ingest_time: datetime) -> ParsedMessage:
     msg, repairs = parse_tree(raw)
     defects.extend(repairs)
     headers = _header_map(msg.raw_items())
-    content = extract(msg)
+    content = extract(msg, raw)
     defects.extend(content.defects)
     if "CloseBoundaryNotFoundDefect" in content.defects:
         defects.append(bytecheck.TRUNCATED)

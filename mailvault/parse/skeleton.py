@@ -54,6 +54,7 @@ _TOTAL_HEADERS = 8 * 1024 * 1024  # header bytes of all parts kept before only _
 _MAX_ENCLOSED = 64  # nested message/* parts followed; deeper ones are read as plain bodies
 
 _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+_MESSAGE_ENCODINGS = frozenset({"base64", "quoted-printable"})  # undone in a message/* part
 
 
 @dataclass(frozen=True)
@@ -178,18 +179,63 @@ class _Leaf:
             self.sink(decoded)
 
 
+@dataclass
+class _Enclosed:
+    """A message/* part being read: its body, the enclosed message's bytes as they are stored
+    (a transfer encoding, which RFC 2046 forbids there but some mailers use, undone)."""
+
+    index: int
+    content_type: str
+    depth: int  # multiparts open around it: a delimiter of one of them ends it
+    decoder: _Decoder
+    sink: Callable[[bytes], object] | None = None
+    size: int = 0
+    hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    held: bytes | None = None  # the last piece: its line end may belong to a delimiter
+    open: bool = True
+
+    def take(self, data: bytes) -> None:
+        if self.held is not None:
+            self._out(self.decoder.feed(self.held))
+        self.held = data
+
+    def _out(self, data: bytes) -> None:
+        if data:
+            self.size += len(data)
+            self.hash.update(data)
+            if self.sink is not None:
+                self.sink(data)
+
+    def close(self, *, at_delimiter: bool) -> Cut:
+        self.open = False
+        if self.held is not None:
+            self._out(self.decoder.feed(_chomp(self.held) if at_delimiter else self.held))
+            self.held = None
+        self._out(self.decoder.flush())
+        return Cut(self.content_type, self.size, self.hash.hexdigest(), self.decoder.clean)
+
+
 class Skeleton:
     """Feed a message's bytes in chunks, then ``finish()``: the skeleton's bytes; ``cuts`` has
     the parts (by walk number) whose bodies were shortened, with what they really decode to.
     ``verify(tree)`` then checks the parser found each of those parts where this walk did."""
 
     def __init__(
-        self, extract: int | None = None, sink: Callable[[bytes], object] | None = None
+        self,
+        extract: int | None = None,
+        sink: Callable[[bytes], object] | None = None,
+        *,
+        enclosed: bool = False,
     ) -> None:
         """``extract``: the walk number of a part whose decoded content goes to ``sink`` as it
-        streams by (``show --part N`` of a big message); ``extracted`` then says what it was."""
+        streams by (``show --part N`` of a big message); ``extracted`` then says what it was.
+        ``enclosed``: measure every message/* part's content (see ``_Enclosed``) into
+        ``self.enclosed``; an extracted message/* part is measured in any case."""
         self._extract, self._sink = extract, sink
+        self._measure_enclosed = enclosed
         self.extracted: Cut | None = None
+        self.enclosed: dict[int, Cut] = {}
+        self._captures: list[_Enclosed] = []  # the message/* parts being read, outermost first
         self.out: list[bytes] = []
         self.cuts: dict[int, Cut] = {}
         self.size = 0
@@ -259,8 +305,13 @@ class Skeleton:
         if last >= 0:
             leaf.decode(block[: last + 1])
         leaf.held = block[last + 1 :]
+        for capture in self._captures:
+            capture.take(block)
 
     def _piece(self, piece: bytes, *, ends_line: bool) -> None:
+        # the message/* parts this piece may belong to: not one that begins after it (a blank
+        # line ends the part's header block), nor one a delimiter in it ends
+        reading = tuple(self._captures) if self._captures else ()
         at_start, self._mid_line = not self._mid_line, not ends_line
         if at_start:
             self._line(piece)
@@ -269,6 +320,9 @@ class Skeleton:
         elif self._header_bytes < HEADER_KEEP:  # the rest of an over-long header line
             self._header.append(piece)
             self._header_bytes += len(piece)
+        for capture in reading:
+            if capture.open:
+                capture.take(piece)
 
     def finish(self) -> bytes:
         if self._tail:
@@ -277,6 +331,8 @@ class Skeleton:
         # a part left open by a missing close delimiter loses its last line end too (as the
         # stdlib does it); a message that is not multipart keeps it
         self._end_leaf(at_delimiter=bool(self._open))
+        # one inside a multipart that never closed loses its last line end, as a leaf does
+        self._end_enclosed(lambda capture: True, at_delimiter=bool(self._open))
         if self._header is not None:
             self.out.extend(self._header)
         return b"".join(self.out)
@@ -312,9 +368,12 @@ class Skeleton:
         elif _HEADER_LINE.match(line) or (self._top and OBS_COLON.match(line)):
             self._header_line(line)
         else:  # not a header line: the header block ends, and this line is body (as the
-            self._open_part()  # stdlib parser reads it: MissingHeaderBodySeparator)
+            reading = len(self._captures)  # stdlib parser reads it: MissingHeaderBodySeparator)
+            self._open_part()
             if self._leaf is not None:  # where the stdlib's recovery varies: not exact
                 self._leaf.decoder.clean = False
+            for capture in self._captures[reading:]:  # a message/* part that begins here
+                capture.take(line)
             self._line(line)
 
     def _header_line(self, line: bytes) -> None:
@@ -364,6 +423,12 @@ class Skeleton:
             self._header = []  # the enclosed message's own header block follows
             self._enclosed = True
             self._messages.append((index, len(self._open)))
+            if self._measure_enclosed or index == self._extract:
+                decoder = _Decoder(encoding if encoding in _MESSAGE_ENCODINGS else "")
+                sink = self._sink if index == self._extract else None
+                self._captures.append(
+                    _Enclosed(index, content_type, len(self._open), decoder, sink)
+                )
         else:
             if maintype == "message":  # delivery-status: the stdlib numbers its blocks
                 self.unreliable = True
@@ -389,6 +454,8 @@ class Skeleton:
             return False
         closing = line.rstrip(b" \t\r\n") != self._open[depth][0]
         self._end_leaf(at_delimiter=True)
+        if self._captures:
+            self._end_enclosed(lambda capture: capture.depth > depth, at_delimiter=True)
         del self._open[depth + (not closing) :]
         # the enclosed messages inside the part this delimiter ends are over too
         self._messages = [m for m in self._messages if m[1] <= depth]
@@ -443,18 +510,37 @@ class Skeleton:
             self.cut_messages.update(index for index, _ in self._messages)
             self.cuts[leaf.index] = result
 
+    def _end_enclosed(self, ends: Callable[[_Enclosed], bool], *, at_delimiter: bool) -> None:
+        for capture in [c for c in self._captures if ends(c)]:
+            self._captures.remove(capture)
+            result = capture.close(at_delimiter=at_delimiter)
+            self.enclosed[capture.index] = result
+            if capture.index == self._extract:
+                self.extracted = result
+
     def verify(self, tree: Message) -> set[int]:
         """The shortened (or extracted) parts the parser finds in the skeleton's ``tree``
-        exactly where this walk put them: same number, same type, the same body bytes."""
+        exactly where this walk put them: same number, same type, the same body bytes; and
+        the measured message/* parts, where it finds as many parts in all as this walk."""
         from mailvault.parse.mime import walk
 
         wanted = dict(self.cuts)
         if self.extracted is not None and self._extract is not None:
             wanted[self._extract] = self.extracted
-        if not wanted or self.unreliable:
+        if not (wanted or self.enclosed) or self.unreliable:
             return set()
         good = set()
+        messages = set()  # message/* parts of the right type: if the numbering agrees
+        count = 0
         for index, _depth, part in walk(tree):
+            count += 1
+            enclosed = self.enclosed.get(index)
+            if enclosed is not None:
+                if part.get_content_maintype() == "message" and (
+                    part.get_content_type() == enclosed.content_type
+                ):
+                    messages.add(index)
+                continue
             cut = wanted.get(index)
             if cut is None or part.is_multipart() or part.get_content_type() != cut.content_type:
                 continue
@@ -468,7 +554,26 @@ class Skeleton:
                 continue
             if hashlib.sha256(body).hexdigest() == cut.kept:
                 good.add(index)
+        if count == self._next_index:  # the parser found as many parts as this walk
+            good |= messages
         return good
+
+
+def enclosed_messages(
+    raw: bytes,
+    tree: Message,
+    extract: int | None = None,
+    sink: Callable[[bytes], object] | None = None,
+) -> dict[int, Cut]:
+    """What each message/* part of a message held whole contains, as stored: the enclosed
+    message's bytes (see ``_Enclosed``), for the parts the parser (``tree``) numbers as this
+    walk does.  ``extract``/``sink`` as for ``Skeleton``: ``sink`` sees bytes before they are
+    checked, so collect them and use them only if ``extract`` is in the answer."""
+    walker = Skeleton(extract, sink, enclosed=True)
+    walker.feed(raw)
+    walker.finish()
+    good = walker.verify(tree)
+    return {index: cut for index, cut in walker.enclosed.items() if index in good}
 
 
 def _lines_before_dashes(data: bytes, start: int) -> int:
@@ -511,7 +616,7 @@ def parse_chunks(chunks: Iterable[bytes], sha256: str, *, ingest_time: datetime)
     if stream is None:
         return parse_message(b"".join(buffered), sha256, ingest_time=ingest_time)
     size = sum(map(len, buffered))
-    skeleton = Skeleton()
+    skeleton = Skeleton(enclosed=True)
     failure: Exception | None = None
     try:
         for chunk in buffered:
@@ -545,13 +650,17 @@ def restore(parsed: ParsedMessage, skeleton: Skeleton, data: bytes) -> ParsedMes
     attachments = []
     patched: set[int] = set()
     # where the parser agrees (it parses the skeleton again: parse_message keeps no tree)
-    found = skeleton.verify(parse_bytes(data)) if skeleton.cuts else set()
+    found = skeleton.verify(parse_bytes(data)) if skeleton.cuts or skeleton.enclosed else set()
     # Parts the parser numbers otherwise than this walk: from the first shortened part on,
     # no attachment's size can be vouched for.
     doubtful = min(skeleton.cuts) if set(skeleton.cuts) - found else None
     for attachment in parsed.attachments:
         cut = skeleton.cuts.get(attachment.index)
-        if attachment.index in skeleton.cut_messages:  # an attached message, shortened inside
+        stored = skeleton.enclosed.get(attachment.index)
+        if stored is not None and attachment.index in found:  # an attached message, measured
+            attachment = replace(attachment, size=stored.size, sha256=stored.sha256)
+            patched.add(attachment.index)
+        elif attachment.index in skeleton.cut_messages:  # an attached message, shortened inside
             defects.append(f"attachment: part {attachment.index} size and sha256 not known")
         elif cut is not None and cut.exact and attachment.index in found:  # verify checked type
             attachment = replace(attachment, size=cut.size, sha256=cut.sha256)
