@@ -73,6 +73,11 @@ class Committed:
     listed_size: int | None = None  # fetch: LIST's size for it
 
 
+def same_mailbox(was: tuple[str, str], now: tuple[str, str]) -> bool:
+    """Whether (host, user) pairs name one mailbox (host names are case-insensitive)."""
+    return was[0].rstrip(".").lower() == now[0].rstrip(".").lower() and was[1] == now[1]
+
+
 class Catalog:
     """One connection to the catalog; use one per thread."""
 
@@ -127,8 +132,25 @@ class Catalog:
         return _Transaction(self.conn)  # type: ignore[return-value]
 
     # -- accounts -------------------------------------------------------------------------------
+    def mailbox_of(self, name: str) -> tuple[str, str] | None:
+        """(host, user) the account was last fetched from, if ever."""
+        row = self.conn.execute("SELECT host, user FROM accounts WHERE name=?", (name,)).fetchone()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
     def ensure_account(self, name: str, host: str, port: int, user: str, tls: str) -> None:
+        """Record the account's server; if it now names another mailbox (host or user), the
+        UIDLs committed from the old one stop being live (ledger ``mailbox-changed``): a UIDL
+        only names a message within one mailbox, and trusting them here would skip, or
+        delete unread, whatever this mailbox holds under the same UIDLs."""
+        was = self.mailbox_of(name)
         with self.transaction():
+            if was is not None and not same_mailbox(was, (host, user)):
+                rows = self.conn.execute(
+                    "SELECT id FROM uidls WHERE account=? AND deleted_confirmed_at IS NULL",
+                    (name,),
+                ).fetchall()
+                detail = {"was": f"{was[1]}@{was[0]}", "now": f"{user}@{host}"}
+                self._mark_deleted([r[0] for r in rows], "mailbox-changed", utcnow(), detail)
             self.conn.execute(
                 "INSERT INTO accounts(name, host, port, user, tls, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
@@ -383,7 +405,9 @@ class Catalog:
         with self.transaction():
             self._mark_deleted(ids, kind, now)
 
-    def _mark_deleted(self, ids: Iterable[int], kind: str, now: str) -> None:
+    def _mark_deleted(
+        self, ids: Iterable[int], kind: str, now: str, detail: dict[str, str] | None = None
+    ) -> None:
         for row_id in ids:
             row = self.conn.execute(
                 "SELECT account, uidl, sha256, size FROM uidls "
@@ -393,7 +417,15 @@ class Catalog:
             if row is None:
                 continue
             self.conn.execute("UPDATE uidls SET deleted_confirmed_at=? WHERE id=?", (now, row_id))
-            ledger.append(self.conn, kind, account=row[0], uidl=row[1], sha256=row[2], size=row[3])
+            ledger.append(
+                self.conn,
+                kind,
+                account=row[0],
+                uidl=row[1],
+                sha256=row[2],
+                size=row[3],
+                detail=detail,
+            )
 
     # -- reading --------------------------------------------------------------------------------
     def message_count(self) -> int:

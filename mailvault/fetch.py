@@ -34,7 +34,7 @@ import tenacity
 import zstandard
 
 from mailvault import pop3
-from mailvault.catalog import Catalog, Committed, LiveUidl
+from mailvault.catalog import Catalog, Committed, LiveUidl, same_mailbox
 from mailvault.config import AccountConfig
 from mailvault.errors import (
     ConfigError,
@@ -150,6 +150,7 @@ class AccountFetcher:
         self._counted = False
         self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
         self._lockstep = False  # after a stall with pipelined commands in flight
+        self._mailbox_changed = False  # the account names another host or user than before
         settings = vault.config.vault
         self.batch_messages = settings.commit_batch_messages
         self.batch_bytes = settings.commit_batch_bytes
@@ -159,6 +160,15 @@ class AccountFetcher:
         acct = self.account
         interrupted = False
         try:
+            was = self.catalog.mailbox_of(acct.name)
+            if was is not None and not same_mailbox(was, (acct.host, acct.user)):
+                self._mailbox_changed = True
+                self.report.warnings.append(
+                    f"account {acct.name} now names {acct.user}@{acct.host} (was "
+                    f"{was[1]}@{was[0]}): the UIDLs of the old mailbox do not apply to this "
+                    "one, so each message here is downloaded once and recognised by its content "
+                    "(nothing is stored twice, nothing deleted unread)"
+                )
             if not self.dry_run:
                 self.catalog.ensure_account(acct.name, acct.host, acct.port, acct.user, acct.tls)
                 self.run_id = self.catalog.start_run(acct.name)
@@ -324,7 +334,9 @@ class AccountFetcher:
                 )
             if warning not in report.warnings:
                 report.warnings.append(warning)
-        live = self.catalog.live_uidls(self.account.name) if not self.dry_run or has_uidl else {}
+        # (a dry run of a repointed account leaves the old mailbox's UIDLs as they are)
+        known = has_uidl and not (self.dry_run and self._mailbox_changed)
+        live = self.catalog.live_uidls(self.account.name) if not self.dry_run or known else {}
         on_server = {m.uidl for m in listed if m.uidl is not None}
         if has_uidl and not self.dry_run:
             gone = [row.id for uidl, row in live.items() if uidl not in on_server]
@@ -347,9 +359,11 @@ class AccountFetcher:
             if m.size == row.committed_listing:
                 if not deletable:
                     continue
-                # A DELE we sent whose QUIT we never saw confirmed may have been applied, and
-                # the UIDL given to new mail of the same size: its header must match too.
-                if row.dele_sent_at is None or self._same_header(session, m.msgno, row.sha256):
+                # Same UIDL, same size is not enough to delete unread: another client may
+                # have deleted the message (or a DELE we sent been applied without its QUIT
+                # reaching us) and the server given the UIDL to new mail of the same size
+                # since, while it waited its delete_after_days.  Its header must match too.
+                if self._same_header(session, m.msgno, row.sha256):
                     ghost_deletes.append((m.msgno, row.id))
                     continue
             suspects[row.uidl] = (row, deletable)
@@ -361,8 +375,8 @@ class AccountFetcher:
             warning = (
                 f"UIDL {row.uidl}: {was}, now listed with {m.size}"
                 if m.size != row.committed_listing
-                else f"UIDL {row.uidl}: its DELE may have been applied and the UIDL reused (its "
-                "header differs from the committed message's)"
+                else f"UIDL {row.uidl}: TOP does not show the committed message's header (the "
+                "server may have given the UIDL to new mail, or refuses TOP)"
             ) + "; downloaded again to check before any DELE"
             if warning not in report.warnings:
                 report.warnings.append(warning)

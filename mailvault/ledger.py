@@ -38,7 +38,16 @@ LEDGER_FIELDS = ("seq", "at", "kind", "account", "uidl", "sha256", "size", "deta
 AUDIT_FIELDS = ("seq", "at", "os_user", "command", "query", "results", "detail", "prev_hash")
 
 KINDS = frozenset(
-    {"ingest", "server-delete", "server-gone", "purge", "hold-add", "hold-release", "repair"}
+    {
+        "ingest",
+        "server-delete",
+        "server-gone",
+        "mailbox-changed",
+        "purge",
+        "hold-add",
+        "hold-release",
+        "repair",
+    }
 )
 
 

@@ -160,7 +160,7 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
     gone = Counter(
         (e["account"], e["uidl"], e["sha256"])
         for e in entries
-        if e["kind"] in ("server-delete", "server-gone")
+        if e["kind"] in ("server-delete", "server-gone", "mailbox-changed")
     )
     for sha256, size in db.execute("SELECT sha256, size FROM messages"):
         if sha256 not in contents:

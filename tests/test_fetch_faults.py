@@ -831,3 +831,69 @@ def test_a_ghost_whose_dele_was_sent_is_checked_by_its_header_not_downloaded(
         retrs = [c for d, c in server.log if d == "C" and c.startswith("RETR")]
         tops = [c for d, c in server.log if d == "C" and c.startswith("TOP")]
         assert len(retrs) == 3 and len(tops) == 3  # RETRs of the first run only
+
+
+def test_delete_after_days_checks_the_header_of_what_it_deletes(tmp_path: Path) -> None:
+    """While committed mail waits its delete_after_days on the server, another client deletes
+    one message and the server gives its UIDL to new mail of the same size.  When the wait is
+    over, the new mail is not deleted unread on UIDL and size alone: TOP shows another header,
+    so it is downloaded and archived, and stays (its own wait starts now)."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(reuse_uidls=True)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=1)
+        assert fetch_json(vault)[1]["accounts"][0]["deleted"] == 0
+        with server._lock:  # another client deleted uid-1
+            server.mailbox = [m for m in server.mailbox if m.uidl != "uid-1"]
+        fresh = _new_mail(messages, "same size")
+        server.add_message(fresh)
+        assert server.mailbox[-1].uidl == "uid-1"
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            db.execute("UPDATE uidls SET first_seen = '2000-01-01T00:00:00+00:00'")
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0 and (acct["fetched"], acct["deleted"]) == (1, 2), report
+        assert any("UIDL uid-1" in w and "downloaded again" in w for w in acct["warnings"])
+        assert [m.data for m in server.mailbox] == [fresh]
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in [*messages, fresh]))
+
+
+def test_an_account_pointed_at_another_mailbox_trusts_none_of_the_old_uidls(
+    tmp_path: Path,
+) -> None:
+    """The admin points an account at another user's mailbox, whose UIDLs and sizes equal the
+    old one's (Dovecot gives equal UIDLs to mailboxes created in the same second).  The old
+    mailbox's UIDLs are retired (ledger "mailbox-changed"), so the new mailbox's mail is
+    downloaded and archived, never skipped or deleted unread as if already committed; a dry
+    run says so and changes nothing."""
+    messages = corpus(3)
+    others = [m.replace(b"From: s", b"From: t").replace(b"<m", b"<n") for m in messages]
+    assert [len(m) for m in others] == [len(m) for m in messages]
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=7)
+        assert fetch_json(vault)[0] == 0
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            db.execute("UPDATE uidls SET first_seen = '2000-01-01T00:00:00+00:00'")
+        config = vault / "mailvault.toml"
+        config.write_text(config.read_text().replace('user = "alice"', 'user = "bob"'))
+        with server._lock:  # bob's mailbox: the same UIDLs and sizes, other mail
+            server.user = "bob"
+            server.mailbox = []
+        for number, data in enumerate(others, 1):
+            server.add_message(data, uidl=f"uid-{number}")
+        code, report = fetch_json(vault, "--dry-run")
+        acct = report["accounts"][0]
+        assert (code, acct["new"], acct["would_delete"]) == (0, 3, 0), report
+        assert any("now names bob@127.0.0.1" in w for w in acct["warnings"])
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0 and (acct["fetched"], acct["deleted"]) == (3, 0), report
+        assert len(server.mailbox) == 3
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in [*messages, *others]))
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            kinds = [r[0] for r in db.execute("SELECT kind FROM ledger")]
+        assert kinds.count("mailbox-changed") == 3
+        checked = run_cli(vault, "verify", "--json")
+        assert checked.exit_code == 0, checked.stdout
+        code, report = fetch_json(vault)  # and from now on, bob's UIDLs are the ones trusted
+        assert code == 0 and report["accounts"][0]["fetched"] == 0
+        assert report["accounts"][0]["warnings"] == []
