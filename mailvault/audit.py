@@ -53,10 +53,14 @@ def record(
     file, a write and an fsync (~0.6 ms of every search) that the next writer does anyway.  The
     entry itself is durable once COMMIT returns (WAL, synchronous=FULL).
     """
-    try:
-        db = sqlite3.connect(
-            os.path.join(vault_root, "catalog.sqlite"), timeout=60, isolation_level=None
+    path = os.path.join(vault_root, "catalog.sqlite")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:  # connecting would create it
+        raise CatalogError(
+            f"the audit entry could not be written ({path} is missing or empty); nothing is "
+            "shown without one: restore the catalog from a backup"
         )
+    try:
+        db = sqlite3.connect(path, timeout=60, isolation_level=None)
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cached_property
 
-from mailvault.errors import UsageError, VaultError, VaultLocked, VaultNotFound
+from mailvault.errors import CatalogError, UsageError, VaultError, VaultLocked, VaultNotFound
 
 # None of these is imported at run time: `mailvault search` opens a vault too, and `typing`
 # and `pathlib` alone are several ms of its start-up (callers pass Path objects; the checks
@@ -96,10 +96,17 @@ class Vault:
 
         return BlobStore(self.root, compress=False)
 
-    def catalog(self) -> Catalog:
-        """A new catalog connection (one per thread)."""
+    def catalog(self, *, create: bool = False) -> Catalog:
+        """A new catalog connection (one per thread).  Only ``init`` creates the catalog: one
+        missing from a vault is an error, since an empty one in its place would silently drop
+        the holds, purges and ledger (and call every stored message an orphan)."""
         from mailvault.catalog import Catalog
 
+        if not create and not _has_content(self.catalog_path):
+            raise CatalogError(
+                f"{self.catalog_path} is missing (or empty) in the vault at {self.root}: restore "
+                "it from a backup; `mailvault verify` shows what the vault still holds"
+            )
         return Catalog(self.catalog_path)
 
     @contextlib.contextmanager
@@ -161,10 +168,20 @@ def _new_vault_id() -> str:
     return str(uuid.uuid4())
 
 
+def _has_content(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def init_vault(root: Path) -> Vault:
     """Create a new, empty vault (idempotent on an existing vault: nothing is overwritten)."""
     if (root / "vault.json").exists():
-        return open_vault(root)
+        vault = open_vault(root)
+        if not _has_content(vault.catalog_path) and not any(vault.read_store().iter_digests()):
+            _finish_init(vault)  # an init cut short before its catalog: nothing to lose
+        return vault
     if root.exists() and any(root.iterdir()):
         raise UsageError(f"{root} exists and is not empty; choose a new directory for the vault")
     try:
@@ -190,14 +207,18 @@ def init_vault(root: Path) -> Vault:
     except OSError as exc:
         raise VaultError(f"cannot create a vault at {root}: {exc.strerror or exc}") from None
     vault = open_vault(root)
-    vault.catalog().close()
+    _finish_init(vault)
+    return vault
+
+
+def _finish_init(vault: Vault) -> None:
+    vault.catalog(create=True).close()
     os.chmod(vault.catalog_path, 0o600)
     # An empty index too: a new vault must search (no hits, exit 1) and verify clean, not
     # ask for `mailvault index` before it holds anything.
     from mailvault.index import create_or_open
 
     create_or_open(vault.index_path)
-    return vault
 
 
 def check_ownership(root: str | os.PathLike[str]) -> None:

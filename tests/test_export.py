@@ -269,7 +269,27 @@ def test_export_is_recorded_in_the_audit_log(tmp_path: Path, vault: Path) -> Non
         ).fetchone()
     detail = json.loads(detail)
     assert command == "export" and detail["target"] == str(out)
+    assert detail["stage"] == "finished"
     assert detail["manifest_sha256"] == sha((out / "manifest.json").read_bytes())
+
+
+def test_an_export_is_audited_before_its_first_byte(
+    tmp_path: Path, vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export that fails (or is killed) part-way has still left its audit entry: the
+    "started" one is committed before the target is opened."""
+    from mailvault.export import eml
+
+    def broken(self: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "eml"
+    monkeypatch.setattr(eml.EmlTarget, "open", broken)
+    assert cli(vault, "export", "--format", "eml", "--out", str(out)).exit_code != 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        rows = db.execute("SELECT command, results, detail FROM audit ORDER BY seq").fetchall()
+    command, results, detail = rows[-1]
+    assert command == "export" and json.loads(detail)["stage"] == "started" and results > 0
 
 
 def test_json_output_validates(tmp_path: Path, vault: Path) -> None:

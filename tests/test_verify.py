@@ -309,3 +309,29 @@ def test_a_new_vault_verifies_clean_and_searches_to_no_hits(tmp_path: Path) -> N
     assert (code, [f for f in items if f["severity"] != "info"]) == (0, [])
     result = run_cli(root, "search", "anything")
     assert result.exit_code == 1, result.stderr
+
+
+def test_a_lost_catalog_is_never_recreated_empty(vault: Path, tmp_path: Path) -> None:
+    """catalog.sqlite gone (a bad restore, a slip of rm): no command makes a new, empty one in
+    its place, which would drop every hold, purge and ledger entry without a word and turn
+    every stored message into an "orphan"; they all stop with exit 3 and say to restore it,
+    and verify keeps saying catalog-missing."""
+    for path in vault.glob("catalog.sqlite*"):
+        path.unlink()
+    eml = tmp_path / "one.eml"
+    eml.write_bytes(b"From: a@example.com\r\nSubject: one\r\n\r\nbody\r\n")
+    for args in (
+        ["hold", "list"],
+        ["hold", "add", "h", "subject:one"],
+        ["retention", "apply", "--dry-run"],
+        ["import", str(eml)],
+        ["fetch", "--json"],
+        ["search", "body"],
+        ["export", "--format", "eml", "--out", str(tmp_path / "out")],
+    ):
+        result = run_cli(vault, *args)
+        assert result.exit_code == 3, (args, result.output)
+        assert "restore" in result.output, (args, result.output)
+        assert not (vault / "catalog.sqlite").exists(), args
+    code, items = findings(vault)
+    assert code == 1 and "catalog-missing" in codes(items)

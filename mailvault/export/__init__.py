@@ -209,22 +209,25 @@ class _Exporter:
         )
 
 
-def _audit(vault: Vault, summary: dict[str, Any], out: Path, manifest_sha256: str | None) -> None:
-    """One audit-trail entry per export (the trail has no off switch)."""
+def _audit(
+    vault: Vault, options: ExportOptions, out: Path, line_endings: str, count: int, **outcome: Any
+) -> None:
+    """An audit-trail entry (the trail has no off switch): one before the first byte is
+    written, with the messages selected (so no export goes unrecorded, even one that is killed
+    or fails), and one once it is complete, with what it wrote and its manifest's sha256."""
     from mailvault.audit import record as record_audit
 
     record_audit(
         vault.root,
         "export",
-        summary["query"],
-        summary["count"],
-        format=summary["format"],
+        options.query,
+        count,
+        stage="finished" if outcome else "started",
+        format=options.fmt,
         target=str(out),
-        account=summary["account"],
-        line_endings=summary["line_endings"],
-        added=summary["added"],
-        total_bytes=summary["total_bytes"],
-        manifest_sha256=manifest_sha256,
+        account=options.account,
+        line_endings=line_endings,
+        **outcome,
     )
 
 
@@ -267,6 +270,7 @@ def export(
                 f"{out} was exported with --line-endings {previous.get('line_endings')}; "
                 "append with the same, or export into a new file"
             )
+        _audit(vault, options, out, line_endings, total)
         exporter.target.open()
         writer: ManifestWriter | None = None
         try:
@@ -342,5 +346,14 @@ def export(
         raise target_error("exporting to", out, exc) from None
     finally:
         catalog.close()
-    _audit(vault, summary, out, manifest_sha256)
+    _audit(
+        vault,
+        options,
+        out,
+        line_endings,
+        summary["count"],
+        added=summary["added"],
+        total_bytes=summary["total_bytes"],
+        manifest_sha256=manifest_sha256,
+    )
     return summary
