@@ -309,6 +309,14 @@ class Catalog:
             chunk = values[i : i + _IN_CHUNK]
             yield from self.conn.execute(f"{sql} ({','.join('?' * len(chunk))})", [*params, *chunk])
 
+    def purged_among(self, digests: Iterable[str]) -> dict[str, str]:
+        """Which of ``digests`` retention purged, and when."""
+        rows = self._select_in(
+            "SELECT sha256, purged_at FROM messages WHERE purged_at IS NOT NULL AND sha256 IN",
+            sorted(set(digests)),
+        )
+        return {row[0]: row[1] for row in rows}
+
     def _known_digests(self, digests: set[str]) -> set[str]:
         """Which of ``digests`` already have a messages row (purged tombstones included)."""
         rows = self._select_in("SELECT sha256 FROM messages WHERE sha256 IN", sorted(digests))

@@ -633,7 +633,24 @@ class _PumpLoop:
         self.commits_pending += 1
 
     def _record(self, batch: Batch) -> Results:
-        """On the commit thread, once the batch's blobs are durable: one catalog transaction."""
+        """On the commit thread, once the batch's blobs are durable: one catalog transaction;
+        then content retention had purged loses its blob again (its UIDL row stays, so it is
+        not downloaded again, and DELEd as committed mail is)."""
+        results = self._commit(batch)
+        purged = self.f.catalog.purged_among(st.digest for _, st in batch)
+        for m, st in batch:
+            if st.digest not in purged:
+                continue
+            path = self.f.store.find(st.digest)
+            if path is not None:
+                path.unlink(missing_ok=True)
+            self.f.report.warnings.append(
+                f"message {m.msgno} (UIDL {m.uidl}) is mail retention purged at "
+                f"{purged[st.digest]}: recorded as received, its bytes not kept again"
+            )
+        return results
+
+    def _commit(self, batch: Batch) -> Results:
         f = self.f
         if not self.suspects:
             items = [

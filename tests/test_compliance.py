@@ -81,6 +81,26 @@ def test_purged_messages_are_not_fetched_again(vault: Path, tmp_path: Path) -> N
     assert report["accounts"][0]["fetched"] == 0
 
 
+def test_purged_mail_coming_back_under_a_new_uidl_is_not_kept_again(vault: Path) -> None:
+    """Purged content on the server under a UIDL never seen (delivered again, or copied back
+    by someone): recorded as received, so not downloaded again, but its blob does not come
+    back, and verify stays clean."""
+    assert json.loads(run_cli(vault, "retention", "apply", "--json").stdout)["purged"] == 5
+    blobs = sorted(p.name for p in (vault / "objects").rglob("*.zst"))
+    with FakePop3Server([message(2, "carol@other.org", 2001)], uidls=["again-2"]) as server:
+        toml = vault / "mailvault.toml"
+        text = toml.read_text()
+        toml.write_text(text.replace(text.split("port = ")[1].split("\n")[0], str(server.port), 1))
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0 and acct["fetched"] == 1 and acct["duplicates"] == 1, report
+        assert any("retention purged" in w for w in acct["warnings"])
+        assert fetch_json(vault)[1]["accounts"][0]["fetched"] == 0
+    assert sorted(p.name for p in (vault / "objects").rglob("*.zst")) == blobs
+    checked = run_cli(vault, "verify", "--json")
+    assert checked.exit_code == 0, checked.stdout
+
+
 def test_every_audited_command_is_recorded(vault: Path, tmp_path: Path) -> None:
     assert run_cli(vault, "search", "quarterly").exit_code == 0
     assert run_cli(vault, "search", "--count", "nothing-matches-this").exit_code == 1
