@@ -375,13 +375,17 @@ def _pipeline(
     return done_all
 
 
-def catch_up(vault: Vault, *, progress: Progress | None = None) -> IndexReport:
-    """Parse what is unparsed and index what is unindexed (call under the vault write lock)."""
+def catch_up(vault: Vault, *, progress: Progress | None = None, exact: bool = False) -> IndexReport:
+    """Parse what is unparsed and index what is unindexed (call under the vault write lock).
+
+    ``exact``: make sure the index holds exactly the catalog's messages, whatever the counts
+    say (before retention applies holds through it: an index restored from an old backup may
+    hold as many documents as it should, but not the right ones)."""
     with _one_line_errors("indexing"):
-        return _catch_up(vault, progress)
+        return _catch_up(vault, progress, exact)
 
 
-def _catch_up(vault: Vault, progress: Progress | None) -> IndexReport:
+def _catch_up(vault: Vault, progress: Progress | None, exact: bool = False) -> IndexReport:
     started = time.monotonic()
     report = IndexReport()
     index_dir = vault.index_path
@@ -404,7 +408,7 @@ def _catch_up(vault: Vault, progress: Progress | None) -> IndexReport:
             progress,
             mark=True,
         )
-        report.repaired = _reconcile(vault, catalog, report, progress)
+        report.repaired = _reconcile(vault, catalog, report, progress, exact)
         if not (index_dir / "meta.json").exists():
             ix.create_or_open(index_dir)  # nothing to index: still, searches answer "no hits"
         report.documents = ix.open_for_search(index_dir).searcher().num_docs
@@ -415,39 +419,61 @@ def _catch_up(vault: Vault, progress: Progress | None) -> IndexReport:
 
 
 def _reconcile(
-    vault: Vault, catalog: Catalog, report: IndexReport, progress: Progress | None
+    vault: Vault,
+    catalog: Catalog,
+    report: IndexReport,
+    progress: Progress | None,
+    exact: bool = False,
 ) -> int:
-    """If the index holds fewer documents than the catalog says, find and re-add the missing.
+    """Make the index hold what the catalog lists as indexed: re-add the missing, and delete
+    documents of messages it does not list (purged by a retention run cut short before the
+    index was updated, or from an index restored from a backup).
 
-    A count comparison keeps this cheap on every run; a loss hidden by an equal number of
-    duplicates (which delete-by-term never makes) is left to ``verify`` (``index_findings``).
+    A count comparison keeps this cheap on every run; ``exact`` checks every message anyway
+    (an equal count can hide a different set).
     """
     index_dir = vault.index_path
     if not (index_dir / "meta.json").exists():
         return 0
     index = ix.open_for_search(index_dir)
     searcher = index.searcher()
-    if searcher.num_docs == _indexed_count(catalog):
+    if not exact and searcher.num_docs == _indexed_count(catalog):
         return 0
     schema = index.schema
+    listed = _rows(
+        catalog,
+        "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+        "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NOT NULL",
+    )
     lost = [
-        (sha256, ingest)
-        for sha256, ingest in _rows(
-            catalog,
-            "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
-            "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NOT NULL",
-        )
-        if not ix.contains(searcher, schema, sha256)
+        (sha256, ingest) for sha256, ingest in listed if not ix.contains(searcher, schema, sha256)
     ]
+    wanted = {sha256 for sha256, _ in listed}
+    extra = [
+        term
+        for term, _ in searcher.terms_with_prefix("id", "")
+        if term not in wanted and ix.contains(searcher, schema, term)
+    ]
+    if extra:
+        log.warning(
+            "the index holds %d messages the catalog does not list as indexed (purged, or "
+            "unknown); deleting them",
+            len(extra),
+        )
+        writer = ix.IndexWriter(ix.create_or_open(index_dir)[0])
+        for sha256 in extra:
+            writer.delete(sha256)
+        writer.close()
+        del writer
     del index, searcher, schema  # no tantivy threads around when the parse pool forks
     if not lost:
-        return 0
+        return len(extra)
     log.warning(
         "the index lacks %d messages the catalog lists as indexed; re-adding them", len(lost)
     )
     _mark_indexed(catalog, [s for s, _ in lost], None)
     _pipeline(vault, catalog, lost, set(), index_dir, report, progress, mark=True)
-    return len(lost)
+    return len(lost) + len(extra)
 
 
 def reindex(vault: Vault, *, progress: Progress | None = None) -> IndexReport:

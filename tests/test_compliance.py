@@ -101,6 +101,45 @@ def test_purged_mail_coming_back_under_a_new_uidl_is_not_kept_again(vault: Path)
     assert checked.exit_code == 0, checked.stdout
 
 
+def test_holds_are_matched_against_an_index_that_holds_exactly_the_catalog(
+    vault: Path, tmp_path: Path
+) -> None:
+    """An index put back from an old backup that happens to hold as many documents as the
+    catalog lists, but not the same ones: retention checks every message before it applies
+    holds through the index, so new mail under a hold is not purged."""
+    import shutil
+
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    shutil.copytree(vault / "index", tmp_path / "old-index")
+    assert json.loads(run_cli(vault, "retention", "apply", "--json").stdout)["purged"] == 3
+    mail = tmp_path / "more"
+    mail.mkdir()
+    for i in (20, 21, 22):  # old mail from acme: past retention, and held
+        (mail / f"{i}.eml").write_bytes(message(i, "bob@acme.com", 2001))
+    assert run_cli(vault, "import", str(mail)).exit_code == 0
+    shutil.rmtree(vault / "index")
+    shutil.copytree(tmp_path / "old-index", vault / "index")  # 10 documents, as the catalog
+    done = json.loads(run_cli(vault, "retention", "apply", "--json").stdout)
+    assert (done["held"], done["purged"]) == (5, 0), done
+    assert run_cli(vault, "search", "--count", "*").stdout.strip() == "10"
+
+
+def test_an_index_left_holding_purged_mail_is_mended_by_index(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retention run killed between its catalog commit and the index update leaves purged
+    messages searchable; `mailvault index` deletes them from the index."""
+    from mailvault import compliance
+
+    real = compliance._remove_files
+    monkeypatch.setattr(compliance, "_remove_files", lambda vault, purged: None)
+    assert json.loads(run_cli(vault, "retention", "apply", "--json").stdout)["purged"] == 5
+    assert run_cli(vault, "search", "--count", "*").stdout.strip() == "10"
+    monkeypatch.setattr(compliance, "_remove_files", real)
+    assert run_cli(vault, "index").exit_code == 0
+    assert run_cli(vault, "search", "--count", "*").stdout.strip() == "5"
+
+
 def test_every_audited_command_is_recorded(vault: Path, tmp_path: Path) -> None:
     assert run_cli(vault, "search", "quarterly").exit_code == 0
     assert run_cli(vault, "search", "--count", "nothing-matches-this").exit_code == 1

@@ -169,12 +169,13 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 
 
 def _index_first(vault: Vault, why: str) -> None:
-    """Index whatever is not indexed yet (as `mailvault index` does); the caller holds the
-    write lock.  A failure stops the command before it changes anything."""
+    """Index whatever is not indexed yet (as `mailvault index` does), and check that the
+    index holds exactly the catalog's messages, since holds are matched through it; the caller
+    holds the write lock.  A failure stops the command before it changes anything."""
     from mailvault.errors import MailvaultError
     from mailvault.indexer import catch_up
 
     try:
-        catch_up(vault)
+        catch_up(vault, exact=True)
     except MailvaultError as exc:
         raise MailvaultError(f"{why}, and indexing failed: {exc}; nothing was changed") from None
