@@ -184,6 +184,19 @@ def display(text: str) -> str:
 NEW_SUFFIX = ".new"  # index.new: a rebuild in progress, or a swap a crash interrupted
 
 
+def holds_deleted_documents(index_dir: Path) -> bool:
+    """Whether a segment still carries deleted documents: Tantivy only marks a deletion, and
+    the document's text stays in the segment's files until a merge rewrites it."""
+    try:
+        meta = json.loads((index_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(
+        (segment.get("deletes") or {}).get("num_deleted_docs", 0)
+        for segment in meta.get("segments", [])
+    )
+
+
 def new_path(index_dir: Path) -> Path:
     return index_dir.with_name(index_dir.name + NEW_SUFFIX)
 

@@ -142,6 +142,7 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         candidates = plan(vault)
         held = [c for c in candidates if c.held_by]
         purged = [] if dry_run else apply(vault, candidates)
+        rebuilt = not dry_run and _compact_index(vault)
     if as_json:
         print_json(
             {
@@ -150,6 +151,7 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
                 "expired": len(candidates),
                 "held": len(held),
                 "purged": len(purged),
+                "index_rebuilt": rebuilt,
                 "messages": [c.as_json() for c in candidates],
             }
         )
@@ -163,9 +165,24 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         click.echo(f"{c.sha256[:12]} {c.age_basis[:10]} keep {c.keep_days}d: {verb}")
     click.echo(
         f"retention: {len(candidates)} past retention, {len(held)} held, "
-        f"{len(candidates) - len(held) if dry_run else len(purged)} {'to purge' if dry_run else 'purged'}",
+        f"{len(candidates) - len(held) if dry_run else len(purged)} {'to purge' if dry_run else 'purged'}"
+        + ("; the index was rebuilt without the purged text" if rebuilt else ""),
         err=True,
     )
+
+
+def _compact_index(vault: Vault) -> bool:
+    """Rebuild the index if deleted documents linger in its files (a purge deletes a message's
+    document, but Tantivy keeps its text in the segment until a merge rewrites it, and has no
+    call to force one): purged mail must not be readable from the index files or their
+    backups.  Also finishes a rebuild a killed run left undone.  Whether it rebuilt."""
+    from mailvault import index as ix
+    from mailvault.indexer import reindex
+
+    if not ix.holds_deleted_documents(vault.index_path):
+        return False
+    reindex(vault)
+    return True
 
 
 def _index_first(vault: Vault, why: str) -> None:
