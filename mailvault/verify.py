@@ -48,10 +48,11 @@ def _blobs(
     quick: bool,
     purged: frozenset[str] = frozenset(),
     committed_since: Callable[[str], bool] = lambda digest: False,
+    purged_since: Callable[[str], bool] = lambda digest: False,
 ) -> Iterator[Finding]:
     store = vault.read_store()  # reading needs no config: verify must work when it is broken
     on_disk = set()
-    in_flight = 0
+    in_flight = purging = 0
     writer = vault.writer()
     for path, digest in store.entries():  # one pass over objects/: blobs, strays, their modes
         yield from _permission(str(path))
@@ -66,6 +67,9 @@ def _blobs(
             continue
         on_disk.add(digest)
         if digest in purged:
+            if writer is not None:
+                purging += 1  # a retention run removing the blobs it purged
+                continue
             yield Finding(
                 "blob-purge-unfinished",
                 "warning",
@@ -92,6 +96,8 @@ def _blobs(
         try:
             actual = store.rehash(digest)
         except (zstandard.ZstdError, OSError, MailvaultError) as exc:
+            if purged_since(digest):  # a retention run removed it while it was read
+                continue
             yield Finding(
                 "blob-unreadable",
                 "error",
@@ -114,7 +120,17 @@ def _blobs(
             f"{in_flight} blob(s) without a catalog row while {writer} writes to the vault: "
             "not checked as orphans; run verify again when it is done",
         )
+    if purging:
+        yield Finding(
+            "blob-in-flight",
+            "info",
+            str(store.objects),
+            f"{purging} blob(s) of purged messages while {writer} writes to the vault: a "
+            "purge in progress; run verify again when it is done",
+        )
     for digest in sorted(catalog_ids - on_disk):
+        if purged_since(digest):
+            continue  # purged (and its blob removed) after verify's snapshot
         yield Finding(
             "blob-missing",
             "error",
@@ -336,7 +352,18 @@ def verify(
             query = "SELECT 1 FROM messages WHERE sha256 = ?"
             return later.execute(query, (digest,)).fetchone() is not None
 
-        yield from _blobs(vault, catalog_ids - purged, quick, frozenset(purged), committed_since)
+        def purged_since(digest: str) -> bool:
+            query = "SELECT 1 FROM messages WHERE sha256 = ? AND purged_at IS NOT NULL"
+            return later.execute(query, (digest,)).fetchone() is not None
+
+        yield from _blobs(
+            vault,
+            catalog_ids - purged,
+            quick,
+            frozenset(purged),
+            committed_since,
+            purged_since,
+        )
         yield from _ledger(db)
         yield from _audit(db)
         yield from _guards(db)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -335,3 +336,28 @@ def test_a_lost_catalog_is_never_recreated_empty(vault: Path, tmp_path: Path) ->
         assert not (vault / "catalog.sqlite").exists(), args
     code, items = findings(vault)
     assert code == 1 and "catalog-missing" in codes(items)
+
+
+def test_a_purge_while_verify_runs_is_not_a_finding(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """retention purges (catalog commit, then the blob goes) after verify took its snapshot
+    of the catalog: the blob verify expected is missing, but it was purged since: no
+    blob-missing or blob-unreadable error."""
+    from mailvault import compliance, verify
+    from mailvault.vault import open_vault
+
+    digest = some_digest(vault)
+    original = verify._catalog
+    done: list[bool] = []
+
+    def catalog_then_a_purge(db: sqlite3.Connection) -> Iterator[verify.Finding]:
+        yield from original(db)
+        if not done:
+            candidate = compliance.Candidate(digest, "2000-01-01T00:00:00+00:00", 1, ())
+            compliance.apply(open_vault(vault), [candidate])
+            done.append(True)
+
+    monkeypatch.setattr(verify, "_catalog", catalog_then_a_purge)
+    code, items = findings(vault)
+    assert done and (code, codes(items)) == (0, set()), items
