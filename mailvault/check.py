@@ -207,8 +207,39 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
             )
             return
         yield Step("login", True, f"logged in as {account.user} ({account.auth})")
-        count, size = session.stat()
+        try:
+            count, size = session.stat()
+        except MailvaultError as exc:
+            yield Step(
+                "stat",
+                False,
+                str(exc),
+                "logged in, but the server cannot open the mailbox (locked by another client, "
+                "or damaged on the server: ask its admin)",
+            )
+            return
+        except ValueError:
+            yield Step(
+                "stat",
+                False,
+                "the server's STAT reply does not give a message count and size",
+                "a broken POP3 server; fetch may still work (it lists with UIDL and LIST)",
+            )
+            return
         yield Step("stat", True, f"{count} messages, {size:,} bytes on the server")
-        session.quit()
+        try:
+            confirmed = session.quit()
+        except MailvaultError as exc:
+            confirmed, why = False, str(exc)
+        else:
+            why = "the server did not answer QUIT with +OK"
+        if not confirmed:
+            yield Step(
+                "quit",
+                False,
+                why,
+                "fetch needs QUIT confirmed before the server applies deletions: with "
+                'delete = "after-commit" nothing would be deleted (mail is still archived)',
+            )
     finally:
         session.close()

@@ -6,6 +6,7 @@ committed in the vault, and the next run (fault switched off) completes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -190,6 +191,24 @@ def test_check_names_the_likely_cause_of_a_refused_login(tmp_path: Path) -> None
         result = run_cli(vault_for(tmp_path / "b", server), "check", "acct")
     assert result.exit_code == 1 and "[FAIL] login" in result.output
     assert "password source" in result.output and "another client" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("faults", "step"),
+    [(Faults(garbage_after="STAT"), "stat"), (Faults(cut_before_quit_reply=True), "quit")],
+)
+def test_check_reports_a_failure_after_login_as_a_step(
+    tmp_path: Path, faults: Faults, step: str
+) -> None:
+    """A STAT the server cannot answer, or a QUIT it never confirms, is a failed step with
+    its hint (exit 1, and --json still printed), not an error that hides the steps."""
+    with FakePop3Server(corpus(), faults=faults) as server:
+        result = run_cli(vault_for(tmp_path, server), "check", "acct")
+        assert result.exit_code == 1 and f"[FAIL] {step}" in result.output, result.output
+        assert "[ok  ] login" in result.output
+        as_json = run_cli(vault_for(tmp_path / "j", server), "check", "acct", "--json")
+    assert as_json.exit_code == 1
+    assert [s["ok"] for s in json.loads(as_json.stdout)["steps"]][-1] is False
 
 
 def test_sys_temp_is_retried_auth_is_not(tmp_path: Path) -> None:
