@@ -575,6 +575,32 @@ def test_an_append_killed_half_way_is_set_aside_by_the_next(
     assert len(read_stdlib_mbox(out)) == 9 + len(crafted)  # --append adds the whole selection
 
 
+def test_a_journal_left_for_a_deleted_mbox_never_cuts_a_new_one(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """A killed append's journal stays when the user deletes that mbox and starts over; the
+    filesystem may give the new mbox the old one's inode, which names the journal.  The next
+    append sees the journal does not describe this file (the bytes before its start differ)
+    and cuts nothing, sets nothing aside."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:8])
+    out = tmp_path / "box.mbox"
+    out.write_bytes(b"From x@y Mon Jan  1 00:00:00 2024\nSubject: kept\n\nbody\n\n")
+    argv = [sys.executable, "-c", _KILLED_APPEND, str(root), str(out)]
+    assert subprocess.run(argv, capture_output=True).returncode == 9
+    (journal,) = tmp_path.glob(".box.mbox.append-journal-*")
+    for path in tmp_path.glob("box.mbox*"):
+        path.unlink()
+    assert cli(root, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    fresh = out.read_bytes()
+    st = out.stat()  # as if the new mbox had been given the deleted one's inode
+    journal.rename(tmp_path / f".box.mbox.append-journal-{st.st_dev}-{st.st_ino}")
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert code == 0 and not any("killed" in w for w in summary["warnings"]), summary
+    assert not list(tmp_path.glob("box.mbox.interrupted-*"))
+    assert out.read_bytes().startswith(fresh) and len(read_stdlib_mbox(out)) == 16
+
+
 def test_recovery_after_a_kill_mid_write_keeps_names_padding_and_manifest_right(
     tmp_path: Path, crafted: list[bytes]
 ) -> None:

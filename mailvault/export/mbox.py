@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import mmap
 import os
@@ -48,6 +49,7 @@ from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
 BUFFER = 1024 * 1024
 WRITEBACK_STEP = 8 * 1024 * 1024  # start the disk write every this many bytes
 BOM = b"\xef\xbb\xbf"
+TAIL_CHECK = 64 * 1024  # bytes before an append's start that identify its mbox (the journal)
 
 
 def _read_journal(path: Path) -> dict[str, object] | None:
@@ -244,6 +246,8 @@ class MboxTarget(Target):
         """
         journal = self._journal_path()
         previous = _read_journal(journal)
+        if previous is not None and not self._same_file(previous, size):
+            previous = None  # another file that got the inode of the one it was kept for
         entries_path = manifest_paths("mbox", self.out)[0]
         completed = previous is not None and previous.get("run") == _manifest_run(self.out)
         start = previous.get("size") if previous is not None else None
@@ -258,6 +262,7 @@ class MboxTarget(Target):
         entry = {
             "run": self.run_id,
             "size": size,
+            "tail_sha256": self._tail_hash(size),
             "entries": _count_lines(entries_path),
             "pid": os.getpid(),
             "started_at": now,
@@ -279,6 +284,22 @@ class MboxTarget(Target):
             raise target_error("writing the append journal", journal, exc) from None
         self.journal = journal
         return size
+
+    def _tail_hash(self, end: int) -> str:
+        """sha256 of the (up to) 64 KiB before ``end``: what identifies the mbox a journal
+        was written for, since a deleted mbox's inode (the journal's name) can be reused."""
+        length = min(end, TAIL_CHECK)
+        try:
+            data = os.pread(self.fd, length, end - length) if length else b""
+        except OSError:
+            return ""
+        return hashlib.sha256(data).hexdigest()
+
+    def _same_file(self, journal: dict[str, object], size: int) -> bool:
+        start, tail = journal.get("size"), journal.get("tail_sha256")
+        if tail is None:  # a journal from before tails were recorded
+            return True
+        return isinstance(start, int) and 0 <= start <= size and self._tail_hash(start) == tail
 
     def _set_aside(self, start: int, size: int) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
