@@ -27,6 +27,10 @@ Text analysis (tokenizer ``mv_text``, used by every free-text field):
 (A regex tokenizer could do the CJK split inside tantivy, but it indexes three times slower
 than the SimpleTokenizer; the joiner costs one regex substitution on non-ASCII text only.)
 
+Keyword fields (``message_id``, ``thread``, ``account``, ``*_addr``) are one token per value:
+:func:`exact` NFC-normalises them (without joiners) when indexing and querying alike, so an id,
+account or address with CJK or decomposed characters matches however it is typed.
+
 Addresses are indexed twice: in ``from``/``to``/``cc``/``bcc`` as text (display name and the
 address split into words: ``from:alice``, ``from:example.com``) and in ``*_addr`` fields as one
 lower-cased token each, which is how ``from:alice@example.com`` matches exactly.
@@ -66,7 +70,7 @@ if TYPE_CHECKING:
     from mailvault.parse.model import Address, ParsedMessage
 
 INDEX_FORMAT = "mailvault-index"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: keyword fields (ids, accounts, addresses) NFC-normalised
 MARKER = "mailvault-index.json"
 
 TEXT = "mv_text"  # the case- and accent-folding analyzer for prose
@@ -161,6 +165,15 @@ def normalize(text: str) -> str:
     if max(text, default="\x00") < CJK[0]:  # no character at or above U+3040: no CJK run
         return text
     return _cjk_run().sub(_join_run, text)
+
+
+def exact(text: str) -> str:
+    """A keyword value (Message-ID, thread, account, address) as indexed and queried: NFC with
+    no NULs and no word joiners, so that a value typed composed or decomposed, or with CJK
+    characters (which :func:`normalize` would split), matches the one token it is indexed as."""
+    if text.isascii():
+        return text.replace("\x00", "")
+    return unicodedata.normalize("NFC", text.replace(JOINER, "")).replace("\x00", "")
 
 
 @cache
@@ -371,12 +384,12 @@ def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.D
     """The index document of one parsed message."""
     doc = tantivy.Document()
     doc.add_text("id", msg.sha256)
-    doc.add_text("message_id", msg.message_id)
+    doc.add_text("message_id", exact(msg.message_id))
     for name, addrs in (("from", msg.from_), ("to", msg.to), ("cc", msg.cc), ("bcc", msg.bcc)):
         for addr in addrs:
             doc.add_text(name, normalize(_display(addr)))
             if addr.addr:
-                doc.add_text(f"{name}_addr", addr.addr)
+                doc.add_text(f"{name}_addr", exact(addr.addr))
     doc.add_text("subject", normalize(msg.subject))
     doc.add_text("body", normalize(msg.body_text))
     for att in msg.attachments:
@@ -394,11 +407,11 @@ def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.D
     doc.add_boolean("has_attachment", bool(msg.attachments))
     doc.add_boolean("unreadable", bool(msg.unreadable))
     for account in accounts:
-        doc.add_text("account", account)
+        doc.add_text("account", exact(account))
     if msg.list_id:
         doc.add_text("list_id", normalize(msg.list_id))
     if msg.thread_id:
-        doc.add_text("thread", msg.thread_id)
+        doc.add_text("thread", exact(msg.thread_id))
     return doc
 
 

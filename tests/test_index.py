@@ -307,7 +307,10 @@ def test_schema_version_mismatch_asks_for_reindex(small: tuple[Vault, list[str]]
     catch_up(vault)
     ix.write_marker(vault.index_path)
     marker = vault.index_path / ix.MARKER
-    marker.write_text(marker.read_text().replace('"schema_version": 1', '"schema_version": 0'))
+    assert f'"schema_version": {ix.SCHEMA_VERSION}' in marker.read_text()
+    marker.write_text(
+        marker.read_text().replace(f'"schema_version": {ix.SCHEMA_VERSION}', '"schema_version": 0')
+    )
     with pytest.raises(SearchError, match="mailvault reindex"):
         ix.open_for_search(vault.index_path)
     reindex(vault)

@@ -509,3 +509,51 @@ def test_plain_snippet_marks_every_query_word_and_defers_what_it_cannot() -> Non
     assert _plain_snippet(body, body.find("Parking"), ["parki"]) is None  # a prefix: Tantivy
     cjk = "報告 明日。 学生 料\u2060理 を 資料"
     assert _plain_snippet(cjk, cjk.find("料"), ["料", "理"]) is None  # split per character
+
+
+# -- keyword fields in any normal form ----------------------------------------------------------
+
+NFD_ID = "cafe\u0301-notes@example.test"  # é decomposed
+
+
+def _raw_message(mid: str, to: str, subject: str) -> bytes:
+    return (
+        f"From: Sender <sender@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Date: Mon, 05 Feb 2024 10:00:00 +0000\r\nMessage-ID: <{mid}>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n"
+    ).encode()
+
+
+def test_keyword_fields_match_cjk_and_any_normal_form(tmp_path: Path) -> None:
+    """account:, mid:, thread: and exact addresses were indexed raw but queried after
+    normalize() (NFC, word joiners in CJK runs), so CJK or decomposed values never matched."""
+    import unicodedata
+
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    (cjk,) = import_messages(
+        vault, [_raw_message("東京会議@example.jp", "用户@例子.广告", "cjk")], account="東京支社"
+    )
+    (nfd,) = import_messages(
+        vault,
+        [_raw_message(NFD_ID, "Zu\u0308rich@example.test", "nfd")],
+        account="Zu\u0308rich",
+        uidl_prefix="n",
+    )
+    catch_up(vault)
+
+    def found(query: str) -> set[str]:
+        return {h.id for h in Searcher(vault.index_path, query).page(limit=0, snippets=False)}
+
+    assert found("mid:<東京会議@example.jp>") == {cjk}
+    assert found('message-id:"東京会議@example.jp"') == {cjk}
+    assert found("thread:<東京会議@example.jp>") == {cjk}
+    assert found("mid:東京*") == {cjk}
+    assert found("account:東京支社") == {cjk}
+    assert found("to:用户@例子.广告") == {cjk}
+    for form in ("NFC", "NFD"):
+        assert found(unicodedata.normalize(form, f"mid:<{NFD_ID}>")) == {nfd}, form
+        assert found(unicodedata.normalize(form, "account:Zu\u0308rich")) == {nfd}, form
+        assert found(unicodedata.normalize(form, "to:zu\u0308rich@example.test")) == {nfd}, form
+    assert found("account:東京") == set()  # still one exact token, not a substring

@@ -375,7 +375,8 @@ def _term_clause(query: str, tok: _Tok) -> str:
         digest = digest.rstrip("*")
         return f"id:{_quote(digest)}" if len(digest) == 64 else f"id:/{digest}.*/"
     if kind in ("msgid", "raw"):
-        raw = value.strip()
+        # one token as indexed (ix.exact): without the joiners normalize() put in CJK runs
+        raw = ix.exact(value).strip()
         if kind == "msgid":
             raw = raw.removeprefix("<").removesuffix(">")
             if not raw.strip("<>* "):
@@ -397,7 +398,8 @@ def _term_clause(query: str, tok: _Tok) -> str:
         if "*" in value.rstrip("*"):
             raise _fail(query, *span, "* only ends a word (a prefix, as in invoic*)")
     if kind == "addr" and ADDRESS.match(value) and not value.endswith("*") and not suffix:
-        return _any([f"{f}_addr:{_quote(value.lower())}{boost}" for f in fields])
+        address = ix.exact(value).lower()  # one token as indexed, like a Message-ID
+        return _any([f"{f}_addr:{_quote(address)}{boost}" for f in fields])
     if (not tok.quoted and value.endswith("*")) or (tok.quoted and suffix.startswith("*")):
         return _prefix_clause(query, tok, fields, value.rstrip("*"))
     text = ix.normalize(value)
