@@ -557,3 +557,17 @@ def test_keyword_fields_match_cjk_and_any_normal_form(tmp_path: Path) -> None:
         assert found(unicodedata.normalize(form, "account:Zu\u0308rich")) == {nfd}, form
         assert found(unicodedata.normalize(form, "to:zu\u0308rich@example.test")) == {nfd}, form
     assert found("account:東京") == set()  # still one exact token, not a substring
+
+
+def test_a_group_inside_a_field_group_keeps_the_field() -> None:
+    """A plain ( inside field:( ... ) once dropped the field: subject:(report (draft OR final))
+    searched draft and final in every field, and its negation dropped hits."""
+    inner = "(subject:draft OR subject:final)"
+    assert translate("subject:(report (draft OR final))") == translate(f"(subject:report {inner})")
+    assert translate("-subject:(report AND (draft OR final))") == translate(
+        f"-(subject:report AND {inner})"
+    )
+    assert translate("subject:(a (b (c OR from:d)))") == translate(
+        "(subject:a (subject:b (subject:c OR from:d)))"
+    )
+    assert translate("subject:(a) (b)") == translate("(subject:a) (b)")  # only inside the group

@@ -130,7 +130,8 @@ def _lex(query: str) -> list[_Tok]:
             continue
         if c == "(":
             toks.append(_Tok("(", i, i + 1))
-            field_stack.append(None)
+            # inside field:( ... ) a plain group keeps the field: subject:(a (b OR c))
+            field_stack.append(field_stack[-1] if field_stack else None)
             i += 1
             continue
         if c == ")":
