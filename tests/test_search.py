@@ -571,3 +571,28 @@ def test_a_group_inside_a_field_group_keeps_the_field() -> None:
         "(subject:a (subject:b (subject:c OR from:d)))"
     )
     assert translate("subject:(a) (b)") == translate("(subject:a) (b)")  # only inside the group
+
+
+def test_deep_nesting_is_a_query_error_not_a_crash() -> None:
+    """~1000 nested parentheses raised RecursionError."""
+    assert translate("(" * 100 + "a" + ")" * 100) == "(" * 100 + '"a"' + ")" * 100
+    for opening in ("(", "subject:(", "-("):
+        with pytest.raises(QuerySyntaxError, match="nested more than 100 deep") as info:
+            translate(opening * 1000 + "a" + ")" * 1000)
+        assert "\n" not in str(info.value)
+
+
+def test_huge_limit_and_offset_are_capped_or_refused(corpus: Corpus) -> None:
+    """A limit of 10**9 made Tantivy allocate that many slots (out of memory, rc 134); 2**64-1
+    panicked, an offset of 10**20 raised OverflowError."""
+    from mailvault.errors import UsageError
+    from mailvault.search.engine import MAX_PAGE
+
+    searcher = Searcher(corpus[0].index_path, "*")
+    every = [h.id for h in searcher.page(limit=0, snippets=False)]
+    assert [h.id for h in searcher.page(limit=10**9, snippets=False)] == every
+    assert [h.id for h in searcher.page(limit=MAX_PAGE, offset=3, snippets=False)] == every[3:]
+    assert searcher.page(limit=5, offset=MAX_PAGE, snippets=False) == []
+    for kw in ({"limit": 2**64 - 1}, {"offset": 10**12}, {"offset": 10**20}, {"limit": -1}):
+        with pytest.raises(UsageError, match="out of range"):
+            searcher.page(snippets=False, **kw)  # type: ignore[arg-type]

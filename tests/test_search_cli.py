@@ -242,3 +242,16 @@ def test_a_lone_dash_h_is_help_and_dash_dash_searches_it(
     counted = subprocess.run([*base, "--count", "--", "-h"], capture_output=True, text=True)
     assert counted.returncode == 0 and int(counted.stdout) > 0  # NOT h: nearly everything
     assert "search [OPTIONS] QUERY" in run(vault, "search", "-h").output
+
+
+def test_absurd_limit_or_offset_is_a_one_line_usage_error(
+    indexed: tuple[Vault, dict[str, str]],
+) -> None:
+    vault, _ = indexed
+    for args in (["--limit", str(2**64 - 1)], ["--offset", str(10**20)], ["--offset", "10" * 6]):
+        result = run(vault, "search", *args, "*")
+        assert result.exit_code == 2, args
+        assert result.stderr.count("\n") == 1 and "out of range" in result.stderr, args
+    assert run(vault, "search", "--ids", "--limit", str(10**9), "*").stdout.count("\n") == int(
+        run(vault, "search", "--count", "*").stdout
+    )

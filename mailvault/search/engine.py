@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import tantivy
 
 from mailvault import index as ix
-from mailvault.errors import QuerySyntaxError, SearchError
+from mailvault.errors import QuerySyntaxError, SearchError, UsageError
 from mailvault.search.query import SORTS, iso_utc, translate_with_words
 
 # Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 SNIPPET_CHARS = 160
+# --limit and --offset: more than any index holds (tantivy's document ids are 32-bit) is a
+# typing error; within this, the limit is cut to the index's size before Tantivy allocates.
+MAX_PAGE = 2**32 - 1
 
 
 class Hit:
@@ -105,8 +108,14 @@ class Searcher:
     ) -> list[Hit]:
         if sort not in SORTS:
             raise SearchError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
-        if limit <= 0:
-            limit = max(self.searcher.num_docs, 1)
+        for name, value in (("--limit", limit), ("--offset", offset)):
+            if not 0 <= value <= MAX_PAGE:
+                every = "; --limit 0 prints every hit" if name == "--limit" else ""
+                raise UsageError(f"{name} {value} is out of range: give 0 to {MAX_PAGE}{every}")
+        num_docs = self.searcher.num_docs
+        if offset >= num_docs:
+            return []  # past the last hit; and Tantivy would allocate offset + limit slots
+        limit = num_docs if limit == 0 else min(limit, num_docs)
         try:
             if sort == "score":
                 result = self.searcher.search(self.query, limit, count=False, offset=offset)

@@ -117,6 +117,16 @@ class _Tok:
 
 
 SPECIAL = set('()"')
+MAX_DEPTH = 100  # nested parentheses; translating recurses once per level
+
+
+def _push(query: str, pos: int, length: int, stack: list[str | None], field: str | None) -> None:
+    """Open a group; deeper than MAX_DEPTH is an error, not a RecursionError later."""
+    if len(stack) >= MAX_DEPTH:
+        raise _fail(
+            query, pos, length, f"parentheses nested more than {MAX_DEPTH} deep (flatten the query)"
+        )
+    stack.append(field)
 
 
 def _lex(query: str) -> list[_Tok]:
@@ -131,7 +141,7 @@ def _lex(query: str) -> list[_Tok]:
         if c == "(":
             toks.append(_Tok("(", i, i + 1))
             # inside field:( ... ) a plain group keeps the field: subject:(a (b OR c))
-            field_stack.append(field_stack[-1] if field_stack else None)
+            _push(query, i, 1, field_stack, field_stack[-1] if field_stack else None)
             i += 1
             continue
         if c == ")":
@@ -147,7 +157,13 @@ def _lex(query: str) -> list[_Tok]:
             i += 1
             if query[i] == "(":
                 toks.append(_Tok("(", start, i + 1, modifier=modifier))
-                field_stack.append(field_stack[-1] if field_stack else None)
+                _push(
+                    query,
+                    start,
+                    i + 1 - start,
+                    field_stack,
+                    field_stack[-1] if field_stack else None,
+                )
                 i += 1
                 continue
         # an operator word?
@@ -173,7 +189,7 @@ def _lex(query: str) -> list[_Tok]:
             if i < n and query[i] == "(":
                 # field:( ... ): the field applies to every term inside
                 toks.append(_Tok("(", start, i + 1, modifier=modifier))
-                field_stack.append(fname)
+                _push(query, start, i + 1 - start, field_stack, fname)
                 i += 1
                 continue
         elif field_stack and field_stack[-1] is not None:
