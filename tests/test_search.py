@@ -596,3 +596,35 @@ def test_huge_limit_and_offset_are_capped_or_refused(corpus: Corpus) -> None:
     for kw in ({"limit": 2**64 - 1}, {"offset": 10**12}, {"offset": 10**20}, {"limit": -1}):
         with pytest.raises(UsageError, match="out of range"):
             searcher.page(snippets=False, **kw)  # type: ignore[arg-type]
+
+
+def test_message_ids_with_parentheses_quotes_and_backslashes(tmp_path: Path) -> None:
+    """mid:<paren(1)@odd.test> found nothing unless quoted whole (the lexer ended the term at
+    the parenthesis), and an id with " or \\ could not be searched at all (_quote made them
+    spaces)."""
+    from tests.test_index_support import import_messages
+
+    ids = ["paren(1)@odd.test", 'quo"te@odd.test', "back\\slash@odd.test"]
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    paren, quote, back = import_messages(
+        vault, [_raw_message(i, "c@example.com", "x") for i in ids]
+    )
+    catch_up(vault)
+
+    def found(query: str) -> set[str]:
+        return {h.id for h in Searcher(vault.index_path, query).page(limit=0, snippets=False)}
+
+    for query in (
+        "mid:<paren(1)@odd.test>",
+        "(mid:<paren(1)@odd.test>)",
+        'mid:"paren(1)@odd.test"',
+    ):
+        assert found(query) == {paren}, query
+    assert found('mid:(<paren(1)@odd.test> OR <quo"te@odd.test>)') == {paren, quote}
+    assert found('mid:<quo"te@odd.test>') == {quote}
+    assert found(r'mid:"<quo\"te@odd.test>"') == {quote}
+    assert found(r"mid:<back\slash@odd.test>") == {back}
+    assert found(r'mid:"back\\slash@odd.test"') == {back}
+    assert translate(r'subject:"a \"b\" c\\d"') == r'subject:"a \"b\" c\\d"'
+    with pytest.raises(QuerySyntaxError, match="unclosed double quote"):
+        translate('subject:"a\\"')

@@ -196,14 +196,8 @@ def _lex(query: str) -> list[_Tok]:
             fname = field_stack[-1]
         tok = _Tok("term", start, i, field=fname, modifier=modifier)
         if i < n and query[i] == '"':
-            close = query.find('"', i + 1)
-            while close != -1 and query[close - 1] == "\\":
-                close = query.find('"', close + 1)
-            if close == -1:
-                raise _fail(query, i, n - i, 'unclosed double quote (add a closing ")')
-            tok.value = query[i + 1 : close].replace('\\"', '"')
+            tok.value, i = _quoted(query, i)
             tok.quoted = True
-            i = close + 1
             sm = re.match(r"(~\d+|\*|\^\d+(?:\.\d+)?)*", query[i:])
             tok.suffix = sm.group(0) if sm else ""
             i += len(tok.suffix)
@@ -221,6 +215,11 @@ def _lex(query: str) -> list[_Tok]:
             i = close + 1
         else:
             j = i
+            if fname and FIELD_ALIASES[fname][0] == "msgid" and query.startswith("<", i):
+                # mid:<paren(1)@odd.test>: a bracketed id is one token, parentheses included
+                close = query.find(">", i)
+                if close != -1 and not any(c.isspace() for c in query[i:close]):
+                    j = close + 1
             while j < n and not query[j].isspace() and query[j] not in SPECIAL:
                 j += 1
             tok.value = query[i:j]
@@ -233,11 +232,33 @@ def _lex(query: str) -> list[_Tok]:
     return toks
 
 
+def _quoted(query: str, start: int) -> tuple[str, int]:
+    """The value of the double-quoted string at ``start``, and where it ends.
+
+    ``\\"`` is a quote and ``\\\\`` a backslash (a Message-ID may hold either); any other
+    backslash is itself, so that a typed Windows path needs no doubling.
+    """
+    out: list[str] = []
+    j, n = start + 1, len(query)
+    while j < n:
+        c = query[j]
+        if c == "\\" and j + 1 < n and query[j + 1] in '"\\':
+            out.append(query[j + 1])
+            j += 2
+        elif c == '"':
+            return "".join(out), j + 1
+        else:
+            out.append(c)
+            j += 1
+    raise _fail(query, start, n - start, 'unclosed double quote (add a closing ")')
+
+
 # -- translation -------------------------------------------------------------------------------
 
 
 def _quote(value: str) -> str:
-    return '"' + value.replace("\\", " ").replace('"', " ") + '"'
+    """A Tantivy phrase; its grammar escapes quotes and backslashes as ours does."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _regex_escape(value: str) -> str:
