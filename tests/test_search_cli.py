@@ -255,3 +255,21 @@ def test_absurd_limit_or_offset_is_a_one_line_usage_error(
     assert run(vault, "search", "--ids", "--limit", str(10**9), "*").stdout.count("\n") == int(
         run(vault, "search", "--count", "*").stdout
     )
+
+
+def test_a_cut_page_says_so_on_stderr(indexed: tuple[Vault, dict[str, str]]) -> None:
+    """Results stopped at --limit (default 50) with no word that there were more."""
+    vault, _ = indexed
+    total = int(run(vault, "search", "--count", "*").stdout)
+    assert total > 50
+    for mode in ([], ["--ids"], ["--json"]):
+        result = run(vault, "search", *mode, "*")
+        assert len(result.stdout.splitlines()) == 50
+        assert result.stderr == (
+            f"mailvault: note: showing 50 of {total} hits; use --limit/--offset for more\n"
+        ), mode
+    paged = run(vault, "search", "--ids", "--limit", "5", "--offset", "10", "*")
+    assert f"showing hits 11-15 of {total};" in paged.stderr
+    for args in (["--limit", "0"], ["--limit", str(total)], ["--offset", str(total - 5)]):
+        assert run(vault, "search", *args, "*").stderr == "", args  # nothing left out
+    assert run(vault, "search", "--count", "*").stderr == ""

@@ -29,6 +29,7 @@ def run(
     sort: str = "-date",
     mode: str = "text",
     out: Any = None,
+    err: Any = None,
     exiting: bool = False,
 ) -> int:
     """The whole `mailvault search` after argument parsing; returns the exit code (0 hits, 1 none).
@@ -39,6 +40,7 @@ def run(
     from mailvault.vault import check_vault
 
     stream = out or sys.stdout
+    notes = err or sys.stderr
     check_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
     searcher = Searcher(os.path.join(vault_root, "index"), query)
     if mode == "count":
@@ -59,7 +61,23 @@ def run(
     except BrokenPipeError:  # `mailvault search x | head`
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    if limit and len(hits) == limit:  # a full page: there may be more than were printed
+        _note_more(notes, searcher.count(), offset, len(hits))
     return 0 if hits else 1
+
+
+def _note_more(notes: Any, total: int, offset: int, shown: int) -> None:
+    """Say on stderr that hits were left out: a page cut at --limit looked like all of them.
+    (Not in the JSON: every line there is one hit, per schemas/search-hit.schema.json.)"""
+    if total <= offset + shown:
+        return
+    part = (
+        f"{shown} of {total} hits"
+        if not offset
+        else f"hits {offset + 1}-{offset + shown} of {total}"
+    )
+    with contextlib.suppress(OSError):
+        notes.write(f"mailvault: note: showing {part}; use --limit/--offset for more\n")
 
 
 _SEARCH_FLAGS = {"--json": "json", "--count": "count", "--ids": "ids"}
