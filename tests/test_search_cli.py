@@ -273,3 +273,35 @@ def test_a_cut_page_says_so_on_stderr(indexed: tuple[Vault, dict[str, str]]) -> 
     for args in (["--limit", "0"], ["--limit", str(total)], ["--offset", str(total - 5)]):
         assert run(vault, "search", *args, "*").stderr == "", args  # nothing left out
     assert run(vault, "search", "--count", "*").stderr == ""
+
+
+def test_messages_not_indexed_yet_are_announced(tmp_path: Path) -> None:
+    """After `import --no-index` a search found nothing and said nothing."""
+    import sqlite3
+
+    from mailvault.vault import init_vault
+
+    vault = init_vault(tmp_path / "v")
+    emls = tmp_path / "in"
+    emls.mkdir()
+    for name, raw in special_messages().items():
+        (emls / f"{name}.eml").write_bytes(raw)
+    assert run(vault, "import", str(emls), "--no-index").exit_code == 0
+    warning = "mailvault: warning: {} archived {} not indexed yet: run `mailvault index`\n"
+    want = warning.format(len(special_messages()), "messages are")
+    for args in (["*"], ["--count", "*"], ["--ids", PDF_WORD], ["--json", PDF_WORD]):
+        assert run(vault, "search", *args).stderr == want, args
+    assert run(vault, "index").exit_code == 0
+    assert run(vault, "search", "*").stderr == ""
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "late.eml").write_bytes(generated(1, seed=9)[0].raw)
+    assert run(vault, "import", str(late), "--no-index").exit_code == 0
+    assert run(vault, "search", "--count", "*").stderr == warning.format(1, "message is")
+    db = sqlite3.connect(vault.catalog_path)  # purged: a tombstone row, no index document
+    with db:
+        latest = "SELECT max(rowid) FROM messages"
+        purge = f"UPDATE messages SET purged_at = '2026-01-01' WHERE rowid = ({latest})"
+        assert db.execute(purge).rowcount == 1
+    db.close()
+    assert run(vault, "search", "--count", "*").stderr == ""

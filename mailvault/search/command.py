@@ -43,6 +43,14 @@ def run(
     notes = err or sys.stderr
     check_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
     searcher = Searcher(os.path.join(vault_root, "index"), query)
+    missing = unindexed(vault_root, searcher.searcher.num_docs)
+    if missing:
+        are = "message is" if missing == 1 else "messages are"
+        with contextlib.suppress(OSError):
+            notes.write(
+                f"mailvault: warning: {missing} archived {are} not indexed yet: "
+                "run `mailvault index`\n"
+            )
     if mode == "count":
         n = searcher.count()
         audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
@@ -64,6 +72,33 @@ def run(
     if limit and len(hits) == limit:  # a full page: there may be more than were printed
         _note_more(notes, searcher.count(), offset, len(hits))
     return 0 if hits else 1
+
+
+def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
+    """How many archived messages the index lacks (after `import --no-index`, say), from two
+    counts, so that a search stays read-only and fast instead of silently missing them.
+
+    Catalog rows are never deleted (a purge leaves a tombstone), so ``max(rowid)`` is their
+    number, found in one b-tree descent; only when it exceeds the index's documents are the
+    live (not purged) rows counted.  0 when the catalog cannot tell: the audit entry, written
+    next, reports a broken catalog.
+    """
+    import sqlite3
+
+    path = os.fspath(os.path.join(vault_root, "catalog.sqlite"))
+    uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=10)
+        try:
+            rows = db.execute("SELECT max(rowid) FROM messages").fetchone()[0] or 0
+            if rows <= num_docs:
+                return 0
+            live = db.execute("SELECT count(*) FROM messages WHERE purged_at IS NULL")
+            return max(int(live.fetchone()[0]) - num_docs, 0)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
 
 
 def _note_more(notes: Any, total: int, offset: int, shown: int) -> None:
