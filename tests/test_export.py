@@ -258,6 +258,14 @@ def test_query_export_selects_the_search_hits(tmp_path: Path, crafted: list[byte
     )
     assert code == 0 and summary["count"] == 0
     assert summary["warnings"] == ["nothing to export: the query matched no messages"]
+    # mail imported without indexing cannot match a query: the export says so
+    (src / "late.eml").write_bytes(b"From: a@example.com\r\nSubject: quoting late\r\n\r\nx\r\n")
+    assert cli(root, "import", "--no-index", str(src / "late.eml")).exit_code == 0
+    code, summary = cli_json(
+        root, "export", "subject:quoting", "--format", "eml", "--out", str(tmp_path / "late")
+    )
+    assert code == 0 and summary["count"] == 1
+    assert summary["warnings"][0].startswith("1 archived messages are not indexed yet")
 
 
 def test_export_is_recorded_in_the_audit_log(tmp_path: Path, vault: Path) -> None:

@@ -255,6 +255,11 @@ def export(
         selection = Selection(vault, catalog, query=options.query, account=options.account)
         total = selection.count()
         exporter = _Exporter(vault, options, out, line_endings)
+        if selection.unindexed:
+            exporter.run.warnings.append(
+                f"{selection.unindexed} archived messages are not indexed yet, so the query "
+                "could not match them: run `mailvault index` and export again"
+            )
         if total == 0:
             exporter.run.warnings.append(
                 "nothing to export: "

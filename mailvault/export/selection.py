@@ -59,6 +59,7 @@ class Selection:
         self.catalog = catalog
         self.query = query
         self.account = account
+        self.unindexed = 0  # archived messages a query could not match: not indexed yet
         where = ["m.purged_at IS NULL"]
         params: dict[str, Any] = {}
         if account is not None:
@@ -101,6 +102,11 @@ class Selection:
                 batch.clear()
         if batch:
             conn.executemany(f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", batch)
+        from mailvault import index as ix
+        from mailvault.search.command import unindexed
+
+        documents = ix.open_for_search(vault.index_path).searcher().num_docs
+        self.unindexed = unindexed(vault.root, documents)
 
     def count(self) -> int:
         row = self.catalog.conn.execute(
