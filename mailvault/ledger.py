@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 GENESIS = "0" * 64
+_HEX = frozenset("0123456789abcdef")
 LEDGER_FIELDS = ("seq", "at", "kind", "account", "uidl", "sha256", "size", "detail", "prev_hash")
 AUDIT_FIELDS = ("seq", "at", "os_user", "command", "query", "results", "detail", "prev_hash")
 
@@ -195,6 +196,33 @@ def check_chain(
         prev = str(entry.get("entry_hash"))
         expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
     return problems
+
+
+def is_hash(text: str) -> bool:
+    """A sha256 hex digest as entry hashes are written (64 lower-case hex digits); without
+    ``re``, which this module (on every search's start-up path) does not otherwise need."""
+    return len(text) == 64 and _HEX.issuperset(text)
+
+
+def parse_head(text: str) -> tuple[int | None, str]:
+    """A notarised head as a user gives it back: ``SEQ HASH`` (as `ledger head` and `audit
+    --head` print it), ``SEQ:HASH``, or a bare ``HASH`` (seq None).
+
+    The one parser of `verify --ledger-head/--audit-head` and `ledger check --head`, so that a
+    head one of them accepts is never misread by the other.  ValueError (one line, naming the
+    forms) when ``text`` is none of them.
+    """
+    stripped = text.strip()
+    seq, sep, digest = stripped.replace(" ", ":", 1).partition(":")
+    if not sep:
+        seq, digest = "", stripped
+    digest = digest.strip()
+    if (sep and not (seq.isascii() and seq.isdigit())) or not is_hash(digest):
+        raise ValueError(
+            f'{text!r} is not a head; give "SEQ HASH" as `ledger head` prints it (or SEQ:HASH, '
+            "or the bare HASH)"
+        )
+    return (int(seq) if sep else None), digest
 
 
 def head(conn: sqlite3.Connection, table: str = "ledger") -> tuple[int, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -278,15 +277,18 @@ def _audit(db: sqlite3.Connection) -> Iterator[Finding]:
         )
 
 
-Anchor = tuple[int, str]  # (seq, entry hash) of a chain's entry, notarised outside the vault
+# (seq, entry hash) of a chain's entry, notarised outside the vault; seq None when only the
+# hash was kept (a bare HASH)
+Anchor = tuple[int | None, str]
 
 
 def parse_anchor(text: str) -> Anchor:
-    """``SEQ HASH`` (as `ledger head` and `audit --head` print it) or ``SEQ:HASH``."""
-    seq, _, digest = text.replace(" ", ":", 1).partition(":")
-    if not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise UsageError(f'{text!r} is not a head; give "SEQ HASH" as `ledger head` prints it')
-    return int(seq), digest
+    """``SEQ HASH`` (as `ledger head` and `audit --head` print it), ``SEQ:HASH`` or a bare
+    ``HASH``: the forms `ledger check --head` takes too (one parser, ``ledger.parse_head``)."""
+    try:
+        return ledger.parse_head(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _anchored(db: sqlite3.Connection, table: str, anchor: Anchor) -> Iterator[Finding]:
@@ -294,7 +296,18 @@ def _anchored(db: sqlite3.Connection, table: str, anchor: Anchor) -> Iterator[Fi
     (the chain links every later entry to it), and it was not cut back before it."""
     seq, digest = anchor
     name = "ledger" if table == "ledger" else "audit trail"
-    if seq == 0 and digest == ledger.GENESIS:  # notarised while empty: every chain extends it
+    if seq in (0, None) and digest == ledger.GENESIS:  # notarised empty: every chain extends it
+        return
+    if seq is None:  # a bare hash: whichever entry has it (a valid chain fixes its place)
+        row = db.execute(f"SELECT seq FROM {table} WHERE entry_hash=?", (digest,)).fetchone()
+        if row is None:
+            yield Finding(
+                f"{table}-truncated",
+                "error",
+                f"{table} head",
+                f"no entry of the {name} hashes to the notarised {digest}: entries were "
+                "removed or rewritten",
+            )
         return
     row = db.execute(f"SELECT entry_hash FROM {table} WHERE seq=?", (seq,)).fetchone()
     if row is None:

@@ -361,3 +361,102 @@ def test_a_purge_while_verify_runs_is_not_a_finding(
     monkeypatch.setattr(verify, "_catalog", catalog_then_a_purge)
     code, items = findings(vault)
     assert done and (code, codes(items)) == (0, set()), items
+
+
+def chained(*changes: dict[str, object]) -> list[dict[str, object]]:
+    """Ledger entries as `ledger export` writes them, chained, one per change given."""
+    from mailvault import ledger
+
+    entries: list[dict[str, object]] = []
+    prev = ledger.GENESIS
+    for seq, change in enumerate(changes, 1):
+        entry: dict[str, object] = {
+            **dict.fromkeys(ledger.LEDGER_FIELDS),
+            "kind": "ingest",
+            "at": "2026-01-01T00:00:00+00:00",
+            **change,
+            "seq": seq,
+            "prev_hash": prev,
+        }
+        prev = entry["entry_hash"] = ledger.entry_hash(entry)
+        entries.append(entry)
+    return entries
+
+
+def write_jsonl(path: Path, entries: list[dict[str, object]]) -> Path:
+    path.write_text(
+        "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in entries),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "says"),
+    [
+        (b"[1,2]\n", 2, "a JSON list, not a ledger entry"),
+        (b'"hello"\n', 2, "a JSON str, not a ledger entry"),
+        (b"{}\n\xff\xfe\n", 3, "not UTF-8 text"),
+        (b"{}\n{}\n{\n", 4, "not a JSON line"),
+    ],
+)
+def test_a_file_that_is_no_ledger_export_is_one_line_naming_it(
+    tmp_path: Path, content: bytes, line: int, says: str
+) -> None:
+    """Not a traceback: one line naming the file and line, exit 2 (a bad argument)."""
+    first = json.dumps(chained({"account": "a"})[0]).encode() + b"\n"
+    path = tmp_path / "not-a-ledger.jsonl"
+    path.write_bytes(first + content)
+    result = run_cli(tmp_path, "ledger", "check", str(path))
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"mailvault: error: {path}:{line}: {says}")
+    assert "ledger export" in result.stderr
+
+
+def test_an_entry_without_its_hash_is_broken_not_a_traceback(tmp_path: Path) -> None:
+    entries = chained({"account": "a"}, {"account": "b"}, {"account": "c"})
+    del entries[-1]["entry_hash"]
+    path = write_jsonl(tmp_path / "ledger.jsonl", entries)
+    result = run_cli(tmp_path, "ledger", "check", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:3: the entry has no entry_hash" in result.stdout
+    assert result.stderr.rstrip("\n").endswith(": BROKEN")
+    entries[0]["seq"] = "1\n2026-01-01 forged line"
+    path = write_jsonl(tmp_path / "ledger.jsonl", entries)
+    result = run_cli(tmp_path, "ledger", "check", str(path))
+    assert result.exit_code == 1 and "forged line" in result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith("2026")]
+
+
+def test_a_line_separator_inside_a_value_is_not_a_line_break(tmp_path: Path) -> None:
+    """JSON leaves U+2028, U+2029, U+0085 and U+001C-U+001E unescaped in strings only partly;
+    an export ends lines with "\\n" alone, and so does the check (as docs/ledger.md's)."""
+    entries = chained({"account": "legal\u2028team"}, {"account": "x\u2029y\x85z\x1ew"})
+    path = write_jsonl(tmp_path / "ledger.jsonl", entries)
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    result = run_cli(
+        tmp_path, "ledger", "check", str(path), "--head", str(entries[-1]["entry_hash"])
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 entries" in result.stderr and "intact" in result.stderr
+
+
+def test_ledger_check_and_verify_read_a_head_alike(vault: Path, tmp_path: Path) -> None:
+    seq, digest = run_cli(vault, "ledger", "head").stdout.split()
+    out = tmp_path / "ledger.jsonl"
+    assert run_cli(vault, "ledger", "export", "--out", str(out)).exit_code == 0
+    for form in (f"{seq} {digest}", f"{seq}:{digest}", digest):
+        check = run_cli(vault, "ledger", "check", str(out), "--head", form)
+        assert check.exit_code == 0, (form, check.output)
+        assert run_cli(vault, "verify", "--quick", "--ledger-head", form).exit_code == 0, form
+    wrong = "0" * 63 + "1"
+    for form in (f"{seq} {wrong}", f"{seq}:{wrong}", wrong):
+        assert run_cli(vault, "ledger", "check", str(out), "--head", form).exit_code == 1, form
+        result = run_cli(vault, "verify", "--quick", "--ledger-head", form)
+        assert result.exit_code == 1 and "ledger-truncated" in result.output, form
+    for bad in ("twelve " + digest, f"{seq} {digest[:12]}", f"-1:{digest}"):
+        check = run_cli(vault, "ledger", "check", str(out), "--head", bad)
+        assert check.exit_code == 2 and "is not a head" in check.stderr, bad
+        result = run_cli(vault, "verify", "--quick", "--ledger-head", bad)
+        assert result.exit_code == 2 and "is not a head" in result.stderr, bad

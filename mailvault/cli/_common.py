@@ -22,6 +22,36 @@ def print_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def escape(text: str) -> str:
+    """``text`` for one line of text output, with what could forge or hide a line escaped.
+
+    Values that reach the terminal from the vault or from a file (a hold's reason, an audit
+    entry's user or query, a line of an exported ledger) may hold line breaks, terminal
+    escapes or bidi overrides: a reason "x\\n2026-01-01 ... released" would print as a line of
+    its own.  Every character Python does not call printable (C0/C1 controls, line and
+    paragraph separators, zero-width and bidi controls, the surrogate escapes of undecodable
+    bytes) is written as its backslash escape, as ``repr`` would, and a backslash as two, so
+    the escaped text reads back unambiguously.  Masking (``search.output.clean``) would hide
+    that something was there; in an audit listing that is the point of interest.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte (surrogateescape): as the byte
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def print_chain_head(vault: Vault, table: str, as_json: bool) -> None:
     """The last sequence number and hash of a hash chain (the ledger or the audit trail), to
     notarise outside the vault: ``SEQ HASH``, or the ledger-head document."""

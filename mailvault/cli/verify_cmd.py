@@ -6,6 +6,7 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,14 +25,14 @@ from mailvault.errors import UsageError
 @click.option(
     "--ledger-head",
     metavar='"SEQ HASH"',
-    help="A head `ledger head` printed earlier (notarised), quoted as one argument: it must "
-    "still be in the ledger.",
+    help="A head `ledger head` printed earlier (notarised), quoted as one argument (or "
+    "SEQ:HASH, or the bare HASH): it must still be in the ledger.",
 )
 @click.option(
     "--audit-head",
     metavar='"SEQ HASH"',
-    help="A head `audit --head` printed earlier, quoted as one argument: it must still be in "
-    "the audit trail.",
+    help="A head `audit --head` printed earlier, quoted as one argument (or SEQ:HASH, or the "
+    "bare HASH): it must still be in the audit trail.",
 )
 @click.pass_context
 def verify(
@@ -115,42 +116,102 @@ def export_ledger(ctx: click.Context, out: Path | None) -> None:
             stream.close()
 
 
+def _read_export(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The entries of a `ledger export` file, each with its line number.
+
+    Lines are split on "\\n" only, as the export writes them and the reference checker in
+    docs/ledger.md reads them: ``str.splitlines`` also splits on U+2028, U+0085 and the like,
+    which JSON leaves unescaped inside strings (an account named ``legal\\u2028team``).  A file
+    that is not UTF-8 JSON objects, one a line, is not a ledger export: a UsageError naming
+    the first line that is not (exit 2), never a traceback.
+    """
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(
+            f"{file}:{number}: not UTF-8 text; is this a `mailvault ledger export` file?"
+        ) from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    entries: list[tuple[int, dict[str, Any]]] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise UsageError(
+                f"{file}:{number}: not a JSON line; is this a `mailvault ledger export` file?"
+            ) from None
+        if not isinstance(entry, dict):
+            raise UsageError(
+                f"{file}:{number}: a JSON {type(entry).__name__}, not a ledger entry (an "
+                "object); is this a `mailvault ledger export` file?"
+            )
+        entries.append((number, entry))
+    return entries
+
+
+def _malformed(file: Path, number: int, entry: dict[str, Any]) -> str | None:
+    """Why a line of an export is no well-formed ledger entry (a key missing, a seq that is no
+    number, a hash that is no hash), or None.  The chain check would report such a line as
+    edited too; this names its line and what is wrong with it."""
+    missing = [key for key in (*ledger.LEDGER_FIELDS, "entry_hash") if key not in entry]
+    if missing:
+        return f"{file}:{number}: the entry has no {', '.join(missing)} (edited or cut short)"
+    if type(entry["seq"]) is not int:
+        return f"{file}:{number}: seq {entry['seq']!r} is not a whole number (edited)"
+    if not isinstance(entry["entry_hash"], str) or not ledger.is_hash(entry["entry_hash"]):
+        return f"{file}:{number}: entry_hash {entry['entry_hash']!r} is not a sha256 (edited)"
+    return None
+
+
 @ledger_group.command(name="check")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option(
     "--head",
     "expected_head",
-    help='A notarised head: "SEQ HASH" as `ledger head` prints it (that entry must be in the '
-    "file, later ones may follow), or a bare HASH (it must be the file's last entry).",
+    metavar='"SEQ HASH"',
+    help='A notarised head: "SEQ HASH" as `ledger head` prints it, or SEQ:HASH (that entry '
+    "must be in the file, later ones may follow), or a bare HASH (it must be the file's last "
+    "entry).",
 )
 def check_ledger(file: Path, expected_head: str | None) -> None:
-    """Verify an exported ledger file on its own: every hash, every link, no gaps."""
-    entries = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            raise UsageError(
-                f"{file}:{number}: not a JSON line; is this a `mailvault ledger export` file?"
-            ) from None
-    problems = ledger.check_chain(entries)
-    last = entries[-1]["entry_hash"] if entries else ledger.GENESIS
-    if expected_head and " " in expected_head.strip():
-        from mailvault.verify import parse_anchor
+    """Verify an exported ledger file on its own: every hash, every link, no gaps.
 
-        seq, digest = parse_anchor(expected_head.strip())
+    Exit 0 when intact, 1 when broken (each problem on stdout, naming the entry or line), 2
+    when FILE is not a ledger export at all.
+    """
+    from mailvault.cli._common import escape
+    from mailvault.verify import parse_anchor
+
+    anchor = parse_anchor(expected_head) if expected_head else None  # before reading FILE
+    numbered = _read_export(file)
+    entries = [entry for _, entry in numbered]
+    problems = [p for n, e in numbered if (p := _malformed(file, n, e)) is not None]
+    problems += ledger.check_chain(entries)
+    last = str(entries[-1].get("entry_hash")) if entries else ledger.GENESIS
+    if anchor is not None and anchor[0] is not None:
+        seq, digest = anchor
         found = next((e for e in entries if e.get("seq") == seq), None)
-        if seq and (found is None or found.get("entry_hash") != digest):
+        if seq == 0 and digest != ledger.GENESIS:
+            problems.append(
+                f"the notarised head is entry 0 (an empty ledger), whose hash is "
+                f"{ledger.GENESIS}, not {digest}"
+            )
+        elif seq and (found is None or found.get("entry_hash") != digest):
             problems.append(
                 f"entry {seq} is {'missing' if found is None else found.get('entry_hash')}, "
                 f"the notarised head says {digest}: the ledger was cut back or rewritten"
             )
-    elif expected_head and last != expected_head.strip():
-        problems.append(f"head is {last}, expected {expected_head}: entries were added or removed")
+    elif anchor is not None and last != anchor[1]:
+        problems.append(f"head is {last}, expected {anchor[1]}: entries were added or removed")
     for problem in problems:
-        click.echo(problem)
+        click.echo(escape(problem))  # a hostile file's values must not forge lines
     click.echo(
-        f"ledger: {len(entries)} entries, head {last}: {'BROKEN' if problems else 'intact'}",
+        f"ledger: {len(entries)} entries, head {escape(last)}: "
+        f"{'BROKEN' if problems else 'intact'}",
         err=True,
     )
     if problems:
