@@ -50,6 +50,7 @@ def lines(text: str) -> list[Any]:
         (("show", "--json", "m2@t"), "show.schema.json"),
         (("verify", "--json"), "verify.schema.json"),
         (("ledger", "head", "--json"), "ledger-head.schema.json"),
+        (("audit", "--head", "--json"), "audit-head.schema.json"),
         (("hold", "list", "--json", "--all"), "holds.schema.json"),
         (("retention", "apply", "--dry-run", "--json"), "retention.schema.json"),
     ],

@@ -54,7 +54,11 @@ def escape(text: str) -> str:
 
 def print_chain_head(vault: Vault, table: str, as_json: bool) -> None:
     """The last sequence number and hash of a hash chain (the ledger or the audit trail), to
-    notarise outside the vault: ``SEQ HASH``, or the ledger-head document."""
+    notarise outside the vault: ``SEQ HASH``, or the ledger-head (audit-head) document.
+
+    Each chain's document has its own schema id: a head is only meaningful for the chain it
+    came from, and a reader (or `verify --audit-head`'s caller) must be able to tell a head of
+    the audit trail from one of the ledger."""
     import sqlite3
 
     from mailvault import ledger
@@ -62,7 +66,8 @@ def print_chain_head(vault: Vault, table: str, as_json: bool) -> None:
     with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
         seq, digest = ledger.head(db, table)
     if as_json:
-        document = {"schema": "mailvault/ledger-head/v1", "vault_id": vault.vault_id}
+        schema = "mailvault/ledger-head/v1" if table == "ledger" else "mailvault/audit-head/v1"
+        document = {"schema": schema, "vault_id": vault.vault_id}
         print_json({**document, "seq": seq, "head": digest})
     else:
         click.echo(f"{seq} {digest}")
