@@ -314,3 +314,30 @@ def test_a_hold_can_be_placed_on_a_vault_not_indexed_yet(tmp_path: Path) -> None
     result = run_cli(root, "hold", "add", "acme", "from:bob@acme.com")
     assert result.exit_code == 0, result.output
     assert "it protects 1 message now" in result.output
+
+
+def test_text_output_is_one_line_per_hold_and_per_audit_entry(vault: Path) -> None:
+    """A reason or a recorded user with a line break (or a terminal escape) is escaped, so it
+    cannot print a line that reads as another hold or another audit entry."""
+    from mailvault import ledger
+
+    forged = "case 42)\nfake                 active                       'x'  (\x1b[2Jcleared"
+    assert (
+        run_cli(vault, "hold", "add", "acme", "from:bob@acme.com", "--reason", forged).exit_code
+        == 0
+    )
+    listed = run_cli(vault, "hold", "list")
+    assert listed.exit_code == 0
+    assert len(listed.stdout.splitlines()) == 1 and "\x1b" not in listed.stdout
+    assert "case 42)\\nfake" in listed.stdout and "\\x1b[2J" in listed.stdout
+    with sqlite3.connect(vault / "catalog.sqlite") as db:  # as recorded before LOGNAME was ignored
+        ledger.append_audit(
+            db,
+            os_user="alice\n2026-01-01T00:00:00 bob        search   'x' -> 0",
+            command="search",
+            query="q\u2028r",
+            results=1,
+        )
+    text = run_cli(vault, "audit").stdout
+    assert len(text.splitlines()) == 1 and "alice\\n2026-01-01" in text
+    assert "\u2028" not in text

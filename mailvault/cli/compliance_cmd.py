@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mailvault.cli import cli
-from mailvault.cli._common import print_chain_head, print_json, vault_from
+from mailvault.cli._common import escape, print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
 
 if TYPE_CHECKING:
@@ -50,9 +50,12 @@ def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool)
         if as_json:
             click.echo(json.dumps(entry, ensure_ascii=False))
         else:
+            # One entry, one line: every field is escaped (a user name or query with a line
+            # break in it must not print as an entry of its own).
             query = f" {entry['query']!r}" if entry["query"] is not None else ""
             click.echo(
-                f"{entry['at'][:19]} {entry['os_user']:10} {entry['command']:8}{query} -> {entry['results']}"
+                f"{escape(str(entry['at'])[:19])} {escape(str(entry['os_user'])):10} "
+                f"{escape(str(entry['command'])):8}{query} -> {entry['results']}"
             )
 
 
@@ -95,10 +98,11 @@ def hold_list(ctx: click.Context, include_released: bool, as_json: bool) -> None
         print_json({"schema": "mailvault/holds/v1", "holds": holds})
         return
     for h in holds:
-        state = f"released {h['released_at'][:19]}" if h["released_at"] else "active"
-        click.echo(
-            f"{h['name']:20} {state:28} {h['query']!r}  ({h['reason'] or 'no reason given'})"
-        )
+        # One hold, one line: a reason (or a name edited in the catalog) with a line break
+        # would otherwise print a line that looks like another hold.
+        state = f"released {escape(h['released_at'][:19])}" if h["released_at"] else "active"
+        reason = escape(h["reason"]) if h["reason"] else "no reason given"
+        click.echo(f"{escape(h['name']):20} {state:28} {h['query']!r}  ({reason})")
 
 
 @hold.command(name="release")
