@@ -22,19 +22,43 @@ if TYPE_CHECKING:
 _LEFT_OPEN: list[sqlite3.Connection] = []  # see record(exiting=True)
 
 
+# Where a login name is taken from by getpass and the like: set by whoever starts the process,
+# so a claim, never proof (SUDO_USER: the account sudo was run from).
+CLAIM_VARIABLES = ("LOGNAME", "USER", "SUDO_USER")
+
+
 def os_user() -> str:
-    """As getpass.getuser() (the login name from the environment, else the password database),
-    without importing getpass, which loads termios: part of every search's start-up."""
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        user = os.environ.get(name)
-        if user:
-            return user
+    """The OS account of the process's real uid (the password database), or ``uid N``.
+
+    Not ``$LOGNAME``/``$USER`` (getpass.getuser()): anyone can set those, so
+    ``LOGNAME=alice.auditor mailvault search ...`` would be recorded as alice.auditor, and a
+    line break in one would forge a line of `mailvault audit`.  What they say is kept apart, as
+    a claim (``claimed_names``).
+    """
     try:
         import pwd
 
         return pwd.getpwuid(os.getuid()).pw_name
     except (KeyError, OSError, ImportError):
         return f"uid {os.getuid()}"
+
+
+def claimed_names(user: str | None = None) -> dict[str, str]:
+    """The login names the environment claims (``CLAIM_VARIABLES``) that are not ``user`` (by
+    default ``os_user()``): recorded beside the user, labelled as claims, never as the user.
+
+    Undecodable bytes (surrogate escapes) become ``\\xNN`` text, so the value can always be
+    stored and printed; JSON escapes the rest (line breaks, controls) where it is recorded.
+    """
+    actual = os_user() if user is None else user
+    claims: dict[str, str] = {}
+    for name in CLAIM_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None and value != actual:
+            claims[name] = value.encode("utf-8", "surrogateescape").decode(
+                "utf-8", "backslashreplace"
+            )
+    return claims
 
 
 def record(
@@ -64,9 +88,13 @@ def record(
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
+            user = os_user()
+            claims = claimed_names(user)
+            if claims:
+                detail = {**detail, "claimed_user": claims}
             ledger.append_audit(
                 db,
-                os_user=os_user(),
+                os_user=user,
                 command=command,
                 query=query,
                 results=results,

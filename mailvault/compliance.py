@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mailvault import ledger
-from mailvault.audit import os_user
+from mailvault.audit import claimed_names, os_user
 from mailvault.errors import UsageError
 from mailvault.vault import Vault, utcnow
 
@@ -66,9 +66,10 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
                 raise UsageError(
                     f"a hold named {name!r} is already active; release it first or pick another name"
                 )
+            user = os_user()
             conn.execute(
                 "INSERT INTO holds(name, query, reason, created_at, created_by) VALUES (?,?,?,?,?)",
-                (name, query, reason, utcnow(), os_user()),
+                (name, query, reason, utcnow(), user),
             )
             ledger.append(
                 conn,
@@ -78,12 +79,20 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
                     "query": query,
                     "reason": reason,
                     "matches": matches,
-                    "by": os_user(),
+                    "by": user,
+                    **_claims(user),
                 },
             )
     finally:
         catalog.close()
     return matches
+
+
+def _claims(user: str) -> dict[str, Any]:
+    """``claimed_by``: the login names the environment gives that are not the real user, for a
+    hold entry's detail (the user is the real uid's account; see ``audit.os_user``)."""
+    claims = claimed_names(user)
+    return {"claimed_by": claims} if claims else {}
 
 
 def release_hold(vault: Vault, name: str) -> None:
@@ -96,8 +105,11 @@ def release_hold(vault: Vault, name: str) -> None:
             if row is None:
                 raise UsageError(f"no active hold named {name!r}; `mailvault hold list` shows them")
             conn.execute("UPDATE holds SET released_at=? WHERE id=?", (utcnow(), row[0]))
+            user = os_user()
             ledger.append(
-                conn, "hold-release", detail={"name": name, "query": row[1], "by": os_user()}
+                conn,
+                "hold-release",
+                detail={"name": name, "query": row[1], "by": user, **_claims(user)},
             )
     finally:
         catalog.close()

@@ -341,3 +341,40 @@ def test_text_output_is_one_line_per_hold_and_per_audit_entry(vault: Path) -> No
     text = run_cli(vault, "audit").stdout
     assert len(text.splitlines()) == 1 and "alice\\n2026-01-01" in text
     assert "\u2028" not in text
+
+
+def test_the_recorded_user_is_the_real_uid_and_the_environment_only_a_claim(
+    vault: Path,
+) -> None:
+    """$LOGNAME and $USER are whatever the caller set: the audit trail and the holds record
+    the real uid's account, and what the environment said beside it, labelled as a claim."""
+    import os
+    import pwd
+
+    real = pwd.getpwuid(os.getuid()).pw_name
+    env = {"LOGNAME": "alice.auditor\nforged", "USER": real, "SUDO_USER": None}
+    assert run_cli(vault, "search", "--count", "quarterly", env=env).exit_code == 0
+    reason = ("--reason", "case 42")
+    assert (
+        run_cli(vault, "hold", "add", "acme", "from:bob@acme.com", *reason, env=env).exit_code == 0
+    )
+    assert run_cli(vault, "hold", "release", "acme", env=env).exit_code == 0
+    plain = {"LOGNAME": real, "USER": None, "SUDO_USER": None}
+    assert run_cli(vault, "search", "--count", "quarterly", env=plain).exit_code == 0
+
+    entries = [json.loads(line) for line in run_cli(vault, "audit", "--json").stdout.splitlines()]
+    assert [e["os_user"] for e in entries] == [real, real]
+    assert json.loads(entries[0]["detail"])["claimed_user"] == {"LOGNAME": "alice.auditor\nforged"}
+    assert "claimed_user" not in json.loads(entries[1]["detail"])
+    text = run_cli(vault, "audit").stdout.splitlines()
+    assert len(text) == 2 and text[0].endswith("[claimed LOGNAME=alice.auditor\\nforged]")
+    holds = json.loads(run_cli(vault, "hold", "list", "--all", "--json").stdout)["holds"]
+    assert [h["created_by"] for h in holds] == [real]
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        details = [
+            json.loads(row[0])
+            for row in db.execute("SELECT detail FROM ledger WHERE kind LIKE 'hold-%' ORDER BY seq")
+        ]
+    assert [(d["by"], d["claimed_by"]) for d in details] == [
+        (real, {"LOGNAME": "alice.auditor\nforged"})
+    ] * 2

@@ -56,7 +56,23 @@ def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool)
             click.echo(
                 f"{escape(str(entry['at'])[:19])} {escape(str(entry['os_user'])):10} "
                 f"{escape(str(entry['command'])):8}{query} -> {entry['results']}"
+                + _claimed(entry["detail"])
             )
+
+
+def _claimed(detail: str | None) -> str:
+    """The login names the environment claimed when the entry was written, when they were not
+    the real user (``audit.claimed_names``), labelled as such: ``  [claimed LOGNAME=...]``."""
+    import json
+
+    try:
+        claims = json.loads(detail).get("claimed_user") if detail else None
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(claims, dict) or not claims:
+        return ""
+    names = " ".join(f"{escape(str(k))}={escape(str(v))}" for k, v in sorted(claims.items()))
+    return f"  [claimed {names}]"
 
 
 @cli.group()
