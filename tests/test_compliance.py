@@ -378,3 +378,58 @@ def test_the_recorded_user_is_the_real_uid_and_the_environment_only_a_claim(
     assert [(d["by"], d["claimed_by"]) for d in details] == [
         (real, {"LOGNAME": "alice.auditor\nforged"})
     ] * 2
+
+
+@pytest.mark.parametrize(
+    ("args", "position", "shown"),
+    [
+        (("hold", "add", "r1", "q", "--reason", "\udcff"), 8, "\\xff"),
+        (("hold", "add", "r1", "q", "--reason=case\udcff42"), 7, "case\\xff42"),
+        (("search", "craft\udcff"), 4, "craft\\xff"),
+        (("search", "--count", "--", "\udcfe"), 6, "\\xfe"),
+        (("show", "abc\udcff"), 4, "abc\\xff"),
+        (("hold", "release", "r\udcc3"), 5, "r\\xc3"),
+    ],
+)
+def test_text_arguments_that_are_not_utf8_are_a_usage_error(
+    vault: Path, args: tuple[str, ...], position: int, shown: str
+) -> None:
+    """Bytes the locale could not decode reach Python as surrogate escapes; as a query, a
+    name or a reason they were a UnicodeEncodeError traceback.  Counted after `mailvault`:
+    run_cli puts `--vault PATH` first."""
+    result = run_cli(vault, *args)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"mailvault: error: argument {position} is not valid UTF-8 text: {shown}; give it in "
+        "UTF-8 (is the terminal or the script in another encoding?)\n"
+    )
+    assert run_cli(vault, "hold", "list", "--all", "--json").stdout.count('"name"') == 0
+
+
+def test_the_search_fast_path_leaves_undecodable_bytes_to_the_cli(vault: Path) -> None:
+    import subprocess
+    import sys
+
+    from mailvault.search import fast_main
+
+    assert fast_main(["--vault", str(vault), "search", "craft\udcff"]) is None
+    argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "search", b"craft\xff"]
+    done = subprocess.run(argv, capture_output=True)
+    assert done.returncode == 2 and done.stdout == b""
+    assert done.stderr.startswith(b"mailvault: error: argument 4 is not valid UTF-8 text: craft")
+    entries = run_cli(vault, "audit", "--json").stdout.splitlines()
+    assert entries == []  # refused before anything ran
+
+
+def test_paths_may_be_any_bytes(vault: Path, tmp_path: Path) -> None:
+    """File names are not text: a directory or file whose name is not UTF-8 still works."""
+    out = tmp_path / "export-\udcfe"
+    result = run_cli(vault, "export", "--format", "eml", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert len([p for p in out.iterdir() if p.suffix == ".eml"]) == 10
+    assert "to " + str(tmp_path) + "/export-\\xfe [eml" in result.stdout
+    result = run_cli(vault, "export", "--format", "eml", "--out", str(out) + "2", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["target"] == str(out) + "2"
+    exported = tmp_path / "ledger-\udcfd.jsonl"
+    assert run_cli(vault, "ledger", "export", "--out", str(exported)).exit_code == 0
+    assert run_cli(vault, "ledger", "check", str(exported)).exit_code == 0

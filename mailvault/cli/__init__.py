@@ -56,8 +56,89 @@ def default_vault_path() -> Path:
     return Path(base) / "mailvault"
 
 
+def _undecodable(text: str) -> bool:
+    """``text`` holds surrogate escapes: bytes the filesystem encoding could not decode, as
+    Python passes such command-line bytes on (PEP 383)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_text_arguments(ctx: click.Context) -> None:
+    """Refuse, as a usage error, a text argument (a query, a name, a reason, an id) that is not
+    valid UTF-8: it would otherwise fail as a UnicodeEncodeError traceback wherever the text
+    is first encoded (the index, the catalog, the terminal), possibly after work was done.
+
+    Paths are exempt (``click.Path``, ``click.File``): a file name may be any bytes, and Python
+    hands such a name back to the OS unchanged.  Every parameter of every context from the
+    command up to `mailvault` is checked, once, before the command's callback runs; the
+    search fast path (``search.fast_main``) defers any such argument to here.
+    """
+    chain: list[click.Context] = []
+    current: click.Context | None = ctx
+    while current is not None:
+        chain.append(current)
+        current = current.parent
+    for each in reversed(chain):
+        for param in each.command.params:
+            if isinstance(param.type, click.Path | click.File):
+                continue
+            value = each.params.get(param.name or "")
+            values = value if isinstance(value, tuple | list) else (value,)
+            for text in values:
+                if isinstance(text, str) and _undecodable(text):
+                    raise _not_utf8(chain[-1], text)
+
+
+def _not_utf8(root: click.Context, text: str) -> MailvaultError:
+    """The one-line usage error for a text argument with undecodable bytes, naming which
+    argument (counted as the shell does, after `mailvault`) and showing the bad bytes."""
+    from mailvault.cli._common import escape
+    from mailvault.errors import UsageError
+
+    argv: list[str] = root.meta.get(_ARGV, [])
+    where = next(
+        (f"argument {n}" for n, arg in enumerate(argv, 1) if _undecodable(arg) and text in arg),
+        "an argument",
+    )
+    return UsageError(
+        f"{where} is not valid UTF-8 text: {escape(text)}; give it in UTF-8 (is the terminal "
+        "or the script in another encoding?)"
+    )
+
+
+_ARGV = "mailvault.argv"  # ctx.meta key: the arguments as given, to name one by position
+
+
+class _CheckedCommand(click.Command):
+    """A command whose text arguments are checked for undecodable bytes before it runs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _check_text_arguments(ctx)
+        return super().invoke(ctx)
+
+
+class _CheckedGroup(click.Group):
+    """A command group (`hold`, `ledger`, ...) whose commands are ``_CheckedCommand``s."""
+
+    command_class = _CheckedCommand
+    group_class = type  # its subgroups are _CheckedGroups too
+
+
 class MailvaultGroup(click.Group):
-    """Loads commands on demand; turns every MailvaultError into one line and its exit code."""
+    """Loads commands on demand; turns every MailvaultError into one line and its exit code.
+
+    Commands and groups defined on it check their text arguments (``_check_text_arguments``).
+    """
+
+    command_class = _CheckedCommand
+    group_class = _CheckedGroup
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)  # the whole command line, to name a bad argument by place
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(self.commands) | set(self._available()))

@@ -19,7 +19,21 @@ def vault_from(ctx: click.Context) -> Vault:
 
 
 def print_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    """``document`` as indented JSON, non-ASCII text as is; all-ASCII escapes when it holds
+    a path with undecodable bytes (surrogate escapes cannot be written as UTF-8, while
+    ``"\\udcfe"`` is valid JSON that reads back as the same path)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(document, indent=2)
+    click.echo(text)
+
+
+def shown_path(path: object) -> str:
+    """A path for a line of text output: bytes of its name that are not UTF-8 as ``\\xNN``
+    (a file name may be any bytes; the terminal takes UTF-8 only)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from mailvault.cli import cli
-from mailvault.cli._common import print_json, vault_from
+from mailvault.cli._common import print_json, shown_path, vault_from
 from mailvault.errors import UsageError
 from mailvault.export import FORMATS, ExportOptions, export
 from mailvault.importer import VARIANTS, import_sources
@@ -115,7 +115,7 @@ def export_command(
     count = summary["count"]
     click.echo(
         f"exported {count} message{'' if count == 1 else 's'} ({summary['total_bytes']:,} "
-        f"bytes) to {out} "
+        f"bytes) to {shown_path(out)} "
         f"[{fmt}, {summary['line_endings']}]: {summary['added']} written, "
         f"{summary['skipped']} already there"
     )
