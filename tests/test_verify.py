@@ -394,8 +394,10 @@ def write_jsonl(path: Path, entries: list[dict[str, object]]) -> Path:
 @pytest.mark.parametrize(
     ("content", "line", "says"),
     [
-        (b"[1,2]\n", 2, "a JSON list, not a ledger entry"),
-        (b'"hello"\n', 2, "a JSON str, not a ledger entry"),
+        (b"[1,2]\n", 2, "a JSON array, not a ledger entry"),
+        (b'"hello"\n', 2, "a JSON string, not a ledger entry"),
+        (b"null\n", 2, "a JSON null, not a ledger entry"),
+        (b"[" * 100_000 + b"\n", 2, "not a JSON line"),
         (b"{}\n\xff\xfe\n", 3, "not UTF-8 text"),
         (b"{}\n{}\n{\n", 4, "not a JSON line"),
     ],

@@ -116,6 +116,10 @@ def export_ledger(ctx: click.Context, out: Path | None) -> None:
             stream.close()
 
 
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+_JSON_KINDS[type(None)] = "null"
+
+
 def _read_export(file: Path) -> list[tuple[int, dict[str, Any]]]:
     """The entries of a `ledger export` file, each with its line number.
 
@@ -140,14 +144,15 @@ def _read_export(file: Path) -> list[tuple[int, dict[str, Any]]]:
     for number, line in enumerate(lines, 1):
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
             raise UsageError(
                 f"{file}:{number}: not a JSON line; is this a `mailvault ledger export` file?"
             ) from None
         if not isinstance(entry, dict):
+            kind = _JSON_KINDS.get(type(entry), "value")
             raise UsageError(
-                f"{file}:{number}: a JSON {type(entry).__name__}, not a ledger entry (an "
-                "object); is this a `mailvault ledger export` file?"
+                f"{file}:{number}: a JSON {kind}, not a ledger entry (an object); is this a "
+                "`mailvault ledger export` file?"
             )
         entries.append((number, entry))
     return entries
