@@ -11,6 +11,7 @@ import os
 import sqlite3
 
 from mailvault import ledger
+from mailvault._text import shown
 from mailvault.errors import CatalogError
 
 # `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
@@ -55,9 +56,7 @@ def claimed_names(user: str | None = None) -> dict[str, str]:
     for name in CLAIM_VARIABLES:
         value = os.environ.get(name)
         if value is not None and value != actual:
-            claims[name] = value.encode("utf-8", "surrogateescape").decode(
-                "utf-8", "backslashreplace"
-            )
+            claims[name] = shown(value)
     return claims
 
 

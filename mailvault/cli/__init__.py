@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from mailvault import __version__
+from mailvault._text import undecodable
 from mailvault.errors import MailvaultError, from_storage_error
 from mailvault.redact import redact
 
@@ -56,16 +57,6 @@ def default_vault_path() -> Path:
     return Path(base) / "mailvault"
 
 
-def _undecodable(text: str) -> bool:
-    """``text`` holds surrogate escapes: bytes the filesystem encoding could not decode, as
-    Python passes such command-line bytes on (PEP 383)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _check_text_arguments(ctx: click.Context) -> None:
     """Refuse, as a usage error, a text argument (a query, a name, a reason, an id) that is not
     valid UTF-8: it would otherwise fail as a UnicodeEncodeError traceback wherever the text
@@ -88,7 +79,7 @@ def _check_text_arguments(ctx: click.Context) -> None:
             value = each.params.get(param.name or "")
             values = value if isinstance(value, tuple | list) else (value,)
             for text in values:
-                if isinstance(text, str) and _undecodable(text):
+                if isinstance(text, str) and undecodable(text):
                     raise _not_utf8(chain[-1], text)
 
 
@@ -100,7 +91,7 @@ def _not_utf8(root: click.Context, text: str) -> MailvaultError:
 
     argv: list[str] = root.meta.get(_ARGV, [])
     where = next(
-        (f"argument {n}" for n, arg in enumerate(argv, 1) if _undecodable(arg) and text in arg),
+        (f"argument {n}" for n, arg in enumerate(argv, 1) if undecodable(arg) and text in arg),
         "an argument",
     )
     return UsageError(

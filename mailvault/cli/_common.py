@@ -33,7 +33,9 @@ def print_json(document: Any) -> None:
 def shown_path(path: object) -> str:
     """A path for a line of text output: bytes of its name that are not UTF-8 as ``\\xNN``
     (a file name may be any bytes; the terminal takes UTF-8 only)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    from mailvault._text import shown
+
+    return shown(str(path))
 
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}

@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 
+from mailvault._text import undecodable
 from mailvault.search.engine import Results, Searcher
 from mailvault.search.output import isatty, iter_lines
 from mailvault.search.query import SORTS
@@ -115,16 +116,6 @@ def _note_more(notes: Any, total: int, offset: int, shown: int) -> None:
         notes.write(f"mailvault: note: showing {part}; use --limit/--offset for more\n")
 
 
-def _undecodable(text: str) -> bool:
-    """Surrogate escapes of bytes that were not UTF-8 (as ``mailvault.cli._undecodable``,
-    which this click-free path does not import)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 _SEARCH_FLAGS = {"--json": "json", "--count": "count", "--ids": "ids"}
 _SEARCH_VALUES = ("--limit", "--offset", "--sort")
 
@@ -136,7 +127,7 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
     the caller ends the process right after (see ``audit.record``).
     """
     args = list(argv)
-    if not all(arg.isascii() for arg in args) and any(_undecodable(arg) for arg in args):
+    if not all(arg.isascii() for arg in args) and any(undecodable(arg) for arg in args):
         return None  # bytes that are not UTF-8: the full CLI refuses them as a usage error
     vault: str | None = None
     while args and args[0] != "search":
