@@ -13,6 +13,7 @@ import sqlite3
 from mailvault import ledger
 from mailvault._text import shown
 from mailvault.errors import CatalogError
+from mailvault.vault import has_catalog
 
 # `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
 TYPE_CHECKING = False
@@ -77,7 +78,7 @@ def record(
     entry itself is durable once COMMIT returns (WAL, synchronous=FULL).
     """
     path = os.path.join(vault_root, "catalog.sqlite")
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:  # connecting would create it
+    if not has_catalog(path):
         raise CatalogError(
             f"the audit entry could not be written ({path} is missing or empty); nothing is "
             "shown without one: restore the catalog from a backup"

@@ -102,7 +102,7 @@ class Vault:
         the holds, purges and ledger (and call every stored message an orphan)."""
         from mailvault.catalog import Catalog
 
-        if not create and not _has_content(self.catalog_path):
+        if not create and not has_catalog(self.catalog_path):
             raise CatalogError(
                 f"{self.catalog_path} is missing (or empty) in the vault at {self.root}: restore "
                 "it from a backup; `mailvault verify` shows what the vault still holds"
@@ -168,9 +168,11 @@ def _new_vault_id() -> str:
     return str(uuid.uuid4())
 
 
-def _has_content(path: Path) -> bool:
+def has_catalog(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a catalog to open: a non-empty regular file (SQLite would make an
+    empty catalog of a missing or empty one, dropping the vault's holds, purges and ledger)."""
     try:
-        return path.stat().st_size > 0
+        return os.path.isfile(path) and os.path.getsize(path) > 0
     except OSError:
         return False
 
@@ -179,7 +181,7 @@ def init_vault(root: Path) -> Vault:
     """Create a new, empty vault (idempotent on an existing vault: nothing is overwritten)."""
     if (root / "vault.json").exists():
         vault = open_vault(root)
-        if not _has_content(vault.catalog_path) and not any(vault.read_store().iter_digests()):
+        if not has_catalog(vault.catalog_path) and not any(vault.read_store().iter_digests()):
             _finish_init(vault)  # an init cut short before its catalog: nothing to lose
         return vault
     if root.exists() and any(root.iterdir()):
