@@ -50,7 +50,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import cache
 
@@ -443,6 +443,16 @@ class IndexWriter:
             if self.pending:
                 self.writer.commit()
             self.writer.wait_merging_threads()
+
+
+def ids_not_in(
+    searcher: tantivy.Searcher, schema: tantivy.Schema, keep: Collection[str]
+) -> Iterator[str]:
+    """Ids of live documents whose message is not in ``keep``: a walk of the id terms (which
+    still name deleted documents, hence the ``contains`` check)."""
+    for term, _ in searcher.terms_with_prefix("id", ""):
+        if term not in keep and contains(searcher, schema, term):
+            yield term
 
 
 def contains(searcher: tantivy.Searcher, schema: tantivy.Schema, sha256: str) -> bool:

@@ -449,11 +449,7 @@ def _reconcile(
         (sha256, ingest) for sha256, ingest in listed if not ix.contains(searcher, schema, sha256)
     ]
     wanted = {sha256 for sha256, _ in listed}
-    extra = [
-        term
-        for term, _ in searcher.terms_with_prefix("id", "")
-        if term not in wanted and ix.contains(searcher, schema, term)
-    ]
+    extra = list(ix.ids_not_in(searcher, schema, wanted))
     if extra:
         log.warning(
             "the index holds %d messages the catalog does not list as indexed (purged, or "
@@ -597,12 +593,11 @@ def index_findings(vault: Vault, catalog_ids: set[str]) -> Iterator[Any]:
             f"{pending} messages are not indexed yet; `mailvault index` catches up",
         )
     if searcher.num_docs > present:
-        for term, _ in searcher.terms_with_prefix("id", ""):
-            if term not in catalog_ids and count(term) > 0:
-                yield Finding(
-                    "index-extra",
-                    "warning",
-                    term,
-                    "the index holds a message the catalog does not list (or lists as purged); "
-                    "`mailvault reindex` rebuilds the index",
-                )
+        for term in ix.ids_not_in(searcher, schema, catalog_ids):
+            yield Finding(
+                "index-extra",
+                "warning",
+                term,
+                "the index holds a message the catalog does not list (or lists as purged); "
+                "`mailvault reindex` rebuilds the index",
+            )
