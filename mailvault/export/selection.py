@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailvault.catalog import Catalog
 from mailvault.errors import UsageError
 from mailvault.vault import Vault
+
+if TYPE_CHECKING:
+    from mailvault.search import Searcher
 
 _TEMP = "export_selection"
 
@@ -32,8 +35,8 @@ class Selected:
         return datetime.fromisoformat(self.first_ingest_at)
 
 
-def query_digests(vault: Vault, query: str) -> Iterator[str]:
-    """sha256 of every message the search index returns for ``query``."""
+def query_searcher(vault: Vault, query: str) -> Searcher:
+    """The search index's searcher for ``query`` (its ``page()`` gives the hits)."""
     try:
         from mailvault import search
     except ImportError as exc:  # pragma: no cover - the search module ships with mailvault
@@ -45,9 +48,7 @@ def query_digests(vault: Vault, query: str) -> Iterator[str]:
             f"query export needs the search index, and {vault.index_path} has none yet; run "
             "`mailvault index` first, or export the whole vault or one --account"
         )
-    searcher = search.Searcher(vault.index_path, query)
-    for hit in searcher.page(limit=0, sort="date", snippets=False):
-        yield str(hit.id)
+    return search.Searcher(vault.index_path, query)
 
 
 class Selection:
@@ -95,18 +96,17 @@ class Selection:
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_TEMP} (sha256 TEXT PRIMARY KEY)")
         conn.execute(f"DELETE FROM temp.{_TEMP}")
         batch: list[tuple[str]] = []
-        for digest in query_digests(vault, query):
-            batch.append((digest,))
+        searcher = query_searcher(vault, query)
+        for hit in searcher.page(limit=0, sort="date", snippets=False):
+            batch.append((str(hit.id),))
             if len(batch) >= 10_000:
                 conn.executemany(f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", batch)
                 batch.clear()
         if batch:
             conn.executemany(f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", batch)
-        from mailvault import index as ix
         from mailvault.search.command import unindexed
 
-        documents = ix.open_for_search(vault.index_path).searcher().num_docs
-        self.unindexed = unindexed(vault.root, documents)
+        self.unindexed = unindexed(vault.root, searcher.searcher.num_docs)
 
     def count(self) -> int:
         row = self.catalog.conn.execute(
