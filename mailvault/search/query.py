@@ -120,13 +120,17 @@ SPECIAL = set('()"')
 MAX_DEPTH = 100  # nested parentheses; translating recurses once per level
 
 
-def _push(query: str, pos: int, length: int, stack: list[str | None], field: str | None) -> None:
-    """Open a group; deeper than MAX_DEPTH is an error, not a RecursionError later."""
+def _push(
+    query: str, pos: int, length: int, stack: list[str | None], field: str | None = None
+) -> None:
+    """Open a group with ``field``, or else the enclosing group's (inside field:( ... ) a plain
+    group keeps the field: subject:(a (b OR c))); deeper than MAX_DEPTH is an error, not a
+    RecursionError later."""
     if len(stack) >= MAX_DEPTH:
         raise _fail(
             query, pos, length, f"parentheses nested more than {MAX_DEPTH} deep (flatten the query)"
         )
-    stack.append(field)
+    stack.append(field if field is not None else (stack[-1] if stack else None))
 
 
 def _lex(query: str) -> list[_Tok]:
@@ -140,8 +144,7 @@ def _lex(query: str) -> list[_Tok]:
             continue
         if c == "(":
             toks.append(_Tok("(", i, i + 1))
-            # inside field:( ... ) a plain group keeps the field: subject:(a (b OR c))
-            _push(query, i, 1, field_stack, field_stack[-1] if field_stack else None)
+            _push(query, i, 1, field_stack)
             i += 1
             continue
         if c == ")":
@@ -157,13 +160,7 @@ def _lex(query: str) -> list[_Tok]:
             i += 1
             if query[i] == "(":
                 toks.append(_Tok("(", start, i + 1, modifier=modifier))
-                _push(
-                    query,
-                    start,
-                    i + 1 - start,
-                    field_stack,
-                    field_stack[-1] if field_stack else None,
-                )
+                _push(query, start, i + 1 - start, field_stack)
                 i += 1
                 continue
         # an operator word?
