@@ -59,14 +59,20 @@ def test_the_skeleton_of_a_message_that_fits_is_the_message(
             assert not skeleton.cuts and skeleton.size == len(raw)
 
 
-def test_shortened_parts_keep_their_real_size_and_sha256(
-    messages: list[tuple[str, bytes]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every message parsed from a skeleton with tiny budgets: each attachment record equals
-    the one the whole message gives, or a defect names its part; headers are untouched."""
+@pytest.fixture
+def tiny_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every message takes the skeleton path, and most of its parts are shortened."""
     monkeypatch.setattr(sk, "WHOLE_MAX", 0)
     monkeypatch.setattr(sk, "PART_KEEP", 1024)
     monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
+
+
+@pytest.mark.usefixtures("tiny_budgets")
+def test_shortened_parts_keep_their_real_size_and_sha256(
+    messages: list[tuple[str, bytes]],
+) -> None:
+    """Every message parsed from a skeleton with tiny budgets: each attachment record equals
+    the one the whole message gives, or a defect names its part; headers are untouched."""
     shortened = 0
     for name, raw in messages:
         digest = hashlib.sha256(raw).hexdigest()
@@ -221,17 +227,15 @@ def test_a_part_streamed_out_is_the_part_the_whole_message_gives(
     assert compared > 300 and messages_compared > 10
 
 
+@pytest.mark.usefixtures("tiny_budgets")
 def test_attached_messages_are_measured_as_stored_whole_or_streamed(
-    messages: list[tuple[str, bytes]], monkeypatch: pytest.MonkeyPatch
+    messages: list[tuple[str, bytes]],
 ) -> None:
     """An attached message's size and sha256 are those of its bytes in the message (what
     `show --part N` writes), the same from the whole parse and from the skeleton of a big
     message, where no budget leaves them unknown any more."""
     from mailvault.show import part_bytes
 
-    monkeypatch.setattr(sk, "WHOLE_MAX", 0)
-    monkeypatch.setattr(sk, "PART_KEEP", 1024)
-    monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
     checked = 0
     for name, raw in messages:
         digest = hashlib.sha256(raw).hexdigest()
