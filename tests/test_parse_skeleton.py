@@ -73,7 +73,7 @@ def test_shortened_parts_keep_their_real_size_and_sha256(
 ) -> None:
     """Every message parsed from a skeleton with tiny budgets: each attachment record equals
     the one the whole message gives, or a defect names its part; headers are untouched."""
-    shortened = 0
+    shortened = said = 0
     for name, raw in messages:
         digest = hashlib.sha256(raw).hexdigest()
         whole = parse_message(raw, digest, ingest_time=INGEST)
@@ -99,7 +99,8 @@ def test_shortened_parts_keep_their_real_size_and_sha256(
                 or any(d.startswith(short) for d in part.defects)
             ), (name, mine.index)
             shortened += theirs.size > 1024  # more than a part keeps: it was shortened
-    assert len(messages) > 1500 and shortened > 100
+            said += any(d.startswith(short) for d in part.defects)  # and the parse says so
+    assert len(messages) > 1500 and shortened > 100 and said > 100
 
 
 def _big_message(path: Path, payload: bytes) -> None:
@@ -326,13 +327,9 @@ CORNERS = {
 }
 
 
+@pytest.mark.usefixtures("tiny_budgets")
 @pytest.mark.parametrize("name", list(CORNERS))
-def test_mime_corners_agree_with_the_whole_parse_or_say_so(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sk, "WHOLE_MAX", 0)
-    monkeypatch.setattr(sk, "PART_KEEP", 1024)
-    monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
+def test_mime_corners_agree_with_the_whole_parse_or_say_so(name: str) -> None:
     raw = CORNERS[name]
     digest = hashlib.sha256(raw).hexdigest()
     whole = parse_message(raw, digest, ingest_time=INGEST)
@@ -350,15 +347,13 @@ def test_mime_corners_agree_with_the_whole_parse_or_say_so(
             assert any("not known" in d or "cut" in d for d in part.defects), name
 
 
-def test_a_uuencoded_attachment_is_measured_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("tiny_budgets")
+def test_a_uuencoded_attachment_is_measured_exactly() -> None:
     """uuencode is decoded on the stream as the stdlib decodes it (and where the stdlib
     gives up, its raw text is what is measured): no defect, the whole parse's values."""
     import binascii
     import random
 
-    monkeypatch.setattr(sk, "WHOLE_MAX", 0)
-    monkeypatch.setattr(sk, "PART_KEEP", 1024)
-    monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
     data = random.Random(5).randbytes(9000)
     lines = b"".join(binascii.b2a_uu(data[at : at + 45]) for at in range(0, len(data), 45))
     for body in (b"begin 644 a.bin\n" + lines + b"`\nend\n", b"no begin line\n" + lines):
@@ -377,15 +372,11 @@ def test_a_uuencoded_attachment_is_measured_exactly(monkeypatch: pytest.MonkeyPa
     assert whole.attachments[0].size > len(data)  # no begin line: the raw text, as the stdlib
 
 
+@pytest.mark.usefixtures("tiny_budgets")
 @pytest.mark.parametrize("step", [1, 333, 65536])
-def test_chunk_boundaries_do_not_matter(
-    messages: list[tuple[str, bytes]], monkeypatch: pytest.MonkeyPatch, step: int
-) -> None:
+def test_chunk_boundaries_do_not_matter(messages: list[tuple[str, bytes]], step: int) -> None:
     """Lines of a part past its budget are taken in blocks when the chunk allows it and one by
     one when it does not: the result is the same wherever the store's chunks end."""
-    monkeypatch.setattr(sk, "WHOLE_MAX", 0)
-    monkeypatch.setattr(sk, "PART_KEEP", 1024)
-    monkeypatch.setattr(sk, "TOTAL_KEEP", 4096)
     sample = [m for m in messages if m[0].startswith("generated")][:: 3 if step > 1 else 15]
     for name, raw in sample:
         digest = hashlib.sha256(raw).hexdigest()
