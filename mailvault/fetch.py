@@ -637,7 +637,9 @@ class _PumpLoop:
         then content retention had purged loses its blob again (its UIDL row stays, so it is
         not downloaded again, and DELEd as committed mail is)."""
         results = self._commit(batch)
-        purged = self.f.catalog.purged_among(st.digest for _, st in batch)
+        # only content the vault knew can be purged: a batch of new mail costs no lookup
+        known = [st.digest for (_, st), (fresh, _) in zip(batch, results, strict=True) if not fresh]
+        purged = self.f.catalog.purged_among(known) if known else {}
         for m, st in batch:
             if st.digest not in purged:
                 continue
