@@ -73,7 +73,7 @@ class Committed:
     listed_size: int | None = None  # fetch: LIST's size for it
 
 
-def same_mailbox(was: tuple[str, str], now: tuple[str, str]) -> bool:
+def _same_mailbox(was: tuple[str, str], now: tuple[str, str]) -> bool:
     """Whether (host, user) pairs name one mailbox (host names are case-insensitive)."""
     return was[0].rstrip(".").lower() == now[0].rstrip(".").lower() and was[1] == now[1]
 
@@ -132,19 +132,21 @@ class Catalog:
         return _Transaction(self.conn)  # type: ignore[return-value]
 
     # -- accounts -------------------------------------------------------------------------------
-    def mailbox_of(self, name: str) -> tuple[str, str] | None:
-        """(host, user) the account was last fetched from, if ever."""
+    def mailbox_change(self, name: str, host: str, user: str) -> tuple[str, str] | None:
+        """The (host, user) the account was last fetched from, if that is another mailbox than
+        ``host`` and ``user`` name (None: the same one, or never fetched)."""
         row = self.conn.execute("SELECT host, user FROM accounts WHERE name=?", (name,)).fetchone()
-        return (str(row[0]), str(row[1])) if row is not None else None
+        was = (str(row[0]), str(row[1])) if row is not None else None
+        return was if was is not None and not _same_mailbox(was, (host, user)) else None
 
     def ensure_account(self, name: str, host: str, port: int, user: str, tls: str) -> None:
         """Record the account's server; if it now names another mailbox (host or user), the
         UIDLs committed from the old one stop being live (ledger ``mailbox-changed``): a UIDL
         only names a message within one mailbox, and trusting them here would skip, or
         delete unread, whatever this mailbox holds under the same UIDLs."""
-        was = self.mailbox_of(name)
+        was = self.mailbox_change(name, host, user)
         with self.transaction():
-            if was is not None and not same_mailbox(was, (host, user)):
+            if was is not None:
                 rows = self.conn.execute(
                     "SELECT id FROM uidls WHERE account=? AND deleted_confirmed_at IS NULL",
                     (name,),

@@ -34,7 +34,7 @@ import tenacity
 import zstandard
 
 from mailvault import pop3
-from mailvault.catalog import Catalog, Committed, LiveUidl, same_mailbox
+from mailvault.catalog import Catalog, Committed, LiveUidl
 from mailvault.config import AccountConfig
 from mailvault.errors import (
     ConfigError,
@@ -160,8 +160,8 @@ class AccountFetcher:
         acct = self.account
         interrupted = False
         try:
-            was = self.catalog.mailbox_of(acct.name)
-            if was is not None and not same_mailbox(was, (acct.host, acct.user)):
+            was = self.catalog.mailbox_change(acct.name, acct.host, acct.user)
+            if was is not None:
                 self._mailbox_changed = True
                 self.report.warnings.append(
                     f"account {acct.name} now names {acct.user}@{acct.host} (was "
