@@ -138,7 +138,7 @@ def extract(msg: Message, raw: bytes | None = None) -> Content:
     the message is stored in them (what ``show --part`` writes), not as the parser would
     write it out again (line ends and header folding changed)."""
     content = Content()
-    enclosed = _Enclosed(raw, msg)
+    enclosed = _AttachedMessages(raw, msg)
     pieces: list[_Piece] = []
     alternative_of: dict[int, int] = {}  # id(part) -> index of its nearest alternative
     for index, _depth, part in walk(msg):
@@ -170,7 +170,7 @@ def _leaf(
     group: int,
     pieces: list[_Piece],
     content: Content,
-    enclosed: _Enclosed,
+    enclosed: _AttachedMessages,
 ) -> None:
     """Body text or an attachment record for one part (containers only when attached)."""
     ct_params = header_params(_first_header(part, "content-type") or "")
@@ -214,7 +214,7 @@ def _leaf(
     )
 
 
-class _Enclosed:
+class _AttachedMessages:
     """The attached messages of one message as stored, measured once, when first asked for."""
 
     def __init__(self, raw: bytes | None, tree: Message) -> None:
