@@ -628,3 +628,41 @@ def test_message_ids_with_parentheses_quotes_and_backslashes(tmp_path: Path) -> 
     assert translate(r'subject:"a \"b\" c\\d"') == r'subject:"a \"b\" c\\d"'
     with pytest.raises(QuerySyntaxError, match="unclosed double quote"):
         translate('subject:"a\\"')
+
+
+def _reply(mid: str, subject: str, headers: str = "") -> bytes:
+    return (
+        f"From: Sender <sender@example.com>\r\nTo: c@example.com\r\nSubject: {subject}\r\n"
+        f"Date: Mon, 05 Feb 2024 10:00:00 +0000\r\nMessage-ID: <{mid}>\r\n{headers}"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n"
+    ).encode()
+
+
+def test_in_reply_to_only_chains_join_the_thread(tmp_path: Path) -> None:
+    """A <- B (References: A) <- C (In-Reply-To: B only) <- D (In-Reply-To: C only): C and D
+    got B and C as their thread root, so thread:<A> found only A and B.  Replies are imported
+    children first, so no order of arrival is assumed."""
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    d, c, b, a, other = import_messages(
+        vault,
+        [
+            _reply("d@t", "Re: x", "In-Reply-To: <c@t>\r\n"),
+            _reply("c@t", "Re: x", "In-Reply-To: <b@t>\r\n"),
+            _reply("b@t", "Re: x", "In-Reply-To: <a@t>\r\nReferences: <a@t>\r\n"),
+            _reply("a@t", "x"),
+            _reply("other@t", "y", "In-Reply-To: <elsewhere@t>\r\n"),
+        ],
+    )
+    catch_up(vault)
+
+    def found(query: str) -> set[str]:
+        return {h.id for h in Searcher(vault.index_path, query).page(limit=0, snippets=False)}
+
+    assert found("thread:<a@t>") == {a, b, c, d}
+    assert found("thread:a@t -mid:b@t") == {a, c, d}
+    assert found("thread:<a@t> OR thread:<elsewhere@t>") == {a, b, c, d, other}
+    assert found("thread:a*") == {a, b, c, d}
+    assert found("thread:<c@t>") == {d}  # below c, as the root of its own replies
+    assert Searcher(vault.index_path, "thread:<a@t>").count() == 4

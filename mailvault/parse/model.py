@@ -48,7 +48,7 @@ class ParsedMessage:
     in_reply_to: str = ""
     references: tuple[str, ...] = ()
     list_id: str = ""
-    thread_id: str = ""  # Message-ID of the thread root as far as References tell
+    thread_id: str = ""  # the root as far as this message tells; search widens it (engine)
     body_text: str = ""  # text/plain parts, HTML turned to text, nested message/rfc822 bodies
     attachments: tuple[Attachment, ...] = ()
     defects: tuple[str, ...] = field(default_factory=tuple)

@@ -13,7 +13,7 @@ import tantivy
 
 from mailvault import index as ix
 from mailvault.errors import QuerySyntaxError, SearchError, UsageError
-from mailvault.search.query import SORTS, iso_utc, translate_with_words
+from mailvault.search.query import SORTS, iso_utc, quote, translate_with_words
 
 # Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
 # search` start-up (paths are handled with os.path here; callers may pass Path objects).
@@ -80,10 +80,47 @@ class Searcher:
 
     def __init__(self, index_dir: str | os.PathLike[str], query: str) -> None:
         self.query_text = query
-        self.translated, self.words = translate_with_words(query)
-        self.index = ix.open_for_search(index_dir)
+        self.index_dir = index_dir
+        self._opened: list[tantivy.Index] = []  # opened by the first thread: term, or below
+        self.translated, self.words = translate_with_words(query, threads=self._whole_thread)
+        self.index = self._open()
         self.query = self._parse(query)
         self.searcher = self.index.searcher()
+
+    def _open(self) -> tantivy.Index:
+        if not self._opened:
+            self._opened.append(ix.open_for_search(self.index_dir))
+        return self._opened[0]
+
+    def _whole_thread(self, clause: str) -> str:
+        """``clause`` (``thread:"<root>"``) widened to every reply below the root, at any depth.
+
+        A message's ``thread`` term is the first id of its References, else its In-Reply-To
+        (JWZ's order), as far as that message alone tells.  A reply that names only its parent
+        (In-Reply-To without References, or a References cut short) therefore carries its
+        parent's id, not the root's; so the messages whose thread is the id of a message already
+        found are added, round after round, until no new id turns up.  Done at query time, it
+        does not matter in which order the messages arrived.  Costs one search per level of
+        such replies, plus one stored-document read per message of the thread.
+        """
+        index = self._open()
+        searcher = index.searcher()
+        found: set[str] = set()
+        step = clause
+        while True:
+            query = index.parse_query(step, default_field_names=["thread"], allow_regexes=True)
+            total = int(getattr(searcher.search(query, 1, count=True), "count", 0) or 0)
+            new: set[str] = set()
+            if total:
+                for _, address in searcher.search(query, total, count=False).hits:
+                    mid = searcher.doc(address).get_first("message_id")
+                    if mid and mid not in found:
+                        new.add(mid)
+            if not new:
+                break
+            found |= new
+            step = _one_of("thread", new)
+        return f"({clause} OR {_one_of('thread', found)})" if found else clause
 
     def _parse(self, original: str) -> tantivy.Query:
         try:
@@ -144,6 +181,11 @@ class Searcher:
                 hit.snippet, hit.highlights = _snippet(generator, doc, self.words)
             hits.append(hit)
         return hits
+
+
+def _one_of(field: str, values: set[str]) -> str:
+    """A Tantivy term-set clause: ``field`` is any of ``values`` (one term lookup each)."""
+    return f"{field}: IN [{' '.join(quote(v) for v in sorted(values))}]"
 
 
 def _first(doc: tantivy.Document, name: str, default: Any = "") -> Any:

@@ -14,6 +14,13 @@ import tantivy
 from mailvault import index as ix
 from mailvault.errors import QuerySyntaxError
 
+TYPE_CHECKING = False  # `typing` costs the search path start-up time; annotations only
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # A Tantivy clause on the thread field -> a clause for the whole thread (engine.Searcher)
+    ThreadExpander = Callable[[str], str]
+
 # -- the user-visible field names ---------------------------------------------------------------
 
 # name as typed -> (kind, index field)
@@ -253,7 +260,7 @@ def _quoted(query: str, start: int) -> tuple[str, int]:
 # -- translation -------------------------------------------------------------------------------
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
     """A Tantivy phrase; its grammar escapes quotes and backslashes as ours does."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -383,7 +390,7 @@ def _prefix_clause(query: str, tok: _Tok, fields: tuple[str, ...], value: str) -
     if len(words) == 1:
         pattern = _regex_escape(words[0]) + ".*"
         return _any([f"{f}:/{pattern}/" for f in fields])
-    phrase = _quote(" ".join(words))
+    phrase = quote(" ".join(words))
     return _any([f"{f}:{phrase}*" for f in fields])
 
 
@@ -408,7 +415,7 @@ def _term_clause(query: str, tok: _Tok) -> str:
         if not re.fullmatch(r"[0-9a-f]{1,64}\*?", digest):
             raise _fail(query, *span, "id: takes a sha256 or a prefix of one (hex digits)")
         digest = digest.rstrip("*")
-        return f"id:{_quote(digest)}" if len(digest) == 64 else f"id:/{digest}.*/"
+        return f"id:{quote(digest)}" if len(digest) == 64 else f"id:/{digest}.*/"
     if kind in ("msgid", "raw"):
         # one token as indexed (ix.exact): without the joiners normalize() put in CJK runs
         raw = ix.exact(value).strip()
@@ -418,7 +425,7 @@ def _term_clause(query: str, tok: _Tok) -> str:
                 raise _fail(query, *span, "message-id: needs an id (as in message-id:<abc@x>)")
         if not tok.quoted and raw.endswith("*"):
             return f"{target}:/{_regex_escape(raw[:-1])}.*/"
-        return f"{target}:{_quote(raw)}"
+        return f"{target}:{quote(raw)}"
     fields = _fields_of(target or None)
     boost = ""
     suffix = tok.suffix
@@ -434,7 +441,7 @@ def _term_clause(query: str, tok: _Tok) -> str:
             raise _fail(query, *span, "* only ends a word (a prefix, as in invoic*)")
     if kind == "addr" and ADDRESS.match(value) and not value.endswith("*") and not suffix:
         address = ix.exact(value).lower()  # one token as indexed, like a Message-ID
-        return _any([f"{f}_addr:{_quote(address)}{boost}" for f in fields])
+        return _any([f"{f}_addr:{quote(address)}{boost}" for f in fields])
     if (not tok.quoted and value.endswith("*")) or (tok.quoted and suffix.startswith("*")):
         return _prefix_clause(query, tok, fields, value.rstrip("*"))
     text = ix.normalize(value)
@@ -445,8 +452,8 @@ def _term_clause(query: str, tok: _Tok) -> str:
             "nothing to search for here (no letters or digits); quote it if you mean it",
         )
     if target:
-        return _any([f"{f}:{_quote(text)}{suffix}{boost}" for f in fields])
-    return f"{_quote(text)}{suffix}{boost}"
+        return _any([f"{f}:{quote(text)}{suffix}{boost}" for f in fields])
+    return f"{quote(text)}{suffix}{boost}"
 
 
 def translate(query: str) -> str:
@@ -454,13 +461,19 @@ def translate(query: str) -> str:
     return translate_with_words(query)[0]
 
 
-def translate_with_words(query: str) -> tuple[str, list[str]]:
-    """The Tantivy query, and the folded words the body snippet should show."""
+def translate_with_words(
+    query: str, threads: ThreadExpander | None = None
+) -> tuple[str, list[str]]:
+    """The Tantivy query, and the folded words the body snippet should show.
+
+    ``threads`` rewrites each ``thread:`` clause into one for the whole thread: which replies
+    belong to it is known only from the index (see ``engine.Searcher``).
+    """
     query = ix.normalize(query)
     if not query.strip():
         raise QuerySyntaxError("invalid query: it is empty (use '*' to match every message)")
     toks = _lex(query)
-    out, _ = _group(query, toks, 0, top=True)
+    out, _ = _group(query, toks, 0, top=True, threads=threads)
     words: list[str] = []
     for tok in toks:
         if (
@@ -477,7 +490,9 @@ def translate_with_words(query: str) -> tuple[str, list[str]]:
     return out, words
 
 
-def _group(query: str, toks: list[_Tok], i: int, *, top: bool) -> tuple[str, int]:
+def _group(
+    query: str, toks: list[_Tok], i: int, *, top: bool, threads: ThreadExpander | None = None
+) -> tuple[str, int]:
     """Translate tokens up to the matching ')' (or the end); AND binds tighter than OR."""
     runs: list[list[tuple[str, bool]]] = [[]]  # runs of ANDed (clause, negated)
     negate_next = False
@@ -506,12 +521,14 @@ def _group(query: str, toks: list[_Tok], i: int, *, top: bool) -> tuple[str, int
             i += 1
             continue
         if tok.kind == "(":
-            inner, i = _group(query, toks, i + 1, top=False)
+            inner, i = _group(query, toks, i + 1, top=False, threads=threads)
             if i >= len(toks) or toks[i].kind != ")":
                 raise _fail(query, tok.pos, tok.end - tok.pos, "unclosed parenthesis (add a ')')")
             clause = f"({inner})"
         else:
             clause = _term_clause(query, tok)
+            if threads is not None and tok.field == "thread":
+                clause = threads(clause)
         negated = negate_next != (tok.modifier == "-")
         runs[-1].append((clause, negated))
         negate_next = False
