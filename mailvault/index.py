@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from mailvault.parse.model import Address, ParsedMessage
+    from mailvault.parse.model import ParsedMessage
 
 INDEX_FORMAT = "mailvault-index"
 SCHEMA_VERSION = 2  # 2: keyword fields (ids, accounts, addresses) NFC-normalised
@@ -374,12 +374,6 @@ def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Ind
 # -- documents ---------------------------------------------------------------------------------
 
 
-def _display(addr: Address) -> str:
-    if addr.name and addr.addr:
-        return f"{addr.name} <{addr.addr}>"
-    return addr.name or addr.addr
-
-
 def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.Document:
     """The index document of one parsed message."""
     doc = tantivy.Document()
@@ -387,7 +381,7 @@ def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.D
     doc.add_text("message_id", exact(msg.message_id))
     for name, addrs in (("from", msg.from_), ("to", msg.to), ("cc", msg.cc), ("bcc", msg.bcc)):
         for addr in addrs:
-            doc.add_text(name, normalize(_display(addr)))
+            doc.add_text(name, normalize(addr.mailbox()))  # "Name" <addr>, quoted
             if addr.addr:
                 doc.add_text(f"{name}_addr", exact(addr.addr))
     doc.add_text("subject", normalize(msg.subject))

@@ -217,14 +217,8 @@ def first_ingest(catalog_path: Path, digest: str) -> datetime:
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def _addr(a: Address) -> str:
-    if a.name and a.addr:
-        return f"{a.name} <{a.addr}>"
-    return a.name or a.addr
-
-
 def _addrs(addrs: tuple[Address, ...]) -> str:
-    return ", ".join(_addr(a) for a in addrs)
+    return ", ".join(a.mailbox() for a in addrs)
 
 
 def render_text(msg: ParsedMessage) -> Iterator[str]:

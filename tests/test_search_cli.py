@@ -305,3 +305,37 @@ def test_messages_not_indexed_yet_are_announced(tmp_path: Path) -> None:
         assert db.execute(purge).rowcount == 1
     db.close()
     assert run(vault, "search", "--count", "*").stderr == ""
+
+
+SPOOFED = (
+    b'From: "ceo@bank.example" <attacker@evil.example>\r\nTo: "a@b.example, x" <victim@corp.example>'
+    b"\r\nSubject: wire the money\r\nDate: Mon, 05 Feb 2024 10:00:00 +0000\r\n"
+    b"Message-ID: <spoof@evil.example>\r\n\r\nurgent transfer\r\n"
+)
+
+
+def test_a_display_name_that_looks_like_an_address_is_not_shown_as_the_sender(
+    tmp_path: Path,
+) -> None:
+    """From: "ceo@bank.example" <attacker@evil.example> was listed as sent by
+    ceo@bank.example: the sender column shows the display name, which here claims an address
+    it is not.  The address (the addr-spec) is what an investigator must see."""
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    (spoof,) = import_messages(vault, [SPOOFED])
+    assert run(vault, "index").exit_code == 0
+    line = run(vault, "search", "urgent").stdout
+    sender = line.split("  ")[1].strip()
+    assert sender == "attacker@evil.example", line
+    assert "ceo@bank.example" not in line
+    hit = json.loads(run(vault, "search", "--json", "urgent").stdout)
+    assert hit["from"] == '"ceo@bank.example" <attacker@evil.example>'
+    assert hit["to"] == ['"a@b.example, x" <victim@corp.example>']
+    shown = run(vault, "show", spoof[:12]).stdout
+    assert 'From:       "ceo@bank.example" <attacker@evil.example>' in shown
+    # address terms match the addr-spec only; the name's words still match as words
+    assert run(vault, "search", "--ids", "from:ceo@bank.example").exit_code == 1
+    assert run(vault, "search", "--ids", "from:attacker@evil.example").stdout.strip() == spoof
+    assert run(vault, "search", "--ids", "from:ceo").stdout.strip() == spoof
+    assert run(vault, "search", "--ids", 'from:"ceo bank example"').stdout.strip() == spoof

@@ -17,6 +17,19 @@ class Address:
     name: str
     addr: str
 
+    def mailbox(self) -> str:
+        """``"Name" <addr>`` as RFC 5322 writes it: a name with specials (``@ , < > ...``) in
+        double quotes, so a name such as ``ceo@bank.example`` cannot pass for the address."""
+        if not self.name or not self.addr:
+            return self.name or self.addr
+        name = self.name
+        if any(c in _SPECIALS for c in name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{name} <{self.addr}>"
+
+
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+
 
 @dataclass(frozen=True, slots=True)
 class Attachment:

@@ -58,15 +58,29 @@ def _width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
-def _short_from(value: str) -> str:
-    m = re.match(r"^(.*\S)\s*<([^<>]*)>$", value)
-    return m.group(1).strip('"') if m else value
+# "@" and its full-width and small look-alikes
+AT_SIGNS = ("@", "\uff20", "\ufe6b")
+
+
+def sender(value: str) -> str:
+    """The sender column: the display name of a stored ``"Name" <addr>``, or the address when
+    there is no name or the name holds an @ (``"ceo@bank.example" <attacker@evil.example>``
+    was shown as ceo@bank.example: a name must not pass for the address it is not)."""
+    m = re.match(r"^(.*?)\s*<([^<>]*)>$", value)  # the last <...> is the address
+    if not m:
+        return value
+    name, addr = m.group(1).strip(), m.group(2)
+    if len(name) > 1 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1]).strip()
+    if not name or any(at in name for at in AT_SIGNS) or "<" in name:
+        return addr or name
+    return name
 
 
 def format_hit(hit: Hit, *, color: bool) -> str:
     """One line: date, sender, subject, short id, and the snippet (terms bold on a terminal)."""
     date = hit.date.strftime("%Y-%m-%d %H:%M") if hit.date else "????-??-?? ??:??"
-    head = f"{date}  {_fit(_short_from(hit.from_), 24)}  {_fit(hit.subject or '(no subject)', 50)}"
+    head = f"{date}  {_fit(sender(hit.from_), 24)}  {_fit(hit.subject or '(no subject)', 50)}"
     line = f"{head}  {hit.id[:12]}"
     if hit.snippet:
         snippet = clean(hit.snippet)
