@@ -216,3 +216,44 @@ def test_bidirectional_overrides_are_neutralised(tmp_path: Path) -> None:
     out = run(vault, "show", named["bidi"]).stdout
     assert "\u202e" not in out and "\u2066" not in out and "\u2069" not in out
     assert "invoice ?gpj.exe" in out
+
+
+def _last_audit(vault: Vault) -> tuple[str, str, int, dict[str, object]]:
+    with sqlite3.connect(vault.catalog_path) as db:
+        command, query, results, detail = db.execute(
+            "SELECT command, query, results, detail FROM audit ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    return command, query, results, json.loads(detail)
+
+
+def test_an_ambiguous_lookup_is_audited_before_its_candidates_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Message-ID shared by two messages listed both (sha256, date, sender, subject) and wrote
+    no audit entry: headers of archived mail were shown without a trace."""
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    twins = [
+        f"From: a@example.com\r\nSubject: twin {n}\r\nMessage-ID: <twin@example.com>\r\n\r\n{n}\r\n"
+        for n in (1, 2)
+    ]
+    digests = import_messages(vault, [t.encode() for t in twins])
+    catch_up(vault)
+    result = run(vault, "show", "<twin@example.com>")
+    assert result.exit_code == 2 and "twin 1" in result.stderr
+    command, query, results, detail = _last_audit(vault)
+    assert (command, query, results) == ("show", "<twin@example.com>", 2)
+    assert detail["mode"] == "candidates" and sorted(detail["ids"]) == sorted(digests)  # type: ignore[arg-type]
+    assert run(vault, "show", "<nobody@example.com>").exit_code == 2
+    assert _last_audit(vault)[1:3] == ("<nobody@example.com>", 0)
+    # fail closed: without an audit entry, no candidate is listed
+    import mailvault.audit
+    from mailvault.errors import CatalogError
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise CatalogError("cannot record the show in the audit trail (test)")
+
+    monkeypatch.setattr(mailvault.audit, "record", broken)
+    refused = run(vault, "show", "<twin@example.com>")
+    assert refused.exit_code == 3 and "twin 1" not in refused.stderr, refused.stderr

@@ -190,6 +190,7 @@ def show(
     from mailvault.errors import UsageError
     from mailvault.show import (
         AmbiguousId,
+        MessageNotFound,
         first_ingest,
         render_text,
         require_not_purged,
@@ -207,12 +208,18 @@ def show(
     vault = vault_from(ctx)
     try:
         digest = resolve(vault.catalog_path, ident)
+        require_not_purged(vault.catalog_path, digest)
     except AmbiguousId as exc:
+        # The candidates' dates, senders and subjects are archived content too: audited first.
+        ids = [candidate.sha256 for candidate in exc.candidates]
+        audit(vault.root, "show", ident, len(ids), mode="candidates", ids=ids)
         click.echo(f"mailvault: error: {exc}:", err=True)
         for candidate in exc.candidates:
             click.echo(f"  {candidate.line()}", err=True)
         ctx.exit(exc.exit_code)
-    require_not_purged(vault.catalog_path, digest)
+    except MessageNotFound:
+        audit(vault.root, "show", ident, 0, mode="not-found")  # a probe, as a 0-hit search
+        raise
     mode = "raw" if raw else "part" if part is not None else "json" if as_json else "text"
     detail: dict[str, Any] = {"id": digest, "mode": mode}
     if part is not None:
