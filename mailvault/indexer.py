@@ -285,6 +285,32 @@ def _accounts(catalog: Catalog, digests: Sequence[str]) -> dict[str, list[str]]:
     return {sha: sorted(accounts) for sha, accounts in found.items()}
 
 
+_ID_COLUMNS = ("message_id", "in_reply_to", "thread_id")
+
+
+def _refresh_ids(catalog: Catalog, items: Sequence[ParsedMessage]) -> None:
+    """Put the rebuilt parse's identifiers into the catalog's parse rows where they differ
+    (``show`` looks Message-IDs up there): an older parser cut ``<abc def@example.com>`` at the
+    space.  One read per batch; a write only for the rows that changed."""
+    if not items:
+        return
+    by_sha = {p.sha256: (p.message_id, p.in_reply_to, p.thread_id) for p in items}
+    marks = ",".join("?" * len(by_sha))
+    rows = _rows(
+        catalog,
+        f"SELECT sha256, {', '.join(_ID_COLUMNS)} FROM message_meta WHERE sha256 IN ({marks})",
+        list(by_sha),
+    )
+    stale = [(*by_sha[r[0]], r[0]) for r in rows if tuple(r[1:]) != by_sha[r[0]]]
+    if stale:
+        with catalog.transaction() as conn:
+            conn.executemany(
+                "UPDATE message_meta SET message_id = ?, in_reply_to = ?, thread_id = ? "
+                "WHERE sha256 = ?",
+                stale,
+            )
+
+
 def _mark_indexed(catalog: Catalog, digests: Sequence[str], when: str | None) -> None:
     if not digests:
         return
@@ -353,6 +379,8 @@ def _pipeline(
                         log.warning("more blobs cannot be read; the report lists them all")
             fresh = [p for p in parsed if p.sha256 in needs_store]
             _store_parsed(catalog, fresh)
+            if not mark:  # a rebuild: parse rows written by an older parser are not redone
+                _refresh_ids(catalog, [p for p in parsed if p.sha256 not in needs_store])
             report.parsed += len(fresh)
             report.unreadable += sum(1 for p in fresh if p.unreadable)
             report.defective += sum(1 for p in fresh if p.defects)

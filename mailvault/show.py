@@ -113,7 +113,7 @@ def resolve(catalog_path: Path, ident: str) -> str:
                     f"{min(len(rows), MAX_CANDIDATES)} messages; give more digits",
                     _candidates(conn, [r[0] for r in rows[:MAX_CANDIDATES]]),
                 )
-        mid = ident.removeprefix("<").removesuffix(">").strip()
+        mid = " ".join(ident.removeprefix("<").removesuffix(">").split())  # as parse stores it
         rows = (
             conn.execute(
                 "SELECT sha256 FROM message_meta WHERE message_id = ? ORDER BY date, sha256 "

@@ -276,6 +276,23 @@ def test_thread_from_in_reply_to_then_own_id() -> None:
     assert parse(mail()).thread_id == ""
 
 
+def test_message_ids_with_spaces_are_kept_whole() -> None:
+    """<abc def@example.com> (broken mailers) was stored as "<abc": the id pattern refused
+    whitespace and the fallback took the first word.  Whitespace inside the brackets is kept,
+    each run (a fold included) as one space."""
+    parsed = parse(
+        mail(
+            "Message-ID: < abc def@example.com >",
+            "In-Reply-To: <par\tent\r\n  id@example.com>",
+            "References: <root id@example.com> <par ent id@example.com>",
+        )
+    )
+    assert parsed.message_id == "abc def@example.com"
+    assert parsed.in_reply_to == "par ent id@example.com"
+    assert parsed.references == ("root id@example.com", "par ent id@example.com")
+    assert parsed.thread_id == "root id@example.com"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [

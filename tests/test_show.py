@@ -257,3 +257,35 @@ def test_an_ambiguous_lookup_is_audited_before_its_candidates_are_listed(
     monkeypatch.setattr(mailvault.audit, "record", broken)
     refused = run(vault, "show", "<twin@example.com>")
     assert refused.exit_code == 3 and "twin 1" not in refused.stderr, refused.stderr
+
+
+SPACED = (
+    b"From: a@example.com\r\nSubject: spaced\r\nMessage-ID: <abc  def@example.com>\r\n\r\nx\r\n"
+)
+
+
+def test_a_message_id_with_spaces_is_found_whole(tmp_path: Path) -> None:
+    """Message-ID: <abc def@example.com> was stored as "<abc", so neither show nor mid: found
+    it; a vault parsed before is put right by `mailvault reindex`."""
+    from mailvault.search import Searcher
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    (digest,) = import_messages(vault, [SPACED])
+    catch_up(vault)
+
+    def found(query: str) -> list[str]:
+        return [h.id for h in Searcher(vault.index_path, query).page(limit=0, snippets=False)]
+
+    for ident in ("<abc def@example.com>", "abc def@example.com", " <abc\tdef@example.com> "):
+        assert resolve(vault.catalog_path, ident) == digest, ident
+    for query in ("mid:<abc def@example.com>", 'mid:"abc  def@example.com"', "mid:<abc def*>"):
+        assert found(query) == [digest], query
+    assert "Message-ID: <abc def@example.com>" in run(vault, "show", digest).stdout
+    # a catalog and index written by the old parser: the id cut at the space
+    with sqlite3.connect(vault.catalog_path) as db:
+        db.execute("UPDATE message_meta SET message_id='<abc', thread_id='<abc'")
+    db.close()
+    assert run(vault, "reindex").exit_code == 0
+    assert resolve(vault.catalog_path, "<abc def@example.com>") == digest
+    assert found("thread:<abc def@example.com>") == [digest]

@@ -26,7 +26,8 @@ ADDRESS_FIELDS = {
     "reply-to": "reply_to",
     "sender": "sender",
 }
-_MSG_ID = re.compile(r"<([^<>\s]+)>")
+_MSG_ID = re.compile(r"<([^<>]*[^<>\s][^<>]*)>")  # spaces inside: broken mailers write them
+_LIST_ID = re.compile(r"<([^<>\s]+)>")
 
 
 def addresses(values: Iterable[str]) -> tuple[Address, ...]:
@@ -110,19 +111,25 @@ def _tolerant_addresses(text: str) -> list[tuple[str, str]]:
     return found
 
 
+def normalize_id(text: str) -> str:
+    """A Message-ID as stored and looked up: no surrounding whitespace, and each run of
+    whitespace inside (``<abc def@example.com>``, or a fold) one space."""
+    return " ".join(text.split())
+
+
 def message_id(value: str) -> str:
-    """The first ``<id>`` of a header, without brackets; the trimmed text when unbracketed."""
+    """The first ``<id>`` of a header, without brackets; the first word when unbracketed."""
     text = unfold(header_bytes_to_str(value)).strip()
     match = _MSG_ID.search(text)
     if match is not None:
-        return match.group(1)
+        return normalize_id(match.group(1))
     return text.split()[0] if text.split() else ""
 
 
 def message_ids(value: str) -> tuple[str, ...]:
     """Every id of a References-style header, in order."""
     text = unfold(header_bytes_to_str(value))
-    ids = _MSG_ID.findall(text)
+    ids = [normalize_id(found) for found in _MSG_ID.findall(text)]
     if not ids:
         ids = [token.strip("<>,") for token in text.split() if token.strip("<>,")]
     return tuple(ids)
@@ -131,7 +138,7 @@ def message_ids(value: str) -> tuple[str, ...]:
 def list_id(value: str) -> str:
     """The machine part of a List-Id (``<list.example.com>``), else its whole decoded text."""
     text = header_text(value)
-    match = _MSG_ID.search(text)
+    match = _LIST_ID.search(text)
     return match.group(1) if match is not None else text
 
 

@@ -220,9 +220,10 @@ def _lex(query: str) -> list[_Tok]:
         else:
             j = i
             if fname and FIELD_ALIASES[fname][0] == "msgid" and query.startswith("<", i):
-                # mid:<paren(1)@odd.test>: a bracketed id is one token, parentheses included
+                # mid:<paren(1)@odd.test>: a bracketed id is one token, parentheses and spaces
+                # included (<abc def@example.com>, as broken mailers write them)
                 close = query.find(">", i)
-                if close != -1 and not any(c.isspace() for c in query[i:close]):
+                if close != -1 and "<" not in query[i + 1 : close]:
                     j = close + 1
             while j < n and not query[j].isspace() and query[j] not in SPECIAL:
                 j += 1
@@ -420,7 +421,8 @@ def _term_clause(query: str, tok: _Tok) -> str:
         # one token as indexed (ix.exact): without the joiners normalize() put in CJK runs
         raw = ix.exact(value).strip()
         if kind == "msgid":
-            raw = raw.removeprefix("<").removesuffix(">")
+            # as parse stores ids: whitespace runs inside are one space (<abc  def@x>)
+            raw = " ".join(raw.removeprefix("<").removesuffix(">").split())
             if not raw.strip("<>* "):
                 raise _fail(query, *span, "message-id: needs an id (as in message-id:<abc@x>)")
         if not tok.quoted and raw.endswith("*"):
