@@ -339,3 +339,22 @@ def test_a_display_name_that_looks_like_an_address_is_not_shown_as_the_sender(
     assert run(vault, "search", "--ids", "from:attacker@evil.example").stdout.strip() == spoof
     assert run(vault, "search", "--ids", "from:ceo").stdout.strip() == spoof
     assert run(vault, "search", "--ids", 'from:"ceo bank example"').stdout.strip() == spoof
+
+
+def test_a_mistyped_long_option_is_a_usage_error_not_query_text(
+    indexed: tuple[Vault, dict[str, str]],
+) -> None:
+    """`search --limt 5 foo` searched for the words "--limt 5 foo" (exit 1, no hits, and an
+    audit entry of that query) instead of saying the option does not exist."""
+    vault, _ = indexed
+    for args in (["--limt", "5", "foo"], ["foo", "--limt=5"], ["--jsn", "foo"]):
+        result = run(vault, "search", *args)
+        assert result.exit_code == 2, args
+        assert "No such option" in result.stderr and "Did you mean" in result.stderr, args
+    assert "--limit" in run(vault, "search", "--limt", "5", "foo").stderr
+    assert "--json" in run(vault, "search", "--jsn", "foo").stderr
+    # after --, and single-dash words (negation), are query text as before
+    assert run(vault, "search", "--count", "--", "--limt", "x").exit_code in (0, 1)
+    counted = run(vault, "search", "--count", "*", "-has:attachment", "NOT", "is:unreadable")
+    assert counted.exit_code == 0 and int(counted.stdout) > 0
+    assert run(vault, "search", "--limit=5", "--sort", "-date", "*").exit_code == 0

@@ -4,7 +4,7 @@ The search command imports only mailvault.search (tantivy and the standard libra
 query starts fast; everything heavier is imported inside the command that needs it.
 """
 
-from mailvault.cli import cli  # isort: skip  (must come first: the group the commands join)
+from mailvault.cli import _CheckedCommand, cli  # isort: skip  (first: the group commands join)
 
 import sys
 from pathlib import Path
@@ -86,7 +86,31 @@ def reindex_command(ctx: click.Context, as_json: bool) -> None:
     _run_indexer(ctx, as_json, rebuild=True)
 
 
+_AFTER_DASHDASH = "mailvault.search.dashdash"  # ctx.meta: the query words followed a `--`
+
+
+class _SearchCommand(_CheckedCommand):
+    """`search`, whose unknown options are query words (``-draft`` is a negation), except a
+    ``--word`` before any ``--``: that is a mistyped option (``--limt 5 foo`` searched for
+    "--limt 5 foo"), a usage error naming the closest option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        ctx.meta[_AFTER_DASHDASH] = end < len(args)
+        options = [p for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        known = {name: o for o in options for name in o.opts if name.startswith("--")}
+        i = 0
+        while i < end:
+            name, eq, _ = args[i].partition("=")
+            option = known.get(name)
+            if name.startswith("--") and option is None:
+                raise click.NoSuchOption(name, possibilities=sorted(known), ctx=ctx)
+            i += 2 if option is not None and not option.is_flag and not eq else 1
+        return super().parse_args(ctx, args)
+
+
 @cli.command(
+    cls=_SearchCommand,
     context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
     epilog=QUERY_HELP,
 )
@@ -129,12 +153,13 @@ def search(
       mailvault search 'from:alice@example.com subject:"quarterly report" after:2024-01-01'
 
     A lone -h is this help, as for every other command; a query that starts with -word
-    (NOT word) works as typed, and `mailvault search -- -h` searches NOT h.
+    (NOT word) works as typed, and `mailvault search -- -h` searches NOT h. A --word that is
+    no option is a usage error (a typo) unless it comes after --.
     """
     from mailvault.errors import UsageError
     from mailvault.search import run
 
-    if query == ("-h",) and "--" not in sys.argv:
+    if query == ("-h",) and not ctx.meta.get(_AFTER_DASHDASH):
         click.echo(ctx.get_help())
         ctx.exit(0)
 
