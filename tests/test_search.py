@@ -666,3 +666,16 @@ def test_in_reply_to_only_chains_join_the_thread(tmp_path: Path) -> None:
     assert found("thread:a*") == {a, b, c, d}
     assert found("thread:<c@t>") == {d}  # below c, as the root of its own replies
     assert Searcher(vault.index_path, "thread:<a@t>").count() == 4
+
+
+def test_operators_in_any_case_as_notmuch_reads_them() -> None:
+    """`cats or dogs` searched for the three words (the "or" too), so it found only messages
+    with all three; notmuch (Xapian's FLAG_BOOLEAN_ANY_CASE) and mu read and/or/not in any
+    case as operators.  A quoted "or" is the word."""
+    assert translate("cats or dogs") == translate("cats OR dogs")
+    assert translate("cats Or dogs and not birds") == translate("cats OR dogs AND NOT birds")
+    assert translate("subject:(a or b)") == translate("subject:(a OR b)")
+    assert translate('rock "and" roll') == '("rock" AND "and" AND "roll")'
+    assert translate("android order notice") == '("android" AND "order" AND "notice")'
+    with pytest.raises(QuerySyntaxError, match=r"OR needs a left side.*quote it"):
+        translate("or cats")

@@ -124,6 +124,7 @@ class _Tok:
 
 
 SPECIAL = set('()"')
+OPERATOR = re.compile(r"(AND|OR|NOT|&&|\|\||!)(?=[\s()]|$)", re.IGNORECASE)
 MAX_DEPTH = 100  # nested parentheses; translating recurses once per level
 
 
@@ -170,12 +171,13 @@ def _lex(query: str) -> list[_Tok]:
                 _push(query, start, i + 1 - start, field_stack)
                 i += 1
                 continue
-        # an operator word?
-        m = re.match(r"(AND|OR|NOT|&&|\|\||!)(?=[\s()]|$)", query[i:])
+        # an operator word?  In any case, as notmuch (Xapian's FLAG_BOOLEAN_ANY_CASE) and mu
+        # read them: `cats or dogs`; the word itself is quoted ("or")
+        m = OPERATOR.match(query, i)
         if m and not modifier:
-            op = {"&&": "AND", "||": "OR", "!": "NOT"}.get(m.group(1), m.group(1))
-            toks.append(_Tok("op", start, i + m.end(), op))
-            i += m.end()
+            op = {"&&": "AND", "||": "OR", "!": "NOT"}.get(m.group(1), m.group(1).upper())
+            toks.append(_Tok("op", start, m.end(), op))
+            i = m.end()
             continue
         fm = FIELD_PREFIX.match(query[i:])
         fname: str | None = None
@@ -492,6 +494,11 @@ def translate_with_words(
     return out, words
 
 
+def _word(op: _Tok) -> str:
+    """The hint for an operator word that was meant as a word (`or` alone)."""
+    return f' (to search for the word, quote it: "{op.text.lower()}")' if op.text.isalpha() else ""
+
+
 def _group(
     query: str, toks: list[_Tok], i: int, *, top: bool, threads: ThreadExpander | None = None
 ) -> tuple[str, int]:
@@ -516,7 +523,9 @@ def _group(
                     f"{tok.text} right after {dangling.text}: a word is missing between them",
                 )
             elif not runs[-1]:
-                raise _fail(query, tok.pos, tok.end - tok.pos, f"{tok.text} needs a left side")
+                raise _fail(
+                    query, tok.pos, tok.end - tok.pos, f"{tok.text} needs a left side{_word(tok)}"
+                )
             elif tok.text == "OR":
                 runs.append([])
             dangling = tok
@@ -538,7 +547,10 @@ def _group(
         i += 1
     if dangling is not None:
         raise _fail(
-            query, dangling.pos, dangling.end - dangling.pos, f"{dangling.text} needs a right side"
+            query,
+            dangling.pos,
+            dangling.end - dangling.pos,
+            f"{dangling.text} needs a right side{_word(dangling)}",
         )
     if not runs[-1]:
         if len(runs) == 1 and not top and i >= len(toks):
