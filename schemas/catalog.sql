@@ -199,3 +199,23 @@ CREATE INDEX imports_account ON imports(account, sha256) WHERE account IS NOT NU
 -- unread or ignoring new mail.  Compared with LIST's own earlier answer, not with the stored
 -- size, so a server that misreports sizes consistently never looks like it reused a UIDL.
 ALTER TABLE uidls ADD COLUMN listed_size INTEGER;
+
+-- migration: 6
+-- How many messages are purged (tombstones), kept by triggers, so that `mailvault search` can
+-- tell how many live messages the index lacks from max(rowid) and this one row, instead of
+-- counting the live rows (a scan of the whole table once anything is purged).
+CREATE TABLE message_counts (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    purged INTEGER NOT NULL
+);
+INSERT INTO message_counts(id, purged) SELECT 1, count(*) FROM messages WHERE purged_at IS NOT NULL;
+CREATE TRIGGER messages_purged_insert AFTER INSERT ON messages WHEN NEW.purged_at IS NOT NULL
+BEGIN
+    UPDATE message_counts SET purged = purged + 1 WHERE id = 1;
+END;
+CREATE TRIGGER messages_purged_update AFTER UPDATE OF purged_at ON messages
+WHEN (OLD.purged_at IS NULL) != (NEW.purged_at IS NULL)
+BEGIN
+    UPDATE message_counts SET purged = purged + (CASE WHEN NEW.purged_at IS NULL THEN -1 ELSE 1 END)
+    WHERE id = 1;
+END;

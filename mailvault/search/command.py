@@ -81,8 +81,9 @@ def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
 
     Catalog rows are never deleted (a purge leaves a tombstone), so ``max(rowid)`` is their
     number, found in one b-tree descent; only when it exceeds the index's documents are the
-    live (not purged) rows counted.  0 when the catalog cannot tell: the audit entry, written
-    next, reports a broken catalog.
+    purged ones subtracted, as the one-row ``message_counts`` says (triggers keep it; counting
+    the live rows instead scans the table: 155 ms at a million).  0 when the catalog cannot
+    tell: the audit entry, written next, reports a broken catalog.
     """
     import sqlite3
 
@@ -94,8 +95,13 @@ def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
             rows = db.execute("SELECT max(rowid) FROM messages").fetchone()[0] or 0
             if rows <= num_docs:
                 return 0
-            live = db.execute("SELECT count(*) FROM messages WHERE purged_at IS NULL")
-            return max(int(live.fetchone()[0]) - num_docs, 0)
+            try:
+                purged = db.execute("SELECT purged FROM message_counts WHERE id = 1").fetchone()
+                live = rows - int(purged[0])
+            except (sqlite3.OperationalError, TypeError):  # before migration 6: count them
+                sql = "SELECT count(*) FROM messages WHERE purged_at IS NULL"
+                live = int(db.execute(sql).fetchone()[0])
+            return max(live - num_docs, 0)
         finally:
             db.close()
     except sqlite3.Error:
