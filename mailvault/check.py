@@ -21,14 +21,22 @@ from mailvault.errors import (
     MailboxInUse,
     MailvaultError,
     PermanentServerError,
+    RemoteError,
     ServerError,
+    Stalled,
     TemporaryServerError,
     TLSError,
 )
 from mailvault.pop3 import LocalProtocolError
+from mailvault.redact import redact
 from mailvault.secrets import resolve_secret
 from mailvault.session import Pop3Session
-from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
+from mailvault.transport import (
+    SocketStream,
+    implicit_tls_instead,
+    normalise_fingerprint,
+    tls_context,
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,14 @@ def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
         return SocketStream.connect(account.host, account.port, account.timeout, ctx)
     stream = SocketStream.connect(account.host, account.port, account.timeout)
     buf = b""
-    while buf.count(b"\r\n") < 1:
-        buf += stream.read() or b"\r\n"
+    try:
+        while buf.count(b"\r\n") < 1:
+            buf += stream.read() or b"\r\n"
+    except Stalled:
+        stream.close()
+        if not buf and (mismatch := implicit_tls_instead(account)) is not None:
+            raise mismatch from None
+        raise
     stream.write(b"STLS\r\n")
     while buf.count(b"\r\n") < 2:
         buf += stream.read() or b"\r\n"
@@ -88,6 +102,13 @@ def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
         raise TLSError(f"{account.host} refused STLS: {buf.splitlines()[-1][:80]!r}")
     stream.start_tls(ctx)
     return stream
+
+
+def _split(exc: MailvaultError, hint: str = "") -> tuple[str, str]:
+    """An error as a step's detail and hint: the fix the error names, else ``hint``."""
+    if isinstance(exc, RemoteError) and exc.hint:
+        return redact(exc.cause), redact(exc.hint)
+    return str(exc), hint
 
 
 def _login_hint(exc: MailvaultError) -> str:
@@ -119,7 +140,7 @@ def _certificate(account: AccountConfig) -> Step:
     try:
         stream = _handshake(account, probe)
     except MailvaultError as exc:
-        return Step("tls", False, str(exc), "the server may not speak TLS on this port")
+        return Step("tls", False, *_split(exc, "the server may not speak TLS on this port"))
     der, version = stream.peer_cert_der(), stream.tls_version
     stream.close()
     if not der:
@@ -188,7 +209,7 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
         try:
             session.connect()
         except MailvaultError as exc:
-            yield Step("pop3", False, str(exc), "")
+            yield Step("pop3", False, *_split(exc))
             return
         yield Step("greeting", True, session.facts.greeting)
         caps = ", ".join(session.facts.capabilities) or "none (CAPA not supported)"
@@ -196,7 +217,7 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
         try:
             session.login()
         except MailvaultError as exc:
-            yield Step("login", False, str(exc), _login_hint(exc))
+            yield Step("login", False, *_split(exc, _login_hint(exc)))
             return
         except LocalProtocolError as exc:  # the user or password cannot form a command
             yield Step(

@@ -98,11 +98,17 @@ class ExportError(MailvaultError):
 
 
 class RemoteError(MailvaultError):
-    """A failure talking to a POP3 server."""
+    """A failure talking to a POP3 server.
 
-    def __init__(self, message: str, *, account: str | None = None) -> None:
-        super().__init__(message)
+    ``hint``, when given, is the fix, kept apart from the cause so that `mailvault check`
+    can print it on its own line; the message is still one line: "cause; hint".
+    """
+
+    def __init__(self, message: str, *, account: str | None = None, hint: str = "") -> None:
+        super().__init__(f"{message}; {hint}" if hint else message)
         self.account = account
+        self.cause = message
+        self.hint = hint
 
 
 class TransportError(RemoteError):
@@ -131,8 +137,10 @@ class OverlongLine(ProtocolError):
 class ServerError(RemoteError):
     """The server answered -ERR where the session cannot go on."""
 
-    def __init__(self, message: str, *, code: str | None = None, account: str | None = None):
-        super().__init__(message, account=account)
+    def __init__(
+        self, message: str, *, code: str | None = None, account: str | None = None, hint: str = ""
+    ):
+        super().__init__(message, account=account, hint=hint)
         self.code = code
 
 

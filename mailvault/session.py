@@ -20,11 +20,17 @@ from mailvault.errors import (
     AuthenticationError,
     ProtocolError,
     ServerError,
+    Stalled,
     TLSError,
     server_error_for,
 )
 from mailvault.redact import WITHHELD, may_quote, register_secret
-from mailvault.transport import SocketStream, normalise_fingerprint, tls_context
+from mailvault.transport import (
+    SocketStream,
+    implicit_tls_instead,
+    normalise_fingerprint,
+    tls_context,
+)
 
 Trace = Callable[[str], None]
 PIPELINE_WINDOW = 512  # commands in flight; RFC 2449 pipelining, refilled when half empty
@@ -38,6 +44,12 @@ def _screened(event: pop3.Event) -> pop3.Event:
     if isinstance(event, pop3.Line) and may_quote(event.line.decode("latin-1")):
         return dataclasses.replace(event, line=WITHHELD.encode())
     return event
+
+
+def _either(values: list[str]) -> str:
+    """'"a"', '"a" or "b"', '"a", "b" or "c"'."""
+    quoted = [f'"{v}"' for v in values]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
 
 
 @dataclass
@@ -176,7 +188,12 @@ class Pop3Session:
         self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout, implicit)
         if implicit is not None:
             self._check_pin()
-        event = self.next_event()
+        try:
+            event = self.next_event()
+        except Stalled:
+            if implicit is None and (mismatch := implicit_tls_instead(acct)) is not None:
+                raise mismatch from None
+            raise
         if isinstance(event, pop3.Err):
             raise server_error_for(
                 event.code,
@@ -245,6 +262,8 @@ class Pop3Session:
                 mode = "apop"
             else:
                 mode = "user"
+        if (refusal := self._not_offered(mode)) is not None:
+            raise refusal
         secret = self._secret()
         register_secret(secret)  # a test or another caller may not use resolve_secret
         try:
@@ -253,12 +272,7 @@ class Pop3Session:
                 self._status(pop3.User(user))
                 self._status(pop3.Pass(secret))
             elif mode == "apop":
-                if not self.apop_timestamp:
-                    raise AuthenticationError(
-                        f"{self.account.host} offers no APOP timestamp in its greeting; "
-                        'use auth = "user" or "plain"',
-                        account=self.account.name,
-                    )
+                assert self.apop_timestamp is not None  # _not_offered() saw to it
                 digest = hashlib.md5((self.apop_timestamp + secret).encode()).hexdigest()
                 self._status(pop3.Apop(user, digest))
             elif mode == "plain":
@@ -281,6 +295,34 @@ class Pop3Session:
             raise
         finally:
             self._guarded = False
+
+    def _not_offered(self, mode: str) -> AuthenticationError | None:
+        """The error for an auth method the server said it lacks (APOP without a timestamp in
+        the greeting, a mechanism CAPA's SASL line does not list), naming what it offers and
+        the auth values that fit; None if the method may work.  Asked before the secret is
+        resolved or sent.  Without CAPA nothing is known, so the login is tried."""
+        sasl = self.capabilities.get("SASL", "").upper().split()
+        host = self.account.host
+        if mode == "apop" and not self.apop_timestamp:
+            cause = f"{host} offers no APOP timestamp in its greeting"
+        elif mode in ("plain", "xoauth2") and self.capabilities and mode.upper() not in sasl:
+            listed = f"SASL {' '.join(sasl)}" if sasl else "no SASL line"
+            cause = f"{host} does not offer AUTH {mode.upper()} (its CAPA lists {listed})"
+        else:
+            return None
+        offers = (["USER"] if "USER" in self.capabilities else []) + (
+            [f"SASL {' '.join(sasl)}"] if sasl else []
+        )
+        offers += ["APOP"] if self.apop_timestamp else []
+        fits = [m for m in ("user", "plain", "xoauth2") if m.upper() in [*self.capabilities, *sasl]]
+        fits += ["apop"] if self.apop_timestamp else []
+        hint = (
+            f"the server offers {', '.join(offers)}; set auth = {_either(fits)}"
+            if fits
+            else f"the server offers {', '.join(offers) or 'no login method'}, none of which "
+            "mailvault speaks"
+        )
+        return AuthenticationError(cause, hint=hint, account=self.account.name)
 
     def _sasl(self, mechanism: str, token: str, *, two_step: bool = False) -> None:
         """RFC 5034: send the initial response inline unless the line would pass 255 octets."""

@@ -16,6 +16,7 @@ from mailvault.config import AccountConfig
 from mailvault.errors import ConfigError, Stalled, TLSError, TransportError
 
 RECV_SIZE = 256 * 1024
+PROBE_TIMEOUT = 5.0  # seconds at most for the second connection that explains a failure
 
 
 def normalise_fingerprint(value: str) -> str:
@@ -56,6 +57,51 @@ def _tls_failure(exc: ssl.SSLError, host: str) -> TLSError:
     return TLSError(f"TLS handshake with {host} failed: {exc.reason or exc}")
 
 
+def _greets_in_plain_text(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` greets in POP3 plain text: asked after an implicit TLS handshake
+    failed without a certificate in question (OpenSSL read "+OK" as a TLS record)."""
+    head = b""
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, PROBE_TIMEOUT)) as sock:
+            while len(head) < 3 and (chunk := sock.recv(3 - len(head))):
+                head += chunk
+    except OSError:
+        return False
+    return head in (b"+OK", b"-ER")
+
+
+def _completes_tls_handshake(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` answers a TLS ClientHello.  Verification is off: the question is
+    only which protocol the port speaks (the certificate is checked when it is used)."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=min(timeout, PROBE_TIMEOUT)) as raw,
+            probe.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except OSError:  # ssl.SSLError included
+        return False
+
+
+def implicit_tls_instead(account: AccountConfig) -> TLSError | None:
+    """After a server sent no greeting on a connection without TLS: if its port speaks
+    implicit TLS (client and server were each waiting for the other), the error that says
+    so; else None (a stall like any other)."""
+    if not _completes_tls_handshake(account.host, account.port, account.timeout):
+        return None
+    other = "starttls" if account.tls == "starttls" else "plain text"
+    return TLSError(
+        f"{account.host}:{account.port} sent no greeting in {account.timeout:g} s but answers "
+        "a TLS handshake",
+        hint=f'port {account.port} speaks implicit TLS; set tls = "implicit" '
+        f"(or use port 110 for {other})",
+        account=account.name,
+    )
+
+
 class SocketStream:
     """A connected TCP (optionally TLS) stream with a per-operation timeout."""
 
@@ -86,14 +132,26 @@ class SocketStream:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream = cls(sock, host, timeout)
         if tls is not None:
-            stream.start_tls(tls)
+            stream.start_tls(tls, implicit_port=port)
         return stream
 
-    def start_tls(self, ctx: ssl.SSLContext) -> None:
+    def start_tls(self, ctx: ssl.SSLContext, *, implicit_port: int | None = None) -> None:
+        """Handshake now; ``implicit_port``: TLS from the first byte (not after STLS), so a
+        failed handshake may mean the port speaks plain text, which the error then says."""
         try:
             self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
         except ssl.SSLError as exc:
             self.close()
+            if (
+                implicit_port is not None
+                and not isinstance(exc, ssl.SSLCertVerificationError)
+                and _greets_in_plain_text(self.host, implicit_port, self.timeout)
+            ):
+                raise TLSError(
+                    f"TLS handshake with {self.host}:{implicit_port} failed: {exc.reason or exc}",
+                    hint='the server greeted in plain text; set tls = "starttls" or "none" '
+                    "or use port 995",
+                ) from None
             raise _tls_failure(exc, self.host) from None
         except TimeoutError:
             self.close()

@@ -153,6 +153,29 @@ def test_check_command_walks_every_step(tmp_path: Path, dovecot: Dovecot) -> Non
     assert "hint: check user and the password source" in result.output
 
 
+def test_check_and_fetch_name_a_tls_mode_that_does_not_fit_the_port(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """STLS against Dovecot's POP3S port (each side waits for the other), and implicit TLS
+    against its plain port (the handshake reads "+OK"): the hint says which setting fits."""
+    starttls = account(dovecot, "starttls", port=dovecot.tls_port, timeout=1, retries=2)
+    implicit = account(dovecot, "implicit", port=dovecot.port, retries=2)
+    vault = make_vault(tmp_path / "v", {"starttls": starttls, "implicit": implicit})
+    fixes = {
+        "starttls": f'port {dovecot.tls_port} speaks implicit TLS; set tls = "implicit" '
+        "(or use port 110 for starttls)",
+        "implicit": 'the server greeted in plain text; set tls = "starttls" or "none" or use '
+        "port 995",
+    }
+    for name, fix in fixes.items():
+        result = run_cli(vault, "check", name)
+        assert result.exit_code == 1 and "[FAIL] tls" in result.output, result.output
+        assert f"hint: {fix}" in result.output
+        code, report = fetch_json(vault, name)
+        acct = report["accounts"][0]
+        assert (code, acct["retries"]) == (1, 0) and acct["errors"][0].endswith(fix), report
+
+
 def served_fingerprint(server: Dovecot) -> str:
     import socket
     import ssl

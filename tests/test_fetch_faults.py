@@ -916,3 +916,87 @@ def test_an_account_pointed_at_another_mailbox_trusts_none_of_the_old_uidls(
         code, report = fetch_json(vault)  # and from now on, bob's UIDLs are the ones trusted
         assert code == 0 and report["accounts"][0]["fetched"] == 0
         assert report["accounts"][0]["warnings"] == []
+
+
+# -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
+
+
+def _server_tls(ca: trustme.CA, tmp_path: Path) -> tuple[Any, Path]:
+    ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    return ctx, cafile
+
+
+@pytest.mark.parametrize(
+    ("tls", "step", "other"),
+    [("starttls", "tls", "starttls"), ("none", "pop3", "plain text")],
+)
+def test_a_plain_tls_setting_on_an_implicit_tls_port_names_the_fix(
+    tmp_path: Path, ca: trustme.CA, tls: str, step: str, other: str
+) -> None:
+    """Against a POP3S port the client waits for a greeting while the server waits for a
+    ClientHello: after the timeout both check and fetch say the port speaks implicit TLS
+    (they found out by trying a handshake), and fetch does not retry a setting that is wrong."""
+    ctx, cafile = _server_tls(ca, tmp_path)
+    with FakePop3Server(corpus(), tls_context=ctx, implicit_tls=True) as server:
+        keys: dict[str, Any] = {"tls": tls, "timeout": 0.5, "retries": 3}
+        keys.update({"ca_file": str(cafile)} if tls != "none" else {})
+        vault = vault_for(tmp_path, server, **keys)
+        fix = (
+            f'port {server.port} speaks implicit TLS; set tls = "implicit" '
+            f"(or use port 110 for {other})"
+        )
+        result = run_cli(vault, "check", "acct")
+        assert result.exit_code == 1 and f"[FAIL] {step}" in result.output, result.output
+        assert f"hint: {fix}" in result.output
+        code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["retries"]) == (1, 0), report
+    assert acct["errors"][0].endswith(fix), acct["errors"]
+
+
+def test_implicit_tls_on_a_plain_text_port_names_the_fix(tmp_path: Path) -> None:
+    """The handshake reads the "+OK" greeting as a TLS record and fails; check and fetch say
+    the server greeted in plain text instead of passing on OpenSSL's wrong version number."""
+    fix = 'the server greeted in plain text; set tls = "starttls" or "none" or use port 995'
+    with FakePop3Server(corpus()) as server:
+        vault = vault_for(tmp_path, server, tls="implicit", retries=3)
+        result = run_cli(vault, "check", "acct")
+        assert result.exit_code == 1 and "[FAIL] tls" in result.output, result.output
+        assert f"hint: {fix}" in result.output
+        code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["retries"]) == (1, 0), report
+    assert acct["errors"][0].endswith(fix), acct["errors"]
+
+
+@pytest.mark.parametrize(
+    ("auth", "faults", "offers", "use"),
+    [
+        ("apop", Faults(no_apop=True), "USER, SASL PLAIN", '"user" or "plain"'),
+        ("xoauth2", Faults(), "USER, SASL PLAIN, APOP", '"user", "plain" or "apop"'),
+        ("plain", Faults(sasl=(), no_apop=True), "USER", '"user"'),
+        (
+            "plain",
+            Faults(sasl=("XOAUTH2",), no_apop=True),
+            "USER, SASL XOAUTH2",
+            '"user" or "xoauth2"',
+        ),
+    ],
+)
+def test_an_auth_method_the_server_does_not_offer_names_what_it_offers(
+    tmp_path: Path, auth: str, faults: Faults, offers: str, use: str
+) -> None:
+    """APOP without a timestamp in the greeting, or a SASL mechanism CAPA does not list: the
+    hint names what the server offers and the auth values that fit, not the password."""
+    with FakePop3Server(corpus(), faults=faults) as server:
+        vault = vault_for(tmp_path, server, auth=auth)
+        result = run_cli(vault, "check", "acct")
+        assert result.exit_code == 1 and "[FAIL] login" in result.output, result.output
+        assert f"hint: the server offers {offers}; set auth = {use}" in result.output
+        assert "password source" not in result.output
+        code, report = fetch_json(vault)
+    error = report["accounts"][0]["errors"][0]
+    assert code == 1 and f"the server offers {offers}; set auth = {use}" in error, error

@@ -5,7 +5,8 @@ promises are only tested when the server or the network fails at an *arbitrary b
 real server cannot be told to cut a RETR at byte 1234; this one can (see :class:`Faults`).
 
 By default it behaves like a real server (RFC 1939, RFC 2449 CAPA / PIPELINING / response
-codes, RFC 2595 STLS, RFC 5034 AUTH PLAIN, APOP), so the client can fetch from it end to end:
+codes, RFC 2595 STLS, RFC 5034 AUTH PLAIN (and XOAUTH2 if listed in
+``Faults.sasl``), APOP), so the client can fetch from it end to end:
 
 * Message bytes are stored exactly as given; bare LF is *not* converted.  RETR sends them
   dot-stuffed (a "." is doubled at the start of the message and after every CRLF; a bare LF
@@ -96,6 +97,8 @@ class Faults:
     drop_pipelined: bool = False  # advertise PIPELINING, then drop what follows a command in a read
     login_delay: int | None = None  # advertise LOGIN-DELAY n
     echo_credentials: bool = False  # refuse every login, quoting what the client sent
+    no_apop: bool = False  # greet without an APOP timestamp (APOP then fails)
+    sasl: tuple[str, ...] = ("PLAIN",)  # mechanisms in CAPA's SASL line (none: no line)
 
 
 @dataclass
@@ -196,7 +199,8 @@ class _Session:
             if self.faults.garbage_greeting:
                 self._send(GARBAGE_GREETING)
                 raise _Close
-            self._reply(f"+OK fakepop POP3 server ready {self.timestamp}")
+            stamp = "" if self.faults.no_apop else f" {self.timestamp}"
+            self._reply(f"+OK fakepop POP3 server ready{stamp}")
             while True:
                 self._dispatch(self._readline())
         except _Idle:
@@ -316,7 +320,8 @@ class _Session:
     # ------------------------------------------------------------ authorization
     def _capa(self, arg: str) -> None:
         f = self.faults
-        caps = ["TOP", "USER", "SASL PLAIN", "RESP-CODES", "AUTH-RESP-CODE"]
+        caps = ["TOP", "USER", "RESP-CODES", "AUTH-RESP-CODE"]
+        caps += [f"SASL {' '.join(f.sasl)}"] if f.sasl else []
         caps += [] if f.no_pipelining else ["PIPELINING"]
         caps += [] if f.no_uidl else ["UIDL"]
         if self.server.tls_context and not self.tls and self.state == AUTH_STATE:
@@ -353,6 +358,9 @@ class _Session:
         self._login(user == self.server.user and arg == self.server.password)
 
     def _apop(self, arg: str) -> None:
+        if self.faults.no_apop:
+            self._reply("-ERR APOP not supported")
+            return
         parts = arg.split()
         if len(parts) != 2:
             self._reply("-ERR usage: APOP name digest")
@@ -364,10 +372,14 @@ class _Session:
     def _auth(self, arg: str) -> None:
         parts = arg.split()
         if not parts:
-            self._multi("+OK SASL mechanisms follow", ["PLAIN"])
+            self._multi("+OK SASL mechanisms follow", list(self.faults.sasl))
             return
-        if parts[0].upper() != "PLAIN":
+        mechanism = parts[0].upper()
+        if mechanism not in self.faults.sasl:
             self._reply("-ERR unsupported SASL mechanism")
+            return
+        if mechanism == "XOAUTH2":
+            self._xoauth2(parts[1] if len(parts) > 1 else None)
             return
         if len(parts) > 1:
             response = parts[1]
@@ -391,6 +403,21 @@ class _Session:
             return
         valid = authz in ("", authc) and authc == self.server.user
         self._login(valid and password == self.server.password)
+
+    def _xoauth2(self, response: str | None) -> None:
+        """XOAUTH2 as Office 365 has it: the token (the server's password) after a "+ "."""
+        if response is None:
+            self._reply("+ ")
+            response = self._readline().decode("latin-1").strip()
+            self.server._log("C", "***")
+        try:
+            fields = base64.b64decode(response, validate=True).decode("utf-8").split("\x01")
+        except (binascii.Error, UnicodeDecodeError):
+            self._reply("-ERR invalid XOAUTH2 response")
+            return
+        user = fields[0].removeprefix("user=")
+        token = fields[1].removeprefix("auth=Bearer ") if len(fields) > 1 else ""
+        self._login(user == self.server.user and token == self.server.password)
 
     def _login(self, credentials_ok: bool) -> None:
         """Check faults, credentials and the maildrop lock, in the order real servers do."""
