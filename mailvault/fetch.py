@@ -93,6 +93,28 @@ class AccountReport:
         return data
 
 
+@dataclass
+class _AccountProgress:
+    """One account's progress over all the sessions of a run: a capped session's successor,
+    or a retry, continues the count instead of starting again at 0."""
+
+    show: Progress
+    account: str
+    done: int = 0
+    total: int = 0
+    bytes: int = 0
+
+    def expect(self, remaining: int) -> None:
+        """A session is about to fetch ``remaining`` messages (a later session's listing may
+        hold mail that arrived after the first one's: the total grows, never shrinks)."""
+        self.total = max(self.total, self.done + remaining)
+
+    def received(self, size: int) -> None:
+        self.done += 1
+        self.bytes += size
+        self.show(self.account, self.done, max(self.total, self.done), self.bytes)
+
+
 def _retry_scale() -> float:
     """Tests shrink back-off with MAILVAULT_RETRY_SCALE; production waits use the defaults."""
     try:
@@ -141,7 +163,7 @@ class AccountFetcher:
         if trace is not None:
             label, write = f"{account.name}:", trace
             self.trace = lambda line: write(f"{label} {line}")
-        self.progress = progress or (lambda *_: None)
+        self.progress = _AccountProgress(progress or (lambda *_: None), account.name)
         self.report = AccountReport(account.name)
         self.store: BlobStore = vault.store()
         self.catalog: Catalog = vault.catalog()
@@ -409,6 +431,7 @@ class AccountFetcher:
         to_fetch = [m for m in listed if m.uidl in suspects] + new
         to_fetch = [m for m in to_fetch if m.uidl is None or m.uidl not in self.refused]
         batch_now = to_fetch[:cap] if cap else to_fetch
+        self.progress.expect(len(to_fetch))
         refused_before = len(self.refused)
         loop = _PumpLoop(self, session, batch_now, ghost_deletes, listing_time, now, suspects)
         loop.run()
@@ -453,7 +476,6 @@ class _PumpLoop:
         self.suspects = suspects or {}
         self.session = session
         self.to_fetch = deque(to_fetch)
-        self.total = len(to_fetch)
         self.deletes: deque[tuple[int, int]] = deque(ghost_deletes)
         self.listing_time = listing_time
         self.delete_new = fetcher._deletable(listing_time, now)
@@ -467,7 +489,6 @@ class _PumpLoop:
         self.dele_acked: list[int] = []
         self.deleted_ids: list[int] = []
         self.done = 0
-        self.bytes_done = 0
         self.retr_inflight = 0
         self.window = PIPELINE_WINDOW if session.conn.pipelining else 1
         self.committer: GroupCommitter | None = None
@@ -615,8 +636,7 @@ class _PumpLoop:
         self.batch.append((msg, staged))
         self.batch_size += staged.size
         self.done += 1
-        self.bytes_done += staged.size
-        self.f.progress(self.f.account.name, self.done, self.total, self.bytes_done)
+        self.f.progress.received(staged.size)
         self.retr_inflight -= 1
         retr_pending = self.retr_inflight > 0 or self.to_fetch
         if (

@@ -1000,3 +1000,25 @@ def test_an_auth_method_the_server_does_not_offer_names_what_it_offers(
         code, report = fetch_json(vault)
     error = report["accounts"][0]["errors"][0]
     assert code == 1 and f"the server offers {offers}; set auth = {use}" in error, error
+
+
+def test_progress_counts_an_account_across_its_capped_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With max_messages_per_session the progress goes 1..25 of 25 over three sessions (the
+    total known from the first session's listing), not 1..10 of 10 again at each reconnect."""
+    from mailvault.fetch import fetch_accounts
+    from mailvault.vault import open_vault
+
+    monkeypatch.setenv(PASSWORD_ENV, "alice-secret")
+    calls: list[tuple[str, int, int, int]] = []
+    with FakePop3Server(corpus(25)) as server:
+        path = vault_for(tmp_path, server, delete="after-commit", max_messages_per_session=10)
+        vault = open_vault(path)
+        (report,) = fetch_accounts(
+            vault, [vault.config.account("acct")], progress=lambda *a: calls.append(a)
+        )
+    assert (report.sessions, report.fetched) == (3, 25)
+    assert [c[1:3] for c in calls] == [(n, 25) for n in range(1, 26)]
+    sizes = [len(served_bytes(m)) for m in corpus(25)]
+    assert [c[3] for c in calls] == [sum(sizes[:n]) for n in range(1, 26)]
