@@ -37,6 +37,7 @@ from mailvault import pop3
 from mailvault.catalog import Catalog, Committed, LiveUidl
 from mailvault.config import AccountConfig
 from mailvault.errors import (
+    AuthenticationError,
     ConfigError,
     LoginDelay,
     MailboxInUse,
@@ -173,6 +174,8 @@ class AccountFetcher:
         self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
+        self._secret: str | None = None  # resolved once per run, in memory for the run only
+        self._token_renewed = False  # an xoauth2 token refused with [AUTH] was fetched again
         settings = vault.config.vault
         self.batch_messages = settings.commit_batch_messages
         self.batch_bytes = settings.commit_batch_bytes
@@ -240,6 +243,7 @@ class AccountFetcher:
             # Server text in errors and warnings may quote a password (see mailvault.redact).
             self.report.errors = [redact(e) for e in self.report.errors]
             self.report.warnings = [redact(w) for w in self.report.warnings]
+            self._secret = None
             if self.run_id is not None:
                 status = "interrupted" if interrupted else self.report.status
                 self.catalog.finish_run(
@@ -272,7 +276,7 @@ class AccountFetcher:
         account = self.account
         if self._lockstep:
             account = dataclasses.replace(account, pipelining="off")
-        session = Pop3Session(account, lambda: resolve_secret(self.account), self.trace)
+        session = Pop3Session(account, self._resolve_secret, self.trace)
         self.report.sessions += 1
         self._session = session
         try:
@@ -295,6 +299,11 @@ class AccountFetcher:
                 session.close()
                 return self._one_session()  # at once, and not counted against `retries`
             raise
+        except AuthenticationError as exc:
+            if not self._renew_token(exc):
+                raise
+            session.close()
+            return self._one_session()  # at once, with the new token; not a retry
         except _Unfetchable as exc:
             msg = exc.message
             if msg.uidl is None:
@@ -318,6 +327,25 @@ class AccountFetcher:
         finally:
             self._session = None
             session.close()
+
+    def _resolve_secret(self) -> str:
+        """The password or token, resolved at the first login of the run and kept for the
+        others: a password_command may prompt (gpg, pass), which must happen once, not at
+        each reconnect of a capped session or retry."""
+        if self._secret is None:
+            self._secret = resolve_secret(self.account)
+        return self._secret
+
+    def _renew_token(self, exc: AuthenticationError) -> bool:
+        """Whether to log in again with a fresh secret: only an XOAUTH2 token refused with
+        [AUTH] (it expires within the hour, so one kept since the first session of a long
+        run may be stale), and only once a run, so a refused token cannot loop."""
+        if self.account.auth != "xoauth2" or exc.code != "AUTH" or self._token_renewed:
+            return False
+        self._token_renewed = True
+        self._secret = None
+        log.info("%s: the XOAUTH2 token was refused; asking its source again", self.account.name)
+        return True
 
     def _same_header(self, session: Pop3Session, msgno: int, sha256: str) -> bool:
         """Whether ``TOP msgno 0`` gives the header of the committed message (a few KB, not

@@ -1,7 +1,8 @@
 """Resolve an account's password or OAuth token from its configured source.
 
-Secrets are fetched at connect time and never stored: not in the catalog, the trace, the logs or
-an error message.  Error messages therefore name the *source* (the variable, the file, the
+Secrets are fetched at the first login (fetch keeps one in memory for the rest of its run, so a
+password_command prompts once) and never stored: not in the catalog, the trace, the logs or an
+error message.  Error messages therefore name the *source* (the variable, the file, the
 command's exit status), never what it printed.
 """
 

@@ -1022,3 +1022,62 @@ def test_progress_counts_an_account_across_its_capped_sessions(
     assert [c[1:3] for c in calls] == [(n, 25) for n in range(1, 26)]
     sizes = [len(served_bytes(m)) for m in corpus(25)]
     assert [c[3] for c in calls] == [sum(sizes[:n]) for n in range(1, 26)]
+
+
+def _command_vault(tmp_path: Path, server: FakePop3Server, command: str, **keys: Any) -> Path:
+    """A vault whose account takes its secret from ``command`` (not from the environment)."""
+    vault = vault_for(tmp_path, server, **keys)
+    config = vault / "mailvault.toml"
+    source = f"password_env = {json.dumps(PASSWORD_ENV)}"
+    assert source in config.read_text()
+    config.write_text(
+        config.read_text().replace(source, f"password_command = {json.dumps(command)}")
+    )
+    return vault
+
+
+def _counting(counter: Path, good_from: int = 1) -> str:
+    """A password_command that counts its runs in ``counter`` and prints a stale token until
+    its ``good_from``-th run."""
+    return (
+        f"printf x >> {counter}; if [ $(wc -c < {counter}) -ge {good_from} ]; "
+        "then echo alice-secret; else echo stale-token; fi"
+    )
+
+
+def test_password_command_runs_once_per_account_and_run(tmp_path: Path) -> None:
+    """Three capped sessions and a retry after [IN-USE]: one run of the command (a gpg or
+    pass prompt once, not at each reconnect); the next fetch runs it again."""
+    counter = tmp_path / "runs"
+    with FakePop3Server(corpus(25), faults=Faults(in_use_times=1)) as server:
+        vault = _command_vault(
+            tmp_path, server, _counting(counter), max_messages_per_session=10, retries=2
+        )
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["sessions"], acct["retries"], acct["fetched"]) == (0, 4, 1, 25)
+        assert counter.read_text() == "x"
+        assert fetch_json(vault)[0] == 0
+    assert counter.read_text() == "xx"
+
+
+@pytest.mark.parametrize(
+    ("auth", "good_from", "runs", "code"),
+    [
+        ("xoauth2", 2, "xx", 0),  # an expired token: the command gives a fresh one
+        ("xoauth2", 9, "xx", 1),  # still refused: asked again once, not in a loop
+        ("user", 2, "x", 1),  # a wrong password is not asked for again
+    ],
+)
+def test_an_xoauth2_token_refused_with_auth_is_fetched_again_once(
+    tmp_path: Path, auth: str, good_from: int, runs: str, code: int
+) -> None:
+    counter = tmp_path / "runs"
+    faults = Faults(sasl=("PLAIN", "XOAUTH2"))
+    with FakePop3Server(corpus(3), faults=faults) as server:
+        vault = _command_vault(tmp_path, server, _counting(counter, good_from), auth=auth)
+        result = run_cli(vault, "fetch", "--json")
+    report = json.loads(result.stdout)["accounts"][0]
+    assert (result.exit_code, report["fetched"]) == (code, 3 if code == 0 else 0), report
+    assert counter.read_text() == runs
+    assert "stale-token" not in result.output and "stale-token" not in result.stderr
