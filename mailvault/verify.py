@@ -8,12 +8,14 @@ except what is derived (the index, with ``repair_index``); the truth is never "f
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
@@ -192,15 +194,8 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 sha256,
                 f"catalog says message {sha256} has {size} bytes, the ledger says {sizes.get(sha256)}",
             )
-    for (sha256,) in db.execute("SELECT sha256 FROM messages WHERE purged_at IS NOT NULL"):
-        if sha256 not in purged:
-            yield Finding(
-                "ledger-missing",
-                "error",
-                sha256,
-                f"message {sha256} is marked purged but no purge is in the ledger (the catalog "
-                "was edited?); retention will not remove its blob",
-            )
+    yield from _purges(db, purged)
+    yield from _holds(db, entries)
     for sha256 in contents - purged:
         row = db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
         if row is None:
@@ -243,6 +238,126 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 f"{key[0]}/{key[1]}",
                 f"UIDL {key[1]} of account {key[0]} is marked deleted but the deletion is not in the ledger",
             )
+
+
+def _purges(db: sqlite3.Connection, recorded: set[str]) -> Iterator[Finding]:
+    """Retention's purges, the catalog's against the ledger's, both ways: a purge the ledger
+    does not record, or one the catalog no longer shows (a tombstone removed, or purged_at
+    cleared) is an edited catalog.  A lookup per mismatch only."""
+    marked = _purged(db)
+    for sha256 in sorted(marked - recorded):
+        yield Finding(
+            "ledger-missing",
+            "error",
+            sha256,
+            f"message {sha256} is marked purged but no purge is in the ledger (the catalog "
+            "was edited?); retention will not remove its blob",
+        )
+    for sha256 in sorted(recorded - marked):
+        row = db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
+        if row is None:
+            yield Finding(
+                "catalog-row-missing",
+                "error",
+                sha256,
+                f"the ledger records the purge of message {sha256} but the catalog has no row "
+                "(its tombstone was deleted by hand?): a fetch would download it again",
+            )
+        else:
+            yield Finding(
+                "ledger-disagrees",
+                "error",
+                sha256,
+                f"the ledger records the purge of message {sha256} but the catalog does not "
+                "mark it purged (edited by hand?): it counts as live mail whose blob is gone",
+            )
+
+
+# A hold as the ledger tells it: [query, released], one per hold-add, in order
+_LedgerHold = list[Any]
+
+
+def _holds(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Finding]:
+    """Legal holds, the catalog's rows against the ledger's hold-add and hold-release
+    entries, name by name and in order: a hold released, narrowed, removed or invented by
+    editing catalog.sqlite changes what retention protects without a trace anywhere else."""
+    recorded: dict[str, list[_LedgerHold]] = {}
+    for entry in entries:
+        if entry["kind"] in ("hold-add", "hold-release"):
+            detail = _detail(entry)
+            holds = recorded.setdefault(str(detail.get("name")), [])
+            if entry["kind"] == "hold-add":
+                holds.append([detail.get("query"), False])
+            elif holds and not holds[-1][1]:
+                holds[-1][1] = True
+            else:  # a release of nothing the ledger added: no row can match it
+                holds.append([detail.get("query"), True])
+    rows: dict[str, list[tuple[str, bool]]] = {}
+    try:
+        query = "SELECT name, query, released_at IS NOT NULL FROM holds ORDER BY id"
+        for name, text, released in db.execute(query):
+            rows.setdefault(name, []).append((text, bool(released)))
+    except sqlite3.OperationalError:  # a catalog from before holds existed
+        return
+    for name in sorted(recorded.keys() | rows.keys()):
+        for held, row in itertools.zip_longest(recorded.get(name, []), rows.get(name, [])):
+            yield from _hold_pair(name, held, row)
+
+
+def _hold_pair(
+    name: str, held: _LedgerHold | None, row: tuple[str, bool] | None
+) -> Iterator[Finding]:
+    subject = f"hold {name}"
+    if row is None:
+        assert held is not None
+        yield Finding(
+            "catalog-row-missing",
+            "error",
+            subject,
+            f"the ledger records hold {name!r} (query {held[0]!r}) but the catalog has no row "
+            "for it (deleted by hand?)" + ("" if held[1] else ": retention no longer sees it"),
+        )
+        return
+    if held is None:
+        yield Finding(
+            "ledger-missing",
+            "error",
+            subject,
+            f"hold {name!r} is in the catalog but the ledger records no hold-add for it "
+            "(added by hand?)",
+        )
+        return
+    if row[0] != held[0]:
+        yield Finding(
+            "ledger-disagrees",
+            "error",
+            subject,
+            f"hold {name!r} has the query {row[0]!r} in the catalog but {held[0]!r} in the "
+            "ledger (edited by hand?): retention protects what the catalog's query matches",
+        )
+    if row[1] and not held[1]:
+        yield Finding(
+            "ledger-missing",
+            "error",
+            subject,
+            f"hold {name!r} is released in the catalog but the ledger records no release "
+            "(edited by hand?): retention no longer protects its messages",
+        )
+    elif held[1] and not row[1]:
+        yield Finding(
+            "ledger-disagrees",
+            "error",
+            subject,
+            f"the ledger records the release of hold {name!r} but the catalog has it active",
+        )
+
+
+def _detail(entry: dict[str, Any]) -> dict[str, Any]:
+    try:
+        detail = json.loads(entry.get("detail") or "{}")
+    except ValueError:
+        return {}
+    return detail if isinstance(detail, dict) else {}
 
 
 APPEND_ONLY_TRIGGERS = (

@@ -433,3 +433,96 @@ def test_paths_may_be_any_bytes(vault: Path, tmp_path: Path) -> None:
     exported = tmp_path / "ledger-\udcfd.jsonl"
     assert run_cli(vault, "ledger", "export", "--out", str(exported)).exit_code == 0
     assert run_cli(vault, "ledger", "check", str(exported)).exit_code == 0
+
+
+# -- verify cross-checks holds and purges against the ledger ---------------------------------
+
+
+def _verify_findings(vault: Path) -> list[dict[str, str]]:
+    result = run_cli(vault, "verify", "--json")
+    assert result.exit_code == 1, result.stdout
+    findings: list[dict[str, str]] = json.loads(result.stdout)["findings"]
+    return findings
+
+
+def _edit(vault: Path, *statements: str) -> None:
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("PRAGMA foreign_keys=OFF")
+        for statement in statements:
+            db.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("edit", "code", "words"),
+    [
+        (  # a hold lifted by hand, so that retention may purge what it protects
+            "UPDATE holds SET released_at = '2026-01-01T00:00:00+00:00' WHERE name = 'acme'",
+            "ledger-missing",
+            "hold 'acme' is released in the catalog but the ledger records no release",
+        ),
+        (  # a hold narrowed by hand
+            "UPDATE holds SET query = 'from:nobody@acme.com' WHERE name = 'acme'",
+            "ledger-disagrees",
+            "hold 'acme' has the query 'from:nobody@acme.com' in the catalog",
+        ),
+        (
+            "DELETE FROM holds WHERE name = 'acme'",
+            "catalog-row-missing",
+            "the ledger records hold 'acme' (query 'from:bob@acme.com') but the catalog has no row",
+        ),
+        (
+            "INSERT INTO holds(name, query, created_at, created_by) "
+            "VALUES ('fake', '*', '2026-01-01T00:00:00+00:00', 'x')",
+            "ledger-missing",
+            "hold 'fake' is in the catalog but the ledger records no hold-add for it",
+        ),
+    ],
+)
+def test_verify_finds_a_hold_edited_by_hand(vault: Path, edit: str, code: str, words: str) -> None:
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    assert run_cli(vault, "verify").exit_code == 0
+    _edit(vault, edit)
+    findings = _verify_findings(vault)
+    name = "fake" if "'fake'" in words else "acme"
+    assert [(f["code"], f["subject"]) for f in findings] == [(code, f"hold {name}")]
+    assert words in findings[0]["detail"], findings
+
+
+def test_verify_finds_a_hold_release_the_catalog_does_not_have(vault: Path) -> None:
+    """The other way round: the ledger says released (an entry appended by hand keeps the
+    chain valid), the catalog still has the hold active."""
+    from mailvault import ledger
+
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        ledger.append(db, "hold-release", detail={"name": "acme", "query": "from:bob@acme.com"})
+    findings = _verify_findings(vault)
+    assert [f["code"] for f in findings] == ["ledger-disagrees"], findings
+    assert "the ledger records the release of hold 'acme'" in findings[0]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "code", "words"),
+    [
+        (  # brought back to life by hand: it counts as live mail whose blob is gone
+            "UPDATE messages SET purged_at = NULL WHERE sha256 = '{sha}'",
+            "ledger-disagrees",
+            "the ledger records the purge of message {sha} but the catalog does not mark it",
+        ),
+        (  # its tombstone removed: its UIDL would be fetched again
+            "DELETE FROM messages WHERE sha256 = '{sha}'",
+            "catalog-row-missing",
+            "the ledger records the purge of message {sha} but the catalog has no row",
+        ),
+    ],
+)
+def test_verify_finds_a_purge_the_catalog_no_longer_shows(
+    vault: Path, edit: str, code: str, words: str
+) -> None:
+    assert json.loads(run_cli(vault, "retention", "apply", "--json").stdout)["purged"] == 5
+    assert run_cli(vault, "verify").exit_code == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        sha = db.execute("SELECT sha256 FROM messages WHERE purged_at IS NOT NULL").fetchone()[0]
+    _edit(vault, edit.format(sha=sha))
+    findings = [f for f in _verify_findings(vault) if f["code"] == code]
+    assert any(words.format(sha=sha) in f["detail"] for f in findings), findings
