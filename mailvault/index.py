@@ -94,7 +94,8 @@ ADDRESS_FIELDS = ("from", "to", "cc", "bcc")
 # Tantivy stores dates as nanoseconds in an i64 (1677-09-21 to 2262-04-11); a Date header
 # outside these bounds (a forged or garbled year: 3609 in real mail) is indexed at the nearest
 # bound, so it sorts and ranges on the right side of every real date (`date:<2000` does not
-# find a message dated 3609).  `show` gives the header as written.
+# find a message dated 3609).  `show` gives the header as written.  The query side clamps a
+# range beyond a bound alike (``search.query._date_range``), so `date:<1600` finds them.
 UNKNOWN_DATE = datetime(1970, 1, 1, tzinfo=UTC)
 DATE_MIN = datetime(1678, 1, 1, tzinfo=UTC)
 DATE_MAX = datetime(2262, 1, 1, tzinfo=UTC)

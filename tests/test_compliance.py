@@ -526,3 +526,18 @@ def test_verify_finds_a_purge_the_catalog_no_longer_shows(
     _edit(vault, edit.format(sha=sha))
     findings = [f for f in _verify_findings(vault) if f["code"] == code]
     assert any(words.format(sha=sha) in f["detail"] for f in findings), findings
+
+
+def test_a_hold_on_dates_before_1678_protects_them(tmp_path: Path) -> None:
+    """Such a Date is indexed as 1678 (Tantivy's range); the hold's query is clamped alike,
+    so `date:<1600` protects the message dated 1500 instead of matching nothing."""
+    with FakePop3Server([message(0, "old@example.com", 1500), message(1, "b@x.org", 2001)]) as s:
+        path = make_vault(tmp_path / "v", {"acct": {**PLAIN, "port": s.port}})
+        assert fetch_json(path)[0] == 0
+    toml = path / "mailvault.toml"
+    toml.write_text(toml.read_text() + "[retention]\nkeep_days = 3650\n")
+    added = run_cli(path, "hold", "add", "ancient", "date:<1600")
+    assert added.exit_code == 0 and "1 message" in added.output, added.output
+    done = json.loads(run_cli(path, "retention", "apply", "--json").stdout)
+    assert (done["expired"], done["held"], done["purged"]) == (2, 1, 1)
+    assert run_cli(path, "search", "--count", "from:old@example.com").stdout.strip() == "1"

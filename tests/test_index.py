@@ -455,6 +455,32 @@ def test_a_date_outside_tantivys_range_is_indexed_at_the_bound(tmp_path: Path, y
     assert [h.id for h in (late if year == "3609" else early)] == [names["odd"]]
 
 
+@pytest.mark.parametrize(
+    ("year", "queries"),
+    [
+        ("1500", ["date:1500", "date:<1600", "date:<=1500-06", "date:[1000 TO 1677-12-31]"]),
+        ("1066", ["date:1066-06-30", "date:{* TO 1100}", "date:<1678"]),
+        ("3609", ["date:3609", "date:>2500", "date:[3000 TO *]", "date:>=2262"]),
+    ],
+)
+def test_a_query_for_dates_outside_tantivys_range_finds_the_clamped_messages(
+    tmp_path: Path, year: str, queries: list[str]
+) -> None:
+    """A message dated outside 1678..2262 is indexed at the bound; a query range outside it
+    is clamped the same way, so `date:<1600` (or a hold on it) finds the message dated 1500
+    instead of nothing; the messages of real dates stay outside such a range."""
+    raw = (
+        f"From: a@example.com\r\nTo: b@example.com\r\nSubject: time traveller\r\n"
+        f"Date: Sat, 30 Jun {year} 09:33:50 +0000\r\nMessage-ID: <tt-{year}@example.com>\r\n"
+        "\r\nThe word chronoxyl is here.\r\n"
+    ).encode()
+    vault, _, names = build_vault(tmp_path / "vault", generated(3, seed=5), {"odd": raw})
+    assert catch_up(vault).indexed == 4
+    for query in queries:
+        hits = Searcher(vault.index_path, query).page(limit=0, snippets=False)
+        assert [h.id for h in hits] == [names["odd"]], query
+
+
 def test_every_message_of_the_corpora_is_indexed_and_verifies(tmp_path: Path) -> None:
     """Torture tests, broken charsets and garbled dates: indexing never stops at one message."""
     from tests.test_export_kit import catalog_set, cli_json, corpora_dir, corpora_files, new_vault

@@ -345,30 +345,49 @@ COMPARE = re.compile(r"^(>=|<=|>|<)(.+)$")
 
 
 def _date_clause(query: str, tok: _Tok, kind: str) -> str:
+    lo, hi = _date_bounds(query, tok, kind)
+    return _date_range(lo, hi)
+
+
+def _date_bounds(query: str, tok: _Tok, kind: str) -> tuple[datetime | None, datetime | None]:
+    """The query's dates as [lo, hi): inclusive start, exclusive end, None where open."""
     value = tok.value.strip()
     if kind == "after":
-        return f"date:[{iso_utc(_day_start(query, tok, value)[0])} TO *]"
+        return _day_start(query, tok, value)[0], None
     if kind == "before":
-        return f"date:[* TO {iso_utc(_day_start(query, tok, value)[0])}}}"
+        return None, _day_start(query, tok, value)[0]
     rm = RANGE.match(value)
     if rm:
         low, high = rm.group(2), rm.group(3)
-        lo = "*" if low == "*" else iso_utc(_day_start(query, tok, low)[rm.group(1) == "{"])
-        hi = "*" if high == "*" else iso_utc(_day_start(query, tok, high)[rm.group(4) == "]"])
-        return f"date:[{lo} TO {hi}}}" if hi != "*" else f"date:[{lo} TO *]"
+        lo = None if low == "*" else _day_start(query, tok, low)[rm.group(1) == "{"]
+        hi = None if high == "*" else _day_start(query, tok, high)[rm.group(4) == "]"]
+        return lo, hi
     cm = COMPARE.match(value)
     if cm:
         start, end = _day_start(query, tok, cm.group(2))
         return {
-            ">": f"date:[{iso_utc(end)} TO *]",
-            ">=": f"date:[{iso_utc(start)} TO *]",
-            "<": f"date:[* TO {iso_utc(start)}}}",
-            "<=": f"date:[* TO {iso_utc(end)}}}",
+            ">": (end, None),
+            ">=": (start, None),
+            "<": (None, start),
+            "<=": (None, end),
         }[cm.group(1)]
     if value.startswith(("[", "{")):
         raise _fail(query, tok.pos, tok.end - tok.pos, "expected a range [FROM TO UNTIL]")
-    start, end = _day_start(query, tok, value)
-    return f"date:[{iso_utc(start)} TO {iso_utc(end)}}}"
+    return _day_start(query, tok, value)
+
+
+def _date_range(lo: datetime | None, hi: datetime | None) -> str:
+    """A Tantivy range for [lo, hi), clamped as the indexed dates are (``ix.DATE_MIN`` and
+    ``ix.DATE_MAX``): a message dated 1500 is indexed at DATE_MIN, so a range that ends at
+    or before DATE_MIN takes DATE_MIN in (`date:<1600` finds it, as would a hold on it), and
+    one that starts after DATE_MAX starts at DATE_MAX.  Such a range cannot tell the
+    clamped dates apart: it finds every message dated outside the bound it lies beyond."""
+    low = "*" if lo is None else iso_utc(min(max(lo, ix.DATE_MIN), ix.DATE_MAX))
+    if hi is not None and hi <= ix.DATE_MIN:
+        return f"date:[{low} TO {iso_utc(ix.DATE_MIN)}]"
+    if hi is None or hi > ix.DATE_MAX:
+        return f"date:[{low} TO *]"
+    return f"date:[{low} TO {iso_utc(hi)}}}"
 
 
 def _size_clause(query: str, tok: _Tok) -> str:
