@@ -145,6 +145,7 @@ class SocketStream:
             if (
                 implicit_port is not None
                 and not isinstance(exc, ssl.SSLCertVerificationError)
+                and "ALERT" not in str(exc.reason)  # the server answered in TLS
                 and _greets_in_plain_text(self.host, implicit_port, self.timeout)
             ):
                 raise TLSError(
