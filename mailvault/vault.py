@@ -118,7 +118,7 @@ class Vault:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _holder(os.pread(fd, 4096, 0))
+                holder = lock_holder(os.pread(fd, 4096, 0))
                 who = holder[1] if holder is not None else "another process"
                 raise VaultLocked(
                     f"vault {self.root} is locked by {who}; wait for it to finish "
@@ -142,7 +142,7 @@ class Vault:
         rather than probed with flock: a probe would make a writer starting at that instant
         fail with VaultLocked."""
         try:
-            holder = _holder((self.root / "lock").read_bytes()[:4096])
+            holder = lock_holder((self.root / "lock").read_bytes()[:4096])
         except OSError:
             return None
         if holder is None:
@@ -153,7 +153,7 @@ class Vault:
         return who if pid != os.getpid() and running(pid) else None
 
 
-def _holder(text: bytes) -> tuple[int, str] | None:
+def lock_holder(text: bytes) -> tuple[int, str] | None:
     """(pid, 'pid N (command, since T)') from the lock file's content, if it is readable."""
     try:
         info = json.loads(text.decode("utf-8", "replace").strip())

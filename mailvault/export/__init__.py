@@ -251,6 +251,7 @@ def export(
     out = Path(os.path.abspath(options.out))
     started = utcnow()
     catalog = vault.catalog()
+    exporter: _Exporter | None = None
     try:
         selection = Selection(vault, catalog, query=options.query, account=options.account)
         total = selection.count()
@@ -350,6 +351,8 @@ def export(
     except OSError as exc:  # anything not mapped closer to where it happened
         raise target_error("exporting to", out, exc) from None
     finally:
+        if exporter is not None:
+            exporter.target.unlock()
         catalog.close()
     _audit(
         vault,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
+import json
 import os
 import queue
 import threading
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mailvault._fs import IOV_BATCH, fsync_dir, sync_filesystem, writev_all
+from mailvault.catalog import utcnow
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
@@ -33,6 +36,7 @@ BATCH_BYTES = 32 * 1024 * 1024
 WRITE_BYTES = 1024 * 1024  # a new file's chunks are written once this much has come
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+LOCK_NAME = ".mailvault-export.lock"  # inside a Maildir or EML target
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,64 @@ class Staged:
     size: int
 
 
+class TargetLock:
+    """The exclusive ``flock`` an export holds on its target from ``open`` to its end.
+
+    Two exports into one target would each find the other's messages missing and write them
+    all.  The kernel drops the lock when its holder dies, however it dies; the file says who
+    holds it (pid, since when), for the refusal.  The file is removed when the lock is
+    released (while still held), so a taker checks the file it locked is still the one at the
+    path: one that opened it just before the removal would otherwise lock an orphaned inode.
+    """
+
+    def __init__(self, path: Path, out: Path) -> None:
+        self.path = path
+        self.out = out
+        self.fd = -1
+
+    def acquire(self) -> None:
+        while self.fd < 0:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+            except OSError as exc:
+                raise target_error("locking", self.path, exc) from None
+            try:
+                self._lock(fd)
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    self.fd = fd
+            except FileNotFoundError:
+                pass  # released and removed by its holder meanwhile: take the next one
+            except OSError as exc:
+                os.close(fd)
+                raise target_error("locking", self.path, exc) from None
+            finally:
+                if self.fd != fd:
+                    os.close(fd)
+        os.ftruncate(self.fd, 0)
+        record = {"pid": os.getpid(), "command": "export", "since": utcnow()}
+        os.pwrite(self.fd, json.dumps(record).encode(), 0)
+
+    def _lock(self, fd: int) -> None:
+        from mailvault.vault import lock_holder
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_holder(os.pread(fd, 4096, 0))
+            who = holder[1] if holder is not None else "another process"
+            raise ExportError(
+                f"{self.out} is being exported to by {who}; wait for it to finish or choose "
+                "another --out (the lock is released automatically if that process dies)"
+            ) from None
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Target(ABC):
     """One export destination.
 
@@ -64,10 +126,22 @@ class Target(ABC):
     """
 
     in_order = False
+    lock: TargetLock | None = None
 
     @abstractmethod
     def open(self) -> None:
-        """Check the destination is of the right kind and prepare it; refuse anything else."""
+        """Check the destination is of the right kind, lock it (``take_lock``, before writing
+        or trusting anything there) and prepare it; refuse anything else."""
+
+    def take_lock(self, path: Path, out: Path) -> None:
+        self.lock = TargetLock(path, out)
+        self.lock.acquire()
+
+    def unlock(self) -> None:
+        """The export is over (manifest included, or failed): let the next one in."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def find(self, digest: str) -> list[str]:
         """Files already holding this message (relative paths), for idempotent re-export."""

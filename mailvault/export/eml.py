@@ -14,6 +14,7 @@ from pathlib import Path
 from mailvault._tempfiles import remove_orphans, temp_path
 from mailvault.export._errors import ExportError
 from mailvault.export._target import (
+    LOCK_NAME,
     DirBatch,
     Placed,
     Staged,
@@ -25,7 +26,9 @@ from mailvault.export._target import (
 )
 from mailvault.export.transform import MessageMeta
 
-_OURS = re.compile(r"^(?:[0-9a-f]{64}\.eml|manifest\.jsonl?|\..*\.tmp-[0-9a-z-]+)$")
+_OURS = re.compile(
+    rf"^(?:[0-9a-f]{{64}}\.eml|manifest\.jsonl?|\..*\.tmp-[0-9a-z-]+|{re.escape(LOCK_NAME)})$"
+)
 
 
 class EmlTarget(Target):
@@ -46,10 +49,14 @@ class EmlTarget(Target):
                     f"{out} is not empty and not an eml export (it holds {strangers[0]!r}); "
                     "choose a new or empty directory"
                 )
+        make_dirs(out)
+        self.take_lock(out / LOCK_NAME, out)
+        if entries is not None:
             check_previous_export(out, "eml", self.line_endings)
+            # listed again under the lock: an export that held it may have added files since
+            entries = existing_entries(out, "eml", wanted) or []
             self.names = {name for name in entries if name.endswith(".eml")}
             remove_orphans(out)
-        make_dirs(out)
 
     def find(self, digest: str) -> list[str]:
         name = f"{digest}.eml"

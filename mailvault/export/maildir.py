@@ -22,6 +22,7 @@ from pathlib import Path
 from mailvault._tempfiles import remove_orphans
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import (
+    LOCK_NAME,
     DirBatch,
     Placed,
     Staged,
@@ -59,12 +60,14 @@ class MaildirTarget(Target):
         out = self.out
         wanted = "a new one, an empty one, or a Maildir written by an earlier export"
         entries = existing_entries(out, "maildir", wanted)
+        if entries is not None and set(entries) - {LOCK_NAME} and not is_maildir(out):
+            raise ExportError(
+                f"{out} is not empty and not a Maildir (no cur/, new/ and tmp/); "
+                "choose a new or empty directory"
+            )
+        make_dirs(out)
+        self.take_lock(out / LOCK_NAME, out)
         if entries is not None:
-            if entries and not is_maildir(out):
-                raise ExportError(
-                    f"{out} is not empty and not a Maildir (no cur/, new/ and tmp/); "
-                    "choose a new or empty directory"
-                )
             check_previous_export(out, "maildir", self.line_endings, unlike=", not a Maildir")
             remove_orphans(out, ".manifest.")  # what an export killed with SIGKILL left
         for sub in SUBDIRS:

@@ -159,6 +159,8 @@ class MboxTarget(Target):
         out = self.out
         if out.is_dir():
             raise ExportError(f"{out} is a directory; --format mbox needs a file path")
+        make_dirs(out.parent)
+        self.take_lock(self._lock_path(), out)
         exists = out.exists() or out.is_symlink()
         if exists and not self.append:
             raise ExportError(
@@ -167,7 +169,6 @@ class MboxTarget(Target):
         if exists:
             self._open_existing()
         else:
-            make_dirs(out.parent)
             self.tmp = Path(temp_path(out.parent, out.name))
             try:
                 self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -180,6 +181,15 @@ class MboxTarget(Target):
         self._run_dir = parent if os.access(parent, os.W_OK | os.X_OK) else tempfile.gettempdir()
         for directory in {parent, self._run_dir}:  # what an export killed with SIGKILL left
             remove_orphans(directory, f".{out.name}.")
+
+    def _lock_path(self) -> Path:
+        """Beside the mbox; in the temp dir, named by the mbox's device and inode, when
+        appending in a directory that is not writable (a mail spool)."""
+        parent = str(self.out.parent)
+        if os.access(parent, os.W_OK | os.X_OK) or not self.out.exists():
+            return self.out.with_name(f".{self.out.name}.export-lock")
+        st = self.out.stat()
+        return Path(tempfile.gettempdir()) / f".{self.out.name}.export-lock-{st.st_dev}-{st.st_ino}"
 
     def _open_existing(self) -> None:
         out = self.out
