@@ -21,6 +21,7 @@ from tests.test_export_kit import (
     cli_json,
     new_vault,
     read_stdlib_mbox,
+    sha,
 )
 
 # argv: vault, a "ready" file to create and a "go" file to wait for before the target's
@@ -84,3 +85,52 @@ def test_a_second_export_into_the_same_target_fails_at_once(
     if fmt != "mbox":
         code, summary = cli_json(root, "export", *args)
         assert (code, summary["added"], summary["skipped"]) == (0, 0, 6)
+
+
+# argv: vault, then the export arguments; dies (like SIGKILL) once the first batch of files is
+# in place, before the manifest.
+_KILLED_AFTER_A_BATCH = """
+import os, sys
+from mailvault.export import _target
+_target.BATCH_MESSAGES = 2
+finish = _target.DirBatch._finish
+def finish_then_die(self, batch):
+    finish(self, batch)
+    os._exit(9)
+_target.DirBatch._finish = finish_then_die
+from mailvault.cli import main
+sys.argv = ["mailvault", "--vault", sys.argv[1], "export", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "eml"])
+def test_a_rerun_with_other_line_endings_is_refused_not_mixed(
+    tmp_path: Path, crafted: list[bytes], fmt: str
+) -> None:
+    """An export killed before its manifest leaves files but nothing that says which line
+    endings they have.  A rerun with the other --line-endings used to find each of them
+    "changed after export" and write a second copy of every one (Maildir).  Now it sees the
+    files are the other form of the same messages and refuses, naming the form to use, before
+    writing anything; rerun with that form, it completes with each message once."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:8])
+    out = tmp_path / "out"
+    args = ["--format", fmt, "--out", str(out)]
+    killed = [sys.executable, "-c", _KILLED_AFTER_A_BATCH, str(root), *args]
+    proc = subprocess.run([*killed, "--line-endings", "crlf"], capture_output=True)
+    assert proc.returncode == 9, proc.stderr
+
+    def files() -> list[Path]:
+        return sorted((out / "cur").iterdir()) if fmt == "maildir" else sorted(out.glob("*.eml"))
+
+    left = {p: p.read_bytes() for p in files()}
+    assert 0 < len(left) < 8 and not (out / "manifest.json").exists()
+    result = cli(root, "export", *args, "--line-endings", "lf")
+    assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.output
+    assert "--line-endings crlf" in result.stderr and "new or empty directory" in result.stderr
+    assert {p: p.read_bytes() for p in files()} == left
+    code, summary = cli_json(root, "export", *args, "--line-endings", "crlf")
+    assert (code, summary["added"], summary["skipped"]) == (0, 8 - len(left), len(left))
+    assert summary["warnings"] == [] and len(files()) == 8
+    assert sorted(sha(p.read_bytes()) for p in files()) == sorted(sha(m) for m in crafted[:8])

@@ -32,7 +32,7 @@ from typing import Any
 
 from mailvault import __version__
 from mailvault.catalog import utcnow
-from mailvault.errors import UsageError
+from mailvault.errors import MailvaultError, UsageError
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import Target
 from mailvault.export.blobs import stream_verified
@@ -56,6 +56,7 @@ from mailvault.vault import Vault
 __all__ = ["ExportError", "ExportOptions", "FORMATS", "export", "default_line_endings"]
 
 FORMATS = ("maildir", "mbox", "eml")
+SNIFFED_FILES = 32  # existing files looked at, at most, to tell their line endings
 Progress = Callable[[int, int], None]  # messages done, messages selected
 
 
@@ -171,6 +172,35 @@ class _Exporter:
             bad = relative
         return None, bad
 
+    def check_line_endings(self) -> None:
+        """Refuse a target holding messages in the other line-ending form.
+
+        A finished export's manifest says which form its files have (``check_previous_export``);
+        one killed before its manifest leaves only the files.  Adding the other form would
+        give every message already there a second copy (Maildir) or rewrite it (EML), and
+        leave a target whose files disagree with its manifest.  The first existing file whose
+        two forms differ (the message has a CRLF) decides; a file matching neither (edited)
+        decides nothing, and ``_existing`` deals with it.
+        """
+        for digest, relative in self.target.held(SNIFFED_FILES):
+            try:
+                lf = self._lf_hash(digest)
+                actual, _ = _hash_file(self.target.resolve(relative))
+            except (OSError, MailvaultError):  # not in this vault, damaged, unreadable
+                continue  # (a selected message's problem is reported when it is exported)
+            if lf == digest:
+                continue  # no CRLF in it: both forms are the same bytes
+            ours, theirs = (lf, digest) if self.lf else (digest, lf)
+            if actual == ours:
+                return
+            if actual == theirs:
+                other = "crlf" if self.lf else "lf"
+                raise ExportError(
+                    f"{self.out} holds messages exported with --line-endings {other} (by an "
+                    f"export that did not finish); rerun with --line-endings {other}, or export "
+                    f"{self.line_endings} into a new or empty directory"
+                )
+
     def placed(self, src: Selected, run_fd: int, item: Prepared) -> str:
         """Put a message prepared whole in place; its manifest line."""
         self.run.count += 1
@@ -280,6 +310,7 @@ def export(
         exporter.target.open()
         writer: ManifestWriter | None = None
         try:
+            exporter.check_line_endings()
             if options.manifest:
                 writer = ManifestWriter(
                     *paths, keep_existing=options.append and options.fmt == "mbox"

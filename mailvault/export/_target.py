@@ -150,6 +150,10 @@ class Target(ABC):
     def resolve(self, relative: str) -> Path:
         raise NotImplementedError
 
+    def held(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` messages the target held when opened: (sha256, relative path)."""
+        return []
+
     @abstractmethod
     def write(
         self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None

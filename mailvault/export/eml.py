@@ -65,6 +65,9 @@ class EmlTarget(Target):
     def resolve(self, relative: str) -> Path:
         return self.out / relative
 
+    def held(self, limit: int) -> list[tuple[str, str]]:
+        return [(name[:64], name) for name in sorted(self.names)[:limit]]
+
     def write(
         self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
     ) -> Placed:

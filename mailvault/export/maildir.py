@@ -100,6 +100,9 @@ class MaildirTarget(Target):
     def resolve(self, relative: str) -> Path:
         return self.out / relative
 
+    def held(self, limit: int) -> list[tuple[str, str]]:
+        return [(digest, paths[0]) for digest, paths in sorted(self.existing.items())[:limit]]
+
     def _base(self) -> str:
         """A unique name: the pid is the writing process's own (a worker's, when staged)."""
         now = time.time()
