@@ -152,7 +152,8 @@ def test_mbox_refuses_an_existing_target_unless_append(
     original = out.read_bytes()
     result = cli(root, "export", "--format", "mbox", "--out", str(out))
     assert result.exit_code == 3
-    assert "already exists; pass --append" in result.stderr and result.stderr.count("\n") == 1
+    assert "already exists; choose a new --out" in result.stderr
+    assert "pass --append" not in result.stderr and result.stderr.count("\n") == 1
     assert out.read_bytes() == original
     add_messages(root, crafted[3:5])
     code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")

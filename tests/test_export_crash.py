@@ -19,9 +19,11 @@ from tests.test_export_kit import (
     add_messages,
     cli,
     cli_json,
+    manifest_lines,
     new_vault,
     read_stdlib_mbox,
     sha,
+    unquote_mboxrd,
 )
 
 # argv: vault, a "ready" file to create and a "go" file to wait for before the target's
@@ -134,3 +136,114 @@ def test_a_rerun_with_other_line_endings_is_refused_not_mixed(
     assert (code, summary["added"], summary["skipped"]) == (0, 8 - len(left), len(left))
     assert summary["warnings"] == [] and len(files()) == 8
     assert sorted(sha(p.read_bytes()) for p in files()) == sorted(sha(m) for m in crafted[:8])
+
+
+# argv: vault, where to die, then the export arguments.  "linked": right after the new mbox
+# is linked into place; "replace:SUFFIX": instead of renaming a file ending in SUFFIX into
+# place (the manifest files); "finished": instead of removing the journal, the last step.
+_KILLED_AT = """
+import os, sys
+from mailvault.export import mbox
+point = sys.argv[2]
+if point.startswith("replace:"):
+    replace = os.replace
+    def replace_or_die(src, dst, *args, **kwargs):
+        if str(dst).endswith(point[len("replace:"):]):
+            os._exit(9)
+        return replace(src, dst, *args, **kwargs)
+    os.replace = replace_or_die
+elif point == "linked":
+    link = mbox.MboxTarget._link_into_place
+    def link_then_die(self, tmp):
+        link(self, tmp)
+        os._exit(9)
+    mbox.MboxTarget._link_into_place = link_then_die
+else:
+    mbox.MboxTarget.finished = lambda self: os._exit(9)
+from mailvault.cli import main
+sys.argv = ["mailvault", "--vault", sys.argv[1], "export", *sys.argv[3:]]
+main()
+"""
+_POINTS = ["linked", "replace:.manifest.jsonl", "replace:.manifest.json", "finished"]
+
+
+def _kill(root: Path, point: str, *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT, str(root), point, *args], capture_output=True
+    )
+    assert proc.returncode == 9, proc.stderr
+
+
+def _check_mbox(out: Path, messages: list[bytes]) -> None:
+    """The mbox holds exactly these messages once each, and its manifest says where."""
+    assert sorted(unquote_mboxrd(m) for m in read_stdlib_mbox(out)) == sorted(
+        m.replace(b"\r\n", b"\n") + (b"" if m.endswith(b"\n") else b"\n") for m in messages
+    )
+    entries = manifest_lines(Path(f"{out}.manifest.jsonl"))
+    assert sorted(e["sha256"] for e in entries) == sorted(sha(m) for m in messages)
+    data = out.read_bytes()
+    for entry in entries:
+        cut = data[entry["offset"] : entry["offset"] + entry["length"]]
+        assert sha(unquote_mboxrd(cut)) == entry["exported_sha256"]
+    assert not list(out.parent.glob(f".{out.name}.append-journal-*"))
+    assert not list(out.parent.glob(f"{out.name}.interrupted-*"))
+
+
+@pytest.mark.parametrize("point", _POINTS)
+def test_a_new_mbox_killed_once_in_place_is_finished_by_the_rerun(
+    tmp_path: Path, crafted: list[bytes], point: str
+) -> None:
+    """Killed after the new mbox was linked into place but before its manifest was (or before
+    the export ended): the rerun used to refuse ("already exists; pass --append"), and
+    following that advice wrote every message a second time.  Now the rerun recognises the
+    mbox its own run placed, finishes the manifest, and writes no message again; --append
+    right after such a crash does the same."""
+    plain = [m for m in crafted if len(m) < 100_000][:8]
+    for append in (False, True):
+        root = new_vault(tmp_path / f"vault{append}")
+        add_messages(root, plain)
+        out = tmp_path / f"box{append}.mbox"
+        args = ["--format", "mbox", "--out", str(out)]
+        _kill(root, point, *args)
+        placed = out.read_bytes()
+        rerun = [*args, "--append"] if append else args
+        code, summary = cli_json(root, "export", *rerun)
+        assert code == 0, summary
+        assert out.read_bytes() == placed
+        _check_mbox(out, plain)
+        assert summary["count"] == len(plain) and summary["added"] == 0
+        # Once finished, exporting the same again is refused, and the refusal does not send
+        # the user to --append (which adds every selected message after those already there).
+        result = cli(root, "export", *args)
+        assert result.exit_code == 3 and result.stderr.count("\n") == 1
+        assert "already exists" in result.stderr and "pass --append" not in result.stderr
+
+
+@pytest.mark.parametrize("point", ["replace:.manifest.jsonl", "replace:.manifest.json", "finished"])
+def test_an_append_killed_after_it_finished_is_not_appended_again(
+    tmp_path: Path, crafted: list[bytes], point: str
+) -> None:
+    """Killed after every appended byte was durable and the run was committed, but before its
+    manifest was in place or its journal removed: the rerun used to append everything again
+    (or set the finished run aside and append it again).  Now it recognises the finished
+    append by its journal (where it started and ended, the bytes before both, what it
+    selected), puts its manifest in place and appends nothing."""
+    plain = [m for m in crafted if len(m) < 100_000]
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, plain[:3])
+    out = tmp_path / "box.mbox"
+    args = ["--format", "mbox", "--out", str(out)]
+    assert cli(root, "export", *args).exit_code == 0
+    add_messages(root, plain[3:8])
+    _kill(root, point, *args, "--append")
+    appended = out.read_bytes()
+    code, summary = cli_json(root, "export", *args, "--append")
+    assert code == 0, summary
+    assert out.read_bytes() == appended
+    _check_mbox(out, plain[:3] + plain[:8])
+    assert summary["added"] == 0 and "already finished" in summary["warnings"][0]
+    # A different selection is another export: appended as usual.
+    add_messages(root, plain[8:9])
+    code, summary = cli_json(root, "export", *args, "--append")
+    assert code == 0 and summary["added"] == 9
+    assert len(read_stdlib_mbox(out)) == 3 + 8 + 9

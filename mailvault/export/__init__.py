@@ -23,7 +23,9 @@ Nothing here imports click: the CLI passes a progress callback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -308,8 +310,20 @@ def export(
             )
         _audit(vault, options, out, line_endings, total)
         exporter.target.open()
+        mbox = exporter.target if isinstance(exporter.target, MboxTarget) else None
         writer: ManifestWriter | None = None
         try:
+            key = _selection_key(options, line_endings, vault.vault_id)
+            if mbox is not None and mbox.completed is not None:  # a killed run, finished now
+                if mbox.completed.get("selection") == _fingerprint(key, selection):
+                    summary = _finished_before(options, line_endings, vault, started, mbox)
+                    mbox.abort()  # this run wrote nothing
+                    mbox.forget_completed()
+                    return _finish_audit(vault, options, out, line_endings, summary, paths[1])
+                if not options.append:
+                    mbox.forget_completed()
+                    raise mbox.refusal()
+                mbox.start_append()  # another export: appended after it
             exporter.check_line_endings()
             if options.manifest:
                 writer = ManifestWriter(
@@ -322,62 +336,41 @@ def export(
                 total=total,
                 workers=worker_count(),
             )
+            fingerprint = hashlib.sha256(key)
             with pipeline:
                 for done, (src, run_fd, item) in enumerate(pipeline.messages(selection), 1):
                     if item is not None:
                         line = exporter.placed(src, run_fd, item)
                     else:
                         line = exporter.one(src)
+                    fingerprint.update(src.sha256.encode())
                     if writer is not None:
                         writer.add_line(line)
                     if progress is not None:
                         progress(done, total)
             exporter.target.close()
-            run = exporter.run
-            summary: dict[str, Any] = {
-                "schema": SCHEMA_ID,
-                "format": options.fmt,
-                "line_endings": line_endings,
-                "query": options.query,
-                "account": options.account,
-                "count": run.count,
-                "total_bytes": run.total_bytes,
-                "added": run.added,
-                "skipped": run.skipped,
-                "started_at": started,
-                "finished_at": utcnow(),
-                "vault_id": vault.vault_id,
-                "mailvault_version": __version__,
-                "entries": paths[0].name,
-                "warnings": run.warnings,
-            }
-            if options.fmt == "mbox":
-                summary["mbox_variant"] = "mboxrd"
-            if options.fmt == "mbox" and options.append:
-                assert isinstance(exporter.target, MboxTarget)
-                summary["append"] = {
-                    "offset": exporter.target.start_offset,
-                    "previous_entries": writer.previous_entries if writer else 0,
-                    "run": exporter.target.run_id,
-                }
-                if exporter.target.set_aside is not None:
-                    aside, offset, length = exporter.target.set_aside
-                    run.warnings.insert(
-                        0,
-                        f"an earlier export --append into {out} was killed: the {length} bytes "
-                        f"it had written after offset {offset} were set aside in {aside}, and "
-                        "this run appended in their place",
-                    )
-            manifest_sha256 = None
+            summary = _summary(exporter, options, line_endings, vault, started, paths[0])
             if writer is not None:
-                writer.finish(summary)
-                manifest_sha256, _ = _hash_file(paths[1])
-            if isinstance(exporter.target, MboxTarget):
-                exporter.target.finished()  # the append journal goes once the manifest is in
+                if mbox is not None and options.append:
+                    summary["append"]["previous_entries"] = writer.previous_entries
+                writer.prepare(summary)
+            if mbox is not None:
+                mbox.commit(
+                    {
+                        "selection": fingerprint.hexdigest(),
+                        "manifest": None if writer is None else list(map(str, writer.temp_paths)),
+                        "count": summary["count"],
+                        "total_bytes": summary["total_bytes"],
+                    }
+                )
+            if writer is not None:
+                writer.install()
+            if mbox is not None:
+                mbox.finished()  # the journal goes once the manifest is in
         except BaseException:
             exporter.target.abort()
-            if writer is not None:
-                writer.abort()
+            if writer is not None and not (mbox is not None and mbox.committed):
+                writer.abort()  # a committed run's prepared manifest is its rerun's to put in
             raise
     except OSError as exc:  # anything not mapped closer to where it happened
         raise target_error("exporting to", out, exc) from None
@@ -385,6 +378,22 @@ def export(
         if exporter is not None:
             exporter.target.unlock()
         catalog.close()
+    return _finish_audit(vault, options, out, line_endings, summary, paths[1] if writer else None)
+
+
+def _finish_audit(
+    vault: Vault,
+    options: ExportOptions,
+    out: Path,
+    line_endings: str,
+    summary: dict[str, Any],
+    manifest: Path | None,
+) -> dict[str, Any]:
+    """The "finished" audit entry, with the sha256 of the manifest in place; the summary."""
+    manifest_sha256 = None
+    if manifest is not None and options.manifest:
+        with contextlib.suppress(FileNotFoundError):
+            manifest_sha256, _ = _hash_file(manifest)
     _audit(
         vault,
         options,
@@ -396,3 +405,99 @@ def export(
         manifest_sha256=manifest_sha256,
     )
     return summary
+
+
+def _selection_key(options: ExportOptions, line_endings: str, vault_id: str) -> bytes:
+    """What, with the selected messages in order, makes two exports the same one."""
+    fields = [options.fmt, line_endings, options.query, options.account, vault_id]
+    return json.dumps(fields).encode()
+
+
+def _fingerprint(key: bytes, selection: Iterable[Selected]) -> str:
+    """sha256 of the key and the selection's digests in order, as the export loop hashes them."""
+    h = hashlib.sha256(key)
+    for src in selection:
+        h.update(src.sha256.encode())
+    return h.hexdigest()
+
+
+def _summary(
+    exporter: _Exporter,
+    options: ExportOptions,
+    line_endings: str,
+    vault: Vault,
+    started: str,
+    entries: Path,
+) -> dict[str, Any]:
+    """The ``manifest.json`` document of a run that wrote its messages."""
+    run = exporter.run
+    summary: dict[str, Any] = {
+        "schema": SCHEMA_ID,
+        "format": options.fmt,
+        "line_endings": line_endings,
+        "query": options.query,
+        "account": options.account,
+        "count": run.count,
+        "total_bytes": run.total_bytes,
+        "added": run.added,
+        "skipped": run.skipped,
+        "started_at": started,
+        "finished_at": utcnow(),
+        "vault_id": vault.vault_id,
+        "mailvault_version": __version__,
+        "entries": entries.name,
+        "warnings": run.warnings,
+    }
+    target = exporter.target
+    if isinstance(target, MboxTarget):
+        summary["mbox_variant"] = "mboxrd"
+        summary["run"] = target.run_id
+        if options.append:
+            summary["append"] = {
+                "offset": target.start_offset,
+                "previous_entries": 0,
+                "run": target.run_id,
+            }
+        if target.set_aside is not None:
+            aside, offset, length = target.set_aside
+            run.warnings.insert(
+                0,
+                f"an earlier export --append into {exporter.out} was killed: the {length} "
+                f"bytes it had written after offset {offset} were set aside in {aside}, and "
+                "this run appended in their place",
+            )
+    return summary
+
+
+def _finished_before(
+    options: ExportOptions, line_endings: str, vault: Vault, started: str, mbox: MboxTarget
+) -> dict[str, Any]:
+    """The summary of a rerun that found this very export finished by a run killed before it
+    could exit (see ``MboxTarget.commit``): nothing written, each message already there."""
+    done = mbox.completed or {}
+    count = done.get("count")
+    count = count if isinstance(count, int) else 0
+    total_bytes = done.get("total_bytes")
+    return {
+        "schema": SCHEMA_ID,
+        "format": options.fmt,
+        "line_endings": line_endings,
+        "query": options.query,
+        "account": options.account,
+        "count": count,
+        "total_bytes": total_bytes if isinstance(total_bytes, int) else 0,
+        "added": 0,
+        "skipped": count,
+        "started_at": started,
+        "finished_at": utcnow(),
+        "vault_id": vault.vault_id,
+        "mailvault_version": __version__,
+        "entries": manifest_paths("mbox", mbox.out)[0].name,
+        "warnings": [
+            f"this export had already finished into {mbox.out} (run {done.get('run')}) when "
+            "it was killed, before it could exit: its manifest is in place now and nothing "
+            "was written again"
+        ],
+        "mbox_variant": "mboxrd",
+        "run": str(done.get("run")),
+    }

@@ -120,6 +120,17 @@ class ManifestWriter:
             raise target_error("writing the manifest", self._tmp, exc) from None
 
     def finish(self, summary: dict[str, Any]) -> None:
+        self.prepare(summary)
+        self.install()
+
+    @property
+    def temp_paths(self) -> tuple[Path, Path]:
+        """Where ``prepare`` leaves the two files: (entries, summary)."""
+        return self._tmp, self._summary_tmp
+
+    def prepare(self, summary: dict[str, Any]) -> None:
+        """Both files complete and durable under their temporary names (an mbox export's
+        journal then names them, so that a rerun can put them in place)."""
         assert self._file is not None
         try:
             self._file.flush()
@@ -131,11 +142,18 @@ class ManifestWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(self._summary_tmp, 0o600)
-            os.replace(self._tmp, self.entries_path)
-            os.replace(self._summary_tmp, self.summary_path)
             fsync_dir(self.entries_path.parent)
         except OSError as exc:
             self.abort()
+            raise target_error("writing the manifest", self.summary_path, exc) from None
+
+    def install(self) -> None:
+        """Rename the prepared files into place: the entries first, then the summary."""
+        try:
+            install_prepared(
+                [(self._tmp, self.entries_path), (self._summary_tmp, self.summary_path)]
+            )
+        except OSError as exc:  # the files stay for abort(), or for the rerun of a committed run
             raise target_error("writing the manifest", self.summary_path, exc) from None
 
     def abort(self) -> None:
@@ -146,6 +164,14 @@ class ManifestWriter:
         for path in (self._tmp, self._summary_tmp):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def install_prepared(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename prepared manifest files into place, skipping those already renamed."""
+    for tmp, final in pairs:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(tmp, final)
+    fsync_dir(pairs[0][1].parent)
 
 
 @dataclass(frozen=True, slots=True)

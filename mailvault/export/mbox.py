@@ -15,6 +15,11 @@ place only if nothing appeared there meanwhile; an existing target is refused un
 ``--append``, which takes an exclusive ``flock`` on it (mutt, Dovecot's mbox driver and
 procmail use flock too), appends, fsyncs, and on any error truncates the file back to its size
 before the run: a failed export never leaves a half-written message behind.
+
+A run ends by committing (``commit``): its journal records where it ended and what it exported,
+then a new mbox is linked into place and the manifest renamed in.  A rerun that finds a
+committed journal finishes that run's manifest instead of writing anything again (see
+docs/export.md).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from mailvault.export._target import (
     start_writeback,
     write_new_file,
 )
-from mailvault.export.manifest import manifest_paths, read_summary
+from mailvault.export.manifest import install_prepared, manifest_paths, read_summary
 from mailvault.export.transform import MboxrdQuoter, MessageMeta, from_line
 
 BUFFER = 1024 * 1024
@@ -93,10 +98,27 @@ def _cut_lines(path: Path, keep: int) -> None:
 
 
 def _manifest_run(out: Path) -> object:
-    """The run id the mbox's manifest summary records for its last append, if any."""
+    """The run id the mbox's manifest summary records for the export that wrote it last."""
     summary = read_summary(manifest_paths("mbox", out)[1])
-    append = summary.get("append") if summary is not None else None
-    return append.get("run") if isinstance(append, dict) else None
+    if summary is None:
+        return None
+    append = summary.get("append")
+    return summary.get("run") or (append.get("run") if isinstance(append, dict) else None)
+
+
+def _write_journal(path: Path, entry: dict[str, object]) -> None:
+    """Replace the journal at ``path`` with ``entry``, durably (temp, fsync, rename, fsync)."""
+    fresh = f"{path}.new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fresh)  # left by a run killed while writing its journal
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        write_all(fd, json.dumps(entry).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(fresh, path)
+    fsync_dir(path.parent)
 
 
 def _copy_range(source: int, target: int, start: int, length: int) -> None:
@@ -152,7 +174,11 @@ class MboxTarget(Target):
         self._run_dir = str(out.parent)
         self._segment: tuple[int, int, int] | None = None  # placed, not yet copied: fd, start, end
         self.run_id = secrets.token_hex(8)  # an append's; recorded in its journal and manifest
-        self.journal: Path | None = None  # an append in progress (see AppendJournal)
+        self.journal: Path | None = None  # the run's journal (see _recover and commit)
+        self._entry: dict[str, object] = {}  # what the journal holds
+        self.committed = False  # every byte durable, the journal says so: no undoing now
+        self.completed: dict[str, object] | None = None  # a killed run's journal, finished now
+        self._completed_journal: Path | None = None
         self.set_aside: tuple[Path, int, int] | None = None  # recovered: (file, offset, bytes)
 
     def open(self) -> None:
@@ -163,15 +189,15 @@ class MboxTarget(Target):
         self.take_lock(self._lock_path(), out)
         exists = out.exists() or out.is_symlink()
         if exists and not self.append:
-            raise ExportError(
-                f"{out} already exists; pass --append to add to it, or choose a new --out"
-            )
+            self._adopt_killed()
+            return
         if exists:
             self._open_existing()
         else:
             self.tmp = Path(temp_path(out.parent, out.name))
             try:
-                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                # read too: the journal records the bytes before its end (commit)
+                self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
             except OSError as exc:
                 raise target_error("creating", self.tmp, exc) from None
         # Runs go beside the target (where there is room for the mbox, there is room for a
@@ -181,6 +207,68 @@ class MboxTarget(Target):
         self._run_dir = parent if os.access(parent, os.W_OK | os.X_OK) else tempfile.gettempdir()
         for directory in {parent, self._run_dir}:  # what an export killed with SIGKILL left
             remove_orphans(directory, f".{out.name}.")
+
+    def refusal(self) -> ExportError:
+        """An existing target without --append.  Never sends the user to --append: it adds
+        every selected message after what the file holds, even those it holds already."""
+        return ExportError(
+            f"{self.out} already exists; choose a new --out (--append would add every selected "
+            "message after what it holds, even one it holds already)"
+        )
+
+    def _adopt_killed(self) -> None:
+        """The target exists and this is no append: it may be the mbox of this very export,
+        killed after linking it into place (its journal, written just before the link, says
+        so): finish that run's manifest, and leave it to the caller to see whether it is the
+        same export (``completed``).  Anything else is refused."""
+        try:
+            self.fd = os.open(self.out, os.O_RDONLY | os.O_NOFOLLOW)
+            size = os.fstat(self.fd).st_size
+            journal = self._journal_path()
+            previous = _read_journal(journal)
+            if previous is None or previous.get("kind") != "new":
+                raise self.refusal()
+            if not self._committed_here(previous, size):
+                raise self.refusal()
+            if not self._complete(previous):
+                raise ExportError(
+                    f"{self.out} was written by an export killed before its manifest was in "
+                    "place, and that manifest is gone; move the mbox away and export again"
+                )
+            self.completed, self._completed_journal = previous, journal
+        except OSError as exc:
+            raise target_error("reading", self.out, exc) from None
+        finally:
+            self._close_fd()
+
+    def _committed_here(self, journal: dict[str, object], size: int) -> bool:
+        """Whether the journal is that of a run which committed (every byte durable, the
+        manifest ready) into this very file: the bytes before its start and before its end
+        are the ones it recorded."""
+        end = journal.get("end")
+        return (
+            journal.get("committed") is True
+            and isinstance(end, int)
+            and self._same_file(journal, size)
+            and end <= size
+            and self._tail_hash(end) == journal.get("end_tail")
+        )
+
+    def _complete(self, journal: dict[str, object]) -> bool:
+        """Put in place the manifest a committed run prepared; whether that run is complete."""
+        prepared = journal.get("manifest")
+        if prepared is None:
+            return True  # --no-manifest: the data was all there was
+        if not isinstance(prepared, list) or len(prepared) != 2:
+            return False
+        paths = manifest_paths("mbox", self.out)
+        try:
+            install_prepared(
+                [(Path(str(prepared[0])), paths[0]), (Path(str(prepared[1])), paths[1])]
+            )
+        except OSError as exc:
+            raise target_error("writing the manifest", paths[1], exc) from None
+        return _manifest_run(self.out) == journal.get("run")
 
     def _lock_path(self) -> Path:
         """Beside the mbox; in the temp dir, named by the mbox's device and inode, when
@@ -251,13 +339,21 @@ class MboxTarget(Target):
 
         The bytes the killed run added are set aside, not destroyed (another program may have
         appended behind them since), in ``<mbox>.interrupted-<time>`` beside the mbox.  A run
-        whose manifest was already in place (killed just before removing its journal) was
-        complete, and is left alone.
+        that had committed (see ``commit``) was complete: its manifest is put in place, it is
+        left alone, and ``completed`` tells the caller, which starts this run's journal
+        (``start_append``) only if this is another export.
         """
         journal = self._journal_path()
         previous = _read_journal(journal)
         if previous is not None and not self._same_file(previous, size):
             previous = None  # another file that got the inode of the one it was kept for
+        # A run that committed was killed after it finished: nothing to undo.
+        finished = previous is not None and self._committed_here(previous, size)
+        if previous is not None and finished and self._complete(previous):
+            self.completed, self._completed_journal = previous, journal
+            return size  # the caller decides: the same export (done), or append after it
+        if previous is not None and previous.get("kind") == "new":
+            previous = None  # a new mbox's, not recognised (changed since): nothing to undo
         entries_path = manifest_paths("mbox", self.out)[0]
         completed = previous is not None and previous.get("run") == _manifest_run(self.out)
         start = previous.get("size") if previous is not None else None
@@ -268,32 +364,40 @@ class MboxTarget(Target):
         if isinstance(kept, int) and not completed:
             # killed between renaming manifest.jsonl and manifest.json: its lines go too
             _cut_lines(entries_path, kept)
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        entry = {
+        self._start_journal(size)
+        return size
+
+    def start_append(self) -> None:
+        """Append after a killed run found finished (``completed``), another export's."""
+        self._start_journal(self.original_size)
+        self._completed_journal = None  # replaced by this run's
+
+    def forget_completed(self) -> None:
+        """The killed run found finished is done with: its journal goes."""
+        if self._completed_journal is not None:
+            with contextlib.suppress(OSError):
+                self._completed_journal.unlink()
+            self._completed_journal = None
+
+    def _start_journal(self, size: int) -> None:
+        """Record where this append starts, durably, before its first byte."""
+        journal = self._journal_path()
+        entries_path = manifest_paths("mbox", self.out)[0]
+        self._entry = {
+            "kind": "append",
             "run": self.run_id,
             "size": size,
             "tail_sha256": self._tail_hash(size),
             "entries": _count_lines(entries_path),
             "pid": os.getpid(),
-            "started_at": now,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        fresh = f"{journal}.new"
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(fresh)  # left by a run killed while writing its journal
-            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-            try:
-                write_all(fd, json.dumps(entry).encode() + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(fresh, journal)
-            fsync_dir(journal.parent)
+            _write_journal(journal, self._entry)
         except OSError as exc:
             self._close_fd()
             raise target_error("writing the append journal", journal, exc) from None
         self.journal = journal
-        return size
 
     def _tail_hash(self, end: int) -> str:
         """sha256 of the (up to) 64 KiB before ``end``: what identifies the mbox a journal
@@ -444,6 +548,7 @@ class MboxTarget(Target):
         self._writeback()
 
     def close(self) -> None:
+        """Every byte durable; ``commit`` then makes the run final (and a new mbox visible)."""
         path = self.tmp or self.out
         self.end_run()
         self._drain()
@@ -451,8 +556,34 @@ class MboxTarget(Target):
             os.fsync(self.fd)
         except OSError as exc:
             raise target_error("syncing", path, exc) from None
+
+    def commit(self, record: dict[str, object]) -> None:
+        """Every byte is durable (``close``) and the manifest prepared: record that in the
+        journal, with ``record`` (the selection's fingerprint, the prepared manifest files,
+        count and bytes), then (a new mbox) link the file into place.  From here on the run is
+        finished even if killed: a rerun recognises it by the journal (the bytes before its
+        start and its end), puts its manifest in place and writes nothing again."""
+        end = self.pos
+        entry = {**self._entry, **record, "committed": True, "end": end}
+        entry["end_tail"] = self._tail_hash(end)
+        if self.tmp is not None:
+            entry.update(
+                kind="new",
+                run=self.run_id,
+                size=0,
+                tail_sha256=self._tail_hash(0),
+                pid=os.getpid(),
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            self.journal = self._journal_path()
+        assert self.journal is not None
+        try:
+            _write_journal(self.journal, entry)
+        except OSError as exc:
+            raise target_error("writing the export journal", self.journal, exc) from None
         if self.tmp is not None:
             self._link_into_place(self.tmp)
+        self.committed = True
         self._truncate_to = None
         self._close_fd()
 
@@ -494,6 +625,9 @@ class MboxTarget(Target):
         self._segment = None
         self._parts = []
         self._pending = 0
+        if self.committed:  # finished but for the manifest: the journal lets a rerun finish it
+            self._close_fd()
+            return
         if self.fd >= 0 and self._truncate_to is not None:  # an append: cut back to what it was
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self._truncate_to)
