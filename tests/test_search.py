@@ -679,3 +679,41 @@ def test_operators_in_any_case_as_notmuch_reads_them() -> None:
     assert translate("android order notice") == '("android" AND "order" AND "notice")'
     with pytest.raises(QuerySyntaxError, match=r"OR needs a left side.*quote it"):
         translate("or cats")
+
+
+def test_an_internationalised_domain_matches_in_both_its_forms(tmp_path: Path) -> None:
+    """Mail from one domain name carries it as Unicode (RFC 6532) or as xn-- (punycode): an
+    investigator typing either form finds both, by address and by domain."""
+
+    def message(sender: str, mid: str) -> bytes:
+        return (
+            f"From: Anna <{sender}>\r\nTo: b@example.com\r\nSubject: idn {mid}\r\n"
+            f"Message-ID: <{mid}@test.example>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+            "\r\nHello.\r\n"
+        ).encode()
+
+    vault, _, named = build_vault(
+        tmp_path / "vault",
+        [],
+        {
+            "unicode": message("anna@bücher.example", "u"),
+            "puny": message("anna@xn--bcher-kva.example", "p"),
+            "other": message("anna@bucher.example", "o"),
+        },
+    )
+    catch_up(vault)
+    both = {named["unicode"], named["puny"]}
+
+    def found(query: str) -> set[str]:
+        return {h.id for h in Searcher(vault.index_path, query).page(limit=0, snippets=False)}
+
+    for query in (
+        "from:anna@bücher.example",
+        "from:anna@xn--bcher-kva.example",
+        "from:ANNA@XN--BCHER-KVA.EXAMPLE",
+    ):
+        assert found(query) == both, query
+    assert found("from:anna@bucher.example") == {named["other"]}
+    # a domain alone is words, accent-folded as all text is: bücher also finds bucher
+    for query in ("from:bücher.example", "from:xn--bcher-kva.example"):
+        assert found(query) == both | {named["other"]}, query

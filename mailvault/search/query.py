@@ -464,7 +464,9 @@ def _term_clause(query: str, tok: _Tok) -> str:
             raise _fail(query, *span, "* only ends a word (a prefix, as in invoic*)")
     if kind == "addr" and ADDRESS.match(value) and not value.endswith("*") and not suffix:
         address = ix.exact(value).lower()  # one token as indexed, like a Message-ID
-        return _any([f"{f}_addr:{quote(address)}{boost}" for f in fields])
+        local, _, domain = address.rpartition("@")
+        forms = [f"{local}@{d}" for d in domain_forms(domain)]
+        return _any([f"{f}_addr:{quote(a)}{boost}" for a in forms for f in fields])
     if (not tok.quoted and value.endswith("*")) or (tok.quoted and suffix.startswith("*")):
         return _prefix_clause(query, tok, fields, value.rstrip("*"))
     text = ix.normalize(value)
@@ -475,8 +477,42 @@ def _term_clause(query: str, tok: _Tok) -> str:
             "nothing to search for here (no letters or digits); quote it if you mean it",
         )
     if target:
-        return _any([f"{f}:{quote(text)}{suffix}{boost}" for f in fields])
+        texts = [text]
+        if kind == "addr" and not suffix and DOMAIN.match(value):
+            texts = [ix.normalize(d) for d in domain_forms(ix.exact(value).lower())]
+        return _any([f"{f}:{quote(t)}{suffix}{boost}" for t in texts for f in fields])
     return f"{quote(text)}{suffix}{boost}"
+
+
+DOMAIN = re.compile(r"^[^@\s.]+(\.[^@\s.]+)+$")
+
+
+def domain_forms(domain: str) -> list[str]:
+    """``domain`` and its other spellings as an internationalised domain name: the xn--
+    (punycode) form of a Unicode one and the Unicode form of an xn-- one, so that
+    ``from:anna@bücher.example`` finds mail that wrote ``xn--bcher-kva.example`` and the
+    other way round.  A message keeps the form it was sent with; both are asked for.  Each
+    label is converted on its own, as IDNA 2008 does (``straße`` stays ``straße``; IDNA 2003's
+    ``strasse`` is asked for too).  A label that is not valid punycode stays as it is."""
+    if domain.isascii() and "xn--" not in domain:
+        return [domain]
+    labels = domain.split(".")
+    converted: list[str] = []
+    for label in labels:
+        try:
+            if label.startswith("xn--"):
+                converted.append(label[4:].encode("ascii").decode("punycode"))
+            elif not label.isascii():
+                converted.append("xn--" + label.encode("punycode").decode("ascii"))
+            else:
+                converted.append(label)
+        except (UnicodeError, ValueError):
+            converted.append(label)
+    try:  # IDNA 2003 (the stdlib codec): maps ß to ss and folds case on the way
+        idna2003 = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        idna2003 = domain
+    return list(dict.fromkeys([domain, ".".join(converted), idna2003]))
 
 
 def translate(query: str) -> str:
