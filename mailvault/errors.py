@@ -13,6 +13,7 @@ process exit codes, so library code raises and never exits.
     |   +-- StoreError                  exit 3   disk full, permissions, corrupt blob
     |   +-- CatalogError                exit 3
     |   +-- SearchError                 exit 2   (QuerySyntaxError: bad user query)
+    |       +-- IndexDamaged            exit 3   the index's files cannot be read: reindex
     +-- ExportError                     exit 3   export target full, read-only, of the wrong kind
     +-- RemoteError                              something about the POP3 server; carries account
         +-- TransportError       retryable       connect refused, reset, EOF, timeout
@@ -85,6 +86,13 @@ class SearchError(VaultError):
     """The search index could not answer."""
 
     exit_code = 2
+
+
+class IndexDamaged(SearchError):
+    """The index's files cannot be read (damaged, or not an index at all): a runtime fault,
+    not the user's, and the fix is always `mailvault reindex` (the index is derived data)."""
+
+    exit_code = 3
 
 
 class QuerySyntaxError(SearchError, ValueError):

@@ -40,6 +40,10 @@ marker, schema version).  ``reindex`` builds ``index.new/`` and writes its marke
 marker means "complete"; the swap is ``index`` -> ``index.old``, ``index.new`` -> ``index``,
 remove ``index.old``.  :func:`recover` finishes or undoes an interrupted swap.
 
+Tantivy checks no checksum as it reads, so a damaged segment file surfaces as an error, garbage
+or a Rust panic wherever a read touches the damage: :func:`reading` turns each into the one-line
+:class:`~mailvault.errors.IndexDamaged`.
+
 This module is on the search path: it imports tantivy and the standard library only.
 """
 
@@ -57,7 +61,7 @@ from functools import cache
 import tantivy
 
 from mailvault._fs import fsync_dir
-from mailvault.errors import SearchError
+from mailvault.errors import IndexDamaged, MailvaultError, SearchError
 
 # Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
 # search` start-up.  Writers pass Path objects; the search path (open_for_search and what it
@@ -313,25 +317,29 @@ def _check_marker(index_dir: str | os.PathLike[str]) -> None:
         )
 
 
+def live_path(index_dir: str | os.PathLike[str]) -> str | None:
+    """The directory a reader opens: ``index``, or a complete ``index.new`` when a crash fell
+    between the two renames of a swap; None when there is neither."""
+    live = os.fspath(index_dir)
+    if os.path.exists(os.path.join(live, "meta.json")):
+        return live
+    new = live + NEW_SUFFIX
+    if os.path.exists(os.path.join(new, "meta.json")) and is_complete(new):
+        return new
+    return None
+
+
 def open_for_search(index_dir: str | os.PathLike[str]) -> tantivy.Index:
     """Open the live index read-only (no lock; tolerates a swap in progress)."""
-    live = os.fspath(index_dir)
-    candidates = [live]
-    if not os.path.exists(os.path.join(live, "meta.json")):
-        candidates.append(live + NEW_SUFFIX)  # crashed between the two renames of a swap
-    for path in candidates:
-        if os.path.exists(os.path.join(path, "meta.json")) and (path is live or is_complete(path)):
-            _check_marker(path)
-            try:
-                return _register(tantivy.Index.open(path))
-            except ValueError as exc:
-                raise SearchError(
-                    f"cannot open the index at {path}: {exc}; rebuild it with `mailvault reindex`"
-                ) from None
-    raise SearchError(
-        f"no search index at {index_dir}; build it with `mailvault index` "
-        "(the vault may also simply be empty)"
-    )
+    path = live_path(index_dir)
+    if path is None:
+        raise SearchError(
+            f"no search index at {index_dir}; build it with `mailvault index` "
+            "(the vault may also simply be empty)"
+        )
+    _check_marker(path)
+    with reading(path):
+        return _register(tantivy.Index.open(path))
 
 
 def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Index, bool]:
@@ -353,15 +361,17 @@ def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Ind
         index_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     elif marker:
         _check_marker(index_dir)
-    try:
-        if created:
+    if created:
+        try:
             index = _register(tantivy.Index(build_schema(), path=str(index_dir), reuse=False))
-        else:
+        except ValueError as exc:
+            raise SearchError(
+                f"cannot create the index at {index_dir}: {exc}; check the free space and the "
+                "permissions there, then run `mailvault index`"
+            ) from None
+    else:
+        with reading(index_dir):
             index = _register(tantivy.Index.open(str(index_dir)))
-    except ValueError as exc:
-        raise SearchError(
-            f"cannot open the index at {index_dir}: {exc}; rebuild it with `mailvault reindex`"
-        ) from None
     if created:
         # An empty commit makes meta.json durable before the marker says "this is an index".
         writer = index.writer(15_000_000, 1)
@@ -370,6 +380,53 @@ def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Ind
         if marker:
             write_marker(index_dir)
     return index, created
+
+
+# -- damage ------------------------------------------------------------------------------------
+
+# How tantivy says it could not read its files (its IoError, DataCorruption and OpenReadError
+# errors, which tantivy-py raises as ValueError); a query it cannot run says something else.
+_UNREADABLE = ("An IO error occurred", "Data corrupted", "Failed to open file for read")
+
+
+def is_panic(exc: BaseException) -> bool:
+    """A Rust panic inside tantivy: pyo3 raises it as ``PanicException``, a BaseException that
+    ``except Exception`` misses.  A damaged term dictionary gives one instead of an error."""
+    return type(exc).__name__ == "PanicException"
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an exception from tantivy says the index's files could not be read."""
+    return is_panic(exc) or (isinstance(exc, ValueError) and str(exc).startswith(_UNREADABLE))
+
+
+def damaged(index_dir: str | os.PathLike[str], cause: BaseException | str) -> IndexDamaged:
+    """The one-line error for an index that cannot be read: the rebuild is always the fix."""
+    if not isinstance(cause, str):
+        text = " ".join(str(cause).split()) or type(cause).__name__
+        cause = f"tantivy failed reading it ({text})" if is_panic(cause) else text
+    return IndexDamaged(
+        f"the search index at {os.fspath(index_dir)} is damaged: {cause}; run `mailvault reindex`"
+    )
+
+
+@contextlib.contextmanager
+def reading(index_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Tantivy failing to read the index, in the body, as :class:`IndexDamaged`.
+
+    For calls that only read: once the index is open, a read fails only when a file is
+    damaged (tantivy checks no checksum as it reads, so a flipped byte surfaces as an IO error,
+    garbage, or a panic), whatever tantivy-py raises for it."""
+    try:
+        yield
+    except MailvaultError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise damaged(index_dir, exc) from None
+    except BaseException as exc:
+        if not is_panic(exc):
+            raise
+        raise damaged(index_dir, exc) from None
 
 
 # -- documents ---------------------------------------------------------------------------------

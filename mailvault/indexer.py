@@ -409,7 +409,7 @@ def catch_up(vault: Vault, *, progress: Progress | None = None, exact: bool = Fa
     ``exact``: make sure the index holds exactly the catalog's messages, whatever the counts
     say (before retention applies holds through it: an index restored from an old backup may
     hold as many documents as it should, but not the right ones)."""
-    with _one_line_errors("indexing"):
+    with _one_line_errors("indexing", vault.index_path):
         return _catch_up(vault, progress, exact)
 
 
@@ -502,23 +502,29 @@ def _reconcile(
 
 def reindex(vault: Vault, *, progress: Progress | None = None) -> IndexReport:
     """Rebuild the index from the store and catalog into index.new/, then swap it in."""
-    with _one_line_errors("rebuilding the index"):
+    with _one_line_errors("rebuilding the index", vault.index_path):
         return _reindex(vault, progress)
 
 
 @contextlib.contextmanager
-def _one_line_errors(doing: str) -> Iterator[None]:
-    """A full disk or a failing catalog as a MailvaultError, so that fetch and import, which
-    index after committing, can still report what they committed."""
+def _one_line_errors(doing: str, index_dir: Path) -> Iterator[None]:
+    """A full disk, a failing catalog or a damaged index as a MailvaultError, so that fetch
+    and import, which index after committing, can still report what they committed."""
     try:
         yield
     except MailvaultError:
         raise
     except Exception as exc:
         error = from_storage_error(exc, doing)
+        if error is None and ix.is_damage(exc):
+            error = ix.damaged(index_dir, exc)
         if error is None:
             raise
         raise error from None
+    except BaseException as exc:  # a panic in tantivy is no Exception
+        if not ix.is_panic(exc):
+            raise
+        raise ix.damaged(index_dir, exc) from None
 
 
 def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
@@ -558,39 +564,54 @@ def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
 
 
 def index_findings(vault: Vault, catalog_ids: set[str]) -> Iterator[Any]:
-    """``mailvault verify``'s index check: does the index hold exactly the catalog's messages,
-    once each?  Yields ``mailvault.verify.Finding``s (codes ``index-*``); changes nothing.
+    """``mailvault verify``'s index check: is the index readable, and does it hold exactly the
+    catalog's messages, once each?  Yields ``mailvault.verify.Finding``s (codes ``index-*``);
+    changes nothing.
 
     One term lookup per catalog message, plus a walk of the id term dictionary only when the
-    index holds more documents than that found.
+    index holds more documents than that found.  Tantivy failing to read the index is an
+    ``index-damaged`` error, not a crash.
     """
-    import sqlite3
-
-    import tantivy
-
-    from mailvault.errors import SearchError
+    from mailvault.errors import IndexDamaged, SearchError
     from mailvault.verify import Finding
 
+    index_dir = vault.index_path
     try:
-        index = ix.open_for_search(vault.index_path)
+        index = ix.open_for_search(index_dir)
+        path = ix.live_path(index_dir) or str(index_dir)
+        yield from _documents(vault, index, path, catalog_ids)
+    except IndexDamaged as exc:
+        yield Finding("index-damaged", "error", str(index_dir), str(exc))
     except SearchError as exc:
         yield Finding("index-unreadable", "warning", "index", str(exc))
-        return
-    searcher = index.searcher()
+
+
+def _indexed_ids(vault: Vault) -> set[str]:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT sha256 FROM message_meta WHERE indexed_at IS NOT NULL")
+        return {row[0] for row in rows}
+    finally:
+        db.close()
+
+
+def _documents(vault: Vault, index: Any, path: str, catalog_ids: set[str]) -> Iterator[Any]:
+    import tantivy
+
+    from mailvault.verify import Finding
+
+    with ix.reading(path):
+        searcher = index.searcher()
     schema = index.schema
 
     def count(sha256: str) -> int:
         query = tantivy.Query.term_query(schema, "id", sha256)
-        return int(getattr(searcher.search(query, 1), "count", 0) or 0)
+        with ix.reading(path):
+            return int(getattr(searcher.search(query, 1), "count", 0) or 0)
 
-    db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
-    try:
-        indexed = {
-            row[0]
-            for row in db.execute("SELECT sha256 FROM message_meta WHERE indexed_at IS NOT NULL")
-        }
-    finally:
-        db.close()
+    indexed = _indexed_ids(vault)
     present = 0
     pending = 0
     for sha256 in sorted(catalog_ids):
@@ -621,7 +642,9 @@ def index_findings(vault: Vault, catalog_ids: set[str]) -> Iterator[Any]:
             f"{pending} messages are not indexed yet; `mailvault index` catches up",
         )
     if searcher.num_docs > present:
-        for term in ix.ids_not_in(searcher, schema, catalog_ids):
+        with ix.reading(path):
+            extra = list(ix.ids_not_in(searcher, schema, catalog_ids))
+        for term in extra:
             yield Finding(
                 "index-extra",
                 "warning",

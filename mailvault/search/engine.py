@@ -81,11 +81,13 @@ class Searcher:
     def __init__(self, index_dir: str | os.PathLike[str], query: str) -> None:
         self.query_text = query
         self.index_dir = index_dir
+        self.path = os.fspath(index_dir)
         self._opened: list[tantivy.Index] = []  # opened by the first thread: term, or below
         self.translated, self.words = translate_with_words(query, threads=self._whole_thread)
         self.index = self._open()
         self.query = self._parse(query)
-        self.searcher = self.index.searcher()
+        with ix.reading(self.path):
+            self.searcher = self.index.searcher()
 
     def _open(self) -> tantivy.Index:
         if not self._opened:
@@ -104,15 +106,19 @@ class Searcher:
         such replies, plus one stored-document read per message of the thread.
         """
         index = self._open()
-        searcher = index.searcher()
         found: set[str] = set()
         step = clause
+        with ix.reading(self.path):
+            searcher = index.searcher()
         while True:
-            query = index.parse_query(step, default_field_names=["thread"], allow_regexes=True)
-            total = int(getattr(searcher.search(query, 1, count=True), "count", 0) or 0)
+            try:
+                query = index.parse_query(step, default_field_names=["thread"], allow_regexes=True)
+            except ValueError:  # the whole query's parse (_parse) then says what is wrong
+                return clause
             new: set[str] = set()
-            if total:
-                for _, address in searcher.search(query, total, count=False).hits:
+            with ix.reading(self.path):
+                total = int(getattr(searcher.search(query, 1, count=True), "count", 0) or 0)
+                for _, address in searcher.search(query, total, count=False).hits if total else ():
                     mid = searcher.doc(address).get_first("message_id")
                     if mid and mid not in found:
                         new.add(mid)
@@ -137,7 +143,8 @@ class Searcher:
             ) from None
 
     def count(self) -> int:
-        result = self.searcher.search(self.query, 1, count=True)
+        with ix.reading(self.path):
+            result = self.searcher.search(self.query, 1, count=True)
         return int(getattr(result, "count", 0) or 0)
 
     def page(
@@ -166,17 +173,27 @@ class Searcher:
                     order=tantivy.Order.Desc if sort == "-date" else tantivy.Order.Asc,
                 )
         except ValueError as exc:
+            if ix.is_damage(exc):
+                raise ix.damaged(self.path, exc) from None
             raise QuerySyntaxError(f"invalid query {self.query_text!r}: {exc}") from None
+        except BaseException as exc:  # a panic in tantivy is no Exception
+            if not ix.is_panic(exc):
+                raise
+            raise ix.damaged(self.path, exc) from None
+        with ix.reading(self.path):  # the stored fields, the snippets' terms
+            return self._hits(result.hits, sort == "score", snippets)
+
+    def _hits(self, found: list[Any], scored: bool, snippets: bool) -> list[Hit]:
         generator = None
-        if snippets and result.hits and self.words:
+        if snippets and found and self.words:
             generator = tantivy.SnippetGenerator.create(
                 self.searcher, self.query, self.index.schema, "body"
             )
             generator.set_max_num_chars(SNIPPET_CHARS)
         hits = []
-        for key, address in result.hits:
+        for key, address in found:
             doc = self.searcher.doc(address)
-            hit = _hit(doc, float(key) if sort == "score" else None)
+            hit = _hit(doc, float(key) if scored else None)
             if snippets:
                 hit.snippet, hit.highlights = _snippet(generator, doc, self.words)
             hits.append(hit)
