@@ -42,7 +42,8 @@ remove ``index.old``.  :func:`recover` finishes or undoes an interrupted swap.
 
 Tantivy checks no checksum as it reads, so a damaged segment file surfaces as an error, garbage
 or a Rust panic wherever a read touches the damage: :func:`reading` turns each into the one-line
-:class:`~mailvault.errors.IndexDamaged`.
+:class:`~mailvault.errors.IndexDamaged`, and :func:`check_files` (verify) reads every segment
+file whole against the CRC32 in its footer.
 
 This module is on the search path: it imports tantivy and the standard library only.
 """
@@ -387,6 +388,7 @@ def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Ind
 # How tantivy says it could not read its files (its IoError, DataCorruption and OpenReadError
 # errors, which tantivy-py raises as ValueError); a query it cannot run says something else.
 _UNREADABLE = ("An IO error occurred", "Data corrupted", "Failed to open file for read")
+FOOTER_MAGIC = 1337  # the last 4 bytes of every tantivy file (after the footer and its length)
 
 
 def is_panic(exc: BaseException) -> bool:
@@ -427,6 +429,80 @@ def reading(index_dir: str | os.PathLike[str]) -> Iterator[None]:
         if not is_panic(exc):
             raise
         raise damaged(index_dir, exc) from None
+
+
+def live_files(index_dir: str | os.PathLike[str]) -> list[str]:
+    """The files the committed index is made of: for each segment meta.json lists, its
+    ``<id>.<component>`` files and its current ``<id>.<opstamp>.del``; not the files of
+    segments a writer is making or has merged away."""
+    directory = os.fspath(index_dir)
+    with open(os.path.join(directory, "meta.json"), encoding="utf-8") as fh:
+        meta = json.load(fh)
+    wanted: set[str] = set()
+    prefixes: set[str] = set()
+    for segment in meta.get("segments", []):
+        stem = str(segment["segment_id"]).replace("-", "")
+        prefixes.add(stem)
+        deletes = segment.get("deletes") or {}
+        if "opstamp" in deletes:
+            wanted.add(f"{stem}.{deletes['opstamp']}.del")
+    return sorted(
+        os.path.join(directory, name)
+        for name in os.listdir(directory)
+        if name in wanted or (name.count(".") == 1 and name.split(".")[0] in prefixes)
+    )
+
+
+def file_problem(path: str) -> str | None:
+    """What is wrong with one segment file, or None.
+
+    Tantivy ends every file with a footer holding the CRC32 of all that comes before it (JSON
+    ``{"version", "crc"}``, its u32 length, ``FOOTER_MAGIC``), but checks it only in a call
+    tantivy-py does not expose; reading the whole file is the one way to find damage in its
+    middle before a search trips on it.  Raises FileNotFoundError for a file that is gone."""
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < 8:
+                return f"{path} is cut short ({size} bytes)"
+            fh.seek(size - 8)
+            length, magic = struct.unpack("<II", fh.read(8))
+            if magic != FOOTER_MAGIC or length + 8 > size:
+                return f"{path} has no tantivy footer (cut short or overwritten)"
+            fh.seek(size - 8 - length)
+            expected = int(json.loads(fh.read(length))["crc"])
+            fh.seek(0)
+            crc, left = 0, size - 8 - length
+            while left > 0:
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk:
+                    return f"{path} was cut short while it was read"
+                crc, left = zlib.crc32(chunk, crc), left - len(chunk)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc})"
+    except (ValueError, KeyError, TypeError):
+        return f"{path} has a damaged footer"
+    return None if crc == expected else f"{path} does not match its checksum (its content changed)"
+
+
+def check_files(index_dir: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
+    """(path, problem) for each damaged file of the committed index: every byte of every
+    live segment file is read once.  A file that vanishes while it is read was merged away
+    by a writer committing meanwhile (no longer listed): not a problem."""
+    for path in live_files(index_dir):
+        try:
+            problem = file_problem(path)
+        except FileNotFoundError:
+            if path not in live_files(index_dir):
+                continue
+            problem = f"{path} is missing"
+        if problem is not None:
+            yield path, problem
 
 
 # -- documents ---------------------------------------------------------------------------------

@@ -563,14 +563,15 @@ def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
 # -- verification ------------------------------------------------------------------------------
 
 
-def index_findings(vault: Vault, catalog_ids: set[str]) -> Iterator[Any]:
+def index_findings(vault: Vault, catalog_ids: set[str], quick: bool = False) -> Iterator[Any]:
     """``mailvault verify``'s index check: is the index readable, and does it hold exactly the
     catalog's messages, once each?  Yields ``mailvault.verify.Finding``s (codes ``index-*``);
     changes nothing.
 
-    One term lookup per catalog message, plus a walk of the id term dictionary only when the
-    index holds more documents than that found.  Tantivy failing to read the index is an
-    ``index-damaged`` error, not a crash.
+    Unless ``quick``, every byte of every segment file is read and checked against the
+    checksum in its footer (damage anywhere, found before a search trips on it); then one term
+    lookup per catalog message, plus a walk of the id term dictionary only when the index
+    holds more documents than that found.
     """
     from mailvault.errors import IndexDamaged, SearchError
     from mailvault.verify import Finding
@@ -579,6 +580,11 @@ def index_findings(vault: Vault, catalog_ids: set[str]) -> Iterator[Any]:
     try:
         index = ix.open_for_search(index_dir)
         path = ix.live_path(index_dir) or str(index_dir)
+        if not quick:
+            damage = list(_damaged_files(path))
+            if damage:
+                yield from damage
+                return
         yield from _documents(vault, index, path, catalog_ids)
     except IndexDamaged as exc:
         yield Finding("index-damaged", "error", str(index_dir), str(exc))
@@ -595,6 +601,23 @@ def _indexed_ids(vault: Vault) -> set[str]:
         return {row[0] for row in rows}
     finally:
         db.close()
+
+
+def _damaged_files(path: str) -> Iterator[Any]:
+    from mailvault.verify import Finding
+
+    try:
+        for file, problem in ix.check_files(path):
+            yield Finding(
+                "index-damaged",
+                "error",
+                file,
+                f"{problem}: the search index is damaged; `mailvault reindex` rebuilds it",
+            )
+    except (OSError, ValueError) as exc:  # meta.json itself: tantivy could open it just now
+        yield Finding(
+            "index-damaged", "error", path, str(ix.damaged(path, f"cannot list its files: {exc}"))
+        )
 
 
 def _documents(vault: Vault, index: Any, path: str, catalog_ids: set[str]) -> Iterator[Any]:

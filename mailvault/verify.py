@@ -40,7 +40,8 @@ class Finding:
         }
 
 
-IndexCheck = Callable[[Vault, set[str]], Iterator[Finding]]
+# (vault, the live messages of verify's catalog snapshot, quick) -> findings
+IndexCheck = Callable[[Vault, set[str], bool], Iterator[Finding]]
 
 
 def _blobs(
@@ -510,7 +511,7 @@ def verify(
         db.close()
         later.close()
     if index_check is not None:
-        yield from index_check(vault, catalog_ids - purged)
+        yield from index_check(vault, catalog_ids - purged, quick)
 
 
 def _permissions(vault: Vault) -> Iterator[Finding]:

@@ -18,7 +18,9 @@ from mailvault.errors import UsageError
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-@click.option("--quick", is_flag=True, help="Skip re-hashing every blob.")
+@click.option(
+    "--quick", is_flag=True, help="Skip re-hashing every blob and checksumming the index files."
+)
 @click.option(
     "--repair-index", is_flag=True, help="Rebuild the derived search index if it disagrees."
 )
@@ -79,7 +81,7 @@ def verify(
         assert isinstance(counts, dict)
         click.echo(
             f"verify: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes"
-            + (" (blobs not re-hashed: --quick)" if quick else "")
+            + (" (blobs not re-hashed, index files not read: --quick)" if quick else "")
         )
     if not report["ok"]:
         ctx.exit(1)
