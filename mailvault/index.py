@@ -38,7 +38,8 @@ lower-cased token each, which is how ``from:alice@example.com`` matches exactly.
 Layout inside the vault: ``index/`` is the live index with ``mailvault-index.json`` (format
 marker, schema version).  ``reindex`` builds ``index.new/`` and writes its marker last, so a
 marker means "complete"; the swap is ``index`` -> ``index.old``, ``index.new`` -> ``index``,
-remove ``index.old``.  :func:`recover` finishes or undoes an interrupted swap.
+remove ``index.old``.  :func:`recover` finishes or undoes an interrupted swap, and removes a file
+(anything but a directory) found in any of these three places.
 
 Tantivy checks no checksum as it reads, so a damaged segment file surfaces as an error, garbage
 or a Rust panic wherever a read touches the damage: :func:`reading` turns each into the one-line
@@ -261,44 +262,72 @@ def write_marker(index_dir: Path, **extra: Any) -> None:
 def recover(index_dir: Path, *, writer: bool = True) -> None:
     """Finish or undo an interrupted ``reindex`` swap.  ``writer``: we hold the vault lock.
 
+    a file (not a directory) at any of the three -> remove it (derived data in the index's place)
     index missing, index.new complete   -> rename index.new to index (the swap's second step)
     index present, index.old present    -> remove index.old (the swap's third step)
     index.new, index present            -> remove index.new (a build that died before the swap)
     """
-    import shutil
-
     new, old = new_path(index_dir), old_path(index_dir)
-    live = index_dir.exists() and (index_dir / "meta.json").exists()
+    if writer:
+        for place in (index_dir, new, old):
+            _remove_non_directory(place)
+    live = index_dir.is_dir() and (index_dir / "meta.json").exists()
     if not live and new.exists() and is_complete(new):
         if index_dir.exists():
-            shutil.rmtree(index_dir)  # an empty placeholder (init_vault makes index/)
+            _discard(index_dir)  # an empty placeholder (init_vault makes index/)
         os.rename(new, index_dir)
         fsync_dir(index_dir.parent)
         live = True
     if not writer:
         return
     if live and old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old, ignore_errors=True)
     if new.exists() and (live or not is_complete(new)):
         # Incomplete, or complete but never swapped in: the live index still matches the
         # catalog's indexed_at, so the rebuild is simply dropped.
-        shutil.rmtree(new, ignore_errors=True)
+        _discard(new, ignore_errors=True)
+
+
+def _remove_non_directory(place: Path) -> None:
+    """A file (or a dangling link) where an index directory belongs: `index/` replaced by a
+    file, say.  Every later step would fail on it (rename, rmtree, tantivy), and what is there
+    is at most derived data: it goes, with a warning, and the index is built again."""
+    if not os.path.lexists(place) or place.is_dir():
+        return
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "%s is not a directory; removing it (the index is derived data and is rebuilt)", place
+    )
+    place.unlink()
+    fsync_dir(place.parent)
+
+
+def _discard(path: Path, *, ignore_errors: bool = False) -> None:
+    """Remove an index directory, or whatever non-directory took its place."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    elif ignore_errors:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        path.unlink()
 
 
 def swap_in(index_dir: Path) -> None:
     """Make the complete ``index.new`` the live index, atomically as seen by readers."""
-    import shutil
-
     new, old = new_path(index_dir), old_path(index_dir)
     if not is_complete(new):
         raise SearchError(f"{new} is not a complete index; not swapping it in")
-    if old.exists():
-        shutil.rmtree(old)
-    if index_dir.exists():
+    if os.path.lexists(old):
+        _discard(old)
+    if os.path.lexists(index_dir):
         os.rename(index_dir, old)
     os.rename(new, index_dir)
     fsync_dir(index_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    _discard(old, ignore_errors=True)
 
 
 # -- opening -----------------------------------------------------------------------------------
@@ -334,6 +363,8 @@ def open_for_search(index_dir: str | os.PathLike[str]) -> tantivy.Index:
     """Open the live index read-only (no lock; tolerates a swap in progress)."""
     path = live_path(index_dir)
     if path is None:
+        if os.path.lexists(index_dir) and not os.path.isdir(index_dir):
+            raise damaged(index_dir, "it is not a directory (replaced by a file?)")
         raise SearchError(
             f"no search index at {index_dir}; build it with `mailvault index` "
             "(the vault may also simply be empty)"
@@ -351,6 +382,7 @@ def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Ind
     """
     import shutil
 
+    _remove_non_directory(index_dir)
     created = not (index_dir / "meta.json").exists()
     if created:
         if index_dir.exists():

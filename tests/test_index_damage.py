@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -123,6 +124,41 @@ def test_verify_quick_does_not_read_the_index_files(vault: Vault) -> None:
     damage(segment_file(vault, "pos"))
     result, items = verify_json(vault, "--quick")
     assert (result.exit_code, items) == (0, []), items
+
+
+def test_an_index_directory_replaced_by_a_file(
+    vault: Vault, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`index/` a regular file: verify says so, and index and reindex rebuild (the file is
+    derived data in the index's place) instead of failing, now and on every later run."""
+    shutil.rmtree(vault.index_path)
+    vault.index_path.write_text("not an index\n")
+    result, items = verify_json(vault)
+    assert result.exit_code == 1
+    assert [(f["code"], f["severity"]) for f in items] == [("index-damaged", "error")]
+    assert "not a directory" in items[0]["detail"]
+    result = run_cli(vault.root, "search", "x")
+    assert result.exit_code == 3 and "mailvault reindex" in result.stderr
+    result = run_cli(vault.root, "index")
+    assert result.exit_code == 0, result.output
+    assert "the index holds 40 messages" in result.stdout
+    assert f"{vault.index_path} is not a directory; removing it" in caplog.text
+    assert vault.index_path.is_dir()
+    assert verify_json(vault)[1] == []
+
+
+@pytest.mark.parametrize("name", ["index", "index.old", "index.new"])
+def test_reindex_replaces_a_file_in_any_of_the_index_places(vault: Vault, name: str) -> None:
+    place = vault.root / name
+    if place.is_dir():
+        shutil.rmtree(place)
+    place.write_text("a file\n")
+    for _ in range(2):  # the second run used to fail on the index.old the first one left
+        result = run_cli(vault.root, "reindex")
+        assert result.exit_code == 0, result.output
+        assert "the index holds 40 messages" in result.stdout
+        assert sorted(p.name for p in vault.root.glob("index*")) == ["index"]
+    assert run_cli(vault.root, "search", "--count", "*").stdout.strip() == "40"
 
 
 def test_index_findings_reads_every_segment_cheaply(vault: Vault) -> None:
