@@ -16,7 +16,7 @@ from mailvault import indexer
 from mailvault.indexer import catch_up
 from mailvault.resources import json_schema
 from mailvault.vault import Vault
-from tests.test_index_support import build_vault, generated
+from tests.test_index_support import build_vault, generated, import_messages
 from tests.vaults import run_cli
 
 # The files of a segment (tantivy 0.2x): every one ends in a footer with a CRC of the rest.
@@ -159,6 +159,56 @@ def test_reindex_replaces_a_file_in_any_of_the_index_places(vault: Vault, name: 
         assert "the index holds 40 messages" in result.stdout
         assert sorted(p.name for p in vault.root.glob("index*")) == ["index"]
     assert run_cli(vault.root, "search", "--count", "*").stdout.strip() == "40"
+
+
+def test_an_index_run_committing_while_verify_reads_is_no_finding(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mailvault index` commits documents, then marks them indexed in the catalog; verify
+    opening the index just before and reading the catalog just after saw "indexed" messages
+    its searcher lacks: a false index-missing."""
+    fresh = import_messages(vault, [b"Subject: meanwhile\r\n\r\nindexed meanwhile\r\n"])
+    opened = ix.open_for_search
+    done: list[bool] = []
+
+    def open_then_index(path: str) -> object:
+        index = opened(path)
+        if not done:
+            done.append(True)
+            with vault.write_lock("index"):
+                catch_up(vault)
+        return index
+
+    monkeypatch.setattr(ix, "open_for_search", open_then_index)
+    result, items = verify_json(vault)
+    assert done and result.exit_code == 0, items
+    assert [f["code"] for f in items if f["severity"] != "info"] == []
+    assert [f["subject"] for f in items if f["code"] == "index-pending"] == ["index"]
+    assert vault_ids(vault) and fresh[0] in vault_ids(vault)
+
+
+def test_an_index_run_while_verify_holds_its_snapshot_is_no_extra(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch commits and indexes messages after verify took its catalog snapshot: the
+    index then holds messages the snapshot lacks, which is no index-extra."""
+    from mailvault import verify
+
+    original = verify._guards
+    done: list[bool] = []
+
+    def guards_then_a_fetch(db: sqlite3.Connection) -> object:
+        yield from original(db)
+        if not done:
+            import_messages(vault, [b"Subject: later\r\n\r\ncommitted after the snapshot\r\n"])
+            with vault.write_lock("fetch"):
+                catch_up(vault)
+            done.append(True)
+
+    monkeypatch.setattr(verify, "_guards", guards_then_a_fetch)
+    result, items = verify_json(vault)
+    assert done and result.exit_code == 0, items
+    assert [f["code"] for f in items if f["severity"] != "info"] == []
 
 
 def test_index_findings_reads_every_segment_cheaply(vault: Vault) -> None:
