@@ -15,6 +15,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zstandard
@@ -54,8 +55,8 @@ def _blobs(
 ) -> Iterator[Finding]:
     store = vault.read_store()  # reading needs no config: verify must work when it is broken
     on_disk = set()
-    in_flight = purging = 0
-    writer = vault.writer()
+    unlisted: list[tuple[Path, str]] = []  # blobs without a catalog row: decided after the walk
+    purging: list[tuple[Path, str]] = []  # blobs of purged messages: likewise
     for path, digest in store.entries():  # one pass over objects/: blobs, strays, their modes
         yield from _permission(str(path))
         if digest is None:
@@ -69,30 +70,11 @@ def _blobs(
             continue
         on_disk.add(digest)
         if digest in purged:
-            if writer is not None:
-                purging += 1  # a retention run removing the blobs it purged
-                continue
-            yield Finding(
-                "blob-purge-unfinished",
-                "warning",
-                digest,
-                f"blob {path} belongs to a message marked purged: an interrupted "
-                "purge (the next `retention apply` removes it), or an edited catalog (then "
-                "ledger-missing says so)",
-            )
+            purging.append((path, digest))
             continue
         # (a blob a writer committed after verify took its snapshot of the catalog is fine)
         if digest not in catalog_ids and not committed_since(digest):
-            if writer is not None:
-                in_flight += 1  # published, its catalog row not committed yet
-                continue
-            yield Finding(
-                "blob-orphan",
-                "warning",
-                digest,
-                f"blob {path} has no catalog row (an interrupted fetch leaves "
-                "these; the next fetch of that message adopts it)",
-            )
+            unlisted.append((path, digest))
         if quick:
             continue
         try:
@@ -114,22 +96,8 @@ def _blobs(
                 digest,
                 f"blob {path} hashes to {actual}: its content changed",
             )
-    if in_flight:
-        yield Finding(
-            "blob-in-flight",
-            "info",
-            str(store.objects),
-            f"{in_flight} blob(s) without a catalog row while {writer} writes to the vault: "
-            "not checked as orphans; run verify again when it is done",
-        )
-    if purging:
-        yield Finding(
-            "blob-in-flight",
-            "info",
-            str(store.objects),
-            f"{purging} blob(s) of purged messages while {writer} writes to the vault: a "
-            "purge in progress; run verify again when it is done",
-        )
+    yield from _unlisted(vault, store.objects, unlisted, committed_since)
+    yield from _purging(vault, store.objects, purging)
     for digest in sorted(catalog_ids - on_disk):
         if purged_since(digest):
             continue  # purged (and its blob removed) after verify's snapshot
@@ -142,6 +110,7 @@ def _blobs(
     if store.tmp.exists():
         leftovers = list(store.tmp.iterdir())
         if leftovers:
+            writer = vault.writer()
             what = (
                 f"being written by {writer}"
                 if writer is not None
@@ -150,6 +119,67 @@ def _blobs(
             yield Finding(
                 "tmp-leftover", "info", str(store.tmp), f"{len(leftovers)} in tmp/: {what}"
             )
+
+
+def _unlisted(
+    vault: Vault,
+    objects: Path,
+    blobs: list[tuple[Path, str]],
+    committed_since: Callable[[str], bool],
+) -> Iterator[Finding]:
+    """Blobs the walk found without a catalog row: orphans, unless a writer explains them.
+
+    Asked after the walk, not before it: a fetch or import that took the lock during the walk
+    publishes its blobs before it commits their rows.  The writer first, the catalog second: a
+    writer gone by then has committed its rows (or died, and left orphans)."""
+    if not blobs:
+        return
+    writer = vault.writer()
+    blobs = [(path, digest) for path, digest in blobs if not committed_since(digest)]
+    if writer is not None and blobs:
+        yield Finding(
+            "blob-in-flight",
+            "info",
+            str(objects),
+            f"{len(blobs)} blob(s) without a catalog row while {writer} writes to the vault: "
+            "not checked as orphans; run verify again when it is done",
+        )
+        return
+    for path, digest in blobs:
+        yield Finding(
+            "blob-orphan",
+            "warning",
+            digest,
+            f"blob {path} has no catalog row (an interrupted fetch leaves "
+            "these; the next fetch of that message adopts it)",
+        )
+
+
+def _purging(vault: Vault, objects: Path, blobs: list[tuple[Path, str]]) -> Iterator[Finding]:
+    """Blobs of messages marked purged: a retention run removing them, or an unfinished purge
+    (asked after the walk, as for ``_unlisted``; a blob removed since was being purged)."""
+    if not blobs:
+        return
+    writer = vault.writer()
+    blobs = [(path, digest) for path, digest in blobs if path.exists()]
+    if writer is not None and blobs:
+        yield Finding(
+            "blob-in-flight",
+            "info",
+            str(objects),
+            f"{len(blobs)} blob(s) of purged messages while {writer} writes to the vault: a "
+            "purge in progress; run verify again when it is done",
+        )
+        return
+    for path, digest in blobs:
+        yield Finding(
+            "blob-purge-unfinished",
+            "warning",
+            digest,
+            f"blob {path} belongs to a message marked purged: an interrupted "
+            "purge (the next `retention apply` removes it), or an edited catalog (then "
+            "ledger-missing says so)",
+        )
 
 
 def _catalog(db: sqlite3.Connection) -> Iterator[Finding]:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,35 +266,40 @@ def test_an_import_committing_while_verify_reads_is_no_finding(
     assert done and (code, codes(items)) == (0, set()), items
 
 
-def test_blobs_a_running_writer_has_not_committed_yet_are_not_orphans(
-    vault: Path, tmp_path: Path
-) -> None:
-    """A fetch publishes a batch's blobs, then commits their rows: verify running in between
-    reports them as in flight (info), not as orphans, while that writer holds the vault."""
-    import subprocess
-    import sys
-    import textwrap
-
-    ready = tmp_path / "ready"
+def hold_with_a_published_blob(vault: Path, ready: Path, command: str) -> subprocess.Popen[bytes]:
+    """A process that takes the vault lock as ``command``, publishes one blob and, before
+    committing its catalog row, writes the blob's path to ``ready`` and sleeps."""
     holder = textwrap.dedent(
         f"""
         import time
         from pathlib import Path
         from mailvault.vault import open_vault
         vault = open_vault(Path({str(vault)!r}))
-        with vault.write_lock("fetch"):
+        with vault.write_lock({command!r}):
             store = vault.store()
             writer = store.writer()
             writer.write(b"Subject: in flight\\r\\n\\r\\npublished, not committed\\r\\n")
-            store.publish([writer.finish()])
-            Path({str(ready)!r}).touch()
+            staged = writer.finish()
+            store.publish([staged])
+            Path({str(ready)!r} + ".tmp").write_text(str(store.find(staged.digest)))
+            Path({str(ready)!r} + ".tmp").rename({str(ready)!r})
             time.sleep(60)
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", holder])
+    while not ready.exists():
+        assert proc.poll() is None, "the lock holder died"
+        time.sleep(0.01)
+    return proc
+
+
+def test_blobs_a_running_writer_has_not_committed_yet_are_not_orphans(
+    vault: Path, tmp_path: Path
+) -> None:
+    """A fetch publishes a batch's blobs, then commits their rows: verify running in between
+    reports them as in flight (info), not as orphans, while that writer holds the vault."""
+    proc = hold_with_a_published_blob(vault, tmp_path / "ready", "fetch")
     try:
-        while not ready.exists():
-            assert proc.poll() is None, "the lock holder died"
         code, items = findings(vault)
         assert (code, codes(items)) == (0, set()), items
         assert [f["code"] for f in items if f["code"] == "blob-in-flight"] == ["blob-in-flight"]
@@ -299,6 +308,33 @@ def test_blobs_a_running_writer_has_not_committed_yet_are_not_orphans(
         proc.wait()
     code, items = findings(vault)  # the writer is gone: now it is an orphan
     assert "blob-orphan" in codes(items)
+
+
+def test_an_import_starting_while_verify_walks_the_store_makes_no_orphan(
+    vault: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify looked for a writer before its walk of objects/; an import that took the lock
+    during the walk and published a blob (its catalog row not committed yet) made a false
+    blob-orphan.  Whether a writer explains a blob without a row is asked when one is seen."""
+    entries = BlobStore.entries
+    started: list[subprocess.Popen[bytes]] = []
+
+    def entries_then_an_import(store: BlobStore) -> Iterator[tuple[Path, str | None]]:
+        yield from entries(store)
+        ready = tmp_path / "ready"
+        started.append(hold_with_a_published_blob(vault, ready, "import"))
+        path = Path(ready.read_text())
+        yield path, path.name.removesuffix(".zst")
+
+    monkeypatch.setattr(BlobStore, "entries", entries_then_an_import)
+    try:
+        code, items = findings(vault)
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+    assert started and (code, codes(items)) == (0, set()), items
+    assert "blob-in-flight" in {f["code"] for f in items}
 
 
 def test_a_new_vault_verifies_clean_and_searches_to_no_hits(tmp_path: Path) -> None:
