@@ -114,7 +114,7 @@ def _blobs(
             what = (
                 f"being written by {writer}"
                 if writer is not None
-                else "interrupted write(s); the next fetch removes them"
+                else "left by an interrupted fetch or import, which the next one removes"
             )
             yield Finding(
                 "tmp-leftover", "info", str(store.tmp), f"{len(leftovers)} in tmp/: {what}"
@@ -150,8 +150,8 @@ def _unlisted(
             "blob-orphan",
             "warning",
             digest,
-            f"blob {path} has no catalog row (an interrupted fetch leaves "
-            "these; the next fetch of that message adopts it)",
+            f"blob {path} has no catalog row (an interrupted fetch or import leaves these; "
+            "the next fetch or import of that message adopts it)",
         )
 
 

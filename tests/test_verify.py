@@ -308,6 +308,18 @@ def test_blobs_a_running_writer_has_not_committed_yet_are_not_orphans(
         proc.wait()
     code, items = findings(vault)  # the writer is gone: now it is an orphan
     assert "blob-orphan" in codes(items)
+    orphan = next(f for f in items if f["code"] == "blob-orphan")
+    assert "interrupted fetch or import" in orphan["detail"]
+
+
+def test_tmp_leftovers_name_fetch_and_import_alike(vault: Path) -> None:
+    """Both fetch and import write through tmp/ and clean it when they start: the note says
+    so rather than blaming fetch alone."""
+    (vault / "tmp" / "in-1-leftover").write_bytes(b"half a message")
+    code, items = findings(vault)
+    (note,) = [f for f in items if f["code"] == "tmp-leftover"]
+    assert code == 0 and note["severity"] == "info"
+    assert "interrupted fetch or import" in note["detail"]
 
 
 def test_an_import_starting_while_verify_walks_the_store_makes_no_orphan(
