@@ -43,7 +43,7 @@ from typing import Any
 from mailvault import index as ix
 from mailvault._workers import init_worker
 from mailvault.catalog import Catalog, utcnow
-from mailvault.errors import MailvaultError, from_storage_error
+from mailvault.errors import IndexDamaged, MailvaultError, from_storage_error
 from mailvault.parse.model import ParsedMessage
 from mailvault.parse.skeleton import parse_chunks
 from mailvault.store import BlobStore
@@ -401,6 +401,15 @@ def _pipeline(
         if writer is not None:
             writer.close()
     return done_all
+
+
+def lag_note(exc: MailvaultError) -> str:
+    """What a fetch or import says when indexing what it committed failed: the mail is safe,
+    the index lags.  A damaged index already names its fix (`mailvault reindex`, which indexes
+    everything), so it is not followed by a second, weaker one."""
+    if isinstance(exc, IndexDamaged):
+        return f"indexing failed: {exc}"
+    return f"indexing failed: {exc}; run `mailvault index` to catch up"
 
 
 def catch_up(vault: Vault, *, progress: Progress | None = None, exact: bool = False) -> IndexReport:

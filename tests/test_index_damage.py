@@ -225,3 +225,16 @@ def vault_ids(vault: Vault) -> list[str]:
         return [r[0] for r in conn.execute("SELECT sha256 FROM messages")]
     finally:
         conn.close()
+
+
+def test_a_fetch_or_import_that_meets_a_damaged_index_names_one_fix() -> None:
+    """The mail is committed, only the index lags: a damaged index's own message already says
+    `mailvault reindex`; the "run `mailvault index`" of other failures is not added to it."""
+    from mailvault.errors import IndexDamaged, SearchError
+
+    damaged = indexer.lag_note(
+        IndexDamaged("the search index at /v/index is damaged: x; run `mailvault reindex`")
+    )
+    assert damaged.endswith("run `mailvault reindex`") and "mailvault index`" not in damaged
+    other = indexer.lag_note(SearchError("cannot write the index: disk full"))
+    assert other.endswith("run `mailvault index` to catch up")

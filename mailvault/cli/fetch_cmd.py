@@ -144,13 +144,13 @@ def fetch(
                 progress = None
             index_report, index_error = None, None
             if not dry_run and not no_index:
-                from mailvault.indexer import catch_up
+                from mailvault.indexer import catch_up, lag_note
 
                 indexing = IndexProgress() if show_progress else None
                 try:
                     index_report = catch_up(vault, progress=indexing)
                 except MailvaultError as exc:  # the mail is safe; only the derived index lags
-                    index_error = f"indexing failed: {exc}; run `mailvault index` to catch up"
+                    index_error = lag_note(exc)
                 finally:
                     if indexing:
                         indexing.finish()

@@ -396,9 +396,9 @@ def _settle_missed(
 
 def _catch_up(vault: Vault, report: ImportReport) -> None:
     """Parse and index what was imported; a failure here leaves the import committed."""
-    from mailvault.indexer import catch_up
+    from mailvault.indexer import catch_up, lag_note
 
     try:
         report.index = catch_up(vault).as_json()
     except MailvaultError as exc:  # the mail is safe; only the derived index lags
-        report.index_error = f"indexing failed: {exc}; run `mailvault index` to catch up"
+        report.index_error = lag_note(exc)
