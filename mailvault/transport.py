@@ -140,6 +140,14 @@ class SocketStream:
         failed handshake may mean the port speaks plain text, which the error then says."""
         try:
             self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+            # The peer closed the connection mid-handshake: a dropped connection (retried),
+            # not a TLS failure.  A plain-text port greets before it closes, so no probe.
+            self.close()
+            raise TransportError(
+                f"connection to {self.host} closed during the TLS handshake "
+                f"({exc.reason or exc})"
+            ) from None
         except ssl.SSLError as exc:
             self.close()
             if (

@@ -20,6 +20,7 @@ import pytest
 import trustme
 
 from mailvault.testkit.fakepop import FakePop3Server, Faults, dot_stuff, served_bytes
+from mailvault.testkit.proxy import DelayProxy
 from tests.vaults import (
     PASSWORD_ENV,
     assert_vault_exact,
@@ -453,6 +454,48 @@ def test_certificate_for_wrong_host_is_refused_without_retry(
         acct = report["accounts"][0]
         assert (code, acct["retries"]) == (1, 0)
         assert "certificate" in acct["errors"][0] and "another name" in acct["errors"][0]
+
+
+class _CutFirstConnection(DelayProxy):
+    """Closes the first connection before the server's first byte (mid TLS handshake); the
+    ones after it pass."""
+
+    @property
+    def cut_after_server_bytes(self) -> int | None:
+        return 0 if self.connections == 0 else None
+
+    @cut_after_server_bytes.setter
+    def cut_after_server_bytes(self, value: int | None) -> None:
+        pass
+
+
+def test_a_connection_closed_during_the_tls_handshake_is_retried(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """An EOF in the middle of the handshake is a dropped connection, not a TLS failure: it
+    is retried like any other (a bad certificate is not, see the test above)."""
+    ctx, cafile = _server_tls(ca, tmp_path)
+    messages = corpus(3)
+    with (
+        FakePop3Server(messages, tls_context=ctx, implicit_tls=True) as server,
+        _CutFirstConnection("127.0.0.1", server.port) as proxy,
+    ):
+        vault = make_vault(
+            tmp_path / "v",
+            {
+                "acct": {
+                    "host": "127.0.0.1",
+                    "port": proxy.port,
+                    "tls": "implicit",
+                    "ca_file": str(cafile),
+                    "retries": 3,
+                }
+            },
+        )
+        code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["retries"], acct["fetched"]) == (0, 1, 3), report
+    assert proxy.connections == 2
 
 
 def test_one_failing_account_does_not_stop_the_others(tmp_path: Path) -> None:
