@@ -172,6 +172,7 @@ class AccountFetcher:
         self._login_delay = 0.0
         self._counted = False
         self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
+        self.header_differs: set[str] = set()  # committed UIDLs whose TOP showed another header
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
         self._secret: str | None = None  # resolved once per run, in memory for the run only
@@ -347,10 +348,9 @@ class AccountFetcher:
         log.info("%s: the XOAUTH2 token was refused; asking its source again", self.account.name)
         return True
 
-    def _same_header(self, session: Pop3Session, msgno: int, sha256: str) -> bool:
-        """Whether ``TOP msgno 0`` gives the header of the committed message (a few KB, not
-        a download); False if it differs or the server refuses TOP."""
-        head = session.top_header(msgno)
+    def _same_header(self, head: bytes | None, sha256: str) -> bool:
+        """Whether ``head``, what ``TOP n 0`` gave (a few KB, not a download), is the header of
+        the committed message; False if it differs or the server refused TOP (None)."""
         if not head:
             return False
         stored = bytearray()
@@ -398,7 +398,7 @@ class AccountFetcher:
         # was lost, or whose mail another client deleted, may have given the UIDL to new mail
         # since.  Any other is downloaded first ("suspects"): the same content is then kept
         # (and DELEd if due), other content is archived as new mail, never deleted unread.
-        ghost_deletes: list[tuple[int, int]] = []
+        checks: list[_Check] = []  # due for DELE once TOP shows the committed header
         suspects: dict[str, tuple[LiveUidl, bool]] = {}  # uidl -> (row, deletable)
         backfill: list[tuple[int, int]] = []  # rows from before LIST sizes were recorded
         for m, row in ghosts:
@@ -412,24 +412,19 @@ class AccountFetcher:
                 # Same UIDL, same size is not enough to delete unread: another client may
                 # have deleted the message (or a DELE we sent been applied without its QUIT
                 # reaching us) and the server given the UIDL to new mail of the same size
-                # since, while it waited its delete_after_days.  Its header must match too.
-                if self._same_header(session, m.msgno, row.sha256):
-                    ghost_deletes.append((m.msgno, row.id))
+                # since, while it waited its delete_after_days.  Its header must match too:
+                # the pump loop asks TOP (pipelined like RETR) and DELEs only a match.
+                if row.uidl not in self.header_differs:
+                    checks.append(_Check(m, row))
                     continue
             suspects[row.uidl] = (row, deletable)
-            was = (
-                f"listed with {row.listed_size} octets when committed"
-                if row.listed_size is not None
-                else f"committed with {row.size} octets"
-            )
-            warning = (
-                f"UIDL {row.uidl}: {was}, now listed with {m.size}"
-                if m.size != row.committed_listing
-                else f"UIDL {row.uidl}: TOP does not show the committed message's header (the "
-                "server may have given the UIDL to new mail, or refuses TOP)"
-            ) + "; downloaded again to check before any DELE"
-            if warning not in report.warnings:
-                report.warnings.append(warning)
+            if m.size != row.committed_listing:
+                was = (
+                    f"listed with {row.listed_size} octets when committed"
+                    if row.listed_size is not None
+                    else f"committed with {row.size} octets"
+                )
+                self._warn(f"UIDL {row.uidl}: {was}, now listed with {m.size}; {_RECHECK}")
         if backfill and not self.dry_run:
             self.catalog.record_listed_sizes(backfill)
         if not self._counted:  # retries and capped sessions re-list; count the first listing
@@ -440,7 +435,9 @@ class AccountFetcher:
             report.would_bytes = sum(m.size for m in new) + sum(
                 m.size for m in listed if m.uidl in suspects
             )
-            report.would_delete = len(ghost_deletes) + (
+            # A real run DELEs the committed messages due only if TOP shows their header;
+            # a dry run does not pay for the TOPs and counts them all.
+            report.would_delete = len(checks) + (
                 len(new) if self._deletable(listing_time, now) else 0
             )
             session.quit()
@@ -458,10 +455,13 @@ class AccountFetcher:
                 report.warnings.append(warning)
         to_fetch = [m for m in listed if m.uidl in suspects] + new
         to_fetch = [m for m in to_fetch if m.uidl is None or m.uidl not in self.refused]
-        batch_now = to_fetch[:cap] if cap else to_fetch
+        # A cap counts the committed messages checked for deletion as well as the fetches:
+        # a capped session QUITs after that many, so its deletions take effect in steps.
+        checks_now = checks[:cap] if cap else checks
+        batch_now = to_fetch[: max(cap - len(checks_now), 0)] if cap else to_fetch
         self.progress.expect(len(to_fetch))
         refused_before = len(self.refused)
-        loop = _PumpLoop(self, session, batch_now, ghost_deletes, listing_time, now, suspects)
+        loop = _PumpLoop(self, session, batch_now, checks_now, listing_time, now, suspects)
         loop.run()
         confirmed = session.quit()
         if confirmed and loop.deleted_ids:
@@ -471,7 +471,32 @@ class AccountFetcher:
         # archived or deleted, or a refused one that later sessions skip): a server that
         # refuses every RETR must not be asked again and again.
         progress = loop.done > 0 or bool(loop.deleted_ids) or len(self.refused) > refused_before
-        return bool(cap) and len(to_fetch) > cap and progress
+        return bool(cap) and len(checks) + len(to_fetch) > cap and progress
+
+    def _warn(self, warning: str) -> None:
+        if warning not in self.report.warnings:
+            self.report.warnings.append(warning)
+
+    def _header_differs(self, row: LiveUidl) -> None:
+        """TOP did not show a committed message's header: not deleted unread, and not asked
+        again this run (the next session downloads it to check)."""
+        self.header_differs.add(row.uidl)
+        self._warn(
+            f"UIDL {row.uidl}: TOP does not show the committed message's header (the server "
+            f"may have given the UIDL to new mail, or refuses TOP); {_RECHECK}"
+        )
+
+
+_RECHECK = "downloaded again to check before any DELE"
+TOP_LIMIT = 256 * 1024  # bytes of a TOP answer kept: more than any real header block
+
+
+@dataclass
+class _Check:
+    """A committed message due for deletion, whose header TOP is to show first."""
+
+    msg: ListedMessage
+    row: LiveUidl
 
 
 class _Unfetchable(ProtocolError):
@@ -495,19 +520,22 @@ class _PumpLoop:
         fetcher: AccountFetcher,
         session: Pop3Session,
         to_fetch: list[ListedMessage],
-        ghost_deletes: list[tuple[int, int]],
+        checks: list[_Check],
         listing_time: str,
         now: datetime,
         suspects: dict[str, tuple[LiveUidl, bool]] | None = None,
     ) -> None:
         self.f = fetcher
-        self.suspects = suspects or {}
+        # shared with _drain's: a check that fails adds its message while the loop runs
+        self.suspects = suspects if suspects is not None else {}
         self.session = session
         self.to_fetch = deque(to_fetch)
-        self.deletes: deque[tuple[int, int]] = deque(ghost_deletes)
+        self.checks = deque(checks)
+        self.head = bytearray()  # of the TOP answer being received
+        self.deletes: deque[tuple[int, int]] = deque()
         self.listing_time = listing_time
         self.delete_new = fetcher._deletable(listing_time, now)
-        self.inflight: deque[tuple[pop3.Command, ListedMessage | int]] = deque()
+        self.inflight: deque[tuple[pop3.Command, ListedMessage | int | _Check]] = deque()
         self.batch: Batch = []
         self.batch_size = 0
         self.commits_pending = 0
@@ -582,6 +610,10 @@ class _PumpLoop:
                 msgno, row_id = self.deletes.popleft()
                 cmd: pop3.Command = pop3.Dele(msgno)
                 self.inflight.append((cmd, row_id))
+            elif self.checks:
+                check = self.checks.popleft()
+                cmd = pop3.Top(check.msg.msgno, 0)
+                self.inflight.append((cmd, check))
             elif self.to_fetch:
                 msg = self.to_fetch.popleft()
                 cmd = pop3.Retr(msg.msgno)
@@ -596,11 +628,27 @@ class _PumpLoop:
             self.session.send_many(batch)
 
     def _handle(self, event: pop3.Event) -> None:
-        if type(event) is pop3.Data:
-            self._data(event.data)
-            return
         command, subject = self.inflight[0]
-        if isinstance(command, pop3.Retr):
+        if type(event) is pop3.Data:
+            if isinstance(command, pop3.Top):
+                if len(self.head) < TOP_LIMIT:
+                    self.head += event.data
+            else:
+                self._data(event.data)
+            return
+        if isinstance(command, pop3.Top):
+            assert isinstance(subject, _Check)
+            if isinstance(event, pop3.Ok):
+                self.head = bytearray()  # the header follows
+            elif isinstance(event, pop3.End | pop3.Err):
+                self.inflight.popleft()
+                head = bytes(self.head[:TOP_LIMIT]) if isinstance(event, pop3.End) else None
+                self._checked(subject, head)
+            else:
+                raise ProtocolError(
+                    f"unexpected {event!r} in answer to TOP", account=self.f.account.name
+                )
+        elif isinstance(command, pop3.Retr):
             assert isinstance(subject, ListedMessage)
             if isinstance(event, pop3.Ok):
                 pass  # the data follows
@@ -627,6 +675,19 @@ class _PumpLoop:
                 self.dele_acked.append(subject)
             elif isinstance(event, pop3.Err):
                 self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
+
+    def _checked(self, check: _Check, head: bytes | None) -> None:
+        """The DELE of a committed message goes out only if TOP showed its header; another
+        header (or none) makes it a suspect, downloaded and archived before any DELE."""
+        msg, row = check.msg, check.row
+        if self.f._same_header(head, row.sha256):
+            self.deletes.append((msg.msgno, row.id))
+            return
+        self.f._header_differs(row)
+        self.suspects[row.uidl] = (row, True)
+        if row.uidl not in self.f.refused:
+            self.to_fetch.append(msg)
+            self.f.progress.expect(len(self.to_fetch) + self.retr_inflight)
 
     def _data(self, data: bytes) -> None:
         self.chunks.append(data)

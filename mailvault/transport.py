@@ -145,8 +145,7 @@ class SocketStream:
             # not a TLS failure.  A plain-text port greets before it closes, so no probe.
             self.close()
             raise TransportError(
-                f"connection to {self.host} closed during the TLS handshake "
-                f"({exc.reason or exc})"
+                f"connection to {self.host} closed during the TLS handshake ({exc.reason or exc})"
             ) from None
         except ssl.SSLError as exc:
             self.close()

@@ -131,6 +131,31 @@ def test_pipelined_and_lockstep_give_the_same_vault(
     assert len(results[0]) == 60
 
 
+def test_delete_after_days_checks_headers_pipelined_or_lockstep_alike(
+    tmp_path: Path, dovecot_factory: Callable[..., Dovecot]
+) -> None:
+    """Committed mail past delete_after_days: Dovecot answers the pipelined TOPs as lock-step
+    ones, and both runs (the capped one in steps) delete all of it and nothing else."""
+    messages = mail(40, seed=6)
+    for pipelining in (True, False):
+        server = dovecot_factory({"alice": "alice-secret"}, pipelining=pipelining)
+        server.add_messages("alice", messages)
+        keys = {"delete": "after-commit", "delete_after_days": 1}
+        keys.update({} if pipelining else {"max_messages_per_session": 15})
+        vault = make_vault(
+            tmp_path / f"v{pipelining}", {"box": account(server, "implicit", **keys)}
+        )
+        assert fetch_json(vault, "--no-index")[0] == 0
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            db.execute("UPDATE uidls SET first_seen = '2000-01-01T00:00:00+00:00'")
+        code, report = fetch_json(vault, "--no-index")
+        acct = report["accounts"][0]
+        assert code == 0 and (acct["fetched"], acct["deleted"]) == (0, 40), report
+        assert acct["sessions"] == (1 if pipelining else 3) and acct["warnings"] == []
+        assert server.mailbox_count("alice") == 0
+        assert_vault_exact(vault, sha256s(retr_payload(m) for m in messages))
+
+
 def test_wrong_password_is_not_retried(tmp_path: Path, dovecot: Dovecot) -> None:
     dovecot.add_messages("alice", mail(1))
     vault = make_vault(tmp_path / "v", {"box": account(dovecot, "implicit", retries=4)})

@@ -895,14 +895,20 @@ def test_a_ghost_whose_dele_was_sent_is_checked_by_its_header_not_downloaded(
         assert len(retrs) == 3 and len(tops) == 3  # RETRs of the first run only
 
 
-def test_delete_after_days_checks_the_header_of_what_it_deletes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("no_pipelining", "cap"), [(False, 0), (True, 0), (False, 1), (True, 2)])
+def test_delete_after_days_checks_the_header_of_what_it_deletes(
+    tmp_path: Path, no_pipelining: bool, cap: int
+) -> None:
     """While committed mail waits its delete_after_days on the server, another client deletes
     one message and the server gives its UIDL to new mail of the same size.  When the wait is
     over, the new mail is not deleted unread on UIDL and size alone: TOP shows another header,
-    so it is downloaded and archived, and stays (its own wait starts now)."""
+    so it is downloaded and archived, and stays (its own wait starts now).  Pipelined or
+    lock-step, in one session or capped ones, the result is the same."""
     messages = corpus(3)
-    with FakePop3Server(messages, faults=Faults(reuse_uidls=True)) as server:
-        vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=1)
+    faults = Faults(reuse_uidls=True, no_pipelining=no_pipelining)
+    with FakePop3Server(messages, faults=faults) as server:
+        keys = {"max_messages_per_session": cap} if cap else {}
+        vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=1, **keys)
         assert fetch_json(vault)[1]["accounts"][0]["deleted"] == 0
         with server._lock:  # another client deleted uid-1
             server.mailbox = [m for m in server.mailbox if m.uidl != "uid-1"]
@@ -917,6 +923,68 @@ def test_delete_after_days_checks_the_header_of_what_it_deletes(tmp_path: Path) 
         assert any("UIDL uid-1" in w and "downloaded again" in w for w in acct["warnings"])
         assert [m.data for m in server.mailbox] == [fresh]
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in [*messages, fresh]))
+
+
+def _committed_and_due(tmp_path: Path, server: FakePop3Server, **keys: Any) -> Path:
+    """A vault whose every message of ``server`` is committed and past delete_after_days."""
+    vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=1, **keys)
+    assert fetch_json(vault)[1]["accounts"][0]["deleted"] == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("UPDATE uidls SET first_seen = '2000-01-01T00:00:00+00:00'")
+    return vault
+
+
+def test_the_header_checks_before_deletion_are_pipelined(tmp_path: Path) -> None:
+    """The TOP of every committed message due for deletion goes out in a window like RETR's,
+    not one round trip each; the DELEs follow as the answers arrive."""
+    with FakePop3Server(corpus(8)) as server:
+        vault = _committed_and_due(tmp_path, server)
+        trace = tmp_path / "trace.txt"
+        code, report = fetch_json(vault, "--trace", str(trace))
+        assert code == 0 and report["accounts"][0]["deleted"] == 8, report
+        assert server.mailbox == []
+    lines = trace.read_text().splitlines()
+    dialogue = [line.split(" ", 2)[-1] for line in lines if not line.startswith("#")]
+    first_answer = next(i for i, x in enumerate(dialogue) if x.startswith("C: TOP")) + 1
+    while dialogue[first_answer].startswith("C: TOP"):
+        first_answer += 1
+    sent_before = [x for x in dialogue[:first_answer] if x.startswith("C: TOP")]
+    assert len(sent_before) == 8, dialogue
+
+
+def test_a_capped_session_deletes_in_steps(tmp_path: Path) -> None:
+    """max_messages_per_session counts the committed messages checked for deletion: each
+    session QUITs after that many, so deletions take effect as the run goes (a run killed
+    later keeps them), then reconnects for the rest."""
+    with FakePop3Server(corpus(5)) as server:
+        vault = _committed_and_due(tmp_path, server, max_messages_per_session=2)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 0 and (acct["deleted"], acct["sessions"]) == (5, 3), report
+        assert server.mailbox == []
+        commands = [c.split()[0] for d, c in server.log if d == "C"]
+    tail = commands[len(commands) - 1 - commands[::-1].index("PASS") - 20 :]
+    assert [c for c in commands if c in ("DELE", "QUIT")][-8:] == [
+        "DELE",
+        "DELE",
+        "QUIT",
+        "DELE",
+        "DELE",
+        "QUIT",
+        "DELE",
+        "QUIT",
+    ], tail
+
+
+def test_a_dry_run_does_not_pay_for_header_checks(tmp_path: Path) -> None:
+    with FakePop3Server(corpus(4)) as server:
+        vault = _committed_and_due(tmp_path, server)
+        server.log.clear()
+        code, report = fetch_json(vault, "--dry-run")
+        acct = report["accounts"][0]
+        assert (code, acct["would_delete"], acct["would_check"]) == (0, 4, 0), report
+        assert not any(c.startswith("TOP") for d, c in server.log if d == "C")
+        assert len(server.mailbox) == 4
 
 
 def test_an_account_pointed_at_another_mailbox_trusts_none_of_the_old_uidls(
