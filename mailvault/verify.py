@@ -269,6 +269,16 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 f"{key[0]}/{key[1]}",
                 f"UIDL {key[1]} of account {key[0]} is marked deleted but the deletion is not in the ledger",
             )
+    for key, count in gone.items():  # the other way: a deletion un-marked by hand
+        if confirmed[key] < count and rows[key] >= count:
+            yield Finding(
+                "ledger-disagrees",
+                "error",
+                f"{key[0]}/{key[1]}",
+                f"the ledger records the deletion of UIDL {key[1]} of account {key[0]} but the "
+                "catalog does not mark it deleted (edited by hand?): fetch would take it for "
+                "mail still on the server",
+            )
 
 
 def _purges(db: sqlite3.Connection, recorded: set[str]) -> Iterator[Finding]:
@@ -304,8 +314,10 @@ def _purges(db: sqlite3.Connection, recorded: set[str]) -> Iterator[Finding]:
             )
 
 
-# A hold as the ledger tells it: [query, released], one per hold-add, in order
+# A hold as the ledger tells it: [query, released, detail of its hold-add], one per hold-add,
+# in order; as the catalog tells it: (query, released, reason, created_by)
 _LedgerHold = list[Any]
+_HoldRow = tuple[str, bool, str | None, str | None]
 
 
 def _holds(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Finding]:
@@ -318,26 +330,52 @@ def _holds(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Fi
             detail = _detail(entry)
             holds = recorded.setdefault(str(detail.get("name")), [])
             if entry["kind"] == "hold-add":
-                holds.append([detail.get("query"), False])
+                holds.append([detail.get("query"), False, detail])
             elif holds and not holds[-1][1]:
                 holds[-1][1] = True
             else:  # a release of nothing the ledger added: no row can match it
-                holds.append([detail.get("query"), True])
-    rows: dict[str, list[tuple[str, bool]]] = {}
+                holds.append([detail.get("query"), True, {}])
+    rows: dict[str, list[_HoldRow]] = {}
     try:
-        query = "SELECT name, query, released_at IS NOT NULL FROM holds ORDER BY id"
-        for name, text, released in db.execute(query):
-            rows.setdefault(name, []).append((text, bool(released)))
+        query = (
+            "SELECT name, query, released_at IS NOT NULL, reason, created_by FROM holds ORDER BY id"
+        )
+        for name, text, released, reason, by in db.execute(query):
+            rows.setdefault(name, []).append((text, bool(released), reason, by))
     except sqlite3.OperationalError:  # a catalog from before holds existed
         return
     for name in sorted(recorded.keys() | rows.keys()):
-        for held, row in itertools.zip_longest(recorded.get(name, []), rows.get(name, [])):
+        for held, row in _paired(recorded.get(name, []), rows.get(name, [])):
             yield from _hold_pair(name, held, row)
 
 
-def _hold_pair(
-    name: str, held: _LedgerHold | None, row: tuple[str, bool] | None
-) -> Iterator[Finding]:
+def _paired(
+    held: list[_LedgerHold], rows: list[_HoldRow]
+) -> list[tuple[_LedgerHold | None, _HoldRow | None]]:
+    """The ledger's holds of one name with the catalog's rows: first those that agree on
+    query and state, in order (so a released row deleted by hand is the one named missing,
+    not the active hold added again under the name), then what is left, by position (an
+    edited row is then named as disagreeing)."""
+    pairs: list[tuple[_LedgerHold | None, _HoldRow | None]] = []
+    left_held: list[_LedgerHold] = []
+    taken: set[int] = set()
+    start = 0
+    for hold in held:
+        match = next(
+            (j for j in range(start, len(rows)) if rows[j][:2] == (hold[0], hold[1])), None
+        )
+        if match is None:
+            left_held.append(hold)
+            continue
+        pairs.append((hold, rows[match]))
+        taken.add(match)
+        start = match + 1
+    left_rows = [row for j, row in enumerate(rows) if j not in taken]
+    pairs.extend(itertools.zip_longest(left_held, left_rows))
+    return pairs
+
+
+def _hold_pair(name: str, held: _LedgerHold | None, row: _HoldRow | None) -> Iterator[Finding]:
     subject = f"hold {name}"
     if row is None:
         assert held is not None
@@ -381,6 +419,16 @@ def _hold_pair(
             subject,
             f"the ledger records the release of hold {name!r} but the catalog has it active",
         )
+    added = held[2]  # the hold-add's detail; entries from before a field was kept lack it
+    for field, value, label in (("reason", row[2], "reason"), ("by", row[3], "created_by")):
+        if field in added and added[field] != value:
+            yield Finding(
+                "ledger-disagrees",
+                "error",
+                subject,
+                f"hold {name!r} has the {label} {value!r} in the catalog but "
+                f"{added[field]!r} in the ledger (edited by hand?)",
+            )
 
 
 def _detail(entry: dict[str, Any]) -> dict[str, Any]:

@@ -488,6 +488,45 @@ def test_verify_finds_a_hold_edited_by_hand(vault: Path, edit: str, code: str, w
     assert words in findings[0]["detail"], findings
 
 
+def test_verify_names_the_released_hold_row_deleted_not_the_active_one(vault: Path) -> None:
+    """A hold added, released and added again under the same name: deleting the released
+    row by hand is reported as that row missing, not as the active hold gone or released."""
+    for args in (
+        ("add", "h", "from:acme.com"),
+        ("release", "h"),
+        ("add", "h", "from:other.org"),
+    ):
+        assert run_cli(vault, "hold", *args).exit_code == 0
+    assert run_cli(vault, "verify").exit_code == 0
+    _edit(vault, "DELETE FROM holds WHERE name = 'h' AND released_at IS NOT NULL")
+    findings = _verify_findings(vault)
+    assert [(f["code"], f["subject"]) for f in findings] == [("catalog-row-missing", "hold h")]
+    detail = findings[0]["detail"]
+    assert "(query 'from:acme.com')" in detail and "retention no longer sees it" not in detail
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (
+            "reason = 'nothing'",
+            "hold 'acme' has the reason 'nothing' in the catalog but 'the case'",
+        ),
+        ("created_by = 'mallory'", "hold 'acme' has the created_by 'mallory' in the catalog"),
+    ],
+)
+def test_verify_finds_a_hold_reason_or_author_edited_by_hand(
+    vault: Path, edit: str, words: str
+) -> None:
+    result = run_cli(vault, "hold", "add", "acme", "from:bob@acme.com", "--reason", "the case")
+    assert result.exit_code == 0, result.output
+    assert run_cli(vault, "verify").exit_code == 0
+    _edit(vault, f"UPDATE holds SET {edit} WHERE name = 'acme'")
+    findings = _verify_findings(vault)
+    assert [(f["code"], f["subject"]) for f in findings] == [("ledger-disagrees", "hold acme")]
+    assert words in findings[0]["detail"], findings
+
+
 def test_verify_finds_a_hold_release_the_catalog_does_not_have(vault: Path) -> None:
     """The other way round: the ledger says released (an entry appended by hand keeps the
     chain valid), the catalog still has the hold active."""
