@@ -245,6 +245,20 @@ def test_a_deleted_uidl_row_and_a_corrupt_catalog_are_findings(tmp_path: Path) -
     assert "Traceback" not in result.output
 
 
+def test_a_deletion_unmarked_by_hand_is_a_finding(vault: Path) -> None:
+    """The ledger records a UIDL's deletion; clearing deleted_confirmed_at in the catalog (so
+    fetch takes it for mail still on the server) is caught, not only the other way round."""
+    assert findings(vault) == (0, [])
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute(
+            "UPDATE uidls SET deleted_confirmed_at = NULL, dele_sent_at = NULL WHERE uidl = 'uid-2'"
+        )
+    code, items = findings(vault)
+    assert code == 1
+    assert [(f["code"], f["subject"]) for f in items] == [("ledger-disagrees", "acct/uid-2")]
+    assert "the ledger records the deletion of UIDL uid-2" in items[0]["detail"]
+
+
 def test_an_import_committing_while_verify_reads_is_no_finding(
     vault: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
