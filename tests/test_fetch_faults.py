@@ -371,6 +371,36 @@ def test_pipelined_and_lockstep_give_identical_vaults(tmp_path: Path) -> None:
     assert committed_uidls(vaults[0], "acct") == committed_uidls(vaults[1], "acct")
 
 
+def _fetch_into(vault: Path, stdout: Any) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, PASSWORD_ENV: "alice-secret", "MAILVAULT_RETRY_SCALE": "0.001"}
+    argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--no-index"]
+    return subprocess.run(argv, env=env, stdout=stdout, stderr=subprocess.PIPE, timeout=120)
+
+
+def test_a_failed_fetch_fails_when_its_reader_closes_the_pipe(tmp_path: Path) -> None:
+    """`mailvault fetch | head -1`: a reader gone early does not turn a failure into exit 0."""
+    with FakePop3Server(corpus(2), faults=Faults(auth_fail=True)) as server:
+        vault = vault_for(tmp_path, server)
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = _fetch_into(vault, write_end)
+        finally:
+            os.close(write_end)
+    assert result.returncode == 1, result.stderr
+
+
+def test_a_full_stdout_is_named_not_the_vault(tmp_path: Path) -> None:
+    with FakePop3Server(corpus(2)) as server:
+        vault = vault_for(tmp_path, server)
+        with open("/dev/full", "w") as full:
+            result = _fetch_into(vault, full)
+    assert result.returncode == 3, result.stderr
+    assert b"standard output could not be written (No space left on device)" in result.stderr
+    assert b"disk full" not in result.stderr
+    assert len(committed_uidls(vault, "acct")) == 2
+
+
 def test_trace_redacts_the_password(tmp_path: Path) -> None:
     with FakePop3Server(corpus()) as server:
         vault = vault_for(tmp_path, server)

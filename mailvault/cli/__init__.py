@@ -7,11 +7,19 @@ Exit codes (documented in docs/cli.md):
     2  usage or configuration error
     3  runtime error (vault locked, disk full, catalog unreadable, ...)
   130  interrupted
+
+Standard output or error closed by its reader (`mailvault fetch | head -1`) does not change a
+command's exit status: the command finishes its work and exits as it would have, what it
+writes after the close is discarded.  Standard output that cannot be written for another
+reason (a full disk) is an error of its own: exit 3 (or the command's own failure status).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
+import io
 import logging
 import os
 import sys
@@ -188,5 +196,74 @@ def cli(ctx: click.Context, vault_path: Path | None, verbose: int, quiet: bool) 
     ctx.obj = {"vault_path": vault_path or default_vault_path(), "quiet": quiet}
 
 
+class _GuardedOutput(io.RawIOBase):
+    """File descriptor 1 or 2 under the CLI's text stream: a failed write is recorded, not
+    raised, so a reader that closes the pipe early (or a full disk under the output) cannot
+    cut a command short or hide its exit status; ``main`` reports it afterwards."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data: Any) -> int:
+        if self.error is None:
+            try:
+                return os.write(self.fd, data)
+            except OSError as exc:
+                self.error = exc
+        return len(data)
+
+
+def _guard(name: str) -> _GuardedOutput | None:
+    """Put ``sys.<name>`` on a ``_GuardedOutput`` (same encoding and buffering)."""
+    stream = getattr(sys, name)
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file: leave it alone
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+    raw = _GuardedOutput(fd)
+    wrapper = io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=stream.line_buffering,
+        write_through=name == "stderr",
+    )
+    setattr(sys, name, wrapper)
+    return raw
+
+
 def main() -> None:
-    cli(prog_name="mailvault")
+    out = _guard("stdout")
+    _guard("stderr")  # its errors are dropped: there is nowhere left to report them
+    try:
+        cli(prog_name="mailvault")
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    failure = out.error if out is not None else None
+    if failure is not None and failure.errno != errno.EPIPE:
+        # Only the output is at fault (a full disk under `> file`): the vault is not.
+        reason = failure.strerror or failure
+        click.echo(
+            f"mailvault: error: standard output could not be written ({reason}); the "
+            "output is incomplete, the command's work is not: write the output elsewhere",
+            err=True,
+        )
+        code = code if isinstance(code, int) and code != 0 else 3
+    sys.exit(code)
