@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import stat
 import subprocess
 import time
@@ -138,8 +139,43 @@ def _read_some(fd: int, out: bytearray) -> bool:
 
 
 def _abandon(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the shell and every process under it (a sleep, gpg, a pinentry), which killing
+    the shell alone leaves running.  Found through /proc, not as a process group: the command
+    stays in our foreground process group, so a pinentry can still read the terminal (in a
+    group of its own it would be stopped by SIGTTIN).  A daemon it started (gpg-agent) has
+    left the tree and is spared, as it should be."""
+    tree = _descendants(proc.pid)
+    for pid in tree:  # frozen first, so none of them forks a child the kill would miss
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+    for pid in [*tree, *(p for p in _descendants(proc.pid) if p not in tree)]:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         proc.kill()
     if proc.stdout is not None:
         proc.stdout.close()
     proc.wait()
+
+
+def _descendants(root: int) -> list[int]:
+    """The processes under ``root``, children before grandchildren (Linux /proc; elsewhere
+    none, and only the shell is killed)."""
+    parents: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    queue = [root]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found.extend(children)
+        queue.extend(children)
+    return found

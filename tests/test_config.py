@@ -182,6 +182,35 @@ def test_a_hung_password_command_gives_up_in_time(
     assert "did not finish within 0.5 s" in str(err.value)
 
 
+def test_a_hung_password_command_is_killed_with_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the time limit the shell's children (gpg, a pinentry; here a sleep) are killed
+    with it, not left running for the command's full length."""
+    import time
+
+    from mailvault import secrets
+
+    def running() -> bool:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x003171\x00":
+                    return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")")[1][:3]
+            except OSError:
+                continue
+        return False
+
+    monkeypatch.setattr(secrets, "COMMAND_TIMEOUT", 0.5)
+    text = GOOD.replace('password_env = "JOURNAL_PW"', 'password_command = "sleep 3171 | cat"')
+    acct = parse_config(tmp_path / "m.toml", text).account("journal")
+    with pytest.raises(ConfigError):
+        resolve_secret(acct)
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running()
+
+
 def test_a_password_command_that_leaves_a_child_running_returns_at_once(tmp_path: Path) -> None:
     """The shell printed the password and exited, but a child it started (an agent) still
     holds the pipe: the password is taken when the shell exits, not after the child."""
