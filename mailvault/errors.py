@@ -37,6 +37,11 @@ from __future__ import annotations
 from mailvault.redact import redact
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a fetch: stopped as Ctrl-C stops it (what was committed is kept, the run
+    recorded as interrupted), and the CLI exits 143 instead of 130."""
+
+
 class MailvaultError(Exception):
     """Base of every error mailvault reports to a user."""
 

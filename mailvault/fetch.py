@@ -171,6 +171,7 @@ class AccountFetcher:
         self.run_id: int | None = None
         self._login_delay = 0.0
         self._counted = False
+        self._listed_uidls: set[str] = set()  # every UIDL a listing of this run showed
         self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
         self.header_differs: set[str] = set()  # committed UIDLs whose TOP showed another header
         self._lockstep = False  # after a stall with pipelined commands in flight
@@ -427,8 +428,7 @@ class AccountFetcher:
                 self._warn(f"UIDL {row.uidl}: {was}, now listed with {m.size}; {_RECHECK}")
         if backfill and not self.dry_run:
             self.catalog.record_listed_sizes(backfill)
-        if not self._counted:  # retries and capped sessions re-list; count the first listing
-            report.listed, report.new, self._counted = len(listed), len(new), True
+        self._count_listing(listed, new)
         if self.dry_run:
             report.status = "dry-run"
             report.would_check = len([u for u in suspects if u not in self.refused])
@@ -472,6 +472,21 @@ class AccountFetcher:
         # refuses every RETR must not be asked again and again.
         progress = loop.done > 0 or bool(loop.deleted_ids) or len(self.refused) > refused_before
         return bool(cap) and len(checks) + len(to_fetch) > cap and progress
+
+    def _count_listing(self, listed: list[ListedMessage], new: list[ListedMessage]) -> None:
+        """listed and new count each message once over the run: retries and capped sessions
+        list again, so the first listing counts, and after it only mail that arrived since
+        (a UIDL not listed before), so that fetched never exceeds new.  Without UIDLs a later
+        listing cannot tell arrivals apart: the first listing's counts stay."""
+        if not self._counted:
+            self.report.listed, self.report.new, self._counted = len(listed), len(new), True
+            self._listed_uidls = {m.uidl for m in listed if m.uidl is not None}
+            return
+        arrived = [m for m in listed if m.uidl is not None and m.uidl not in self._listed_uidls]
+        self._listed_uidls.update(m.uidl for m in arrived if m.uidl is not None)
+        fresh = {m.uidl for m in new}
+        self.report.listed += len(arrived)
+        self.report.new += sum(1 for m in arrived if m.uidl in fresh)
 
     def _warn(self, warning: str) -> None:
         if warning not in self.report.warnings:

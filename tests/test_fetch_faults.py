@@ -659,9 +659,17 @@ def test_a_password_the_server_quotes_back_is_redacted_everywhere(
             assert not [leak for leak in leaks if leak.encode() in data], path
 
 
-def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, b"interrupted"), (signal.SIGTERM, 143, b"terminated")],
+)
+def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(
+    tmp_path: Path, signum: int, code: int, word: bytes
+) -> None:
     """Ctrl-C (SIGINT to the process group) while batches stream and commit: exit 130, every
-    deleted message committed, no temp file left, and the next run completes."""
+    deleted message committed, no temp file left, and the next run completes.  SIGTERM
+    stops it the same way (exit 143); either way the run is recorded as interrupted with the
+    counts of what it did."""
     messages = corpus(400)
     with FakePop3Server(messages, faults=Faults(slow_bytes_per_sec=4_000_000)) as server:
         account = {**PLAIN, "port": server.port, "retries": 0, "delete": "after-commit"}
@@ -671,14 +679,41 @@ def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(tmp_path: Path) -> None:
         proc = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE)
         while proc.poll() is None and not committed_uidls(vault, "acct"):
             pass
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, err
-        assert b"interrupted" in err
+        assert proc.returncode == code, err
+        assert word in err
         assert 0 < len(committed_uidls(vault, "acct")) < len(messages)
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            status, fetched = db.execute("SELECT status, fetched FROM runs").fetchone()
+        assert (status, fetched > 0) == ("interrupted", True), (status, fetched)
         check_invariants(vault, server, messages)
         assert no_tmp_leftovers(vault)
         complete_and_check(vault, server, messages)
+
+
+def test_mail_arriving_during_a_capped_run_counts_as_listed_and_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report reconciles: what a later session of the run finds that no earlier listing
+    showed is counted in listed and new, so fetched never exceeds new."""
+    from mailvault.fetch import AccountFetcher
+
+    one_session = AccountFetcher._one_session
+    with FakePop3Server(corpus(4)) as server:
+
+        def session_then_new_mail(self: AccountFetcher) -> bool:
+            more = one_session(self)
+            if self.report.sessions == 1:
+                server.add_message(b"Subject: arrived meanwhile\r\n\r\nhi\r\n")
+            return more
+
+        monkeypatch.setattr(AccountFetcher, "_one_session", session_then_new_mail)
+        vault = vault_for(tmp_path, server, max_messages_per_session=2)
+        code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert code == 0 and acct["sessions"] == 3, report
+    assert (acct["listed"], acct["new"], acct["fetched"]) == (5, 5, 5), report
 
 
 def _new_mail(messages: list[bytes], size: str) -> bytes:

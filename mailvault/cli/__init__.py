@@ -7,6 +7,7 @@ Exit codes (documented in docs/cli.md):
     2  usage or configuration error
     3  runtime error (vault locked, disk full, catalog unreadable, ...)
   130  interrupted
+  143  fetch terminated (SIGTERM), recorded as interrupted like Ctrl-C
 
 Standard output or error closed by its reader (`mailvault fetch | head -1`) does not change a
 command's exit status: the command finishes its work and exits as it would have, what it
@@ -30,7 +31,7 @@ import click
 
 from mailvault import __version__
 from mailvault._text import undecodable
-from mailvault.errors import MailvaultError, from_storage_error
+from mailvault.errors import MailvaultError, Terminated, from_storage_error
 from mailvault.redact import redact
 
 # Command name -> module under mailvault.cli that defines it.  Commands load lazily so that
@@ -168,9 +169,10 @@ class MailvaultGroup(click.Group):
                 raise
             click.echo(f"mailvault: error: {error}", err=True)
             ctx.exit(error.exit_code)
-        except KeyboardInterrupt:
-            click.echo("mailvault: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            click.echo(f"mailvault: {'terminated' if terminated else 'interrupted'}", err=True)
+            ctx.exit(143 if terminated else 130)
 
 
 @click.group(cls=MailvaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,6 +27,7 @@ vault is `--vault`, else `$MAILVAULT_VAULT`, else `$XDG_DATA_HOME/mailvault`.
 | 2 | usage or configuration error: bad arguments, invalid `mailvault.toml`, unknown account, no vault, invalid search query; an account's password source unusable (`fetch` still runs the other accounts) |
 | 3 | runtime error: vault locked by another process, disk full, unreadable catalog, damaged search index (`mailvault reindex` rebuilds it), insecure vault permissions |
 | 130 | interrupted |
+| 143 | `fetch` terminated by SIGTERM: stopped as by Ctrl-C (what was committed is kept; the run is recorded as interrupted, with its counts) |
 
 A reader that closes the output early (`mailvault fetch | head -1`) does not change the exit code:
 the command finishes its work and exits as it would have, and what it writes after the close is
