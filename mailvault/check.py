@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from mailvault.config import AccountConfig
 from mailvault.errors import (
+    ConfigError,
     LoginDelay,
     MailboxInUse,
     MailvaultError,
@@ -45,6 +46,9 @@ class Step:
     ok: bool
     detail: str
     hint: str = ""
+    # the failure is the configuration's (a password source, a CA file): `check` then exits 2,
+    # as `fetch` does for the same cause
+    config: bool = False
 
     def as_json(self) -> dict[str, object]:
         return {"step": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint}
@@ -99,7 +103,14 @@ def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
         buf += stream.read() or b"\r\n"
     if b"\r\n+OK" not in buf:
         stream.close()
-        raise TLSError(f"{account.host} refused STLS: {buf.splitlines()[-1][:80]!r}")
+        reply = buf.splitlines()[-1][:80].decode("ascii", "replace")
+        reply = "".join(c if c.isprintable() else "?" for c in reply)
+        raise TLSError(
+            f"{account.host} refused STLS ({reply})",
+            hint='tls = "starttls" never falls back to plain text; use tls = "implicit" '
+            "(port 995) if the server offers it",
+            account=account.name,
+        )
     stream.start_tls(ctx)
     return stream
 
@@ -153,6 +164,8 @@ def _certificate(account: AccountConfig) -> Step:
             verdict = "trusted (pinned: its fingerprint matches tls_fingerprint)"
     except TLSError as exc:
         verdict, hint = "NOT trusted", str(exc)
+    except ConfigError as exc:  # ca_file unreadable
+        return Step("tls", False, f"{version}; {info['summary']}; could not verify", str(exc), True)
     except MailvaultError as exc:
         verdict, hint = "could not verify", str(exc)
     if account.tls_fingerprint and info.get("sha256") != normalise_fingerprint(
@@ -209,13 +222,16 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
         try:
             session.connect()
         except MailvaultError as exc:
-            yield Step("pop3", False, *_split(exc))
+            yield Step("pop3", False, *_split(exc), config=isinstance(exc, ConfigError))
             return
         yield Step("greeting", True, session.facts.greeting)
         caps = ", ".join(session.facts.capabilities) or "none (CAPA not supported)"
         yield Step("capa", True, caps)
         try:
             session.login()
+        except ConfigError as exc:  # the password source, before anything was sent
+            yield Step("login", False, str(exc), config=True)
+            return
         except MailvaultError as exc:
             yield Step("login", False, *_split(exc, _login_hint(exc)))
             return

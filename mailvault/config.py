@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,8 @@ def _explain(error: jsonschema.ValidationError) -> str:
         )
     if "propertyNames" in error.schema_path:
         return f'[{key}.""]: an empty name is not allowed; give it a name'
+    if error.validator == "minLength" and error.instance == "":
+        return f"{key} is empty; give it a value (or remove the key if it is optional)"
     return f"{key}: {error.message}"
 
 
@@ -216,6 +219,10 @@ def parse_config(path: Path, text: str) -> Config:
     )
 
 
+# "pop.example.com:995" or "[2001:db8::1]:995"; a bare IPv6 address ("::1") is no host:port
+HOST_WITH_PORT = re.compile(r"^(?:([^:\[\]]+)|\[([^\[\]]+)\]):(\d+)$")
+
+
 def _account(path: Path, name: str, table: dict[str, Any]) -> AccountConfig:
     tls: TlsMode = table.get("tls", "implicit")
     port = table.get("port", 995 if tls == "implicit" else 110)
@@ -235,6 +242,13 @@ def _account(path: Path, name: str, table: dict[str, Any]) -> AccountConfig:
             'use tls = "implicit" or "starttls", or set allow_plaintext_auth = true if you mean it'
         )
     host = str(table["host"])
+    with_port = HOST_WITH_PORT.match(host)
+    if with_port:
+        raise ConfigError(
+            f"{path}: accounts.{name}.host = {_toml(host)} includes a port; set "
+            f"host = {_toml(with_port.group(1) or with_port.group(2))} and "
+            f"port = {with_port.group(3)}"
+        )
     try:
         host.encode("idna")  # what the socket layer will do with it
     except UnicodeError:

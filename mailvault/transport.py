@@ -38,8 +38,11 @@ def tls_context(account: AccountConfig) -> ssl.SSLContext:
             try:
                 ctx.load_verify_locations(cafile=str(path))
             except (OSError, ssl.SSLError) as exc:
+                where = f"{account.config_path}: " if account.config_path else ""
                 raise ConfigError(
-                    f"accounts.{account.name}: ca_file {path} is not a readable PEM CA bundle ({exc})"
+                    f"{where}accounts.{account.name}.ca_file: {path} is not a readable PEM CA "
+                    f"bundle ({exc}); point ca_file at the PEM file of the CA that issued the "
+                    "server's certificate"
                 ) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx

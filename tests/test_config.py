@@ -223,3 +223,24 @@ def test_a_password_command_that_leaves_a_child_running_returns_at_once(tmp_path
     started = time.monotonic()
     assert resolve_secret(acct) == "from-cmd"
     assert time.monotonic() - started < 20  # not the child's 30 s
+
+
+@pytest.mark.parametrize(
+    ("host", "needle"),
+    [
+        ("pop.example.com:995", 'includes a port; set host = "pop.example.com" and port = 995'),
+        ("[2001:db8::1]:110", 'set host = "2001:db8::1" and port = 110'),
+        ("", "accounts.journal.host is empty; give it a value"),
+    ],
+)
+def test_a_host_with_a_port_or_empty_says_what_to_write(host: str, needle: str) -> None:
+    text = re.sub(r'host = "[^"]*"', f'host = "{host}"', GOOD, count=1)
+    with pytest.raises(ConfigError) as err:
+        parse_config(Path("/etc/m.toml"), text)
+    assert str(err.value).startswith("/etc/m.toml: ") and needle in str(err.value)
+
+
+@pytest.mark.parametrize("host", ["::1", "fe80::1", "pop.example.com"])
+def test_a_bare_ipv6_address_is_not_taken_for_host_and_port(host: str) -> None:
+    text = re.sub(r'host = "[^"]*"', f'host = "{host}"', GOOD, count=1)
+    assert parse_config(Path("m.toml"), text).account("journal").host == host

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -1257,3 +1258,36 @@ def test_an_xoauth2_token_refused_with_auth_is_fetched_again_once(
     assert (result.exit_code, report["fetched"]) == (code, 3 if code == 0 else 0), report
     assert counter.read_text() == runs
     assert "stale-token" not in result.output and "stale-token" not in result.stderr
+
+
+def test_check_names_a_refused_stls_and_a_bad_password_source_as_fetch_does(
+    tmp_path: Path,
+) -> None:
+    """STLS refused by a server that does not offer it is one clean line (no bytes repr) with
+    the fix; an unusable password source is a configuration error: exit 2, as fetch says."""
+    with FakePop3Server(corpus()) as server:
+        starttls = vault_for(tmp_path / "s", server, tls="starttls")
+        result = run_cli(starttls, "check", "acct")
+        assert result.exit_code == 1 and "[FAIL] tls" in result.output, result.output
+        assert "refused STLS (-ERR STLS not available)" in result.output
+        assert "b'" not in result.output and 'tls = "implicit"' in result.output
+        unset = vault_for(tmp_path / "p", server)
+        result = run_cli(unset, "check", "acct", env={PASSWORD_ENV: ""})
+        assert result.exit_code == 2 and "[FAIL] login" in result.output, result.output
+        assert fetch_json(unset, env={PASSWORD_ENV: ""})[0] == 2
+
+
+def test_an_unreadable_ca_file_names_the_config_file_and_the_fix(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    with FakePop3Server(corpus(), tls_context=ctx, implicit_tls=True) as server:
+        account = {"host": "127.0.0.1", "port": server.port, "tls": "implicit", "retries": 0}
+        vault = make_vault(tmp_path / "v", {"acct": {**account, "ca_file": "no-such-ca.pem"}})
+        result = run_cli(vault, "check", "acct")
+        assert result.exit_code == 2, result.output
+        assert f"{vault / 'mailvault.toml'}: accounts.acct.ca_file: " in result.output
+        assert "point ca_file at the PEM file" in result.output
+        code, report = fetch_json(vault)
+    assert code == 2 and "accounts.acct.ca_file" in json.dumps(report)

@@ -257,4 +257,4 @@ def check(ctx: click.Context, account: str, as_json: bool) -> None:
             }
         )
     if not ok:
-        ctx.exit(1)
+        ctx.exit(2 if any(s.config for s in steps if not s.ok) else 1)
