@@ -643,14 +643,19 @@ def _purged(db: sqlite3.Connection) -> set[str]:
         return set()
 
 
-def summary(findings: list[Finding]) -> dict[str, object]:
+def summary(findings: list[Finding], repaired: list[Finding] | None = None) -> dict[str, object]:
+    """The --json report.  ``repaired``: what `--repair-index` found and rebuilt the index for;
+    listed apart from ``findings`` (what remains), and the run is not ``ok`` for it."""
     counts = Counter(f.severity for f in findings)
-    return {
+    report: dict[str, object] = {
         "schema": "mailvault/verify/v1",
-        "ok": not findings or all(f.severity == "info" for f in findings),
+        "ok": all(f.severity == "info" for f in findings) and not repaired,
         "counts": {k: counts.get(k, 0) for k in ("error", "warning", "info")},
         "findings": [f.as_json() for f in findings],
     }
+    if repaired:
+        report["repaired"] = [f.as_json() for f in repaired]
+    return report
 
 
 def dumps(findings: list[Finding]) -> str:

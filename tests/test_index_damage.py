@@ -114,7 +114,11 @@ def test_verify_finds_a_segment_damaged_in_the_middle(vault: Vault, ext: str) ->
     finding = next(f for f in items if f["code"] == "index-damaged")
     assert "mailvault reindex" in finding["detail"]
     stored.write_bytes(original)
-    assert run_cli(vault.root, "verify", "--repair-index").exit_code == 0
+    # the repair is reported: an archived report and the exit code show the damage it repaired
+    result, items = verify_json(vault, "--repair-index")
+    report = json.loads(result.stdout)
+    assert (result.exit_code, report["ok"], items) == (1, False, []), report
+    assert ("index-damaged", str(path)) in {(f["code"], f["subject"]) for f in report["repaired"]}
     result, items = verify_json(vault)
     assert (result.exit_code, items) == (0, []), items
     assert run_cli(vault.root, "search", "--count", "*").stdout.strip() == "40"
