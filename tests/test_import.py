@@ -295,7 +295,10 @@ def test_usage_errors(tmp_path: Path) -> None:
     unknown = write(tmp_path / "data.bin", b"\x00\x01")
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
+    maildir = tmp_path / "Maildir"
+    write(maildir / "cur" / "1.host:2,S", b"Subject: x\r\n\r\nx\r\n")
     cases = [
+        (["--format", "eml", str(maildir)], "is a Maildir, not a directory of .eml files"),
         ([str(tmp_path / "missing")], "does not exist"),
         ([str(unknown)], "cannot tell what"),
         ([str(empty_dir)], "cannot tell what"),

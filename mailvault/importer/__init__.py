@@ -105,6 +105,12 @@ def detect(path: Path, fmt: str = "auto") -> str:
             if not contains_maildir(path):
                 raise UsageError(f"{path} is not a Maildir: it has no cur/ or new/ directory")
             return "maildir"
+        if fmt == "eml" and is_maildir(path) and not has_eml(path):
+            # its messages are not named .eml: all of them would be skipped, nothing imported
+            raise UsageError(
+                f"{path} is a Maildir, not a directory of .eml files; import it with "
+                "--format maildir (or without --format)"
+            )
         if fmt == "eml" or has_eml(path):
             return "eml"
         if contains_maildir(path):
