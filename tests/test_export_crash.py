@@ -7,11 +7,14 @@ end the process with ``os._exit`` (SIGKILL-like: no handler, no clean-up) right 
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,3 +250,106 @@ def test_an_append_killed_after_it_finished_is_not_appended_again(
     code, summary = cli_json(root, "export", *args, "--append")
     assert code == 0 and summary["added"] == 9
     assert len(read_stdlib_mbox(out)) == 3 + 8 + 9
+
+
+# argv: vault, where to die, then the export arguments.  "audit": instead of recording the
+# "finished" audit entry; "reported": right after the summary is printed (the CLI's last step
+# but one); both after the manifest is in place.
+_KILLED_AT_THE_END = """
+import os, sys
+from mailvault import audit
+from mailvault.cli import export_cmd
+point = sys.argv[2]
+if point == "audit":
+    record = audit.record
+    def record_or_die(*args, **kwargs):
+        if kwargs.get("stage") == "finished":
+            os._exit(9)
+        return record(*args, **kwargs)
+    audit.record = record_or_die
+else:
+    echo = export_cmd.click.echo
+    def echo_then_die(*args, **kwargs):
+        echo(*args, **kwargs)
+        sys.stdout.flush()
+        if not kwargs.get("err"):
+            os._exit(9)
+    export_cmd.click.echo = echo_then_die
+from mailvault.cli import main
+sys.argv = ["mailvault", "--vault", sys.argv[1], "export", *sys.argv[3:]]
+main()
+"""
+
+
+def _kill_at_the_end(root: Path, point: str, *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_THE_END, str(root), point, *args], capture_output=True
+    )
+    assert proc.returncode == 9, proc.stderr
+
+
+def _export_audit(root: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(root / "catalog.sqlite") as db:
+        rows = db.execute("SELECT detail FROM audit WHERE command = 'export' ORDER BY seq")
+        return [json.loads(detail) for (detail,) in rows]
+
+
+@pytest.mark.parametrize("point", ["audit", "reported"])
+@pytest.mark.parametrize("append", [False, True])
+def test_an_mbox_export_killed_before_it_reported_is_finished_not_repeated(
+    tmp_path: Path, crafted: list[bytes], point: str, append: bool
+) -> None:
+    """Killed once the manifest was in place but before the "finished" audit entry (or before
+    the summary was printed): the journal used to be gone already, so the rerun of an append
+    appended every message again, and the rerun of a new mbox was refused ("already exists"),
+    leaving the audit log with a "started" only.  Now the journal stays until the summary is
+    out: the rerun writes nothing, exits 0 and records the export as finished (recovered)."""
+    plain = [m for m in crafted if len(m) < 100_000]
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, plain[:3])
+    out = tmp_path / "box.mbox"
+    args = ["--format", "mbox", "--out", str(out)]
+    if append:
+        assert cli(root, "export", *args).exit_code == 0
+        add_messages(root, plain[3:8])
+        args.append("--append")
+    _kill_at_the_end(root, point, *args)
+    written = out.read_bytes()
+    code, summary = cli_json(root, "export", *args)
+    assert code == 0, summary
+    assert out.read_bytes() == written
+    _check_mbox(out, plain[:3] + plain[:8] if append else plain[:3])
+    assert summary["added"] == 0 and "already finished" in summary["warnings"][0]
+    last = _export_audit(root)[-1]
+    assert last["stage"] == "finished" and last["recovered"] == summary["run"]
+    assert last["manifest_sha256"] == sha(Path(f"{out}.manifest.json").read_bytes())
+
+
+@pytest.mark.parametrize("point", ["audit", "reported"])
+@pytest.mark.parametrize("fmt", ["maildir", "eml"])
+def test_a_directory_export_killed_before_it_reported_is_completed_by_the_rerun(
+    tmp_path: Path, crafted: list[bytes], point: str, fmt: str
+) -> None:
+    """The same window for Maildir and EML: files and manifest in place, the "finished" audit
+    entry not written (or the summary not printed).  The rerun writes no file again, and the
+    audit log ends with its "finished" entry, naming the manifest in place."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:6])
+    out = tmp_path / "out"
+    args = ["--format", fmt, "--out", str(out)]
+    _kill_at_the_end(root, point, *args)
+
+    def messages() -> dict[str, bytes]:
+        found = (out / "cur").iterdir() if fmt == "maildir" else out.glob("*.eml")
+        return {p.name: p.read_bytes() for p in found}
+
+    files = messages()
+    assert len(files) == 6 and (out / "manifest.json").exists()
+    code, summary = cli_json(root, "export", *args)
+    assert (code, summary["added"], summary["skipped"]) == (0, 0, 6), summary
+    assert messages() == files
+    stages = [entry["stage"] for entry in _export_audit(root)]
+    killed = ["started"] if point == "audit" else ["started", "finished"]
+    assert stages == [*killed, "started", "finished"]
+    last = _export_audit(root)[-1]
+    assert last["manifest_sha256"] == sha((out / "manifest.json").read_bytes())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,30 +17,38 @@ from mailvault.export import FORMATS, ExportOptions, export
 from mailvault.importer import VARIANTS, import_sources
 
 
+class _Bar:
+    """A click progress bar on stderr, started at the first update."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=max(total, 1), label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
 @contextmanager
-def _progress_bar(
-    ctx: click.Context, as_json: bool, label: str
-) -> Iterator[Callable[[int, int], None] | None]:
+def _progress_bar(ctx: click.Context, as_json: bool, label: str) -> Iterator[_Bar | None]:
     """A click progress bar on stderr when it is a terminal; None otherwise."""
     if as_json or ctx.obj.get("quiet") or not sys.stderr.isatty():
         yield None
         return
-    state: dict[str, Any] = {"bar": None, "done": 0}
-
-    def update(done: int, total: int) -> None:
-        bar = state["bar"]
-        if bar is None:
-            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
-            bar.__enter__()
-            state["bar"] = bar
-        bar.update(done - state["done"])
-        state["done"] = done
-
+    bar = _Bar(label)
     try:
-        yield update
+        yield bar
     finally:
-        if state["bar"] is not None:
-            state["bar"].__exit__(None, None, None)
+        bar.close()
 
 
 @cli.command("export")
@@ -103,7 +111,20 @@ def export_command(
         account=account,
     )
     with _progress_bar(ctx, as_json, "exporting") as progress:
-        summary = export(vault, options, progress=progress)
+
+        def report(summary: dict[str, Any]) -> None:
+            if progress is not None:
+                progress.close()  # the bar's last line before the summary
+            _report_export(summary, fmt, out, manifest, as_json)
+
+        # Printed from inside the export: until it is out, a killed export's rerun finds the
+        # run finished instead of starting it again (see export()).
+        export(vault, options, progress=progress, report=report)
+
+
+def _report_export(
+    summary: dict[str, Any], fmt: str, out: Path, manifest: bool, as_json: bool
+) -> None:
     if as_json:
         from mailvault.export.manifest import manifest_paths
 
@@ -111,7 +132,12 @@ def export_command(
         document["manifest"] = str(manifest_paths(fmt, out.absolute())[1]) if manifest else None
         document.update((k, v) for k, v in summary.items() if k != "schema")
         print_json(document)
-        return
+    else:
+        _echo_summary(summary, fmt, out)
+    sys.stdout.flush()  # shown before the export's last step, not when the process ends
+
+
+def _echo_summary(summary: dict[str, Any], fmt: str, out: Path) -> None:
     count = summary["count"]
     click.echo(
         f"exported {count} message{'' if count == 1 else 's'} ({summary['total_bytes']:,} "

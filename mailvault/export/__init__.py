@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mailvault import __version__
-from mailvault.catalog import utcnow
+from mailvault.catalog import Catalog, utcnow
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import Target
@@ -263,10 +263,21 @@ def _audit(
     )
 
 
+Report = Callable[[dict[str, Any]], None]  # shows the summary of a finished export
+
+
 def export(
-    vault: Vault, options: ExportOptions, *, progress: Progress | None = None
+    vault: Vault,
+    options: ExportOptions,
+    *,
+    progress: Progress | None = None,
+    report: Report | None = None,
 ) -> dict[str, Any]:
     """Run one export; returns its summary (the ``manifest.json`` document).
+
+    ``report`` is given the summary once the export is recorded as finished, while the target
+    is still locked and an mbox's journal still there: a run killed before it has reported is
+    recognised by its rerun as finished (nothing written again), one killed after it is done.
 
     Raises:
         UsageError: bad options, unknown account, query without an index.
@@ -281,119 +292,151 @@ def export(
     if line_endings not in ("lf", "crlf"):
         raise UsageError(f"unknown line endings {line_endings!r}; use lf or crlf")
     out = Path(os.path.abspath(options.out))
-    started = utcnow()
     catalog = vault.catalog()
     exporter: _Exporter | None = None
     try:
-        selection = Selection(vault, catalog, query=options.query, account=options.account)
-        total = selection.count()
-        exporter = _Exporter(vault, options, out, line_endings)
-        if selection.unindexed:
-            exporter.run.warnings.append(
-                f"{selection.unindexed} archived messages are not indexed yet, so the query "
-                "could not match them: run `mailvault index` and export again"
-            )
-        if total == 0:
-            exporter.run.warnings.append(
-                "nothing to export: "
-                + ("the query matched no messages" if options.query else "the selection is empty")
-                + (f" of account {options.account}" if options.account else "")
-            )
-        paths = manifest_paths(options.fmt, out)
-        if options.manifest:
-            check_writable_manifest(paths)
-        previous = read_summary(paths[1]) if options.append else None
-        if previous is not None and previous.get("line_endings") != line_endings:
-            raise ExportError(
-                f"{out} was exported with --line-endings {previous.get('line_endings')}; "
-                "append with the same, or export into a new file"
-            )
-        _audit(vault, options, out, line_endings, total)
-        exporter.target.open()
-        mbox = exporter.target if isinstance(exporter.target, MboxTarget) else None
-        writer: ManifestWriter | None = None
         try:
-            key = _selection_key(options, line_endings, vault.vault_id)
-            if mbox is not None and mbox.completed is not None:  # a killed run, finished now
-                if mbox.completed.get("selection") == _fingerprint(key, selection):
-                    summary = _finished_before(options, line_endings, vault, started, mbox)
-                    mbox.abort()  # this run wrote nothing
-                    mbox.forget_completed()
-                    return _finish_audit(vault, options, out, line_endings, summary, paths[1])
-                if not options.append:
-                    mbox.forget_completed()
-                    raise mbox.refusal()
-                mbox.start_append()  # another export: appended after it
-            exporter.check_line_endings()
-            if options.manifest:
-                writer = ManifestWriter(
-                    *paths, keep_existing=options.append and options.fmt == "mbox"
-                )
-            pipeline = Pipeline(
-                exporter.store,
-                exporter.target,
-                lf=exporter.lf,
-                total=total,
-                workers=worker_count(),
-            )
-            fingerprint = hashlib.sha256(key)
-            with pipeline:
-                for done, (src, run_fd, item) in enumerate(pipeline.messages(selection), 1):
-                    if item is not None:
-                        line = exporter.placed(src, run_fd, item)
-                    else:
-                        line = exporter.one(src)
-                    fingerprint.update(src.sha256.encode())
-                    if writer is not None:
-                        writer.add_line(line)
-                    if progress is not None:
-                        progress(done, total)
-            exporter.target.close()
-            summary = _summary(exporter, options, line_endings, vault, started, paths[0])
-            if writer is not None:
-                if mbox is not None and options.append:
-                    summary["append"]["previous_entries"] = writer.previous_entries
-                writer.prepare(summary)
-            if mbox is not None:
-                mbox.commit(
-                    {
-                        "selection": fingerprint.hexdigest(),
-                        "manifest": None if writer is None else list(map(str, writer.temp_paths)),
-                        "count": summary["count"],
-                        "total_bytes": summary["total_bytes"],
-                    }
-                )
-            if writer is not None:
-                writer.install()
-            if mbox is not None:
-                mbox.finished()  # the journal goes once the manifest is in
-        except BaseException:
-            exporter.target.abort()
-            if writer is not None and not (mbox is not None and mbox.committed):
-                writer.abort()  # a committed run's prepared manifest is its rerun's to put in
-            raise
-    except OSError as exc:  # anything not mapped closer to where it happened
-        raise target_error("exporting to", out, exc) from None
+            exporter = _Exporter(vault, options, out, line_endings)
+            done = _write(vault, catalog, exporter, progress)
+        except OSError as exc:  # anything not mapped closer to where it happened
+            raise target_error("exporting to", out, exc) from None
+        _finish_audit(vault, options, out, line_endings, done)
+        if report is not None:
+            report(done.summary)
+        done.cleanup()  # last: until here a rerun takes the run for finished, not for new
     finally:
         if exporter is not None:
             exporter.target.unlock()
         catalog.close()
-    return _finish_audit(vault, options, out, line_endings, summary, paths[1] if writer else None)
+    return done.summary
+
+
+def _nothing() -> None:
+    """No clean-up: a Maildir or EML export leaves nothing to remove once it is recorded."""
+
+
+@dataclass
+class _Done:
+    """An export whose messages and manifest are in place, not yet recorded as finished."""
+
+    summary: dict[str, Any]
+    manifest: Path | None  # the manifest.json to record the sha256 of
+    recovered: str | None = None  # the run found finished by a rerun (mbox)
+    cleanup: Callable[[], None] = _nothing  # what goes once the run is recorded and reported
+
+
+def _write(vault: Vault, catalog: Catalog, exporter: _Exporter, progress: Progress | None) -> _Done:
+    """Everything up to the manifest in place, or a killed run of this export found finished."""
+    options, out, line_endings = exporter.options, exporter.out, exporter.line_endings
+    started = utcnow()
+    selection = Selection(vault, catalog, query=options.query, account=options.account)
+    total = selection.count()
+    if selection.unindexed:
+        exporter.run.warnings.append(
+            f"{selection.unindexed} archived messages are not indexed yet, so the query "
+            "could not match them: run `mailvault index` and export again"
+        )
+    if total == 0:
+        exporter.run.warnings.append(
+            "nothing to export: "
+            + ("the query matched no messages" if options.query else "the selection is empty")
+            + (f" of account {options.account}" if options.account else "")
+        )
+    paths = manifest_paths(options.fmt, out)
+    if options.manifest:
+        check_writable_manifest(paths)
+    previous = read_summary(paths[1]) if options.append else None
+    if previous is not None and previous.get("line_endings") != line_endings:
+        raise ExportError(
+            f"{out} was exported with --line-endings {previous.get('line_endings')}; "
+            "append with the same, or export into a new file"
+        )
+    _audit(vault, options, out, line_endings, total)
+    exporter.target.open()
+    mbox = exporter.target if isinstance(exporter.target, MboxTarget) else None
+    writer: ManifestWriter | None = None
+    try:
+        key = _selection_key(options, line_endings, vault.vault_id)
+        if mbox is not None and mbox.completed is not None:  # a killed run, finished now
+            if mbox.completed.get("selection") == _fingerprint(key, selection):
+                summary = _finished_before(options, line_endings, vault, started, mbox)
+                mbox.abort()  # this run wrote nothing
+                return _Done(summary, paths[1], summary["run"], mbox.forget_completed)
+            if not options.append:
+                mbox.forget_completed()
+                raise mbox.refusal()
+            mbox.start_append()  # another export: appended after it
+        exporter.check_line_endings()
+        if options.manifest:
+            writer = ManifestWriter(*paths, keep_existing=options.append and options.fmt == "mbox")
+        pipeline = Pipeline(
+            exporter.store,
+            exporter.target,
+            lf=exporter.lf,
+            total=total,
+            workers=worker_count(),
+        )
+        fingerprint = _export_messages(exporter, pipeline, selection, total, key, writer, progress)
+        exporter.target.close()
+        summary = _summary(exporter, options, line_endings, vault, started, paths[0])
+        if writer is not None:
+            if mbox is not None and options.append:
+                summary["append"]["previous_entries"] = writer.previous_entries
+            writer.prepare(summary)
+        if mbox is not None:
+            mbox.commit(
+                {
+                    "selection": fingerprint,
+                    "manifest": None if writer is None else list(map(str, writer.temp_paths)),
+                    "count": summary["count"],
+                    "total_bytes": summary["total_bytes"],
+                }
+            )
+        if writer is not None:
+            writer.install()
+    except BaseException:
+        exporter.target.abort()
+        if writer is not None and not (mbox is not None and mbox.committed):
+            writer.abort()  # a committed run's prepared manifest is its rerun's to put in
+        raise
+    # The journal stays until the run is recorded and reported (see ``export``).
+    return _Done(summary, paths[1] if writer else None, cleanup=mbox.finished if mbox else _nothing)
+
+
+def _export_messages(
+    exporter: _Exporter,
+    pipeline: Pipeline,
+    selection: Selection,
+    total: int,
+    key: bytes,
+    writer: ManifestWriter | None,
+    progress: Progress | None,
+) -> str:
+    """Every selected message into the target, its line into the manifest; the fingerprint
+    of the export (``_fingerprint``)."""
+    fingerprint = hashlib.sha256(key)
+    with pipeline:
+        for done, (src, run_fd, item) in enumerate(pipeline.messages(selection), 1):
+            line = exporter.placed(src, run_fd, item) if item is not None else exporter.one(src)
+            fingerprint.update(src.sha256.encode())
+            if writer is not None:
+                writer.add_line(line)
+            if progress is not None:
+                progress(done, total)
+    return fingerprint.hexdigest()
 
 
 def _finish_audit(
-    vault: Vault,
-    options: ExportOptions,
-    out: Path,
-    line_endings: str,
-    summary: dict[str, Any],
-    manifest: Path | None,
-) -> dict[str, Any]:
-    """The "finished" audit entry, with the sha256 of the manifest in place; the summary."""
+    vault: Vault, options: ExportOptions, out: Path, line_endings: str, done: _Done
+) -> None:
+    """The "finished" audit entry, with the sha256 of the manifest in place (and, for a rerun
+    that found this export finished by a killed run, that run's id: ``recovered``)."""
+    summary = done.summary
     manifest_sha256 = None
-    if manifest is not None and options.manifest:
+    if done.manifest is not None and options.manifest:
         with contextlib.suppress(FileNotFoundError):
-            manifest_sha256, _ = _hash_file(manifest)
+            manifest_sha256, _ = _hash_file(done.manifest)
+    extra = {} if done.recovered is None else {"recovered": done.recovered}
     _audit(
         vault,
         options,
@@ -403,8 +446,8 @@ def _finish_audit(
         added=summary["added"],
         total_bytes=summary["total_bytes"],
         manifest_sha256=manifest_sha256,
+        **extra,
     )
-    return summary
 
 
 def _selection_key(options: ExportOptions, line_endings: str, vault_id: str) -> bytes:
