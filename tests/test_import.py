@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -613,3 +614,83 @@ def test_an_edit_after_a_deletion_is_imported_with_a_warning_saying_so(tmp_path:
     ]
     unlisted = [w for w in report["warnings"] if "does not list" in w["message"]]
     assert len(unlisted) == 1
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox", "eml"])
+def test_an_lf_export_imported_back_is_a_duplicate_of_its_original(
+    tmp_path: Path, fmt: str
+) -> None:
+    """Fetched mail is CRLF and Maildir/mbox exports default to lf: importing such an export
+    back into its vault used to store every CRLF message a second time, as its LF copy.  Now
+    content that is the lf form of the live message its name or manifest entry names (checked
+    by converting the stored original, not trusted) is a duplicate of that original; its
+    provenance is recorded against the original, and nothing new is stored."""
+    vault = new_vault(tmp_path / "vault")
+    paths = [str(write(tmp_path / f"{n}.eml", m)) for n, m in enumerate((A, B, C))]
+    assert import_json(vault, *paths)[0] == 0
+    out = tmp_path / f"out-{fmt}"
+    result = cli(vault, "export", "--format", fmt, "--out", str(out), "--line-endings", "lf")
+    assert result.exit_code == 0, result.stderr
+    if fmt != "mbox":
+        for manifest in out.glob("manifest.json*"):
+            manifest.unlink()  # the name alone is enough
+    code, report = import_json(vault, "--account", "again", str(out))
+    assert (code, report["imported"], report["duplicates"]) == (0, 0, 3), report
+    assert report["warnings"] == [] and report["rejected"] == []
+    assert catalog_set(vault) == {sha(A), sha(B), sha(C)}
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        rows = db.execute("SELECT sha256 FROM imports WHERE account = 'again'").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(sha(m) for m in (A, B, C))
+    # Into another vault, which does not hold the originals, the lf copies are new content.
+    other = new_vault(tmp_path / "other")
+    code, report = import_json(other, str(out))
+    assert (code, report["imported"], report["duplicates"]) == (0, 3, 0)
+    assert catalog_set(other) == {sha(m.replace(b"\r\n", b"\n")) for m in (A, B, C)}
+    # The originals and their export in one import: the originals come first, and the export
+    # is still recognised (the originals' batch is committed before it is read back).
+    third = new_vault(tmp_path / "third")
+    code, report = import_json(third, *paths, str(out))
+    assert (code, report["imported"], report["duplicates"]) == (0, 3, 3)
+    assert catalog_set(third) == {sha(A), sha(B), sha(C)}
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "eml"])
+def test_a_file_that_only_claims_to_be_an_export_is_imported_as_new(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A name that says H=<sha256 of a live message> but content that is neither that message
+    nor its lf form (edited since, or a forged name) is new content, stored with a warning."""
+    vault = new_vault(tmp_path / "vault")
+    assert import_json(vault, str(write(tmp_path / "a.eml", A)))[0] == 0
+    edited = A.replace(b"\r\n", b"\n").replace(b"alpha", b"ALPHA")
+    if fmt == "maildir":
+        path = write(
+            tmp_path / "md" / "cur" / f"1.M1P1.host,S={len(edited)},H={sha(A)}:2,S", edited
+        )
+        source = path.parent.parent
+    else:
+        source = write(tmp_path / "eml" / f"{sha(A)}.eml", edited).parent
+    code, report = import_json(vault, str(source))
+    assert (code, report["imported"], report["duplicates"]) == (0, 1, 0), report
+    assert len(report["warnings"]) == 1 and sha(A) in report["warnings"][0]["message"]
+    assert catalog_set(vault) == {sha(A), sha(edited)}
+
+
+def test_a_manifest_that_only_claims_an_original_is_imported_as_new(tmp_path: Path) -> None:
+    """The same for an mbox manifest: an entry whose sha256 names a live message and whose
+    exported_sha256 matches the bytes, but the bytes are not that message's lf form."""
+    vault = new_vault(tmp_path / "vault")
+    assert import_json(vault, str(write(tmp_path / "a.eml", A)))[0] == 0
+    out = tmp_path / "box.mbox"
+    assert cli(vault, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    data = out.read_bytes().replace(b"alpha", b"ALPHA")
+    out.write_bytes(data)
+    entries = Path(f"{out}.manifest.jsonl")
+    line = manifest_lines(entries)[0]
+    edited = A.replace(b"\r\n", b"\n").replace(b"alpha", b"ALPHA")
+    line["exported_sha256"] = sha(edited)
+    entries.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    code, report = import_json(vault, str(out))
+    assert (code, report["imported"], report["duplicates"]) == (0, 1, 0), report
+    assert len(report["warnings"]) == 1 and sha(A) in report["warnings"][0]["message"]
+    assert catalog_set(vault) == {sha(A), sha(edited)}

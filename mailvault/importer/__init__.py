@@ -11,7 +11,10 @@ or tmp/ leftovers that the next writer removes.  Every message read is counted a
 content) or duplicate (content the vault already had, or had earlier in this import); every
 entry that could not be stored is in ``rejected`` with its location and the reason; entries
 that are not messages by their format's rules are in ``skipped``.  Nothing is dropped silently.
-A message whose content was purged by retention is not brought back: it is rejected.
+A message whose content was purged by retention is not brought back: it is rejected.  A message
+that is an lf export of one the vault holds (its name or manifest entry names the original, and
+the original's bytes with CRLF turned into LF are exactly these) is a duplicate of the original:
+the round trip "export for a mail client, import back later" stores nothing twice.
 
 The caller does not need to hold the vault lock: ``import_sources`` takes it.
 """
@@ -19,6 +22,7 @@ The caller does not need to hold the vault lock: ``import_sources`` takes it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import time
@@ -29,6 +33,8 @@ from typing import Any
 
 from mailvault.catalog import Catalog, Committed, utcnow
 from mailvault.errors import MailvaultError, UsageError
+from mailvault.export.blobs import BlobReader, stream_verified
+from mailvault.export.transform import to_lf
 from mailvault.importer._model import Event, Found, Missed, Rejected, Skipped, Warned
 from mailvault.importer.eml import has_eml, read_eml
 from mailvault.importer.maildir import contains_maildir, is_maildir, read_maildir
@@ -162,6 +168,14 @@ class _Pending:
     path: Path
     kind: str
     offset: int | None
+    original: tuple[str, int] | None = None  # (sha256, size): an exported form of this message
+
+    @property
+    def digest(self) -> str:
+        return self.staged.digest if self.original is None else self.original[0]
+
+
+_Known = dict[str, tuple[int, str | None]]  # sha256 -> (size, purged_at) of messages the vault has
 
 
 class _Committer:
@@ -182,6 +196,8 @@ class _Committer:
         self.batch_bytes = settings.commit_batch_bytes
         self.batch: list[_Pending] = []
         self.batch_size = 0
+        self.batch_digests: set[str] = set()  # of the blobs staged in the batch
+        self.reader = BlobReader(self.store)
         self.found_at: dict[str, int | None] = {}  # digest -> offset, in the current source
         self.displaced: list[Missed] = []  # manifest entries whose place another message took
 
@@ -194,15 +210,63 @@ class _Committer:
         for pending in self.batch:
             pending.staged.tmp_path.unlink(missing_ok=True)
         self.batch, self.batch_size = [], 0
+        self.batch_digests.clear()
 
-    def _purged_at(self, digests: Iterable[str]) -> str | None:
-        """When retention purged any of these contents (None: none of them was purged)."""
+    def _known(self, digests: Iterable[str]) -> _Known:
+        """Which of these contents the vault has (or had: purged), with their sizes."""
         wanted = sorted(set(digests))
-        row = self.catalog.db.execute(
-            f"SELECT max(purged_at) FROM messages WHERE sha256 IN ({', '.join('?' * len(wanted))})",
+        rows = self.catalog.db.execute(
+            "SELECT sha256, size, purged_at FROM messages "
+            f"WHERE sha256 IN ({', '.join('?' * len(wanted))})",
             wanted,
-        ).fetchone()
-        return str(row[0]) if row and row[0] else None
+        )
+        return {str(h): (int(size), purged) for h, size, purged in rows}
+
+    def _exported_form_of(
+        self, found: Found, digest: str, claimed: set[str], known: _Known
+    ) -> tuple[str, int] | None:
+        """The live message (sha256, size) whose lf export these bytes (``digest``) are, if
+        their name or manifest entry names it (``claimed``) and converting its stored bytes
+        gives exactly them: verified, not trusted.  A claim that does not hold is a warning."""
+        if digest in known or not claimed:
+            return None  # the vault has these very bytes (a plain duplicate), or no claim
+        originals = sorted(h for h in claimed if h in known)
+        unreadable = False
+        for original in originals:
+            converted = self._lf_digest(original, known[original][0])
+            if converted == digest:
+                return original, known[original][0]
+            unreadable |= converted is None
+        if originals:
+            why = (
+                "whose stored copy cannot be read (run `mailvault verify`)"
+                if unreadable
+                else "but its content is neither that message nor its lf form (edited since?)"
+            )
+            self.report.warnings.append(
+                Warned(
+                    found.path,
+                    found.offset,
+                    f"named by its {'export manifest' if found.kind == 'mbox' else 'file name'} "
+                    f"as an export of {' or '.join(originals)}, which the vault holds, {why}: "
+                    "imported as new content",
+                )
+            )
+        return None
+
+    def _lf_digest(self, digest: str, size: int) -> str | None:
+        """sha256 of a stored message with every CRLF turned into LF, as ``export
+        --line-endings lf`` writes it; None if the blob cannot be read or is damaged."""
+        whole = self.reader.whole(digest, size)
+        h = hashlib.sha256()
+        try:
+            for chunk in to_lf(
+                [whole] if whole is not None else stream_verified(self.store, digest)
+            ):
+                h.update(chunk)
+        except MailvaultError:
+            return None
+        return h.hexdigest()
 
     def add(self, found: Found) -> None:
         writer = self.store.writer()
@@ -220,7 +284,8 @@ class _Committer:
             raise
         staged = writer.finish()
         self.done += staged.size
-        reason = None
+        reason: str | None = None
+        original: tuple[str, int] | None = None
         if staged.size == 0 and not found.allow_empty:
             self.report.warnings.append(
                 Warned(found.path, found.offset, "empty (0 bytes); stored as an empty message")
@@ -248,31 +313,45 @@ class _Committer:
                 f"content (sha256 {staged.digest}) does not match the export manifest's "
                 f"{' or '.join(sorted(found.expect))}: the file is damaged here"
             )
-        elif (
-            purged := self._purged_at([staged.digest, *found.expect, *_named(found)])
-        ) is not None:
-            # also an lf export of purged mail: its bytes differ, but its manifest entry or its
-            # file name still names the purged original
-            reason = f"this content was purged from the vault at {purged}; not imported again"
+        else:
+            reason, original = self._check_known(found, staged.digest)
         if reason is not None:
             staged.tmp_path.unlink(missing_ok=True)
             self.report.rejected.append(Rejected(found.path, found.offset, reason))
         else:
             self.found_at.setdefault(staged.digest, found.offset)
-            self.batch.append(_Pending(staged, found.path, found.kind, found.offset))
+            if original is not None:  # nothing new to store: the original is the content
+                staged.tmp_path.unlink(missing_ok=True)
+            else:
+                self.batch_digests.add(staged.digest)
+            self.batch.append(_Pending(staged, found.path, found.kind, found.offset, original))
             self.batch_size += staged.size
             if len(self.batch) >= self.batch_messages or self.batch_size >= self.batch_bytes:
                 self.flush()
         if self.progress is not None:
             self.progress(min(self.done, self.total), self.total)
 
+    def _check_known(self, found: Found, digest: str) -> tuple[str | None, tuple[str, int] | None]:
+        """(why these bytes are rejected, or None; the original they are an export of, if so)."""
+        claimed = _claimed(found, digest)
+        if claimed & self.batch_digests:
+            self.flush()  # the original came earlier in this import: committed, it can be read
+        known = self._known([digest, *found.expect, *_named(found)])
+        purged = max((at for _, at in known.values() if at), default=None)
+        if purged is not None:
+            # also an lf export of purged mail: its bytes differ, but its manifest entry or its
+            # file name still names the purged original
+            return f"this content was purged from the vault at {purged}; not imported again", None
+        return None, self._exported_form_of(found, digest, claimed, known)
+
     def flush(self) -> None:
         """Publish the batch's blobs, then record it in one catalog transaction."""
         batch, self.batch, self.batch_size = self.batch, [], 0
+        self.batch_digests.clear()
         if not batch:
             return
         try:
-            self.store.publish(p.staged for p in batch)
+            self.store.publish(p.staged for p in batch if p.original is None)
         except BaseException:
             self.batch = batch  # discarded by the caller
             raise
@@ -280,17 +359,20 @@ class _Committer:
         report = self.report
         with self.catalog.transaction() as conn:
             for p in batch:
+                detail: dict[str, Any] = {} if p.offset is None else {"offset": p.offset}
+                if p.original is not None:
+                    detail["exported_sha256"] = p.staged.digest  # the bytes that were read
                 fresh, _ = self.catalog.record_ingest(
-                    Committed(p.staged.digest, p.staged.size, None, now),
+                    Committed(p.digest, p.original[1] if p.original else p.staged.size, None, now),
                     source=f"import:{p.path}",
                     now=now,
                     account=self.account,
-                    detail={"offset": p.offset} if p.offset is not None else None,
+                    detail=detail or None,
                 )
                 conn.execute(
                     "INSERT INTO imports(sha256, account, source, source_kind, source_offset, "
                     "imported_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (p.staged.digest, self.account, str(p.path), p.kind, p.offset, now),
+                    (p.digest, self.account, str(p.path), p.kind, p.offset, now),
                 )
                 if fresh:
                     report.imported += 1
@@ -368,6 +450,14 @@ def _named(found: Found) -> list[str]:
         return []
     match = _NAMED_HASH.search(found.path.name)
     return [match.group(1)] if match else []
+
+
+def _claimed(found: Found, digest: str) -> set[str]:
+    """The vault messages these bytes (``digest``) say they are an export of, other than
+    themselves: the original a matching mbox manifest entry lists, or a file name's hash."""
+    if found.kind == "mbox":
+        return set(found.expect) - {digest} if digest in found.expect else set()
+    return set(_named(found)) - {digest}
 
 
 def _settle_missed(
