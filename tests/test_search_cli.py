@@ -341,6 +341,32 @@ def test_a_display_name_that_looks_like_an_address_is_not_shown_as_the_sender(
     assert run(vault, "search", "--ids", 'from:"ceo bank example"').stdout.strip() == spoof
 
 
+NAME_ONLY = (
+    b'From: "ceo@bank.example" <>\r\nTo: bob@corp.example\r\nSubject: wire the money\r\n'
+    b"Date: Mon, 05 Feb 2024 10:00:00 +0000\r\nMessage-ID: <noaddr@evil.example>\r\n\r\n"
+    b"urgent transfer\r\n"
+)
+
+
+def test_a_display_name_that_looks_like_an_address_with_no_address_stays_a_name(
+    tmp_path: Path,
+) -> None:
+    """From: "ceo@bank.example" <> (an empty addr-spec) was written bare, ceo@bank.example,
+    in the sender column, --json and show: the name passed for the address it is not."""
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    (spoof,) = import_messages(vault, [NAME_ONLY])
+    assert run(vault, "index").exit_code == 0
+    line = run(vault, "search", "urgent").stdout
+    assert line.split("  ")[1].strip() == '"ceo@bank.example" <>', line
+    hit = json.loads(run(vault, "search", "--json", "urgent").stdout)
+    assert hit["from"] == '"ceo@bank.example" <>'
+    assert 'From:       "ceo@bank.example" <>' in run(vault, "show", spoof[:12]).stdout
+    assert run(vault, "search", "--ids", "from:ceo@bank.example").exit_code == 1
+    assert run(vault, "search", "--ids", "from:ceo").stdout.strip() == spoof
+
+
 def test_a_mistyped_long_option_is_a_usage_error_not_query_text(
     indexed: tuple[Vault, dict[str, str]],
 ) -> None:

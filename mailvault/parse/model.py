@@ -19,9 +19,11 @@ class Address:
 
     def mailbox(self) -> str:
         """``"Name" <addr>`` as RFC 5322 writes it: a name with specials (``@ , < > ...``) in
-        double quotes, so a name such as ``ceo@bank.example`` cannot pass for the address."""
-        if not self.name or not self.addr:
-            return self.name or self.addr
+        double quotes, so a name such as ``ceo@bank.example`` cannot pass for the address.
+        A name without an address is ``Name <>``: ``From: "ceo@bank.example" <>`` was written
+        bare, as ``ceo@bank.example``, which reads as the address it is not."""
+        if not self.name:
+            return self.addr
         name = self.name
         if any(c in _SPECIALS for c in name):
             name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -65,7 +65,8 @@ AT_SIGNS = ("@", "\uff20", "\ufe6b")
 def sender(value: str) -> str:
     """The sender column: the display name of a stored ``"Name" <addr>``, or the address when
     there is no name or the name holds an @ (``"ceo@bank.example" <attacker@evil.example>``
-    was shown as ceo@bank.example: a name must not pass for the address it is not)."""
+    was shown as ceo@bank.example: a name must not pass for the address it is not).  Such a
+    name with no address at all (``"ceo@bank.example" <>``) is shown as stored, quoted."""
     m = re.match(r"^(.*?)\s*<([^<>]*)>$", value)  # the last <...> is the address
     if not m:
         return value
@@ -73,7 +74,7 @@ def sender(value: str) -> str:
     if len(name) > 1 and name[0] == name[-1] == '"':
         name = re.sub(r"\\(.)", r"\1", name[1:-1]).strip()
     if not name or any(at in name for at in AT_SIGNS) or "<" in name:
-        return addr or name
+        return addr or value
     return name
 
 
