@@ -318,6 +318,32 @@ def test_a_display_name_the_strict_parser_rejects_keeps_its_addresses(
     assert [(a.name, a.addr) for a in got] == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"ceo@bank.example":;', []),
+        ("ceo@bank.example:;", []),
+        ("ceo@bank.example [x]: attacker@evil.example;", [("", "attacker@evil.example")]),
+        ("unlisted-recipients:; (no To-header on input)", []),
+        ("(Empty list)(start)Undisclosed recipients  :(nobody(that I know))  ;", []),
+        (
+            'Team [EXT]: "a;b" <a@corp.test>, b@corp.test;',
+            [("a;b", "a@corp.test"), ("", "b@corp.test")],
+        ),
+        ("bob@corp.test (Re: budget) [EXT]", [("Re: budget) [EXT]", "bob@corp.test")]),
+    ],
+)
+def test_a_group_name_is_no_address_even_when_it_spells_one(
+    value: str, expected: list[tuple[str, str]]
+) -> None:
+    """An empty group whose display name is an address ("ceo@bank.example":;) was read by the
+    tolerant parser as the mailbox ceo@bank.example named ":", so from:ceo@bank.example found
+    it.  A group's name is a name; an empty group has no mailbox; a comment is no mailbox."""
+    raw = f"From: {value}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    msg = parse_message(raw, "0" * 64, ingest_time=datetime(2024, 1, 1, tzinfo=UTC))
+    assert [(a.name, a.addr) for a in msg.from_] == expected
+
+
 def test_a_raw_utf8_file_name_cut_mid_character_stays_utf8() -> None:
     """A mailer truncated a long raw UTF-8 name in the middle of a character: the rest is still
     UTF-8 (so `attachment:картинка` finds it), not windows-1252 mojibake."""

@@ -9,7 +9,7 @@ comma or angle bracket that would otherwise split one mailbox into two.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from email.utils import getaddresses
 
@@ -94,11 +94,12 @@ def _tolerant_addresses(text: str) -> list[tuple[str, str]]:
     first bare ``local@domain``) is the address, the rest of the mailbox its name."""
     found = []
     for piece in _split_mailboxes(text):
+        colon = _group_colon(piece)
+        if colon >= 0:  # a group's "name:" before its first member, whatever the name spells
+            piece = _group_members(piece[colon + 1 :])
         piece = piece.strip().rstrip(";")
-        if ":" in piece.split("<", 1)[0] and "@" not in piece.split(":", 1)[0]:
-            piece = piece.split(":", 1)[1].strip()  # a group's "name:" before its first member
-        if not piece:
-            continue
+        if all(ch.isspace() for _, ch in _outside_quotes(piece)):
+            continue  # nothing, or comments only: "(Empty list)", "(no To-header on input)"
         match = _ANGLE.search(piece)
         if match is not None:
             addr, name = match.group(1).strip(), piece[: match.start()]
@@ -109,6 +110,49 @@ def _tolerant_addresses(text: str) -> list[tuple[str, str]]:
         name = name.strip().strip('"').strip().strip("()").strip()
         found.append((name, addr))
     return found
+
+
+def _group_colon(piece: str) -> int:
+    """Where the ``:`` ending a group's display name is, or -1: the first colon outside quotes
+    and comments and before any ``<``.  The name is no address even when it spells one:
+    ``"ceo@bank.example":;`` is an empty group, not the mailbox ceo@bank.example."""
+    for i, ch in _outside_quotes(piece):
+        if ch == "<":
+            return -1
+        if ch == ":":
+            return i
+    return -1
+
+
+def _group_members(text: str) -> str:
+    """What a group holds: the text after its name up to the ``;`` that closes it (a comment
+    after it, ``undisclosed-recipients:; (no To-header)``, is no mailbox)."""
+    end = next((i for i, ch in _outside_quotes(text) if ch == ";"), len(text))
+    return text[:end]
+
+
+def _outside_quotes(text: str) -> Iterator[tuple[int, str]]:
+    """(index, char) of each character outside quoted strings, comments and ``<...>``; the
+    ``<`` opening an angle is yielded, what is inside it is not."""
+    quoted, escaped, paren, angle = False, False, 0, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif quoted:
+            quoted = ch != '"'
+        elif ch == "(":
+            paren += 1
+        elif ch == ")" and paren:
+            paren -= 1
+        elif paren:
+            continue
+        elif angle:
+            angle = ch != ">"
+        else:
+            quoted, angle = ch == '"', ch == "<"
+            yield i, ch
 
 
 def normalize_id(text: str) -> str:
