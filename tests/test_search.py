@@ -668,6 +668,29 @@ def test_in_reply_to_only_chains_join_the_thread(tmp_path: Path) -> None:
     assert Searcher(vault.index_path, "thread:<a@t>").count() == 4
 
 
+def test_angle_brackets_in_a_prefix_are_literal(tmp_path: Path) -> None:
+    """mid:<root@x>*, thread:a<* and account:a<* were refused with Tantivy's "Invalid regex:
+    Empty match operators": < and > were escaped, and Rust's regex reads \\< and \\> as word
+    boundaries.  They are literal now, and <id>* is a prefix of the id, as <id> is the id."""
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    a, b = import_messages(
+        vault, [_reply("a@t", "x"), _reply("b@t", "Re: x", "References: <a@t>\r\n")]
+    )
+    catch_up(vault)
+
+    def found(query: str) -> set[str]:
+        return {h.id for h in Searcher(vault.index_path, query).page(limit=0, snippets=False)}
+
+    assert translate("account:a<*") == "account:/a<.*/"
+    assert translate("mid:<a@t>*") == translate("mid:a@t*") == "message_id:/a@t.*/"
+    assert found("mid:<a@t>*") == found("mid:<a@*") == {a}
+    assert found("thread:<a@t>*") == {a, b}
+    for query in ("thread:a<*", "account:a<*", "mid:a>b*"):
+        assert found(query) == set(), query
+
+
 def test_operators_in_any_case_as_notmuch_reads_them() -> None:
     """`cats or dogs` searched for the three words (the "or" too), so it found only messages
     with all three; notmuch (Xapian's FLAG_BOOLEAN_ANY_CASE) and mu read and/or/not in any

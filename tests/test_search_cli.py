@@ -231,6 +231,19 @@ def test_fast_entry_matches_the_cli(
         assert fast_main(other) is None
 
 
+def test_a_limit_in_superscript_digits_is_a_usage_error(
+    indexed: tuple[Vault, dict[str, str]],
+) -> None:
+    """`search --limit ² cats` was a traceback (exit 1, "no hits" to a script): the fast entry
+    took "²" for a number (str.isdigit) and int() refused it."""
+    vault, _ = indexed
+    base = [sys.executable, "-m", "mailvault", "--vault", str(vault.root), "search"]
+    for args in (["--limit", "\u00b2", "x"], ["--offset=\u00b9", "x"]):
+        proc = subprocess.run([*base, *args], capture_output=True, text=True)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and "not a valid integer" in proc.stderr
+
+
 def test_a_lone_dash_h_is_help_and_dash_dash_searches_it(
     indexed: tuple[Vault, dict[str, str]],
 ) -> None:

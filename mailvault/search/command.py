@@ -167,8 +167,8 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
                     return None
                 opts["sort"] = value
             else:
-                if not value.isdigit():
-                    return None
+                if not (value.isascii() and value.isdigit()):  # "²".isdigit(); int() refuses
+                    return None  # the full CLI says what is wrong with it
                 opts[name[2:]] = int(value)
         elif arg.startswith("--") or arg == "-h":
             return None  # -h, --help and anything unknown: the full CLI explains

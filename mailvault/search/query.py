@@ -269,7 +269,9 @@ def quote(value: str) -> str:
 
 
 def _regex_escape(value: str) -> str:
-    return re.sub(r"([\\.+*?()|\[\]{}^$#&~/<>\"-])", r"\\\1", value)
+    """``value`` as literal text inside a Tantivy ``/regex/``.  ``<`` and ``>`` stay bare: Rust's
+    regex reads ``\\<`` and ``\\>`` as word boundaries, which Tantivy refuses (``mid:a<*``)."""
+    return re.sub(r"([\\.+*?()|\[\]{}^$#&~/\"-])", r"\\\1", value)
 
 
 def _fold(value: str) -> list[str]:
@@ -443,7 +445,9 @@ def _term_clause(query: str, tok: _Tok) -> str:
         raw = ix.exact(value).strip()
         if kind == "msgid":
             # as parse stores ids: whitespace runs inside are one space (<abc  def@x>)
-            raw = " ".join(raw.removeprefix("<").removesuffix(">").split())
+            star = "*" if not tok.quoted and raw.endswith("*") else ""  # <id>*: a prefix of id
+            raw = " ".join(raw.removesuffix(star).removeprefix("<").removesuffix(">").split())
+            raw += star
             if not raw.strip("<>* "):
                 raise _fail(query, *span, "message-id: needs an id (as in message-id:<abc@x>)")
         if not tok.quoted and raw.endswith("*"):
