@@ -8,6 +8,7 @@ records (or the hand-made messages' known content) with this file's own tokenizi
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -702,6 +703,37 @@ def test_operators_in_any_case_as_notmuch_reads_them() -> None:
     assert translate("android order notice") == '("android" AND "order" AND "notice")'
     with pytest.raises(QuerySyntaxError, match=r"OR needs a left side.*quote it"):
         translate("or cats")
+
+
+@pytest.mark.parametrize(
+    ("query", "column", "message"),
+    [
+        ("cats NOT OR dogs", 6, "NOT needs a right side before OR"),
+        ("cats not and dogs", 6, "NOT needs a right side before AND"),
+        ("cats NOT NOT OR dogs", 6, "NOT needs a right side before OR"),
+        ("cats ! || dogs", 6, "NOT needs a right side before OR"),
+        ("cats||dogs", 5, "|| inside a word: put spaces around it"),
+        ("subject:cats&&dogs", 13, "&& inside a word: put spaces around it"),
+        ("cats ||dogs", 6, "|| inside a word"),
+    ],
+)
+def test_a_dangling_not_or_an_operator_inside_a_word_is_an_error(
+    query: str, column: int, message: str
+) -> None:
+    """`cats NOT OR dogs` became `cats OR -dogs` (the NOT took the clause after the OR), and
+    `cats||dogs` searched for the phrase "cats dogs", not cats OR dogs."""
+    with pytest.raises(QuerySyntaxError, match=re.escape(message)) as info:
+        translate(query)
+    assert f"at column {column} " in str(info.value)
+
+
+def test_operator_words_and_symbols_still_combine() -> None:
+    assert translate("cats NOT NOT dogs") == translate("cats dogs")
+    assert translate("cats AND NOT dogs") == translate("cats -dogs") == '("cats" AND -"dogs")'
+    assert translate("cats || dogs") == translate("cats OR dogs")
+    assert translate('"cats||dogs"') == '"cats||dogs"'  # quoted: the text
+    assert translate("AT&T") == '"AT&T"'  # one & is punctuation, as ever
+    assert translate("mid:<a||b@x>") == 'message_id:"a||b@x"'  # an id is not words
 
 
 def test_an_internationalised_domain_matches_in_both_its_forms(tmp_path: Path) -> None:

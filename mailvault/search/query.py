@@ -230,6 +230,8 @@ def _lex(query: str) -> list[_Tok]:
             while j < n and not query[j].isspace() and query[j] not in SPECIAL:
                 j += 1
             tok.value = query[i:j]
+            if fname is None or FIELD_ALIASES[fname][0] in ("text", "addr"):
+                _no_operator_inside(query, i, tok.value)
             i = j
             if not tok.value and fname is not None:
                 raise _fail(query, start, i - start, "a field needs a value")
@@ -237,6 +239,23 @@ def _lex(query: str) -> list[_Tok]:
         tok.text = query[start:i]
         toks.append(tok)
     return toks
+
+
+def _no_operator_inside(query: str, start: int, word: str) -> None:
+    """``cats||dogs`` searched for the phrase "cats dogs".  An operator is a word of its own
+    (notmuch/Xapian, and Lucene, never read one inside a word), yet taking ``||`` there for
+    punctuation would make ``cats||dogs`` mean something else than ``cats || dogs``: it is an
+    error saying how to write either."""
+    at = min((p for p in (word.find("&&"), word.find("||")) if p != -1), default=-1)
+    if at != -1:
+        op = word[at : at + 2]
+        raise _fail(
+            query,
+            start + at,
+            2,
+            f"{op} inside a word: put spaces around it to make it an operator "
+            f'(a {op} b), or quote the text to search for it ("{word}")',
+        )
 
 
 def _quoted(query: str, start: int) -> tuple[str, int]:
@@ -574,6 +593,17 @@ def _group(
         if tok.kind == "op":
             if tok.text == "NOT":
                 negate_next = not negate_next
+                if dangling is not None and dangling.text == "NOT":
+                    i += 1
+                    continue  # NOT NOT: the first NOT still waits for its right side
+            elif dangling is not None and dangling.text == "NOT":
+                # `cats NOT OR dogs` was `cats OR -dogs`: the NOT took the clause after the OR
+                raise _fail(
+                    query,
+                    dangling.pos,
+                    dangling.end - dangling.pos,
+                    f"NOT needs a right side before {tok.text}{_word(dangling)}",
+                )
             elif dangling is not None and dangling.text in ("AND", "OR"):
                 raise _fail(
                     query,
