@@ -1,8 +1,9 @@
 """Retention, legal holds and the audit trail: what a compliance archive must be able to prove.
 
 * A **hold** protects every message matching its search query *at the time a purge runs* (so
-  mail archived after the hold was placed is protected too).  Adding and releasing holds are
-  ledger entries.
+  mail archived after the hold was placed is protected too), read in the version of the query
+  language it was placed under (``syntax``), so that a change of the language never changes
+  what it protects.  Adding and releasing holds are ledger entries.
 * **Retention** purges messages older than ``keep_days`` that no active hold protects.  Age is
   counted from the message's Date header when the parser could read one, else from when the
   vault first stored it.  A purge removes the blob, the parse rows and the index document, and
@@ -41,10 +42,14 @@ def audit_entries(vault: Vault, since: datetime | None = None) -> list[dict[str,
 # -- holds -------------------------------------------------------------------------------------
 
 
-def matching_ids(vault: Vault, query: str) -> set[str]:
+def matching_ids(vault: Vault, query: str, syntax: int | None = None) -> set[str]:
+    """The messages ``query`` matches, read in query language version ``syntax`` (None: the
+    current one, as a new hold is placed)."""
     from mailvault.search import Searcher
+    from mailvault.search.query import SYNTAX
 
-    hits = Searcher(vault.index_path, query).page(limit=0, sort="score", snippets=False)
+    searcher = Searcher(vault.index_path, query, syntax=SYNTAX if syntax is None else syntax)
+    hits = searcher.page(limit=0, sort="score", snippets=False)
     return {hit.id for hit in hits}
 
 
@@ -56,7 +61,9 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
         raise UsageError(
             f"hold name {name!r} has a line break or control character; use plain text"
         )
-    matches = len(matching_ids(vault, query))
+    from mailvault.search.query import SYNTAX
+
+    matches = len(matching_ids(vault, query, SYNTAX))
     catalog = vault.catalog()
     try:
         with catalog.transaction() as conn:
@@ -68,8 +75,9 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
                 )
             user = os_user()
             conn.execute(
-                "INSERT INTO holds(name, query, reason, created_at, created_by) VALUES (?,?,?,?,?)",
-                (name, query, reason, utcnow(), user),
+                "INSERT INTO holds(name, query, syntax, reason, created_at, created_by) "
+                "VALUES (?,?,?,?,?,?)",
+                (name, query, SYNTAX, reason, utcnow(), user),
             )
             ledger.append(
                 conn,
@@ -77,6 +85,7 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
                 detail={
                     "name": name,
                     "query": query,
+                    "syntax": SYNTAX,
                     "reason": reason,
                     "matches": matches,
                     "by": user,
@@ -100,7 +109,8 @@ def release_hold(vault: Vault, name: str) -> None:
     try:
         with catalog.transaction() as conn:
             row = conn.execute(
-                "SELECT id, query FROM holds WHERE name=? AND released_at IS NULL", (name,)
+                "SELECT id, query, syntax FROM holds WHERE name=? AND released_at IS NULL",
+                (name,),
             ).fetchone()
             if row is None:
                 raise UsageError(f"no active hold named {name!r}; `mailvault hold list` shows them")
@@ -109,7 +119,13 @@ def release_hold(vault: Vault, name: str) -> None:
             ledger.append(
                 conn,
                 "hold-release",
-                detail={"name": name, "query": row[1], "by": user, **_claims(user)},
+                detail={
+                    "name": name,
+                    "query": row[1],
+                    "syntax": row[2],
+                    "by": user,
+                    **_claims(user),
+                },
             )
     finally:
         catalog.close()
@@ -120,7 +136,8 @@ def list_holds(vault: Vault, *, include_released: bool = False) -> list[dict[str
     try:
         where = "" if include_released else "WHERE released_at IS NULL"
         return catalog.rows(
-            f"SELECT name, query, reason, created_at, created_by, released_at FROM holds {where} ORDER BY id"
+            "SELECT name, query, syntax, reason, created_at, created_by, released_at "
+            f"FROM holds {where} ORDER BY id"
         )
     finally:
         catalog.close()
@@ -167,7 +184,7 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
                FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
                WHERE m.purged_at IS NULL"""
         )
-        holds = catalog.rows("SELECT name, query FROM holds WHERE released_at IS NULL")
+        holds = catalog.rows("SELECT name, query, syntax FROM holds WHERE released_at IS NULL")
     finally:
         catalog.close()
     candidates = []
@@ -184,7 +201,7 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
     if holds and candidates:
         protected: dict[str, list[str]] = {}
         for hold in holds:
-            for sha in matching_ids(vault, hold["query"]):
+            for sha in matching_ids(vault, hold["query"], hold["syntax"]):
                 protected.setdefault(sha, []).append(hold["name"])
         candidates = [
             Candidate(c.sha256, c.age_basis, c.keep_days, tuple(protected.get(c.sha256, ())))

@@ -314,10 +314,12 @@ def _purges(db: sqlite3.Connection, recorded: set[str]) -> Iterator[Finding]:
             )
 
 
-# A hold as the ledger tells it: [query, released, detail of its hold-add], one per hold-add,
-# in order; as the catalog tells it: (query, released, reason, created_by)
+# A hold as the ledger tells it: [query, released, detail of its hold-add, syntax], one per
+# hold-add, in order (an entry without "syntax" was written before holds recorded it: version
+# 1, catalog.sql migration 7); as the catalog tells it: (query, released, reason, created_by,
+# syntax)
 _LedgerHold = list[Any]
-_HoldRow = tuple[str, bool, str | None, str | None]
+_HoldRow = tuple[str, bool, str | None, str | None, int]
 
 
 def _holds(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Finding]:
@@ -329,19 +331,25 @@ def _holds(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Fi
         if entry["kind"] in ("hold-add", "hold-release"):
             detail = _detail(entry)
             holds = recorded.setdefault(str(detail.get("name")), [])
+            syntax = detail.get("syntax", 1)
             if entry["kind"] == "hold-add":
-                holds.append([detail.get("query"), False, detail])
+                holds.append([detail.get("query"), False, detail, syntax])
             elif holds and not holds[-1][1]:
                 holds[-1][1] = True
             else:  # a release of nothing the ledger added: no row can match it
-                holds.append([detail.get("query"), True, {}])
+                holds.append([detail.get("query"), True, {}, syntax])
     rows: dict[str, list[_HoldRow]] = {}
     try:
         query = (
-            "SELECT name, query, released_at IS NOT NULL, reason, created_by FROM holds ORDER BY id"
+            "SELECT name, query, released_at IS NOT NULL, reason, created_by, syntax FROM holds "
+            "ORDER BY id"
         )
-        for name, text, released, reason, by in db.execute(query):
-            rows.setdefault(name, []).append((text, bool(released), reason, by))
+        try:
+            found = db.execute(query).fetchall()
+        except sqlite3.OperationalError:  # a catalog from before migration 7: all version 1
+            found = db.execute(query.replace(", syntax", ", 1")).fetchall()
+        for name, text, released, reason, by, syntax in found:
+            rows.setdefault(name, []).append((text, bool(released), reason, by, syntax))
     except sqlite3.OperationalError:  # a catalog from before holds existed
         return
     for name in sorted(recorded.keys() | rows.keys()):
@@ -403,6 +411,15 @@ def _hold_pair(name: str, held: _LedgerHold | None, row: _HoldRow | None) -> Ite
             subject,
             f"hold {name!r} has the query {row[0]!r} in the catalog but {held[0]!r} in the "
             "ledger (edited by hand?): retention protects what the catalog's query matches",
+        )
+    elif row[4] != held[3]:
+        yield Finding(
+            "ledger-disagrees",
+            "error",
+            subject,
+            f"hold {name!r} is read in query language version {row[4]!r} in the catalog but "
+            f"{held[3]!r} in the ledger (edited by hand?): retention protects what the query "
+            "means in the catalog's version",
         )
     if row[1] and not held[1]:
         yield Finding(

@@ -219,3 +219,11 @@ BEGIN
     UPDATE message_counts SET purged = purged + (CASE WHEN NEW.purged_at IS NULL THEN -1 ELSE 1 END)
     WHERE id = 1;
 END;
+
+-- migration: 7
+-- The version of the query language a hold was placed under (mailvault/search/query.py SYNTAX).
+-- A hold is read under it at every retention run, so a change of the language never changes
+-- what it protects.  Holds placed before this column existed are read in version 1 (and, or,
+-- not in lower case are words), the language of every release before it; their hold-add
+-- ledger entries carry no "syntax", which means 1 as well (docs/compliance.md).
+ALTER TABLE holds ADD COLUMN syntax INTEGER NOT NULL DEFAULT 1;

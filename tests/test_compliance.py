@@ -580,3 +580,69 @@ def test_a_hold_on_dates_before_1678_protects_them(tmp_path: Path) -> None:
     done = json.loads(run_cli(path, "retention", "apply", "--json").stdout)
     assert (done["expired"], done["held"], done["purged"]) == (2, 1, 1)
     assert run_cli(path, "search", "--count", "from:old@example.com").stdout.strip() == "1"
+
+
+def _subject_message(i: int, subject: str) -> bytes:
+    return (
+        f"From: dan@example.com\r\nTo: archive@example.com\r\nSubject: {subject}\r\n"
+        f"Date: Mon, 3 Jun 2001 10:00:00 +0000\r\nMessage-ID: <s{i}@example.com>\r\n\r\nbody\r\n"
+    ).encode()
+
+
+def test_a_hold_keeps_the_meaning_of_the_query_language_it_was_placed_under(
+    tmp_path: Path,
+) -> None:
+    """`report not final` was the three words while only AND/OR/NOT in capitals were
+    operators; now that and/or/not are operators in any case it is report AND NOT final.  A
+    hold is read again at every retention run, so one placed before that change silently
+    stopped protecting what it was placed on.  Holds record their query language version."""
+    from mailvault import ledger
+    from mailvault.search.query import SYNTAX
+
+    mails = [
+        _subject_message(i, s)
+        for i, s in enumerate(("report not final", "report final", "report draft"))
+    ]
+    with FakePop3Server(mails) as server:
+        path = make_vault(tmp_path / "v", {"acct": {**PLAIN, "port": server.port}})
+        assert fetch_json(path)[0] == 0
+    toml = path / "mailvault.toml"
+    toml.write_text(toml.read_text() + "[retention]\nkeep_days = 3650\n")
+    assert run_cli(path, "index").exit_code == 0
+    # a catalog from before migration 7, with a hold placed (and recorded) as it was then
+    _edit(path, "ALTER TABLE holds DROP COLUMN syntax", "PRAGMA user_version = 6")
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        db.execute(
+            "INSERT INTO holds(name, query, reason, created_at, created_by) "
+            "VALUES ('old', 'report not final', NULL, '2025-01-01T00:00:00+00:00', 'x')"
+        )
+        detail = {"name": "old", "query": "report not final", "reason": None, "by": "x"}
+        ledger.append(db, "hold-add", detail=detail)
+    assert run_cli(path, "verify").exit_code == 0  # verify reads it before any migration
+    added = run_cli(path, "hold", "add", "new", "report not final")  # migrates the catalog
+    assert added.exit_code == 0 and "1 message now" in added.output, added.output
+    listed = json.loads(run_cli(path, "hold", "list", "--json").stdout)["holds"]
+    assert [(h["name"], h["syntax"]) for h in listed] == [("old", 1), ("new", SYNTAX)]
+    assert (
+        "[query language 1; and, or, not in lower case are words]"
+        in (run_cli(path, "hold", "list").stdout.splitlines()[0])
+    )
+    dry = json.loads(run_cli(path, "retention", "apply", "--dry-run", "--json").stdout)
+    held = {m["sha256"]: m["held_by"] for m in dry["messages"]}
+    search = run_cli(path, "search", "--ids", "subject:report subject:final")
+    protected_by_old = {s for s, names in held.items() if "old" in names}
+    assert len(protected_by_old) == 1 and protected_by_old < set(search.stdout.split())
+    assert sum(1 for names in held.values() if names == ["new"]) == 1
+    assert run_cli(path, "verify").exit_code == 0
+    with sqlite3.connect(path / "catalog.sqlite") as db:
+        entries = [
+            json.loads(r[0])
+            for r in db.execute("SELECT detail FROM ledger WHERE kind = 'hold-add'")
+        ]
+    assert [e.get("syntax") for e in entries] == [None, SYNTAX]
+    # the version edited by hand changes what the hold protects: verify says so
+    _edit(path, "UPDATE holds SET syntax = 3 WHERE name = 'old'")
+    findings = _verify_findings(path)
+    assert [(f["code"], f["subject"]) for f in findings] == [("ledger-disagrees", "hold old")]
+    assert "query language version 3 in the catalog but 1 in the ledger" in findings[0]["detail"]
+    assert run_cli(path, "hold", "release", "new").exit_code == 0

@@ -736,6 +736,22 @@ def test_operator_words_and_symbols_still_combine() -> None:
     assert translate("mid:<a||b@x>") == 'message_id:"a||b@x"'  # an id is not words
 
 
+def test_each_query_language_version_keeps_its_reading() -> None:
+    """A legal hold is read in the version it was placed under (compliance.py): version 1
+    had operator words in capitals only, version 2 let a NOT wait past an operator and read
+    || inside a word as text; the current version refuses both."""
+    from mailvault.search.query import SYNTAX
+
+    assert translate("x not y", syntax=1) == translate('x "not" y')
+    assert translate("x not y", syntax=2) == translate("x NOT y") == '("x" AND -"y")'
+    assert translate("x NOT y", syntax=1) == translate("x NOT y")
+    assert translate("cats NOT OR dogs", syntax=2) == '"cats" OR (* AND -"dogs")'
+    assert translate("cats||dogs", syntax=2) == '"cats||dogs"'
+    for unknown in (0, SYNTAX + 1):
+        with pytest.raises(QuerySyntaxError, match=f"query language version {unknown} is unknown"):
+            translate("x", syntax=unknown)
+
+
 def test_an_internationalised_domain_matches_in_both_its_forms(tmp_path: Path) -> None:
     """Mail from one domain name carries it as Unicode (RFC 6532) or as xn-- (punycode): an
     investigator typing either form finds both, by address and by domain."""

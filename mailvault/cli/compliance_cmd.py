@@ -118,7 +118,19 @@ def hold_list(ctx: click.Context, include_released: bool, as_json: bool) -> None
         # would otherwise print a line that looks like another hold.
         state = f"released {escape(h['released_at'][:19])}" if h["released_at"] else "active"
         reason = escape(h["reason"]) if h["reason"] else "no reason given"
-        click.echo(f"{escape(h['name']):20} {state:28} {h['query']!r}  ({reason})")
+        click.echo(
+            f"{escape(h['name']):20} {state:28} {h['query']!r}  ({reason}){_syntax(h['syntax'])}"
+        )
+
+
+def _syntax(version: int) -> str:
+    """For `hold list`: a hold read in an older version of the query language says so."""
+    from mailvault.search.query import SYNTAX
+
+    if version == SYNTAX:
+        return ""
+    words = "; and, or, not in lower case are words" if version == 1 else ""
+    return f"  [query language {version}{words}]"
 
 
 @hold.command(name="release")

@@ -13,7 +13,7 @@ import tantivy
 
 from mailvault import index as ix
 from mailvault.errors import QuerySyntaxError, SearchError, UsageError
-from mailvault.search.query import SORTS, iso_utc, quote, translate_with_words
+from mailvault.search.query import SORTS, SYNTAX, iso_utc, quote, translate_with_words
 
 # Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
 # search` start-up (paths are handled with os.path here; callers may pass Path objects).
@@ -78,12 +78,17 @@ class Results:
 class Searcher:
     """An opened index and a parsed query: count it, or fetch one page of hits."""
 
-    def __init__(self, index_dir: str | os.PathLike[str], query: str) -> None:
+    def __init__(
+        self, index_dir: str | os.PathLike[str], query: str, *, syntax: int = SYNTAX
+    ) -> None:
+        """``syntax``: the query language version to read ``query`` in (a legal hold's)."""
         self.query_text = query
         self.index_dir = index_dir
         self.path = os.fspath(index_dir)
         self._opened: list[tantivy.Index] = []  # opened by the first thread: term, or below
-        self.translated, self.words = translate_with_words(query, threads=self._whole_thread)
+        self.translated, self.words = translate_with_words(
+            query, threads=self._whole_thread, syntax=syntax
+        )
         self.index = self._open()
         self.query = self._parse(query)
         with ix.reading(self.path):

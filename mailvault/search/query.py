@@ -125,6 +125,17 @@ class _Tok:
 
 SPECIAL = set('()"')
 OPERATOR = re.compile(r"(AND|OR|NOT|&&|\|\||!)(?=[\s()]|$)", re.IGNORECASE)
+OPERATOR_CAPS = re.compile(OPERATOR.pattern)  # syntax 1: operator words in capitals only
+
+# The version of the query language.  A legal hold records the version it was placed under and
+# is read under it at every retention run, so that a change of the language never changes what
+# a hold protects (docs/compliance.md).  Bump it, and keep the old reading behind `syntax <`
+# tests, whenever a query that was valid would mean something else, or stop being valid:
+#   1  AND, OR, NOT are operators in capitals only; `and`, `or`, `not` are words
+#   2  and/or/not are operators in any case, as in notmuch and mu
+#   3  a NOT without a right side, and && or || inside a word, are errors (`cats NOT OR dogs`
+#      was `cats OR -dogs`; `cats||dogs` the phrase "cats dogs")
+SYNTAX = 3
 MAX_DEPTH = 100  # nested parentheses; translating recurses once per level
 
 
@@ -141,7 +152,7 @@ def _push(
     stack.append(field if field is not None else (stack[-1] if stack else None))
 
 
-def _lex(query: str) -> list[_Tok]:
+def _lex(query: str, syntax: int = SYNTAX) -> list[_Tok]:
     toks: list[_Tok] = []
     i, n = 0, len(query)
     field_stack: list[str | None] = []
@@ -173,7 +184,7 @@ def _lex(query: str) -> list[_Tok]:
                 continue
         # an operator word?  In any case, as notmuch (Xapian's FLAG_BOOLEAN_ANY_CASE) and mu
         # read them: `cats or dogs`; the word itself is quoted ("or")
-        m = OPERATOR.match(query, i)
+        m = (OPERATOR if syntax >= 2 else OPERATOR_CAPS).match(query, i)
         if m and not modifier:
             op = {"&&": "AND", "||": "OR", "!": "NOT"}.get(m.group(1), m.group(1).upper())
             toks.append(_Tok("op", start, m.end(), op))
@@ -230,7 +241,7 @@ def _lex(query: str) -> list[_Tok]:
             while j < n and not query[j].isspace() and query[j] not in SPECIAL:
                 j += 1
             tok.value = query[i:j]
-            if fname is None or FIELD_ALIASES[fname][0] in ("text", "addr"):
+            if syntax >= 3 and (fname is None or FIELD_ALIASES[fname][0] in ("text", "addr")):
                 _no_operator_inside(query, i, tok.value)
             i = j
             if not tok.value and fname is not None:
@@ -538,24 +549,30 @@ def domain_forms(domain: str) -> list[str]:
     return list(dict.fromkeys([domain, ".".join(converted), idna2003]))
 
 
-def translate(query: str) -> str:
+def translate(query: str, syntax: int = SYNTAX) -> str:
     """Rewrite a mailvault query into Tantivy's query language (raises QuerySyntaxError)."""
-    return translate_with_words(query)[0]
+    return translate_with_words(query, syntax=syntax)[0]
 
 
 def translate_with_words(
-    query: str, threads: ThreadExpander | None = None
+    query: str, threads: ThreadExpander | None = None, *, syntax: int = SYNTAX
 ) -> tuple[str, list[str]]:
     """The Tantivy query, and the folded words the body snippet should show.
 
     ``threads`` rewrites each ``thread:`` clause into one for the whole thread: which replies
-    belong to it is known only from the index (see ``engine.Searcher``).
+    belong to it is known only from the index (see ``engine.Searcher``).  ``syntax``: the
+    version of the query language to read it in (a hold's, see SYNTAX).
     """
+    if not 1 <= syntax <= SYNTAX:
+        raise QuerySyntaxError(
+            f"query language version {syntax} is unknown to this mailvault (it reads 1 to "
+            f"{SYNTAX}); use the mailvault that wrote it"
+        )
     query = ix.normalize(query)
     if not query.strip():
         raise QuerySyntaxError("invalid query: it is empty (use '*' to match every message)")
-    toks = _lex(query)
-    out, _ = _group(query, toks, 0, top=True, threads=threads)
+    toks = _lex(query, syntax)
+    out, _ = _group(query, toks, 0, top=True, threads=threads, syntax=syntax)
     words: list[str] = []
     for tok in toks:
         if (
@@ -578,7 +595,13 @@ def _word(op: _Tok) -> str:
 
 
 def _group(
-    query: str, toks: list[_Tok], i: int, *, top: bool, threads: ThreadExpander | None = None
+    query: str,
+    toks: list[_Tok],
+    i: int,
+    *,
+    top: bool,
+    threads: ThreadExpander | None = None,
+    syntax: int = SYNTAX,
 ) -> tuple[str, int]:
     """Translate tokens up to the matching ')' (or the end); AND binds tighter than OR."""
     runs: list[list[tuple[str, bool]]] = [[]]  # runs of ANDed (clause, negated)
@@ -596,7 +619,7 @@ def _group(
                 if dangling is not None and dangling.text == "NOT":
                     i += 1
                     continue  # NOT NOT: the first NOT still waits for its right side
-            elif dangling is not None and dangling.text == "NOT":
+            elif dangling is not None and dangling.text == "NOT" and syntax >= 3:
                 # `cats NOT OR dogs` was `cats OR -dogs`: the NOT took the clause after the OR
                 raise _fail(
                     query,
@@ -621,7 +644,7 @@ def _group(
             i += 1
             continue
         if tok.kind == "(":
-            inner, i = _group(query, toks, i + 1, top=False, threads=threads)
+            inner, i = _group(query, toks, i + 1, top=False, threads=threads, syntax=syntax)
             if i >= len(toks) or toks[i].kind != ")":
                 raise _fail(query, tok.pos, tok.end - tok.pos, "unclosed parenthesis (add a ')')")
             clause = f"({inner})"
