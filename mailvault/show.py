@@ -114,6 +114,11 @@ def resolve(catalog_path: Path, ident: str) -> str:
                     _candidates(conn, [r[0] for r in rows[:MAX_CANDIDATES]]),
                 )
         mid = " ".join(ident.removeprefix("<").removesuffix(">").split())  # as parse stores it
+        if not mid:  # `<>` would list every message without a Message-ID as sharing one
+            raise UsageError(
+                f"{ident!r} is an empty Message-ID: give the id inside the brackets "
+                "(<abc@example.com>), a sha256 or a prefix of 8+ hex digits"
+            )
         rows = (
             conn.execute(
                 "SELECT sha256 FROM message_meta WHERE message_id = ? ORDER BY date, sha256 "
@@ -132,13 +137,26 @@ def resolve(catalog_path: Path, ident: str) -> str:
                 _candidates(conn, [r[0] for r in rows[:MAX_CANDIDATES]]),
             )
         raise MessageNotFound(
-            f"no message with sha256, prefix or Message-ID {ident!r} "
-            "(messages not yet parsed are found by sha256 only; run `mailvault index`)"
+            f"no message with sha256, prefix or Message-ID {ident!r}{_hint(conn, mid)}"
         )
     except sqlite3.Error as exc:
         raise CatalogError(f"cannot read the catalog {catalog_path}: {exc}") from None
     finally:
         conn.close()
+
+
+def _hint(conn: sqlite3.Connection, mid: str) -> str:
+    """Why a Message-ID may not be found, and the one command that helps."""
+    if " " in mid and _has_meta(conn):
+        # a parse before ids with spaces were kept whole stored <abc def@x> as "<abc"
+        cut = mid.split(" ", 1)[0]
+        sql = "SELECT 1 FROM message_meta WHERE message_id IN (?, ?) LIMIT 1"
+        if conn.execute(sql, (cut, "<" + cut)).fetchone():
+            return (
+                f" (an older mailvault stored such ids cut at the first space, {cut!r}: "
+                "run `mailvault reindex` once to parse them again)"
+            )
+    return " (messages not yet parsed are found by sha256 only; run `mailvault index`)"
 
 
 def _damaged(digest: str) -> StoreError:

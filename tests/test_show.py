@@ -289,3 +289,33 @@ def test_a_message_id_with_spaces_is_found_whole(tmp_path: Path) -> None:
     assert run(vault, "reindex").exit_code == 0
     assert resolve(vault.catalog_path, "<abc def@example.com>") == digest
     assert found("thread:<abc def@example.com>") == [digest]
+
+
+def test_an_empty_message_id_is_a_usage_error(shown: Fixture) -> None:
+    """`show '<>'` listed the messages without a Message-ID as "Message-ID <> is shared by"."""
+    vault, _, _, _ = shown
+    for ident in ("<>", "< >", "<", ">"):
+        result = run(vault, "show", ident)
+        assert result.exit_code == 2, (ident, result.stderr)
+        assert "is an empty Message-ID" in result.stderr and "shared" not in result.stderr
+
+
+def test_a_spaced_id_cut_by_an_older_parse_names_reindex_as_the_fix(tmp_path: Path) -> None:
+    """On a catalog parsed before ids with spaces were kept whole, `show '<abc def@x>'` said
+    "run `mailvault index`", which changes nothing: only `mailvault reindex` parses it again."""
+    from tests.test_index_support import import_messages
+
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    (digest,) = import_messages(vault, [SPACED])
+    catch_up(vault)
+    with sqlite3.connect(vault.catalog_path) as db:
+        db.execute("UPDATE message_meta SET message_id='<abc', thread_id='<abc'")
+    db.close()
+    missing = run(vault, "show", "<abc def@example.com>")
+    assert missing.exit_code == 2
+    assert "run `mailvault reindex` once" in missing.stderr, missing.stderr
+    assert "mailvault index`" not in missing.stderr
+    other = run(vault, "show", "<nobody else@example.com>")  # no cut form stored: not parsed yet?
+    assert other.exit_code == 2 and "run `mailvault index`" in other.stderr
+    assert run(vault, "reindex").exit_code == 0
+    assert resolve(vault.catalog_path, "<abc def@example.com>") == digest
