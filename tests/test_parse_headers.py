@@ -344,6 +344,26 @@ def test_a_group_name_is_no_address_even_when_it_spells_one(
     assert [(a.name, a.addr) for a in msg.from_] == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"ceo@bank.example"', [("ceo@bank.example", "")]),
+        ('bob@corp.test, "ceo@bank.example"', [("", "bob@corp.test"), ("ceo@bank.example", "")]),
+        ('"ceo@bank.example"@evil.example', [("", '"ceo@bank.example"@evil.example')]),
+        ('"CEO@bank.example" <a@evil.example>', [("CEO@bank.example", "a@evil.example")]),
+    ],
+)
+def test_a_lone_quoted_string_is_a_name_not_an_address(
+    value: str, expected: list[tuple[str, str]]
+) -> None:
+    """From: "ceo@bank.example" (a quoted string alone) was the address ceo@bank.example, as
+    Python's parser reads it, so from:ceo@bank.example found it and it was listed as that
+    sender.  A quoted string is no addr-spec: it is a name without an address."""
+    raw = f"From: {value}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    msg = parse_message(raw, "0" * 64, ingest_time=datetime(2024, 1, 1, tzinfo=UTC))
+    assert [(a.name, a.addr) for a in msg.from_] == expected
+
+
 def test_a_raw_utf8_file_name_cut_mid_character_stays_utf8() -> None:
     """A mailer truncated a long raw UTF-8 name in the middle of a character: the rest is still
     UTF-8 (so `attachment:картинка` finds it), not windows-1252 mojibake."""

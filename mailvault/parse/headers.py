@@ -44,7 +44,7 @@ def addresses(values: Iterable[str]) -> tuple[Address, ...]:
         # tag, a stray escape byte): read such a header mailbox by mailbox instead.
         if parsed == [("", "")] and cleaned.strip():
             parsed = _tolerant_addresses(cleaned)
-        pairs.extend(parsed)
+        pairs.extend(_lone_quoted(cleaned, name, addr) for name, addr in parsed)
     for name, addr in pairs:
         name = decode_words(name).strip()
         addr = addr.strip()
@@ -55,6 +55,16 @@ def addresses(values: Iterable[str]) -> tuple[Address, ...]:
         if name or addr:
             found.append(Address(name=name, addr=addr.lower()))
     return tuple(found)
+
+
+def _lone_quoted(text: str, name: str, addr: str) -> tuple[str, str]:
+    """Python's parser reads a mailbox that is only a quoted string, ``From: "ceo@bank.example"``,
+    as the address ceo@bank.example, quotes dropped.  A quoted string is no addr-spec (the
+    domain of one is outside the quotes): it is a name, with no address."""
+    if name or "@" not in addr:
+        return name, addr
+    quoted = r'(?:^|[\s,:;])"' + re.escape(addr) + r'"\s*(?:$|[,;(])'
+    return (addr, "") if re.search(quoted, text) else (name, addr)
 
 
 _ANGLE = re.compile(r"<([^<>]*)>")
