@@ -150,12 +150,12 @@ def test_mbox_refuses_an_existing_target_unless_append(
     out = tmp_path / "box"
     assert cli(root, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
     original = out.read_bytes()
+    add_messages(root, crafted[3:5])  # (the same selection again would be that export's)
     result = cli(root, "export", "--format", "mbox", "--out", str(out))
     assert result.exit_code == 3
     assert "already exists; choose a new --out" in result.stderr
     assert "pass --append" not in result.stderr and result.stderr.count("\n") == 1
     assert out.read_bytes() == original
-    add_messages(root, crafted[3:5])
     code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
     append = {k: v for k, v in summary["append"].items() if k != "run"}
     assert code == 0 and append == {"offset": len(original), "previous_entries": 3}

@@ -215,8 +215,12 @@ def test_a_new_mbox_killed_once_in_place_is_finished_by_the_rerun(
         assert out.read_bytes() == placed
         _check_mbox(out, plain)
         assert summary["count"] == len(plain) and summary["added"] == 0
-        # Once finished, exporting the same again is refused, and the refusal does not send
-        # the user to --append (which adds every selected message after those already there).
+        # Once finished, exporting the same again writes nothing (the mbox is that export's),
+        # and another selection is refused, without sending the user to --append (which adds
+        # every selected message after those already there).
+        code, summary = cli_json(root, "export", *args)
+        assert (code, summary["added"]) == (0, 0) and out.read_bytes() == placed
+        add_messages(root, [b"Subject: another\r\n\r\nanother selection\r\n"])
         result = cli(root, "export", *args)
         assert result.exit_code == 3 and result.stderr.count("\n") == 1
         assert "already exists" in result.stderr and "pass --append" not in result.stderr
@@ -353,3 +357,169 @@ def test_a_directory_export_killed_before_it_reported_is_completed_by_the_rerun(
     assert stages == [*killed, "started", "finished"]
     last = _export_audit(root)[-1]
     assert last["manifest_sha256"] == sha((out / "manifest.json").read_bytes())
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """The mbox and its manifest files, by name."""
+    return {p.name: p.read_bytes() for p in out.parent.glob(f"{out.name}*")}
+
+
+def test_the_same_append_again_appends_nothing(tmp_path: Path, crafted: list[bytes]) -> None:
+    """An export --append that finished (journal removed) and is run again with the same
+    selection used to append every message a second time: what a cron job rerunning an
+    export killed after its last step would do, since a kill then leaves no trace.  Now the
+    manifest records what the last run wrote, and while the mbox still ends there the same
+    export appends nothing (exit 0, a warning naming that run).  A different selection, or
+    an mbox another program appended to since, is appended to as before."""
+    plain = [m for m in crafted if len(m) < 100_000]
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, plain[:3])
+    out = tmp_path / "box.mbox"
+    args = ["--format", "mbox", "--out", str(out)]
+    assert cli(root, "export", *args).exit_code == 0
+    add_messages(root, plain[3:8])
+    code, first = cli_json(root, "export", *args, "--append")
+    assert code == 0 and first["added"] == 8
+    before = _files(out)
+    code, again = cli_json(root, "export", *args, "--append")
+    assert (code, again["count"], again["added"], again["skipped"]) == (0, 8, 0, 8), again
+    assert "last thing exported" in again["warnings"][0] and first["run"] in again["warnings"][0]
+    assert _files(out) == before
+    _check_mbox(out, plain[:3] + plain[:8])
+    last = _export_audit(root)[-1]
+    assert (last["stage"], last["added"], last["repeat_of"]) == ("finished", 0, first["run"])
+    # Another program appended a message since: the mbox no longer ends with that run.
+    with out.open("ab") as f:
+        f.write(b"From x@y Mon Jan  1 00:00:00 2024\nSubject: by hand\n\nbody\n\n")
+    code, summary = cli_json(root, "export", *args, "--append")
+    assert code == 0 and summary["added"] == 8 and len(read_stdlib_mbox(out)) == 3 + 8 + 1 + 8
+    # A different selection is another export: appended as usual.
+    add_messages(root, plain[8:9])
+    code, summary = cli_json(root, "export", *args, "--append")
+    assert code == 0 and summary["added"] == 9 and len(read_stdlib_mbox(out)) == 20 + 9
+
+
+def test_the_same_new_mbox_export_again_writes_nothing(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """Exporting into an mbox that exists used to be refused even when it is this very
+    export's, finished: a rerun after a kill past the journal's removal failed, and a retry
+    wrapper had nothing to do but fail too.  Now, if the manifest says one export of the same
+    selection wrote the whole file, and the file still ends where it did, the export exits 0
+    writing nothing.  Another selection, or an mbox changed since, is refused as before."""
+    plain = [m for m in crafted if len(m) < 100_000]
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, plain[:5])
+    out = tmp_path / "box.mbox"
+    args = ["--format", "mbox", "--out", str(out)]
+    code, first = cli_json(root, "export", *args)
+    assert code == 0 and first["added"] == 5
+    assert first["written"]["start"] == 0 and first["written"]["end"] == out.stat().st_size
+    before = _files(out)
+    code, again = cli_json(root, "export", *args)
+    assert (code, again["count"], again["added"]) == (0, 5, 0), again
+    assert "already exported" in again["warnings"][0] and first["run"] in again["warnings"][0]
+    assert _files(out) == before
+    _check_mbox(out, plain[:5])
+    assert _export_audit(root)[-1]["repeat_of"] == first["run"]
+
+    def refused() -> None:
+        result = cli(root, "export", *args)
+        assert result.exit_code == 3 and result.stderr.count("\n") == 1, result.output
+        assert "already exists" in result.stderr
+
+    with out.open("ab") as f:  # the same selection, but the mbox changed since
+        f.write(b"From x@y Mon Jan  1 00:00:00 2024\nSubject: by hand\n\nbody\n\n")
+    refused()
+    out.write_bytes(before[out.name])
+    add_messages(root, plain[5:6])  # another selection
+    refused()
+    assert _files(out) == before
+
+
+# argv: vault, where to die, then the export arguments.  After the mbox's journal is removed,
+# the export's last step: "removed" right then, "unlocked" once the target's lock is released,
+# "closed" once the catalog is closed, "exit" when main() returns (its exit status printed).
+_KILLED_PAST_THE_JOURNAL = """
+import os, sys
+from mailvault.catalog import Catalog
+from mailvault.export import _target, mbox
+point = sys.argv[2]
+finished, unlock, close = mbox.MboxTarget.finished, _target.Target.unlock, Catalog.close
+gone = []
+def finished_then(self):
+    finished(self)
+    gone.append(1)
+    if point == "removed":
+        os._exit(9)
+def unlock_then(self):
+    unlock(self)
+    if gone and point == "unlocked":
+        os._exit(9)
+def close_then(self):
+    close(self)
+    if gone and point == "closed":
+        os._exit(9)
+mbox.MboxTarget.finished, _target.Target.unlock, Catalog.close = finished_then, unlock_then, close_then
+from mailvault.cli import main
+sys.argv = ["mailvault", "--vault", sys.argv[1], "export", *sys.argv[3:]]
+try:
+    main()
+finally:
+    os._exit(9)
+"""
+
+
+def _kill_anywhere(root: Path, point: str, *args: str) -> None:
+    if point in ("audit", "reported"):
+        _kill_at_the_end(root, point, *args)
+    elif point in ("removed", "unlocked", "closed", "exit"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _KILLED_PAST_THE_JOURNAL, str(root), point, *args],
+            capture_output=True,
+        )
+        assert proc.returncode == 9, proc.stderr
+    else:
+        _kill(root, point, *args)
+
+
+_END = [*_POINTS, "audit", "reported", "removed", "unlocked", "closed", "exit"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "point"),
+    [
+        (mode, point)
+        for mode in ("new", "append", "cron")
+        for point in _END
+        if not (mode == "append" and point == "linked")  # an append links nothing
+    ],
+)
+def test_an_mbox_export_killed_at_any_step_of_its_end_is_not_repeated_by_reruns(
+    tmp_path: Path, crafted: list[bytes], mode: str, point: str
+) -> None:
+    """Killed (SIGKILL) at each step from its commit to the process's exit, including after
+    its journal was removed, then run again twice the same way (a wrapper that sees exit 137
+    and retries): each message is in the mbox exactly once, the reruns exit 0 and write
+    nothing.  After the journal's removal the rerun of an append used to append every
+    message again, and that of a new mbox was refused.  "cron" is --append into an mbox that
+    does not exist yet."""
+    plain = [m for m in crafted if len(m) < 100_000]
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, plain[:3])
+    out = tmp_path / "box.mbox"
+    args = ["--format", "mbox", "--out", str(out)]
+    expected = plain[:3]
+    if mode == "append":
+        assert cli(root, "export", *args).exit_code == 0
+        add_messages(root, plain[3:8])
+        expected = plain[:3] + plain[:8]
+    if mode != "new":
+        args.append("--append")
+    _kill_anywhere(root, point, *args)
+    written = out.read_bytes()
+    for _ in range(2):
+        code, summary = cli_json(root, "export", *args)
+        assert (code, summary["added"]) == (0, 0), summary
+        assert out.read_bytes() == written
+        _check_mbox(out, expected)

@@ -596,10 +596,11 @@ def test_a_journal_left_for_a_deleted_mbox_never_cuts_a_new_one(
     fresh = out.read_bytes()
     st = out.stat()  # as if the new mbox had been given the deleted one's inode
     (tmp_path / f".box.mbox.append-journal-{st.st_dev}-{st.st_ino}").write_bytes(stale)
+    add_messages(root, crafted[8:9])  # (the same selection again would append nothing)
     code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
     assert code == 0 and not any("killed" in w for w in summary["warnings"]), summary
     assert not list(tmp_path.glob("box.mbox.interrupted-*"))
-    assert out.read_bytes().startswith(fresh) and len(read_stdlib_mbox(out)) == 16
+    assert out.read_bytes().startswith(fresh) and len(read_stdlib_mbox(out)) == 8 + 9
 
 
 def test_recovery_after_a_kill_mid_write_keeps_names_padding_and_manifest_right(
@@ -617,6 +618,7 @@ def test_recovery_after_a_kill_mid_write_keeps_names_padding_and_manifest_right(
     original = out.read_bytes()
     entries = Path(f"{out}.manifest.jsonl")
     before = entries.read_text()
+    add_messages(root, crafted[8:9])  # (the same selection again would append nothing)
     argv = [sys.executable, "-c", _KILLED_APPEND, str(root), str(out)]
     assert subprocess.run(argv, capture_output=True).returncode == 9
     with out.open("r+b") as f:  # died inside a write: the last line is cut short
@@ -636,7 +638,7 @@ def test_recovery_after_a_kill_mid_write_keeps_names_padding_and_manifest_right(
     data = out.read_bytes()
     assert data.startswith(original + b"From ")  # padded after the original, as a clean run
     lines = manifest_lines(entries)
-    assert len(lines) == 16 and len(read_stdlib_mbox(out)) == 16
+    assert len(lines) == 8 + 9 and len(read_stdlib_mbox(out)) == 8 + 9
     for entry in lines:
         cut = data[entry["offset"] : entry["offset"] + entry["length"]]
         assert hashlib.sha256(unquote_mboxrd(cut)).hexdigest() == entry["exported_sha256"]

@@ -16,7 +16,9 @@ Per selected message (see ``selection.py`` for the selection and its order), in 
   the stream to the target.
 
 When every message is durable, the manifest (``manifest.py``) is put in place and the export
-recorded in the audit log.
+recorded in the audit log.  An mbox export that repeats the export the mbox ends with (the same
+fingerprint, ``_fingerprint``, recorded in its manifest; the file unchanged since) writes
+nothing: a rerun after a kill that left no journal must not give every message a second copy.
 
 Nothing here imports click: the CLI passes a progress callback.
 """
@@ -323,6 +325,7 @@ class _Done:
     manifest: Path | None  # the manifest.json to record the sha256 of
     recovered: str | None = None  # the run found finished by a rerun (mbox)
     cleanup: Callable[[], None] = _nothing  # what goes once the run is recorded and reported
+    repeat_of: str | None = None  # the run this one repeated, writing nothing (mbox)
 
 
 def _write(vault: Vault, catalog: Catalog, exporter: _Exporter, progress: Progress | None) -> _Done:
@@ -359,13 +362,21 @@ def _write(vault: Vault, catalog: Catalog, exporter: _Exporter, progress: Progre
         key = _selection_key(options, line_endings, vault.vault_id)
         if mbox is not None and mbox.completed is not None:  # a killed run, finished now
             if mbox.completed.get("selection") == _fingerprint(key, selection):
-                summary = _finished_before(options, line_endings, vault, started, mbox)
+                summary = _finished_before(exporter, started, mbox)
                 mbox.abort()  # this run wrote nothing
-                return _Done(summary, paths[1], summary["run"], mbox.forget_completed)
+                return _Done(summary, paths[1], summary["run"], cleanup=mbox.forget_completed)
             if not options.append:
                 mbox.forget_completed()
                 raise mbox.refusal()
             mbox.start_append()  # another export: appended after it
+        if mbox is not None and mbox.last_run is not None:  # the mbox ends with an export
+            last = mbox.last_run
+            if last["written"].get("selection") == _fingerprint(key, selection):
+                summary = _repeated(exporter, started, last)
+                mbox.abort()  # nothing written; an append's journal goes
+                return _Done(summary, paths[1], repeat_of=str(last.get("run")))
+            if not options.append:
+                raise mbox.refusal()
         exporter.check_line_endings()
         if options.manifest:
             writer = ManifestWriter(*paths, keep_existing=options.append and options.fmt == "mbox")
@@ -379,6 +390,8 @@ def _write(vault: Vault, catalog: Catalog, exporter: _Exporter, progress: Progre
         fingerprint = _export_messages(exporter, pipeline, selection, total, key, writer, progress)
         exporter.target.close()
         summary = _summary(exporter, options, line_endings, vault, started, paths[0])
+        if mbox is not None:
+            summary["written"] = mbox.written(fingerprint)
         if writer is not None:
             if mbox is not None and options.append:
                 summary["append"]["previous_entries"] = writer.previous_entries
@@ -437,6 +450,8 @@ def _finish_audit(
         with contextlib.suppress(FileNotFoundError):
             manifest_sha256, _ = _hash_file(done.manifest)
     extra = {} if done.recovered is None else {"recovered": done.recovered}
+    if done.repeat_of is not None:
+        extra["repeat_of"] = done.repeat_of
     _audit(
         vault,
         options,
@@ -501,30 +516,73 @@ def _summary(
                 "previous_entries": 0,
                 "run": target.run_id,
             }
-        if target.set_aside is not None:
-            aside, offset, length = target.set_aside
-            run.warnings.insert(
-                0,
-                f"an earlier export --append into {exporter.out} was killed: the {length} "
-                f"bytes it had written after offset {offset} were set aside in {aside}, and "
-                "this run appended in their place",
-            )
+        run.warnings[:0] = _set_aside_note(target, "this run appended in their place")
     return summary
 
 
-def _finished_before(
-    options: ExportOptions, line_endings: str, vault: Vault, started: str, mbox: MboxTarget
-) -> dict[str, Any]:
+def _set_aside_note(target: MboxTarget, then: str) -> list[str]:
+    """The warning that a killed append's bytes were set aside (``_recover``), if they were."""
+    if target.set_aside is None:
+        return []
+    aside, offset, length = target.set_aside
+    return [
+        f"an earlier export --append into {target.out} was killed: the {length} bytes it had "
+        f"written after offset {offset} were set aside in {aside}, and {then}"
+    ]
+
+
+def _finished_before(exporter: _Exporter, started: str, mbox: MboxTarget) -> dict[str, Any]:
     """The summary of a rerun that found this very export finished by a run killed before it
     could exit (see ``MboxTarget.commit``): nothing written, each message already there."""
     done = mbox.completed or {}
+    return _nothing_written(
+        exporter,
+        started,
+        done,
+        [
+            f"this export had already finished into {mbox.out} (run {done.get('run')}) when "
+            "it was killed, before it could exit: its manifest is in place now and nothing "
+            "was written again"
+        ],
+    )
+
+
+def _repeated(exporter: _Exporter, started: str, last: dict[str, Any]) -> dict[str, Any]:
+    """The summary of an mbox export that repeats the one the mbox ends with (``last``, its
+    manifest summary): the same selection, the file unchanged since.  Writing it again would
+    give every message a second copy (what a rerun after a kill past the journal's removal,
+    or a cron job retrying, would do), so nothing is written."""
+    options, out = exporter.options, exporter.out
+    run, at = last.get("run"), last.get("finished_at")
+    if options.append:
+        note = (
+            f"this exact selection was the last thing exported into {out} (run {run}, at "
+            f"{at}) and the mbox still ends with it: nothing appended (to have each of its "
+            "messages twice, export into a new --out and concatenate the two files)"
+        )
+    else:
+        note = (
+            f"already exported into {out} (run {run}, at {at}), which is unchanged since "
+            "(its size and last 64 KiB): nothing written"
+        )
+    assert isinstance(exporter.target, MboxTarget)
+    cut = _set_aside_note(exporter.target, "the mbox was cut back to where it began")
+    return _nothing_written(exporter, started, last, [*cut, note, *exporter.run.warnings])
+
+
+def _nothing_written(
+    exporter: _Exporter, started: str, done: dict[str, Any], warnings: list[str]
+) -> dict[str, Any]:
+    """The summary of an mbox export that found its messages there already, exported by run
+    ``done["run"]`` (its journal or manifest summary: ``count``, ``total_bytes``)."""
+    options, vault = exporter.options, exporter.vault
     count = done.get("count")
     count = count if isinstance(count, int) else 0
     total_bytes = done.get("total_bytes")
     return {
         "schema": SCHEMA_ID,
         "format": options.fmt,
-        "line_endings": line_endings,
+        "line_endings": exporter.line_endings,
         "query": options.query,
         "account": options.account,
         "count": count,
@@ -535,12 +593,8 @@ def _finished_before(
         "finished_at": utcnow(),
         "vault_id": vault.vault_id,
         "mailvault_version": __version__,
-        "entries": manifest_paths("mbox", mbox.out)[0].name,
-        "warnings": [
-            f"this export had already finished into {mbox.out} (run {done.get('run')}) when "
-            "it was killed, before it could exit: its manifest is in place now and nothing "
-            "was written again"
-        ],
+        "entries": manifest_paths("mbox", exporter.out)[0].name,
+        "warnings": warnings,
         "mbox_variant": "mboxrd",
         "run": str(done.get("run")),
     }

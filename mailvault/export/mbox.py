@@ -19,7 +19,9 @@ before the run: a failed export never leaves a half-written message behind.
 A run ends by committing (``commit``): its journal records where it ended and what it exported,
 then a new mbox is linked into place and the manifest renamed in.  A rerun that finds a
 committed journal finishes that run's manifest instead of writing anything again (see
-docs/export.md).
+docs/export.md).  Once the journal is gone, the manifest's ``written`` record of the last run
+(its fingerprint, where it ended and the bytes before that end) lets the same export, repeated
+while the mbox still ends where that run left it, write nothing (``last_run``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from mailvault._fs import IOV_BATCH, fsync_dir, write_all, writev_all
 from mailvault._tempfiles import remove_orphans, temp_path
@@ -180,6 +183,7 @@ class MboxTarget(Target):
         self.completed: dict[str, object] | None = None  # a killed run's journal, finished now
         self._completed_journal: Path | None = None
         self.set_aside: tuple[Path, int, int] | None = None  # recovered: (file, offset, bytes)
+        self.last_run: dict[str, Any] | None = None  # the manifest of the run the mbox ends with
 
     def open(self) -> None:
         out = self.out
@@ -220,16 +224,20 @@ class MboxTarget(Target):
         """The target exists and this is no append: it may be the mbox of this very export,
         killed after linking it into place (its journal, written just before the link, says
         so): finish that run's manifest, and leave it to the caller to see whether it is the
-        same export (``completed``).  Anything else is refused."""
+        same export (``completed``).  Or its manifest says one export wrote the whole file,
+        which is unchanged since: the caller sees whether it is this one (``last_run``).
+        Anything else is refused."""
         try:
             self.fd = os.open(self.out, os.O_RDONLY | os.O_NOFOLLOW)
             size = os.fstat(self.fd).st_size
             journal = self._journal_path()
             previous = _read_journal(journal)
-            if previous is None or previous.get("kind") != "new":
-                raise self.refusal()
-            if not self._committed_here(previous, size):
-                raise self.refusal()
+            new = previous is not None and previous.get("kind") == "new"
+            if previous is None or not new or not self._committed_here(previous, size):
+                self.last_run = self._ended_by_last_run(size, whole=True)
+                if self.last_run is None:
+                    raise self.refusal()
+                return
             if not self._complete(previous):
                 raise ExportError(
                     f"{self.out} was written by an export killed before its manifest was in "
@@ -269,6 +277,30 @@ class MboxTarget(Target):
         except OSError as exc:
             raise target_error("writing the manifest", paths[1], exc) from None
         return _manifest_run(self.out) == journal.get("run")
+
+    def _ended_by_last_run(self, size: int, *, whole: bool) -> dict[str, Any] | None:
+        """The manifest summary of the export that wrote last, if the mbox still ends exactly
+        where it ended (its size, the bytes before the end) and, if ``whole``, that export
+        wrote the file from its first byte."""
+        summary = read_summary(manifest_paths("mbox", self.out)[1])
+        written = summary.get("written") if summary is not None else None
+        if not isinstance(written, dict) or written.get("end") != size:
+            return None
+        if whole and written.get("start") != 0:
+            return None
+        if self._tail_hash(size) != written.get("end_tail_sha256"):
+            return None
+        return summary
+
+    def written(self, fingerprint: str) -> dict[str, object]:
+        """The manifest's record of this run (``written``), once every byte is durable: what
+        tells its repetition (``last_run``) while the mbox ends with what it wrote."""
+        return {
+            "selection": fingerprint,
+            "start": self.start_offset,
+            "end": self.pos,
+            "end_tail_sha256": self._tail_hash(self.pos),
+        }
 
     def _lock_path(self) -> Path:
         """Beside the mbox; in the temp dir, named by the mbox's device and inode, when
@@ -365,6 +397,7 @@ class MboxTarget(Target):
             # killed between renaming manifest.jsonl and manifest.json: its lines go too
             _cut_lines(entries_path, kept)
         self._start_journal(size)
+        self.last_run = self._ended_by_last_run(size, whole=False)
         return size
 
     def start_append(self) -> None:
