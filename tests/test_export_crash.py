@@ -437,6 +437,28 @@ def test_the_same_new_mbox_export_again_writes_nothing(
     assert _files(out) == before
 
 
+def test_a_new_mbox_removes_only_journals_of_files_no_longer_there(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """A journal is named by its mbox's device and inode; one left for a file that is gone
+    (deleted, or the temp file of a new mbox killed before it was linked) could be taken by
+    a later mbox given that inode for its own.  A new export into that name removes those,
+    and leaves other mboxes' journals alone."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:3])
+    out = tmp_path / "box.mbox"
+    stale = [
+        tmp_path / ".box.mbox.append-journal-1-2",
+        tmp_path / ".box.mbox.append-journal-1-2.new",
+    ]
+    kept = [tmp_path / ".other.mbox.append-journal-1-2", tmp_path / ".box.mbox.append-journal-x"]
+    for path in stale + kept:
+        path.write_text("{}\n")
+    assert cli(root, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+    assert len(read_stdlib_mbox(out)) == 3
+
+
 # argv: vault, where to die, then the export arguments.  After the mbox's journal is removed,
 # the export's last step: "removed" right then, "unlocked" once the target's lock is released,
 # "closed" once the catalog is closed, "exit" when main() returns (its exit status printed).

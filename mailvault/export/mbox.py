@@ -109,6 +109,44 @@ def _manifest_run(out: Path) -> object:
     return summary.get("run") or (append.get("run") if isinstance(append, dict) else None)
 
 
+def _journal_of(name: str, journal: str) -> tuple[int, int] | None:
+    """The (device, inode) a journal file of the mbox ``name`` is named by (also its
+    ``.new``), or None if ``journal`` is not one."""
+    prefix = f".{name}.append-journal-"
+    if not journal.startswith(prefix):
+        return None
+    dev, _, ino = journal[len(prefix) :].removesuffix(".new").partition("-")
+    if not (dev.isdigit() and ino.isdigit()):
+        return None
+    return int(dev), int(ino)
+
+
+def remove_stale_journals(out: Path) -> None:
+    """Remove the journals beside ``out`` named by a file that is no longer the one at
+    ``out`` (deleted or replaced since, or the never-linked temp file of a new mbox killed
+    before it was in place): no run can use them, and a later file given that inode must
+    not be taken for theirs.  Called under the target's lock, so no live run's journal is
+    among them; those in the temp dir (a spool's) are left alone, as other directories'
+    mboxes of the same name keep theirs there."""
+    parent = out.parent
+    try:
+        st = os.stat(out)
+        current: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except FileNotFoundError:
+        current = None
+    except OSError:
+        return  # cannot tell which file is there: keep every journal
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        named = _journal_of(out.name, name)
+        if named is not None and named != current:
+            with contextlib.suppress(OSError):
+                os.unlink(parent / name)
+
+
 def _write_journal(path: Path, entry: dict[str, object]) -> None:
     """Replace the journal at ``path`` with ``entry``, durably (temp, fsync, rename, fsync)."""
     fresh = f"{path}.new"
@@ -191,6 +229,8 @@ class MboxTarget(Target):
             raise ExportError(f"{out} is a directory; --format mbox needs a file path")
         make_dirs(out.parent)
         self.take_lock(self._lock_path(), out)
+        if os.access(out.parent, os.W_OK | os.X_OK):
+            remove_stale_journals(out)
         exists = out.exists() or out.is_symlink()
         if exists and not self.append:
             self._adopt_killed()
