@@ -464,6 +464,7 @@ def test_a_date_outside_tantivys_range_is_indexed_at_the_bound(tmp_path: Path, y
         ("1500", ["date:1500", "date:<1600", "date:<=1500-06", "date:[1000 TO 1677-12-31]"]),
         ("1066", ["date:1066-06-30", "date:{* TO 1100}", "date:<1678"]),
         ("3609", ["date:3609", "date:>2500", "date:[3000 TO *]", "date:>=2262"]),
+        ("9999", ["date:9999", "date:9999-06-30", "after:9999-06-30", "date:[9000 TO 9999]"]),
     ],
 )
 def test_a_query_for_dates_outside_tantivys_range_finds_the_clamped_messages(
@@ -482,6 +483,32 @@ def test_a_query_for_dates_outside_tantivys_range_finds_the_clamped_messages(
     for query in queries:
         hits = Searcher(vault.index_path, query).page(limit=0, snippets=False)
         assert [h.id for h in hits] == [names["odd"]], query
+
+
+def test_a_query_reaching_the_last_day_a_datetime_holds_is_a_range_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """`date:9999-12-31` (whose end, the next day, is past what a datetime holds) raised
+    OverflowError out of `search` and `hold add`, and `date:9999` was refused as no date.  A
+    range open at both ends (`before:3000`, `date:[* TO *]`) was Tantivy's `[* TO *]`, which
+    matches nothing: a hold on it protected no message.  Every one of them is a range now."""
+    vault, _, _ = build_vault(tmp_path / "vault", generated(3, seed=5))
+    assert catch_up(vault).indexed == 3
+    every = sorted(h.id for h in Searcher(vault.index_path, "*").page(limit=0, snippets=False))
+    for query in ("date:<=9999-12-31", "before:3000", "date:[* TO *]", "date:{* TO 9999-12-31]"):
+        hits = Searcher(vault.index_path, query).page(limit=0, snippets=False)
+        assert sorted(h.id for h in hits) == every, query
+    for query in (
+        "date:9999-12-31",
+        "after:9999-12-31",
+        "date:>9999",
+        "date:9999-12",
+        "date:>=9999-12-31T23:59:59",
+        "date:9999-12-31T23:00:00-05:00",
+        "before:0001-01-01T00:00:00+05:00",
+    ):
+        hits = Searcher(vault.index_path, query).page(limit=0, snippets=False)
+        assert hits == [], query
 
 
 def test_every_message_of_the_corpora_is_indexed_and_verifies(tmp_path: Path) -> None:

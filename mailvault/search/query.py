@@ -328,6 +328,13 @@ def _any(clauses: list[str]) -> str:
     return clauses[0] if len(clauses) == 1 else "(" + " OR ".join(clauses) + ")"
 
 
+# The first and last instants a datetime holds.  A query date's end past 9999-12-31 (or a
+# timestamp whose zone moves it past either end) is taken as the last (first) instant: both lie
+# far beyond the indexed bounds (ix.DATE_MIN, ix.DATE_MAX), where `_date_range` clamps them.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def _day_start(query: str, tok: _Tok, value: str) -> tuple[datetime, datetime]:
     """The [start, end) instants of a date value: a year, a month, a day, or a timestamp."""
     m = DATE_VALUE.match(value)
@@ -335,23 +342,38 @@ def _day_start(query: str, tok: _Tok, value: str) -> tuple[datetime, datetime]:
         if m:
             year, month, day = int(m.group(1)), m.group(2), m.group(3)
             if month is None:
-                return datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+                return datetime(year, 1, 1, tzinfo=UTC), _month_after(year, 12)
             mon = int(month)
             if day is None:
-                start = datetime(year, mon, 1, tzinfo=UTC)
-                end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC)
-                return start, end
+                return datetime(year, mon, 1, tzinfo=UTC), _month_after(year, mon)
             start = datetime(year, mon, int(day), tzinfo=UTC)
-            return start, start + timedelta(days=1)
+            return start, _later(start, timedelta(days=1))
         stamp = datetime.fromisoformat(value)
         if stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=UTC)
-        stamp = stamp.astimezone(UTC)
-        return stamp, stamp + timedelta(seconds=1)
+        try:
+            stamp = stamp.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the first instant
+            stamp = EARLIEST if stamp.year == 1 else LATEST
+        return stamp, _later(stamp, timedelta(seconds=1))
     except ValueError:
         raise _fail(
             query, tok.pos, tok.end - tok.pos, "expected a date YYYY, YYYY-MM or YYYY-MM-DD"
         ) from None
+
+
+def _month_after(year: int, month: int) -> datetime:
+    """The first instant after ``month`` of ``year`` (after December 9999: ``LATEST``)."""
+    if month == 12:
+        return LATEST if year == datetime.max.year else datetime(year + 1, 1, 1, tzinfo=UTC)
+    return datetime(year, month + 1, 1, tzinfo=UTC)
+
+
+def _later(moment: datetime, step: timedelta) -> datetime:
+    try:
+        return moment + step
+    except OverflowError:  # 9999-12-31 has no next day
+        return LATEST
 
 
 def iso_utc(moment: datetime) -> str:
@@ -413,12 +435,14 @@ def _date_range(lo: datetime | None, hi: datetime | None) -> str:
     ``ix.DATE_MAX``): a message dated 1500 is indexed at DATE_MIN, so a range that ends at
     or before DATE_MIN takes DATE_MIN in (`date:<1600` finds it, as would a hold on it), and
     one that starts after DATE_MAX starts at DATE_MAX.  Such a range cannot tell the
-    clamped dates apart: it finds every message dated outside the bound it lies beyond."""
+    clamped dates apart: it finds every message dated outside the bound it lies beyond.
+    Open at both ends (`before:3000`), it starts at DATE_MIN: Tantivy's ``[* TO *]`` matches
+    no document at all, so a hold on `before:3000` protected nothing."""
     low = "*" if lo is None else iso_utc(min(max(lo, ix.DATE_MIN), ix.DATE_MAX))
     if hi is not None and hi <= ix.DATE_MIN:
         return f"date:[{low} TO {iso_utc(ix.DATE_MIN)}]"
     if hi is None or hi > ix.DATE_MAX:
-        return f"date:[{low} TO *]"
+        return f"date:[{iso_utc(ix.DATE_MIN) if lo is None else low} TO *]"
     return f"date:[{low} TO {iso_utc(hi)}}}"
 
 
