@@ -11,8 +11,9 @@
   again) and a ``purge`` ledger entry (sha256, reason, time).  The catalog commit comes first:
   a crash before the files are removed leaves a purged message whose blob the next
   ``retention apply`` removes.
-* The **audit trail** records every search, show and export (time, OS user, command, query,
-  number of results) in a hash-chained table beside the ledger.  It has no off switch.
+* The **audit trail** records every search, show, export and retention run (time, OS user,
+  command, query, number of results) in a hash-chained table beside the ledger.  It has no off
+  switch.
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ def _claims(user: str) -> dict[str, Any]:
     hold entry's detail (the user is the real uid's account; see ``audit.os_user``)."""
     claims = claimed_names(user)
     return {"claimed_by": claims} if claims else {}
+
+
+def _actor() -> dict[str, Any]:
+    """``by`` (the real uid's account) and ``claimed_by``, for the detail of a ledger entry of
+    a change someone ran (hold-add, hold-release, purge): who did it, never $LOGNAME's word."""
+    user = os_user()
+    return {"by": user, **_claims(user)}
 
 
 def release_hold(vault: Vault, name: str) -> None:
@@ -213,6 +221,7 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
 def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
     """Purge the unprotected candidates (caller holds the write lock); return purged sha256s."""
     doomed = [c for c in candidates if not c.held_by]
+    actor = _actor()
     catalog = vault.catalog()
     try:
         with catalog.transaction() as conn:
@@ -230,6 +239,7 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
                     detail={
                         "reason": f"retention: older than {c.keep_days} days",
                         "date": c.age_basis,
+                        **actor,
                     },
                 )
         # Files of purges the ledger records (this one, and any a crash left unfinished); a

@@ -172,6 +172,41 @@ def test_every_audited_command_is_recorded(vault: Path, tmp_path: Path) -> None:
         db.execute("DELETE FROM audit")
 
 
+def test_a_retention_run_is_in_the_audit_trail_and_its_purges_name_who_ran_it(
+    vault: Path,
+) -> None:
+    """Purge entries did not say who ran retention, and `retention apply` was not in the
+    audit trail at all: a purge is recorded as started (before anything is purged: a killed
+    run shows) and finished, with its counts, by the real uid's account; a dry run once."""
+    import os
+    import pwd
+
+    real = pwd.getpwuid(os.getuid()).pw_name
+    env = {"LOGNAME": "alice.auditor", "USER": real, "SUDO_USER": None}
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    assert run_cli(vault, "retention", "apply", "--dry-run", env=env).exit_code == 0
+    assert run_cli(vault, "retention", "apply", env=env).exit_code == 0
+    entries = [json.loads(line) for line in run_cli(vault, "audit", "--json").stdout.splitlines()]
+    assert [(e["command"], e["query"], e["results"], e["os_user"]) for e in entries] == [
+        ("retention", None, 3, real)
+    ] * 3
+    details = [json.loads(e["detail"]) for e in entries]
+    claim = {"claimed_user": {"LOGNAME": "alice.auditor"}}
+    assert details == [
+        {"stage": "dry-run", "expired": 5, "held": 2, **claim},
+        {"stage": "started", "expired": 5, "held": 2, **claim},
+        {"stage": "finished", "expired": 5, "held": 2, "purged": 3, **claim},
+    ]
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        purges = [
+            json.loads(row[0])
+            for row in db.execute("SELECT detail FROM ledger WHERE kind = 'purge' ORDER BY seq")
+        ]
+    assert len(purges) == 3
+    assert all((p["by"], p["claimed_by"]) == (real, {"LOGNAME": "alice.auditor"}) for p in purges)
+    assert run_cli(vault, "verify").exit_code == 0
+
+
 def test_retention_needs_a_policy(tmp_path: Path) -> None:
     with FakePop3Server([message(1, "a@b.c", 2001)]) as server:
         path = make_vault(tmp_path / "v", {"acct": {**PLAIN, "port": server.port}})

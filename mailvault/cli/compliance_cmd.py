@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 )
 @click.pass_context
 def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool) -> None:
-    """List the audit trail: every search, show and export, who ran it and what it returned.
+    """List the audit trail: every search, show, export and retention run, who ran it and what it
+    returned.
 
     Example: mailvault audit --since 2026-01-01
     """
@@ -173,7 +174,15 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         _index_first(vault, "retention needs an up-to-date index to honour legal holds")
         candidates = plan(vault)
         held = [c for c in candidates if c.held_by]
-        purged = [] if dry_run else apply(vault, candidates)
+        counts = {"expired": len(candidates), "held": len(held)}
+        if dry_run:
+            _audit_retention(vault, "dry-run", len(candidates) - len(held), counts)
+            purged = []
+        else:
+            # as an export: recorded before the first purge, so a killed run shows as started
+            _audit_retention(vault, "started", len(candidates) - len(held), counts)
+            purged = apply(vault, candidates)
+            _audit_retention(vault, "finished", len(purged), {**counts, "purged": len(purged)})
         rebuilt = not dry_run and _compact_index(vault)
     if as_json:
         print_json(
@@ -201,6 +210,17 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         + ("; the index was rebuilt without the purged text" if rebuilt else ""),
         err=True,
     )
+
+
+def _audit_retention(vault: Vault, stage: str, results: int, counts: dict[str, int]) -> None:
+    """An audit-trail entry of `retention apply` (who purged, or looked at what would be): a
+    dry run's, or one before the purge (``results``: the messages to purge) and one after it
+    (the messages purged).  It fails closed like every audit entry: nothing is purged without
+    the first."""
+    from mailvault.audit import record
+
+    detail: dict[str, Any] = {"stage": stage, **counts}
+    record(vault.root, "retention", None, results, **detail)
 
 
 def _compact_index(vault: Vault) -> bool:
