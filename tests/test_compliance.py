@@ -207,6 +207,26 @@ def test_a_retention_run_is_in_the_audit_trail_and_its_purges_name_who_ran_it(
     assert run_cli(vault, "verify").exit_code == 0
 
 
+def test_audit_text_shows_the_stage_and_target_of_an_export_and_a_retention_run(
+    vault: Path, tmp_path: Path
+) -> None:
+    """An export's `started` and `finished` entries printed as two identical lines, so an
+    export killed part-way (a `started` alone) could not be told from a finished one without
+    --json: each line now says its stage, the messages selected or written, and the target."""
+    out = tmp_path / "out\nx.mbox"  # a target with a line break is escaped
+    assert run_cli(vault, "export", "--format", "mbox", "--out", str(out), "report").exit_code == 0
+    assert run_cli(vault, "retention", "apply").exit_code == 0
+    assert run_cli(vault, "search", "--count", "*").exit_code == 0
+    shown = str(out).replace("\n", "\\n")
+    lines = run_cli(vault, "audit").stdout.splitlines()
+    assert len(lines) == 5
+    assert lines[0].endswith(f"'report' -> 10  [started, 10 selected, to {shown}]")
+    assert lines[1].endswith(f"'report' -> 10  [finished, 10 written, to {shown}]")
+    assert lines[2].endswith(" -> 5  [started, 5 expired, 0 held]")
+    assert lines[3].endswith(" -> 5  [finished, 5 expired, 0 held, 5 purged]")
+    assert lines[4].split()[2:] == ["search", "'*'", "->", "5"]  # no stage: nothing added
+
+
 def test_retention_needs_a_policy(tmp_path: Path) -> None:
     with FakePop3Server([message(1, "a@b.c", 2001)]) as server:
         path = make_vault(tmp_path / "v", {"acct": {**PLAIN, "port": server.port}})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -54,22 +54,49 @@ def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool)
             # One entry, one line: every field is escaped (a user name or query with a line
             # break in it must not print as an entry of its own).
             query = f" {entry['query']!r}" if entry["query"] is not None else ""
+            detail = _detail(entry["detail"])
             click.echo(
                 f"{escape(str(entry['at'])[:19])} {escape(str(entry['os_user'])):10} "
                 f"{escape(str(entry['command'])):8}{query} -> {entry['results']}"
-                + _claimed(entry["detail"])
+                + _stage(str(entry["command"]), entry["results"], detail)
+                + _claimed(detail)
             )
 
 
-def _claimed(detail: str | None) -> str:
-    """The login names the environment claimed when the entry was written, when they were not
-    the real user (``audit.claimed_names``), labelled as such: ``  [claimed LOGNAME=...]``."""
+def _detail(text: str | None) -> dict[str, Any]:
+    """An audit entry's detail (JSON text); {} when there is none or it is no JSON object."""
     import json
 
     try:
-        claims = json.loads(detail).get("claimed_user") if detail else None
-    except (ValueError, AttributeError):
+        detail = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
+def _stage(command: str, results: object, detail: dict[str, Any]) -> str:
+    """The stage of an export or retention run and what it was about, so that a run killed
+    part-way (a ``started`` with no ``finished`` after it) shows without --json:
+    ``  [started, 12 selected, to /srv/out.mbox]``, ``  [finished, 3 purged]``."""
+    stage = detail.get("stage")
+    if not isinstance(stage, str):
         return ""
+    parts = [escape(stage)]
+    if command == "export":
+        parts.append(f"{results} {'written' if stage == 'finished' else 'selected'}")
+        if detail.get("recovered"):
+            parts.append("recovered from a killed run")
+        parts.append(f"to {escape(str(detail.get('target')))}")
+    else:
+        counts = ("expired", "held", "purged")
+        parts += [f"{detail[k]} {k}" for k in counts if isinstance(detail.get(k), int)]
+    return f"  [{', '.join(parts)}]"
+
+
+def _claimed(detail: dict[str, Any]) -> str:
+    """The login names the environment claimed when the entry was written, when they were not
+    the real user (``audit.claimed_names``), labelled as such: ``  [claimed LOGNAME=...]``."""
+    claims = detail.get("claimed_user")
     if not isinstance(claims, dict) or not claims:
         return ""
     names = " ".join(f"{escape(str(k))}={escape(str(v))}" for k, v in sorted(claims.items()))
