@@ -509,6 +509,38 @@ def test_a_line_separator_inside_a_value_is_not_a_line_break(tmp_path: Path) -> 
     assert "2 entries" in result.stderr and "intact" in result.stderr
 
 
+def test_an_empty_file_is_no_verified_ledger_unless_a_head_says_it_is_empty(
+    tmp_path: Path,
+) -> None:
+    """`ledger check` of an empty file said "0 entries ... intact" and exited 0, so a ledger
+    export cut to nothing passed.  The export of a vault that never recorded anything is
+    empty too: it checks against its notarised head (entry 0), and only so."""
+    from mailvault import ledger
+
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b"")
+    result = run_cli(tmp_path, "ledger", "check", str(path))
+    assert result.exit_code == 1
+    assert "holds no ledger entries, so nothing was verified" in result.stdout
+    assert result.stderr.rstrip("\n").endswith(": EMPTY")
+    for head in (f"0 {ledger.GENESIS}", ledger.GENESIS):
+        assert run_cli(tmp_path, "ledger", "check", str(path), "--head", head).exit_code == 0
+    result = run_cli(tmp_path, "ledger", "check", str(path), "--head", f"3 {'a' * 64}")
+    assert result.exit_code == 1 and "cut back or rewritten" in result.stdout
+
+
+def test_a_field_no_hash_covers_breaks_an_exported_entry(tmp_path: Path) -> None:
+    """An entry's hash covers the fields the export writes; one more (a note "approved by the
+    DPO" added to the file) was accepted silently.  It is a problem naming the line."""
+    entries = chained({"account": "a"}, {"account": "b"})
+    entries[1]["note"] = "approved"
+    path = write_jsonl(tmp_path / "ledger.jsonl", entries)
+    result = run_cli(tmp_path, "ledger", "check", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:2: unknown field 'note', which no hash covers" in result.stdout
+    assert result.stderr.rstrip("\n").endswith(": BROKEN")
+
+
 def test_ledger_check_and_verify_read_a_head_alike(vault: Path, tmp_path: Path) -> None:
     seq, digest = run_cli(vault, "ledger", "head").stdout.split()
     out = tmp_path / "ledger.jsonl"

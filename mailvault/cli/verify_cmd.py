@@ -184,7 +184,17 @@ def _malformed(file: Path, number: int, entry: dict[str, Any]) -> str | None:
         return f"{file}:{number}: seq {entry['seq']!r} is not a whole number (edited)"
     if not isinstance(entry["entry_hash"], str) or not ledger.is_hash(entry["entry_hash"]):
         return f"{file}:{number}: entry_hash {entry['entry_hash']!r} is not a sha256 (edited)"
+    unknown = sorted(set(entry) - _EXPORTED)
+    if unknown:
+        # the hash covers the known fields only: a note added to an entry would pass unseen
+        return (
+            f"{file}:{number}: unknown field {', '.join(map(repr, unknown))}, which no hash "
+            "covers (added after the export, or the file is not from this mailvault)"
+        )
     return None
+
+
+_EXPORTED = frozenset((*ledger.LEDGER_FIELDS, "entry_hash"))  # the keys `ledger export` writes
 
 
 @ledger_group.command(name="check")
@@ -200,8 +210,9 @@ def _malformed(file: Path, number: int, entry: dict[str, Any]) -> str | None:
 def check_ledger(file: Path, expected_head: str | None) -> None:
     """Verify an exported ledger file on its own: every hash, every link, no gaps.
 
-    Exit 0 when intact, 1 when broken (each problem on stdout, naming the entry or line), 2
-    when FILE is not a ledger export at all.
+    Exit 0 when intact, 1 when broken (each problem on stdout, naming the entry or line; an
+    entry with a field the export does not write is one) or when FILE is empty and no --head
+    says that it should be, 2 when FILE is not a ledger export at all.
     """
     from mailvault.cli._common import escape
     from mailvault.verify import parse_anchor
@@ -211,6 +222,12 @@ def check_ledger(file: Path, expected_head: str | None) -> None:
     entries = [entry for _, entry in numbered]
     problems = [p for n, e in numbered if (p := _malformed(file, n, e)) is not None]
     problems += ledger.check_chain(entries)
+    if not entries and anchor is None:
+        problems.append(
+            f"{file} holds no ledger entries, so nothing was verified: a file cut to nothing "
+            "looks just like the export of a vault that never recorded anything; check that "
+            f'against the head `ledger head` printed for it (--head "0 {ledger.GENESIS}")'
+        )
     last = str(entries[-1].get("entry_hash")) if entries else ledger.GENESIS
     if anchor is not None and anchor[0] is not None:
         seq, digest = anchor
@@ -229,10 +246,7 @@ def check_ledger(file: Path, expected_head: str | None) -> None:
         problems.append(f"head is {last}, expected {anchor[1]}: entries were added or removed")
     for problem in problems:
         click.echo(escape(problem))  # a hostile file's values must not forge lines
-    click.echo(
-        f"ledger: {len(entries)} entries, head {escape(last)}: "
-        f"{'BROKEN' if problems else 'intact'}",
-        err=True,
-    )
+    verdict = "intact" if not problems else ("EMPTY" if not entries else "BROKEN")
+    click.echo(f"ledger: {len(entries)} entries, head {escape(last)}: {verdict}", err=True)
     if problems:
         sys.exit(1)
