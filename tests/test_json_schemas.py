@@ -87,3 +87,12 @@ def test_export_document(vault: Path, tmp_path: Path) -> None:
     result = run_cli(vault, "export", "--format", "eml", "--out", str(tmp_path / "eml"), "--json")
     assert result.exit_code == 0, result.output
     validate(json.loads(result.stdout), "export-manifest.schema.json")
+
+
+def test_the_ledger_entry_schema_names_every_kind_the_ledger_writes() -> None:
+    """A `mailbox-changed` entry (an account's host or user changed) failed the schema of
+    `ledger export`, whose enum of kinds was not updated when the kind was added."""
+    from mailvault import ledger
+
+    schema = json.loads((SCHEMAS / "ledger-entry.schema.json").read_text(encoding="utf-8"))
+    assert set(schema["properties"]["kind"]["enum"]) == set(ledger.KINDS)
