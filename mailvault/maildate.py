@@ -26,7 +26,8 @@ def parse_date(value: str) -> datetime | None:
     """A Date header value as an aware UTC datetime, or None if it cannot be read.
 
     The same result as ``email.utils.parsedate_to_datetime`` (``-0000``, "zone unknown", read
-    as UTC), which handles every form the fast pattern does not.
+    as UTC), which handles every form the fast pattern does not, except that a year written
+    with four digits is that year (``0001`` is 1, not 2001: see ``_PADDED_YEAR``).
     """
     match = _COMMON_DATE.fullmatch(value)
     month = _MONTH_NUMBERS.get(match.group(2)) if match else None
@@ -40,6 +41,10 @@ def parse_date(value: str) -> datetime | None:
             return local - offset if sign == "+" else local + offset
         except (ValueError, OverflowError):
             pass  # the long way decides (and refuses it too)
+    padded = _PADDED_YEAR.search(value)
+    if padded is not None:  # 0001: the year 1, not 2001 (see _PADDED_YEAR)
+        start, end = padded.span("year")
+        value = f"{value[:start]}{int(padded.group('year')) + _CYCLE}{value[end:]}"
     try:
         date = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -47,6 +52,21 @@ def parse_date(value: str) -> datetime | None:
     if date.tzinfo is None:
         date = date.replace(tzinfo=UTC)
     try:
-        return date.astimezone(UTC)
+        date = date.astimezone(UTC)
+        # moved back in UTC: 31 Dec 0000 23:00 -0500 is a day of the year 1
+        return date if padded is None else date.replace(year=date.year - _CYCLE)
     except (OverflowError, ValueError):
         return None
+
+
+# A year written with four digits below 100 (``01 Jan 0001``): the email package reads any
+# year below 100 as two-digit (0001 became 2001, 0099 1999), but only a year written with two
+# digits is one (RFC 5322 4.3).  It is parsed as the year 2400 later, which has the same
+# calendar (leap years, weekdays: the Gregorian calendar repeats every 400 years), and moved
+# back.  The year follows the month (``1 Jan 0001``), or the month and day (``Jan 1 0001``, as
+# asctime writes it); a zone written without its sign (``0000``) is none.
+_PADDED_YEAR = re.compile(
+    r"\b(?:" + "|".join(MONTHS) + r")[a-z]*\.?\s+(?:\d{1,2}\s+)?(?P<year>00\d\d)\b",
+    re.ASCII | re.IGNORECASE,
+)
+_CYCLE = 2400

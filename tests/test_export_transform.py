@@ -13,6 +13,7 @@ from mailvault.export.transform import (
     HEADER_CAP,
     MboxrdQuoter,
     MboxrdUnquoter,
+    asctime,
     from_line,
     header_end,
     message_meta,
@@ -136,7 +137,42 @@ def test_parse_date_agrees_with_the_email_package(tokens: tuple) -> None:  # typ
         f"{weekday}{day:02d} {month} {year:04d} {hour:02d}:{minute:02d}:{second:02d} "
         f"{sign}{zone:04d}{tail}"
     )
-    assert parse_date(value) == reference_date(value)
+    if year >= 100:
+        assert parse_date(value) == reference_date(value)
+        return
+    # the email package reads a year below 100 as two-digit (0001 as 2001): asked about the
+    # same date 2400 years later (the same calendar), the answer is moved back
+    later = reference_date(value.replace(f" {year:04d} ", f" {year + 2400} ", 1))
+    try:
+        want = None if later is None else later.replace(year=later.year - 2400)
+    except ValueError:  # before the year 1
+        want = None
+    assert parse_date(value) == want
+
+
+def test_a_year_written_with_four_digits_is_taken_literally() -> None:
+    """`Date: 01 Jan 0001` was read as 2001 (Python's two-digit-year rule applied to 0001)."""
+    assert parse_date("Mon, 01 Jan 0001 00:00:00 +0000") == datetime(1, 1, 1, tzinfo=UTC)
+    assert parse_date("01 Jan 0001 00:00:00 +0000") == datetime(1, 1, 1, tzinfo=UTC)
+    assert parse_date("Sat, 30 Jun 0099 09:33:50 -0500") == datetime(
+        99, 6, 30, 14, 33, 50, tzinfo=UTC
+    )
+    assert parse_date("Jan  1 0050 10:00:00") == datetime(50, 1, 1, 10, tzinfo=UTC)
+    assert parse_date("Thu, 29 Feb 0004 10:00:00 +0000") == datetime(4, 2, 29, 10, tzinfo=UTC)
+    assert parse_date("Mon, 1 Jan 0000 00:00:00 +0000") is None  # there is no year 0
+    assert parse_date("Mon, 1 Jan 0001 00:00:00 +0100") is None  # 31 Dec of the year 0 UTC
+    # a year written with two digits is still one (RFC 5322 4.3), a signless zone no year
+    assert parse_date("Mon, 1 Jan 01 00:00:00 +0000") == datetime(2001, 1, 1, tzinfo=UTC)
+    assert parse_date("Fri, 8 Jul 2011 12:08 0000") == datetime(2011, 7, 8, 12, 8, tzinfo=UTC)
+
+
+def test_the_from_line_of_a_message_dated_before_the_year_1000_separates() -> None:
+    """asctime wrote the year 999 as "999": no mbox reader takes that line for a separator,
+    so an mbox export of such a message was joined to the one before it on import."""
+    for year in (1, 99, 999):
+        line = asctime(datetime(year, 1, 1, tzinfo=UTC))
+        assert line.endswith(f" {year:04d}")
+        assert classify(f"From MAILER-DAEMON {line}".encode()) == SEPARATOR
 
 
 def test_parse_date_reads_the_unusual_forms_the_long_way() -> None:

@@ -269,11 +269,14 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 def asctime(moment: datetime) -> str:
-    """C asctime() form in UTC, independent of the locale: ``Fri Jul  8 12:08:34 2011``."""
+    """C asctime() form in UTC, independent of the locale: ``Fri Jul  8 12:08:34 2011``.  The
+    year has four digits (``0999``): an mbox reader takes a From line for a separator only
+    with a year of four (importer.mbox.classify), and would join a message dated 999 to the
+    one before it."""
     t = moment.astimezone(UTC)
     return (
         f"{_DAYS[t.weekday()]} {MONTHS[t.month - 1]} {t.day:2d} "
-        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} {t.year}"
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} {t.year:04d}"
     )
 
 
