@@ -435,3 +435,34 @@ def test_the_unindexed_check_reads_a_count_not_the_messages_table(
         db.execute("DROP TABLE message_counts")
     db.close()
     assert unindexed(vault.root, 1) == 3
+
+
+def test_search_shows_the_real_date_of_a_message_dated_beyond_the_index(tmp_path: Path) -> None:
+    """The index holds dates from 1678 to 2262 and a Date outside is indexed at the bound;
+    search printed that bound (a message dated 1500 as 1678-01-01, 9999 as 2262-01-01) in
+    its text and --json output.  It shows the date the catalog has."""
+
+    def dated(date: str) -> bytes:
+        return (
+            f"From: a@example.com\r\nSubject: time traveller\r\nDate: {date}\r\n"
+            f"Message-ID: <{date.split()[3]}@example.com>\r\n\r\nchronoxyl\r\n"
+        ).encode()
+
+    dates = {
+        "1500": ("Sat, 30 Jun 1500 09:33:50 +0000", "1500-06-30T09:33:50Z"),
+        "9999": ("Fri, 31 Dec 9999 23:59:59 +0000", "9999-12-31T23:59:59Z"),
+        "0001": ("Mon, 01 Jan 0001 10:00:00 +0000", "0001-01-01T10:00:00Z"),
+    }
+    vault, _, named = build_vault(
+        tmp_path / "vault", generated(2, seed=3), {k: dated(v[0]) for k, v in dates.items()}
+    )
+    assert run(vault, "index").exit_code == 0
+    result = run(vault, "search", "--json", "chronoxyl")
+    assert result.exit_code == 0
+    shown = {
+        json.loads(line)["id"]: json.loads(line)["date"] for line in result.stdout.splitlines()
+    }
+    assert shown == {named[k]: want for k, (_, want) in dates.items()}
+    text = run(vault, "search", "chronoxyl").stdout
+    for _, want in dates.values():
+        assert f"{want[:10]} {want[11:16]}" in text

@@ -12,7 +12,7 @@ import os
 import sys
 
 from mailvault._text import undecodable
-from mailvault.search.engine import Results, Searcher
+from mailvault.search.engine import Hit, Results, Searcher
 from mailvault.search.output import isatty, iter_lines
 from mailvault.search.query import SORTS
 
@@ -59,6 +59,8 @@ def run(
         return 0 if n else 1
     color = mode == "text" and isatty(stream)
     hits = searcher.page(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
+    if mode in ("text", "json"):
+        real_dates(vault_root, hits)
     # The audit entry is durable before anything is shown (fail closed).
     detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
     audit(vault_root, "search", query, len(hits), exiting=exiting, **detail)
@@ -75,6 +77,43 @@ def run(
     return 0 if hits else 1
 
 
+def real_dates(vault_root: str | os.PathLike[str], hits: list[Hit]) -> None:
+    """Give the hits dated at a bound of the index (a Date header outside 1678..2262 is indexed
+    there, ``index.DATE_MIN``/``DATE_MAX``) the date the catalog has for them: a message dated
+    1500 was shown as 1678-01-01, one dated 9999 as 2262-01-01.  One catalog read, and only
+    when such a hit is on the page; a hit the catalog cannot tell about keeps the bound."""
+    from datetime import UTC, datetime
+
+    from mailvault import index as ix
+
+    bounded = {h.id: h for h in hits if h.date in (ix.DATE_MIN, ix.DATE_MAX)}
+    if not bounded:
+        return
+    import sqlite3
+
+    marks = ",".join("?" * len(bounded))
+    try:
+        db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
+        try:
+            sql = f"SELECT sha256, date FROM message_meta WHERE sha256 IN ({marks})"
+            rows = db.execute(sql, list(bounded)).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return
+    for sha256, date in rows:
+        try:
+            bounded[sha256].date = datetime.fromisoformat(date).astimezone(UTC)
+        except (TypeError, ValueError, OverflowError):
+            continue
+
+
+def _read_only(vault_root: str | os.PathLike[str]) -> str:
+    """The URI that opens the vault's catalog read-only (its path escaped for a URI)."""
+    path = os.fspath(os.path.join(vault_root, "catalog.sqlite"))
+    return "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+
+
 def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
     """How many archived messages the index lacks (after `import --no-index`, say), from two
     counts, so that a search stays read-only and fast instead of silently missing them.
@@ -87,10 +126,8 @@ def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
     """
     import sqlite3
 
-    path = os.fspath(os.path.join(vault_root, "catalog.sqlite"))
-    uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=ro"
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=10)
+        db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
         try:
             rows = db.execute("SELECT max(rowid) FROM messages").fetchone()[0] or 0
             if rows <= num_docs:

@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Iterator
 
 from mailvault.search.engine import Hit, Results
+from mailvault.search.query import iso_utc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ def sender(value: str) -> str:
 
 def format_hit(hit: Hit, *, color: bool) -> str:
     """One line: date, sender, subject, short id, and the snippet (terms bold on a terminal)."""
-    date = hit.date.strftime("%Y-%m-%d %H:%M") if hit.date else "????-??-?? ??:??"
+    stamp = iso_utc(hit.date) if hit.date else "????-??-??T??:??"
+    date = f"{stamp[:10]} {stamp[11:16]}"
     head = f"{date}  {_fit(sender(hit.from_), 24)}  {_fit(hit.subject or '(no subject)', 50)}"
     line = f"{head}  {hit.id[:12]}"
     if hit.snippet:

@@ -377,7 +377,9 @@ def _later(moment: datetime, step: timedelta) -> datetime:
 
 
 def iso_utc(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``YYYY-MM-DDTHH:MM:SSZ``; not strftime, whose %Y writes the year 1 as "1" on glibc."""
+    t = moment
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z"
 
 
 def _size(query: str, tok: _Tok, value: str) -> int:
