@@ -56,6 +56,14 @@ def test_defaults_follow_tls_mode() -> None:
             'sets tls_fingerprint but tls = "none"',
         ),
         ("[retention]\nkeep_days = 999999\n", "leave it out to keep mail for ever"),
+        # 0 days would purge everything not held at the next `retention apply`
+        (
+            "[retention]\nkeep_days = 0\n",
+            "retention.keep_days = 0 is out of range; it must be at least 1 and at most 36525 "
+            "(0 would purge every message no hold protects",
+        ),
+        ("keep_days = 0\n", "keep_days = 0 is out of range; it must be at least 1"),
+        ("[imports.old]\nkeep_days = 0\n", "imports.old.keep_days = 0 is out of range"),
         ('[accounts.""]\nhost = "h"\nuser = "u"\npassword_env = "X"\n', "an empty name"),
         ('password_file = "p\\u0000w"\n', "contains a NUL character"),
         ('password_command = "x"\n', "keep exactly one password source"),
