@@ -22,12 +22,15 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailvault import ledger
 from mailvault.audit import claimed_names, os_user
 from mailvault.errors import UsageError
 from mailvault.vault import Vault, utcnow
+
+if TYPE_CHECKING:
+    from mailvault.export.blobs import BlobReader
 
 # -- audit (written by mailvault.audit.record) ---------------------------------------------------
 
@@ -222,6 +225,7 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
     """Purge the unprotected candidates (caller holds the write lock); return purged sha256s."""
     doomed = [c for c in candidates if not c.held_by]
     actor = _actor()
+    reader = _reader(vault)
     catalog = vault.catalog()
     try:
         with catalog.transaction() as conn:
@@ -240,6 +244,7 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
                         "reason": f"retention: older than {c.keep_days} days",
                         "date": c.age_basis,
                         **actor,
+                        **_lf_form(reader, c.sha256, size),
                     },
                 )
         # Files of purges the ledger records (this one, and any a crash left unfinished); a
@@ -256,6 +261,23 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
         catalog.close()
     _remove_files(vault, leftovers)
     return [c.sha256 for c in doomed]
+
+
+def _reader(vault: Vault) -> BlobReader:
+    from mailvault.export.blobs import BlobReader
+
+    return BlobReader(vault.store())
+
+
+def _lf_form(reader: BlobReader, sha256: str, size: int) -> dict[str, str]:
+    """``lf_sha256``, the sha256 of the message's lf form (as ``export --line-endings lf``
+    writes it), for its purge entry: once the blob is gone, an import of a file named after
+    the message can still tell its lf export (refused: it is the purged mail) from other mail.
+    Nothing when the blob cannot be read, or the message has no CRLF (its lf form is itself)."""
+    from mailvault.export.blobs import lf_sha256
+
+    lf = lf_sha256(reader, sha256, size)
+    return {"lf_sha256": lf} if lf is not None and lf != sha256 else {}
 
 
 def _remove_files(vault: Vault, purged: set[str]) -> None:

@@ -291,6 +291,66 @@ def test_an_lf_export_of_purged_mail_does_not_bring_it_back(tmp_path: Path, fmt:
     assert all("purged" in r["reason"] for r in report["rejected"])
 
 
+def _purge_all(vault: Path) -> None:
+    """Purge every message as `retention apply` does (its ledger entries included)."""
+    from mailvault.compliance import Candidate, apply
+
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        digests = [row[0] for row in db.execute("SELECT sha256 FROM messages")]
+    opened = open_vault(vault)
+    apply(opened, [Candidate(d, "2001-01-01T00:00:00+00:00", 1, ()) for d in digests])
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "eml"])
+def test_a_file_named_after_purged_mail_is_refused_only_when_it_is_that_mail(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A file whose name carried the hash of a purged message (Maildir ,H=<sha256>,
+    <sha256>.eml) was refused as "this content was purged" whatever it held.  A purge records
+    the sha256 of the message's lf form, so its lf export is still refused, and other mail
+    under that name is imported, with a warning."""
+    vault = new_vault(tmp_path / "vault")
+    assert import_json(vault, str(write(tmp_path / "a.eml", A)))[0] == 0
+    out = tmp_path / f"out-{fmt}"
+    result = cli(vault, "export", "--format", fmt, "--out", str(out), "--line-endings", "lf")
+    assert result.exit_code == 0, result.stderr
+    for manifest in out.glob("manifest.json*"):
+        manifest.unlink()  # the name alone names the original
+    (exported,) = [p for p in out.rglob("*") if p.is_file() and sha(A) in p.name]
+    assert exported.read_bytes() == A.replace(b"\r\n", b"\n")
+    _purge_all(vault)
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        (detail,) = db.execute("SELECT detail FROM ledger WHERE kind = 'purge'").fetchone()
+    assert json.loads(detail)["lf_sha256"] == sha(A.replace(b"\r\n", b"\n"))
+    code, report = import_json(vault, str(out))
+    assert (code, report["imported"]) == (1, 0)
+    assert "is an lf export of" in report["rejected"][0]["reason"]
+    exported.write_bytes(D)  # other mail under the purged message's name
+    code, report = import_json(vault, str(out))
+    assert (code, report["imported"], report["rejected"]) == (0, 1, [])
+    assert "neither that message nor its lf form" in report["warnings"][0]["message"]
+    assert sha(D) in catalog_set(vault)
+
+
+def test_a_file_named_after_mail_purged_before_lf_forms_were_recorded(tmp_path: Path) -> None:
+    """A purge without `lf_sha256` (older ones; an edited catalog) leaves the size: content
+    too long or too short to be the lf form is imported, with a warning; content whose size
+    fits is refused, saying how to import it if it is other mail."""
+    vault = new_vault(tmp_path / "vault")
+    assert import_json(vault, str(write(tmp_path / "a.eml", A)))[0] == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("UPDATE messages SET purged_at='2026-01-01T00:00:00+00:00'")
+    name = f"1.host,H={sha(A)}:2,S"
+    unrelated = write(tmp_path / "md1" / "cur" / name, C + b"X" * len(A))
+    code, report = import_json(vault, str(unrelated.parent.parent))
+    assert (code, report["imported"]) == (0, 1)
+    assert "neither that message nor its lf form" in report["warnings"][0]["message"]
+    fits = write(tmp_path / "md2" / "cur" / name, A.replace(b"\r\n", b"\n")[:-1] + b"?")
+    code, report = import_json(vault, str(fits.parent.parent))
+    assert (code, report["imported"]) == (1, 0)
+    assert "rename the file" in report["rejected"][0]["reason"]
+
+
 def test_usage_errors(tmp_path: Path) -> None:
     vault = new_vault(tmp_path / "vault")
     unknown = write(tmp_path / "data.bin", b"\x00\x01")

@@ -19,7 +19,8 @@ from collections.abc import Generator
 
 import zstandard
 
-from mailvault.errors import ExportError, StoreError
+from mailvault.errors import ExportError, MailvaultError, StoreError
+from mailvault.export.transform import to_lf
 from mailvault.store import ZSTD_SUFFIX, BlobStore, valid_digest
 
 WHOLE_MAX = 4 * 1024 * 1024  # bytes; bigger messages are streamed (flat memory)
@@ -86,3 +87,17 @@ def stream_verified(store: BlobStore, digest: str) -> Generator[bytes, None, Non
             f"blob {digest} no longer matches its sha256 (the stored copy is damaged); the "
             "export stopped without writing it: run `mailvault verify`"
         )
+
+
+def lf_sha256(reader: BlobReader, digest: str, size: int) -> str | None:
+    """sha256 of a stored message with every CRLF turned into LF, as ``export --line-endings
+    lf`` writes it; None if the blob cannot be read or is damaged.  What an import compares a
+    file named after a message with, to tell that message's lf export from other mail."""
+    whole = reader.whole(digest, size)
+    h = hashlib.sha256()
+    try:
+        for chunk in to_lf([whole] if whole is not None else stream_verified(reader.store, digest)):
+            h.update(chunk)
+    except MailvaultError:
+        return None
+    return h.hexdigest()

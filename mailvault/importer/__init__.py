@@ -11,7 +11,9 @@ or tmp/ leftovers that the next writer removes.  Every message read is counted a
 content) or duplicate (content the vault already had, or had earlier in this import); every
 entry that could not be stored is in ``rejected`` with its location and the reason; entries
 that are not messages by their format's rules are in ``skipped``.  Nothing is dropped silently.
-A message whose content was purged by retention is not brought back: it is rejected.  A message
+A message whose content was purged by retention is not brought back: it is rejected, and so is
+its lf export when its manifest entry or its name names the purged original and its content is
+verified to be that (a name alone is a claim: other mail under it is imported, with a warning).  A message
 that is an lf export of one the vault holds (its name or manifest entry names the original, and
 the original's bytes with CRLF turned into LF are exactly these) is a duplicate of the original:
 the round trip "export for a mail client, import back later" stores nothing twice.
@@ -22,7 +24,7 @@ The caller does not need to hold the vault lock: ``import_sources`` takes it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import json
 import os
 import re
 import time
@@ -33,8 +35,7 @@ from typing import Any
 
 from mailvault.catalog import Catalog, Committed, utcnow
 from mailvault.errors import MailvaultError, UsageError
-from mailvault.export.blobs import BlobReader, stream_verified
-from mailvault.export.transform import to_lf
+from mailvault.export.blobs import BlobReader, lf_sha256
 from mailvault.importer._model import Event, Found, Missed, Rejected, Skipped, Warned
 from mailvault.importer.eml import has_eml, read_eml
 from mailvault.importer.maildir import contains_maildir, is_maildir, read_maildir
@@ -230,10 +231,10 @@ class _Committer:
         gives exactly them: verified, not trusted.  A claim that does not hold is a warning."""
         if digest in known or not claimed:
             return None  # the vault has these very bytes (a plain duplicate), or no claim
-        originals = sorted(h for h in claimed if h in known)
+        originals = sorted(h for h in claimed if h in known and not known[h][1])  # live ones
         unreadable = False
         for original in originals:
-            converted = self._lf_digest(original, known[original][0])
+            converted = lf_sha256(self.reader, original, known[original][0])
             if converted == digest:
                 return original, known[original][0]
             unreadable |= converted is None
@@ -253,20 +254,6 @@ class _Committer:
                 )
             )
         return None
-
-    def _lf_digest(self, digest: str, size: int) -> str | None:
-        """sha256 of a stored message with every CRLF turned into LF, as ``export
-        --line-endings lf`` writes it; None if the blob cannot be read or is damaged."""
-        whole = self.reader.whole(digest, size)
-        h = hashlib.sha256()
-        try:
-            for chunk in to_lf(
-                [whole] if whole is not None else stream_verified(self.store, digest)
-            ):
-                h.update(chunk)
-        except MailvaultError:
-            return None
-        return h.hexdigest()
 
     def add(self, found: Found) -> None:
         writer = self.store.writer()
@@ -314,7 +301,7 @@ class _Committer:
                 f"{' or '.join(sorted(found.expect))}: the file is damaged here"
             )
         else:
-            reason, original = self._check_known(found, staged.digest)
+            reason, original = self._check_known(found, staged.digest, staged.size)
         if reason is not None:
             staged.tmp_path.unlink(missing_ok=True)
             self.report.rejected.append(Rejected(found.path, found.offset, reason))
@@ -331,18 +318,82 @@ class _Committer:
         if self.progress is not None:
             self.progress(min(self.done, self.total), self.total)
 
-    def _check_known(self, found: Found, digest: str) -> tuple[str | None, tuple[str, int] | None]:
-        """(why these bytes are rejected, or None; the original they are an export of, if so)."""
+    def _check_known(
+        self, found: Found, digest: str, length: int
+    ) -> tuple[str | None, tuple[str, int] | None]:
+        """(why these bytes (``length`` of them) are rejected, or None; the original they are
+        an export of, if so)."""
         claimed = _claimed(found, digest)
         if claimed & self.batch_digests:
             self.flush()  # the original came earlier in this import: committed, it can be read
         known = self._known([digest, *found.expect, *_named(found)])
-        purged = max((at for _, at in known.values() if at), default=None)
-        if purged is not None:
-            # also an lf export of purged mail: its bytes differ, but its manifest entry or its
-            # file name still names the purged original
-            return f"this content was purged from the vault at {purged}; not imported again", None
+        reason = self._purged(found, digest, length, known)
+        if reason is not None:
+            return reason, None
         return None, self._exported_form_of(found, digest, claimed, known)
+
+    def _purged(self, found: Found, digest: str, length: int, known: _Known) -> str | None:
+        """Why these bytes are purged mail, not to be brought back, or None.
+
+        They are the purged message itself, or its lf export: an mbox manifest entry that
+        lists these very bytes names the purged original, or a file name does (Maildir
+        ``,H=<sha256>``, ``<sha256>.eml``) and the content is that message's lf form, as its
+        purge entry recorded it (``lf_sha256``).  A name is only a claim: a file named after a
+        purged message whose content is other mail is imported, with a warning."""
+        purged = {h: at for h, (_, at) in known.items() if at}
+        if not purged:
+            return None
+        if digest in purged:
+            return f"this content was purged from the vault at {purged[digest]}; not imported again"
+        listed = sorted(h for h in found.expect if h in purged)  # mbox: matches the entry
+        if listed:
+            return (
+                f"this is an lf export of {listed[0]}, purged from the vault at "
+                f"{purged[listed[0]]} (its export manifest says so); not imported again"
+            )
+        for original in sorted(h for h in _named(found) if h in purged):
+            size = known[original][0]
+            is_lf = self._is_lf_form_of_purged(original, size, digest, length)
+            if is_lf is None:
+                return (
+                    f"named as an export of {original}, purged from the vault at "
+                    f"{purged[original]} before purges recorded what its lf form hashes to, and "
+                    "its size fits that form, so it may be that mail: not imported (if it is "
+                    "other mail, rename the file so that its name does not carry that hash)"
+                )
+            if is_lf:
+                return (
+                    f"this is an lf export of {original}, purged from the vault at "
+                    f"{purged[original]}; not imported again"
+                )
+            self.report.warnings.append(
+                Warned(
+                    found.path,
+                    found.offset,
+                    f"named as an export of {original}, which was purged, but its content is "
+                    "neither that message nor its lf form: imported as new content",
+                )
+            )
+        return None
+
+    def _is_lf_form_of_purged(
+        self, original: str, size: int, digest: str, length: int
+    ) -> bool | None:
+        """Whether ``digest`` (``length`` bytes) is the lf form of the purged ``original`` (of
+        ``size`` bytes):
+        as its purge entry recorded it, else by size alone (the lf form of a message with a
+        CRLF is shorter, by at most half), None when the size cannot rule it out."""
+        rows = self.catalog.db.execute(
+            "SELECT detail FROM ledger WHERE kind = 'purge' AND sha256 = ?", (original,)
+        ).fetchall()
+        for (detail,) in rows:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                recorded = json.loads(detail).get("lf_sha256")
+                if isinstance(recorded, str):
+                    return recorded == digest
+        if not (size + 1) // 2 <= length < size:
+            return False
+        return None
 
     def flush(self) -> None:
         """Publish the batch's blobs, then record it in one catalog transaction."""
