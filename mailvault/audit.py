@@ -1,4 +1,5 @@
-"""The audit trail's one writer: who searched, showed or exported what, and how much came back.
+"""The audit trail's one writer: who searched, showed, exported or purged (retention) what, and
+how much came back or went.
 
 Only ``sqlite3`` and ``mailvault.ledger`` are imported, so the search path stays fast.  The
 entry is committed before the caller prints anything: if it cannot be recorded, nothing is
