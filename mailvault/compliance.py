@@ -184,30 +184,35 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
             f"{config.path}: no retention policy; set [retention] keep_days = N (or keep_days "
             "per account, or per import label in [imports.NAME])"
         )
+    from mailvault.indexer import message_accounts
+
     catalog = vault.catalog()
     try:
         rows = catalog.rows(
-            """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback,
-                      (SELECT group_concat(account) FROM (
-                           SELECT account FROM uidls u WHERE u.sha256 = m.sha256
-                           UNION SELECT account FROM imports i
-                           WHERE i.sha256 = m.sha256 AND i.account IS NOT NULL)) AS accounts
+            """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback
                FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
                WHERE m.purged_at IS NULL"""
         )
         holds = catalog.rows("SELECT name, query, syntax FROM holds WHERE released_at IS NULL")
+        # Only a message older than the shortest policy can be past any: its accounts are
+        # looked up for those alone.
+        shortest = min(d for d in (default, *per_account.values()) if d is not None)
+        old = [(row, _basis(row)) for row in rows]
+        old = [(row, basis) for row, basis in old if _expired(basis, shortest, now)]
+        # rows, not group_concat: a label is user-given text (`import --account 'matter 7,
+        # acme'`), so no separator can join them safely
+        accounts = message_accounts(catalog, [row["sha256"] for row, _ in old])
     finally:
         catalog.close()
     candidates = []
-    for row in rows:
-        accounts = (row["accounts"] or "").split(",") if row["accounts"] else []
+    for row, basis in old:
         # a message kept for several accounts is kept as long as the longest of them says
-        days_options = [per_account.get(a, default) for a in accounts] or [default]
+        days_options = [per_account.get(a, default) for a in accounts.get(row["sha256"], ())]
+        days_options = days_options or [default]
         if any(d is None for d in days_options):
             continue
         keep_days = max(d for d in days_options if d is not None)
-        basis = row["date"] if row["date"] and not row["date_fallback"] else row["first_ingest_at"]
-        if datetime.fromisoformat(basis) <= now - timedelta(days=keep_days):
+        if _expired(basis, keep_days, now):
             candidates.append(Candidate(row["sha256"], basis, keep_days, ()))
     if holds and candidates:
         protected: dict[str, list[str]] = {}
@@ -219,6 +224,15 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
             for c in candidates
         ]
     return candidates
+
+
+def _basis(row: dict[str, Any]) -> str:
+    """The date a message's age counts from: its Date header, else its first ingest."""
+    return str(row["date"] if row["date"] and not row["date_fallback"] else row["first_ingest_at"])
+
+
+def _expired(basis: str, keep_days: int, now: datetime) -> bool:
+    return datetime.fromisoformat(basis) <= now - timedelta(days=keep_days)
 
 
 def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:

@@ -265,7 +265,7 @@ def _unindexed(catalog: Catalog) -> list[Job]:
     return sorted(((r[0], r[1]) for r in rows), key=lambda j: (j[1], j[0]))
 
 
-def _accounts(catalog: Catalog, digests: Sequence[str]) -> dict[str, list[str]]:
+def message_accounts(catalog: Catalog, digests: Sequence[str]) -> dict[str, list[str]]:
     """Every account a message came through: POP3 (uidls) and `import --account` (imports)."""
     found: dict[str, set[str]] = {}
     imports = _has(catalog, "imports", "account")
@@ -384,7 +384,7 @@ def _pipeline(
             report.parsed += len(fresh)
             report.unreadable += sum(1 for p in fresh if p.unreadable)
             report.defective += sum(1 for p in fresh if p.defects)
-            accounts = _accounts(catalog, [p.sha256 for p in parsed])
+            accounts = message_accounts(catalog, [p.sha256 for p in parsed])
             for p in parsed:
                 writer.put(p, accounts.get(p.sha256, ()))
                 uncommitted.append(p.sha256)

@@ -701,3 +701,16 @@ def test_a_hold_keeps_the_meaning_of_the_query_language_it_was_placed_under(
     assert [(f["code"], f["subject"]) for f in findings] == [("ledger-disagrees", "hold old")]
     assert "query language version 3 in the catalog but 1 in the ledger" in findings[0]["detail"]
     assert run_cli(path, "hold", "release", "new").exit_code == 0
+
+
+def test_a_label_with_a_comma_keeps_its_own_keep_days(vault: Path, tmp_path: Path) -> None:
+    """Import labels are user-given text: one with a comma in it is still one label, and its
+    [imports."..."] keep_days applies (the accounts were joined with ',' and split again)."""
+    old = tmp_path / "old.eml"
+    old.write_bytes(message(77, "dave@legacy.example", 2001))
+    assert run_cli(vault, "import", "--account", "matter 7, acme", str(old)).exit_code == 0
+    toml = vault / "mailvault.toml"
+    toml.write_text(toml.read_text() + '\n[imports."matter 7, acme"]\nkeep_days = 36500\n')
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert dry["expired"] == 5, dry  # the five fetched 2001 messages, not the import
+    assert all(m["keep_days"] == 3650 for m in dry["messages"])
