@@ -186,6 +186,7 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
         )
     from mailvault.indexer import message_accounts
 
+    _check_holds(vault)
     catalog = vault.catalog()
     try:
         rows = catalog.rows(
@@ -224,6 +225,36 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
             for c in candidates
         ]
     return candidates
+
+
+def _check_holds(vault: Vault) -> None:
+    """Refuse to plan a purge while the holds table disagrees with the ledger's hold-add and
+    hold-release entries (verify's pairing, ``verify.hold_findings``), or those entries or
+    the triggers that keep the ledger append-only were tampered with: a hold deleted,
+    released or narrowed by editing catalog.sqlite must not let retention purge what it
+    protected.  Reads only the hold entries of the ledger."""
+    import contextlib
+
+    from mailvault import verify
+    from mailvault.errors import CatalogError
+
+    uri = f"file:{vault.catalog_path}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        entries = verify.hold_entries(db)
+        problems = [f.detail for f in verify.hold_findings(db, entries)]
+        problems += [
+            f"ledger entry {e['seq']} ({e['kind']}) does not hash to its recorded hash (edited)"
+            for e in entries
+            if ledger.entry_hash(e) != e["entry_hash"]
+        ]
+        problems += [f.detail for f in verify.guard_findings(db)]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CatalogError(
+            f"retention refused, nothing was purged: {problems[0]}{more}; run `mailvault "
+            "verify` and put back what it names (from a backup of catalog.sqlite) before "
+            "retention runs again"
+        )
 
 
 def _basis(row: dict[str, Any]) -> str:

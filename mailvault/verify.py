@@ -226,7 +226,7 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 f"catalog says message {sha256} has {size} bytes, the ledger says {sizes.get(sha256)}",
             )
     yield from _purges(db, purged)
-    yield from _holds(db, entries)
+    yield from hold_findings(db, entries)
     for sha256 in contents - purged:
         row = db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
         if row is None:
@@ -322,10 +322,27 @@ _LedgerHold = list[Any]
 _HoldRow = tuple[str, bool, str | None, str | None, int]
 
 
-def _holds(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Finding]:
+HOLD_KINDS = ("hold-add", "hold-release")
+
+
+def hold_entries(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The ledger's hold-add and hold-release entries, in order (retention reads these
+    alone, not the whole ledger)."""
+    fields = (*ledger.LEDGER_FIELDS, "entry_hash")
+    marks = ",".join("?" * len(HOLD_KINDS))
+    cursor = db.execute(
+        f"SELECT {', '.join(fields)} FROM ledger WHERE kind IN ({marks}) ORDER BY seq",
+        HOLD_KINDS,
+    )
+    return [dict(zip(fields, row, strict=True)) for row in cursor]
+
+
+def hold_findings(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Finding]:
     """Legal holds, the catalog's rows against the ledger's hold-add and hold-release
     entries, name by name and in order: a hold released, narrowed, removed or invented by
-    editing catalog.sqlite changes what retention protects without a trace anywhere else."""
+    editing catalog.sqlite changes what retention protects without a trace anywhere else.
+    ``entries``: the ledger's entries (all of them, or ``hold_entries``).  Verify reports
+    these; retention refuses to purge while there is one."""
     recorded: dict[str, list[_LedgerHold]] = {}
     for entry in entries:
         if entry["kind"] in ("hold-add", "hold-release"):
@@ -464,7 +481,7 @@ APPEND_ONLY_TRIGGERS = (
 )
 
 
-def _guards(db: sqlite3.Connection) -> Iterator[Finding]:
+def guard_findings(db: sqlite3.Connection) -> Iterator[Finding]:
     """The triggers that make the ledger and the audit trail append-only are still there:
     someone who dropped one could edit or cut the chains."""
     present = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
@@ -590,7 +607,7 @@ def verify(
         )
         yield from _ledger(db)
         yield from _audit(db)
-        yield from _guards(db)
+        yield from guard_findings(db)
         for table, anchor in (anchors or {}).items():
             yield from _anchored(db, table, anchor)
     except sqlite3.DatabaseError as exc:  # a damaged file: what was found so far still stands

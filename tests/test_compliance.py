@@ -714,3 +714,33 @@ def test_a_label_with_a_comma_keeps_its_own_keep_days(vault: Path, tmp_path: Pat
     dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
     assert dry["expired"] == 5, dry  # the five fetched 2001 messages, not the import
     assert all(m["keep_days"] == 3650 for m in dry["messages"])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "DELETE FROM holds WHERE name = 'acme'",
+        "UPDATE holds SET released_at = '2026-01-01T00:00:00+00:00' WHERE name = 'acme'",
+        "UPDATE holds SET query = 'from:nobody@acme.com' WHERE name = 'acme'",
+        "UPDATE holds SET syntax = 1 WHERE name = 'acme'",
+        "DROP TRIGGER ledger_no_update",
+    ],
+)
+def test_retention_refuses_while_the_holds_table_disagrees_with_the_ledger(
+    vault: Path, edit: str
+) -> None:
+    """Retention reads the holds table; one edited by hand (the hold deleted, released,
+    narrowed) would let it purge held mail, which verify reported only afterwards.  It now
+    compares the table with the ledger's hold entries first and purges nothing on a
+    disagreement, dry run included."""
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    blobs = sorted((vault / "objects").rglob("*.zst"))
+    _edit(vault, edit)
+    for args in (("--dry-run",), ()):
+        result = run_cli(vault, "retention", "apply", *args)
+        assert result.exit_code == 3, result.output
+        assert "retention refused, nothing was purged" in result.stderr
+        assert "`mailvault verify`" in result.stderr and len(result.stderr.splitlines()) == 1
+        if "TRIGGER" not in edit:
+            assert "hold 'acme'" in result.stderr
+    assert sorted((vault / "objects").rglob("*.zst")) == blobs

@@ -198,7 +198,7 @@ def test_an_index_run_while_verify_holds_its_snapshot_is_no_extra(
     index then holds messages the snapshot lacks, which is no index-extra."""
     from mailvault import verify
 
-    original = verify._guards
+    original = verify.guard_findings
     done: list[bool] = []
 
     def guards_then_a_fetch(db: sqlite3.Connection) -> object:
@@ -209,7 +209,7 @@ def test_an_index_run_while_verify_holds_its_snapshot_is_no_extra(
                 catch_up(vault)
             done.append(True)
 
-    monkeypatch.setattr(verify, "_guards", guards_then_a_fetch)
+    monkeypatch.setattr(verify, "guard_findings", guards_then_a_fetch)
     result, items = verify_json(vault)
     assert done and result.exit_code == 0, items
     assert [f["code"] for f in items if f["severity"] != "info"] == []
