@@ -113,7 +113,11 @@ def _parse_with(store: BlobStore, job: Job) -> ParsedMessage | tuple[str, str]:
     try:
         # Streamed: a message over skeleton.WHOLE_MAX is parsed from its skeleton, so a
         # 150 MB attachment costs tens of MB, not the 1.4 GB the stdlib parser would take.
-        return parse_chunks(store.iter_chunks(sha256), sha256, ingest_time=_ingest_time(ingest))
+        # Hashed as it streams (parse_chunks reads to the end): an edited blob is not indexed,
+        # for holds are matched through the index, and the message then stays unindexed,
+        # which retention takes as "cannot prove it is not held".
+        chunks = store.iter_verified(sha256)
+        return parse_chunks(chunks, sha256, ingest_time=_ingest_time(ingest))
     except (MailvaultError, OSError, ValueError) as exc:
         return (sha256, str(exc))
     except Exception as exc:  # zstd errors on a corrupt blob

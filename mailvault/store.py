@@ -254,6 +254,22 @@ class BlobStore:
             while chunk := stream.read(READ_CHUNK):
                 yield chunk
 
+    def iter_verified(self, digest: str) -> Iterator[bytes]:
+        """``iter_chunks``, hashing as it goes: past the last chunk, a ``StoreError`` if the
+        content no longer hashes to its name.  For readers that derive what protects or dates
+        a message (indexing, retention): an edited blob must not be read as the message."""
+        h = hashlib.sha256()
+        for chunk in self.iter_chunks(digest):
+            h.update(chunk)
+            yield chunk
+        actual = h.hexdigest()
+        if actual != digest:
+            raise StoreError(
+                f"blob {digest} is corrupt: its content hashes to {actual} (changed since it "
+                "was stored); restore it from a backup, `mailvault verify` lists every damaged "
+                "blob"
+            )
+
     def rehash(self, digest: str) -> str:
         """sha256 of the stored content, for verification."""
         h = hashlib.sha256()

@@ -744,3 +744,35 @@ def test_retention_refuses_while_the_holds_table_disagrees_with_the_ledger(
         if "TRIGGER" not in edit:
             assert "hold 'acme'" in result.stderr
     assert sorted((vault / "objects").rglob("*.zst")) == blobs
+
+
+def _blob(vault: Path, sha: str) -> Path:
+    return next((vault / "objects" / sha[:2]).glob(f"{sha}*"))
+
+
+def _tamper(vault: Path, sha: str, old: bytes, new: bytes) -> None:
+    """Edit a stored message in place, keeping its name (as an insider with disk access)."""
+    import zstandard
+
+    path = _blob(vault, sha)
+    data = zstandard.ZstdDecompressor().stream_reader(path.open("rb")).read()
+    assert old in data
+    path.write_bytes(zstandard.ZstdCompressor().compress(data.replace(old, new)))
+
+
+def _sha_of(vault: Path, query: str) -> str:
+    return run_cli(vault, "search", "--ids", "--limit", "1", query).stdout.split()[0]
+
+
+def test_indexing_does_not_read_an_edited_blob(vault: Path) -> None:
+    """reindex (and index) hash each blob as they stream it: one whose content changed is
+    not indexed (its forged text is not searchable, the hold's words are not lost from it
+    silently) and is named; the catalog leaves it unindexed."""
+    sha = _sha_of(vault, "from:bob@acme.com")
+    _tamper(vault, sha, b"bob@acme.com", b"bob@evil.com")
+    result = run_cli(vault, "reindex")
+    assert result.exit_code == 1 and f"blob {sha} is missing, unreadable or corrupt" in result.output
+    assert run_cli(vault, "search", "--count", "from:bob@evil.com").stdout.strip() == "0"
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        indexed = db.execute("SELECT indexed_at FROM message_meta WHERE sha256=?", (sha,))
+        assert indexed.fetchone()[0] is None

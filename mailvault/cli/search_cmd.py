@@ -37,7 +37,11 @@ def _print_report(report: Any, as_json: bool, verb: str) -> None:
     )
     click.echo(line)
     for digest in report.missing:
-        click.echo(f"error: blob {digest} could not be read; run `mailvault verify`", err=True)
+        click.echo(
+            f"error: blob {digest} is missing, unreadable or corrupt, so it was not indexed; "
+            "run `mailvault verify`",
+            err=True,
+        )
 
 
 def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
