@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mailvault import ledger
 from mailvault.audit import claimed_names, os_user
-from mailvault.errors import UsageError
+from mailvault.errors import MailvaultError, UsageError
 from mailvault.vault import Vault, utcnow
 
 if TYPE_CHECKING:
     from mailvault.export.blobs import BlobReader
+    from mailvault.store import BlobStore
 
 # -- audit (written by mailvault.audit.record) ---------------------------------------------------
 
@@ -163,6 +164,7 @@ class Candidate:
     age_basis: str  # the date the age was counted from
     keep_days: int
     held_by: tuple[str, ...]
+    kept: str | None = None  # why no hold matches it and it is not purged all the same (_vet)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +172,7 @@ class Candidate:
             "date": self.age_basis,
             "keep_days": self.keep_days,
             "held_by": list(self.held_by),
+            "kept": self.kept,
         }
 
 
@@ -224,7 +227,111 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
             Candidate(c.sha256, c.age_basis, c.keep_days, tuple(protected.get(c.sha256, ())))
             for c in candidates
         ]
+    free = [c for c in candidates if not c.held_by]
+    if free:
+        reasons = _vet(vault, free, {row["sha256"]: row for row, _ in old}, now)
+        candidates = [replace(c, kept=reasons.get(c.sha256)) for c in candidates]
     return candidates
+
+
+def _vet(
+    vault: Vault, candidates: list[Candidate], rows: dict[str, dict[str, Any]], now: datetime
+) -> dict[str, str]:
+    """Why each candidate no hold matches must be kept all the same: retention purges only
+    what it can prove is under no hold and past retention.  Holds are matched through the
+    index, which lacks a message whose blob is missing, unreadable or corrupt (and the purge
+    of such a message would hide the loss); and the age comes from catalog rows that can be
+    edited by hand.  So each candidate's blob is read and hashed, its index document looked
+    up, and its date read again from the blob and its first ingest from the ledger.  The cost
+    is the candidates' alone: one blob read and a few lookups each."""
+    import contextlib
+
+    from mailvault import index as ix
+
+    store = vault.read_store()
+    index = ix.open_for_search(vault.index_path)
+    searcher, schema = index.searcher(), index.schema
+    reasons: dict[str, str] = {}
+    uri = f"file:{vault.catalog_path}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        for c in candidates:
+            head, reason = _read_blob(store, c.sha256)
+            if head is not None and not ix.contains(searcher, schema, c.sha256):
+                reason = (
+                    "it is not in the search index, so no hold can be checked against it; run "
+                    "`mailvault index` (and `mailvault verify` if it stays out)"
+                )
+            elif head is not None:
+                reason = _age_problem(store, db, c, rows[c.sha256], head, now)
+            if reason is not None:
+                reasons[c.sha256] = reason
+    return reasons
+
+
+def _read_blob(store: BlobStore, sha256: str) -> tuple[bytes | None, str | None]:
+    """The head of the message (``blobdate.read_head``), the whole blob hashed; or why the
+    blob cannot vouch for the message: missing, unreadable, corrupt."""
+    import zstandard
+
+    from mailvault.blobdate import read_head
+
+    restore = "restore the blob from a backup and run `mailvault verify`"
+    if store.find(sha256) is None:
+        return None, (
+            f"its blob is missing (a purge would record the loss as a retention purge); {restore}"
+        )
+    try:
+        return read_head(store.iter_verified(sha256)), None
+    except MailvaultError as exc:  # a content that no longer hashes to its name
+        return None, str(exc)
+    except (OSError, zstandard.ZstdError) as exc:
+        return None, f"its blob cannot be read ({exc}); {restore}"
+
+
+def _age_problem(
+    store: BlobStore,
+    db: sqlite3.Connection,
+    c: Candidate,
+    row: dict[str, Any],
+    head: bytes,
+    now: datetime,
+) -> str | None:
+    """Whether the blob's Date header (or, with none, the ledger's first ingest) says what
+    the catalog's rows say, and that the message is past retention by it."""
+    from mailvault.blobdate import INGEST_SLACK, blob_date
+
+    verify = "run `mailvault verify`"
+    first = db.execute(
+        "SELECT min(at) FROM ledger WHERE kind = 'ingest' AND sha256 = ?", (c.sha256,)
+    ).fetchone()[0]
+    if first is None:
+        return f"the ledger records no ingest of it (the catalog was edited?); {verify}"
+    header = (
+        datetime.fromisoformat(row["date"]) if row["date"] and not row["date_fallback"] else None
+    )
+    derived = blob_date(store, c.sha256, head, header)
+    if derived != header:
+        says = (
+            f"its Date header says {derived.isoformat()}"
+            if derived
+            else "it has no readable Date header"
+        )
+        return (
+            f"the catalog dates it {c.age_basis} but {says} (message_meta edited by hand?); "
+            f"{verify}, `mailvault reindex` reads the date again"
+        )
+    ingest = datetime.fromisoformat(first)
+    if (
+        derived is None
+        and abs(ingest - datetime.fromisoformat(row["first_ingest_at"])) > INGEST_SLACK
+    ):
+        return (
+            f"the catalog says it was first stored at {row['first_ingest_at']} but the ledger "
+            f"at {first} (edited by hand?); {verify}"
+        )
+    if not _expired((derived or ingest).isoformat(), c.keep_days, now):
+        return f"by the ledger's first ingest ({first}) it is not past retention yet"
+    return None
 
 
 def _check_holds(vault: Vault) -> None:
@@ -268,7 +375,7 @@ def _expired(basis: str, keep_days: int, now: datetime) -> bool:
 
 def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
     """Purge the unprotected candidates (caller holds the write lock); return purged sha256s."""
-    doomed = [c for c in candidates if not c.held_by]
+    doomed = [c for c in candidates if not c.held_by and not c.kept]
     actor = _actor()
     reader = _reader(vault)
     catalog = vault.catalog()

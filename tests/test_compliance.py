@@ -193,9 +193,9 @@ def test_a_retention_run_is_in_the_audit_trail_and_its_purges_name_who_ran_it(
     details = [json.loads(e["detail"]) for e in entries]
     claim = {"claimed_user": {"LOGNAME": "alice.auditor"}}
     assert details == [
-        {"stage": "dry-run", "expired": 5, "held": 2, **claim},
-        {"stage": "started", "expired": 5, "held": 2, **claim},
-        {"stage": "finished", "expired": 5, "held": 2, "purged": 3, **claim},
+        {"stage": "dry-run", "expired": 5, "held": 2, "kept": 0, **claim},
+        {"stage": "started", "expired": 5, "held": 2, "kept": 0, **claim},
+        {"stage": "finished", "expired": 5, "held": 2, "kept": 0, "purged": 3, **claim},
     ]
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         purges = [
@@ -771,8 +771,82 @@ def test_indexing_does_not_read_an_edited_blob(vault: Path) -> None:
     sha = _sha_of(vault, "from:bob@acme.com")
     _tamper(vault, sha, b"bob@acme.com", b"bob@evil.com")
     result = run_cli(vault, "reindex")
-    assert result.exit_code == 1 and f"blob {sha} is missing, unreadable or corrupt" in result.output
+    assert (
+        result.exit_code == 1 and f"blob {sha} is missing, unreadable or corrupt" in result.output
+    )
     assert run_cli(vault, "search", "--count", "from:bob@evil.com").stdout.strip() == "0"
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         indexed = db.execute("SELECT indexed_at FROM message_meta WHERE sha256=?", (sha,))
         assert indexed.fetchone()[0] is None
+
+
+def _purge_entries(vault: Path) -> set[str]:
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        return {r[0] for r in db.execute("SELECT sha256 FROM ledger WHERE kind = 'purge'")}
+
+
+@pytest.mark.parametrize("damage", ["missing", "edited"])
+def test_a_held_message_whose_blob_is_damaged_is_not_purged(vault: Path, damage: str) -> None:
+    """A held message whose blob is lost or edited drops out of the index at the next
+    rebuild, so its hold no longer matches it; retention purged it (and the purge hid the
+    loss: verify was clean after).  A message retention cannot read, hash and find in the
+    index is now kept and named, and the damage stays for verify to report."""
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    sha = _sha_of(vault, "from:bob@acme.com")
+    if damage == "missing":
+        _blob(vault, sha).unlink()
+    else:
+        _tamper(vault, sha, b"bob@acme.com", b"bob@evil.com")
+    assert run_cli(vault, "reindex").exit_code == 1
+    for args in (("--dry-run",), ()):
+        result = run_cli(vault, "retention", "apply", "--json", *args)
+        assert result.exit_code == 1, result.output
+        done = json.loads(result.stdout)
+        assert (done["expired"], done["held"], done["kept"]) == (5, 1, 1), done
+        (kept,) = [m for m in done["messages"] if m["kept"]]
+        assert kept["sha256"] == sha and kept["held_by"] == []
+        assert ("missing" if damage == "missing" else "corrupt") in kept["kept"]
+        assert "`mailvault verify`" in kept["kept"]
+    assert done["purged"] == 3 and sha not in _purge_entries(vault)
+    codes = [f["code"] for f in _verify_findings(vault)]
+    assert ("blob-missing" if damage == "missing" else "blob-corrupt") in codes
+    text = run_cli(vault, "retention", "apply")
+    assert f"{sha[:12]} 2001-06-03 keep 3650d: not purged: " in text.stdout
+
+
+def test_a_date_edited_in_the_catalog_does_not_purge_recent_mail(vault: Path) -> None:
+    """The age comes from message_meta.date, which can be edited by hand: moved back to
+    1999, it made retention purge mail from 2025.  Each candidate's date is now read again
+    from its blob; a disagreement keeps the message and names both dates."""
+    sha = _sha_of(vault, "subject:report AND 9")
+    _edit(
+        vault, f"UPDATE message_meta SET date = '1999-01-01T00:00:00+00:00' WHERE sha256 = '{sha}'"
+    )
+    result = run_cli(vault, "retention", "apply", "--json")
+    assert result.exit_code == 1, result.output
+    done = json.loads(result.stdout)
+    assert (done["expired"], done["kept"], done["purged"]) == (6, 1, 5), done
+    (kept,) = [m for m in done["messages"] if m["kept"]]
+    assert kept["sha256"] == sha
+    assert "the catalog dates it 1999-01-01" in kept["kept"]
+    assert "Date header says 2025-06-03" in kept["kept"]
+    assert sha not in _purge_entries(vault) and _blob(vault, sha).exists()
+
+
+def test_an_ingest_time_edited_in_the_catalog_does_not_purge_recent_mail(
+    vault: Path, tmp_path: Path
+) -> None:
+    """A message without a Date header is aged from its first ingest: messages.first_ingest_at
+    moved back by hand is caught against the ledger's ingest entry."""
+    undated = tmp_path / "undated.eml"
+    undated.write_bytes(b"From: x@y.example\r\nSubject: undated\r\n\r\nno date here\r\n")
+    assert run_cli(vault, "import", str(undated)).exit_code == 0
+    sha = _sha_of(vault, "subject:undated")
+    _edit(
+        vault,
+        f"UPDATE messages SET first_ingest_at = '1999-01-01T00:00:00+00:00' WHERE sha256 = '{sha}'",
+    )
+    done = json.loads(run_cli(vault, "retention", "apply", "--json").stdout)
+    (kept,) = [m for m in done["messages"] if m["kept"]]
+    assert kept["sha256"] == sha and "first stored at 1999-01-01" in kept["kept"], kept
+    assert done["purged"] == 5 and sha not in _purge_entries(vault)

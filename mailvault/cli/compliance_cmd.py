@@ -12,6 +12,7 @@ from mailvault.cli._common import escape, print_chain_head, print_json, vault_fr
 from mailvault.errors import UsageError
 
 if TYPE_CHECKING:
+    from mailvault.compliance import Candidate
     from mailvault.vault import Vault
 
 
@@ -88,8 +89,12 @@ def _stage(command: str, results: object, detail: dict[str, Any]) -> str:
             parts.append("recovered from a killed run")
         parts.append(f"to {escape(str(detail.get('target')))}")
     else:
-        counts = ("expired", "held", "purged")
-        parts += [f"{detail[k]} {k}" for k in counts if isinstance(detail.get(k), int)]
+        counts = ("expired", "held", "kept", "purged")  # kept: shown only when some were
+        parts += [
+            f"{detail[k]} {k}"
+            for k in counts
+            if isinstance(detail.get(k), int) and (k != "kept" or detail[k])
+        ]
     return f"  [{', '.join(parts)}]"
 
 
@@ -188,7 +193,10 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
 
     Each purge removes the blob, the catalog's parse rows and the index document, and leaves a
     tombstone in the ledger.  The index is brought up to date first (holds are matched through
-    it), so a message archived since the last `mailvault index` cannot escape a hold.
+    it), so a message archived since the last `mailvault index` cannot escape a hold.  A
+    message retention cannot prove free of holds and past retention is not purged, and named
+    with the reason (exit 1): its blob missing, unreadable or corrupt, it is not in the index,
+    or the catalog's date for it disagrees with its blob or the ledger.
 
     Example: mailvault retention apply --dry-run
     """
@@ -201,13 +209,15 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
         _index_first(vault, "retention needs an up-to-date index to honour legal holds")
         candidates = plan(vault)
         held = [c for c in candidates if c.held_by]
-        counts = {"expired": len(candidates), "held": len(held)}
+        kept = [c for c in candidates if not c.held_by and c.kept]
+        counts = {"expired": len(candidates), "held": len(held), "kept": len(kept)}
+        doomed = len(candidates) - len(held) - len(kept)
         if dry_run:
-            _audit_retention(vault, "dry-run", len(candidates) - len(held), counts)
+            _audit_retention(vault, "dry-run", doomed, counts)
             purged = []
         else:
             # as an export: recorded before the first purge, so a killed run shows as started
-            _audit_retention(vault, "started", len(candidates) - len(held), counts)
+            _audit_retention(vault, "started", doomed, counts)
             purged = apply(vault, candidates)
             _audit_retention(vault, "finished", len(purged), {**counts, "purged": len(purged)})
         rebuilt = not dry_run and _compact_index(vault)
@@ -218,23 +228,40 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
                 "dry_run": dry_run,
                 "expired": len(candidates),
                 "held": len(held),
+                "kept": len(kept),
                 "purged": len(purged),
                 "index_rebuilt": rebuilt,
                 "messages": [c.as_json() for c in candidates],
             }
         )
-        return
+    else:
+        _print_plan(candidates, dry_run, len(purged), rebuilt)
+    if kept:
+        ctx.exit(1)
+
+
+def _print_plan(candidates: list[Candidate], dry_run: bool, purged: int, rebuilt: bool) -> None:
+    held = sum(1 for c in candidates if c.held_by)
+    kept = sum(1 for c in candidates if not c.held_by and c.kept)
     for c in candidates:
-        verb = (
-            "held by " + ", ".join(c.held_by)
-            if c.held_by
-            else ("would purge" if dry_run else "purged")
-        )
+        if c.held_by:
+            verb = "held by " + ", ".join(c.held_by)
+        elif c.kept:
+            verb = f"not purged: {escape(c.kept)}"
+        else:
+            verb = "would purge" if dry_run else "purged"
         click.echo(f"{c.sha256[:12]} {c.age_basis[:10]} keep {c.keep_days}d: {verb}")
     click.echo(
-        f"retention: {len(candidates)} past retention, {len(held)} held, "
-        f"{len(candidates) - len(held) if dry_run else len(purged)} {'to purge' if dry_run else 'purged'}"
-        + ("; the index was rebuilt without the purged text" if rebuilt else ""),
+        f"retention: {len(candidates)} past retention, {held} held, "
+        + (
+            f"{kept} not purged (cannot be proven free of holds or past retention), "
+            if kept
+            else ""
+        )
+        + f"{len(candidates) - held - kept if dry_run else purged} "
+        + ("to purge" if dry_run else "purged")
+        + ("; the index was rebuilt without the purged text" if rebuilt else "")
+        + ("; run `mailvault verify`" if kept else ""),
         err=True,
     )
 
