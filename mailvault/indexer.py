@@ -289,27 +289,46 @@ def message_accounts(catalog: Catalog, digests: Sequence[str]) -> dict[str, list
     return {sha: sorted(accounts) for sha, accounts in found.items()}
 
 
-_ID_COLUMNS = ("message_id", "in_reply_to", "thread_id")
+# The parse rows a rebuild puts right: the identifiers (show looks Message-IDs up there) and
+# the date (retention counts a message's age from it)
+_REFRESHED = ("message_id", "in_reply_to", "thread_id", "date", "date_raw", "date_fallback")
 
 
 def _refresh_ids(catalog: Catalog, items: Sequence[ParsedMessage]) -> None:
-    """Put the rebuilt parse's identifiers into the catalog's parse rows where they differ
-    (``show`` looks Message-IDs up there): an older parser cut ``<abc def@example.com>`` at the
-    space.  One read per batch; a write only for the rows that changed."""
+    """Put the rebuilt parse's identifiers and date into the catalog's parse rows where they
+    differ: an older parser cut ``<abc def@example.com>`` at the space, and a date edited by
+    hand (retention refuses to purge a message whose date disagrees with its blob) is read
+    again.  One read per batch; a write only for the rows that changed."""
     if not items:
         return
-    by_sha = {p.sha256: (p.message_id, p.in_reply_to, p.thread_id) for p in items}
+    by_sha = {
+        p.sha256: (
+            p.message_id,
+            p.in_reply_to,
+            p.thread_id,
+            p.date.isoformat() if p.date is not None else None,
+            p.date_raw,
+            int(p.date_fallback),
+        )
+        for p in items
+    }
     marks = ",".join("?" * len(by_sha))
     rows = _rows(
         catalog,
-        f"SELECT sha256, {', '.join(_ID_COLUMNS)} FROM message_meta WHERE sha256 IN ({marks})",
+        f"SELECT sha256, {', '.join(_REFRESHED)} FROM message_meta WHERE sha256 IN ({marks})",
         list(by_sha),
     )
-    stale = [(*by_sha[r[0]], r[0]) for r in rows if tuple(r[1:]) != by_sha[r[0]]]
+    stale = []
+    for row in rows:
+        wanted = by_sha[row[0]]
+        if wanted[3] is None:  # the parser always dates a message; keep the row's if not
+            wanted = (*wanted[:3], row[4], *wanted[4:])
+        if tuple(row[1:]) != wanted:
+            stale.append((*wanted, row[0]))
     if stale:
         with catalog.transaction() as conn:
             conn.executemany(
-                "UPDATE message_meta SET message_id = ?, in_reply_to = ?, thread_id = ? "
+                f"UPDATE message_meta SET {', '.join(c + ' = ?' for c in _REFRESHED)} "
                 "WHERE sha256 = ?",
                 stale,
             )

@@ -8,6 +8,7 @@ except what is derived (the index, with ``repair_index``); the truth is never "f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import zstandard
 
 from mailvault import ledger
 from mailvault.errors import MailvaultError, UsageError
+from mailvault.store import BlobStore
 from mailvault.vault import Vault
 
 
@@ -52,7 +55,10 @@ def _blobs(
     purged: frozenset[str] = frozenset(),
     committed_since: Callable[[str], bool] = lambda digest: False,
     purged_since: Callable[[str], bool] = lambda digest: False,
+    dated: Callable[[str, bytes], Iterator[Finding]] = lambda digest, head: iter(()),
 ) -> Iterator[Finding]:
+    """The store against the catalog; unless ``quick``, every blob hashed, and ``dated``
+    given the head of each live message whose blob is whole."""
     store = vault.read_store()  # reading needs no config: verify must work when it is broken
     on_disk = set()
     unlisted: list[tuple[Path, str]] = []  # blobs without a catalog row: decided after the walk
@@ -78,7 +84,7 @@ def _blobs(
         if quick:
             continue
         try:
-            actual = store.rehash(digest)
+            actual, head = _rehash(store, digest)
         except (zstandard.ZstdError, OSError, MailvaultError) as exc:
             if purged_since(digest):  # a retention run removed it while it was read
                 continue
@@ -96,6 +102,8 @@ def _blobs(
                 digest,
                 f"blob {path} hashes to {actual}: its content changed",
             )
+        elif digest in catalog_ids:
+            yield from dated(digest, head)
     yield from _unlisted(vault, store.objects, unlisted, committed_since)
     yield from _purging(vault, store.objects, purging)
     for digest in sorted(catalog_ids - on_disk):
@@ -119,6 +127,59 @@ def _blobs(
             yield Finding(
                 "tmp-leftover", "info", str(store.tmp), f"{len(leftovers)} in tmp/: {what}"
             )
+
+
+def _rehash(store: BlobStore, digest: str) -> tuple[str, bytes]:
+    """The sha256 of a blob's content and its first bytes (``blobdate.read_head``), in one
+    read."""
+    from mailvault.blobdate import read_head
+
+    h = hashlib.sha256()
+
+    def hashed() -> Iterator[bytes]:
+        for chunk in store.iter_chunks(digest):
+            h.update(chunk)
+            yield chunk
+
+    head = read_head(hashed())
+    return h.hexdigest(), head
+
+
+def _dates(db: sqlite3.Connection, store: BlobStore) -> Callable[[str, bytes], Iterator[Finding]]:
+    """The check of a message's catalog date against its blob's Date header: retention
+    counts the age from the catalog's, so one moved back by hand would purge recent mail (it
+    refuses to, and this says why).  A quick reading of the header first; the whole message
+    is parsed only when that disagrees."""
+    from mailvault.blobdate import blob_date
+
+    def dated(digest: str, head: bytes) -> Iterator[Finding]:
+        try:
+            row = db.execute(
+                "SELECT date, date_fallback FROM message_meta WHERE sha256 = ?", (digest,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # no parse tables: nothing to compare
+            return
+        if row is None:  # not parsed yet (index-pending says so)
+            return
+        catalog = datetime.fromisoformat(row[0]) if row[0] and not row[1] else None
+        try:
+            derived = blob_date(store, digest, head, catalog)
+        except (MailvaultError, OSError, ValueError, zstandard.ZstdError):
+            return  # changed since it was hashed: the next run reports it
+        if derived == catalog:
+            return
+        says = f"says {derived.isoformat()}" if derived else "has no readable date"
+        yield Finding(
+            "catalog-date-disagrees",
+            "error",
+            digest,
+            f"the catalog dates message {digest} "
+            f"{catalog.isoformat() if catalog else 'by its ingest'} but its Date header {says} "
+            "(edited by hand, or parsed by an older mailvault): retention does not purge it "
+            "while they differ; `mailvault reindex` reads the date again",
+        )
+
+    return dated
 
 
 def _unlisted(
@@ -210,7 +271,12 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
         for e in entries
         if e["kind"] in ("server-delete", "server-gone", "mailbox-changed")
     )
-    for sha256, size in db.execute("SELECT sha256, size FROM messages"):
+    first_at: dict[str, str] = {}
+    for e in entries:
+        if e["kind"] == "ingest" and e["sha256"] not in first_at:
+            first_at[e["sha256"]] = e["at"]
+    for sha256, size, stored_at in db.execute("SELECT sha256, size, first_ingest_at FROM messages"):
+        yield from _first_ingest(sha256, stored_at, first_at.get(sha256))
         if sha256 not in contents:
             yield Finding(
                 "ledger-missing",
@@ -279,6 +345,28 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 "catalog does not mark it deleted (edited by hand?): fetch would take it for "
                 "mail still on the server",
             )
+
+
+def _first_ingest(sha256: str, stored_at: str, recorded: str | None) -> Iterator[Finding]:
+    """A message's first ingest, the catalog's against its first ledger entry: retention
+    counts the age of a message without a readable Date header from the catalog's, so one
+    moved back by hand would purge recent mail.  The two are taken a moment apart."""
+    from mailvault.blobdate import INGEST_SLACK
+
+    if recorded is None:
+        return  # ledger-missing says so
+    try:
+        apart = abs(datetime.fromisoformat(stored_at) - datetime.fromisoformat(recorded))
+    except (TypeError, ValueError):
+        apart = None
+    if apart is None or apart > INGEST_SLACK:
+        yield Finding(
+            "ledger-disagrees",
+            "error",
+            sha256,
+            f"the catalog says message {sha256} was first stored at {stored_at}, the ledger "
+            f"at {recorded} (edited by hand?): retention does not purge it while they differ",
+        )
 
 
 def _purges(db: sqlite3.Connection, recorded: set[str]) -> Iterator[Finding]:
@@ -604,6 +692,7 @@ def verify(
             frozenset(purged),
             committed_since,
             purged_since,
+            _dates(db, vault.read_store()),
         )
         yield from _ledger(db)
         yield from _audit(db)

@@ -850,3 +850,31 @@ def test_an_ingest_time_edited_in_the_catalog_does_not_purge_recent_mail(
     (kept,) = [m for m in done["messages"] if m["kept"]]
     assert kept["sha256"] == sha and "first stored at 1999-01-01" in kept["kept"], kept
     assert done["purged"] == 5 and sha not in _purge_entries(vault)
+
+
+def test_verify_finds_a_date_edited_in_the_catalog_and_reindex_reads_it_again(
+    vault: Path, tmp_path: Path
+) -> None:
+    """message_meta.date and messages.first_ingest_at are what retention ages a message by:
+    verify compares the one with the blob's Date header and the other with the ledger's
+    ingest entry, and `reindex` puts the date right."""
+    undated = tmp_path / "undated.eml"
+    undated.write_bytes(b"From: x@y.example\r\nSubject: undated\r\n\r\nno date here\r\n")
+    assert run_cli(vault, "import", str(undated)).exit_code == 0
+    assert run_cli(vault, "verify").exit_code == 0
+    sha = _sha_of(vault, "subject:report AND 9")
+    plain = _sha_of(vault, "subject:undated")
+    _edit(
+        vault,
+        f"UPDATE message_meta SET date = '1999-01-01T00:00:00+00:00' WHERE sha256 = '{sha}'",
+        f"UPDATE messages SET first_ingest_at = '1999-01-01T00:00:00+00:00' "
+        f"WHERE sha256 = '{plain}'",
+    )
+    findings = {(f["code"], f["subject"]): f["detail"] for f in _verify_findings(vault)}
+    assert set(findings) == {("catalog-date-disagrees", sha), ("ledger-disagrees", plain)}
+    assert "its Date header says 2025-06-03" in findings[("catalog-date-disagrees", sha)]
+    assert "first stored at 1999-01-01" in findings[("ledger-disagrees", plain)]
+    assert run_cli(vault, "verify", "--quick", "--json").stdout.count("catalog-date") == 0
+    run_cli(vault, "reindex")
+    codes = [f["code"] for f in _verify_findings(vault)]
+    assert codes == ["ledger-disagrees"]
