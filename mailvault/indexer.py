@@ -532,6 +532,30 @@ def _reconcile(
     return len(lost) + len(extra)
 
 
+def purged_text_lingers(vault: Vault) -> bool:
+    """Whether the index files may still hold the text of purged messages: they carry
+    deleted documents (Tantivy only marks a deletion; a rebuild removes the text) and were
+    built before the last purge.  A retention run rebuilds the index after its purge; one
+    killed before the rebuild finished leaves this.  Deleted documents of an index built
+    since the last purge are re-indexed messages, no purged text."""
+    import sqlite3
+
+    if not ix.holds_deleted_documents(vault.index_path):
+        return False
+    db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
+    try:
+        last = db.execute("SELECT max(at) FROM ledger WHERE kind = 'purge'").fetchone()[0]
+    finally:
+        db.close()
+    if last is None:
+        return False
+    built = (ix.read_marker(vault.index_path) or {}).get("created_at")
+    try:
+        return built is None or datetime.fromisoformat(built) <= datetime.fromisoformat(last)
+    except (TypeError, ValueError):
+        return True
+
+
 def reindex(vault: Vault, *, progress: Progress | None = None) -> IndexReport:
     """Rebuild the index from the store and catalog into index.new/, then swap it in."""
     with _one_line_errors("rebuilding the index", vault.index_path):
@@ -609,6 +633,7 @@ def index_findings(vault: Vault, catalog_ids: set[str], quick: bool = False) -> 
     from mailvault.verify import Finding
 
     index_dir = vault.index_path
+    yield from _rebuild_findings(vault)
     # The catalog before the index: indexing commits documents before it marks them indexed,
     # so whatever the catalog says is indexed now is in a searcher opened after this.
     indexed = _indexed_ids(vault)
@@ -625,6 +650,40 @@ def index_findings(vault: Vault, catalog_ids: set[str], quick: bool = False) -> 
         yield Finding("index-damaged", "error", str(index_dir), str(exc))
     except SearchError as exc:
         yield Finding("index-unreadable", "warning", "index", str(exc))
+
+
+def _rebuild_findings(vault: Vault) -> Iterator[Any]:
+    """A rebuild a retention run did not finish: purged text still in the index files (a
+    warning: that text is readable from them and their backups), and an ``index.new/`` left
+    by a rebuild that was interrupted (a note: the next run removes it)."""
+    import sqlite3
+
+    from mailvault.verify import Finding
+
+    writer = vault.writer()
+    try:
+        lingering = writer is None and purged_text_lingers(vault)
+    except (OSError, sqlite3.Error):
+        lingering = False
+    if lingering:
+        yield Finding(
+            "index-purged-text",
+            "warning",
+            "index",
+            "the index files still hold the text of purged messages (deleted documents: a "
+            "retention run stopped before it rebuilt the index); `mailvault index` or "
+            "`mailvault retention apply` finishes the rebuild (`mailvault reindex` does it "
+            "alone)",
+        )
+    new = ix.new_path(vault.index_path)
+    if os.path.lexists(new):
+        what = (
+            f"being built by {writer}"
+            if writer is not None
+            else "left by a rebuild that was interrupted; the next `mailvault index`, "
+            "`reindex` or `retention apply` removes it"
+        )
+        yield Finding("index-rebuild-leftover", "info", str(new), f"{new} is {what}")
 
 
 def _indexed_ids(vault: Vault) -> set[str]:
@@ -684,6 +743,11 @@ class _Now:
         if row is not None and row[0] is None:
             return "committed"
         return "in-flight" if self.vault.writer() is not None else "extra"
+
+    def purged(self, sha256: str) -> bool:
+        """Whether the catalog lists the message as purged now."""
+        row = self.row(sha256)
+        return row is not None and row[0] is not None
 
     def row(self, sha256: str) -> tuple[Any, ...] | None:
         """(purged_at, indexed_at) of a message now, None when the catalog has no row."""
@@ -748,17 +812,29 @@ def _documents(
         if searcher.num_docs > present:
             with ix.reading(path):
                 extra = list(ix.ids_not_in(searcher, schema, catalog_ids))
+            purged: list[str] = []
             for term in extra:
                 kind = now.extra(term)
                 in_flight += kind == "in-flight"
-                if kind != "extra":
-                    continue
+                if kind == "extra" and now.purged(term):
+                    purged.append(term)
+                elif kind == "extra":
+                    yield Finding(
+                        "index-extra",
+                        "warning",
+                        term,
+                        f"the index holds message {term}, which the catalog does not list; "
+                        "`mailvault index` deletes it, `mailvault reindex` rebuilds the index",
+                    )
+            if purged:  # a retention run cut short: one finding, not one line per message
                 yield Finding(
                     "index-extra",
                     "warning",
-                    term,
-                    "the index holds a message the catalog does not list (or lists as purged); "
-                    "`mailvault reindex` rebuilds the index",
+                    purged[0] if len(purged) == 1 else "index",
+                    f"the index still holds {len(purged)} purged message"
+                    f"{'' if len(purged) == 1 else 's'} (a retention run stopped before it "
+                    "deleted their documents; the first is "
+                    f"{purged[0]}); `mailvault index` deletes them and rebuilds the index",
                 )
     finally:
         now.close()

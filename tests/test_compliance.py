@@ -878,3 +878,54 @@ def test_verify_finds_a_date_edited_in_the_catalog_and_reindex_reads_it_again(
     run_cli(vault, "reindex")
     codes = [f["code"] for f in _verify_findings(vault)]
     assert codes == ["ledger-disagrees"]
+
+
+def test_verify_reports_purged_text_a_killed_rebuild_left_and_index_finishes_it(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retention run killed after its purge but before its index rebuild leaves the purged
+    text in the index files (deleted documents) and maybe an index.new/: verify said nothing.
+    It now warns (and notes the leftover), and `mailvault index` finishes the rebuild."""
+    from mailvault.cli import compliance_cmd
+
+    monkeypatch.setattr(compliance_cmd, "_compact_index", lambda vault: False)
+    assert json.loads(run_cli(vault, "retention", "apply", "--json").stdout)["purged"] == 5
+    monkeypatch.undo()
+    (vault / "index.new").mkdir()
+    (vault / "index.new" / "meta.json").write_text("{}")
+    findings = {f["code"]: f for f in _verify_findings(vault)}
+    assert set(findings) == {"index-purged-text", "index-rebuild-leftover"}, findings
+    assert findings["index-purged-text"]["severity"] == "warning"
+    assert "`mailvault index`" in findings["index-purged-text"]["detail"]
+    assert findings["index-rebuild-leftover"]["severity"] == "info"
+    result = run_cli(vault, "index")
+    assert result.exit_code == 0 and result.stdout.startswith("rebuilt the index"), result.output
+    assert not (vault / "index.new").exists()
+    meta = json.loads((vault / "index" / "meta.json").read_text())
+    assert not any(segment.get("deletes") for segment in meta["segments"])
+    assert run_cli(vault, "verify").exit_code == 0
+    assert run_cli(vault, "index").stdout.startswith("indexed 0")  # no rebuild again
+
+
+def test_documents_of_purged_messages_are_one_finding(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the blobs were removed but before the index documents were deleted:
+    verify printed one identical index-extra line per message, naming none; now one finding
+    with the count and the first message."""
+    from mailvault import compliance
+
+    def blobs_only(vault: object, purged: set[str]) -> None:
+        for sha in purged:
+            next((vault_path / "objects" / sha[:2]).glob(f"{sha}*")).unlink()
+
+    vault_path = vault
+    monkeypatch.setattr(compliance, "_remove_files", blobs_only)
+    assert json.loads(run_cli(vault, "retention", "apply", "--json").stdout)["purged"] == 5
+    monkeypatch.undo()
+    findings = _verify_findings(vault)
+    extra = [f for f in findings if f["code"] == "index-extra"]
+    assert len(extra) == 1, findings
+    assert "the index still holds 5 purged messages" in extra[0]["detail"]
+    assert run_cli(vault, "index").exit_code == 0
+    assert run_cli(vault, "verify").exit_code == 0

@@ -46,7 +46,7 @@ def _print_report(report: Any, as_json: bool, verb: str) -> None:
 
 def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
     from mailvault.cli._common import IndexProgress, vault_from
-    from mailvault.indexer import catch_up, reindex
+    from mailvault.indexer import catch_up, purged_text_lingers, reindex
 
     vault = vault_from(ctx)
     quiet = ctx.obj.get("quiet", False)
@@ -54,6 +54,11 @@ def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
     try:
         with vault.write_lock("reindex" if rebuild else "index"):
             report = (reindex if rebuild else catch_up)(vault, progress=progress)
+            if not rebuild and purged_text_lingers(vault):
+                # a retention run killed before its rebuild: finish it, so no purged text
+                # stays readable in the index files
+                rebuild = True
+                report = reindex(vault, progress=progress)
     finally:
         if progress:
             progress.finish()
