@@ -1,0 +1,362 @@
+"""The pump loop of a fetch session: the pipelined RETR/TOP/DELE window, received messages
+streamed into the store, and group commits handed to their own thread.
+
+It is split from :mod:`mailvault.fetch` along the line between deciding and doing.  The
+fetcher decides, once per session, from the listing and the catalog: which messages are new,
+which committed ones are due for deletion (after ``TOP`` shows their header), which are
+suspects to download again, and what to do when a session breaks.  This loop is what then
+happens on one connection, event by event, and it keeps the order that is the product's
+central promise for every message:
+
+    RETR -> blob in tmp/ -> (batch) data synced, renamed, synced -> catalog row committed
+         -> DELE (only if the account's policy says so)
+
+It works for the fetcher (:class:`~mailvault.fetch.AccountFetcher`): the fetcher's report,
+progress, catalog and store are the ones it updates, and the policy questions (is a message
+due for deletion, is this the committed header) are answered by the fetcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from mailvault import pop3
+from mailvault.catalog import Committed, LiveUidl
+from mailvault.errors import MailvaultError, OverlongLine, ProtocolError
+from mailvault.group_commit import Batch, GroupCommitter, Results
+from mailvault.session import PIPELINE_WINDOW, ListedMessage, Pop3Session
+from mailvault.store import BlobWriter, StagedBlob
+
+if TYPE_CHECKING:  # the fetcher creates the loop; only its type is needed here
+    from mailvault.fetch import AccountFetcher
+
+TOP_LIMIT = 256 * 1024  # bytes of a TOP answer kept: more than any real header block
+
+
+@dataclass
+class Check:
+    """A committed message due for deletion, whose header TOP is to show first."""
+
+    msg: ListedMessage
+    row: LiveUidl
+
+
+class Unfetchable(ProtocolError):
+    """One message cannot be received (a line over the bound); the session is broken."""
+
+    def __init__(self, message: ListedMessage, text: str) -> None:
+        super().__init__(text)
+        self.message = message
+
+
+class PumpLoop:
+    """Keep a window of RETR/DELE in flight; stage RETR data as blobs; group-commit them."""
+
+    # Received bytes of one message are kept up to this size and then staged in one go (one
+    # hash and one zstd call); a larger message streams through a BlobWriter in pieces of
+    # about this size, so no message is ever held whole.
+    PIECE = 1024 * 1024
+
+    def __init__(
+        self,
+        fetcher: AccountFetcher,
+        session: Pop3Session,
+        to_fetch: list[ListedMessage],
+        checks: list[Check],
+        listing_time: str,
+        now: datetime,
+        suspects: dict[str, tuple[LiveUidl, bool]] | None = None,
+    ) -> None:
+        self.f = fetcher
+        # shared with _drain's: a check that fails adds its message while the loop runs
+        self.suspects = suspects if suspects is not None else {}
+        self.session = session
+        self.to_fetch = deque(to_fetch)
+        self.checks = deque(checks)
+        self.head = bytearray()  # of the TOP answer being received
+        self.deletes: deque[tuple[int, int]] = deque()
+        self.listing_time = listing_time
+        self.delete_new = fetcher.deletable(listing_time, now)
+        self.inflight: deque[tuple[pop3.Command, ListedMessage | int | Check]] = deque()
+        self.batch: Batch = []
+        self.batch_size = 0
+        self.commits_pending = 0
+        self.chunks: list[bytes] = []  # of the message being received, not yet written
+        self.chunk_bytes = 0
+        self.writer: BlobWriter | None = None  # for a message larger than PIECE
+        self.dele_acked: list[int] = []
+        self.deleted_ids: list[int] = []
+        self.done = 0
+        self.retr_inflight = 0
+        self.window = PIPELINE_WINDOW if session.conn.pipelining else 1
+        self.committer: GroupCommitter | None = None
+
+    def run(self) -> None:
+        self.committer = GroupCommitter(self.f.store, self._record)
+        try:
+            self._pump()
+        except MailvaultError:
+            # The session broke (cut, garbage, a message over the line bound): the messages
+            # received whole before it are committed all the same, so a rerun, or the next
+            # session, does not fetch them again.  No DELE goes out on this connection.
+            if self.batch:
+                with contextlib.suppress(MailvaultError):
+                    self._request_commit()
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
+            self.committer.close()  # the catalog is this thread's again after this
+            # Every staged file no commit linked: of a batch never handed over or never
+            # committed (after a failure), and whatever an interruption left between two steps.
+            self.f.store.remove_own_tmp()
+            self._collect()
+            if self.dele_acked:
+                self.f.catalog.mark_dele_sent(self.dele_acked)
+                self.deleted_ids = list(self.dele_acked)
+        self.committer.raise_error()
+
+    def _pump(self) -> None:
+        committer = self.committer
+        assert committer is not None
+        while True:
+            if committer.finished:
+                self._collect()
+            self._fill()
+            if not self.inflight:
+                if self.batch:
+                    self._request_commit()
+                if self.commits_pending:
+                    committer.wait_finished()
+                    if not committer.finished:  # cannot happen: a commit finishes or raises
+                        raise RuntimeError("a requested commit neither finished nor failed")
+                    self._collect()
+                    continue
+                return
+            try:
+                event = self.session.next_event()
+            except OverlongLine as exc:
+                command, subject = self.inflight[0]
+                if isinstance(command, pop3.Retr) and isinstance(subject, ListedMessage):
+                    raise Unfetchable(subject, str(exc)) from None
+                raise
+            self._handle(event)
+
+    def _fill(self) -> None:
+        """Top the window up once it is half empty, so commands go out in batches."""
+        if len(self.inflight) > self.window // 2:
+            return
+        batch: list[pop3.Command] = []
+        while len(self.inflight) < self.window:
+            if self.deletes:
+                msgno, row_id = self.deletes.popleft()
+                cmd: pop3.Command = pop3.Dele(msgno)
+                self.inflight.append((cmd, row_id))
+            elif self.checks:
+                check = self.checks.popleft()
+                cmd = pop3.Top(check.msg.msgno, 0)
+                self.inflight.append((cmd, check))
+            elif self.to_fetch:
+                msg = self.to_fetch.popleft()
+                cmd = pop3.Retr(msg.msgno)
+                self.inflight.append((cmd, msg))
+                self.retr_inflight += 1
+            else:
+                break
+            batch.append(cmd)
+            if not self.session.conn.pipelining:
+                break
+        if batch:
+            self.session.send_many(batch)
+
+    def _handle(self, event: pop3.Event) -> None:
+        command, subject = self.inflight[0]
+        if type(event) is pop3.Data:
+            if isinstance(command, pop3.Top):
+                if len(self.head) < TOP_LIMIT:
+                    self.head += event.data
+            else:
+                self._data(event.data)
+            return
+        if isinstance(command, pop3.Top):
+            assert isinstance(subject, Check)
+            if isinstance(event, pop3.Ok):
+                self.head = bytearray()  # the header follows
+            elif isinstance(event, pop3.End | pop3.Err):
+                self.inflight.popleft()
+                head = bytes(self.head[:TOP_LIMIT]) if isinstance(event, pop3.End) else None
+                self._checked(subject, head)
+            else:
+                raise ProtocolError(
+                    f"unexpected {event!r} in answer to TOP", account=self.f.account.name
+                )
+        elif isinstance(command, pop3.Retr):
+            assert isinstance(subject, ListedMessage)
+            if isinstance(event, pop3.Ok):
+                pass  # the data follows
+            elif isinstance(event, pop3.End):
+                self.inflight.popleft()
+                self._received(subject)
+            elif isinstance(event, pop3.Err):
+                self.inflight.popleft()
+                self.retr_inflight -= 1
+                if subject.uidl is not None:
+                    self.f.refused.add(subject.uidl)
+                self.f.report.errors.append(
+                    f"RETR {subject.msgno} (UIDL {subject.uidl}) refused: -ERR {event.text}; "
+                    "the message stays on the server and is retried next run"
+                )
+            else:
+                raise ProtocolError(
+                    f"unexpected {event!r} in answer to RETR", account=self.f.account.name
+                )
+        elif isinstance(command, pop3.Dele):
+            assert isinstance(subject, int)
+            self.inflight.popleft()
+            if isinstance(event, pop3.Ok):
+                self.dele_acked.append(subject)
+            elif isinstance(event, pop3.Err):
+                self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
+
+    def _checked(self, check: Check, head: bytes | None) -> None:
+        """The DELE of a committed message goes out only if TOP showed its header; another
+        header (or none) makes it a suspect, downloaded and archived before any DELE."""
+        msg, row = check.msg, check.row
+        if self.f.same_header(head, row.sha256):
+            self.deletes.append((msg.msgno, row.id))
+            return
+        self.f.note_header_differs(row)
+        self.suspects[row.uidl] = (row, True)
+        if row.uidl not in self.f.refused:
+            self.to_fetch.append(msg)
+            self.f.progress.expect(len(self.to_fetch) + self.retr_inflight)
+
+    def _data(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.chunk_bytes += len(data)
+        if self.chunk_bytes >= self.PIECE:
+            self._write_chunks()
+
+    def _write_chunks(self) -> None:
+        """Stream what has arrived of a large message into its BlobWriter."""
+        if self.writer is None:
+            self.writer = self.f.store.writer()
+        for chunk in self.chunks:
+            self.writer.write(chunk)
+        self.chunks, self.chunk_bytes = [], 0
+
+    def _stage(self) -> StagedBlob:
+        """The message just received, written to tmp/ (not yet durable)."""
+        if self.writer is None:  # all of it in memory, under PIECE: one go
+            chunks = self.chunks
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.chunks, self.chunk_bytes = [], 0
+            return self.f.store.stage(data)
+        self._write_chunks()
+        assert self.writer is not None
+        staged, self.writer = self.writer.finish(), None
+        return staged
+
+    def _received(self, msg: ListedMessage) -> None:
+        staged = self._stage()
+        if msg.size != staged.size:
+            self.f.report.warnings.append(
+                f"message {msg.msgno} (UIDL {msg.uidl}): LIST said {msg.size} octets, "
+                f"RETR delivered {staged.size}; stored what was delivered"
+            )
+        self.batch.append((msg, staged))
+        self.batch_size += staged.size
+        self.done += 1
+        self.f.progress.received(staged.size)
+        self.retr_inflight -= 1
+        retr_pending = self.retr_inflight > 0 or self.to_fetch
+        if (
+            len(self.batch) >= self.f.batch_messages
+            or self.batch_size >= self.f.batch_bytes
+            or not retr_pending
+        ):
+            self._request_commit()
+
+    def _request_commit(self) -> None:
+        assert self.committer is not None
+        self.committer.put(self.batch)  # if it raises, run() removes the batch's files
+        self.batch, self.batch_size = [], 0
+        self.commits_pending += 1
+
+    def _record(self, batch: Batch) -> Results:
+        """On the commit thread, once the batch's blobs are durable: one catalog transaction;
+        then content retention had purged loses its blob again (its UIDL row stays, so it is
+        not downloaded again, and DELEd as committed mail is)."""
+        results = self._commit(batch)
+        # only content the vault knew can be purged: a batch of new mail costs no lookup
+        known = [st.digest for (_, st), (fresh, _) in zip(batch, results, strict=True) if not fresh]
+        purged = self.f.catalog.purged_among(known) if known else {}
+        for m, st in batch:
+            if st.digest not in purged:
+                continue
+            path = self.f.store.find(st.digest)
+            if path is not None:
+                path.unlink(missing_ok=True)
+            self.f.report.warnings.append(
+                f"message {m.msgno} (UIDL {m.uidl}) is mail retention purged at "
+                f"{purged[st.digest]}: recorded as received, its bytes not kept again"
+            )
+        return results
+
+    def _commit(self, batch: Batch) -> Results:
+        f = self.f
+        if not self.suspects:
+            items = [
+                Committed(st.digest, st.size, m.uidl, self.listing_time, m.size) for m, st in batch
+            ]
+            return f.catalog.commit_messages(
+                f.account.name, f.run_id, f"pop3:{f.account.name}", items
+            )
+        # A suspect that is the committed content keeps its row; other content replaces it.
+        kept: dict[int, tuple[bool, int | None]] = {}
+        items, replaced, relisted = [], [], []
+        for i, (m, st) in enumerate(batch):
+            row = self.suspects[m.uidl][0] if m.uidl in self.suspects else None
+            if row is not None and st.digest == row.sha256:
+                kept[i] = (False, row.id)
+                relisted.append((row.id, m.size))
+                continue
+            if row is not None:
+                replaced.append(row.id)
+            items.append(Committed(st.digest, st.size, m.uidl, self.listing_time, m.size))
+        recorded = iter(
+            f.catalog.commit_messages(
+                f.account.name,
+                f.run_id,
+                f"pop3:{f.account.name}",
+                items,
+                replaced=replaced,
+                relisted=relisted,
+            )
+        )
+        return [kept[i] if i in kept else next(recorded) for i in range(len(batch))]
+
+    def _collect(self) -> None:
+        """Account for finished commits and queue their DELEs (never before the commit)."""
+        assert self.committer is not None
+        report = self.f.report
+        while self.committer.finished:
+            done = self.committer.finished.popleft()
+            self.commits_pending -= 1
+            for (msg, staged), (fresh, row_id) in zip(done.batch, done.results, strict=True):
+                report.fetched += 1
+                report.bytes += staged.size
+                if not fresh:
+                    report.duplicates += 1
+                row, deletable = self.suspects.get(msg.uidl or "", (None, False))
+                if row is not None and row.id == row_id:  # the committed message after all
+                    if deletable:
+                        self.deletes.append((msg.msgno, row_id))
+                elif row_id is not None and self.delete_new:
+                    self.deletes.append((msg.msgno, row_id))
+                elif self.delete_new and msg.uidl is None:
+                    self.deletes.append((msg.msgno, -1))
