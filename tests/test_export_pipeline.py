@@ -304,8 +304,6 @@ def test_a_run_copy_failing_midway_reports_the_write_error(
 ) -> None:
     """The disk fills after part of a run was copied: the OSError reaches the caller (which
     turns it into "disk full"), not a BufferError from closing the run's mapping."""
-    from mailvault.export import mbox
-
     run = tmp_path / "run"
     run.write_bytes(os.urandom(300_000))
     real_write = os.write
@@ -322,11 +320,11 @@ def test_a_run_copy_failing_midway_reports_the_write_error(
     try:
         monkeypatch.setattr(os, "write", fill_up)
         with pytest.raises(OSError) as info:
-            mbox._copy_range(source, target, 10, 200_000)
+            _target.copy_range(source, target, 10, 200_000)
         monkeypatch.undo()
         assert info.value.errno == errno.ENOSPC and len(calls) == 2
         with pytest.raises(OSError) as info:  # a run cut short never maps past its end
-            mbox._copy_range(source, target, 200_000, 100_001)
+            _target.copy_range(source, target, 200_000, 100_001)
         assert info.value.errno == errno.EIO
     finally:
         os.close(source)
