@@ -115,21 +115,13 @@ class Vault:
         path = self.root / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = lock_holder(os.pread(fd, 4096, 0))
-                who = holder[1] if holder is not None else "another process"
+            who = try_lock(fd)
+            if who is not None:
                 raise VaultLocked(
                     f"vault {self.root} is locked by {who}; wait for it to finish "
                     "(the lock is released automatically if that process dies)"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(
-                fd,
-                json.dumps({"pid": os.getpid(), "command": command, "since": utcnow()}).encode(),
-                0,
-            )
+                )
+            write_holder(fd, command)
             yield
         finally:
             os.close(fd)
@@ -151,6 +143,24 @@ class Vault:
 
         pid, who = holder
         return who if pid != os.getpid() and running(pid) else None
+
+
+def try_lock(fd: int) -> str | None:
+    """Take the exclusive flock on ``fd`` without waiting (the kernel drops it if this process
+    dies): None once taken, else who holds it, as its holder wrote (``write_holder``)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock_holder(os.pread(fd, 4096, 0))
+        return holder[1] if holder is not None else "another process"
+    return None
+
+
+def write_holder(fd: int, command: str) -> None:
+    """Say in the lock file who holds it, for the message a second taker gets."""
+    os.ftruncate(fd, 0)
+    record = {"pid": os.getpid(), "command": command, "since": utcnow()}
+    os.pwrite(fd, json.dumps(record).encode(), 0)
 
 
 def lock_holder(text: bytes) -> tuple[int, str] | None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
-import json
 import mmap
 import os
 import queue
@@ -25,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from mailvault._fs import IOV_BATCH, fsync_dir, sync_filesystem, write_all, writev_all
-from mailvault.catalog import utcnow
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
@@ -92,22 +89,19 @@ class TargetLock:
             finally:
                 if self.fd != fd:
                     os.close(fd)
-        os.ftruncate(self.fd, 0)
-        record = {"pid": os.getpid(), "command": "export", "since": utcnow()}
-        os.pwrite(self.fd, json.dumps(record).encode(), 0)
+        from mailvault.vault import write_holder
+
+        write_holder(self.fd, "export")
 
     def _lock(self, fd: int) -> None:
-        from mailvault.vault import lock_holder
+        from mailvault.vault import try_lock
 
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = lock_holder(os.pread(fd, 4096, 0))
-            who = holder[1] if holder is not None else "another process"
+        who = try_lock(fd)
+        if who is not None:
             raise ExportError(
                 f"{self.out} is being exported to by {who}; wait for it to finish or choose "
                 "another --out (the lock is released automatically if that process dies)"
-            ) from None
+            )
 
     def release(self) -> None:
         if self.fd >= 0:
