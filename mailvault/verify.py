@@ -8,6 +8,7 @@ except what is derived (the index, with ``repair_index``); the truth is never "f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -671,6 +672,7 @@ def verify(
             "from a backup (the blobs in objects/ are intact copies of every message)",
         )
         return
+    unindexable: set[str] = set()  # messages whose blob is missing or damaged
     try:
         db.execute("BEGIN")
         yield from _catalog(db)
@@ -685,7 +687,7 @@ def verify(
             query = "SELECT 1 FROM messages WHERE sha256 = ? AND purged_at IS NOT NULL"
             return later.execute(query, (digest,)).fetchone() is not None
 
-        yield from _blobs(
+        for finding in _blobs(
             vault,
             catalog_ids - purged,
             quick,
@@ -693,7 +695,10 @@ def verify(
             committed_since,
             purged_since,
             _dates(db, vault.read_store()),
-        )
+        ):
+            if finding.code in UNINDEXABLE:
+                unindexable.add(finding.subject)
+            yield finding
         yield from _ledger(db)
         yield from _audit(db)
         yield from guard_findings(db)
@@ -712,7 +717,20 @@ def verify(
         db.close()
         later.close()
     if index_check is not None:
-        yield from index_check(vault, catalog_ids - purged, quick)
+        for finding in index_check(vault, catalog_ids - purged, quick):
+            if finding.code == "index-pending" and unindexable:
+                # `mailvault index` cannot index a message whose blob it cannot read
+                finding = dataclasses.replace(
+                    finding,
+                    detail=f"{finding.detail}, but not the {len(unindexable)} whose blob is "
+                    "missing or damaged (above): restore those first",
+                )
+            yield finding
+
+
+# Blob findings of a message the indexer cannot read either: `mailvault index` cannot catch up
+# on it until the blob is restored
+UNINDEXABLE = frozenset({"blob-missing", "blob-corrupt", "blob-unreadable"})
 
 
 def _permissions(vault: Vault) -> Iterator[Finding]:

@@ -563,3 +563,20 @@ def test_ledger_check_and_verify_read_a_head_alike(vault: Path, tmp_path: Path) 
         assert check.exit_code == 2 and "is not a head" in check.stderr, bad
         result = run_cli(vault, "verify", "--quick", "--ledger-head", bad)
         assert result.exit_code == 2 and "is not a head" in result.stderr, bad
+
+
+def test_the_pending_note_does_not_promise_index_can_read_a_missing_blob(tmp_path: Path) -> None:
+    """Messages not indexed yet are a note whose fix is `mailvault index`; one whose blob is
+    missing cannot be indexed by it, and the note says so instead of promising a catch-up."""
+    with FakePop3Server(corpus(4)) as server:
+        path = make_vault(tmp_path / "v", {"acct": {**PLAIN, "port": server.port}})
+        assert fetch_json(path, "--no-index")[0] == 0
+    code, items = findings(path)
+    (pending,) = [f for f in items if f["code"] == "index-pending"]
+    assert "mailvault index` catches up" in pending["detail"] and "missing" not in pending["detail"]
+    blob = BlobStore(path).find(some_digest(path))
+    assert blob is not None
+    blob.unlink()
+    code, items = findings(path)
+    (pending,) = [f for f in items if f["code"] == "index-pending"]
+    assert "but not the 1 whose blob is missing or damaged" in pending["detail"], pending
