@@ -45,6 +45,11 @@ def parse_date(value: str) -> datetime | None:
     if padded is not None:  # 0001: the year 1, not 2001 (see _PADDED_YEAR)
         start, end = padded.span("year")
         value = f"{value[:start]}{int(padded.group('year')) + _CYCLE}{value[end:]}"
+    else:
+        two = _TWO_DIGIT_YEAR.search(value)
+        if two is not None and 50 <= int(two.group("year")) <= 68:  # 1950..1968 (see above)
+            start, end = two.span("year")
+            value = f"{value[:start]}19{two.group('year')}{value[end:]}"
     try:
         date = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -70,3 +75,11 @@ _PADDED_YEAR = re.compile(
     re.ASCII | re.IGNORECASE,
 )
 _CYCLE = 2400
+
+# A year written with two digits: RFC 5322 4.3 adds 2000 to 00..49 and 1900 to 50..99; the
+# email package adds 1900 only from 69 (POSIX's rule), so 50..68 would be read 100 years late.
+# The year follows the month and comes before the time (``1 Jan 50 10:00:00 +0000``).
+_TWO_DIGIT_YEAR = re.compile(
+    r"\b(?:" + "|".join(MONTHS) + r")[a-z]*\.?\s+(?P<year>\d\d)(?=\s+\d{1,2}:)",
+    re.ASCII | re.IGNORECASE,
+)

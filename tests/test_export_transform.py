@@ -166,6 +166,16 @@ def test_a_year_written_with_four_digits_is_taken_literally() -> None:
     assert parse_date("Fri, 8 Jul 2011 12:08 0000") == datetime(2011, 7, 8, 12, 8, tzinfo=UTC)
 
 
+def test_a_two_digit_year_is_read_as_rfc_5322_says() -> None:
+    """RFC 5322 4.3: 00..49 are 2000..2049 and 50..99 are 1950..1999; the email package takes
+    50..68 for 2050..2068 (POSIX's pivot at 69), a century late."""
+    assert parse_date("Mon, 1 Jan 50 10:00:00 +0000") == datetime(1950, 1, 1, 10, tzinfo=UTC)
+    assert parse_date("2 Jan 68 10:00:00 GMT") == datetime(1968, 1, 2, 10, tzinfo=UTC)
+    assert parse_date("3 Jan 69 10:00:00 +0000") == datetime(1969, 1, 3, 10, tzinfo=UTC)
+    assert parse_date("4 Jan 49 10:00:00 +0000") == datetime(2049, 1, 4, 10, tzinfo=UTC)
+    assert parse_date("5 Jan 1950 10:00:00 +0000") == datetime(1950, 1, 5, 10, tzinfo=UTC)
+
+
 def test_the_from_line_of_a_message_dated_before_the_year_1000_separates() -> None:
     """asctime wrote the year 999 as "999": no mbox reader takes that line for a separator,
     so an mbox export of such a message was joined to the one before it on import."""
