@@ -929,3 +929,12 @@ def test_documents_of_purged_messages_are_one_finding(
     assert "the index still holds 5 purged messages" in extra[0]["detail"]
     assert run_cli(vault, "index").exit_code == 0
     assert run_cli(vault, "verify").exit_code == 0
+
+
+def test_a_ledger_export_into_a_missing_directory_is_a_usage_error(
+    vault: Path, tmp_path: Path
+) -> None:
+    result = run_cli(vault, "ledger", "export", "--out", str(tmp_path / "no-such-dir" / "l.jsonl"))
+    assert result.exit_code == 2, result.output
+    assert "cannot write the ledger export to " in result.stderr
+    assert "give --out a file in a directory that exists" in result.stderr

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from mailvault import ledger
+from mailvault._text import shown
 from mailvault.cli import cli
 from mailvault.cli._common import print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
@@ -121,7 +122,14 @@ def head(ctx: click.Context, as_json: bool) -> None:
 def export_ledger(ctx: click.Context, out: Path | None) -> None:
     """Write the ledger as JSON Lines, verifiable without the database (`ledger check`)."""
     vault = vault_from(ctx)
-    stream = out.open("w", encoding="utf-8") if out else sys.stdout
+    try:
+        stream = out.open("w", encoding="utf-8") if out else sys.stdout
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the ledger export to {shown(str(out))} ({exc.strerror or exc}); give "
+            "--out a "
+            "file in a directory that exists and that you can write"
+        ) from None
     try:
         with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
             for entry in ledger.iter_entries(db):
