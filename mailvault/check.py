@@ -34,7 +34,7 @@ from mailvault.secrets import resolve_secret
 from mailvault.session import Pop3Session
 from mailvault.transport import (
     SocketStream,
-    implicit_tls_instead,
+    await_greeting,
     normalise_fingerprint,
     tls_context,
 )
@@ -89,14 +89,13 @@ def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
     if account.tls == "implicit":
         return SocketStream.connect(account.host, account.port, account.timeout, ctx)
     stream = SocketStream.connect(account.host, account.port, account.timeout)
+    await_greeting(stream, account)
     buf = b""
     try:
         while buf.count(b"\r\n") < 1:
             buf += stream.read() or b"\r\n"
     except Stalled:
         stream.close()
-        if not buf and (mismatch := implicit_tls_instead(account)) is not None:
-            raise mismatch from None
         raise
     stream.write(b"STLS\r\n")
     while buf.count(b"\r\n") < 2:

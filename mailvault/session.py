@@ -20,14 +20,13 @@ from mailvault.errors import (
     AuthenticationError,
     ProtocolError,
     ServerError,
-    Stalled,
     TLSError,
     server_error_for,
 )
 from mailvault.redact import WITHHELD, may_quote, register_secret
 from mailvault.transport import (
     SocketStream,
-    implicit_tls_instead,
+    await_greeting,
     normalise_fingerprint,
     tls_context,
 )
@@ -188,12 +187,9 @@ class Pop3Session:
         self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout, implicit)
         if implicit is not None:
             self._check_pin()
-        try:
-            event = self.next_event()
-        except Stalled:
-            if implicit is None and (mismatch := implicit_tls_instead(acct)) is not None:
-                raise mismatch from None
-            raise
+        else:
+            await_greeting(self.stream, acct)
+        event = self.next_event()
         if isinstance(event, pop3.Err):
             raise server_error_for(
                 event.code,

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import socket
 import ssl
+import time
 from pathlib import Path
 
 from mailvault.config import AccountConfig
@@ -17,6 +18,9 @@ from mailvault.errors import ConfigError, Stalled, TLSError, TransportError
 
 RECV_SIZE = 256 * 1024
 PROBE_TIMEOUT = 5.0  # seconds at most for the second connection that explains a failure
+# Seconds without a greeting byte before asking whether the port speaks implicit TLS: long
+# enough that a responsive server has greeted, short enough not to wait a whole `timeout`.
+GREETING_GRACE = 5.0
 
 
 def normalise_fingerprint(value: str) -> str:
@@ -89,20 +93,38 @@ def _completes_tls_handshake(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def implicit_tls_instead(account: AccountConfig) -> TLSError | None:
-    """After a server sent no greeting on a connection without TLS: if its port speaks
-    implicit TLS (client and server were each waiting for the other), the error that says
-    so; else None (a stall like any other)."""
+def implicit_tls_instead(account: AccountConfig, waited: float) -> TLSError | None:
+    """After a server sent no greeting for ``waited`` seconds on a connection without TLS: if
+    its port speaks implicit TLS (client and server were each waiting for the other), the
+    error that says so; else None (a slow or stalled server)."""
     if not _completes_tls_handshake(account.host, account.port, account.timeout):
         return None
     other = "starttls" if account.tls == "starttls" else "plain text"
     return TLSError(
-        f"{account.host}:{account.port} sent no greeting in {account.timeout:g} s but answers "
+        f"{account.host}:{account.port} sent no greeting in {waited:g} s but answers "
         "a TLS handshake",
         hint=f'port {account.port} speaks implicit TLS; set tls = "implicit" '
         f"(or use port 110 for {other})",
         account=account.name,
     )
+
+
+def await_greeting(stream: SocketStream, account: AccountConfig) -> None:
+    """Before the greeting is read on a connection without TLS: return once its first byte
+    (or EOF) is there.  A POP3S port never greets (it waits for a ClientHello), so when
+    nothing came within the grace period a second connection asks whether the port completes
+    a TLS handshake, and if so this fails at once instead of after `timeout`; if not, the
+    server may just be slow, and the wait goes on until `timeout` (counted from the start)."""
+    started = time.monotonic()
+    grace = min(account.timeout, GREETING_GRACE)
+    if stream.wait_readable(grace):
+        return
+    if (mismatch := implicit_tls_instead(account, grace)) is not None:
+        stream.close()
+        raise mismatch
+    if not stream.wait_readable(account.timeout - (time.monotonic() - started)):
+        stream.close()
+        raise stream.stalled()
 
 
 class SocketStream:
@@ -173,13 +195,31 @@ class SocketStream:
                 f"connection to {self.host} lost during the TLS handshake: {exc}"
             ) from None
 
+    def stalled(self) -> Stalled:
+        return Stalled(
+            f"{self.host} sent nothing for {self.timeout:g} s; the server or network stalled"
+        )
+
+    def wait_readable(self, seconds: float) -> bool:
+        """Whether data (or EOF, or an error the next read reports) is there within
+        ``seconds``, without consuming it.  Only before TLS: MSG_PEEK is plain-socket only."""
+        self.sock.settimeout(max(seconds, 0.0))  # 0: only look (non-blocking)
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except (TimeoutError, BlockingIOError):
+            return False
+        except OSError:
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self.timeout)
+        return True
+
     def read(self) -> bytes:
         try:
             return self.sock.recv(RECV_SIZE)
         except TimeoutError:
-            raise Stalled(
-                f"{self.host} sent nothing for {self.timeout:g} s; the server or network stalled"
-            ) from None
+            raise self.stalled() from None
         except ssl.SSLError as exc:
             raise TransportError(
                 f"TLS error reading from {self.host}: {exc.reason or exc}"

@@ -14,6 +14,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1132,6 +1133,45 @@ def test_a_plain_tls_setting_on_an_implicit_tls_port_names_the_fix(
     acct = report["accounts"][0]
     assert (code, acct["retries"]) == (1, 0), report
     assert acct["errors"][0].endswith(fix), acct["errors"]
+
+
+@pytest.mark.parametrize("command", ["check", "fetch"])
+def test_a_plain_tls_setting_on_an_implicit_tls_port_fails_before_the_timeout(
+    tmp_path: Path, ca: trustme.CA, command: str
+) -> None:
+    """With a long timeout the mismatch is not waited out: once no greeting came within a
+    short grace period, a second connection finds the port answering a TLS handshake and the
+    error names the fix at once (the bound below is a hang guard, not a benchmark)."""
+    ctx, cafile = _server_tls(ca, tmp_path)
+    with FakePop3Server(corpus(), tls_context=ctx, implicit_tls=True) as server:
+        vault = vault_for(tmp_path, server, tls="starttls", timeout=30, ca_file=str(cafile))
+        fix = (
+            f'port {server.port} speaks implicit TLS; set tls = "implicit" '
+            "(or use port 110 for starttls)"
+        )
+        started = time.monotonic()
+        if command == "check":
+            result = run_cli(vault, "check", "acct")
+            assert result.exit_code == 1 and "[FAIL] tls" in result.output, result.output
+            assert f"hint: {fix}" in result.output
+        else:
+            code, report = fetch_json(vault)
+            assert code == 1 and report["accounts"][0]["errors"][0].endswith(fix), report
+        elapsed = time.monotonic() - started
+    assert elapsed < 15, f"{command} took {elapsed:.1f} s to name the fix"
+
+
+def test_a_server_that_greets_after_the_grace_period_still_works(tmp_path: Path) -> None:
+    """A slow plain-text greeting is no TLS mismatch: the probe's handshake fails, the client
+    keeps waiting up to the timeout, and check and fetch succeed."""
+    messages = corpus(2)
+    with FakePop3Server(messages, faults=Faults(greeting_delay=6.0)) as server:
+        vault = vault_for(tmp_path, server, timeout=30)
+        result = run_cli(vault, "check", "acct")
+        assert result.exit_code == 0 and "[ok  ] greeting" in result.output, result.output
+        code, report = fetch_json(vault)
+        assert code == 0, report
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
 
 
 def test_implicit_tls_on_a_plain_text_port_names_the_fix(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ class Faults:
     endless_line_in_retr: int | None = None
     refuse_retr: int | None = None  # answer RETR of this msgno with -ERR [SYS/PERM], every time
     garbage_greeting: bool = False  # send GARBAGE_GREETING and close
+    greeting_delay: float = 0.0  # seconds before the greeting (after the implicit TLS handshake)
     garbage_after: str | None = None  # a +OK to this command becomes GARBAGE_LINE (no body)
     stls_inject: bool = False  # INJECTED follows "+OK Begin TLS" in the same write
     slow_bytes_per_sec: int | None = None
@@ -196,6 +197,8 @@ class _Session:
             self.conn.settimeout(self.server.idle_timeout)
             if self.server.implicit_tls:
                 self._start_tls()
+            if self.server._stopping.wait(self.faults.greeting_delay):
+                raise _Close
             if self.faults.garbage_greeting:
                 self._send(GARBAGE_GREETING)
                 raise _Close
