@@ -351,6 +351,9 @@ def test_a_group_name_is_no_address_even_when_it_spells_one(
         ('bob@corp.test, "ceo@bank.example"', [("", "bob@corp.test"), ("ceo@bank.example", "")]),
         ('"ceo@bank.example"@evil.example', [("", '"ceo@bank.example"@evil.example')]),
         ('"CEO@bank.example" <a@evil.example>', [("CEO@bank.example", "a@evil.example")]),
+        # with a comment after it, which Python's parser takes for the name
+        ('"ceo@bank.example" (CEO)', [("ceo@bank.example", "")]),
+        ("ceo@bank.example (CEO)", [("CEO", "ceo@bank.example")]),  # a real addr-spec
     ],
 )
 def test_a_lone_quoted_string_is_a_name_not_an_address(

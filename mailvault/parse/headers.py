@@ -59,9 +59,10 @@ def addresses(values: Iterable[str]) -> tuple[Address, ...]:
 
 def _lone_quoted(text: str, name: str, addr: str) -> tuple[str, str]:
     """Python's parser reads a mailbox that is only a quoted string, ``From: "ceo@bank.example"``,
-    as the address ceo@bank.example, quotes dropped.  A quoted string is no addr-spec (the
-    domain of one is outside the quotes): it is a name, with no address."""
-    if name or "@" not in addr:
+    as the address ceo@bank.example, quotes dropped (and with a comment after it,
+    ``"ceo@bank.example" (CEO)``, the comment as the name).  A quoted string is no addr-spec
+    (the domain of one is outside the quotes): it is a name, with no address."""
+    if "@" not in addr:
         return name, addr
     quoted = r'(?:^|[\s,:;])"' + re.escape(addr) + r'"\s*(?:$|[,;(])'
     return (addr, "") if re.search(quoted, text) else (name, addr)
