@@ -276,7 +276,9 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
     for e in entries:
         if e["kind"] == "ingest" and e["sha256"] not in first_at:
             first_at[e["sha256"]] = e["at"]
+    in_catalog: set[str] = set()  # every message row, tombstones included
     for sha256, size, stored_at in db.execute("SELECT sha256, size, first_ingest_at FROM messages"):
+        in_catalog.add(sha256)
         yield from _first_ingest(sha256, stored_at, first_at.get(sha256))
         if sha256 not in contents:
             yield Finding(
@@ -292,11 +294,10 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 sha256,
                 f"catalog says message {sha256} has {size} bytes, the ledger says {sizes.get(sha256)}",
             )
-    yield from _purges(db, purged)
+    yield from _purges(db, purged, in_catalog)
     yield from hold_findings(db, entries)
     for sha256 in contents - purged:
-        row = db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
-        if row is None:
+        if sha256 not in in_catalog:
             yield Finding(
                 "catalog-row-missing",
                 "error",
@@ -370,10 +371,10 @@ def _first_ingest(sha256: str, stored_at: str, recorded: str | None) -> Iterator
         )
 
 
-def _purges(db: sqlite3.Connection, recorded: set[str]) -> Iterator[Finding]:
+def _purges(db: sqlite3.Connection, recorded: set[str], in_catalog: set[str]) -> Iterator[Finding]:
     """Retention's purges, the catalog's against the ledger's, both ways: a purge the ledger
     does not record, or one the catalog no longer shows (a tombstone removed, or purged_at
-    cleared) is an edited catalog.  A lookup per mismatch only."""
+    cleared) is an edited catalog.  ``in_catalog``: the sha256 of every message row."""
     marked = _purged(db)
     for sha256 in sorted(marked - recorded):
         yield Finding(
@@ -384,8 +385,7 @@ def _purges(db: sqlite3.Connection, recorded: set[str]) -> Iterator[Finding]:
             "was edited?); retention will not remove its blob",
         )
     for sha256 in sorted(recorded - marked):
-        row = db.execute("SELECT 1 FROM messages WHERE sha256=?", (sha256,)).fetchone()
-        if row is None:
+        if sha256 not in in_catalog:
             yield Finding(
                 "catalog-row-missing",
                 "error",
