@@ -78,11 +78,11 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
                 raise UsageError(
                     f"a hold named {name!r} is already active; release it first or pick another name"
                 )
-            user = os_user()
+            actor = _actor()
             conn.execute(
                 "INSERT INTO holds(name, query, syntax, reason, created_at, created_by) "
                 "VALUES (?,?,?,?,?,?)",
-                (name, query, SYNTAX, reason, utcnow(), user),
+                (name, query, SYNTAX, reason, utcnow(), actor["by"]),
             )
             ledger.append(
                 conn,
@@ -93,8 +93,7 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
                     "syntax": SYNTAX,
                     "reason": reason,
                     "matches": matches,
-                    "by": user,
-                    **_claims(user),
+                    **actor,
                 },
             )
     finally:
@@ -102,18 +101,13 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
     return matches
 
 
-def _claims(user: str) -> dict[str, Any]:
-    """``claimed_by``: the login names the environment gives that are not the real user, for a
-    hold entry's detail (the user is the real uid's account; see ``audit.os_user``)."""
-    claims = claimed_names(user)
-    return {"claimed_by": claims} if claims else {}
-
-
 def _actor() -> dict[str, Any]:
-    """``by`` (the real uid's account) and ``claimed_by``, for the detail of a ledger entry of
-    a change someone ran (hold-add, hold-release, purge): who did it, never $LOGNAME's word."""
+    """``by`` (the real uid's account) and ``claimed_by`` (the login names the environment
+    gives that are not it), for the detail of a ledger entry of a change someone ran
+    (hold-add, hold-release, purge): who did it, never $LOGNAME's word."""
     user = os_user()
-    return {"by": user, **_claims(user)}
+    claims = claimed_names(user)
+    return {"by": user, **({"claimed_by": claims} if claims else {})}
 
 
 def release_hold(vault: Vault, name: str) -> None:
@@ -127,17 +121,10 @@ def release_hold(vault: Vault, name: str) -> None:
             if row is None:
                 raise UsageError(f"no active hold named {name!r}; `mailvault hold list` shows them")
             conn.execute("UPDATE holds SET released_at=? WHERE id=?", (utcnow(), row[0]))
-            user = os_user()
             ledger.append(
                 conn,
                 "hold-release",
-                detail={
-                    "name": name,
-                    "query": row[1],
-                    "syntax": row[2],
-                    "by": user,
-                    **_claims(user),
-                },
+                detail={"name": name, "query": row[1], "syntax": row[2], **_actor()},
             )
     finally:
         catalog.close()

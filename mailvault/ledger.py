@@ -167,6 +167,16 @@ def append_audit(
     )
 
 
+def parse_detail(text: str | None) -> dict[str, Any]:
+    """A ledger or audit entry's detail (JSON text) as a dict; {} when there is none or it is
+    no JSON object (an entry written by hand is read, not trusted)."""
+    try:
+        detail = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
 def iter_entries(conn: sqlite3.Connection, table: str = "ledger") -> Iterator[dict[str, Any]]:
     fields = LEDGER_FIELDS if table == "ledger" else AUDIT_FIELDS
     cursor = conn.execute(f"SELECT {', '.join((*fields, 'entry_hash'))} FROM {table} ORDER BY seq")

@@ -434,7 +434,7 @@ def hold_findings(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iter
     these; retention refuses to purge while there is one."""
     recorded: dict[str, list[_LedgerHold]] = {}
     for entry in entries:
-        if entry["kind"] in ("hold-add", "hold-release"):
+        if entry["kind"] in HOLD_KINDS:
             detail = _detail(entry)
             holds = recorded.setdefault(str(detail.get("name")), [])
             syntax = detail.get("syntax", 1)
@@ -555,11 +555,7 @@ def _hold_pair(name: str, held: _LedgerHold | None, row: _HoldRow | None) -> Ite
 
 
 def _detail(entry: dict[str, Any]) -> dict[str, Any]:
-    try:
-        detail = json.loads(entry.get("detail") or "{}")
-    except ValueError:
-        return {}
-    return detail if isinstance(detail, dict) else {}
+    return ledger.parse_detail(entry.get("detail"))
 
 
 APPEND_ONLY_TRIGGERS = (

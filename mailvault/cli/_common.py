@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from mailvault._text import undecodable
 from mailvault.vault import Vault, open_vault
 
 
@@ -23,9 +24,7 @@ def print_json(document: Any) -> None:
     a path with undecodable bytes (surrogate escapes cannot be written as UTF-8, while
     ``"\\udcfe"`` is valid JSON that reads back as the same path)."""
     text = json.dumps(document, indent=2, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if undecodable(text):
         text = json.dumps(document, indent=2)
     click.echo(text)
 

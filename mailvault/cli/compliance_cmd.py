@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mailvault import ledger
 from mailvault.cli import cli
 from mailvault.cli._common import escape, print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
@@ -55,24 +56,13 @@ def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool)
             # One entry, one line: every field is escaped (a user name or query with a line
             # break in it must not print as an entry of its own).
             query = f" {entry['query']!r}" if entry["query"] is not None else ""
-            detail = _detail(entry["detail"])
+            detail = ledger.parse_detail(entry["detail"])
             click.echo(
                 f"{escape(str(entry['at'])[:19])} {escape(str(entry['os_user'])):10} "
                 f"{escape(str(entry['command'])):8}{query} -> {entry['results']}"
                 + _stage(str(entry["command"]), entry["results"], detail)
                 + _claimed(detail)
             )
-
-
-def _detail(text: str | None) -> dict[str, Any]:
-    """An audit entry's detail (JSON text); {} when there is none or it is no JSON object."""
-    import json
-
-    try:
-        detail = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return detail if isinstance(detail, dict) else {}
 
 
 def _stage(command: str, results: object, detail: dict[str, Any]) -> str:

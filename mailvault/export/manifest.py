@@ -119,10 +119,6 @@ class ManifestWriter:
         except OSError as exc:
             raise target_error("writing the manifest", self._tmp, exc) from None
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        self.prepare(summary)
-        self.install()
-
     @property
     def temp_paths(self) -> tuple[Path, Path]:
         """Where ``prepare`` leaves the two files: (entries, summary)."""
