@@ -389,8 +389,7 @@ class AccountFetcher:
                     "; delete_after_days cannot be honoured without UIDL (a message cannot be "
                     "recognised in a later run), so nothing is deleted"
                 )
-            if warning not in report.warnings:
-                report.warnings.append(warning)
+            self._warn(warning)
         # (a dry run of a repointed account leaves the old mailbox's UIDLs as they are)
         known = has_uidl and not (self.dry_run and self._mailbox_changed)
         live = self.catalog.live_uidls(self.account.name) if not self.dry_run or known else {}
@@ -458,8 +457,7 @@ class AccountFetcher:
                 "max_messages_per_session has no effect without UIDL unless messages are "
                 "deleted as they are committed (delete_after_days = 0): one session fetches all"
             )
-            if warning not in report.warnings:
-                report.warnings.append(warning)
+            self._warn(warning)
         to_fetch = [m for m in listed if m.uidl in suspects] + new
         to_fetch = [m for m in to_fetch if m.uidl is None or m.uidl not in self.refused]
         # A cap counts the committed messages checked for deletion as well as the fetches:

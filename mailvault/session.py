@@ -379,24 +379,6 @@ class Pop3Session:
         listed = [ListedMessage(n, size, uidls.get(n)) for n, size in sorted(sizes.items())]
         return listed, has_uidl
 
-    def top_header(self, msgno: int, limit: int = 256 * 1024) -> bytes | None:
-        """``TOP msgno 0``: the message's header block and the blank line after it (at most
-        ``limit`` bytes kept), or None if the server refuses TOP (it is optional)."""
-        self.send(pop3.Top(msgno, 0))
-        event = self.next_event()
-        if isinstance(event, pop3.Err):
-            return None
-        if not isinstance(event, pop3.Ok):
-            raise ProtocolError(
-                f"{self.account.host}: unexpected answer to TOP: {event!r}",
-                account=self.account.name,
-            )
-        head = bytearray()
-        while not isinstance(event := self.next_event(), pop3.End):
-            if isinstance(event, pop3.Data) and len(head) < limit:
-                head += event.data
-        return bytes(head[:limit])
-
     def stat(self) -> tuple[int, int]:
         ok = self._status(pop3.Stat())
         count, size = ok.text.split()[:2]
