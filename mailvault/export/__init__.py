@@ -39,7 +39,7 @@ from mailvault.catalog import Catalog, utcnow
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import Target
-from mailvault.export.blobs import stream_verified
+from mailvault.export.blobs import lf_digest, stream_verified
 from mailvault.export.eml import EmlTarget
 from mailvault.export.maildir import MaildirTarget
 from mailvault.export.manifest import (
@@ -140,10 +140,7 @@ class _Exporter:
         return message_meta(header, src.ingested)
 
     def _lf_hash(self, digest: str) -> str:
-        h = hashlib.sha256()
-        for chunk in to_lf(stream_verified(self.store, digest)):
-            h.update(chunk)
-        return h.hexdigest()
+        return lf_digest(self.store, digest)
 
     def _existing(self, src: Selected) -> tuple[tuple[str, int] | None, str | None]:
         """((manifest line, size) of a correct copy already in the target, None), else (None,

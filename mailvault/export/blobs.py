@@ -89,15 +89,22 @@ def stream_verified(store: BlobStore, digest: str) -> Generator[bytes, None, Non
         )
 
 
-def lf_sha256(reader: BlobReader, digest: str, size: int) -> str | None:
+def lf_digest(store: BlobStore, digest: str, whole: bytes | None = None) -> str:
     """sha256 of a stored message with every CRLF turned into LF, as ``export --line-endings
-    lf`` writes it; None if the blob cannot be read or is damaged.  What an import compares a
-    file named after a message with, to tell that message's lf export from other mail."""
-    whole = reader.whole(digest, size)
+    lf`` writes it (from ``whole``, the message's bytes, when the caller has them); raises
+    the store's error when the blob cannot be read or is damaged."""
     h = hashlib.sha256()
+    for chunk in to_lf([whole] if whole is not None else stream_verified(store, digest)):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def lf_sha256(reader: BlobReader, digest: str, size: int) -> str | None:
+    """``lf_digest``, or None if the blob cannot be read or is damaged: what an import
+    compares a file named after a message with, to tell that message's lf export from other
+    mail."""
+    whole = reader.whole(digest, size)
     try:
-        for chunk in to_lf([whole] if whole is not None else stream_verified(reader.store, digest)):
-            h.update(chunk)
+        return lf_digest(reader.store, digest, whole)
     except MailvaultError:
         return None
-    return h.hexdigest()
