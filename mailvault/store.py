@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import zstandard
 
@@ -58,6 +58,12 @@ class StagedBlob:
     @property
     def tmp_path(self) -> Path:
         return Path(self.tmp_name)
+
+
+class Hash(Protocol):
+    """What ``BlobStore.iter_hashed`` feeds (a ``hashlib`` object)."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 class BlobWriter:
@@ -254,15 +260,27 @@ class BlobStore:
             while chunk := stream.read(READ_CHUNK):
                 yield chunk
 
+    def iter_hashed(self, digest: str, hashing: Hash) -> Iterator[bytes]:
+        """``iter_chunks``, feeding ``hashing`` on the way: the one place a reader hashes the
+        content it reads, so checking a blob never costs a second read."""
+        for chunk in self.iter_chunks(digest):
+            hashing.update(chunk)
+            yield chunk
+
     def iter_verified(self, digest: str) -> Iterator[bytes]:
         """``iter_chunks``, hashing as it goes: past the last chunk, a ``StoreError`` if the
-        content no longer hashes to its name.  For readers that derive what protects or dates
-        a message (indexing, retention): an edited blob must not be read as the message."""
-        h = hashlib.sha256()
-        for chunk in self.iter_chunks(digest):
-            h.update(chunk)
-            yield chunk
-        actual = h.hexdigest()
+        content no longer hashes to its name (or cannot be read).  For every reader that hands
+        a message on or derives what protects or dates it (export, show, indexing, retention):
+        an edited blob must not be read as the message."""
+        hashing = hashlib.sha256()
+        try:
+            yield from self.iter_hashed(digest, hashing)
+        except (OSError, zstandard.ZstdError) as exc:
+            raise StoreError(
+                f"blob {digest} cannot be read ({exc}); restore it from a backup, `mailvault "
+                "verify` lists every damaged blob"
+            ) from None
+        actual = hashing.hexdigest()
         if actual != digest:
             raise StoreError(
                 f"blob {digest} is corrupt: its content hashes to {actual} (changed since it "
@@ -272,10 +290,10 @@ class BlobStore:
 
     def rehash(self, digest: str) -> str:
         """sha256 of the stored content, for verification."""
-        h = hashlib.sha256()
-        for chunk in self.iter_chunks(digest):
-            h.update(chunk)
-        return h.hexdigest()
+        hashing = hashlib.sha256()
+        for _ in self.iter_hashed(digest, hashing):
+            pass
+        return hashing.hexdigest()
 
     def iter_digests(self) -> Iterator[str]:
         """Every blob name on disk."""

@@ -135,15 +135,9 @@ def _rehash(store: BlobStore, digest: str) -> tuple[str, bytes]:
     read."""
     from mailvault.blobdate import read_head
 
-    h = hashlib.sha256()
-
-    def hashed() -> Iterator[bytes]:
-        for chunk in store.iter_chunks(digest):
-            h.update(chunk)
-            yield chunk
-
-    head = read_head(hashed())
-    return h.hexdigest(), head
+    hashing = hashlib.sha256()
+    head = read_head(store.iter_hashed(digest, hashing))
+    return hashing.hexdigest(), head
 
 
 def _dates(db: sqlite3.Connection, store: BlobStore) -> Callable[[str, bytes], Iterator[Finding]]:

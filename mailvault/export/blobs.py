@@ -73,20 +73,10 @@ def _read_small(path: str) -> bytes | None:
 
 def stream_verified(store: BlobStore, digest: str) -> Generator[bytes, None, None]:
     """The blob's bytes in chunks; raises at the end if they do not hash to the blob's name."""
-    h = hashlib.sha256()
     try:
-        for chunk in store.iter_chunks(digest):
-            h.update(chunk)
-            yield chunk
-    except (OSError, zstandard.ZstdError) as exc:
-        raise StoreError(
-            f"blob {digest} cannot be read ({exc}); the export stopped: run `mailvault verify`"
-        ) from None
-    if h.hexdigest() != digest:
-        raise ExportError(
-            f"blob {digest} no longer matches its sha256 (the stored copy is damaged); the "
-            "export stopped without writing it: run `mailvault verify`"
-        )
+        yield from store.iter_verified(digest)
+    except StoreError as exc:
+        raise ExportError(f"the export stopped without writing message {digest}: {exc}") from None
 
 
 def lf_digest(store: BlobStore, digest: str, whole: bytes | None = None) -> str:
