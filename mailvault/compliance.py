@@ -30,7 +30,8 @@ from mailvault.errors import MailvaultError, UsageError
 from mailvault.vault import Vault, utcnow
 
 if TYPE_CHECKING:
-    from mailvault.export.blobs import BlobReader
+    from collections.abc import Iterator
+
     from mailvault.store import BlobStore
 
 # -- audit (written by mailvault.audit.record) ---------------------------------------------------
@@ -152,6 +153,7 @@ class Candidate:
     keep_days: int
     held_by: tuple[str, ...]
     kept: str | None = None  # why no hold matches it and it is not purged all the same (_vet)
+    lf_sha256: str | None = None  # of its lf form, read by _vet for the purge entry (_lf_form)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -216,21 +218,25 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
         ]
     free = [c for c in candidates if not c.held_by]
     if free:
-        reasons = _vet(vault, free, {row["sha256"]: row for row, _ in old}, now)
-        candidates = [replace(c, kept=reasons.get(c.sha256)) for c in candidates]
+        reasons, lf_forms = _vet(vault, free, {row["sha256"]: row for row, _ in old}, now)
+        candidates = [
+            replace(c, kept=reasons.get(c.sha256), lf_sha256=lf_forms.get(c.sha256))
+            for c in candidates
+        ]
     return candidates
 
 
 def _vet(
     vault: Vault, candidates: list[Candidate], rows: dict[str, dict[str, Any]], now: datetime
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, str]]:
     """Why each candidate no hold matches must be kept all the same: retention purges only
     what it can prove is under no hold and past retention.  Holds are matched through the
     index, which lacks a message whose blob is missing, unreadable or corrupt (and the purge
     of such a message would hide the loss); and the age comes from catalog rows that can be
     edited by hand.  So each candidate's blob is read and hashed, its index document looked
     up, and its date read again from the blob and its first ingest from the ledger.  The cost
-    is the candidates' alone: one blob read and a few lookups each."""
+    is the candidates' alone: one blob read and a few lookups each.  That read also hashes
+    the message's lf form, for its purge entry (the second value, by sha256)."""
     import contextlib
 
     from mailvault import index as ix
@@ -239,10 +245,13 @@ def _vet(
     index = ix.open_for_search(vault.index_path)
     searcher, schema = index.searcher(), index.schema
     reasons: dict[str, str] = {}
+    lf_forms: dict[str, str] = {}
     uri = f"file:{vault.catalog_path}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
         for c in candidates:
-            head, reason = _read_blob(store, c.sha256)
+            head, lf_form, reason = _read_blob(store, c.sha256)
+            if lf_form is not None:
+                lf_forms[c.sha256] = lf_form
             if head is not None and not ix.contains(searcher, schema, c.sha256):
                 reason = (
                     "it is not in the search index, so no hold can be checked against it; run "
@@ -252,27 +261,38 @@ def _vet(
                 reason = _age_problem(store, db, c, rows[c.sha256], head, now)
             if reason is not None:
                 reasons[c.sha256] = reason
-    return reasons
+    return reasons, lf_forms
 
 
-def _read_blob(store: BlobStore, sha256: str) -> tuple[bytes | None, str | None]:
-    """The head of the message (``blobdate.read_head``), the whole blob hashed; or why the
-    blob cannot vouch for the message: missing, unreadable, corrupt."""
-    import zstandard
+def _read_blob(store: BlobStore, sha256: str) -> tuple[bytes | None, str | None, str | None]:
+    """The head of the message (``blobdate.read_head``) and the sha256 of its lf form, the
+    whole blob hashed on the same read; or why the blob cannot vouch for the message:
+    missing, unreadable, corrupt."""
+    import hashlib
 
     from mailvault.blobdate import read_head
+    from mailvault.export.transform import LineEndingsToLf
 
-    restore = "restore the blob from a backup and run `mailvault verify`"
     if store.find(sha256) is None:
-        return None, (
-            f"its blob is missing (a purge would record the loss as a retention purge); {restore}"
+        return (
+            None,
+            None,
+            "its blob is missing (a purge would record the loss as a retention purge); restore "
+            "the blob from a backup and run `mailvault verify`",
         )
+    lf_hash, to_lf = hashlib.sha256(), LineEndingsToLf()
+
+    def read() -> Iterator[bytes]:
+        for chunk in store.iter_verified(sha256):
+            lf_hash.update(to_lf.feed(chunk))
+            yield chunk
+        lf_hash.update(to_lf.flush())
+
     try:
-        return read_head(store.iter_verified(sha256)), None
-    except MailvaultError as exc:  # a content that no longer hashes to its name
-        return None, str(exc)
-    except (OSError, zstandard.ZstdError) as exc:
-        return None, f"its blob cannot be read ({exc}); {restore}"
+        head = read_head(read())
+    except MailvaultError as exc:  # unreadable, or a content that no longer hashes to its name
+        return None, None, str(exc)
+    return head, lf_hash.hexdigest(), None
 
 
 def _age_problem(
@@ -364,7 +384,6 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
     """Purge the unprotected candidates (caller holds the write lock); return purged sha256s."""
     doomed = [c for c in candidates if not c.held_by and not c.kept]
     actor = _actor()
-    reader = _reader(vault)
     catalog = vault.catalog()
     try:
         with catalog.transaction() as conn:
@@ -383,7 +402,7 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
                         "reason": f"retention: older than {c.keep_days} days",
                         "date": c.age_basis,
                         **actor,
-                        **_lf_form(reader, c.sha256, size),
+                        **_lf_form(c),
                     },
                 )
         # Files of purges the ledger records (this one, and any a crash left unfinished); a
@@ -402,21 +421,13 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
     return [c.sha256 for c in doomed]
 
 
-def _reader(vault: Vault) -> BlobReader:
-    from mailvault.export.blobs import BlobReader
-
-    return BlobReader(vault.store())
-
-
-def _lf_form(reader: BlobReader, sha256: str, size: int) -> dict[str, str]:
+def _lf_form(candidate: Candidate) -> dict[str, str]:
     """``lf_sha256``, the sha256 of the message's lf form (as ``export --line-endings lf``
     writes it), for its purge entry: once the blob is gone, an import of a file named after
     the message can still tell its lf export (refused: it is the purged mail) from other mail.
-    Nothing when the blob cannot be read, or the message has no CRLF (its lf form is itself)."""
-    from mailvault.export.blobs import lf_sha256
-
-    lf = lf_sha256(reader, sha256, size)
-    return {"lf_sha256": lf} if lf is not None and lf != sha256 else {}
+    Nothing when the message has no CRLF (its lf form is itself)."""
+    lf = candidate.lf_sha256
+    return {"lf_sha256": lf} if lf is not None and lf != candidate.sha256 else {}
 
 
 def _remove_files(vault: Vault, purged: set[str]) -> None:

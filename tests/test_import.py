@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -292,13 +293,17 @@ def test_an_lf_export_of_purged_mail_does_not_bring_it_back(tmp_path: Path, fmt:
 
 
 def _purge_all(vault: Path) -> None:
-    """Purge every message as `retention apply` does (its ledger entries included)."""
-    from mailvault.compliance import Candidate, apply
+    """Purge every message as `retention apply` does (its ledger entries included): planned
+    and vetted a thousand years from now."""
+    from mailvault.compliance import apply, plan
 
-    with sqlite3.connect(vault / "catalog.sqlite") as db:
-        digests = [row[0] for row in db.execute("SELECT sha256 FROM messages")]
+    toml = vault / "mailvault.toml"
+    toml.write_text(toml.read_text() + "\n[retention]\nkeep_days = 1\n")
+    assert cli(vault, "index").exit_code == 0  # retention checks holds through the index
     opened = open_vault(vault)
-    apply(opened, [Candidate(d, "2001-01-01T00:00:00+00:00", 1, ()) for d in digests])
+    candidates = plan(opened, now=datetime(3000, 1, 1, tzinfo=UTC))
+    assert candidates and not any(c.held_by or c.kept for c in candidates)
+    apply(opened, candidates)
 
 
 @pytest.mark.parametrize("fmt", ["maildir", "eml"])
