@@ -72,8 +72,8 @@ def run(
     except BrokenPipeError:  # `mailvault search x | head`
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-    if limit and len(hits) == limit:  # a full page: there may be more than were printed
-        _note_more(notes, searcher.count(), offset, len(hits))
+    if limit and len(hits) == limit and searcher.matched is not None:  # a full page
+        _note_more(notes, searcher.matched, offset, len(hits))
     return 0 if hits else 1
 
 

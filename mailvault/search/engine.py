@@ -93,6 +93,7 @@ class Searcher:
         self.query = self._parse(query)
         with ix.reading(self.path):
             self.searcher = self.index.searcher()
+        self.matched: int | None = None  # every hit's number, counted by the last ``page``
 
     def _open(self) -> tantivy.Index:
         if not self._opened:
@@ -167,12 +168,12 @@ class Searcher:
         limit = num_docs if limit == 0 else min(limit, num_docs)
         try:
             if sort == "score":
-                result = self.searcher.search(self.query, limit, count=False, offset=offset)
+                result = self.searcher.search(self.query, limit, count=True, offset=offset)
             else:
                 result = self.searcher.search(
                     self.query,
                     limit,
-                    count=False,
+                    count=True,
                     order_by_field="date",
                     offset=offset,
                     order=tantivy.Order.Desc if sort == "-date" else tantivy.Order.Asc,
@@ -185,6 +186,9 @@ class Searcher:
             if not ix.is_panic(exc):
                 raise
             raise ix.damaged(self.path, exc) from None
+        # counted on the same pass (a full page says how many it left out; a second search
+        # for the number cost as much again)
+        self.matched = int(getattr(result, "count", 0) or 0)
         with ix.reading(self.path):  # the stored fields, the snippets' terms
             return self._hits(result.hits, sort == "score", snippets)
 
