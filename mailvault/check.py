@@ -34,9 +34,9 @@ from mailvault.secrets import resolve_secret
 from mailvault.session import Pop3Session
 from mailvault.transport import (
     SocketStream,
-    await_greeting,
     normalise_fingerprint,
     tls_context,
+    unverified_context,
 )
 
 
@@ -86,10 +86,9 @@ def _tcp(account: AccountConfig) -> Step:
 
 def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
     """Connect and complete TLS (directly, or after a minimal STLS exchange)."""
+    stream = SocketStream.open(account, ctx if account.tls == "implicit" else None)
     if account.tls == "implicit":
-        return SocketStream.connect(account.host, account.port, account.timeout, ctx)
-    stream = SocketStream.connect(account.host, account.port, account.timeout)
-    await_greeting(stream, account)
+        return stream
     buf = b""
     try:
         while buf.count(b"\r\n") < 1:
@@ -144,11 +143,8 @@ def _certificate(account: AccountConfig) -> Step:
     """Look at the certificate with verification off, so we can explain what verification says."""
     if account.tls == "none":
         return Step("tls", True, 'tls = "none": no TLS (the password travels in clear text)')
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    probe.check_hostname = False
-    probe.verify_mode = ssl.CERT_NONE
     try:
-        stream = _handshake(account, probe)
+        stream = _handshake(account, unverified_context())
     except MailvaultError as exc:
         return Step("tls", False, *_split(exc, "the server may not speak TLS on this port"))
     der, version = stream.peer_cert_der(), stream.tls_version

@@ -26,7 +26,6 @@ from mailvault.errors import (
 from mailvault.redact import WITHHELD, may_quote, register_secret
 from mailvault.transport import (
     SocketStream,
-    await_greeting,
     normalise_fingerprint,
     tls_context,
 )
@@ -184,11 +183,9 @@ class Pop3Session:
     def connect(self) -> None:
         acct = self.account
         implicit = tls_context(acct) if acct.tls == "implicit" else None
-        self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout, implicit)
+        self.stream = SocketStream.open(acct, implicit)
         if implicit is not None:
             self._check_pin()
-        else:
-            await_greeting(self.stream, acct)
         event = self.next_event()
         if isinstance(event, pop3.Err):
             raise server_error_for(

@@ -27,12 +27,20 @@ def normalise_fingerprint(value: str) -> str:
     return value.lower().removeprefix("sha256:").replace(":", "")
 
 
+def unverified_context() -> ssl.SSLContext:
+    """A context that accepts any certificate: for a pinned fingerprint (checked after the
+    handshake, ``Pop3Session._check_pin``), and for probes that only ask which protocol a
+    port speaks or what certificate it shows (``check``, which then verifies properly)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def tls_context(account: AccountConfig) -> ssl.SSLContext:
     """Verification on by default; a pinned fingerprint replaces CA trust, as in mpop."""
     if account.tls_fingerprint:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+        ctx = unverified_context()
     else:
         ctx = ssl.create_default_context()
         if account.ca_file:
@@ -80,13 +88,10 @@ def _greets_in_plain_text(host: str, port: int, timeout: float) -> bool:
 def _completes_tls_handshake(host: str, port: int, timeout: float) -> bool:
     """Whether ``host:port`` answers a TLS ClientHello.  Verification is off: the question is
     only which protocol the port speaks (the certificate is checked when it is used)."""
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    probe.check_hostname = False
-    probe.verify_mode = ssl.CERT_NONE
     try:
         with (
             socket.create_connection((host, port), timeout=min(timeout, PROBE_TIMEOUT)) as raw,
-            probe.wrap_socket(raw, server_hostname=host),
+            unverified_context().wrap_socket(raw, server_hostname=host),
         ):
             return True
     except OSError:  # ssl.SSLError included
@@ -135,6 +140,16 @@ class SocketStream:
         self.host = host
         self.timeout = timeout
         self.sock.settimeout(timeout)
+
+    @classmethod
+    def open(cls, account: AccountConfig, implicit: ssl.SSLContext | None) -> SocketStream:
+        """Connect to ``account``'s server, ready for its greeting: with ``implicit``, TLS is
+        negotiated first; without, the greeting's first byte is waited for here
+        (``await_greeting``), which names a POP3S port at once instead of after `timeout`."""
+        stream = cls.connect(account.host, account.port, account.timeout, implicit)
+        if implicit is None:
+            await_greeting(stream, account)
+        return stream
 
     @classmethod
     def connect(
