@@ -6,7 +6,7 @@
 <vault>/tmp/              in-flight writes, same filesystem as objects/
 <vault>/catalog.sqlite    the catalog (see catalog.py)
 <vault>/index/            the derived search index
-<vault>/lock              flock'ed by every writer; holds the holder's pid and command
+<vault>/lock              flock'ed by every writer; names the holder (pid, command) while held
 """
 
 from __future__ import annotations
@@ -122,7 +122,13 @@ class Vault:
                     "(the lock is released automatically if that process dies)"
                 )
             write_holder(fd, command)
-            yield
+            try:
+                yield
+            finally:
+                # an ended writer is named by no one (its pid may be reused: in a container
+                # the last fetch was often pid 1), so nothing is taken for in flight after it
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
         finally:
             os.close(fd)
 
@@ -130,19 +136,42 @@ class Vault:
         """Who is writing to the vault right now (as the lock file names them), or None.
 
         For readers that must not take the lock (verify: a long re-hash would block the nightly
-        fetch) but should know that what they see may be mid-change.  Read from the lock file
-        rather than probed with flock: a probe would make a writer starting at that instant
-        fail with VaultLocked."""
+        fetch) but should know that what they see may be mid-change.  Whether the lock is held
+        is read from the kernel's table of locks (``flock_held``), not probed with flock: a
+        probe would make a writer starting at that instant fail with VaultLocked; and not
+        judged by the pid the file names alone: a writer killed with -9 leaves its record, and
+        its pid may belong to another process by now."""
+        path = self.root / "lock"
         try:
-            holder = lock_holder((self.root / "lock").read_bytes()[:4096])
+            holder = lock_holder(path.read_bytes()[:4096])
         except OSError:
             return None
-        if holder is None:
+        held = flock_held(path)
+        if held is False:
             return None
+        if holder is None:
+            return "another process" if held else None
         from mailvault._tempfiles import running
 
         pid, who = holder
-        return who if pid != os.getpid() and running(pid) else None
+        if pid == os.getpid():
+            return None
+        return who if held or running(pid) else None
+
+
+def flock_held(path: str | os.PathLike[str]) -> bool | None:
+    """Whether any process holds a flock on the file at ``path``, as /proc/locks lists them
+    (Linux); None when that cannot be told (no /proc), and the caller falls back to asking
+    whether the pid in the lock file runs."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            text = table.read()
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2148763 0 EOF" (``-> FLOCK`` lines are waiters)
+    key = f" {os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+    return any(" FLOCK " in line and "->" not in line and key in line for line in text.splitlines())
 
 
 def try_lock(fd: int) -> str | None:

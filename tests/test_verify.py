@@ -16,6 +16,7 @@ import pytest
 
 from mailvault.store import BlobStore
 from mailvault.testkit.fakepop import FakePop3Server
+from mailvault.vault import open_vault
 from tests.test_fetch_faults import PLAIN, corpus
 from tests.vaults import fetch_json, make_vault, run_cli
 
@@ -327,6 +328,34 @@ def test_blobs_a_running_writer_has_not_committed_yet_are_not_orphans(
     assert "blob-orphan" in codes(items)
     orphan = next(f for f in items if f["code"] == "blob-orphan")
     assert "interrupted fetch or import" in orphan["detail"]
+
+
+def test_a_lock_file_naming_a_live_process_that_holds_no_lock_hides_nothing(
+    vault: Path, tmp_path: Path
+) -> None:
+    """The lock file keeps the pid of a writer killed with -9, and pids are reused (in a
+    container the last fetch was often pid 1): verify took any live process of that pid for a
+    writer and turned an orphan blob into an in-flight note, exit 0.  What counts is whether
+    the lock is held."""
+    proc = hold_with_a_published_blob(vault, tmp_path / "ready", "fetch")
+    proc.kill()  # -9: its record stays in the lock file
+    proc.wait()
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {"pid": unrelated.pid, "command": "fetch", "since": "2026-01-01T00:00:00Z"}
+        (vault / "lock").write_text(json.dumps(record))
+        code, items = findings(vault)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    assert code == 1 and "blob-orphan" in codes(items), items
+    assert "blob-in-flight" not in {f["code"] for f in items}
+
+
+def test_a_writer_that_ends_clears_its_name_from_the_lock_file(vault: Path) -> None:
+    with open_vault(vault).write_lock("index"):
+        assert b'"index"' in (vault / "lock").read_bytes()
+    assert (vault / "lock").read_bytes() == b""
 
 
 def test_tmp_leftovers_name_fetch_and_import_alike(vault: Path) -> None:
