@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mailvault import ledger
 from mailvault.audit import claimed_names, os_user
 from mailvault.errors import MailvaultError, UsageError
-from mailvault.vault import Vault, utcnow
+from mailvault.vault import Vault, read_only_uri, utcnow
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def audit_entries(vault: Vault, since: datetime | None = None) -> list[dict[str, Any]]:
-    with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+    with sqlite3.connect(read_only_uri(vault.catalog_path), uri=True) as db:
         entries = list(ledger.iter_entries(db, "audit"))
     if since is not None:
         entries = [e for e in entries if datetime.fromisoformat(e["at"]) >= since]
@@ -246,7 +246,7 @@ def _vet(
     searcher, schema = index.searcher(), index.schema
     reasons: dict[str, str] = {}
     lf_forms: dict[str, str] = {}
-    uri = f"file:{vault.catalog_path}?mode=ro"
+    uri = read_only_uri(vault.catalog_path)
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
         for c in candidates:
             head, lf_form, reason = _read_blob(store, c.sha256)
@@ -352,7 +352,7 @@ def _check_holds(vault: Vault) -> None:
     from mailvault import verify
     from mailvault.errors import CatalogError
 
-    uri = f"file:{vault.catalog_path}?mode=ro"
+    uri = read_only_uri(vault.catalog_path)
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
         entries = verify.hold_entries(db)
         problems = [f.detail for f in verify.hold_findings(db, entries)]

@@ -14,6 +14,7 @@ process exit codes, so library code raises and never exits.
     |   +-- CatalogError                exit 3
     |   +-- SearchError                 exit 2   (QuerySyntaxError: bad user query)
     |       +-- IndexDamaged            exit 3   the index's files cannot be read: reindex
+    |       +-- IndexUnavailable        exit 3   read-only filesystem or permissions
     +-- ExportError                     exit 3   export target full, read-only, of the wrong kind
     +-- RemoteError                              something about the POP3 server; carries account
         +-- TransportError       retryable       connect refused, reset, EOF, timeout
@@ -96,6 +97,13 @@ class SearchError(VaultError):
 class IndexDamaged(SearchError):
     """The index's files cannot be read (damaged, or not an index at all): a runtime fault,
     not the user's, and the fix is always `mailvault reindex` (the index is derived data)."""
+
+    exit_code = 3
+
+
+class IndexUnavailable(SearchError):
+    """The index cannot be opened where it is (a read-only filesystem, permissions): nothing
+    is wrong with its files, so the fix is not a rebuild."""
 
     exit_code = 3
 

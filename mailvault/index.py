@@ -52,6 +52,7 @@ This module is on the search path: it imports tantivy and the standard library o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -63,7 +64,7 @@ from functools import cache
 import tantivy
 
 from mailvault._fs import fsync_dir
-from mailvault.errors import IndexDamaged, MailvaultError, SearchError
+from mailvault.errors import IndexDamaged, IndexUnavailable, MailvaultError, SearchError
 
 # Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
 # search` start-up.  Writers pass Path objects; the search path (open_for_search and what it
@@ -444,6 +445,38 @@ def damaged(index_dir: str | os.PathLike[str], cause: BaseException | str) -> In
     )
 
 
+# how Rust spells an OS error in tantivy's messages: "Os { code: 30, ... }", "(os error 30)"
+_OS_ERROR = re.compile(r"(?:\bos error |\bOs \{ code: )(\d+)")
+
+
+def unavailable(index_dir: str | os.PathLike[str], cause: BaseException) -> IndexUnavailable | None:
+    """The error for an index that tantivy could not open for want of write access (it takes a
+    lock file in the index directory even to read), or None: then it is damage."""
+    text = " ".join(str(cause).split())
+    number = _OS_ERROR.search(text)
+    if isinstance(cause, OSError):
+        code = cause.errno
+    elif number is not None:
+        code = int(number.group(1))
+    elif "Read-only file system" in text:
+        code = errno.EROFS
+    else:
+        code = errno.EACCES if "Permission denied" in text else None
+    where = f"the search index at {os.fspath(index_dir)} cannot be opened"
+    if code == errno.EROFS:
+        return IndexUnavailable(
+            f"{where}: the filesystem is read-only, and the index takes a lock file even to "
+            "be read (and every search records an audit entry); mount the vault read-write, or "
+            "search a copy of it (`cp -a VAULT COPY`)"
+        )
+    if code == errno.EACCES:
+        return IndexUnavailable(
+            f"{where}: permission denied ({text}); run mailvault as the vault's owner "
+            "(`mailvault verify` lists files with other owners or modes)"
+        )
+    return None
+
+
 @contextlib.contextmanager
 def reading(index_dir: str | os.PathLike[str]) -> Iterator[None]:
     """Tantivy failing to read the index, in the body, as :class:`IndexDamaged`.
@@ -456,7 +489,7 @@ def reading(index_dir: str | os.PathLike[str]) -> Iterator[None]:
     except MailvaultError:
         raise
     except (ValueError, OSError) as exc:
-        raise damaged(index_dir, exc) from None
+        raise unavailable(index_dir, exc) or damaged(index_dir, exc) from None
     except BaseException as exc:
         if not is_panic(exc):
             raise

@@ -47,7 +47,7 @@ from mailvault.errors import IndexDamaged, MailvaultError, from_storage_error
 from mailvault.parse.model import ParsedMessage
 from mailvault.parse.skeleton import parse_chunks
 from mailvault.store import BlobStore
-from mailvault.vault import Vault
+from mailvault.vault import Vault, read_only_uri
 
 log = logging.getLogger(__name__)
 
@@ -542,7 +542,7 @@ def purged_text_lingers(vault: Vault) -> bool:
 
     if not ix.holds_deleted_documents(vault.index_path):
         return False
-    db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
+    db = sqlite3.connect(read_only_uri(vault.catalog_path), uri=True)
     try:
         last = db.execute("SELECT max(at) FROM ledger WHERE kind = 'purge'").fetchone()[0]
     finally:
@@ -689,7 +689,7 @@ def _rebuild_findings(vault: Vault) -> Iterator[Any]:
 def _indexed_ids(vault: Vault) -> set[str]:
     import sqlite3
 
-    db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
+    db = sqlite3.connect(read_only_uri(vault.catalog_path), uri=True)
     try:
         rows = db.execute("SELECT sha256 FROM message_meta WHERE indexed_at IS NOT NULL")
         return {row[0] for row in rows}
@@ -723,7 +723,7 @@ class _Now:
         import sqlite3
 
         self.vault = vault
-        self.db = sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True)
+        self.db = sqlite3.connect(read_only_uri(vault.catalog_path), uri=True)
 
     def missing(self, sha256: str) -> str:
         """A message the catalog called indexed and the index lacks: "missing", or "purged"

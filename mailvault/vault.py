@@ -207,6 +207,23 @@ def _new_vault_id() -> str:
     return str(uuid.uuid4())
 
 
+def read_only_uri(catalog_path: str | os.PathLike[str]) -> str:
+    """The URI that opens a catalog read-only (for ``sqlite3.connect(..., uri=True)``).
+
+    The path is escaped: ``?``, ``#`` and ``%`` in a vault's path are URI syntax.  And where
+    this process cannot write the catalog's directory (a read-only mount or snapshot, a vault
+    made read-only with chmod) and no write-ahead log is there, ``immutable=1`` too: SQLite
+    reads a WAL catalog through a ``-shm`` file it would have to create, and fails with
+    "unable to open database file"; with no log, the file alone is the whole catalog, and no
+    one can change it there meanwhile."""
+    path = os.fspath(catalog_path)
+    uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    directory = os.path.dirname(path) or "."
+    if not os.access(directory, os.W_OK) and not os.path.exists(path + "-wal"):
+        uri += "&immutable=1"
+    return uri
+
+
 def has_catalog(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a catalog to open: a non-empty regular file (SQLite would make an
     empty catalog of a missing or empty one, dropping the vault's holds, purges and ledger)."""

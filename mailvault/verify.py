@@ -26,7 +26,7 @@ import zstandard
 from mailvault import ledger
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.store import BlobStore
-from mailvault.vault import Vault
+from mailvault.vault import Vault, read_only_uri
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,7 +646,7 @@ def verify(
     "ledger" and "audit" chains that must still be in them."""
     yield from _config(vault)
     yield from _permissions(vault)
-    uri = f"file:{vault.catalog_path}?mode=ro"
+    uri = read_only_uri(vault.catalog_path)
     try:
         # Every check reads one snapshot of the catalog: a fetch or import committing meanwhile
         # (messages and their ledger entries in one transaction) must not look like a catalog

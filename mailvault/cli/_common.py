@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from mailvault._text import undecodable
-from mailvault.vault import Vault, open_vault
+from mailvault.vault import Vault, open_vault, read_only_uri
 
 
 def vault_from(ctx: click.Context) -> Vault:
@@ -78,7 +78,7 @@ def print_chain_head(vault: Vault, table: str, as_json: bool) -> None:
 
     from mailvault import ledger
 
-    with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+    with sqlite3.connect(read_only_uri(vault.catalog_path), uri=True) as db:
         seq, digest = ledger.head(db, table)
     if as_json:
         schema = "mailvault/ledger-head/v1" if table == "ledger" else "mailvault/audit-head/v1"

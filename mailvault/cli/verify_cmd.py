@@ -15,6 +15,7 @@ from mailvault._text import shown
 from mailvault.cli import cli
 from mailvault.cli._common import print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
+from mailvault.vault import read_only_uri
 
 
 @cli.command()
@@ -131,7 +132,7 @@ def export_ledger(ctx: click.Context, out: Path | None) -> None:
             "file in a directory that exists and that you can write"
         ) from None
     try:
-        with sqlite3.connect(f"file:{vault.catalog_path}?mode=ro", uri=True) as db:
+        with sqlite3.connect(read_only_uri(vault.catalog_path), uri=True) as db:
             for entry in ledger.iter_entries(db):
                 stream.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
     finally:

@@ -109,9 +109,9 @@ def real_dates(vault_root: str | os.PathLike[str], hits: list[Hit]) -> None:
 
 
 def _read_only(vault_root: str | os.PathLike[str]) -> str:
-    """The URI that opens the vault's catalog read-only (its path escaped for a URI)."""
-    path = os.fspath(os.path.join(vault_root, "catalog.sqlite"))
-    return "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    from mailvault.vault import read_only_uri
+
+    return read_only_uri(os.path.join(vault_root, "catalog.sqlite"))
 
 
 def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
