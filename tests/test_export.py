@@ -15,7 +15,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -487,3 +489,65 @@ def test_append_keeps_one_line_ending_form(tmp_path: Path, vault: Path) -> None:
     )
     assert result.exit_code == 3 and "--line-endings lf" in result.stderr
     assert out.read_bytes() == before
+
+
+def _purge_behind_the_scenes(root: Path, digest: str) -> None:
+    """What a `retention apply` running at the same time does to a message: its catalog row
+    marked purged, then its blob removed (export and show take no vault lock)."""
+    with sqlite3.connect(root / "catalog.sqlite") as db:
+        db.execute(
+            "UPDATE messages SET purged_at = '2026-01-01T00:00:00+00:00' WHERE sha256 = ?",
+            (digest,),
+        )
+    path = BlobStore(root).find(digest)
+    assert path is not None
+    path.unlink()
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_a_message_purged_during_the_export_is_left_out_not_called_missing(
+    tmp_path: Path, vault: Path, crafted: list[bytes], fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retention run purging a selected message before the export reached it made the
+    export stop half-way with "blob ... is missing; run `mailvault verify`", exit 3."""
+    from mailvault.export.selection import Selection
+
+    listed = Selection.__iter__
+    victim = sha(crafted[1])
+
+    def purged_after_listing(self: Selection) -> Iterator[Any]:
+        selected = list(listed(self))
+        _purge_behind_the_scenes(vault, victim)
+        yield from selected
+
+    monkeypatch.setattr(Selection, "__iter__", purged_after_listing)
+    code, report = cli_json(vault, "export", "--format", fmt, "--out", str(tmp_path / "out"))
+    assert code == 0, report
+    assert report["count"] == len(crafted) - 1
+    assert any(victim in w and "purged" in w for w in report["warnings"]), report["warnings"]
+    from mailvault.export.manifest import manifest_paths
+
+    entries, _ = manifest_paths(fmt, tmp_path / "out")
+    listed_ids = {entry["sha256"] for entry in manifest_lines(entries)}
+    assert listed_ids == {sha(m) for m in crafted} - {victim}
+
+
+def test_show_of_a_message_purged_while_it_is_shown_says_purged(
+    vault: Path, crafted: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailvault.show
+
+    checked = mailvault.show.require_not_purged
+    victim = sha(crafted[0])
+    calls: list[str] = []
+
+    def then_purged(catalog_path: Path, digest: str) -> None:
+        checked(catalog_path, digest)
+        if not calls:
+            _purge_behind_the_scenes(vault, victim)
+        calls.append(digest)
+
+    monkeypatch.setattr(mailvault.show, "require_not_purged", then_purged)
+    result = cli(vault, "show", victim)
+    assert result.exit_code == 2, result.output
+    assert "is marked purged" in result.stderr and "missing" not in result.stderr

@@ -8,9 +8,12 @@ from mailvault.cli import _CheckedCommand, cli  # isort: skip  (first: the group
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from mailvault.vault import Vault
 
 QUERY_HELP = """\b
 Query language (docs/search.md):
@@ -220,20 +223,14 @@ def show(
     mailvault show 3fa9c2e1 --part 3 --out report.pdf
     """
     from mailvault.audit import record as audit
-    from mailvault.cli._common import print_json, vault_from
-    from mailvault.errors import UsageError
+    from mailvault.cli._common import vault_from
+    from mailvault.errors import StoreError, UsageError
     from mailvault.show import (
         AmbiguousId,
         MessageNotFound,
-        first_ingest,
-        render_text,
         require_not_purged,
         resolve,
-        save_part,
-        verified_chunks,
-        write_part,
     )
-    from mailvault.show import as_json as message_json
 
     if sum([raw, part is not None, as_json]) > 1:
         raise UsageError("--raw, --part and --json exclude each other; pick one")
@@ -259,6 +256,23 @@ def show(
     if part is not None:
         detail["part"] = part
     audit(vault.root, "show", ident, 1, **detail)  # durable before anything is shown
+    try:
+        _show(vault, digest, raw=raw, part=part, out=out, as_json=as_json)
+    except StoreError:
+        # a retention run may have purged it since it was looked up: say that, not "missing"
+        require_not_purged(vault.catalog_path, digest)
+        raise
+
+
+def _show(
+    vault: "Vault", digest: str, *, raw: bool, part: int | None, out: Path | None, as_json: bool
+) -> None:
+    """The message (or its part) once its reading is audited."""
+    from mailvault.cli._common import print_json
+    from mailvault.errors import UsageError
+    from mailvault.show import as_json as message_json
+    from mailvault.show import first_ingest, render_text, save_part, verified_chunks, write_part
+
     store = vault.read_store()
     if raw:
         stdout = sys.stdout.buffer

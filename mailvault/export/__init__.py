@@ -139,6 +139,24 @@ class _Exporter:
             chunks.close()  # releases the blob file now, not at garbage collection
         return message_meta(header, src.ingested)
 
+    def _purged_since(self, digest: str) -> bool:
+        """Whether a retention run purged the message after the selection was taken (export
+        takes no vault lock): its blob is then gone, and its absence is no damage."""
+        import sqlite3
+
+        from mailvault.vault import read_only_uri
+
+        try:
+            db = sqlite3.connect(read_only_uri(self.vault.catalog_path), uri=True, timeout=10)
+            try:
+                sql = "SELECT purged_at FROM messages WHERE sha256 = ?"
+                row = db.execute(sql, (digest,)).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] is not None
+
     def _lf_hash(self, digest: str) -> str:
         return lf_digest(self.store, digest)
 
@@ -213,9 +231,9 @@ class _Exporter:
         offset = self.target.place_record(run_fd, item.start, item.end, item.from_len)
         return f"{item.line}{offset}{item.tail}"
 
-    def one(self, src: Selected) -> str:
+    def one(self, src: Selected) -> str | None:
         """Export one message in the main process, streamed (flat memory for any size); its
-        manifest line."""
+        manifest line, or None when a retention run purged it after it was selected."""
         self.run.count += 1
         existing, bad = self._existing(src)
         if existing is not None:
@@ -223,7 +241,16 @@ class _Exporter:
             self.run.skipped += 1
             self.run.total_bytes += size
             return line
-        header, chunks = peek_header(stream_verified(self.store, src.sha256))
+        try:
+            header, chunks = peek_header(stream_verified(self.store, src.sha256))
+        except ExportError:
+            if not self._purged_since(src.sha256):
+                raise
+            self.run.count -= 1
+            self.run.warnings.append(
+                f"{src.sha256}: purged by a retention run during this export, so not exported"
+            )
+            return None
         meta = message_meta(header, src.ingested)
         body: Iterable[bytes] = to_lf(chunks) if self.lf else chunks
         hashing = _Hashing(body)
@@ -428,6 +455,8 @@ def _export_messages(
     with pipeline:
         for done, (src, run_fd, item) in enumerate(pipeline.messages(selection), 1):
             line = exporter.placed(src, run_fd, item) if item is not None else exporter.one(src)
+            if line is None:  # purged meanwhile: as if not selected (as a rerun selects)
+                continue
             fingerprint.update(src.sha256.encode())
             if writer is not None:
                 writer.add_line(line)
