@@ -207,6 +207,23 @@ def _new_vault_id() -> str:
     return str(uuid.uuid4())
 
 
+def default_vault_path() -> str:
+    """``$XDG_DATA_HOME/mailvault``, else ``~/.local/share/mailvault``: the vault when neither
+    --vault nor MAILVAULT_VAULT names one.  A relative XDG_DATA_HOME is ignored, as the XDG
+    base directory specification says; with no home directory either (HOME unset, a uid
+    without a passwd entry, as in some containers) a usage error, not a traceback."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            raise UsageError(
+                "no vault given and no home directory to find the default one in (HOME is "
+                "unset and this user has none); give --vault PATH or set MAILVAULT_VAULT"
+            )
+        base = os.path.join(home, ".local", "share")
+    return os.path.join(base, "mailvault")
+
+
 def read_only_uri(catalog_path: str | os.PathLike[str]) -> str:
     """The URI that opens a catalog read-only (for ``sqlite3.connect(..., uri=True)``).
 

@@ -170,6 +170,34 @@ def test_no_vault_names_a_command_that_works(tmp_path: Path) -> None:
     assert (root / "vault.json").exists()
 
 
+def test_no_home_directory_is_a_usage_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HOME unset for a uid without a passwd entry (a container), no --vault: `verify` and
+    `init` ended in a RuntimeError traceback, exit 1 (for verify: "found a problem"), and the
+    search fast path looked for a vault under a literal `~`.  A relative XDG_DATA_HOME is
+    ignored (XDG base directory specification)."""
+    from click.testing import CliRunner
+
+    import mailvault.cli.commands  # noqa: F401  (registers the commands)
+    from mailvault.cli import cli
+    from mailvault.search.command import fast_main
+    from mailvault.vault import default_vault_path
+
+    for name in ("HOME", "MAILVAULT_VAULT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # no passwd entry either
+    for args in (["verify"], ["init"], ["search", "word"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.count("\n") == 1 and "--vault" in result.stderr, result.stderr
+    assert CliRunner().invoke(cli, ["verify", "--help"]).exit_code == 0
+    assert fast_main(["search", "word"]) == 2
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_vault_path() == str(tmp_path / "mailvault")
+
+
 def test_a_hung_password_command_gives_up_in_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -61,11 +61,6 @@ class _RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def default_vault_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "mailvault"
-
-
 def _check_text_arguments(ctx: click.Context) -> None:
     """Refuse, as a usage error, a text argument (a query, a name, a reason, an id) that is not
     valid UTF-8: it would otherwise fail as a UnicodeEncodeError traceback wherever the text
@@ -195,7 +190,8 @@ def cli(ctx: click.Context, vault_path: Path | None, verbose: int, quiet: bool) 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("mailvault: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    ctx.obj = {"vault_path": vault_path or default_vault_path(), "quiet": quiet}
+    # the default is looked for only by a command that opens a vault (`--help` needs none)
+    ctx.obj = {"vault_path": vault_path, "quiet": quiet}
 
 
 class _GuardedOutput(io.RawIOBase):

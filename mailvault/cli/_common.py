@@ -11,12 +11,17 @@ from typing import Any
 import click
 
 from mailvault._text import undecodable
-from mailvault.vault import Vault, open_vault, read_only_uri
+from mailvault.vault import Vault, default_vault_path, open_vault, read_only_uri
+
+
+def vault_path(ctx: click.Context) -> Path:
+    """--vault, MAILVAULT_VAULT, or the default vault (``vault.default_vault_path``)."""
+    given: Path | None = ctx.obj["vault_path"]
+    return given if given is not None else Path(default_vault_path())
 
 
 def vault_from(ctx: click.Context) -> Vault:
-    path: Path = ctx.obj["vault_path"]
-    return open_vault(path)
+    return open_vault(vault_path(ctx))
 
 
 def print_json(document: Any) -> None:

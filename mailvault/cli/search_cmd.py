@@ -178,7 +178,9 @@ def search(
     if as_json + as_count + as_ids > 1:
         raise UsageError("--json, --count and --ids exclude each other; pick one")
     mode = "json" if as_json else "count" if as_count else "ids" if as_ids else "text"
-    vault_path: Path = ctx.obj["vault_path"]
+    from mailvault.cli._common import vault_path as given_vault
+
+    vault_path = given_vault(ctx)
     code = run(
         vault_path,
         " ".join(query),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mailvault.cli import cli
+from mailvault.cli._common import vault_path
 from mailvault.vault import init_vault
 
 
@@ -15,7 +16,7 @@ def init(ctx: click.Context) -> None:
 
     Example: mailvault --vault ~/archive init
     """
-    vault = init_vault(ctx.obj["vault_path"])
+    vault = init_vault(vault_path(ctx))
     click.echo(
         f"vault ready at {vault.root} (id {vault.vault_id}); edit {vault.config_path} to add accounts"
     )

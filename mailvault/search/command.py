@@ -215,14 +215,13 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
         return None
     if vault is None:
         vault = os.environ.get("MAILVAULT_VAULT") or None
-    if vault is None:
-        base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-            os.path.expanduser("~"), ".local", "share"
-        )
-        vault = os.path.join(base, "mailvault")
     from mailvault.errors import MailvaultError
 
     try:
+        if vault is None:
+            from mailvault.vault import default_vault_path
+
+            vault = default_vault_path()
         mode = modes[0] if modes else "text"
         return run(vault, " ".join(words), mode=mode, exiting=exiting, **opts)
     except MailvaultError as exc:
