@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 IOV_BATCH = 512  # buffers per writev: below Linux's IOV_MAX (1024)
+LOW_SPACE = 4 * 1024 * 1024  # bytes free under which a filesystem counts as full
 
 
 @cache
@@ -62,3 +63,16 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def nearly_full(directory: str | os.PathLike[str]) -> bool:
+    """Whether the filesystem holding ``directory`` has (next to) no space or inodes left.
+
+    SQLite says "disk I/O error" or "unable to open database file" when it cannot create a
+    catalog's ``-wal`` or ``-shm`` file, as on a full disk: asked before such an error is
+    called damage (whose fix, restoring a backup, would lose what was committed since)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE or (st.f_files > 0 and st.f_favail == 0)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailvault import ledger
+from mailvault._fs import nearly_full
 from mailvault.errors import CatalogError
 from mailvault.resources import schema_path
 
@@ -92,6 +93,11 @@ class Catalog:
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if nearly_full(path.parent):
+                raise CatalogError(
+                    f"cannot open the catalog {path}: the filesystem holding it is full ({exc}); "
+                    "free space there and rerun: nothing is damaged, what was committed is kept"
+                ) from None
             raise CatalogError(
                 f"cannot open the catalog {path}: {exc}; run `mailvault verify` "
                 "or restore catalog.sqlite from a backup"

@@ -24,6 +24,7 @@ from typing import Any
 import zstandard
 
 from mailvault import ledger
+from mailvault._fs import nearly_full
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.store import BlobStore
 from mailvault.vault import Vault, read_only_uri
@@ -654,6 +655,9 @@ def verify(
         db = sqlite3.connect(uri, uri=True, isolation_level=None)
         later = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
+        if nearly_full(vault.root):
+            yield _disk_full(vault, exc)
+            return
         yield Finding(
             "catalog-missing",
             "error",
@@ -695,6 +699,9 @@ def verify(
         for table, anchor in (anchors or {}).items():
             yield from _anchored(db, table, anchor)
     except sqlite3.DatabaseError as exc:  # a damaged file: what was found so far still stands
+        if nearly_full(vault.root):
+            yield _disk_full(vault, exc)
+            return
         yield Finding(
             "catalog-corrupt",
             "error",
@@ -791,3 +798,16 @@ def summary(findings: list[Finding], repaired: list[Finding] | None = None) -> d
 
 def dumps(findings: list[Finding]) -> str:
     return json.dumps(summary(findings), indent=2)
+
+
+def _disk_full(vault: Vault, exc: sqlite3.Error) -> Finding:
+    """A catalog SQLite cannot read because it cannot create its -wal/-shm files: reported as
+    what it is, for the fix of damage (restoring a backup) would lose what was committed."""
+    return Finding(
+        "disk-full",
+        "error",
+        "catalog.sqlite",
+        f"the catalog cannot be read while the filesystem holding {vault.root} is full ({exc}): "
+        "SQLite must create its -wal/-shm files to read it; free space there and run `mailvault "
+        "verify` again (nothing found so far says the catalog is damaged)",
+    )

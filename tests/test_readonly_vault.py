@@ -1,5 +1,6 @@
-"""A vault on a read-only filesystem (a read-only mount, a snapshot): what reads it can and
-cannot do, and errors that say so instead of calling the vault damaged.
+"""A vault on a read-only or a full filesystem (a read-only mount, a snapshot; a disk another
+program filled): what reads it can and cannot do, and errors that say so instead of calling
+the vault damaged (the fix for damage, restoring a backup, would lose what was committed).
 
 The mount is made in a private user and mount namespace (`unshare -rm`), which needs no root
 on a kernel that allows unprivileged user namespaces (Debian's does) and is always there for
@@ -73,6 +74,38 @@ def test_verify_reads_a_catalog_on_a_read_only_filesystem(vault: Path) -> None:
     assert not codes & {"catalog-corrupt", "catalog-missing"}, report
     unreadable = [f for f in report["findings"] if f["code"] == "index-unreadable"]
     assert unreadable and "read-only" in unreadable[0]["detail"], report
+
+
+def on_full_tmpfs(vault: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mailvault ARGS`` on a copy of ``vault`` on a small tmpfs that a filler file has
+    filled to the last byte."""
+    copy = vault.parent / "on-tmpfs"
+    copy.mkdir(exist_ok=True)
+    command = shlex.join([sys.executable, "-m", "mailvault", "--vault", str(copy / "v"), *args])
+    here = shlex.quote(str(copy))
+    script = (
+        f"mount -t tmpfs -o size=32m tmpfs {here} && cp -a {shlex.quote(str(vault))} {here}/v "
+        f"&& (dd if=/dev/zero of={here}/filler bs=64k 2>/dev/null; true) && exec {command}"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_full_disk_is_not_called_a_damaged_catalog(vault: Path) -> None:
+    """With no -wal/-shm left (a clean close), SQLite cannot open the catalog on a full disk:
+    verify said `catalog-corrupt ... restore catalog.sqlite from a backup` and every writer
+    "cannot open the catalog: disk I/O error; ... restore catalog.sqlite from a backup"."""
+    result = on_full_tmpfs(vault, "verify", "--json")
+    report = json.loads(result.stdout)
+    found = {f["code"]: f["detail"] for f in report["findings"]}
+    assert "disk-full" in found and "catalog-corrupt" not in found, report
+    assert "free space" in found["disk-full"]
+    writer = on_full_tmpfs(vault, "hold", "add", "h1", "*")
+    assert writer.returncode == 3, writer
+    assert "full" in writer.stderr and "backup" not in writer.stderr, writer.stderr
 
 
 def test_tantivy_lock_errors_are_named_for_what_they_are() -> None:
