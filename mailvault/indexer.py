@@ -30,6 +30,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -572,6 +573,8 @@ def _one_line_errors(doing: str, index_dir: Path) -> Iterator[None]:
         raise
     except Exception as exc:
         error = from_storage_error(exc, doing)
+        if error is None and _writer_stopped(exc):
+            error = _writer_failure(exc, doing, index_dir)
         if error is None and ix.is_damage(exc):
             error = ix.damaged(index_dir, exc)
         if error is None:
@@ -583,6 +586,29 @@ def _one_line_errors(doing: str, index_dir: Path) -> Iterator[None]:
         raise ix.damaged(index_dir, exc) from None
 
 
+def _writer_stopped(exc: BaseException) -> bool:
+    """Whether tantivy says its writer's threads stopped: an I/O error in one of them (a full
+    disk, most often), whose own text tantivy does not pass on."""
+    text = str(exc)
+    return "index writer was killed" in text or "worker thread encountered an error" in text
+
+
+def _writer_failure(exc: BaseException, doing: str, index_dir: Path) -> MailvaultError:
+    from mailvault._fs import nearly_full
+    from mailvault.errors import StoreError
+
+    if nearly_full(index_dir.parent):
+        return StoreError(
+            f"disk full while {doing} in {index_dir}; free space on that filesystem and rerun: "
+            "what was committed is kept"
+        )
+    text = " ".join(str(exc).split())
+    return StoreError(
+        f"{doing} failed: the index writer stopped on an I/O error ({text}); check the disk "
+        f"holding {index_dir} and rerun `mailvault index`: what was committed is kept"
+    )
+
+
 def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
     started = time.monotonic()
     report = IndexReport(rebuilt=True)
@@ -590,17 +616,21 @@ def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
     ix.recover(index_dir)
     new = ix.new_path(index_dir)
     if new.exists():
-        import shutil
-
         shutil.rmtree(new)
     catalog = vault.catalog()
     try:
         unparsed = {u[0] for u in _unparsed(catalog)}
         jobs = _all_messages(catalog)
-        done = _pipeline(vault, catalog, jobs, unparsed, new, report, progress, mark=False)
-        if not (new / "meta.json").exists():
-            ix.create_or_open(new, marker=False)  # an empty vault still gets an (empty) index
-        ix.write_marker(new, rebuilt=True)
+        try:
+            done = _pipeline(vault, catalog, jobs, unparsed, new, report, progress, mark=False)
+            if not (new / "meta.json").exists():
+                ix.create_or_open(new, marker=False)  # an empty vault still gets an (empty) index
+            ix.write_marker(new, rebuilt=True)
+        except BaseException:
+            # an unfinished build is of no use (the next run starts again): it goes now, not
+            # at the next run, for on a full disk it holds the space the error asks to free
+            shutil.rmtree(new, ignore_errors=True)
+            raise
         ix.swap_in(index_dir)
         # The new index holds exactly `done`; the catalog now says so.
         now = utcnow()

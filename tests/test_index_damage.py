@@ -242,3 +242,35 @@ def test_a_fetch_or_import_that_meets_a_damaged_index_names_one_fix() -> None:
     assert damaged.endswith("run `mailvault reindex`") and "mailvault index`" not in damaged
     other = indexer.lag_note(SearchError("cannot write the index: disk full"))
     assert other.endswith("run `mailvault index` to catch up")
+
+
+KILLED_WRITER = (
+    "An error occurred in a thread: 'An index writer was killed.. A worker thread encountered "
+    "an error (io::Error most likely) or panicked.'"
+)
+
+
+@pytest.mark.parametrize("command", ["index", "reindex"])
+def test_a_disk_filling_up_under_the_index_writer_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """tantivy reports an I/O error in its writer's threads (ENOSPC, on a full disk) as "An
+    index writer was killed", without the error's text: that was a traceback, exit 1 (for
+    verify: "found a problem"; for import: "an entry was rejected").  A rebuild's unfinished
+    index.new stayed, holding the space the error asks to free."""
+    import mailvault._fs
+
+    vault, _, _ = build_vault(tmp_path / "vault", generated(8, seed=3))
+
+    def killed(self: ix.IndexWriter, msg: object, accounts: object = ()) -> None:
+        raise ValueError(KILLED_WRITER)
+
+    monkeypatch.setattr(ix.IndexWriter, "put", killed)
+    monkeypatch.setattr(mailvault._fs, "nearly_full", lambda directory: True)
+    result = run_cli(vault.root, command)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.count("\n") == 1 and "disk full while" in result.stderr, result.stderr
+    assert not (vault.root / "index.new").exists()
+    monkeypatch.setattr(mailvault._fs, "nearly_full", lambda directory: False)
+    other = run_cli(vault.root, command)
+    assert other.exit_code == 3 and "I/O error" in other.stderr, other.stderr
