@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -466,3 +467,42 @@ def test_search_shows_the_real_date_of_a_message_dated_beyond_the_index(tmp_path
     text = run(vault, "search", "chronoxyl").stdout
     for _, want in dates.values():
         assert f"{want[:10]} {want[11:16]}" in text
+
+
+def test_the_progress_line_ends_before_the_summary_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the indexing progress line's ending newline stayed in stderr's buffer
+    until exit, so the summary (stdout) was printed on the end of the progress line."""
+    import shlex
+    import shutil
+
+    assert shutil.which("script"), "script (bsdutils) runs a command on a pseudo-terminal"
+    vault, _, _ = build_vault(tmp_path / "vault", generated(5, seed=9))
+    command = shlex.join([sys.executable, "-m", "mailvault", "--vault", str(vault.root), "index"])
+    typescript = tmp_path / "typescript"
+    subprocess.run(
+        ["script", "-q", "-e", "-c", command, str(typescript)],
+        capture_output=True, cwd=REPO, timeout=120, check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    screen = typescript.read_bytes()
+    assert b"indexing: 5/5 msgs" in screen
+    assert b"\x1b[K\r\nindexed 5 messages" in screen, screen
+
+
+def test_fetch_progress_of_many_accounts_fits_the_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fetch --jobs` wrote every account's full status on one line with no width limit: on
+    an 80-column terminal each update wrapped and left lines of debris."""
+    import os as real_os
+
+    from mailvault.cli.fetch_cmd import _Progress
+
+    monkeypatch.setattr(
+        "shutil.get_terminal_size", lambda fallback=(80, 24): real_os.terminal_size((80, 24))
+    )
+    progress = _Progress()
+    for n, name in enumerate(["alice", "bob", "carol", "dave", "erin", "frank"]):
+        progress(f"{name}@example.com", 100 + n, 100 + n, 5_000_000)
+    shown = capsys.readouterr().err.split("\r")[-1].removesuffix("\033[K")
+    assert len(shown) <= 79 and shown.startswith("6 accounts: 615/615 msgs 30.0 MB"), shown

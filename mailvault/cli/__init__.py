@@ -236,7 +236,9 @@ def _guard(name: str) -> _GuardedOutput | None:
         io.BufferedWriter(raw),
         encoding=stream.encoding,
         errors=stream.errors,
-        line_buffering=stream.line_buffering,
+        # stderr: every line out at once, as Python's own stderr (a progress line's ending
+        # "\n" sat in the buffer until exit, after the summary printed on stdout)
+        line_buffering=stream.line_buffering or name == "stderr",
         write_through=name == "stderr",
     )
     setattr(sys, name, wrapper)

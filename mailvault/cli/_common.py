@@ -112,4 +112,5 @@ class IndexProgress:
     def finish(self) -> None:
         if self.last:
             sys.stderr.write("\n")
+            sys.stderr.flush()
             self.last = 0.0

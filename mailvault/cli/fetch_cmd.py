@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -55,7 +56,9 @@ def _open_trace(path: Path, names: list[str]) -> IO[str]:
 
 
 class _Progress:
-    """One status line per account on a terminal: messages, bytes, rate."""
+    """One status line on a terminal: messages, bytes and rate, for all accounts together
+    when there are several, each account's count after that; cut to the terminal's width (a
+    longer line wraps, and each update then leaves a line of debris)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -70,17 +73,23 @@ class _Progress:
             if now - self.last < 0.2 and done != total:
                 return
             self.last = now
-            elapsed = max(now - self.started, 1e-6)
-            parts = [
-                f"{a}: {d}/{t} msgs {b / 1e6:,.1f} MB ({d / elapsed:,.0f} msg/s)"
-                for a, (d, t, b) in sorted(self.state.items())
-            ]
-            sys.stderr.write("\r" + "  ".join(parts) + "\033[K")
+            line = self.line(max(now - self.started, 1e-6))
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            sys.stderr.write("\r" + line[:width] + "\033[K")
             sys.stderr.flush()
+
+    def line(self, elapsed: float) -> str:
+        d, t, b = (sum(values) for values in zip(*self.state.values(), strict=True))
+        overall = f"{d}/{t} msgs {b / 1e6:,.1f} MB ({d / elapsed:,.0f} msg/s)"
+        if len(self.state) == 1:
+            return f"{next(iter(self.state))}: {overall}"
+        each = "  ".join(f"{a} {d}/{t}" for a, (d, t, _) in sorted(self.state.items()))
+        return f"{len(self.state)} accounts: {overall}  {each}"
 
     def finish(self) -> None:
         if self.state:
             sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 @cli.command()
