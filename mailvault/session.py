@@ -32,6 +32,8 @@ from mailvault.transport import (
 
 Trace = Callable[[str], None]
 PIPELINE_WINDOW = 512  # commands in flight; RFC 2449 pipelining, refilled when half empty
+LISTING_SLACK = 1000  # LIST/UIDL lines allowed beyond STAT's count
+MAX_LISTING = 5_000_000  # lines of a LIST or UIDL answer, whatever STAT says (~1 GB listed)
 
 
 def _screened(event: pop3.Event) -> pop3.Event:
@@ -165,8 +167,11 @@ class Pop3Session:
             account=self.account.name,
         )
 
-    def _multiline(self, command: pop3.Command, *, sent: bool = False) -> list[bytes]:
-        """A listing's lines; ``sent``: the command went out already (pipelined)."""
+    def _multiline(
+        self, command: pop3.Command, *, sent: bool = False, limit: int | None = None
+    ) -> list[bytes]:
+        """A listing's lines; ``sent``: the command went out already (pipelined); more than
+        ``limit`` lines is an error (``_too_long``)."""
         if sent:
             self._answer(command)
         else:
@@ -178,6 +183,19 @@ class Pop3Session:
                 return lines
             if isinstance(event, pop3.Line):
                 lines.append(event.line)
+                if limit is not None and len(lines) > limit:
+                    raise self._too_long(command, limit)
+
+    def _too_long(self, command: pop3.Command, limit: int) -> ProtocolError:
+        """A listing longer than the maildrop STAT counted: a server that never ends its
+        answer would otherwise fill memory and keep a nightly run going for ever."""
+        name = type(command).__name__.upper()
+        return ProtocolError(
+            f"{self.account.host} sent more than {limit:,} lines in answer to {name}, more "
+            "than its STAT counted messages: a broken server; nothing was fetched in this "
+            "session (its operator must fix the maildrop; `mailvault check` shows STAT)",
+            account=self.account.name,
+        )
 
     # -- procedures -----------------------------------------------------------------------------
     def connect(self) -> None:
@@ -334,10 +352,11 @@ class Pop3Session:
     def listing(self) -> tuple[list[ListedMessage], bool]:
         """LIST and UIDL (pipelined when allowed); returns the messages and whether UIDL worked."""
         sizes: dict[int, int] = {}
-        pipelined = self.conn.pipelining  # both at once: one round trip instead of two
+        pipelined = self.conn.pipelining  # all at once: one round trip instead of three
         if pipelined:
-            self.send_many([pop3.List(None), pop3.Uidl(None)])
-        for raw in self._multiline(pop3.List(None), sent=pipelined):
+            self.send_many([pop3.Stat(), pop3.List(None), pop3.Uidl(None)])
+        limit = self._listing_limit(sent=pipelined)
+        for raw in self._multiline(pop3.List(None), sent=pipelined, limit=limit):
             parts = raw.split()
             if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
                 sizes[int(parts[0])] = int(parts[1])
@@ -358,13 +377,18 @@ class Pop3Session:
             while not isinstance(event := self.next_event(), pop3.End):
                 if not isinstance(event, pop3.Line):
                     continue
+                if len(seen) >= limit:
+                    raise self._too_long(pop3.Uidl(None), limit)
                 parts = event.line.split(maxsplit=1)
                 if len(parts) != 2 or not parts[0].isdigit():
                     raise ProtocolError(
                         f"{self.account.host}: malformed UIDL line {event.line[:60]!r}",
                         account=self.account.name,
                     )
-                uidl = parts[1].strip().decode("ascii", "replace")
+                # RFC 1939 allows 0x21-0x7E only; other bytes are kept one for one (latin-1
+                # maps each byte to one character), never replaced: two UIDLs that differ in
+                # a non-ASCII byte must stay two UIDLs, or new mail passes for committed mail
+                uidl = parts[1].strip().decode("latin-1")
                 if uidl in seen:
                     raise ProtocolError(
                         f"{self.account.host} listed UIDL {uidl!r} twice in one session; "
@@ -375,6 +399,14 @@ class Pop3Session:
                 uidls[int(parts[0])] = uidl
         listed = [ListedMessage(n, size, uidls.get(n)) for n, size in sorted(sizes.items())]
         return listed, has_uidl
+
+    def _listing_limit(self, *, sent: bool) -> int:
+        """How many lines a LIST or UIDL answer may have: STAT's count (the maildrop is fixed
+        for the session, RFC 1939) and some slack for a server that counts loosely."""
+        ok = self._answer(pop3.Stat()) if sent else self._status(pop3.Stat())
+        words = ok.text.split()
+        count = int(words[0]) if words and words[0].isdigit() else MAX_LISTING
+        return min(count + LISTING_SLACK, MAX_LISTING)
 
     def stat(self) -> tuple[int, int]:
         ok = self._status(pop3.Stat())

@@ -1334,3 +1334,41 @@ def test_an_unreadable_ca_file_names_the_config_file_and_the_fix(
         assert "point ca_file at the PEM file" in result.output
         code, report = fetch_json(vault)
     assert code == 2 and "accounts.acct.ca_file" in json.dumps(report)
+
+
+@pytest.mark.parametrize("command", ["LIST", "UIDL"])
+def test_a_listing_that_never_ends_is_one_line_not_a_hang(tmp_path: Path, command: str) -> None:
+    """A server streaming LIST or UIDL lines for ever: fetch kept every line in memory (2.6 GB
+    and growing after two minutes) and never finished.  The maildrop is fixed for a session
+    (RFC 1939), so a listing is bounded by STAT's count."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(endless_listing=command)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        started = time.monotonic()
+        code, report = fetch_json(vault)
+        assert time.monotonic() - started < 60
+        (error,) = report["accounts"][0]["errors"]
+        assert code == 1 and f"in answer to {command}" in error and "STAT" in error, error
+        assert not server.deleted_uidls
+        server.faults = Faults()
+        server.wait_unlocked()
+        complete_and_check(vault, server, messages)
+
+
+def test_uidls_differing_only_in_non_ascii_bytes_stay_apart(tmp_path: Path) -> None:
+    """UIDLs were decoded as ASCII with replacement: two that differ in a non-ASCII byte
+    became one.  In one session that was a false "listed UIDL twice" failure every run;
+    across sessions new mail listed under such a UIDL passed for committed mail and was never
+    archived."""
+    first, second, third = corpus(3)
+    with FakePop3Server([first, second]) as server:
+        server.mailbox[0].uidl, server.mailbox[1].uidl = "\xe9x", "\xe8x"
+        vault = vault_for(tmp_path, server)
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, 2), report
+        server.mailbox[1].uidl = "\xffx"  # new mail under another non-ASCII UIDL
+        server.mailbox[1].data = third
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, 1), report
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in (first, second, third)))

@@ -100,6 +100,7 @@ class Faults:
     echo_credentials: bool = False  # refuse every login, quoting what the client sent
     no_apop: bool = False  # greet without an APOP timestamp (APOP then fails)
     sasl: tuple[str, ...] = ("PLAIN",)  # mechanisms in CAPA's SASL line (none: no line)
+    endless_listing: str | None = None  # "LIST" or "UIDL": its answer goes on for ever
 
 
 @dataclass
@@ -297,6 +298,18 @@ class _Session:
             self.server._log("S", line.decode("utf-8", "replace").rstrip("\r\n"))
         self._send(line + body, cut_at=cut_at)
 
+    def _endless(self, status: str) -> None:
+        """A listing whose lines never end (numbered past the maildrop, as fast as it goes),
+        until ENDLESS_LIMIT bytes or the client hangs up."""
+        self._reply(status)
+        sent, number = 0, 0
+        while sent < ENDLESS_LIMIT:
+            batch = "".join(f"{n} uid-{n}\r\n" for n in range(number + 1, number + 2001))
+            number += 2000
+            self._send(batch.encode())
+            sent += len(batch)
+        raise _Close
+
     def _multi(self, status: str, lines: list[str]) -> None:
         self._reply(status, "".join(f"{line}\r\n" for line in lines).encode() + b".\r\n")
 
@@ -479,6 +492,8 @@ class _Session:
             if found := self._message(arg):
                 self._reply(f"+OK {found[0]} {self._size(found[1])}")
             return
+        if self.faults.endless_listing == "LIST":
+            self._endless("+OK listing follows")
         live = self._live()
         total = sum(self._size(m) for _, m in live)
         lines = [f"{n} {self._size(m)}" for n, m in live]
@@ -490,6 +505,8 @@ class _Session:
         elif arg.strip():
             if found := self._message(arg):
                 self._reply(f"+OK {found[0]} {found[1].uidl}")
+        elif self.faults.endless_listing == "UIDL":
+            self._endless("+OK unique-id listing follows")
         else:
             self._multi("+OK unique-id listing follows", [f"{n} {m.uidl}" for n, m in self._live()])
 
