@@ -86,9 +86,10 @@ def _tcp(account: AccountConfig) -> Step:
 
 def _handshake(account: AccountConfig, ctx: ssl.SSLContext) -> SocketStream:
     """Connect and complete TLS (directly, or after a minimal STLS exchange)."""
-    stream = SocketStream.open(account, ctx if account.tls == "implicit" else None)
     if account.tls == "implicit":
-        return stream
+        return SocketStream.connect(account.host, account.port, account.timeout, ctx)
+    stream = SocketStream.connect(account.host, account.port, account.timeout)
+    stream.await_greeting(account)
     buf = b""
     try:
         while buf.count(b"\r\n") < 1:

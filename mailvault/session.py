@@ -201,9 +201,11 @@ class Pop3Session:
     def connect(self) -> None:
         acct = self.account
         implicit = tls_context(acct) if acct.tls == "implicit" else None
-        self.stream = SocketStream.open(acct, implicit)
+        self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout, implicit)
         if implicit is not None:
             self._check_pin()
+        else:
+            self.stream.await_greeting(acct)  # kept first: interrupt() must reach this wait
         event = self.next_event()
         if isinstance(event, pop3.Err):
             raise server_error_for(

@@ -114,24 +114,6 @@ def implicit_tls_instead(account: AccountConfig, waited: float) -> TLSError | No
     )
 
 
-def await_greeting(stream: SocketStream, account: AccountConfig) -> None:
-    """Before the greeting is read on a connection without TLS: return once its first byte
-    (or EOF) is there.  A POP3S port never greets (it waits for a ClientHello), so when
-    nothing came within the grace period a second connection asks whether the port completes
-    a TLS handshake, and if so this fails at once instead of after `timeout`; if not, the
-    server may just be slow, and the wait goes on until `timeout` (counted from the start)."""
-    started = time.monotonic()
-    grace = min(account.timeout, GREETING_GRACE)
-    if stream.wait_readable(grace):
-        return
-    if (mismatch := implicit_tls_instead(account, grace)) is not None:
-        stream.close()
-        raise mismatch
-    if not stream.wait_readable(account.timeout - (time.monotonic() - started)):
-        stream.close()
-        raise stream.stalled()
-
-
 class SocketStream:
     """A connected TCP (optionally TLS) stream with a per-operation timeout."""
 
@@ -140,16 +122,6 @@ class SocketStream:
         self.host = host
         self.timeout = timeout
         self.sock.settimeout(timeout)
-
-    @classmethod
-    def open(cls, account: AccountConfig, implicit: ssl.SSLContext | None) -> SocketStream:
-        """Connect to ``account``'s server, ready for its greeting: with ``implicit``, TLS is
-        negotiated first; without, the greeting's first byte is waited for here
-        (``await_greeting``), which names a POP3S port at once instead of after `timeout`."""
-        stream = cls.connect(account.host, account.port, account.timeout, implicit)
-        if implicit is None:
-            await_greeting(stream, account)
-        return stream
 
     @classmethod
     def connect(
@@ -174,6 +146,25 @@ class SocketStream:
         if tls is not None:
             stream.start_tls(tls, implicit_port=port)
         return stream
+
+    def await_greeting(self, account: AccountConfig) -> None:
+        """Before the greeting is read on a connection without TLS: return once its first
+        byte (or EOF) is there.  A POP3S port never greets (it waits for a ClientHello), so
+        when nothing came within the grace period a second connection asks whether the port
+        completes a TLS handshake, and if so this fails at once instead of after `timeout`;
+        if not, the server may just be slow, and the wait goes on until `timeout` (counted
+        from the start).  (The caller keeps the stream before this: ``interrupt`` must reach
+        a wait for a server that never greets.)"""
+        started = time.monotonic()
+        grace = min(account.timeout, GREETING_GRACE)
+        if self.wait_readable(grace):
+            return
+        if (mismatch := implicit_tls_instead(account, grace)) is not None:
+            self.close()
+            raise mismatch
+        if not self.wait_readable(account.timeout - (time.monotonic() - started)):
+            self.close()
+            raise self.stalled()
 
     def start_tls(self, ctx: ssl.SSLContext, *, implicit_port: int | None = None) -> None:
         """Handshake now; ``implicit_port``: TLS from the first byte (not after STLS), so a
