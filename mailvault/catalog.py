@@ -421,6 +421,15 @@ class Catalog:
         with self.transaction():
             self._mark_deleted(ids, kind, now)
 
+    def record_deleted_without_uidl(self, account: str, deleted: Iterable[tuple[str, int]]) -> None:
+        """A server without UIDL confirmed (QUIT +OK) the DELE of these (sha256, size): there
+        is no UIDL row to mark, but the ledger records every deletion a server confirmed."""
+        with self.transaction():
+            for sha256, size in deleted:
+                ledger.append(
+                    self.conn, "server-delete", account=account, uidl=None, sha256=sha256, size=size
+                )
+
     def _mark_deleted(
         self, ids: Iterable[int], kind: str, now: str, detail: dict[str, str] | None = None
     ) -> None:

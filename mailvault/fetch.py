@@ -471,6 +471,10 @@ class AccountFetcher:
         confirmed = session.quit()
         if confirmed and loop.deleted_ids:
             self.catalog.mark_deleted(loop.deleted_ids, confirmed_by_quit=True)
+            if loop.deleted_without_uidl:
+                self.catalog.record_deleted_without_uidl(
+                    self.account.name, loop.deleted_without_uidl
+                )
             report.deleted += len(loop.deleted_ids)
         # Another session only for what the cap left, and only after progress (a message
         # archived or deleted, or a refused one that later sessions skip): a server that

@@ -89,6 +89,9 @@ class PumpLoop:
         self.chunk_bytes = 0
         self.writer: BlobWriter | None = None  # for a message larger than PIECE
         self.dele_acked: list[int] = []
+        # messages of a server without UIDL: no row to mark, so (sha256, size) by msgno
+        self.without_uidl: dict[int, tuple[str, int]] = {}
+        self.deleted_without_uidl: list[tuple[str, int]] = []
         self.deleted_ids: list[int] = []
         self.done = 0
         self.retr_inflight = 0
@@ -219,6 +222,8 @@ class PumpLoop:
             self.inflight.popleft()
             if isinstance(event, pop3.Ok):
                 self.dele_acked.append(subject)
+                if subject < 0 and command.msg in self.without_uidl:
+                    self.deleted_without_uidl.append(self.without_uidl.pop(command.msg))
             elif isinstance(event, pop3.Err):
                 self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
 
@@ -360,3 +365,4 @@ class PumpLoop:
                     self.deletes.append((msg.msgno, row_id))
                 elif self.delete_new and msg.uidl is None:
                     self.deletes.append((msg.msgno, -1))
+                    self.without_uidl[msg.msgno] = (staged.digest, staged.size)

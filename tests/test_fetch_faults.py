@@ -315,6 +315,32 @@ def test_no_uidl_server_dedups_by_hash(tmp_path: Path) -> None:
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
 
 
+def test_deletions_a_server_without_uidl_confirmed_are_in_the_ledger(tmp_path: Path) -> None:
+    """The ledger records every deletion a server confirmed: for a server without UIDL (no
+    UIDL row to mark) there was none, and verify was clean all the same."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(no_uidl=True)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["deleted"]) == (0, 3), report
+        assert not server.mailbox
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        deleted = db.execute(
+            "SELECT account, uidl, sha256, size FROM ledger WHERE kind = 'server-delete'"
+        ).fetchall()
+    served = [served_bytes(m) for m in messages]
+    assert sorted(deleted) == sorted(
+        ("acct", None, sha, len(m)) for sha, m in zip(map(_sha, served), served, strict=True)
+    )
+    assert run_cli(vault, "verify").exit_code == 0
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def test_uidl_reused_after_confirmed_delete_is_downloaded(tmp_path: Path) -> None:
     first, second = corpus(2)
     with FakePop3Server([first], uidls=["same"]) as server:
