@@ -158,10 +158,12 @@ class OverlongLine(ProtocolError):
 class ServerError(RemoteError):
     """The server answered -ERR where the session cannot go on."""
 
+    default_hint = ""  # the fix for this kind of -ERR, when the caller names none
+
     def __init__(
         self, message: str, *, code: str | None = None, account: str | None = None, hint: str = ""
     ):
-        super().__init__(message, account=account, hint=hint)
+        super().__init__(message, account=account, hint=hint or self.default_hint)
         self.code = code
 
 
@@ -173,22 +175,30 @@ class MailboxInUse(ServerError):
     """[IN-USE]: another session holds the maildrop lock."""
 
     retryable = True
+    default_hint = (
+        "another client (a mail program, a second fetch, a session the server has not ended) "
+        "holds the mailbox: close it, or rerun later (each run retries it `retries` times)"
+    )
 
 
 class LoginDelay(ServerError):
     """[LOGIN-DELAY]: the server wants us to wait before logging in again."""
 
     retryable = True
+    default_hint = "the server allows a login only so often: run fetch less often"
 
 
 class TemporaryServerError(ServerError):
     """[SYS/TEMP]: a transient server-side failure."""
 
     retryable = True
+    default_hint = "a passing fault on the server: rerun later"
 
 
 class PermanentServerError(ServerError):
     """[SYS/PERM]: the server says retrying will not help."""
+
+    default_hint = "the server reports a lasting fault with the mailbox: ask its operator"
 
 
 def server_error_for(code: str | None, message: str, *, account: str | None = None) -> ServerError:

@@ -326,7 +326,7 @@ class AccountFetcher:
             # and tried again next run.
             self.refused.add(msg.uidl)
             self.report.errors.append(
-                f"message {msg.msgno} (UIDL {msg.uidl}, {msg.size:,} octets) not archived: "
+                f"{msg.label} ({msg.size:,} octets) not archived: "
                 f"{exc}; the others were fetched, and it is tried again next run (fetch it with "
                 "another client, or remove it from the server)"
             )

@@ -210,8 +210,8 @@ class PumpLoop:
                 if subject.uidl is not None:
                     self.f.refused.add(subject.uidl)
                 self.f.report.errors.append(
-                    f"RETR {subject.msgno} (UIDL {subject.uidl}) refused: -ERR {event.text}; "
-                    "the message stays on the server and is retried next run"
+                    f"RETR of {subject.label} refused: -ERR {event.text}; if the message is "
+                    "still on the server, the next run tries it again"
                 )
             else:
                 raise ProtocolError(
@@ -268,9 +268,11 @@ class PumpLoop:
 
     def _received(self, msg: ListedMessage) -> None:
         staged = self._stage()
-        if msg.size != staged.size:
+        # +2: Dovecot (and others) end a message stored without a final line break with one
+        # CRLF that LIST does not count (RFC 1939 wants the terminator on its own line)
+        if msg.size != staged.size and staged.size != msg.size + 2:
             self.f.report.warnings.append(
-                f"message {msg.msgno} (UIDL {msg.uidl}): LIST said {msg.size} octets, "
+                f"{msg.label}: LIST said {msg.size} octets, "
                 f"RETR delivered {staged.size}; stored what was delivered"
             )
         self.batch.append((msg, staged))

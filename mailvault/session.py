@@ -32,6 +32,10 @@ from mailvault.transport import (
 
 Trace = Callable[[str], None]
 PIPELINE_WINDOW = 512  # commands in flight; RFC 2449 pipelining, refilled when half empty
+_BROKEN_SERVER = (
+    "the server broke RFC 1939 and nothing was fetched in this session: report it to the "
+    "server's operator"
+)
 LISTING_SLACK = 1000  # LIST/UIDL lines allowed beyond STAT's count
 MAX_LISTING = 5_000_000  # lines of a LIST or UIDL answer, whatever STAT says (~1 GB listed)
 
@@ -57,6 +61,11 @@ class ListedMessage:
     msgno: int
     size: int
     uidl: str | None
+
+    @property
+    def label(self) -> str:
+        """How messages are named to the user: "message 3 (UIDL abc)", "message 3"."""
+        return f"message {self.msgno}" + (f" (UIDL {self.uidl})" if self.uidl is not None else "")
 
 
 @dataclass
@@ -365,6 +374,7 @@ class Pop3Session:
             else:
                 raise ProtocolError(
                     f"{self.account.host}: malformed LIST line {raw[:60]!r}",
+                    hint=_BROKEN_SERVER,
                     account=self.account.name,
                 )
         uidls: dict[int, str] = {}
@@ -385,6 +395,7 @@ class Pop3Session:
                 if len(parts) != 2 or not parts[0].isdigit():
                     raise ProtocolError(
                         f"{self.account.host}: malformed UIDL line {event.line[:60]!r}",
+                        hint=_BROKEN_SERVER,
                         account=self.account.name,
                     )
                 # RFC 1939 allows 0x21-0x7E only; other bytes are kept one for one (latin-1
@@ -393,8 +404,9 @@ class Pop3Session:
                 uidl = parts[1].strip().decode("latin-1")
                 if uidl in seen:
                     raise ProtocolError(
-                        f"{self.account.host} listed UIDL {uidl!r} twice in one session; "
-                        "the server's UIDLs are unreliable",
+                        f"{self.account.host} listed UIDL {uidl!r} twice in one session (its "
+                        "UIDLs cannot tell new mail from archived mail)",
+                        hint=_BROKEN_SERVER,
                         account=self.account.name,
                     )
                 seen.add(uidl)

@@ -203,7 +203,8 @@ class SocketStream:
 
     def stalled(self) -> Stalled:
         return Stalled(
-            f"{self.host} sent nothing for {self.timeout:g} s; the server or network stalled"
+            f"{self.host} sent nothing for {self.timeout:g} s; the server or network stalled "
+            "(rerun later, or raise the account's `timeout` for a slow server)"
         )
 
     def wait_readable(self, seconds: float) -> bool:

@@ -96,6 +96,19 @@ def test_keep_then_delete_policy(tmp_path: Path, dovecot: Dovecot, mode: str) ->
     assert no_tmp_leftovers(vault)
 
 
+def test_no_size_warning_for_the_line_break_dovecot_adds(tmp_path: Path, dovecot: Dovecot) -> None:
+    """A message stored without a final line break is served with one CRLF more than LIST
+    counts (Dovecot's documented behaviour): every such message got a "LIST said n octets,
+    RETR delivered n+2" warning, dozens a run for a mailbox of imported mail."""
+    messages = [b"Subject: no final break %d\r\n\r\nbody %d" % (i, i) for i in range(3)]
+    dovecot.add_messages("alice", messages)
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls")})
+    code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["fetched"], acct["warnings"]) == (0, 3, []), acct
+    assert_vault_exact(vault, sha256s(retr_payload(m) for m in messages))
+
+
 def test_session_provenance_is_recorded(tmp_path: Path, dovecot: Dovecot) -> None:
     import sqlite3
 

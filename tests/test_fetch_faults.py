@@ -185,6 +185,14 @@ def test_in_use_then_success_is_retried(tmp_path: Path) -> None:
         assert (code, acct["retries"], acct["fetched"]) == (0, 2, 6)
 
 
+def test_in_use_says_what_to_do(tmp_path: Path) -> None:
+    """fetch named [IN-USE] but, unlike check, no fix."""
+    with FakePop3Server(corpus(), faults=Faults(in_use_times=9)) as server:
+        code, report = fetch_json(vault_for(tmp_path, server))
+    (error,) = report["accounts"][0]["errors"]
+    assert code == 1 and "[IN-USE]" in error and "another client" in error, error
+
+
 def test_check_names_the_likely_cause_of_a_refused_login(tmp_path: Path) -> None:
     with FakePop3Server(corpus(), faults=Faults(in_use_times=1)) as server:
         result = run_cli(vault_for(tmp_path, server), "check", "acct")
@@ -814,7 +822,9 @@ def test_a_refused_retr_fails_the_account_and_never_loops(tmp_path: Path, cap: i
         code, report = fetch_json(vault)
         acct = report["accounts"][0]
         assert code == 1 and report["ok"] is False and acct["status"] == "failed"
-        assert acct["fetched"] == 3 and "RETR 1 (UIDL uid-1) refused" in acct["errors"][0]
+        assert (
+            acct["fetched"] == 3 and "RETR of message 1 (UIDL uid-1) refused" in acct["errors"][0]
+        )
         assert acct["sessions"] <= 4
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages[1:]))
 
