@@ -141,22 +141,28 @@ class Vault:
         probe would make a writer starting at that instant fail with VaultLocked; and not
         judged by the pid the file names alone: a writer killed with -9 leaves its record, and
         its pid may belong to another process by now."""
-        path = self.root / "lock"
-        try:
-            holder = lock_holder(path.read_bytes()[:4096])
-        except OSError:
-            return None
-        held = flock_held(path)
-        if held is False:
-            return None
-        if holder is None:
-            return "another process" if held else None
-        from mailvault._tempfiles import running
+        return writer_of(self.root)
 
-        pid, who = holder
-        if pid == os.getpid():
-            return None
-        return who if held or running(pid) else None
+
+def writer_of(root: str | os.PathLike[str]) -> str | None:
+    """``Vault.writer`` of the vault at ``root`` (for the search path, which opens none)."""
+    path = os.path.join(root, "lock")
+    try:
+        with open(path, "rb") as lock:
+            holder = lock_holder(lock.read(4096))
+    except OSError:
+        return None
+    held = flock_held(path)
+    if held is False:
+        return None
+    if holder is None:
+        return "another process" if held else None
+    from mailvault._tempfiles import running
+
+    pid, who = holder
+    if pid == os.getpid():
+        return None
+    return who if held or running(pid) else None
 
 
 def flock_held(path: str | os.PathLike[str]) -> bool | None:

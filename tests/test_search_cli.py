@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import jsonschema
@@ -312,6 +314,28 @@ def test_messages_not_indexed_yet_are_announced(tmp_path: Path) -> None:
     (late / "late.eml").write_bytes(generated(1, seed=9)[0].raw)
     assert run(vault, "import", str(late), "--no-index").exit_code == 0
     assert run(vault, "search", "--count", "*").stderr == warning.format(1, "message is")
+    # while a fetch holds the vault, `mailvault index` would only find it locked
+    ready = tmp_path / "locked"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from pathlib import Path
+            from mailvault.vault import open_vault
+            with open_vault(Path({str(vault.root)!r})).write_lock("fetch"):
+                Path({str(ready)!r}).touch()
+                time.sleep(60)
+        """)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        while not ready.exists():
+            assert holder.poll() is None
+            time.sleep(0.02)
+        during = run(vault, "search", "--count", "*").stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"pid {holder.pid} (fetch" in during and "indexes what it stored" in during, during
     db = sqlite3.connect(vault.catalog_path)  # purged: a tombstone row, no index document
     with db:
         latest = "SELECT max(rowid) FROM messages"

@@ -46,12 +46,19 @@ def run(
     searcher = Searcher(os.path.join(vault_root, "index"), query)
     missing = unindexed(vault_root, searcher.searcher.num_docs)
     if missing:
+        from mailvault.vault import writer_of
+
         are = "message is" if missing == 1 else "messages are"
+        writer = writer_of(vault_root)
+        # while a fetch or import runs, `mailvault index` would only find the vault locked
+        fix = (
+            f"{writer} is writing to the vault, and a fetch or import indexes what it stored "
+            "when it ends (else run `mailvault index` then)"
+            if writer
+            else "run `mailvault index`"
+        )
         with contextlib.suppress(OSError):
-            notes.write(
-                f"mailvault: warning: {missing} archived {are} not indexed yet: "
-                "run `mailvault index`\n"
-            )
+            notes.write(f"mailvault: warning: {missing} archived {are} not indexed yet: {fix}\n")
     if mode == "count":
         n = searcher.count()
         audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
