@@ -219,6 +219,7 @@ class AccountFetcher:
             more = True
             while more:
                 more = retrying(self._one_session)
+            self._note_deletions_not_applied()
             if self.report.errors and self.report.status == "ok":  # a RETR or DELE refused
                 self.report.status = "failed"
         except MailvaultError as exc:
@@ -496,6 +497,28 @@ class AccountFetcher:
         fresh = {m.uidl for m in new}
         self.report.listed += len(arrived)
         self.report.new += sum(1 for m in arrived if m.uidl in fresh)
+
+    def _note_deletions_not_applied(self) -> None:
+        """A server that confirms DELE (QUIT +OK) but keeps the mail: each run its messages
+        come back under the same UIDL with the same content, are downloaded again (recognised
+        as duplicates, nothing stored twice) and "deleted" again.  Said, or the mailbox only
+        grows while every report counts deletions."""
+        if self.run_id is None:
+            return
+        again = self.catalog.conn.execute(
+            """SELECT count(DISTINCT now.id) FROM uidls AS now JOIN uidls AS was
+               ON was.account = now.account AND was.uidl = now.uidl AND was.sha256 = now.sha256
+               AND was.id < now.id AND was.deleted_confirmed_at IS NOT NULL
+               WHERE now.run_id = ?""",
+            (self.run_id,),
+        ).fetchone()[0]
+        if again:
+            self._warn(
+                f"{again} message(s) the server confirmed deleted in an earlier run (QUIT +OK) "
+                "are on it again, under the same UIDL with the same content: it does not apply "
+                "deletions (check the server, its expunge settings or quota); nothing was "
+                "stored twice"
+            )
 
     def _warn(self, warning: str) -> None:
         if warning not in self.report.warnings:

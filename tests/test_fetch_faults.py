@@ -349,6 +349,22 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def test_a_server_that_confirms_deletions_but_keeps_the_mail_is_named(tmp_path: Path) -> None:
+    """DELE +OK and QUIT +OK, and the mail stays: every run downloaded it again (a duplicate)
+    and "deleted" it again, with no word that the mailbox never shrinks."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(ignore_deletions=True)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["warnings"]) == (0, [])
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["duplicates"]) == (0, 3)
+        assert any("does not apply deletions" in w for w in acct["warnings"]), acct["warnings"]
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
 def test_uidl_reused_after_confirmed_delete_is_downloaded(tmp_path: Path) -> None:
     first, second = corpus(2)
     with FakePop3Server([first], uidls=["same"]) as server:

@@ -101,6 +101,7 @@ class Faults:
     no_apop: bool = False  # greet without an APOP timestamp (APOP then fails)
     sasl: tuple[str, ...] = ("PLAIN",)  # mechanisms in CAPA's SASL line (none: no line)
     endless_listing: str | None = None  # "LIST" or "UIDL": its answer goes on for ever
+    ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
 
 
 @dataclass
@@ -554,6 +555,8 @@ class _Session:
     def _quit(self, arg: str) -> None:
         f = self.faults
         doomed = [self.msgs[n - 1] for n in sorted(self.deleted)]
+        if f.ignore_deletions:
+            doomed = []
         if f.cut_before_quit_reply:
             if f.quit_applies_before_cut and self.state == TRANSACTION_STATE:
                 self.server._release(self, doomed)
