@@ -145,6 +145,22 @@ class Catalog:
         was = (str(row[0]), str(row[1])) if row is not None else None
         return was if was is not None and not _same_mailbox(was, (host, user)) else None
 
+    def account_known(self, name: str) -> bool:
+        """Whether account ``name`` was fetched before."""
+        return (
+            self.conn.execute("SELECT 1 FROM accounts WHERE name=?", (name,)).fetchone() is not None
+        )
+
+    def other_names_of(self, name: str, host: str, user: str) -> list[str]:
+        """The accounts other than ``name`` that were fetched from this mailbox and still have
+        live UIDLs there (a renamed account, or one mailbox configured twice)."""
+        rows = self.conn.execute(
+            "SELECT a.name, a.host, a.user FROM accounts AS a WHERE a.name != ? AND EXISTS "
+            "(SELECT 1 FROM uidls u WHERE u.account = a.name AND u.deleted_confirmed_at IS NULL)",
+            (name,),
+        ).fetchall()
+        return sorted(r[0] for r in rows if _same_mailbox((r[1], r[2]), (host, user)))
+
     def ensure_account(self, name: str, host: str, port: int, user: str, tls: str) -> None:
         """Record the account's server; if it now names another mailbox (host or user), the
         UIDLs committed from the old one stop being live (ledger ``mailbox-changed``): a UIDL

@@ -201,6 +201,7 @@ class AccountFetcher:
                     "one, so each message here is downloaded once and recognised by its content "
                     "(nothing is stored twice, nothing deleted unread)"
                 )
+            self._note_other_names()
             if not self.dry_run:
                 self.catalog.ensure_account(acct.name, acct.host, acct.port, acct.user, acct.tls)
                 self.run_id = self.catalog.start_run(acct.name)
@@ -497,6 +498,23 @@ class AccountFetcher:
         fresh = {m.uidl for m in new}
         self.report.listed += len(arrived)
         self.report.new += sum(1 for m in arrived if m.uidl in fresh)
+
+    def _note_other_names(self) -> None:
+        """The first fetch of an account whose mailbox another account name has archived (a
+        renamed account, most often): UIDLs are kept per account, so this one downloads the
+        mailbox again, each message recognised by its content.  Said, for it looks like a
+        fresh mailbox otherwise."""
+        acct = self.account
+        if self.catalog.account_known(acct.name):
+            return
+        others = self.catalog.other_names_of(acct.name, acct.host, acct.user)
+        if others:
+            self._warn(
+                f"account {acct.name} is new, but {acct.user}@{acct.host} was archived as "
+                f"account {', '.join(others)}: UIDLs are kept per account name, so its mail is "
+                "downloaded once more and recognised by its content (nothing stored twice); "
+                "to keep the old name's UIDLs, rename the account back in mailvault.toml"
+            )
 
     def _note_deletions_not_applied(self) -> None:
         """A server that confirms DELE (QUIT +OK) but keeps the mail: each run its messages

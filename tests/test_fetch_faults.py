@@ -365,6 +365,25 @@ def test_a_server_that_confirms_deletions_but_keeps_the_mail_is_named(tmp_path: 
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
 
 
+def test_a_renamed_account_says_its_mailbox_was_archived_under_the_old_name(
+    tmp_path: Path,
+) -> None:
+    """Renaming an account downloaded its whole mailbox again, silently."""
+    messages = corpus(2)
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server)
+        assert fetch_json(vault)[0] == 0
+        toml = vault / "mailvault.toml"
+        toml.write_text(toml.read_text().replace("[accounts.acct]", "[accounts.renamed]"))
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        (warning,) = report["accounts"][0]["warnings"]
+        assert code == 0 and "archived as account acct" in warning, warning
+        assert report["accounts"][0]["duplicates"] == 2
+        server.wait_unlocked()
+        assert fetch_json(vault)[1]["accounts"][0]["warnings"] == []  # said once
+
+
 def test_uidl_reused_after_confirmed_delete_is_downloaded(tmp_path: Path) -> None:
     first, second = corpus(2)
     with FakePop3Server([first], uidls=["same"]) as server:
