@@ -24,6 +24,22 @@ HEAD_MAX = 256 * 1024  # the header block is looked for in this much of the mess
 # as it is appended: seconds apart at most; a day leaves room and no room for a forged date.
 INGEST_SLACK = timedelta(days=1)
 
+
+def catalog_date(date: str | None, fallback: object) -> datetime | None:
+    """The Date header's time as the catalog has it (``message_meta.date``), or None when the
+    parser found none it could read (``date_fallback``: the date is then the ingest's)."""
+    return datetime.fromisoformat(date) if date and not fallback else None
+
+
+def ingests_agree(catalog: str, ledger: str) -> bool:
+    """Whether the catalog's first ingest and the ledger's are one moment (``INGEST_SLACK``):
+    retention counts the age of a message without a readable Date from the catalog's."""
+    try:
+        return abs(datetime.fromisoformat(catalog) - datetime.fromisoformat(ledger)) <= INGEST_SLACK
+    except (TypeError, ValueError):
+        return False
+
+
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _DATE_FIELD = re.compile(rb"date[ \t]*:", re.IGNORECASE)
 

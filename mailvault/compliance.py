@@ -305,7 +305,7 @@ def _age_problem(
 ) -> str | None:
     """Whether the blob's Date header (or, with none, the ledger's first ingest) says what
     the catalog's rows say, and that the message is past retention by it."""
-    from mailvault.blobdate import INGEST_SLACK, blob_date
+    from mailvault.blobdate import blob_date, catalog_date, ingests_agree
 
     verify = "run `mailvault verify`"
     first = db.execute(
@@ -313,9 +313,7 @@ def _age_problem(
     ).fetchone()[0]
     if first is None:
         return f"the ledger records no ingest of it (the catalog was edited?); {verify}"
-    header = (
-        datetime.fromisoformat(row["date"]) if row["date"] and not row["date_fallback"] else None
-    )
+    header = catalog_date(row["date"], row["date_fallback"])
     derived = blob_date(store, c.sha256, head, header)
     if derived != header:
         says = (
@@ -328,10 +326,7 @@ def _age_problem(
             f"{verify}, `mailvault reindex` reads the date again"
         )
     ingest = datetime.fromisoformat(first)
-    if (
-        derived is None
-        and abs(ingest - datetime.fromisoformat(row["first_ingest_at"])) > INGEST_SLACK
-    ):
+    if derived is None and not ingests_agree(row["first_ingest_at"], first):
         return (
             f"the catalog says it was first stored at {row['first_ingest_at']} but the ledger "
             f"at {first} (edited by hand?); {verify}"

@@ -17,7 +17,6 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +145,7 @@ def _dates(db: sqlite3.Connection, store: BlobStore) -> Callable[[str, bytes], I
     counts the age from the catalog's, so one moved back by hand would purge recent mail (it
     refuses to, and this says why).  A quick reading of the header first; the whole message
     is parsed only when that disagrees."""
-    from mailvault.blobdate import blob_date
+    from mailvault.blobdate import blob_date, catalog_date
 
     def dated(digest: str, head: bytes) -> Iterator[Finding]:
         try:
@@ -157,7 +156,7 @@ def _dates(db: sqlite3.Connection, store: BlobStore) -> Callable[[str, bytes], I
             return
         if row is None:  # not parsed yet (index-pending says so)
             return
-        catalog = datetime.fromisoformat(row[0]) if row[0] and not row[1] else None
+        catalog = catalog_date(row[0], row[1])
         try:
             derived = blob_date(store, digest, head, catalog)
         except (MailvaultError, OSError, ValueError, zstandard.ZstdError):
@@ -348,15 +347,11 @@ def _first_ingest(sha256: str, stored_at: str, recorded: str | None) -> Iterator
     """A message's first ingest, the catalog's against its first ledger entry: retention
     counts the age of a message without a readable Date header from the catalog's, so one
     moved back by hand would purge recent mail.  The two are taken a moment apart."""
-    from mailvault.blobdate import INGEST_SLACK
+    from mailvault.blobdate import ingests_agree
 
     if recorded is None:
         return  # ledger-missing says so
-    try:
-        apart = abs(datetime.fromisoformat(stored_at) - datetime.fromisoformat(recorded))
-    except (TypeError, ValueError):
-        apart = None
-    if apart is None or apart > INGEST_SLACK:
+    if not ingests_agree(stored_at, recorded):
         yield Finding(
             "ledger-disagrees",
             "error",
