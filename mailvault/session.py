@@ -36,6 +36,16 @@ _BROKEN_SERVER = (
     "the server broke RFC 1939 and nothing was fetched in this session: report it to the "
     "server's operator"
 )
+
+
+def _out_of_step(line: bytes) -> str:
+    """For a listing line that is a status line: the server answered a command more than
+    once (or an earlier answer ran over), so its answers no longer match the commands."""
+    if line.startswith((b"+OK", b"-ERR")):
+        return " (a status line: the server's answers are out of step with the commands)"
+    return ""
+
+
 LISTING_SLACK = 1000  # LIST/UIDL lines allowed beyond STAT's count
 MAX_LISTING = 5_000_000  # lines of a LIST or UIDL answer, whatever STAT says (~1 GB listed)
 
@@ -373,7 +383,7 @@ class Pop3Session:
                 sizes[int(parts[0])] = int(parts[1])
             else:
                 raise ProtocolError(
-                    f"{self.account.host}: malformed LIST line {raw[:60]!r}",
+                    f"{self.account.host}: malformed LIST line {raw[:60]!r}{_out_of_step(raw)}",
                     hint=_BROKEN_SERVER,
                     account=self.account.name,
                 )
@@ -394,7 +404,8 @@ class Pop3Session:
                 parts = event.line.split(maxsplit=1)
                 if len(parts) != 2 or not parts[0].isdigit():
                     raise ProtocolError(
-                        f"{self.account.host}: malformed UIDL line {event.line[:60]!r}",
+                        f"{self.account.host}: malformed UIDL line {event.line[:60]!r}"
+                        f"{_out_of_step(event.line)}",
                         hint=_BROKEN_SERVER,
                         account=self.account.name,
                     )

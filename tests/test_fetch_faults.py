@@ -1443,3 +1443,18 @@ def test_uidls_differing_only_in_non_ascii_bytes_stay_apart(tmp_path: Path) -> N
         code, report = fetch_json(vault)
         assert (code, report["accounts"][0]["fetched"]) == (0, 1), report
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in (first, second, third)))
+
+
+def test_answers_out_of_step_are_named_as_such(tmp_path: Path) -> None:
+    """A server answering USER twice: the error quoted "malformed LIST line '+OK 3
+    messages'", which hid the fault (its answers no longer match the commands)."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(answer_twice="USER")) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        (error,) = report["accounts"][0]["errors"]
+        assert code == 1 and "out of step" in error and "RFC 1939" in error, error
+        assert not server.deleted_uidls
+        server.faults = Faults()
+        server.wait_unlocked()
+        complete_and_check(vault, server, messages)

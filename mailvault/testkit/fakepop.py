@@ -102,6 +102,7 @@ class Faults:
     sasl: tuple[str, ...] = ("PLAIN",)  # mechanisms in CAPA's SASL line (none: no line)
     endless_listing: str | None = None  # "LIST" or "UIDL": its answer goes on for ever
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
+    answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
 
 
 @dataclass
@@ -294,6 +295,8 @@ class _Session:
             line, body = GARBAGE_LINE, b""
         else:
             line = status.encode("utf-8") + b"\r\n"
+        if self.faults.answer_twice == self.cmd and status.startswith("+OK") and not body:
+            line += line
         limit = self._limit(cut_at)
         if limit is None or limit >= len(line):
             self.server._log("S", line.decode("utf-8", "replace").rstrip("\r\n"))
