@@ -43,6 +43,8 @@ class Check:
 
     msg: ListedMessage
     row: LiveUidl
+    # msgno of another message of this session that RETR gave the same content (``_twin``)
+    twin_of: int | None = None
 
 
 class Unfetchable(ProtocolError):
@@ -92,6 +94,7 @@ class PumpLoop:
         # messages of a server without UIDL: no row to mark, so (sha256, size) by msgno
         self.without_uidl: dict[int, tuple[str, int]] = {}
         self.deleted_without_uidl: list[tuple[str, int]] = []
+        self.contents: dict[str, int] = {}  # sha256 -> msgno of the first RETR that gave it
         self.deleted_ids: list[int] = []
         self.done = 0
         self.retr_inflight = 0
@@ -227,12 +230,31 @@ class PumpLoop:
             elif isinstance(event, pop3.Err):
                 self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
 
+    def _delete_new(self, msg: ListedMessage, staged: StagedBlob, row_id: int) -> None:
+        """DELE a message just committed; but when RETR gave the same bytes for another
+        message of this session, TOP is asked first whether this one has that header: a
+        server serving the wrong message for a RETR would otherwise have the real one
+        deleted unread (two identical messages in one mailbox pass the check)."""
+        first = self.contents.setdefault(staged.digest, msg.msgno)
+        if first == msg.msgno:
+            self.deletes.append((msg.msgno, row_id))
+            return
+        row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
+        self.checks.append(Check(msg, row, twin_of=first))
+
     def _checked(self, check: Check, head: bytes | None) -> None:
         """The DELE of a committed message goes out only if TOP showed its header; another
         header (or none) makes it a suspect, downloaded and archived before any DELE."""
         msg, row = check.msg, check.row
         if self.f.same_header(head, row.sha256):
             self.deletes.append((msg.msgno, row.id))
+            return
+        if check.twin_of is not None:
+            self.f.report.warnings.append(
+                f"RETR of {msg.label} gave the same bytes as message {check.twin_of}, but TOP "
+                "shows another header (or none): the server may have served the wrong message, "
+                "so it is not deleted; the next run downloads it again"
+            )
             return
         self.f.note_header_differs(row)
         self.suspects[row.uidl] = (row, True)
@@ -364,7 +386,7 @@ class PumpLoop:
                     if deletable:
                         self.deletes.append((msg.msgno, row_id))
                 elif row_id is not None and self.delete_new:
-                    self.deletes.append((msg.msgno, row_id))
+                    self._delete_new(msg, staged, row_id)
                 elif self.delete_new and msg.uidl is None:
                     self.deletes.append((msg.msgno, -1))
                     self.without_uidl[msg.msgno] = (staged.digest, staged.size)

@@ -1458,3 +1458,33 @@ def test_answers_out_of_step_are_named_as_such(tmp_path: Path) -> None:
         server.faults = Faults()
         server.wait_unlocked()
         complete_and_check(vault, server, messages)
+
+
+def test_a_server_serving_one_message_for_another_does_not_get_the_other_deleted(
+    tmp_path: Path,
+) -> None:
+    """RETR 2 answered with message 1's bytes: the content was a duplicate, committed under
+    message 2's UIDL, and message 2 was deleted on the server unread.  Identical content for
+    two messages of one session now waits for TOP to show the header before its DELE."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(retr_serves=(2, 1))) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert any("served the wrong message" in w for w in acct["warnings"]), acct
+        assert [m.uidl for m in server.mailbox] == ["uid-2"]  # not deleted unread
+        server.faults = Faults()
+        server.wait_unlocked()
+        complete_and_check(vault, server, messages)
+
+
+def test_identical_messages_in_one_mailbox_are_still_deleted(tmp_path: Path) -> None:
+    """The same bytes twice in a mailbox (a message delivered twice): TOP shows the header,
+    so both are deleted after the one copy is stored."""
+    message = corpus(1)[0]
+    with FakePop3Server([message, message]) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["deleted"], acct["warnings"]) == (0, 2, []), acct
+        assert not server.mailbox

@@ -103,6 +103,7 @@ class Faults:
     endless_listing: str | None = None  # "LIST" or "UIDL": its answer goes on for ever
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
+    retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
 
 
 @dataclass
@@ -519,6 +520,9 @@ class _Session:
         if found is None:
             return
         number, msg = found
+        swap = self.faults.retr_serves
+        if swap is not None and swap[0] == number:
+            msg = self.msgs[swap[1] - 1]
         if self.faults.refuse_retr == number:
             self._reply("-ERR [SYS/PERM] message file is corrupt")
             return
