@@ -137,7 +137,7 @@ class Vault:
 
         For readers that must not take the lock (verify: a long re-hash would block the nightly
         fetch) but should know that what they see may be mid-change.  Whether the lock is held
-        is read from the kernel's table of locks (``flock_held``), not probed with flock: a
+        is read from the kernel's table of locks (``flock_holders``), not probed with flock: a
         probe would make a writer starting at that instant fail with VaultLocked; and not
         judged by the pid the file names alone: a writer killed with -9 leaves its record, and
         its pid may belong to another process by now."""
@@ -152,32 +152,40 @@ def writer_of(root: str | os.PathLike[str]) -> str | None:
             holder = lock_holder(lock.read(4096))
     except OSError:
         return None
-    held = flock_held(path)
-    if held is False:
-        return None
+    holders = flock_holders(path)
+    if holders is not None and not holders:
+        return None  # no one holds the lock, whatever the file still says
     if holder is None:
-        return "another process" if held else None
-    from mailvault._tempfiles import running
-
+        return "another process" if holders else None
     pid, who = holder
     if pid == os.getpid():
         return None
-    return who if held or running(pid) else None
+    if holders is None:
+        from mailvault._tempfiles import running
+
+        return who if running(pid) else None
+    return who
 
 
-def flock_held(path: str | os.PathLike[str]) -> bool | None:
-    """Whether any process holds a flock on the file at ``path``, as /proc/locks lists them
-    (Linux); None when that cannot be told (no /proc), and the caller falls back to asking
-    whether the pid in the lock file runs."""
+def flock_holders(path: str | os.PathLike[str]) -> set[int] | None:
+    """The pids /proc/locks (Linux) lists as holding a flock on the file at ``path``; None
+    when that cannot be told, and the caller falls back to asking whether the pid the lock
+    file names runs.  Matched by inode number alone: on overlayfs (containers) and btrfs
+    subvolumes the device stat gives is not the one the lock table shows."""
     try:
-        st = os.stat(path)
+        inode = os.stat(path).st_ino
         with open("/proc/locks", encoding="ascii", errors="replace") as table:
             text = table.read()
     except OSError:
         return None
-    # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2148763 0 EOF" (``-> FLOCK`` lines are waiters)
-    key = f" {os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
-    return any(" FLOCK " in line and "->" not in line and key in line for line in text.splitlines())
+    holders = set()
+    for line in text.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2148763 0 EOF"; a waiter's line has "->"
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+            with contextlib.suppress(ValueError):
+                holders.add(int(fields[4]))
+    return holders
 
 
 def try_lock(fd: int) -> str | None:
