@@ -759,3 +759,33 @@ def test_a_manifest_that_only_claims_an_original_is_imported_as_new(tmp_path: Pa
     assert (code, report["imported"], report["duplicates"]) == (0, 1, 0), report
     assert len(report["warnings"]) == 1 and sha(A) in report["warnings"][0]["message"]
     assert catalog_set(vault) == {sha(A), sha(edited)}
+
+
+def test_a_crlf_content_length_in_an_lf_mbox_does_not_merge_messages(tmp_path: Path) -> None:
+    """A CRLF message with a correct Content-Length, exported as an lf mbox and read back
+    without the manifest: the length (now too long by one byte a line) ran past the message
+    and, ending on a later From_ line by chance, swallowed the next message into it, silently."""
+    small = (
+        b"From: Bob <b@x.org>\nSubject: B\nDate: Mon, 3 Jun 2024 10:00:00 +0000\n"
+        b"Message-ID: <b@cl>\n\nI am message B\n"
+    )
+    separator = b"From b@x.org Mon Jun  3 10:00:00 2024\n"
+    lines = 1 + len(separator) + len(small) + 1  # the overrun ends where B does
+    body = b"".join(b"line %03d\r\n" % i for i in range(lines))
+    big = (
+        b"From: Alice <a@x.org>\r\nSubject: A\r\nDate: Sun, 2 Jun 2024 10:00:00 +0000\r\n"
+        b"Message-ID: <a@cl>\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    source = new_vault(tmp_path / "source")
+    for name, raw in (("a", big), ("b", small)):
+        assert import_json(source, str(write(tmp_path / f"{name}.eml", raw)))[0] == 0
+    out = tmp_path / "out.mbox"
+    result = cli(source, "export", "--format", "mbox", "--no-manifest", "--out", str(out))
+    assert result.exit_code == 0, result.stderr
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, str(out))
+    assert (code, report["imported"]) == (0, 2), report
+    assert any("CRLF line ends" in w["message"] for w in report["warnings"]), report
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        stored = {row[0] for row in db.execute("SELECT sha256 FROM messages")}
+    assert stored == {sha(big.replace(b"\r\n", b"\n")), sha(small)}

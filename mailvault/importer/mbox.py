@@ -56,6 +56,7 @@ VARIANTS = ("mboxrd", "mboxo")
 _SEPARATOR = re.compile(rb"\nFrom ")
 _NEWLINE = re.compile(rb"\n")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_BLANK_THEN_FROM = re.compile(rb"\n\r?\nFrom ")
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d{1,15})[ \t]*\r?$")
 _TIME = re.compile(rb"\b\d{1,2}:\d\d\b")
 _YEAR = re.compile(rb"\b\d{4}\b")
@@ -238,7 +239,44 @@ class _Reader:
                 f"Content-Length: {length} does not end at a message boundary; "
                 "split at the next From_ line instead",
             )
+        inside = self._dated_separator(body, body + length)
+        if inside is not None and self._stale_length(body, inside, length):
+            # The Content-Length counts the body with CRLF line ends, and the file has LF ones
+            # (an mbox converted, or exported with --line-endings lf): it runs past this
+            # message into the next ones, and ending there by chance must not merge them.
+            return Warned(
+                self.path,
+                start,
+                f"Content-Length: {length} counts the body with CRLF line ends but the file "
+                f"has LF ones, so it runs past the From_ line at offset {inside}; split at "
+                "the From_ line instead",
+            )
         return body + length, nxt
+
+    def _dated_separator(self, start: int, end: int) -> int | None:
+        """The first From_ line with an address and a date after a blank line in [start, end):
+        what separates messages in any mbox, whichever Content-Length says otherwise."""
+        pos = start
+        while (hit := self.f.find(_BLANK_THEN_FROM, pos, overlap=8, limit=end)) is not None:
+            line_start = hit + (2 if self.f.read(hit, hit + 2) == b"\n\n" else 3)
+            if line_start >= end:
+                return None
+            line = self.f.read(line_start, line_start + 1024).split(b"\n", 1)[0]
+            parts = line[5:].rstrip(b"\r").split(None, 1)
+            if len(parts) == 2 and _TIME.search(parts[1]) and _YEAR.search(parts[1]):
+                return line_start
+            pos = hit + 1
+        return None
+
+    def _stale_length(self, body: int, separator: int, length: int) -> bool:
+        """Whether ``length`` is the CRLF size of the LF-only text from ``body`` to the From_
+        line at ``separator`` (give or take the blank line before it)."""
+        lf = crlf = 0
+        for pos in range(body, separator, READ_CHUNK):
+            piece = self.f.read(pos, min(separator, pos + READ_CHUNK))
+            crlf += piece.count(b"\r\n")
+            lf += piece.count(b"\n")
+        return crlf == 0 and 0 <= (separator - body) + lf - length <= 4
 
     def _by_separator(self, start: int) -> tuple[int, int]:
         nxt = self._next_separator(start)
