@@ -10,7 +10,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo pyth
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := python3-venv dovecot-core dovecot-pop3d notmuch
+SYSTEM_PACKAGES := python3-venv dovecot-core dovecot-pop3d notmuch jq
 BENCH_PACKAGES := mpop fetchmail getmail6 notmuch maildir-utils time
 
 .PHONY: test demo bench lint typecheck unit system-deps bench-deps clean

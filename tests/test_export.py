@@ -551,3 +551,36 @@ def test_show_of_a_message_purged_while_it_is_shown_says_purged(
     result = cli(vault, "show", victim)
     assert result.exit_code == 2, result.output
     assert "is marked purged" in result.stderr and "missing" not in result.stderr
+
+
+def _auditor_snippet(heading: str) -> str:
+    """The shell commands docs/export.md gives an auditor after ``heading``, as written."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
+    after = doc[doc.index(heading) :]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_subset_exported_into_a_maildir_keeps_the_manifest_listing_everything(
+    tmp_path: Path, vault: Path, crafted: list[bytes]
+) -> None:
+    """An export of a few messages into a Maildir holding a full export replaced its manifest,
+    which then listed those few, and the documented auditor check still passed."""
+    out = tmp_path / "md"
+    assert cli(vault, "export", "--format", "maildir", "--out", str(out)).exit_code == 0
+    moved = next((out / "cur").iterdir())  # a mail client sets a flag: the name changes
+    moved.rename(moved.with_name(moved.name + "F"))
+    digest = sha(crafted[0])  # Message-ID: <crlf-1@example.com>
+    assert cli(vault, "index").exit_code == 0
+    code, summary = cli_json(
+        vault, "export", "message-id:crlf-1@example.com", "--format", "maildir", "--out", str(out)
+    )
+    assert code == 0 and summary["count"] == 1, summary
+    assert summary["earlier_entries"] == len(crafted) - 1
+    entries = manifest_lines(out / "manifest.jsonl")
+    assert sorted(e["sha256"] for e in entries) == sorted(sha(m) for m in crafted)
+    assert entries[0]["sha256"] == digest
+    validate_manifest(out / "manifest.json")
+    check = _auditor_snippet("Maildir or EML, with the manifest")
+    result = subprocess.run(["sh", "-c", check], cwd=out, capture_output=True, text=True)
+    assert result.returncode == 0, result
+    assert "count matches" in result.stdout and "lists every file" in result.stdout, result

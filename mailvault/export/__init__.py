@@ -411,7 +411,10 @@ def _write(vault: Vault, catalog: Catalog, exporter: _Exporter, progress: Progre
             total=total,
             workers=worker_count(),
         )
-        fingerprint = _export_messages(exporter, pipeline, selection, total, key, writer, progress)
+        written: set[str] | None = set() if writer is not None and mbox is None else None
+        fingerprint = _export_messages(
+            exporter, pipeline, selection, total, key, writer, progress, written
+        )
         exporter.target.close()
         summary = _summary(exporter, options, line_endings, vault, started, paths[0])
         if mbox is not None:
@@ -419,6 +422,8 @@ def _write(vault: Vault, catalog: Catalog, exporter: _Exporter, progress: Progre
         if writer is not None:
             if mbox is not None and options.append:
                 summary["append"]["previous_entries"] = writer.previous_entries
+            if written is not None and (kept := _carry_over(exporter, writer, written)):
+                summary["earlier_entries"] = kept
             writer.prepare(summary)
         if mbox is not None:
             mbox.commit(
@@ -448,9 +453,10 @@ def _export_messages(
     key: bytes,
     writer: ManifestWriter | None,
     progress: Progress | None,
+    written: set[str] | None = None,
 ) -> str:
-    """Every selected message into the target, its line into the manifest; the fingerprint
-    of the export (``_fingerprint``)."""
+    """Every selected message into the target, its line into the manifest (and its sha256
+    into ``written``); the fingerprint of the export (``_fingerprint``)."""
     fingerprint = hashlib.sha256(key)
     with pipeline:
         for done, (src, run_fd, item) in enumerate(pipeline.messages(selection), 1):
@@ -458,11 +464,33 @@ def _export_messages(
             if line is None:  # purged meanwhile: as if not selected (as a rerun selects)
                 continue
             fingerprint.update(src.sha256.encode())
+            if written is not None:
+                written.add(src.sha256)
             if writer is not None:
                 writer.add_line(line)
             if progress is not None:
                 progress(done, total)
     return fingerprint.hexdigest()
+
+
+def _carry_over(exporter: _Exporter, writer: ManifestWriter, written: set[str]) -> int:
+    """The entries of the Maildir's or EML directory's manifest that this run did not write
+    again and whose message is still there (under the name it has now: a mail client renames
+    a Maildir file when it sets a flag): an export of another selection into the same target
+    replaced the manifest, which then listed a part of what the target holds."""
+
+    def still_there(entry: dict[str, Any]) -> dict[str, Any] | None:
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or digest in written:
+            return None
+        names = exporter.target.find(digest)
+        if not names:
+            return None
+        if entry.get("path") not in names:
+            entry["path"] = names[0]
+        return entry
+
+    return writer.carry_over(still_there)
 
 
 def _finish_audit(

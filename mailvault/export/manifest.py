@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_string  # json.dumps' own, ensure_ascii off
 from pathlib import Path
@@ -35,6 +35,9 @@ def manifest_paths(fmt: str, out: Path) -> tuple[Path, Path]:
             out.name + ".manifest.json"
         )
     return out / "manifest.jsonl", out / "manifest.json"
+
+
+_COMPACT: dict[str, Any] = {"ensure_ascii": False, "separators": (",", ":")}
 
 
 def render_entry(
@@ -118,6 +121,29 @@ class ManifestWriter:
             self._file.write(line + "\n")
         except OSError as exc:
             raise target_error("writing the manifest", self._tmp, exc) from None
+
+    def carry_over(self, keep: Callable[[dict[str, Any]], dict[str, Any] | None]) -> int:
+        """Add the entries of the manifest in place (an earlier export's) that ``keep`` keeps
+        (it returns the entry, updated as it sees fit, or None); how many it kept.  A Maildir
+        or EML target gathers the exports made into it, and its manifest must list all it
+        holds, not the last run's selection alone."""
+        assert self._file is not None
+        kept = 0
+        try:
+            with self.entries_path.open("r", encoding="utf-8") as old:
+                for line in old:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue  # a damaged line lists nothing it can vouch for
+                    if isinstance(entry, dict) and (entry := keep(entry)) is not None:
+                        self._file.write(json.dumps(entry, **_COMPACT) + "\n")
+                        kept += 1
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise target_error("writing the manifest", self._tmp, exc) from None
+        return kept
 
     @property
     def temp_paths(self) -> tuple[Path, Path]:
