@@ -584,3 +584,25 @@ def test_a_subset_exported_into_a_maildir_keeps_the_manifest_listing_everything(
     result = subprocess.run(["sh", "-c", check], cwd=out, capture_output=True, text=True)
     assert result.returncode == 0, result
     assert "count matches" in result.stdout and "lists every file" in result.stdout, result
+
+
+def test_an_edited_eml_file_is_kept_aside_not_overwritten(
+    tmp_path: Path, vault: Path, crafted: list[bytes]
+) -> None:
+    """Re-exporting EML replaced a file edited after the export, so the edit was gone; and a
+    note dropped into the directory was called "not an eml export"."""
+    out = tmp_path / "eml"
+    assert cli(vault, "export", "--format", "eml", "--out", str(out)).exit_code == 0
+    edited = out / f"{sha(crafted[0])}.eml"
+    edited.write_bytes(b"Subject: my notes\r\n\r\nedited\r\n")
+    code, summary = cli_json(vault, "export", "--format", "eml", "--out", str(out))
+    assert code == 0 and summary["added"] == 1, summary
+    (kept,) = out.glob(f"{edited.name}.changed-*")
+    assert kept.read_bytes() == b"Subject: my notes\r\n\r\nedited\r\n"
+    assert edited.read_bytes() == crafted[0]
+    assert any(kept.name in w for w in summary["warnings"]), summary["warnings"]
+    assert cli(vault, "export", "--format", "eml", "--out", str(out)).exit_code == 0  # again
+    (out / "notes.txt").write_text("mine\n")
+    result = cli(vault, "export", "--format", "eml", "--out", str(out))
+    assert result.exit_code == 3 and "'notes.txt'" in result.stderr, result.stderr
+    assert "move that out" in result.stderr

@@ -186,7 +186,7 @@ class _Exporter:
                 return (line, size), None
             self.run.warnings.append(
                 f"{relative}: content does not match {src.sha256} (changed after export?); "
-                "wrote a fresh copy"
+                + self.target.changed_copy(relative)
             )
             bad = relative
         return None, bad

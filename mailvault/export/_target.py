@@ -146,6 +146,11 @@ class Target(ABC):
     def resolve(self, relative: str) -> Path:
         raise NotImplementedError
 
+    def changed_copy(self, relative: str) -> str:
+        """What becomes of a copy in the target whose content no longer matches its message
+        (``write`` is then given it as ``replaces``), for the warning that names it."""
+        return "wrote a fresh copy beside it"
+
     def held(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` messages the target held when opened: (sha256, relative path)."""
         return []

@@ -1,18 +1,21 @@
 """Export as a directory of ``<sha256>.eml`` files, one per message, exact bytes by default.
 
 Each file is written as ``.<sha256>.eml.tmp-<pid>-<random>`` in the same directory, then made durable
-in batches and renamed; a re-export skips files that are already there and correct, and replaces
-(atomically, by rename) one whose content no longer matches its name.
+in batches and renamed; a re-export skips files that are already there and correct, and keeps
+one whose content no longer matches its name as ``<name>.changed-<time>`` (an edit is someone's
+work), writing the archived message in its place.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from mailvault._tempfiles import remove_orphans, temp_path
-from mailvault.export._errors import ExportError
+from mailvault.export._errors import ExportError, target_error
 from mailvault.export._target import (
     LOCK_NAME,
     DirBatch,
@@ -27,7 +30,8 @@ from mailvault.export._target import (
 from mailvault.export.transform import MessageMeta
 
 _OURS = re.compile(
-    rf"^(?:[0-9a-f]{{64}}\.eml|manifest\.jsonl?|\..*\.tmp-[0-9a-z-]+|{re.escape(LOCK_NAME)})$"
+    rf"^(?:[0-9a-f]{{64}}\.eml(?:\.changed-\d+)?|manifest\.jsonl?|\..*\.tmp-[0-9a-z-]+"
+    rf"|{re.escape(LOCK_NAME)})$"
 )
 
 
@@ -37,6 +41,9 @@ class EmlTarget(Target):
         self.line_endings = line_endings
         self.batch = DirBatch(out)
         self.names: set[str] = set()
+        # a file whose content was changed after the export is kept under this suffix (its
+        # name is the message's, and the archived message goes there): an edit is not lost
+        self.changed_suffix = f".changed-{int(time.time())}"
 
     def open(self) -> None:
         out = self.out
@@ -44,6 +51,11 @@ class EmlTarget(Target):
         entries = existing_entries(out, "eml", wanted)
         if entries is not None:
             strangers = [name for name in entries if not _OURS.match(name)]
+            if strangers and (out / "manifest.json").exists():
+                raise ExportError(
+                    f"{out} is an eml export, but it also holds {strangers[0]!r}, which no "
+                    "export writes; move that out of the directory and rerun"
+                )
             if strangers:
                 raise ExportError(
                     f"{out} is not empty and not an eml export (it holds {strangers[0]!r}); "
@@ -68,10 +80,20 @@ class EmlTarget(Target):
     def held(self, limit: int) -> list[tuple[str, str]]:
         return [(name[:64], name) for name in sorted(self.names)[:limit]]
 
+    def changed_copy(self, relative: str) -> str:
+        return f"kept it as {relative}{self.changed_suffix} and wrote the archived message"
+
     def write(
         self, digest: str, meta: MessageMeta, chunks: Iterable[bytes], replaces: str | None
     ) -> Placed:
         staged = self.stage(digest, chunks)
+        if replaces is not None:
+            try:
+                os.rename(self.out / replaces, self.out / f"{replaces}{self.changed_suffix}")
+            except FileNotFoundError:
+                pass  # gone meanwhile: nothing to keep
+            except OSError as exc:
+                raise target_error("keeping the changed copy", self.out / replaces, exc) from None
         return self._add(staged.tmp, staged.relative, staged.size)
 
     def stage(self, digest: str, chunks: Iterable[bytes]) -> Staged:
