@@ -606,3 +606,21 @@ def test_an_edited_eml_file_is_kept_aside_not_overwritten(
     result = cli(vault, "export", "--format", "eml", "--out", str(out))
     assert result.exit_code == 3 and "'notes.txt'" in result.stderr, result.stderr
     assert "move that out" in result.stderr
+
+
+def test_a_message_moved_into_a_maildir_folder_is_not_exported_again(
+    tmp_path: Path, vault: Path, crafted: list[bytes]
+) -> None:
+    """Re-export looked in cur/ and new/ only: a message a mail client had moved into a
+    Maildir++ folder (.Archive/cur) was written a second time, a duplicate in the client."""
+    out = tmp_path / "md"
+    assert cli(vault, "export", "--format", "maildir", "--out", str(out)).exit_code == 0
+    archive = out / ".Archive"
+    for sub in ("cur", "new", "tmp"):
+        (archive / sub).mkdir(parents=True)
+    moved = next((out / "cur").iterdir())
+    moved.rename(archive / "cur" / moved.name)
+    code, summary = cli_json(vault, "export", "--format", "maildir", "--out", str(out))
+    assert (code, summary["added"], summary["skipped"]) == (0, 0, len(crafted)), summary
+    paths = {e["path"] for e in manifest_lines(out / "manifest.jsonl")}
+    assert f".Archive/cur/{moved.name}" in paths

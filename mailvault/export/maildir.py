@@ -83,8 +83,9 @@ class MaildirTarget(Target):
         remove_orphans(self.out / "tmp", "", own)
 
     def _scan(self) -> None:
-        """One pass over cur/ and new/: which messages (by sha256) are already here."""
-        for sub in ("cur", "new"):
+        """One pass over cur/ and new/, and those of the Maildir++ folders (``.Archive/cur``:
+        a mail client moves messages there): which messages (by sha256) are already here."""
+        for sub in ("cur", "new", *self._folders()):
             try:
                 names = os.listdir(self.out / sub)
             except OSError as exc:
@@ -93,6 +94,20 @@ class MaildirTarget(Target):
                 match = _DIGEST_IN_NAME.search(name)
                 if match:
                     self.existing.setdefault(match.group(1), []).append(f"{sub}/{name}")
+
+    def _folders(self) -> list[str]:
+        """cur/ and new/ of each Maildir++ folder: a directory ``.NAME`` holding them."""
+        try:
+            entries = os.listdir(self.out)
+        except OSError as exc:
+            raise target_error("reading", self.out, exc) from None
+        return [
+            f"{name}/{sub}"
+            for name in sorted(entries)
+            if name.startswith(".") and name not in (".", "..")
+            for sub in ("cur", "new")
+            if os.path.isdir(self.out / name / sub)
+        ]
 
     def find(self, digest: str) -> list[str]:
         return sorted(self.existing.get(digest, []))
