@@ -119,7 +119,9 @@ def export_command(
 
         # Printed from inside the export: until it is out, a killed export's rerun finds the
         # run finished instead of starting it again (see export()).
-        export(vault, options, progress=progress, report=report)
+        summary = export(vault, options, progress=progress, report=report)
+    if summary.get("unindexed"):
+        ctx.exit(1)  # the query could not see every archived message: not the whole answer
 
 
 def _report_export(
@@ -128,7 +130,8 @@ def _report_export(
     if as_json:
         from mailvault.export.manifest import manifest_paths
 
-        document = {"schema": summary["schema"], "ok": True, "target": str(out.absolute())}
+        ok = not summary.get("unindexed")
+        document = {"schema": summary["schema"], "ok": ok, "target": str(out.absolute())}
         document["manifest"] = str(manifest_paths(fmt, out.absolute())[1]) if manifest else None
         document.update((k, v) for k, v in summary.items() if k != "schema")
         print_json(document)

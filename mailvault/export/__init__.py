@@ -87,6 +87,7 @@ class _Run:
     skipped: int = 0
     total_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    unindexed: int = 0  # archived messages the query could not see (not indexed yet)
 
 
 class _Hashing:
@@ -359,6 +360,7 @@ def _write(vault: Vault, catalog: Catalog, exporter: _Exporter, progress: Progre
     selection = Selection(vault, catalog, query=options.query, account=options.account)
     total = selection.count()
     if selection.unindexed:
+        exporter.run.unindexed = selection.unindexed
         exporter.run.warnings.append(
             f"{selection.unindexed} archived messages are not indexed yet, so the query "
             "could not match them: run `mailvault index` and export again"
@@ -560,6 +562,8 @@ def _summary(
         "entries": entries.name,
         "warnings": run.warnings,
     }
+    if run.unindexed:
+        summary["unindexed"] = run.unindexed
     target = exporter.target
     if isinstance(target, MboxTarget):
         summary["mbox_variant"] = "mboxrd"
@@ -633,7 +637,9 @@ def _nothing_written(
     count = done.get("count")
     count = count if isinstance(count, int) else 0
     total_bytes = done.get("total_bytes")
+    unindexed = {"unindexed": exporter.run.unindexed} if exporter.run.unindexed else {}
     return {
+        **unindexed,
         "schema": SCHEMA_ID,
         "format": options.fmt,
         "line_endings": exporter.line_endings,

@@ -27,6 +27,7 @@ from mailvault.export._target import (
     make_dirs,
     write_new_file,
 )
+from mailvault.export.manifest import read_summary
 from mailvault.export.transform import MessageMeta
 
 _OURS = re.compile(
@@ -51,7 +52,8 @@ class EmlTarget(Target):
         entries = existing_entries(out, "eml", wanted)
         if entries is not None:
             strangers = [name for name in entries if not _OURS.match(name)]
-            if strangers and (out / "manifest.json").exists():
+            previous = read_summary(out / "manifest.json") if strangers else None
+            if strangers and previous is not None and previous.get("format") == "eml":
                 raise ExportError(
                     f"{out} is an eml export, but it also holds {strangers[0]!r}, which no "
                     "export writes; move that out of the directory and rerun"
