@@ -98,6 +98,9 @@ def test_from_line_sender_and_date() -> None:
         b"From MAILER-DAEMON "
     )
     assert from_line(message_meta(b"From: <a b@x>\r\n", ingest)).startswith(b"From MAILER-DAEMON ")
+    # a Return-Path no From_ line can hold falls back to From (it gave MAILER-DAEMON)
+    spaced = message_meta(b'Return-Path: <"john doe"@x.org>\r\nFrom: j@x.org\r\n', ingest)
+    assert from_line(spaced).startswith(b"From j@x.org ")
     folded = message_meta(b"Message-ID:\r\n <folded@x>\r\nSubject: s\r\n", ingest)
     assert folded.message_id == "folded@x"
 

@@ -259,7 +259,10 @@ def message_meta(header: bytes, fallback_date: datetime, *, envelope: bool = Tru
         date = date.astimezone(UTC)
     sender = None
     if envelope and "return-path" in fields:
-        sender = _safe_addr(fields["return-path"]) or "MAILER-DAEMON"
+        path = fields["return-path"].strip()
+        # <> is the null sender of a bounce: MAILER-DAEMON; one that cannot stand in a From_
+        # line (a quoted local part with a space) leaves the choice to From, as documented
+        sender = "MAILER-DAEMON" if path.replace(" ", "") == "<>" else _safe_addr(path)
     if envelope and sender is None and "from" in fields:
         sender = _safe_addr(fields["from"])
     return MessageMeta(message_id, date, from_header, sender or "MAILER-DAEMON")
