@@ -530,3 +530,21 @@ def test_fetch_progress_of_many_accounts_fits_the_terminal(
         progress(f"{name}@example.com", 100 + n, 100 + n, 5_000_000)
     shown = capsys.readouterr().err.split("\r")[-1].removesuffix("\033[K")
     assert len(shown) <= 79 and shown.startswith("6 accounts: 615/615 msgs 30.0 MB"), shown
+
+
+def test_search_output_that_cannot_be_written_is_exit_3_not_no_hits(
+    indexed: tuple[Vault, dict[str, str]],
+) -> None:
+    """`search ... > /dev/full`: a traceback and exit 1, which a script reads as "no hits"."""
+    vault, _ = indexed
+    for mode in (["--count"], ["--ids"], ["--json"], []):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [sys.executable, "-m", "mailvault", "--vault", str(vault.root), "search", *mode,
+                 "*"],
+                stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )  # fmt: skip
+        assert result.returncode == 3, (mode, result.stderr)
+        assert result.stderr.endswith("write it elsewhere\n"), result.stderr
+        assert "Traceback" not in result.stderr

@@ -62,7 +62,8 @@ def run(
     if mode == "count":
         n = searcher.count()
         audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
-        stream.write(f"{n}\n")
+        if not _write_out(stream, notes, [str(n)]):
+            return 3
         return 0 if n else 1
     color = mode == "text" and isatty(stream)
     hits = searcher.page(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
@@ -72,16 +73,35 @@ def run(
     detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
     audit(vault_root, "search", query, len(hits), exiting=exiting, **detail)
     results = Results(total=None, hits=hits)
+    if not _write_out(stream, notes, iter_lines(results, mode=mode, color=color)):
+        return 3
+    if limit and len(hits) == limit and searcher.matched is not None:  # a full page
+        _note_more(notes, searcher.matched, offset, len(hits))
+    return 0 if hits else 1
+
+
+def _write_out(stream: Any, notes: Any, lines: Any) -> bool:
+    """Write and flush the lines; False (the error said on ``notes``) when standard output
+    cannot take them (`> file` on a full disk): a search that printed nothing must not exit
+    1, "no hits".  A reader that went away (`| head`) is no failure."""
     try:
-        for line in iter_lines(results, mode=mode, color=color):
+        for line in lines:
             stream.write(line + "\n")
         stream.flush()
     except BrokenPipeError:  # `mailvault search x | head`
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-    if limit and len(hits) == limit and searcher.matched is not None:  # a full page
-        _note_more(notes, searcher.matched, offset, len(hits))
-    return 0 if hits else 1
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            notes.write(
+                f"mailvault: error: standard output could not be written "
+                f"({exc.strerror or exc}); the output is incomplete: write it elsewhere\n"
+            )
+            notes.flush()
+        with contextlib.suppress(OSError):  # nothing more goes there (nor at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        return False
+    return True
 
 
 def real_dates(vault_root: str | os.PathLike[str], hits: list[Hit]) -> None:
