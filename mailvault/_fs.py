@@ -76,3 +76,18 @@ def nearly_full(directory: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < LOW_SPACE or (st.f_files > 0 and st.f_favail == 0)
+
+
+def unwritable(directory: str | os.PathLike[str]) -> str | None:
+    """Why this process cannot write in ``directory`` (a read-only mount or snapshot; a
+    directory without write permission), or None: asked before a failure to open or write
+    the catalog there is called damage, whose fix (restoring a backup) loses what was
+    committed since."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "its filesystem is mounted read-only"
+    except OSError:
+        return None
+    if not os.access(directory, os.W_OK):
+        return "its directory is not writable by this user"
+    return None

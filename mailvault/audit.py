@@ -110,7 +110,15 @@ def record(
         else:
             db.close()
     except sqlite3.Error as exc:
+        from mailvault._fs import unwritable
+
+        why = unwritable(os.path.dirname(path) or ".")
+        fix = (
+            f": {why}; run it on a writable vault, or on a copy (`cp -a`)"
+            if why is not None
+            else ""
+        )
         raise CatalogError(
             f"cannot record the {command} in the audit trail ({exc}); nothing is shown "
-            "without an audit entry"
+            f"without an audit entry{fix}"
         ) from None

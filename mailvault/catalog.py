@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailvault import ledger
-from mailvault._fs import nearly_full
+from mailvault._fs import nearly_full, unwritable
 from mailvault.errors import CatalogError
 from mailvault.resources import schema_path
 
@@ -93,6 +93,12 @@ class Catalog:
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if (why := unwritable(path.parent)) is not None:
+                raise CatalogError(
+                    f"cannot open the catalog {path}: {why} ({exc}), and mailvault opens it "
+                    "for writing here: run it on a writable vault, or on a copy (`cp -a`); "
+                    "nothing is damaged"
+                ) from None
             if nearly_full(path.parent):
                 raise CatalogError(
                     f"cannot open the catalog {path}: the filesystem holding it is full ({exc}); "

@@ -19,6 +19,7 @@ from typing import Any
 from mailvault.errors import CatalogError, StoreError, UsageError
 from mailvault.parse.model import Address, ParsedMessage
 from mailvault.store import BlobStore
+from mailvault.vault import read_only_uri
 
 MIN_PREFIX = 8
 MAX_CANDIDATES = 20
@@ -59,8 +60,8 @@ def safe(text: str) -> str:
 def _connect(catalog_path: Path) -> sqlite3.Connection:
     if not catalog_path.exists():
         raise CatalogError(f"no catalog at {catalog_path}")
-    try:
-        return sqlite3.connect(catalog_path, timeout=30)
+    try:  # only read through (the audit entry is written by mailvault.audit)
+        return sqlite3.connect(read_only_uri(catalog_path), uri=True, timeout=30)
     except sqlite3.Error as exc:
         raise CatalogError(f"cannot open the catalog {catalog_path}: {exc}") from None
 

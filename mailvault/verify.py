@@ -650,8 +650,8 @@ def verify(
         db = sqlite3.connect(uri, uri=True, isolation_level=None)
         later = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
-        if nearly_full(vault.root):
-            yield _disk_full(vault, exc)
+        if (cannot := _cannot_read_here(vault, exc)) is not None:
+            yield cannot
             return
         yield Finding(
             "catalog-missing",
@@ -694,8 +694,8 @@ def verify(
         for table, anchor in (anchors or {}).items():
             yield from _anchored(db, table, anchor)
     except sqlite3.DatabaseError as exc:  # a damaged file: what was found so far still stands
-        if nearly_full(vault.root):
-            yield _disk_full(vault, exc)
+        if (cannot := _cannot_read_here(vault, exc)) is not None:
+            yield cannot
             return
         yield Finding(
             "catalog-corrupt",
@@ -795,9 +795,29 @@ def dumps(findings: list[Finding]) -> str:
     return json.dumps(summary(findings), indent=2)
 
 
+def _cannot_read_here(vault: Vault, exc: sqlite3.Error) -> Finding | None:
+    """A catalog SQLite cannot read because it cannot create its -wal/-shm files (a full
+    disk; a read-only copy with a write-ahead log left beside it): reported as what it is,
+    for the fix of damage (restoring a backup) would lose what was committed."""
+    from mailvault._fs import unwritable
+
+    if (why := unwritable(vault.root)) is not None:
+        return Finding(
+            "vault-read-only",
+            "error",
+            "catalog.sqlite",
+            f"the catalog cannot be read in place ({exc}): {why}, and SQLite reads the "
+            "write-ahead log left beside it (catalog.sqlite-wal) only through a -shm file it "
+            "would have to create; copy the vault to a writable place and verify the copy "
+            "(nothing found so far says the catalog is damaged)",
+        )
+    if nearly_full(vault.root):
+        return _disk_full(vault, exc)
+    return None
+
+
 def _disk_full(vault: Vault, exc: sqlite3.Error) -> Finding:
-    """A catalog SQLite cannot read because it cannot create its -wal/-shm files: reported as
-    what it is, for the fix of damage (restoring a backup) would lose what was committed."""
+    """A full disk's finding (``_cannot_read_here``)."""
     return Finding(
         "disk-full",
         "error",

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,47 @@ def test_read_only_uri_escapes_the_path(tmp_path: Path) -> None:
     sqlite3.connect(odd / "catalog.sqlite").execute("CREATE TABLE t(x)").connection.commit()
     with sqlite3.connect(uri, uri=True) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "--raw", "*"],
+        ["export", "--format", "eml", "--out", "/tmp/unused"],
+    ],
+)
+def test_other_commands_on_a_read_only_filesystem_say_so(vault: Path, args: list[str]) -> None:
+    """show and export said "unable to open database file", export adding "restore
+    catalog.sqlite from a backup", which would lose what was committed since."""
+    if args[0] == "show":
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            (digest,) = db.execute("SELECT sha256 FROM messages LIMIT 1").fetchone()
+        args = ["show", "--raw", digest]
+    result = read_only(vault, *args)
+    assert result.returncode == 3, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "read-only" in result.stderr and "backup" not in result.stderr, result.stderr
+
+
+def test_verify_of_a_read_only_copy_with_a_write_ahead_log_says_what_to_do(
+    vault: Path, tmp_path: Path
+) -> None:
+    """A copy holding catalog.sqlite-wal but no -shm, on a read-only mount: SQLite cannot read
+    it in place, and verify called the catalog corrupt."""
+    copy = tmp_path / "copy"
+    shutil.copytree(vault, copy)
+    writer = sqlite3.connect(copy / "catalog.sqlite")
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("INSERT INTO accounts VALUES ('x', 'h', 110, 'u', 'none', 'now')")
+        writer.commit()
+        snapshot = tmp_path / "snapshot"
+        shutil.copytree(copy, snapshot)  # as a backup taken while a writer runs
+    finally:
+        writer.close()
+    (snapshot / "catalog.sqlite-shm").unlink()
+    assert (snapshot / "catalog.sqlite-wal").stat().st_size > 0
+    result = read_only(snapshot, "verify", "--json")
+    found = {f["code"]: f["detail"] for f in json.loads(result.stdout)["findings"]}
+    assert "vault-read-only" in found and "catalog-corrupt" not in found, found
+    assert "copy the vault" in found["vault-read-only"]
