@@ -50,6 +50,7 @@ from mailvault.errors import (
     ProtocolError,
     Stalled,
     TransportError,
+    from_storage_error,
 )
 from mailvault.pump import Check, PumpLoop, Unfetchable
 from mailvault.redact import redact
@@ -238,11 +239,15 @@ class AccountFetcher:
                 f"or the password cannot be sent in a POP3 command ({exc}); check user and "
                 "the password source"
             )
-        except Exception as exc:  # a bug: reported, and the other accounts still run
+        except Exception as exc:  # a full disk under SQLite, or a bug: reported, and the
+            # other accounts still run
             log.debug("%s: unexpected error", acct.name, exc_info=True)
             self.report.status = "failed"
+            storage = from_storage_error(exc, f"fetching account {acct.name}")
             self.report.errors.append(
-                f"unexpected {type(exc).__name__} (a bug in mailvault; rerun with -vv and "
+                str(storage)
+                if storage is not None
+                else f"unexpected {type(exc).__name__} (a bug in mailvault; rerun with -vv and "
                 "report it); what was committed is kept"
             )
         except BaseException:  # Ctrl-C: the catalog says so

@@ -47,7 +47,6 @@ KINDS = frozenset(
         "purge",
         "hold-add",
         "hold-release",
-        "repair",
     }
 )
 

@@ -1488,3 +1488,20 @@ def test_identical_messages_in_one_mailbox_are_still_deleted(tmp_path: Path) -> 
         acct = report["accounts"][0]
         assert (code, acct["deleted"], acct["warnings"]) == (0, 2, []), acct
         assert not server.mailbox
+
+
+def test_a_full_disk_under_the_catalog_is_named_not_called_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's "database or disk is full" while a session is recorded was reported as an
+    "unexpected OperationalError (a bug in mailvault ...)"."""
+    from mailvault.catalog import Catalog
+
+    def full(self: Catalog, run_id: int, facts: dict[str, Any]) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Catalog, "record_session", full)
+    with FakePop3Server(corpus(2)) as server:
+        code, report = fetch_json(vault_for(tmp_path, server))
+    (error,) = report["accounts"][0]["errors"]
+    assert code == 1 and "free space" in error and "a bug" not in error, error
