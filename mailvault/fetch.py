@@ -513,7 +513,8 @@ class AccountFetcher:
         if self.catalog.account_known(acct.name):
             return
         others = self.catalog.other_names_of(acct.name, acct.host, acct.user)
-        if others:
+        # another configured name for the mailbox: one mailbox set up twice, not a rename
+        if others and not set(others) & set(self.vault.config.accounts):
             self._warn(
                 f"account {acct.name} is new, but {acct.user}@{acct.host} was archived as "
                 f"account {', '.join(others)}: UIDLs are kept per account name, so its mail is "

@@ -382,6 +382,15 @@ def test_a_renamed_account_says_its_mailbox_was_archived_under_the_old_name(
         assert report["accounts"][0]["duplicates"] == 2
         server.wait_unlocked()
         assert fetch_json(vault)[1]["accounts"][0]["warnings"] == []  # said once
+        # one mailbox under two configured names is no rename: nothing to rename back
+        toml.write_text(
+            toml.read_text() + f'\n[accounts.second]\nhost = "127.0.0.1"\nport = {server.port}\n'
+            'tls = "none"\nallow_plaintext_auth = true\nuser = "alice"\n'
+            f'password_env = "{PASSWORD_ENV}"\n'
+        )
+        server.wait_unlocked()
+        code, report = fetch_json(vault, "second")
+        assert (code, report["accounts"][0]["warnings"]) == (0, []), report
 
 
 def test_uidl_reused_after_confirmed_delete_is_downloaded(tmp_path: Path) -> None:
