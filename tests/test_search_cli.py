@@ -289,6 +289,10 @@ def test_a_cut_page_says_so_on_stderr(indexed: tuple[Vault, dict[str, str]]) -> 
     for args in (["--limit", "0"], ["--limit", str(total)], ["--offset", str(total - 5)]):
         assert run(vault, "search", *args, "*").stderr == "", args  # nothing left out
     assert run(vault, "search", "--count", "*").stderr == ""
+    past = run(vault, "search", "--offset", str(total + 5), "*")
+    assert past.exit_code == 1 and past.stdout == ""
+    note = f"mailvault: note: no hits from --offset {total + 5} on: the query has {total}\n"
+    assert past.stderr == note
 
 
 def test_messages_not_indexed_yet_are_announced(tmp_path: Path) -> None:

@@ -77,6 +77,11 @@ def run(
         return 3
     if limit and len(hits) == limit and searcher.matched is not None:  # a full page
         _note_more(notes, searcher.matched, offset, len(hits))
+    elif offset and not hits and (total := searcher.count()):  # paged past the last hit
+        with contextlib.suppress(OSError):
+            notes.write(
+                f"mailvault: note: no hits from --offset {offset} on: the query has {total}\n"
+            )
     return 0 if hits else 1
 
 
