@@ -38,7 +38,8 @@ class Candidate:
     subject: str
 
     def line(self) -> str:
-        return f"{self.sha256}  {self.date[:16]:16}  {self.from_addr:30.30}  {safe(self.subject)}"
+        sender = one_line(self.from_addr)
+        return f"{self.sha256}  {self.date[:16]:16}  {sender:30.30}  {one_line(self.subject)}"
 
 
 class AmbiguousId(UsageError):
@@ -55,6 +56,13 @@ class MessageNotFound(UsageError):
 
 def safe(text: str) -> str:
     return UNSAFE.sub("?", text)
+
+
+def one_line(text: str) -> str:
+    """``safe``, and every line break (LF, U+2028, ...) and run of white space one space: for
+    a field shown on one line, which must not start lines of its own (a file name holding
+    "\n  [3] invoice.pdf" listed an attachment that is not there)."""
+    return safe(" ".join(text.split()))
 
 
 def _connect(catalog_path: Path) -> sqlite3.Connection:
@@ -253,11 +261,11 @@ def render_text(msg: ParsedMessage) -> Iterator[str]:
     ]
     for name, value in rows:
         if value or name in ("From", "To", "Date", "Subject"):
-            yield f"{name + ':':12}{safe(' '.join(value.split()))}"
+            yield f"{name + ':':12}{one_line(value)}"
     if msg.unreadable:
         yield f"{'Warning:':12}the parser could not read this message; shown is what it recovered"
     if msg.defects:
-        yield f"{'Defects:':12}{safe('; '.join(msg.defects))}"
+        yield f"{'Defects:':12}{one_line('; '.join(msg.defects))}"
     yield ""
     body = safe(msg.body_text.replace("\r\n", "\n"))
     yield from body.rstrip("\n").split("\n")
@@ -265,8 +273,8 @@ def render_text(msg: ParsedMessage) -> Iterator[str]:
         yield ""
         yield "Attachments (save one with --part N --out FILE):"
         for att in msg.attachments:
-            name = safe(att.filename) or "(no name)"
-            yield f"  [{att.index}] {name}  {att.content_type}  {att.size:,} bytes"
+            name = one_line(att.filename) or "(no name)"
+            yield f"  [{att.index}] {name}  {one_line(att.content_type)}  {att.size:,} bytes"
 
 
 def as_json(msg: ParsedMessage) -> dict[str, Any]:

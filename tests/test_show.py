@@ -156,6 +156,29 @@ def test_hostile_headers_and_body_are_neutralised(shown: Fixture) -> None:
     assert "Evil" in out and "sequence." in out
 
 
+SPOOF = (
+    b"From: mallory@evil.example\r\nSubject: hello\r\nMessage-ID: <spoof-parts@x>\r\n"
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain\r\n\r\nreal body\r\n"
+    b"--b\r\nContent-Type: application/x-\x1bc\x1b[8m\r\n"
+    b"Content-Disposition: attachment; filename*=utf-8''harmless.txt%0A%20%20%5B3%5D%20"
+    b"invoice.pdf%E2%80%A8forged\r\n\r\nx\r\n--b--\r\n"
+)
+
+
+def test_attachment_types_and_names_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """The attachment list printed a part's Content-Type raw (ESC c resets the terminal) and
+    kept line breaks in file names, so a message could wipe the screen and list an invented
+    attachment."""
+    vault, digests, named = build_vault(tmp_path / "vault", [], {"spoof": SPOOF})
+    catch_up(vault)
+    out = run(vault, "show", named["spoof"]).stdout
+    assert "\x1b" not in out and "\u2028" not in out
+    (listed,) = [line for line in out.splitlines() if line.startswith("  [")]
+    assert "harmless.txt" in listed and "invoice.pdf" in listed  # one line, not two
+    assert not any(line.lstrip().startswith("[3]") for line in out.splitlines())
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_damaged_blob_is_never_shown(tmp_path: Path, damage: str) -> None:
     """An investigator must not pass on an altered copy as the archived message: every mode
