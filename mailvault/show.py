@@ -381,11 +381,19 @@ def save_part(
     if out.exists() and not out.is_file():
         with out.open("wb") as sink:
             return write_part(store, digest, index, sink.write, warn)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {out.parent} does not exist; create it first")
     spool = Path(temp_path(out.parent, out.name))
     try:
         with spool.open("xb") as sink:
             size = write_part(store, digest, index, sink.write, warn)
         os.replace(spool, out)
+    except OSError as exc:
+        spool.unlink(missing_ok=True)
+        raise StoreError(
+            f"cannot write --out {out}: {exc.strerror or exc}; choose another path (the part "
+            "was not written)"
+        ) from None
     except BaseException:
         spool.unlink(missing_ok=True)
         raise

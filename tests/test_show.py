@@ -342,3 +342,12 @@ def test_a_spaced_id_cut_by_an_older_parse_names_reindex_as_the_fix(tmp_path: Pa
     assert other.exit_code == 2 and "run `mailvault index`" in other.stderr
     assert run(vault, "reindex").exit_code == 0
     assert resolve(vault.catalog_path, "<abc def@example.com>") == digest
+
+
+def test_out_in_a_missing_directory_is_a_usage_error(shown: Fixture, tmp_path: Path) -> None:
+    """It named the internal temporary file ("running `show` .../.x.tmp-... failed")."""
+    vault, _, _, named = shown
+    target = tmp_path / "no" / "such" / "dir" / "x.pdf"
+    result = run(vault, "show", named["pdf"], "--part", "2", "--out", str(target))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "does not exist" in result.stderr and ".tmp-" not in result.stderr
