@@ -249,43 +249,36 @@ def _unparsed(catalog: Catalog) -> list[Job]:
 
 def _unindexed(catalog: Catalog) -> list[Job]:
     """Parsed rows not in the index, and rows whose provenance grew after they were indexed
-    (the same content fetched by another account, or imported with ``--account``)."""
+    (the same content fetched by another account, or imported with ``--account``: a ledger
+    ingest entry with an account, later than the indexing; see ``message_accounts``)."""
     sql = (
         "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
         "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NULL "
         "UNION "
         "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
-        "JOIN messages m ON m.sha256 = p.sha256 JOIN uidls u ON u.sha256 = p.sha256 "
-        "WHERE p.indexed_at IS NOT NULL AND u.committed_at > p.indexed_at"
+        "JOIN messages m ON m.sha256 = p.sha256 JOIN ledger l ON l.sha256 = p.sha256 "
+        "WHERE p.indexed_at IS NOT NULL AND l.kind = 'ingest' AND l.account IS NOT NULL "
+        "AND l.at > p.indexed_at"
     )
-    if _has(catalog, "imports", "account"):
-        sql += (
-            " UNION "
-            "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
-            "JOIN messages m ON m.sha256 = p.sha256 JOIN imports i ON i.sha256 = p.sha256 "
-            "WHERE p.indexed_at IS NOT NULL AND i.account IS NOT NULL "
-            "AND i.imported_at > p.indexed_at"
-        )
     rows = _rows(catalog, sql)
     return sorted(((r[0], r[1]) for r in rows), key=lambda j: (j[1], j[0]))
 
 
 def message_accounts(catalog: Catalog, digests: Sequence[str]) -> dict[str, list[str]]:
-    """Every account a message came through: POP3 (uidls) and `import --account` (imports)."""
+    """Every account a message came through (POP3, and `import --account`), as the ledger's
+    ingest entries record them: hash-chained and append-only, where the uidls and imports
+    rows can be edited, and holds (`account:` queries, through the index) and retention
+    (per-account keep_days) must not be moved by an edit.  It also counts the mail of a
+    server without UIDL, which has no uidls row."""
     found: dict[str, set[str]] = {}
-    imports = _has(catalog, "imports", "account")
     for start in range(0, len(digests), 400):
         chunk = list(digests[start : start + 400])
         marks = ",".join("?" * len(chunk))
-        sql = f"SELECT sha256, account FROM uidls WHERE sha256 IN ({marks})"
-        params = chunk
-        if imports:
-            sql += (
-                f" UNION SELECT sha256, account FROM imports WHERE sha256 IN ({marks}) "
-                "AND account IS NOT NULL"
-            )
-            params = chunk + chunk
-        for sha256, account in _rows(catalog, sql, params):
+        sql = (
+            "SELECT sha256, account FROM ledger WHERE kind = 'ingest' AND account IS NOT NULL "
+            f"AND sha256 IN ({marks})"
+        )
+        for sha256, account in _rows(catalog, sql, chunk):
             found.setdefault(sha256, set()).add(account)
     return {sha: sorted(accounts) for sha, accounts in found.items()}
 

@@ -289,6 +289,7 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 f"catalog says message {sha256} has {size} bytes, the ledger says {sizes.get(sha256)}",
             )
     yield from _purges(db, purged, in_catalog)
+    yield from _imports(db, entries)
     yield from hold_findings(db, entries)
     for sha256 in contents - purged:
         if sha256 not in in_catalog:
@@ -341,6 +342,39 @@ def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
                 "catalog does not mark it deleted (edited by hand?): fetch would take it for "
                 "mail still on the server",
             )
+
+
+def _imports(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Finding]:
+    """The imports rows against the ledger's import ingests, by (label, sha256), both ways: a
+    label is what holds (`account:`) and per-label retention go by, so one edited by hand
+    must be reported (mailvault itself reads labels from the ledger)."""
+    try:
+        rows = Counter(db.execute("SELECT account, sha256 FROM imports").fetchall())
+    except sqlite3.OperationalError:  # before the imports table
+        return
+    recorded = Counter(
+        (e["account"], e["sha256"])
+        for e in entries
+        if e["kind"] == "ingest"
+        and str(ledger.parse_detail(e["detail"]).get("source", "")).startswith("import:")
+    )
+    for (label, sha256), count in sorted((rows - recorded).items(), key=str):
+        yield Finding(
+            "ledger-disagrees",
+            "error",
+            sha256,
+            f"the catalog's imports rows list message {sha256} under label {label!r} "
+            f"{count} time(s) more than the ledger records (edited by hand?); mailvault goes "
+            "by the ledger's labels",
+        )
+    for (label, sha256), count in sorted((recorded - rows).items(), key=str):
+        yield Finding(
+            "ledger-disagrees",
+            "error",
+            sha256,
+            f"the ledger records the import of message {sha256} under label {label!r} but the "
+            f"catalog's imports rows do not ({count} missing; edited by hand?)",
+        )
 
 
 def _first_ingest(sha256: str, stored_at: str, recorded: str | None) -> Iterator[Finding]:

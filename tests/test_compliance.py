@@ -281,6 +281,38 @@ def test_per_account_retention_covers_imported_mail(vault: Path, tmp_path: Path)
     assert result.exit_code == 2 and "imports.acct names an account" in result.stderr
 
 
+def test_an_account_edited_in_the_catalog_neither_shortens_retention_nor_moves_a_hold(
+    vault: Path, tmp_path: Path
+) -> None:
+    """A message's accounts came from the uidls and imports rows: editing imports.account from
+    a label kept 100 years to one kept a year purged a 2001 message, and (after a rebuild) a
+    hold on `account:legal` no longer protected it; verify was clean throughout.  Accounts
+    are read from the ledger's ingest entries, and verify pairs the imports rows with them."""
+    kept = tmp_path / "kept.eml"
+    kept.write_bytes(message(91, "lawyer@firm.example", 2001))
+    held = tmp_path / "held.eml"
+    held.write_bytes(message(92, "counsel@firm.example", 2001))
+    assert run_cli(vault, "import", "--account", "legal", str(kept)).exit_code == 0
+    assert run_cli(vault, "import", "--account", "matter", str(held)).exit_code == 0
+    assert run_cli(vault, "hold", "add", "m7", "account:matter").exit_code == 0
+    toml = vault / "mailvault.toml"
+    toml.write_text(toml.read_text() + "\n[imports.legal]\nkeep_days = 36500\n")
+    before = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    _edit(
+        vault,
+        "UPDATE imports SET account = 'legacy' WHERE account = 'legal'",
+        "UPDATE imports SET account = 'other' WHERE account = 'matter'",
+    )
+    assert run_cli(vault, "reindex").exit_code == 0
+    after = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert (after["expired"], after["held"]) == (before["expired"], before["held"])
+    edited = [f for f in _verify_findings(vault) if f["code"] == "ledger-disagrees"]
+    assert len(edited) == 4 and all("imports rows" in f["detail"] for f in edited), edited
+    assert run_cli(vault, "retention", "apply").exit_code == 0
+    for word in ("lawyer", "counsel"):
+        assert run_cli(vault, "search", "--count", f"from:{word}").stdout.strip() == "1"
+
+
 def test_a_purge_the_ledger_does_not_record_is_reported_and_its_blob_kept(vault: Path) -> None:
     """purged_at set by editing the catalog: verify reports it, retention does not delete the
     blob on its strength."""

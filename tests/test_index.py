@@ -22,6 +22,7 @@ from mailvault.indexer import catch_up, reindex
 from mailvault.search import Searcher
 from mailvault.vault import Vault
 from tests.test_index_support import build_vault, generated, import_messages, special_messages
+from tests.vaults import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -422,20 +423,36 @@ def test_purged_messages_are_neither_parsed_nor_indexed(small: tuple[Vault, list
 
 
 def test_imported_account_is_searchable(tmp_path: Path) -> None:
+    """The same content imported again with --account: the message is indexed again with it."""
     vault, _, _ = build_vault(tmp_path / "vault", [])
-    (digest,) = import_messages(vault, [special_messages()["cjk"]])
+    raw = special_messages()["cjk"]
+    (digest,) = import_messages(vault, [raw])
     catch_up(vault)
     assert _ids(vault, "account:archive2019") == []
-    conn = sqlite3.connect(vault.catalog_path)
-    with conn:
-        conn.execute(
-            "INSERT INTO imports(sha256, account, source, source_kind, imported_at) "
-            "VALUES (?, 'archive2019', '/x.mbox', 'mbox', '2999-01-01T00:00:00+00:00')",
-            (digest,),
-        )
-    conn.close()
+    (tmp_path / "again.eml").write_bytes(raw)
+    result = run_cli(vault.root, "import", "--no-index", "--account", "archive2019",
+                     str(tmp_path / "again.eml"))  # fmt: skip
+    assert result.exit_code == 0, result.output
     assert catch_up(vault).indexed == 1
     assert _ids(vault, "account:archive2019") == [digest]
+
+
+def test_an_account_edited_in_the_catalog_does_not_move_a_hold(tmp_path: Path) -> None:
+    """`account:` was indexed from the imports and uidls rows: editing imports.account (then
+    any rebuild, which retention runs itself) made a hold on `account:legal` miss the message.
+    Accounts come from the ledger's ingest entries."""
+    vault, _, _ = build_vault(tmp_path / "vault", [])
+    raw = special_messages()["cjk"]
+    (tmp_path / "m.eml").write_bytes(raw)
+    assert (
+        run_cli(vault.root, "import", "--account", "legal", str(tmp_path / "m.eml")).exit_code == 0
+    )
+    with sqlite3.connect(vault.catalog_path) as conn:
+        conn.execute("UPDATE imports SET account = 'legacy' WHERE account = 'legal'")
+    conn.close()
+    reindex(vault)
+    (digest,) = _ids(vault, "account:legal")
+    assert _ids(vault, "account:legacy") == []
 
 
 @pytest.mark.parametrize("year", ["3609", "1500", "1066"])
