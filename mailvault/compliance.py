@@ -356,6 +356,7 @@ def _check_holds(vault: Vault) -> None:
             for e in entries
             if ledger.entry_hash(e) != e["entry_hash"]
         ]
+        problems += _unlinked(db, entries)
         problems += [f.detail for f in verify.guard_findings(db)]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -364,6 +365,28 @@ def _check_holds(vault: Vault) -> None:
             "verify` and put back what it names (from a backup of catalog.sqlite) before "
             "retention runs again"
         )
+
+
+def _unlinked(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> list[str]:
+    """Hold entries the chain does not hold in place: one rewritten with its own hash
+    recomputed (the ledger's triggers dropped and put back) still hashes right, but the next
+    entry's ``prev_hash`` names the old one (and its own ``prev_hash`` the entry before).  Two
+    lookups per hold entry, not a walk of the whole ledger."""
+    problems = []
+    for entry in entries:
+        seq = entry["seq"]
+        before = db.execute("SELECT entry_hash FROM ledger WHERE seq = ?", (seq - 1,)).fetchone()
+        after = db.execute("SELECT prev_hash FROM ledger WHERE seq = ?", (seq + 1,)).fetchone()
+        expected_prev = before[0] if before is not None else ledger.GENESIS
+        if entry["prev_hash"] != expected_prev:
+            problems.append(
+                f"ledger entry {seq} ({entry['kind']}) is not chained to the one before"
+            )
+        elif after is not None and after[0] != entry["entry_hash"]:
+            problems.append(
+                f"ledger entry {seq + 1} is not chained to entry {seq} ({entry['kind']})"
+            )
+    return problems
 
 
 def _basis(row: dict[str, Any]) -> str:

@@ -313,6 +313,41 @@ def test_an_account_edited_in_the_catalog_neither_shortens_retention_nor_moves_a
         assert run_cli(vault, "search", "--count", f"from:{word}").stdout.strip() == "1"
 
 
+def test_a_hold_entry_rewritten_with_its_own_hash_recomputed_stops_retention(
+    vault: Path, tmp_path: Path
+) -> None:
+    """The ledger's triggers dropped, a hold-add entry's query narrowed and its entry_hash
+    recomputed, the holds row changed to match, the triggers put back: retention checked each
+    hold entry's own hash and purged the held mail; verify reported the broken chain after."""
+    from mailvault import ledger
+
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    later = tmp_path / "later.eml"
+    later.write_bytes(message(93, "zed@later.example", 2001))
+    assert run_cli(vault, "import", str(later)).exit_code == 0  # a ledger entry after it
+    fields = (*ledger.LEDGER_FIELDS, "entry_hash")
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        triggers = db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'ledger_%'"
+        ).fetchall()
+        for name, _ in triggers:
+            db.execute(f"DROP TRIGGER {name}")
+        row = db.execute(f"SELECT {', '.join(fields)} FROM ledger WHERE kind = 'hold-add'")
+        entry = dict(zip(fields, row.fetchone(), strict=True))
+        detail = {**json.loads(entry["detail"]), "query": "from:nobody.invalid"}
+        entry["detail"] = json.dumps(detail, sort_keys=True)
+        db.execute(
+            "UPDATE ledger SET detail = ?, entry_hash = ? WHERE seq = ?",
+            (entry["detail"], ledger.entry_hash(entry), entry["seq"]),
+        )
+        db.execute("UPDATE holds SET query = 'from:nobody.invalid' WHERE name = 'acme'")
+        for _, sql in triggers:
+            db.execute(sql)
+    result = run_cli(vault, "retention", "apply")
+    assert result.exit_code == 3 and "not chained" in result.stderr, result.output
+    assert run_cli(vault, "search", "--count", "from:bob@acme.com").stdout.strip() == "2"
+
+
 def test_a_purge_the_ledger_does_not_record_is_reported_and_its_blob_kept(vault: Path) -> None:
     """purged_at set by editing the catalog: verify reports it, retention does not delete the
     blob on its strength."""
