@@ -25,19 +25,35 @@ HEAD_MAX = 256 * 1024  # the header block is looked for in this much of the mess
 INGEST_SLACK = timedelta(days=1)
 
 
+def moment(text: object) -> datetime | None:
+    """A time as the catalog and the ledger write them (ISO 8601 with a zone), or None for
+    anything else: a value edited by hand must be reported, not crash the reader."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
+
+
 def catalog_date(date: str | None, fallback: object) -> datetime | None:
     """The Date header's time as the catalog has it (``message_meta.date``), or None when the
-    parser found none it could read (``date_fallback``: the date is then the ingest's)."""
-    return datetime.fromisoformat(date) if date and not fallback else None
+    parser found none it could read (``date_fallback``: the date is then the ingest's);
+    ValueError for a value that is no such time (edited by hand)."""
+    if not date or fallback:
+        return None
+    value = moment(date)
+    if value is None:
+        raise ValueError(f"{date!r} is not a date")
+    return value
 
 
 def ingests_agree(catalog: str, ledger: str) -> bool:
     """Whether the catalog's first ingest and the ledger's are one moment (``INGEST_SLACK``):
     retention counts the age of a message without a readable Date from the catalog's."""
-    try:
-        return abs(datetime.fromisoformat(catalog) - datetime.fromisoformat(ledger)) <= INGEST_SLACK
-    except (TypeError, ValueError):
-        return False
+    first, recorded = moment(catalog), moment(ledger)
+    return first is not None and recorded is not None and abs(first - recorded) <= INGEST_SLACK
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")

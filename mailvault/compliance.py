@@ -305,7 +305,7 @@ def _age_problem(
 ) -> str | None:
     """Whether the blob's Date header (or, with none, the ledger's first ingest) says what
     the catalog's rows say, and that the message is past retention by it."""
-    from mailvault.blobdate import blob_date, catalog_date, ingests_agree
+    from mailvault.blobdate import blob_date, catalog_date, ingests_agree, moment
 
     verify = "run `mailvault verify`"
     first = db.execute(
@@ -313,7 +313,10 @@ def _age_problem(
     ).fetchone()[0]
     if first is None:
         return f"the ledger records no ingest of it (the catalog was edited?); {verify}"
-    header = catalog_date(row["date"], row["date_fallback"])
+    try:
+        header = catalog_date(row["date"], row["date_fallback"])
+    except ValueError as exc:
+        return f"the catalog's date {exc} (message_meta edited by hand?); {verify}"
     derived = blob_date(store, c.sha256, head, header)
     if derived != header:
         says = (
@@ -325,7 +328,9 @@ def _age_problem(
             f"the catalog dates it {c.age_basis} but {says} (message_meta edited by hand?); "
             f"{verify}, `mailvault reindex` reads the date again"
         )
-    ingest = datetime.fromisoformat(first)
+    ingest = moment(first)
+    if ingest is None:
+        return f"the ledger's first ingest of it, {first!r}, is no date (edited?); {verify}"
     if derived is None and not ingests_agree(row["first_ingest_at"], first):
         return (
             f"the catalog says it was first stored at {row['first_ingest_at']} but the ledger "
@@ -395,7 +400,12 @@ def _basis(row: dict[str, Any]) -> str:
 
 
 def _expired(basis: str, keep_days: int, now: datetime) -> bool:
-    return datetime.fromisoformat(basis) <= now - timedelta(days=keep_days)
+    """Past retention by ``basis``; also when that is no date (edited by hand): the message
+    is then a candidate that ``_vet`` keeps, naming why, rather than a crash of the run."""
+    from mailvault.blobdate import moment
+
+    when = moment(basis)
+    return when is None or when <= now - timedelta(days=keep_days)
 
 
 def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:

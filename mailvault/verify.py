@@ -156,7 +156,17 @@ def _dates(db: sqlite3.Connection, store: BlobStore) -> Callable[[str, bytes], I
             return
         if row is None:  # not parsed yet (index-pending says so)
             return
-        catalog = catalog_date(row[0], row[1])
+        try:
+            catalog = catalog_date(row[0], row[1])
+        except ValueError as exc:
+            yield Finding(
+                "catalog-date-disagrees",
+                "error",
+                digest,
+                f"the catalog's date of message {digest}, {exc} (edited by hand?): retention "
+                "does not purge it while it is; `mailvault reindex` reads the date again",
+            )
+            return
         try:
             derived = blob_date(store, digest, head, catalog)
         except (MailvaultError, OSError, ValueError, zstandard.ZstdError):

@@ -1005,3 +1005,30 @@ def test_a_ledger_export_into_a_missing_directory_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert "cannot write the ledger export to " in result.stderr
     assert "give --out a file in a directory that exists" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE message_meta SET date = 'yesterday' WHERE sha256 = '{sha}'",
+        "UPDATE message_meta SET date = '2001-01-01 00:00:00' WHERE sha256 = '{sha}'",
+        "UPDATE message_meta SET date_fallback = 1 WHERE sha256 = '{sha}'; "
+        "UPDATE messages SET first_ingest_at = 'x' WHERE sha256 = '{sha}'",
+    ],
+)
+def test_a_malformed_catalog_date_is_reported_not_a_crash(vault: Path, edit: str) -> None:
+    """One hand-edited date crashed retention (ValueError or TypeError in its age check, exit
+    1) and verify (before any other finding)."""
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        (sha,) = db.execute(
+            "SELECT sha256 FROM message_meta WHERE date < '2002' ORDER BY sha256 LIMIT 1"
+        ).fetchone()
+    _edit(vault, *edit.format(sha=sha).split("; "))
+    codes = {f["code"] for f in _verify_findings(vault) if f["subject"] == sha}
+    assert codes & {"catalog-date-disagrees", "ledger-disagrees"}, codes
+    result = run_cli(vault, "retention", "apply", "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1, result.output
+    (kept,) = [c for c in report["messages"] if c["sha256"] == sha]
+    assert kept["kept"] and "edited" in kept["kept"], kept
+    assert report["purged"] == 4  # the other 2001 messages
