@@ -170,22 +170,51 @@ def writer_of(root: str | os.PathLike[str]) -> str | None:
 def flock_holders(path: str | os.PathLike[str]) -> set[int] | None:
     """The pids /proc/locks (Linux) lists as holding a flock on the file at ``path``; None
     when that cannot be told, and the caller falls back to asking whether the pid the lock
-    file names runs.  Matched by inode number alone: on overlayfs (containers) and btrfs
-    subvolumes the device stat gives is not the one the lock table shows."""
+    file names runs.  A line is the file's when it shows its device and inode; one that shows
+    its inode with another device (overlayfs in containers and btrfs subvolumes show another
+    device there than stat gives, but so does another filesystem's file with the same inode
+    number, a snapshot of the vault, say) counts only if that process has the file open."""
     try:
-        inode = os.stat(path).st_ino
-        with open("/proc/locks", encoding="ascii", errors="replace") as table:
-            text = table.read()
+        st = os.stat(path)
+        text = _lock_table()
     except OSError:
         return None
+    exact = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     holders = set()
     for line in text.splitlines():
         # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2148763 0 EOF"; a waiter's line has "->"
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
-            with contextlib.suppress(ValueError):
-                holders.add(int(fields[4]))
+        if len(fields) < 6 or fields[1] != "FLOCK" or not fields[5].endswith(f":{st.st_ino}"):
+            continue
+        try:
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if fields[5] == exact or _has_open(pid, st):
+            holders.add(pid)
     return holders
+
+
+def _lock_table() -> str:
+    with open("/proc/locks", encoding="ascii", errors="replace") as table:
+        return table.read()
+
+
+def _has_open(pid: int, st: os.stat_result) -> bool:
+    """Whether process ``pid`` has the file ``st`` describes open (one it cannot look into,
+    another user's, is no writer of this vault: a vault is used by its owner only)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            other = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 def try_lock(fd: int) -> str | None:

@@ -609,3 +609,32 @@ def test_the_pending_note_does_not_promise_index_can_read_a_missing_blob(tmp_pat
     code, items = findings(path)
     (pending,) = [f for f in items if f["code"] == "index-pending"]
     assert "but not the 1 whose blob is missing or damaged" in pending["detail"], pending
+
+
+def test_a_lock_on_another_filesystems_file_with_the_same_inode_is_not_a_writer(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock table was matched by inode alone: a fetch on another vault (a snapshot of
+    this one, whose lock file has the same inode number) made verify take this vault's orphan
+    blobs for a writer's, exit 0.  A line with another device counts only if that process has
+    this lock file open (overlayfs and btrfs show another device than stat does)."""
+    import os
+
+    from mailvault import vault as vault_module
+
+    lock = vault / "lock"
+    lock.touch()
+    inode = os.stat(lock).st_ino
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        table = f"1: FLOCK  ADVISORY  WRITE {stranger.pid} ff:99:{inode} 0 EOF\n"
+        monkeypatch.setattr(vault_module, "_lock_table", lambda: table)
+        assert vault_module.flock_holders(lock) == set()
+        with open(lock) as held:  # this process has the file open: overlayfs, say
+            table = f"1: FLOCK  ADVISORY  WRITE {os.getpid()} ff:99:{inode} 0 EOF\n"
+            monkeypatch.setattr(vault_module, "_lock_table", lambda: table)
+            assert vault_module.flock_holders(lock) == {os.getpid()}
+            assert not held.closed
+    finally:
+        stranger.kill()
+        stranger.wait()
