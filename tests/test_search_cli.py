@@ -552,3 +552,27 @@ def test_search_output_that_cannot_be_written_is_exit_3_not_no_hits(
         assert result.returncode == 3, (mode, result.stderr)
         assert result.stderr.endswith("write it elsewhere\n"), result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_purged_mail_left_in_the_index_is_not_shown(tmp_path: Path) -> None:
+    """A retention run killed between its catalog commit and its index update left the purged
+    messages' documents in the index: search listed them, with snippets of purged text."""
+    import sqlite3
+
+    vault, digests, _ = build_vault(tmp_path / "vault", generated(6, seed=21))
+    assert run(vault, "index").exit_code == 0
+    gone = digests[2]
+    from mailvault import ledger
+
+    with sqlite3.connect(vault.catalog_path) as db:  # what the killed run committed
+        db.execute("UPDATE messages SET purged_at = '2026-01-01T00:00:00+00:00' WHERE sha256 = ?",
+                   (gone,))  # fmt: skip
+        db.execute("DELETE FROM message_meta WHERE sha256 = ?", (gone,))
+        ledger.append(db, "purge", sha256=gone, size=1, detail={"reason": "retention: test"})
+    db.close()
+    for mode in (["--ids"], ["--json"], []):
+        result = run(vault, "search", *mode, "*")
+        assert gone not in result.stdout and gone[:12] not in result.stdout, mode
+        assert "still holds 1 purged message" in result.stderr, result.stderr
+    assert run(vault, "index").exit_code == 0
+    assert "purged" not in run(vault, "search", "--count", "*").stderr

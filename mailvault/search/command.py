@@ -44,7 +44,14 @@ def run(
     notes = err or sys.stderr
     check_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
     searcher = Searcher(os.path.join(vault_root, "index"), query)
-    missing = unindexed(vault_root, searcher.searcher.num_docs)
+    missing, extra = index_gap(vault_root, searcher.searcher.num_docs)
+    if extra:
+        with contextlib.suppress(OSError):
+            notes.write(
+                f"mailvault: warning: the index still holds {extra} purged message(s) (a "
+                "retention run was interrupted): they are left out of what is shown, but "
+                "counts include them; run `mailvault index`\n"
+            )
     if missing:
         from mailvault.vault import writer_of
 
@@ -67,6 +74,8 @@ def run(
         return 0 if n else 1
     color = mode == "text" and isatty(stream)
     hits = searcher.page(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
+    if extra:
+        hits = _drop_purged(vault_root, hits)
     if mode in ("text", "json"):
         real_dates(vault_root, hits)
     # The audit entry is durable before anything is shown (fail closed).
@@ -147,14 +156,21 @@ def _read_only(vault_root: str | os.PathLike[str]) -> str:
 
 
 def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
-    """How many archived messages the index lacks (after `import --no-index`, say), from two
-    counts, so that a search stays read-only and fast instead of silently missing them.
+    """How many archived messages the index lacks (``index_gap``)."""
+    return index_gap(vault_root, num_docs)[0]
+
+
+def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, int]:
+    """(how many archived messages the index lacks, after `import --no-index` say; how many
+    documents it holds beyond the live messages, those of purged mail after a retention run
+    was killed before its index update), from two counts, so that a search stays read-only
+    and fast instead of silently missing the first or showing the second.
 
     Catalog rows are never deleted (a purge leaves a tombstone), so ``max(rowid)`` is their
-    number, found in one b-tree descent; only when it exceeds the index's documents are the
-    purged ones subtracted, as the one-row ``message_counts`` says (triggers keep it; counting
-    the live rows instead scans the table: 155 ms at a million).  0 when the catalog cannot
-    tell: the audit entry, written next, reports a broken catalog.
+    number, found in one b-tree descent; the purged ones are subtracted as the one-row
+    ``message_counts`` says (triggers keep it; counting the live rows instead scans the
+    table: 155 ms at a million).  (0, 0) when the catalog cannot tell: the audit entry,
+    written next, reports a broken catalog.
     """
     import sqlite3
 
@@ -162,19 +178,39 @@ def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
         db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
         try:
             rows = db.execute("SELECT max(rowid) FROM messages").fetchone()[0] or 0
-            if rows <= num_docs:
-                return 0
             try:
                 purged = db.execute("SELECT purged FROM message_counts WHERE id = 1").fetchone()
                 live = rows - int(purged[0])
             except (sqlite3.OperationalError, TypeError):  # before migration 6: count them
+                if rows <= num_docs:
+                    return 0, 0
                 sql = "SELECT count(*) FROM messages WHERE purged_at IS NULL"
                 live = int(db.execute(sql).fetchone()[0])
-            return max(live - num_docs, 0)
+            return max(live - num_docs, 0), max(num_docs - live, 0)
         finally:
             db.close()
     except sqlite3.Error:
-        return 0
+        return 0, 0
+
+
+def _drop_purged(vault_root: str | os.PathLike[str], hits: list[Hit]) -> list[Hit]:
+    """The hits without those the catalog marks purged (their documents outlived a retention
+    run that was killed before it updated the index): purged text is not shown."""
+    import sqlite3
+
+    if not hits:
+        return hits
+    marks = ",".join("?" * len(hits))
+    sql = f"SELECT sha256 FROM messages WHERE purged_at IS NOT NULL AND sha256 IN ({marks})"
+    try:
+        db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
+        try:
+            purged = {row[0] for row in db.execute(sql, [h.id for h in hits])}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []  # cannot tell which: show none rather than purged text
+    return [h for h in hits if h.id not in purged]
 
 
 def _note_more(notes: Any, total: int, offset: int, shown: int) -> None:
