@@ -88,6 +88,7 @@ class _Run:
     total_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
     unindexed: int = 0  # archived messages the query could not see (not indexed yet)
+    purged_meanwhile: list[str] = field(default_factory=list)  # by a retention run, not written
 
 
 class _Hashing:
@@ -248,9 +249,7 @@ class _Exporter:
             if not self._purged_since(src.sha256):
                 raise
             self.run.count -= 1
-            self.run.warnings.append(
-                f"{src.sha256}: purged by a retention run during this export, so not exported"
-            )
+            self.run.purged_meanwhile.append(src.sha256)
             return None
         meta = message_meta(header, src.ingested)
         body: Iterable[bytes] = to_lf(chunks) if self.lf else chunks
@@ -564,6 +563,12 @@ def _summary(
     }
     if run.unindexed:
         summary["unindexed"] = run.unindexed
+    if run.purged_meanwhile:  # one line however many: a big purge must not flood the terminal
+        first, more = run.purged_meanwhile[0], len(run.purged_meanwhile) - 1
+        run.warnings.append(
+            f"{first}{f' and {more} more' if more else ''}: purged by a retention run during "
+            "this export, so not exported"
+        )
     target = exporter.target
     if isinstance(target, MboxTarget):
         summary["mbox_variant"] = "mboxrd"
