@@ -638,3 +638,14 @@ def test_a_lock_on_another_filesystems_file_with_the_same_inode_is_not_a_writer(
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_ledger_check_of_an_audit_trail_says_what_the_file_is(vault: Path, tmp_path: Path) -> None:
+    """`mailvault audit --json > a.jsonl; ledger check a.jsonl` reported every entry as
+    edited and the chain BROKEN (exit 1): the file is an audit trail, not a ledger export."""
+    assert run_cli(vault, "search", "*").exit_code in (0, 1)  # an audit entry at least
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text(run_cli(vault, "audit", "--json").stdout)
+    result = run_cli(vault, "ledger", "check", str(trail))
+    assert result.exit_code == 2 and "an audit trail" in result.stderr, result.output
+    assert result.stderr.count("\n") == 1

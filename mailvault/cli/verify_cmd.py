@@ -178,6 +178,11 @@ def _read_export(file: Path) -> list[tuple[int, dict[str, Any]]]:
                 f"{file}:{number}: a JSON {kind}, not a ledger entry (an object); is this a "
                 "`mailvault ledger export` file?"
             )
+        if number == 1 and {"os_user", "command"} <= entry.keys() and "kind" not in entry:
+            raise UsageError(
+                f"{file}: an audit trail (`mailvault audit --json`), not a ledger export; "
+                "check it against its head with `mailvault verify --audit-head`"
+            )
         entries.append((number, entry))
     return entries
 
