@@ -180,6 +180,7 @@ class AccountFetcher:
         self._listed_uidls: set[str] = set()  # every UIDL a listing of this run showed
         self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
         self.header_differs: set[str] = set()  # committed UIDLs whose TOP showed another header
+        self.contents: dict[str, int] = {}  # sha256 -> msgno of the RETR that first gave it
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
         self._secret: str | None = None  # resolved once per run, in memory for the run only

@@ -43,8 +43,9 @@ class Check:
 
     msg: ListedMessage
     row: LiveUidl
-    # msgno of another message of this session that RETR gave the same content (``_twin``)
-    twin_of: int | None = None
+    # for a message whose content the vault had already (``_delete_new``): where from, as
+    # the warning names it when TOP does not show that content's header
+    twin_of: str | None = None
 
 
 class Unfetchable(ProtocolError):
@@ -94,7 +95,9 @@ class PumpLoop:
         # messages of a server without UIDL: no row to mark, so (sha256, size) by msgno
         self.without_uidl: dict[int, tuple[str, int]] = {}
         self.deleted_without_uidl: list[tuple[str, int]] = []
-        self.contents: dict[str, int] = {}  # sha256 -> msgno of the first RETR that gave it
+        # committed UIDLs whose TOP answered with another header than the committed message's:
+        # a download that then gives the committed message again is no proof for a DELE
+        self.contradicted: set[str] = set()
         self.deleted_ids: list[int] = []
         self.done = 0
         self.retr_inflight = 0
@@ -230,17 +233,19 @@ class PumpLoop:
             elif isinstance(event, pop3.Err):
                 self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
 
-    def _delete_new(self, msg: ListedMessage, staged: StagedBlob, row_id: int) -> None:
-        """DELE a message just committed; but when RETR gave the same bytes for another
-        message of this session, TOP is asked first whether this one has that header: a
-        server serving the wrong message for a RETR would otherwise have the real one
-        deleted unread (two identical messages in one mailbox pass the check)."""
-        first = self.contents.setdefault(staged.digest, msg.msgno)
-        if first == msg.msgno:
+    def _delete_new(self, msg: ListedMessage, staged: StagedBlob, row_id: int, fresh: bool) -> None:
+        """DELE a message just committed; but when its content was in the vault already (RETR
+        gave the bytes of another message of this run, or of one archived before), TOP is
+        asked first whether this message has that header: a server serving the wrong message
+        for a RETR would otherwise have the real one deleted unread.  A message that is in a
+        mailbox twice passes the check (one TOP each time)."""
+        first = self.f.contents.setdefault(staged.digest, msg.msgno)
+        if fresh and first == msg.msgno:
             self.deletes.append((msg.msgno, row_id))
             return
+        origin = f"message {first} of this run" if first != msg.msgno else "mail archived before"
         row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
-        self.checks.append(Check(msg, row, twin_of=first))
+        self.checks.append(Check(msg, row, twin_of=origin))
 
     def _checked(self, check: Check, head: bytes | None) -> None:
         """The DELE of a committed message goes out only if TOP showed its header; another
@@ -249,9 +254,11 @@ class PumpLoop:
         if self.f.same_header(head, row.sha256):
             self.deletes.append((msg.msgno, row.id))
             return
+        if head is not None and check.twin_of is None:  # TOP answered, with another header
+            self.contradicted.add(row.uidl)
         if check.twin_of is not None:
             self.f.report.warnings.append(
-                f"RETR of {msg.label} gave the same bytes as message {check.twin_of}, but TOP "
+                f"RETR of {msg.label} gave the same bytes as {check.twin_of}, but TOP "
                 "shows another header (or none): the server may have served the wrong message, "
                 "so it is not deleted; the next run downloads it again"
             )
@@ -383,10 +390,16 @@ class PumpLoop:
                     report.duplicates += 1
                 row, deletable = self.suspects.get(msg.uidl or "", (None, False))
                 if row is not None and row.id == row_id:  # the committed message after all
-                    if deletable:
+                    if deletable and msg.uidl in self.contradicted:
+                        self.f.report.warnings.append(
+                            f"RETR of {msg.label} gave the committed message, but TOP showed "
+                            "another header: the server contradicts itself, so it is not "
+                            "deleted (check the server)"
+                        )
+                    elif deletable:
                         self.deletes.append((msg.msgno, row_id))
                 elif row_id is not None and self.delete_new:
-                    self._delete_new(msg, staged, row_id)
+                    self._delete_new(msg, staged, row_id, fresh)
                 elif self.delete_new and msg.uidl is None:
-                    self.deletes.append((msg.msgno, -1))
                     self.without_uidl[msg.msgno] = (staged.digest, staged.size)
+                    self._delete_new(msg, staged, -1, fresh)

@@ -1514,3 +1514,53 @@ def test_a_full_disk_under_the_catalog_is_named_not_called_a_bug(
         code, report = fetch_json(vault_for(tmp_path, server))
     (error,) = report["accounts"][0]["errors"]
     assert code == 1 and "free space" in error and "a bug" not in error, error
+
+
+def test_a_top_that_contradicts_the_download_stops_the_dele(tmp_path: Path) -> None:
+    """RETR 2 answered with message 1's bytes, archived under message 2's UIDL while mail was
+    kept; then with after-commit TOP 2 showed message 2's header, the download gave the
+    committed bytes again, and message 2 was deleted, never archived."""
+    messages = corpus(2)
+    with FakePop3Server(messages, faults=Faults(retr_serves=(2, 1))) as server:
+        vault = vault_for(tmp_path, server)
+        assert fetch_json(vault)[0] == 0
+        toml = vault / "mailvault.toml"
+        toml.write_text(toml.read_text() + 'delete = "after-commit"\n')
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert any("contradicts itself" in w for w in acct["warnings"]), acct
+        assert "uid-2" in [m.uidl for m in server.mailbox]  # not deleted unread
+        server.faults = Faults()
+        server.wait_unlocked()
+        assert fetch_json(vault)[0] == 0
+        assert sha256s([served_bytes(messages[1])]) <= set(_stored(vault))
+
+
+def test_a_server_without_uidl_serving_one_message_for_another_keeps_the_other(
+    tmp_path: Path,
+) -> None:
+    """Without UIDL there was no check at all: RETR 2 gave message 1's bytes and both were
+    deleted, the ledger recording message 1's sha256 twice."""
+    messages = corpus(2)
+    faults = Faults(no_uidl=True, retr_serves=(2, 1))
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert any("served the wrong message" in w for w in report["accounts"][0]["warnings"])
+        assert len(server.mailbox) == 1 and server.mailbox[0].data == messages[1]
+
+
+def test_mail_archived_before_and_delivered_again_is_deleted_after_top(tmp_path: Path) -> None:
+    """Content the vault had from an earlier run, under a new UIDL: TOP shows its header, so
+    it is deleted (a copy of mail already archived), without a second download."""
+    first = corpus(1)[0]
+    with FakePop3Server([first]) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        assert fetch_json(vault)[1]["accounts"][0]["deleted"] == 1
+        server.add_message(first, uidl="again")
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["duplicates"], acct["deleted"], acct["warnings"]) == (0, 1, 1, [])
+        assert not server.mailbox
