@@ -527,13 +527,15 @@ class AccountFetcher:
         """A server that confirms DELE (QUIT +OK) but keeps the mail: each run its messages
         come back under the same UIDL with the same content, are downloaded again (recognised
         as duplicates, nothing stored twice) and "deleted" again.  Said, or the mailbox only
-        grows while every report counts deletions."""
+        grows while every report counts deletions.  Only rows we sent a DELE for count: a
+        mailbox-changed row (host or user changed) was closed without one."""
         if self.run_id is None:
             return
         again = self.catalog.conn.execute(
             """SELECT count(DISTINCT now.id) FROM uidls AS now JOIN uidls AS was
                ON was.account = now.account AND was.uidl = now.uidl AND was.sha256 = now.sha256
                AND was.id < now.id AND was.deleted_confirmed_at IS NOT NULL
+               AND was.dele_sent_at IS NOT NULL
                WHERE now.run_id = ?""",
             (self.run_id,),
         ).fetchone()[0]

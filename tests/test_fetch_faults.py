@@ -393,6 +393,21 @@ def test_a_renamed_account_says_its_mailbox_was_archived_under_the_old_name(
         assert (code, report["accounts"][0]["warnings"]) == (0, []), report
 
 
+def test_a_host_change_is_no_sign_of_deletions_not_applied(tmp_path: Path) -> None:
+    """The same mailbox under another host name: its committed UIDLs are retired
+    (mailbox-changed) and its mail downloaded again; that was warned about as "the server
+    confirmed deleted ... does not apply deletions", with no DELE ever sent."""
+    with FakePop3Server(corpus(3)) as server:
+        vault = vault_for(tmp_path, server)
+        assert fetch_json(vault)[0] == 0
+        toml = vault / "mailvault.toml"
+        toml.write_text(toml.read_text().replace('host = "127.0.0.1"', 'host = "localhost"'))
+        server.wait_unlocked()
+        code, report = fetch_json(vault)
+        warnings = report["accounts"][0]["warnings"]
+        assert code == 0 and not any("deletions" in w for w in warnings), warnings
+
+
 def test_uidl_reused_after_confirmed_delete_is_downloaded(tmp_path: Path) -> None:
     first, second = corpus(2)
     with FakePop3Server([first], uidls=["same"]) as server:
