@@ -220,11 +220,14 @@ class Pop3Session:
     def connect(self) -> None:
         acct = self.account
         implicit = tls_context(acct) if acct.tls == "implicit" else None
-        self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout, implicit)
+        # The stream is kept before any wait on the server (the TLS handshake, the greeting):
+        # interrupt() (Ctrl-C with --jobs) must reach a server that never answers.
+        self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout)
         if implicit is not None:
+            self.stream.start_tls(implicit, implicit_port=acct.port)
             self._check_pin()
         else:
-            self.stream.await_greeting(acct)  # kept first: interrupt() must reach this wait
+            self.stream.await_greeting(acct)
         event = self.next_event()
         if isinstance(event, pop3.Err):
             raise server_error_for(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import ssl
 import time
@@ -122,6 +123,7 @@ class SocketStream:
         self.host = host
         self.timeout = timeout
         self.sock.settimeout(timeout)
+        self._handshake_fd = -1  # the connection's fd while a TLS handshake runs on it
 
     @classmethod
     def connect(
@@ -169,6 +171,9 @@ class SocketStream:
     def start_tls(self, ctx: ssl.SSLContext, *, implicit_port: int | None = None) -> None:
         """Handshake now; ``implicit_port``: TLS from the first byte (not after STLS), so a
         failed handshake may mean the port speaks plain text, which the error then says."""
+        # wrap_socket detaches the plain socket object at once: interrupt() reaches the
+        # connection through its fd while the handshake waits for the server
+        self._handshake_fd = self.sock.fileno()
         try:
             self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
@@ -200,6 +205,8 @@ class SocketStream:
             raise TransportError(
                 f"connection to {self.host} lost during the TLS handshake: {exc}"
             ) from None
+        finally:
+            self._handshake_fd = -1
 
     def stalled(self) -> Stalled:
         return Stalled(
@@ -260,6 +267,14 @@ class SocketStream:
         closing the socket would not wake it."""
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+        fd = self._handshake_fd
+        if fd >= 0:  # a handshake in progress: its socket object is not self.sock yet
+            with contextlib.suppress(OSError):
+                twin = socket.socket(fileno=os.dup(fd))
+                try:
+                    twin.shutdown(socket.SHUT_RDWR)
+                finally:
+                    twin.close()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

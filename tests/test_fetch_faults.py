@@ -948,7 +948,8 @@ def test_a_server_that_drops_pipelined_commands_is_retried_lock_step(
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
 
 
-def test_ctrl_c_with_jobs_stops_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", ["none", "implicit"])
+def test_ctrl_c_with_jobs_stops_at_once(tmp_path: Path, tls: str) -> None:
     """Ctrl-C while another account's worker waits on a server that never answers: the run
     stops at once (exit 130), not after that account's timeouts and back-offs; the catalog
     says the runs were interrupted, and what was committed stays."""
@@ -964,7 +965,7 @@ def test_ctrl_c_with_jobs_stops_at_once(tmp_path: Path) -> None:
                 tmp_path / "vault",
                 {
                     "good": {**PLAIN, "port": server.port, "retries": 0},
-                    "mute": {**PLAIN, "port": silent.getsockname()[1], "timeout": 30},
+                    "mute": {**PLAIN, "port": silent.getsockname()[1], "timeout": 30, "tls": tls},
                 },
             )
             env = dict(os.environ, MAILVAULT_VAULT=str(vault), **{PASSWORD_ENV: "alice-secret"})
