@@ -297,6 +297,9 @@ class PumpLoop:
 
     def _received(self, msg: ListedMessage) -> None:
         staged = self._stage()
+        if msg.size > 2 and staged.size * 2 < msg.size:
+            self._cut_short(msg, staged.size)
+            return
         # +2: Dovecot (and others) end a message stored without a final line break with one
         # CRLF that LIST does not count (RFC 1939 wants the terminator on its own line)
         if msg.size != staged.size and staged.size != msg.size + 2:
@@ -316,6 +319,19 @@ class PumpLoop:
             or not retr_pending
         ):
             self._request_commit()
+
+    def _cut_short(self, msg: ListedMessage, delivered: int) -> None:
+        """A RETR answer that ended before half of what LIST announced is not the message (a
+        server that does not dot-stuff a first line starting with ".", Dovecot 2.3 for one,
+        ends it at once, and the rest of it then comes where the next answer belongs):
+        committed, its UIDL would pass for archived mail for ever.  It is neither stored nor
+        deleted; the session ends as for a message too long to take (``Unfetchable``), and a
+        new one fetches the others; the next run tries it again."""
+        raise Unfetchable(
+            msg,
+            f"RETR ended after {delivered} of the {msg.size:,} octets LIST announced (a server "
+            "that does not dot-stuff a line starting with '.'?)",
+        )
 
     def _request_commit(self) -> None:
         assert self.committer is not None

@@ -109,6 +109,26 @@ def test_no_size_warning_for_the_line_break_dovecot_adds(tmp_path: Path, dovecot
     assert_vault_exact(vault, sha256s(retr_payload(m) for m in messages))
 
 
+def test_a_message_the_server_cuts_short_is_not_taken_for_archived(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """Dovecot 2.3 does not dot-stuff a first line that starts with ".": a file beginning with
+    ".\r\n" is served as an empty message.  Its UIDL was committed with an empty blob (a size
+    warning only), and every later run trusted it: the message was never archived."""
+    cut = b".\r\nFrom: x@example.com\r\nSubject: leading dot\r\n\r\nbody\r\n"
+    others = mail(3, seed=7)
+    dovecot.add_messages("alice", [cut, *others])
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls", retries=1)})
+    for _ in range(2):  # not committed: the next run tries it again, and says so again
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 1 and any("RETR ended after 0 of" in e for e in acct["errors"]), acct
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        sizes = [row[0] for row in db.execute("SELECT size FROM uidls")]
+    assert len(sizes) == 3 and 0 not in sizes
+    assert dovecot.mailbox_count("alice") == 4
+
+
 def test_session_provenance_is_recorded(tmp_path: Path, dovecot: Dovecot) -> None:
     import sqlite3
 
