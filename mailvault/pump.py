@@ -95,6 +95,9 @@ class PumpLoop:
         # messages of a server without UIDL: no row to mark, so (sha256, size) by msgno
         self.without_uidl: dict[int, tuple[str, int]] = {}
         self.deleted_without_uidl: list[tuple[str, int]] = []
+        # DELEs of content new to the vault, sent once every RETR is answered (``_delete_new``)
+        self.held: dict[str, tuple[int, int]] = {}
+        self.held_rows: dict[str, tuple[ListedMessage, int, int]] = {}
         # committed UIDLs whose TOP answered with another header than the committed message's:
         # a download that then gives the committed message again is no proof for a DELE
         self.contradicted: set[str] = set()
@@ -144,6 +147,11 @@ class PumpLoop:
                     if not committer.finished:  # cannot happen: a commit finishes or raises
                         raise RuntimeError("a requested commit neither finished nor failed")
                     self._collect()
+                    continue
+                if self.held:  # every RETR answered and committed: no twin can come now
+                    self.deletes.extend(self.held.values())
+                    self.held.clear()
+                    self.held_rows.clear()
                     continue
                 return
             try:
@@ -236,16 +244,27 @@ class PumpLoop:
     def _delete_new(self, msg: ListedMessage, staged: StagedBlob, row_id: int, fresh: bool) -> None:
         """DELE a message just committed; but when its content was in the vault already (RETR
         gave the bytes of another message of this run, or of one archived before), TOP is
-        asked first whether this message has that header: a server serving the wrong message
-        for a RETR would otherwise have the real one deleted unread.  A message that is in a
-        mailbox twice passes the check (one TOP each time)."""
+        asked first whether this message has that header, and so is the message that first
+        gave those bytes in this session (which of the two was served wrongly cannot be told
+        otherwise): a server serving the wrong message for a RETR would have the real one
+        deleted unread.  So the DELEs of new content wait until every RETR of the session is
+        answered (deletions take effect at QUIT only, so nothing is lost by waiting).  A
+        message that is in a mailbox twice passes the check (one TOP each time)."""
         first = self.f.contents.setdefault(staged.digest, msg.msgno)
         if fresh and first == msg.msgno:
-            self.deletes.append((msg.msgno, row_id))
+            # held until every RETR of the session is answered: a later RETR giving the same
+            # bytes would show that one of the two is not what it claims, and it may be this
+            self.held[staged.digest] = (msg.msgno, row_id)
+            self.held_rows[staged.digest] = (msg, row_id, staged.size)
             return
         origin = f"message {first} of this run" if first != msg.msgno else "mail archived before"
         row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
         self.checks.append(Check(msg, row, twin_of=origin))
+        if self.held.pop(staged.digest, None) is not None:  # the first copy: TOP it as well
+            first_msg, first_row, size = self.held_rows[staged.digest]
+            checked = LiveUidl(first_row, first_msg.uidl or "", staged.digest, size, "", None,
+                               first_msg.size)  # fmt: skip
+            self.checks.append(Check(first_msg, checked, twin_of=f"{msg.label}"))
 
     def _checked(self, check: Check, head: bytes | None) -> None:
         """The DELE of a committed message goes out only if TOP showed its header; another

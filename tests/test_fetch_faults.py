@@ -1509,6 +1509,27 @@ def test_a_server_serving_one_message_for_another_does_not_get_the_other_deleted
         complete_and_check(vault, server, messages)
 
 
+@pytest.mark.parametrize("settings", [{}, {"pipelining": "off"}])
+def test_a_server_serving_a_later_message_for_an_earlier_one_keeps_the_earlier(
+    tmp_path: Path, settings: dict[str, Any]
+) -> None:
+    """RETR 1 answered with message 2's bytes: that content was new, so message 1 was deleted
+    at once, and only the second copy (message 2's own RETR) was checked with TOP: message 1
+    was deleted unread.  The DELEs of new content wait until every RETR is answered, and both
+    copies of content seen twice are checked."""
+    messages = alike(3)
+    with FakePop3Server(messages, faults=Faults(retr_serves=(1, 2))) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", **settings)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert any("served the wrong message" in w for w in acct["warnings"]), acct
+        assert "uid-1" in [m.uidl for m in server.mailbox]  # not deleted unread
+        server.faults = Faults()
+        server.wait_unlocked()
+        assert fetch_json(vault)[0] == 0
+        assert sha256s([served_bytes(messages[0])]) <= set(_stored(vault))
+
+
 def test_identical_messages_in_one_mailbox_are_still_deleted(tmp_path: Path) -> None:
     """The same bytes twice in a mailbox (a message delivered twice): TOP shows the header,
     so both are deleted after the one copy is stored."""
