@@ -238,9 +238,11 @@ class Pipeline:
                 "an export worker process died (killed, or out of memory?); the export stopped "
                 "before writing its manifest: rerun it"
             ) from None
+        # recorded before the task leaves _in_flight: a Ctrl-C between the two must still
+        # find the run (close() removes what it finds twice only once)
+        self._run = run  # removed once placed, or by close() after a failure
         self._unplaced.extend(prepared)
         self._in_flight.popleft()
-        self._run = run  # removed once placed, or by close() after a failure
         run_fd = -1
         try:
             if run:
