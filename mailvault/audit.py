@@ -110,15 +110,18 @@ def record(
         else:
             db.close()
     except sqlite3.Error as exc:
-        from mailvault._fs import unwritable
+        from mailvault._fs import nearly_full, unwritable
 
-        why = unwritable(os.path.dirname(path) or ".")
-        fix = (
-            f": {why}; run it on a writable vault, or on a copy (`cp -a`)"
-            if why is not None
-            else ""
-        )
+        directory = os.path.dirname(path) or "."
+        why = unwritable(directory)
+        if why is not None:
+            fix = f": {why}; run it on a writable vault, or on a copy (`cp -a`)"
+        elif nearly_full(directory):
+            fix = ": the vault's filesystem is full; free space there and rerun"
+        else:
+            fix = ""
+        done = "exported" if command == "export" else "shown"
         raise CatalogError(
-            f"cannot record the {command} in the audit trail ({exc}); nothing is shown "
+            f"cannot record the {command} in the audit trail ({exc}); nothing is {done} "
             f"without an audit entry{fix}"
         ) from None

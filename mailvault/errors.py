@@ -260,7 +260,12 @@ def disk_error(exc: OSError, doing: str, path: object = None) -> StoreError:
             f"disk full while {doing}{where}; free space on that filesystem and rerun: what "
             "was committed is kept"
         )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
+        return StoreError(
+            f"cannot write while {doing}{where}: the filesystem is mounted read-only; mount it "
+            "read-write, or work on a writable copy (`cp -a`)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return StoreError(
             f"no permission while {doing}{where} ({exc.strerror}); check the owner and mode "
             "of the vault and of any path given"

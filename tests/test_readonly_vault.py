@@ -175,3 +175,12 @@ def test_verify_of_a_read_only_copy_with_a_write_ahead_log_says_what_to_do(
     found = {f["code"]: f["detail"] for f in json.loads(result.stdout)["findings"]}
     assert "vault-read-only" in found and "catalog-corrupt" not in found, found
     assert "copy the vault" in found["vault-read-only"]
+
+
+@pytest.mark.parametrize("command", ["index", "reindex", "hold add h1 *"])
+def test_writers_on_a_read_only_filesystem_name_it(vault: Path, command: str) -> None:
+    """They said "no permission ... (Read-only file system); check the owner and mode of the
+    vault", a fix no chmod or chown can make."""
+    result = read_only(vault, *command.split())
+    assert result.returncode == 3, result
+    assert "mounted read-only" in result.stderr and "owner" not in result.stderr, result.stderr
