@@ -368,23 +368,18 @@ def _imports(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[
         if e["kind"] == "ingest"
         and str(ledger.parse_detail(e["detail"]).get("source", "")).startswith("import:")
     )
-    for (label, sha256), count in sorted((rows - recorded).items(), key=str):
-        yield Finding(
-            "ledger-disagrees",
-            "error",
-            sha256,
-            f"the catalog's imports rows list message {sha256} under label {label!r} "
-            f"{count} time(s) more than the ledger records (edited by hand?); mailvault goes "
-            "by the ledger's labels",
-        )
-    for (label, sha256), count in sorted((recorded - rows).items(), key=str):
-        yield Finding(
-            "ledger-disagrees",
-            "error",
-            sha256,
-            f"the ledger records the import of message {sha256} under label {label!r} but the "
-            f"catalog's imports rows do not ({count} missing; edited by hand?)",
-        )
+    for extra, where, other in (
+        (rows - recorded, "the catalog's imports rows", "the ledger records"),
+        (recorded - rows, "the ledger", "the catalog's imports rows hold"),
+    ):
+        for (label, sha256), count in sorted(extra.items(), key=str):
+            yield Finding(
+                "ledger-disagrees",
+                "error",
+                sha256,
+                f"{where} list message {sha256} under label {label!r} {count} time(s) more "
+                f"than {other} (edited by hand?); mailvault goes by the ledger's labels",
+            )
 
 
 def _first_ingest(sha256: str, stored_at: str, recorded: str | None) -> Iterator[Finding]:
