@@ -96,8 +96,7 @@ class PumpLoop:
         self.without_uidl: dict[int, tuple[str, int]] = {}
         self.deleted_without_uidl: list[tuple[str, int]] = []
         # DELEs of content new to the vault, sent once every RETR is answered (``_delete_new``)
-        self.held: dict[str, tuple[int, int]] = {}
-        self.held_rows: dict[str, tuple[ListedMessage, int, int]] = {}
+        self.held: dict[str, tuple[ListedMessage, int, int]] = {}  # sha256 -> msg, row, size
         # committed UIDLs whose TOP answered with another header than the committed message's:
         # a download that then gives the committed message again is no proof for a DELE
         self.contradicted: set[str] = set()
@@ -149,9 +148,8 @@ class PumpLoop:
                     self._collect()
                     continue
                 if self.held:  # every RETR answered and committed: no twin can come now
-                    self.deletes.extend(self.held.values())
+                    self.deletes.extend((msg.msgno, row) for msg, row, _ in self.held.values())
                     self.held.clear()
-                    self.held_rows.clear()
                     continue
                 return
             try:
@@ -254,17 +252,17 @@ class PumpLoop:
         if fresh and first == msg.msgno:
             # held until every RETR of the session is answered: a later RETR giving the same
             # bytes would show that one of the two is not what it claims, and it may be this
-            self.held[staged.digest] = (msg.msgno, row_id)
-            self.held_rows[staged.digest] = (msg, row_id, staged.size)
+            self.held[staged.digest] = (msg, row_id, staged.size)
             return
         origin = f"message {first} of this run" if first != msg.msgno else "mail archived before"
         row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
         self.checks.append(Check(msg, row, twin_of=origin))
-        if self.held.pop(staged.digest, None) is not None:  # the first copy: TOP it as well
-            first_msg, first_row, size = self.held_rows[staged.digest]
+        held = self.held.pop(staged.digest, None)
+        if held is not None:  # the first copy, not deleted yet: TOP it as well
+            first_msg, first_row, size = held
             checked = LiveUidl(first_row, first_msg.uidl or "", staged.digest, size, "", None,
                                first_msg.size)  # fmt: skip
-            self.checks.append(Check(first_msg, checked, twin_of=f"{msg.label}"))
+            self.checks.append(Check(first_msg, checked, twin_of=msg.label))
 
     def _checked(self, check: Check, head: bytes | None) -> None:
         """The DELE of a committed message goes out only if TOP showed its header; another
