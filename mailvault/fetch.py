@@ -180,7 +180,10 @@ class AccountFetcher:
         self._listed_uidls: set[str] = set()  # every UIDL a listing of this run showed
         self.refused: set[str] = set()  # UIDLs whose RETR the server refused in this run
         self.header_differs: set[str] = set()  # committed UIDLs whose TOP showed another header
-        self.contents: dict[str, int] = {}  # sha256 -> msgno of the RETR that first gave it
+        # committed UIDLs whose TOP answered with another header than the committed message's
+        # (in any session of the run): a download that then gives the committed message again
+        # is no proof for a DELE
+        self.contradicted: set[str] = set()
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
         self._secret: str | None = None  # resolved once per run, in memory for the run only
@@ -416,6 +419,8 @@ class AccountFetcher:
         suspects: dict[str, tuple[LiveUidl, bool]] = {}  # uidl -> (row, deletable)
         backfill: list[tuple[int, int]] = []  # rows from before LIST sizes were recorded
         for m, row in ghosts:
+            if row.uidl in self.refused:  # left alone for the rest of this run (mailvault.pump)
+                continue
             deletable = self.deletable(row.first_seen, now)
             if row.listed_size is None and not deletable:
                 backfill.append((row.id, m.size))  # trusted as before; compared from now on

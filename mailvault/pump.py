@@ -43,9 +43,8 @@ class Check:
 
     msg: ListedMessage
     row: LiveUidl
-    # for a message whose content the vault had already (``_delete_new``): where from, as
-    # the warning names it when TOP does not show that content's header
-    twin_of: str | None = None
+    # a message just downloaded (``_delete_new``), not a committed one found again
+    downloaded: bool = False
 
 
 class Unfetchable(ProtocolError):
@@ -95,11 +94,6 @@ class PumpLoop:
         # messages of a server without UIDL: no row to mark, so (sha256, size) by msgno
         self.without_uidl: dict[int, tuple[str, int]] = {}
         self.deleted_without_uidl: list[tuple[str, int]] = []
-        # DELEs of content new to the vault, sent once every RETR is answered (``_delete_new``)
-        self.held: dict[str, tuple[ListedMessage, int, int]] = {}  # sha256 -> msg, row, size
-        # committed UIDLs whose TOP answered with another header than the committed message's:
-        # a download that then gives the committed message again is no proof for a DELE
-        self.contradicted: set[str] = set()
         self.deleted_ids: list[int] = []
         self.done = 0
         self.retr_inflight = 0
@@ -146,10 +140,6 @@ class PumpLoop:
                     if not committer.finished:  # cannot happen: a commit finishes or raises
                         raise RuntimeError("a requested commit neither finished nor failed")
                     self._collect()
-                    continue
-                if self.held:  # every RETR answered and committed: no twin can come now
-                    self.deletes.extend((msg.msgno, row) for msg, row, _ in self.held.values())
-                    self.held.clear()
                     continue
                 return
             try:
@@ -239,30 +229,19 @@ class PumpLoop:
             elif isinstance(event, pop3.Err):
                 self.f.report.errors.append(f"DELE {command.msg} refused: -ERR {event.text}")
 
-    def _delete_new(self, msg: ListedMessage, staged: StagedBlob, row_id: int, fresh: bool) -> None:
-        """DELE a message just committed; but when its content was in the vault already (RETR
-        gave the bytes of another message of this run, or of one archived before), TOP is
-        asked first whether this message has that header, and so is the message that first
-        gave those bytes in this session (which of the two was served wrongly cannot be told
-        otherwise): a server serving the wrong message for a RETR would have the real one
-        deleted unread.  So the DELEs of new content wait until every RETR of the session is
-        answered (deletions take effect at QUIT only, so nothing is lost by waiting).  A
-        message that is in a mailbox twice passes the check (one TOP each time)."""
-        first = self.f.contents.setdefault(staged.digest, msg.msgno)
-        if fresh and first == msg.msgno:
-            # held until every RETR of the session is answered: a later RETR giving the same
-            # bytes would show that one of the two is not what it claims, and it may be this
-            self.held[staged.digest] = (msg, row_id, staged.size)
+    def _delete_new(self, msg: ListedMessage, staged: StagedBlob, row_id: int) -> None:
+        """DELE a message just committed once ``TOP n 0`` shows the header of what RETR gave:
+        a server that serves the wrong message for a RETR (another message's bytes, new to
+        the vault or not; in this session or a later one) would otherwise have the real
+        message deleted unread, and only TOP, asked for this very message, can tell.  One
+        small pipelined command per deleted message, sent with the DELEs.  A server without
+        TOP (it is optional) is taken at its RETR's word, as before."""
+        capabilities = self.session.capabilities
+        if capabilities and "TOP" not in capabilities:  # TOP is optional (RFC 1939, 2449)
+            self.deletes.append((msg.msgno, row_id))
             return
-        origin = f"message {first} of this run" if first != msg.msgno else "mail archived before"
         row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
-        self.checks.append(Check(msg, row, twin_of=origin))
-        held = self.held.pop(staged.digest, None)
-        if held is not None:  # the first copy, not deleted yet: TOP it as well
-            first_msg, first_row, size = held
-            checked = LiveUidl(first_row, first_msg.uidl or "", staged.digest, size, "", None,
-                               first_msg.size)  # fmt: skip
-            self.checks.append(Check(first_msg, checked, twin_of=msg.label))
+        self.checks.append(Check(msg, row, downloaded=True))
 
     def _checked(self, check: Check, head: bytes | None) -> None:
         """The DELE of a committed message goes out only if TOP showed its header; another
@@ -271,15 +250,20 @@ class PumpLoop:
         if self.f.same_header(head, row.sha256):
             self.deletes.append((msg.msgno, row.id))
             return
-        if head is not None and check.twin_of is None:  # TOP answered, with another header
-            self.contradicted.add(row.uidl)
-        if check.twin_of is not None:
-            self.f.report.warnings.append(
-                f"RETR of {msg.label} gave the same bytes as {check.twin_of}, but TOP "
-                "shows another header (or none): the server may have served the wrong message, "
-                "so it is not deleted; the next run downloads it again"
-            )
+        if check.downloaded and head is None:  # TOP refused: RETR is all there is to go by
+            self.deletes.append((msg.msgno, row.id))
             return
+        if check.downloaded:
+            self.f.report.warnings.append(
+                f"TOP of {msg.label} shows another header (or none) than what its RETR gave: "
+                "the server may have served the wrong message, so it is not deleted (the next "
+                "run checks it again)"
+            )
+            if msg.uidl is not None:  # left alone for the rest of the run (no session loop)
+                self.f.refused.add(msg.uidl)
+            return
+        if head is not None:  # TOP answered, with another header than the committed message's
+            self.f.contradicted.add(row.uidl)
         self.f.note_header_differs(row)
         self.suspects[row.uidl] = (row, True)
         if row.uidl not in self.f.refused:
@@ -423,16 +407,17 @@ class PumpLoop:
                     report.duplicates += 1
                 row, deletable = self.suspects.get(msg.uidl or "", (None, False))
                 if row is not None and row.id == row_id:  # the committed message after all
-                    if deletable and msg.uidl in self.contradicted:
+                    if deletable and msg.uidl in self.f.contradicted:
                         self.f.report.warnings.append(
                             f"RETR of {msg.label} gave the committed message, but TOP showed "
                             "another header: the server contradicts itself, so it is not "
                             "deleted (check the server)"
                         )
+                        self.f.refused.add(str(msg.uidl))  # not asked again in this run
                     elif deletable:
                         self.deletes.append((msg.msgno, row_id))
                 elif row_id is not None and self.delete_new:
-                    self._delete_new(msg, staged, row_id, fresh)
+                    self._delete_new(msg, staged, row_id)
                 elif self.delete_new and msg.uidl is None:
                     self.without_uidl[msg.msgno] = (staged.digest, staged.size)
-                    self._delete_new(msg, staged, -1, fresh)
+                    self._delete_new(msg, staged, -1)

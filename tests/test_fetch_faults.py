@@ -1064,7 +1064,9 @@ def test_a_ghost_whose_dele_was_sent_is_checked_by_its_header_not_downloaded(
         assert server.mailbox == []
         retrs = [c for d, c in server.log if d == "C" and c.startswith("RETR")]
         tops = [c for d, c in server.log if d == "C" and c.startswith("TOP")]
-        assert len(retrs) == 3 and len(tops) == 3  # RETRs of the first run only
+        # RETRs of the first run only; TOPs in both: before the first run's DELEs (each
+        # deleted message's header) and for the ghosts
+        assert len(retrs) == 3 and len(tops) == 6
 
 
 @pytest.mark.parametrize(("no_pipelining", "cap"), [(False, 0), (True, 0), (False, 1), (True, 2)])
@@ -1622,3 +1624,25 @@ def test_a_server_serving_a_much_smaller_message_for_another_is_caught_by_size(
         assert code == 1 and any("octets LIST announced" in e for e in acct["errors"]), acct
         assert [m.uidl for m in server.mailbox] == ["uid-6"]
         assert "uid-6" not in committed_uidls(vault, "acct")
+
+
+@pytest.mark.parametrize("keys", [{"max_messages_per_session": 1}, {}])
+def test_a_message_served_for_another_in_an_earlier_session_is_not_deleted_unread(
+    tmp_path: Path, keys: dict[str, Any]
+) -> None:
+    """RETR 1 answered with message 2's bytes, new to the vault: its DELE was held to the end
+    of the session only, so with one message per session (or message 2's RETR refused) it
+    went out unchecked, and message 1 was lost.  Every DELE of a downloaded message now waits
+    for TOP to show the header of what RETR gave."""
+    messages = alike(2)
+    faults = Faults(retr_serves=(1, 2), refuse_retr=None if keys else 2)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", **keys)
+        fetch_json(vault)
+        assert "uid-1" in [m.uidl for m in server.mailbox]  # not deleted unread
+        server.faults = Faults()
+        server.wait_unlocked()
+        fetch_json(vault)
+        server.wait_unlocked()
+        assert fetch_json(vault)[0] == 0
+        assert sha256s(served_bytes(m) for m in messages) <= set(_stored(vault))
