@@ -226,6 +226,18 @@ def test_a_new_mbox_killed_once_in_place_is_finished_by_the_rerun(
         assert "already exists" in result.stderr and "pass --append" not in result.stderr
 
 
+def _exported_then_more(tmp_path: Path, plain: list[bytes]) -> tuple[Path, Path, list[str]]:
+    """A vault whose first 3 messages were exported into a new mbox, with 5 more since: (the
+    vault, the mbox, the export's arguments), ready for an --append."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, plain[:3])
+    out = tmp_path / "box.mbox"
+    args = ["--format", "mbox", "--out", str(out)]
+    assert cli(root, "export", *args).exit_code == 0
+    add_messages(root, plain[3:8])
+    return root, out, args
+
+
 @pytest.mark.parametrize("point", ["replace:.manifest.jsonl", "replace:.manifest.json", "finished"])
 def test_an_append_killed_after_it_finished_is_not_appended_again(
     tmp_path: Path, crafted: list[bytes], point: str
@@ -236,12 +248,7 @@ def test_an_append_killed_after_it_finished_is_not_appended_again(
     append by its journal (where it started and ended, the bytes before both, what it
     selected), puts its manifest in place and appends nothing."""
     plain = [m for m in crafted if len(m) < 100_000]
-    root = new_vault(tmp_path / "vault")
-    add_messages(root, plain[:3])
-    out = tmp_path / "box.mbox"
-    args = ["--format", "mbox", "--out", str(out)]
-    assert cli(root, "export", *args).exit_code == 0
-    add_messages(root, plain[3:8])
+    root, out, args = _exported_then_more(tmp_path, plain)
     _kill(root, point, *args, "--append")
     appended = out.read_bytes()
     code, summary = cli_json(root, "export", *args, "--append")
@@ -372,12 +379,7 @@ def test_the_same_append_again_appends_nothing(tmp_path: Path, crafted: list[byt
     export appends nothing (exit 0, a warning naming that run).  A different selection, or
     an mbox another program appended to since, is appended to as before."""
     plain = [m for m in crafted if len(m) < 100_000]
-    root = new_vault(tmp_path / "vault")
-    add_messages(root, plain[:3])
-    out = tmp_path / "box.mbox"
-    args = ["--format", "mbox", "--out", str(out)]
-    assert cli(root, "export", *args).exit_code == 0
-    add_messages(root, plain[3:8])
+    root, out, args = _exported_then_more(tmp_path, plain)
     code, first = cli_json(root, "export", *args, "--append")
     assert code == 0 and first["added"] == 8
     before = _files(out)

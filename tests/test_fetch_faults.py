@@ -540,24 +540,24 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def test_stls_injection_is_refused(tmp_path: Path, ca: trustme.CA) -> None:
+def _server_tls(ca: trustme.CA, tmp_path: Path, host: str = "127.0.0.1") -> tuple[Any, Path]:
+    """A server TLS context with a certificate for ``host``, and the CA's file for ca_file."""
     ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ca.issue_cert(host).configure_cert(ctx)
     cafile = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
+    return ctx, cafile
+
+
+def _tls_vault(tmp_path: Path, port: int, cafile: Path, tls: str, retries: int) -> Path:
+    account = {"host": "127.0.0.1", "port": port, "tls": tls, "ca_file": str(cafile)}
+    return make_vault(tmp_path / "v", {"acct": {**account, "retries": retries}})
+
+
+def test_stls_injection_is_refused(tmp_path: Path, ca: trustme.CA) -> None:
+    ctx, cafile = _server_tls(ca, tmp_path)
     with FakePop3Server(corpus(), tls_context=ctx, faults=Faults(stls_inject=True)) as server:
-        vault = make_vault(
-            tmp_path / "v",
-            {
-                "acct": {
-                    "host": "127.0.0.1",
-                    "port": server.port,
-                    "tls": "starttls",
-                    "ca_file": str(cafile),
-                    "retries": 0,
-                }
-            },
-        )
+        vault = _tls_vault(tmp_path, server.port, cafile, "starttls", retries=0)
         code, report = fetch_json(vault)
         assert code == 1 and "STLS" in report["accounts"][0]["errors"][0].upper()
         server.faults = Faults()
@@ -567,23 +567,9 @@ def test_stls_injection_is_refused(tmp_path: Path, ca: trustme.CA) -> None:
 def test_certificate_for_wrong_host_is_refused_without_retry(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
-    ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
-    ca.issue_cert("mail.example.org").configure_cert(ctx)
-    cafile = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(cafile))
+    ctx, cafile = _server_tls(ca, tmp_path, host="mail.example.org")
     with FakePop3Server(corpus(), tls_context=ctx, implicit_tls=True) as server:
-        vault = make_vault(
-            tmp_path / "v",
-            {
-                "acct": {
-                    "host": "127.0.0.1",
-                    "port": server.port,
-                    "tls": "implicit",
-                    "ca_file": str(cafile),
-                    "retries": 3,
-                }
-            },
-        )
+        vault = _tls_vault(tmp_path, server.port, cafile, "implicit", retries=3)
         code, report = fetch_json(vault)
         acct = report["accounts"][0]
         assert (code, acct["retries"]) == (1, 0)
@@ -614,18 +600,7 @@ def test_a_connection_closed_during_the_tls_handshake_is_retried(
         FakePop3Server(messages, tls_context=ctx, implicit_tls=True) as server,
         _CutFirstConnection("127.0.0.1", server.port) as proxy,
     ):
-        vault = make_vault(
-            tmp_path / "v",
-            {
-                "acct": {
-                    "host": "127.0.0.1",
-                    "port": proxy.port,
-                    "tls": "implicit",
-                    "ca_file": str(cafile),
-                    "retries": 3,
-                }
-            },
-        )
+        vault = _tls_vault(tmp_path, proxy.port, cafile, "implicit", retries=3)
         code, report = fetch_json(vault)
     acct = report["accounts"][0]
     assert (code, acct["retries"], acct["fetched"]) == (0, 1, 3), report
@@ -1204,14 +1179,6 @@ def test_an_account_pointed_at_another_mailbox_trusts_none_of_the_old_uidls(
 
 
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
-
-
-def _server_tls(ca: trustme.CA, tmp_path: Path) -> tuple[Any, Path]:
-    ctx = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    cafile = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(cafile))
-    return ctx, cafile
 
 
 @pytest.mark.parametrize(

@@ -271,19 +271,28 @@ def test_purged_content_is_not_brought_back(tmp_path: Path) -> None:
     assert open_vault(vault).store().find(sha(A)) is None
 
 
-@pytest.mark.parametrize("fmt", ["mbox", "maildir", "eml"])
-def test_an_lf_export_of_purged_mail_does_not_bring_it_back(tmp_path: Path, fmt: str) -> None:
-    """An lf export's bytes differ from the vault's (CRLF) copy, but its manifest entry, or
-    the file name (Maildir ,H=<sha256>; <sha256>.eml), names the purged original."""
+def _lf_export_without_manifest(
+    tmp_path: Path, fmt: str, messages: tuple[bytes, ...]
+) -> tuple[Path, Path]:
+    """A vault holding ``messages`` and its ``--line-endings lf`` export in ``fmt``, Maildir's
+    and EML's manifest removed (the file names alone name the originals): (vault, export)."""
     vault = new_vault(tmp_path / "vault")
-    paths = [str(write(tmp_path / f"{n}.eml", m)) for n, m in enumerate((A, C))]
+    paths = [str(write(tmp_path / f"{n}.eml", m)) for n, m in enumerate(messages)]
     assert import_json(vault, *paths)[0] == 0
     out = tmp_path / f"out-{fmt}"
     result = cli(vault, "export", "--format", fmt, "--out", str(out), "--line-endings", "lf")
     assert result.exit_code == 0, result.stderr
     if fmt != "mbox":
         for manifest in out.glob("manifest.json*"):
-            manifest.unlink()  # the name alone is enough
+            manifest.unlink()
+    return vault, out
+
+
+@pytest.mark.parametrize("fmt", ["mbox", "maildir", "eml"])
+def test_an_lf_export_of_purged_mail_does_not_bring_it_back(tmp_path: Path, fmt: str) -> None:
+    """An lf export's bytes differ from the vault's (CRLF) copy, but its manifest entry, or
+    the file name (Maildir ,H=<sha256>; <sha256>.eml), names the purged original."""
+    vault, out = _lf_export_without_manifest(tmp_path, fmt, (A, C))
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         db.execute("UPDATE messages SET purged_at='2026-01-01T00:00:00+00:00'")
     code, report = import_json(vault, str(out))
@@ -690,15 +699,7 @@ def test_an_lf_export_imported_back_is_a_duplicate_of_its_original(
     content that is the lf form of the live message its name or manifest entry names (checked
     by converting the stored original, not trusted) is a duplicate of that original; its
     provenance is recorded against the original, and nothing new is stored."""
-    vault = new_vault(tmp_path / "vault")
-    paths = [str(write(tmp_path / f"{n}.eml", m)) for n, m in enumerate((A, B, C))]
-    assert import_json(vault, *paths)[0] == 0
-    out = tmp_path / f"out-{fmt}"
-    result = cli(vault, "export", "--format", fmt, "--out", str(out), "--line-endings", "lf")
-    assert result.exit_code == 0, result.stderr
-    if fmt != "mbox":
-        for manifest in out.glob("manifest.json*"):
-            manifest.unlink()  # the name alone is enough
+    vault, out = _lf_export_without_manifest(tmp_path, fmt, (A, B, C))
     code, report = import_json(vault, "--account", "again", str(out))
     assert (code, report["imported"], report["duplicates"]) == (0, 0, 3), report
     assert report["warnings"] == [] and report["rejected"] == []
@@ -714,6 +715,7 @@ def test_an_lf_export_imported_back_is_a_duplicate_of_its_original(
     # The originals and their export in one import: the originals come first, and the export
     # is still recognised (the originals' batch is committed before it is read back).
     third = new_vault(tmp_path / "third")
+    paths = [str(tmp_path / f"{n}.eml") for n in range(3)]  # the originals the helper wrote
     code, report = import_json(third, *paths, str(out))
     assert (code, report["imported"], report["duplicates"]) == (0, 3, 3)
     assert catalog_set(third) == {sha(A), sha(B), sha(C)}
