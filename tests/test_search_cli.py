@@ -436,7 +436,7 @@ def test_the_unindexed_check_reads_a_count_not_the_messages_table(
     (migration 6, triggers), so the check is two lookups whatever the size."""
     import sqlite3
 
-    from mailvault.search.command import unindexed
+    from mailvault.search.command import index_gap
     from tests.test_index_support import import_messages
 
     vault, _, _ = build_vault(tmp_path / "v", [])
@@ -455,15 +455,15 @@ def test_the_unindexed_check_reads_a_count_not_the_messages_table(
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", traced)
-    assert unindexed(vault.root, 1) == 3  # 6 rows, 2 purged, 1 document
-    assert unindexed(vault.root, 4) == 0
+    assert index_gap(vault.root, 1)[0] == 3  # 6 rows, 2 purged, 1 document
+    assert index_gap(vault.root, 4)[0] == 0
     assert not [s for s in statements if "count(" in s.lower()], statements
     monkeypatch.setattr(sqlite3, "connect", connect)
     # a catalog from before the count (no writer has opened it since): counted as before
     with sqlite3.connect(vault.catalog_path) as db:
         db.execute("DROP TABLE message_counts")
     db.close()
-    assert unindexed(vault.root, 1) == 3
+    assert index_gap(vault.root, 1)[0] == 3
 
 
 def test_search_shows_the_real_date_of_a_message_dated_beyond_the_index(tmp_path: Path) -> None:

@@ -104,9 +104,9 @@ class Selection:
                 batch.clear()
         if batch:
             conn.executemany(f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", batch)
-        from mailvault.search.command import unindexed
+        from mailvault.search.command import index_gap
 
-        self.unindexed = unindexed(vault.root, searcher.searcher.num_docs)
+        self.unindexed, _ = index_gap(vault.root, searcher.searcher.num_docs)
 
     def count(self) -> int:
         row = self.catalog.conn.execute(

@@ -155,11 +155,6 @@ def _read_only(vault_root: str | os.PathLike[str]) -> str:
     return read_only_uri(os.path.join(vault_root, "catalog.sqlite"))
 
 
-def unindexed(vault_root: str | os.PathLike[str], num_docs: int) -> int:
-    """How many archived messages the index lacks (``index_gap``)."""
-    return index_gap(vault_root, num_docs)[0]
-
-
 def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, int]:
     """(how many archived messages the index lacks, after `import --no-index` say; how many
     documents it holds beyond the live messages, those of purged mail after a retention run
