@@ -851,17 +851,12 @@ def _cannot_read_here(vault: Vault, exc: sqlite3.Error) -> Finding | None:
             "(nothing found so far says the catalog is damaged)",
         )
     if nearly_full(vault.root):
-        return _disk_full(vault, exc)
+        return Finding(
+            "disk-full",
+            "error",
+            "catalog.sqlite",
+            f"the catalog cannot be read while the filesystem holding {vault.root} is full "
+            f"({exc}): SQLite must create its -wal/-shm files to read it; free space there and "
+            "run `mailvault verify` again (nothing found so far says the catalog is damaged)",
+        )
     return None
-
-
-def _disk_full(vault: Vault, exc: sqlite3.Error) -> Finding:
-    """A full disk's finding (``_cannot_read_here``)."""
-    return Finding(
-        "disk-full",
-        "error",
-        "catalog.sqlite",
-        f"the catalog cannot be read while the filesystem holding {vault.root} is full ({exc}): "
-        "SQLite must create its -wal/-shm files to read it; free space there and run `mailvault "
-        "verify` again (nothing found so far says the catalog is damaged)",
-    )
