@@ -244,20 +244,19 @@ class PumpLoop:
         self.checks.append(Check(msg, row, downloaded=True))
 
     def _checked(self, check: Check, head: bytes | None) -> None:
-        """The DELE of a committed message goes out only if TOP showed its header; another
-        header (or none) makes it a suspect, downloaded and archived before any DELE."""
+        """The DELE of a message goes out only if TOP showed the header of its stored bytes.
+        For a committed message found again, another header (or none) makes it a suspect,
+        downloaded and archived before any DELE; for one just downloaded, another header
+        leaves it on the server (a refused TOP leaves its RETR to go by)."""
         msg, row = check.msg, check.row
-        if self.f.same_header(head, row.sha256):
-            self.deletes.append((msg.msgno, row.id))
-            return
-        if check.downloaded and head is None:  # TOP refused: RETR is all there is to go by
+        if self.f.same_header(head, row.sha256) or (check.downloaded and head is None):
             self.deletes.append((msg.msgno, row.id))
             return
         if check.downloaded:
             self.f.report.warnings.append(
-                f"TOP of {msg.label} shows another header (or none) than what its RETR gave: "
-                "the server may have served the wrong message, so it is not deleted (the next "
-                "run checks it again)"
+                f"TOP of {msg.label} shows another header than what its RETR gave: the server "
+                "may have served the wrong message, so it is not deleted (the next run checks "
+                "it again)"
             )
             if msg.uidl is not None:  # left alone for the rest of the run (no session loop)
                 self.f.refused.add(msg.uidl)
