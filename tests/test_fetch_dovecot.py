@@ -129,6 +129,24 @@ def test_a_message_the_server_cuts_short_is_not_taken_for_archived(
     assert dovecot.mailbox_count("alice") == 4
 
 
+def test_a_first_line_dovecot_does_not_stuff_keeps_its_dot(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """Dovecot 2.3 sends a first line that starts with "." unstuffed: the client stripped that
+    dot as RFC 1939 says, stored the message one byte short and deleted the original."""
+    messages = [
+        b".From: x@example.com\r\nSubject: leading dot\r\n\r\nbody\r\n.later line\r\n",
+        b".\tfirst line a dot and a tab\r\nSubject: two\r\n\r\n..two dots later\r\n",
+    ]
+    dovecot.add_messages("alice", messages)
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls", delete="after-commit")})
+    code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["fetched"], acct["deleted"], acct["warnings"]) == (0, 2, 2, []), acct
+    assert_vault_exact(vault, sha256s(retr_payload(m) for m in messages))
+    assert dovecot.mailbox_count("alice") == 0
+
+
 def test_session_provenance_is_recorded(tmp_path: Path, dovecot: Dovecot) -> None:
     import sqlite3
 

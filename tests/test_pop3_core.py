@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Callable
 from unittest import mock
 
 import pytest
@@ -86,6 +87,14 @@ def greeted(**kwargs: int) -> Connection:
 def stuff(body: bytes) -> bytes:
     """Dot-stuff a message the way RFC 1939 servers do: lines are CRLF-delimited."""
     return b"\r\n".join(b"." + ln if ln.startswith(b".") else ln for ln in body.split(b"\r\n"))
+
+
+def lax_stuff(body: bytes) -> bytes:
+    """Dot-stuff only the lines a client could not tell from stuffed ones or the terminator
+    (".." and "."), as Dovecot 2.3 does for a message's first line."""
+    return b"\r\n".join(
+        b"." + ln if ln == b"." or ln.startswith(b"..") else ln for ln in body.split(b"\r\n")
+    )
 
 
 def retr_response(body: bytes) -> bytes:
@@ -346,6 +355,19 @@ def test_retr_dot_stuffing_crlf_and_bare_lf() -> None:
     assert events[0] == Ok(Retr(1), "120 octets", None)
     assert events[1:] == [Data(Retr(1), expected), End(Retr(1))]  # one chunk, not per line
     assert conn.outstanding == 0
+
+
+def test_a_dotted_line_the_server_did_not_stuff_keeps_its_dot() -> None:
+    """Only ".." is a stuffing dot: Dovecot 2.3 sends a first line ".From: x" unstuffed, and
+    stripping its dot stored the message one byte short."""
+    body = b".From: x\r\n.\tb\r\n.\rc\r\n..d\r\n"
+    wire = b"+OK\r\n.From: x\r\n.\tb\r\n.\rc\r\n...d\r\n.\r\n"
+    for size in range(1, len(wire) + 1):
+        conn = greeted()
+        conn.send(Retr(1))
+        events = feed(conn, *[wire[i : i + size] for i in range(0, len(wire), size)])
+        assert data_of(events, Retr(1)) == body, size
+        assert events[-1] == End(Retr(1))
 
 
 def test_retr_byte_by_byte() -> None:
@@ -737,11 +759,21 @@ _BODIES = st.one_of(st.binary(max_size=300), st.lists(_PIECES, max_size=200).map
 )
 
 
-@given(first=_BODIES, second=_BODIES, dense=st.sampled_from([8, 0]), data=st.data())
+@given(
+    first=_BODIES,
+    second=_BODIES,
+    dense=st.sampled_from([8, 0]),
+    stuffing=st.sampled_from([stuff, lax_stuff]),
+    data=st.data(),
+)
 def test_retr_roundtrip_at_any_chunking(
-    first: bytes, second: bytes, dense: int, data: st.DataObject
+    first: bytes,
+    second: bytes,
+    dense: int,
+    stuffing: Callable[[bytes], bytes],
+    data: st.DataObject,
 ) -> None:
-    wire = retr_response(first) + retr_response(second)
+    wire = b"".join(b"+OK\r\n" + stuffing(body) + b".\r\n" for body in (first, second))
     if data.draw(st.booleans(), label="one byte at a time"):
         chunks = [wire[i : i + 1] for i in range(len(wire))]
     else:

@@ -8,6 +8,11 @@ pathological messages stay fast.  Only the bytes that could still turn out to be
 a stuffing dot or of the ``CRLF . CRLF`` terminator are held back -- at most the last four
 -- so data is handed out as soon as it arrives.
 
+Only ".." at a line start is a stuffing dot.  A dot followed by anything but a dot or CRLF
+is the message's own, sent unstuffed (Dovecot 2.3 does so for a message's first line): RFC
+1939 has the client strip it, but a server that stuffs never sends such a line, so stripping
+could only change the message, which must be archived byte for byte.
+
 Lines are delimited by CRLF here, exactly like the terminator: a bare LF is ordinary data
 and a dot after it is kept.  The line-length guard measures lines by LF (the generous
 reading) and costs one ``rfind`` per emitted slice.
@@ -56,14 +61,15 @@ class DataDecoder:
         while pos < end:
             if bol:
                 if buf[pos] == _DOT:
-                    if end - pos < 3:
-                        if _TERMINATOR.startswith(buf[pos:end]):
-                            break  # ".", ".\r": terminator or stuffing, cannot tell yet
+                    if end - pos < 3 and _TERMINATOR.startswith(buf[pos:end]):
+                        break  # ".", ".\r": the terminator or not, cannot tell yet
+                    if buf[pos + 1] == _DOT:
+                        pos += 1  # drop the stuffing dot
                     elif buf[pos + 1] == _CR and buf[pos + 2] == _LF:
                         pos += 3
                         done = True
                         break
-                    pos += 1  # drop the stuffing dot
+                    # else a line the server did not stuff: its dot is the message's own
                 bol = False
             if len(spans) >= _DENSE:
                 pos, dense, done = self._read_dense(buf, pos, end, spans)
@@ -103,8 +109,8 @@ class DataDecoder:
     ) -> tuple[int, bytes, bool]:
         """Unstuff the rest of the buffer in C, for data where dotted lines are common.
 
-        ``pos`` is not at a line start, so up to the terminator every CRLF "." is a stuffing
-        dot and ``bytes.replace`` can drop them all at once.  A possible start of the
+        ``pos`` is not at a line start, so up to the terminator every CRLF ".." starts a stuffed
+        line and ``bytes.replace`` can drop those dots all at once.  A possible start of the
         terminator at the very end is held back.  The span is appended to ``spans`` (for the
         length check); its unstuffed bytes are returned to replace it when joining.
         """
@@ -121,7 +127,7 @@ class DataDecoder:
         spans.append((pos, stop))
         with memoryview(buf) as view:
             data = bytes(view[pos:stop])
-        return after, data.replace(b"\r\n.", b"\r\n"), done
+        return after, data.replace(b"\r\n..", b"\r\n."), done
 
     def _check_line_lengths(self, buf: bytearray, spans: list[tuple[int, int]]) -> None:
         """Raise if a line (counted up to and including LF) exceeds the limit.
