@@ -303,7 +303,9 @@ class AccountFetcher:
             if self.run_id is not None:
                 self.catalog.record_session(self.run_id, session.facts.as_dict())
             session.login()
-            listed, has_uidl = session.listing()
+            listed, has_uidl, mismatch = session.listing()
+            if mismatch is not None:
+                self._warn(mismatch)
             return self._drain(session, listed, has_uidl)
         except TransportError as exc:
             if session.conn.pipelining and isinstance(exc, Stalled) and not self._lockstep:

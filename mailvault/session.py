@@ -373,8 +373,9 @@ class Pop3Session:
         if isinstance(event, pop3.Err):
             raise self._server_error(pop3.Auth(mechanism, None), event)
 
-    def listing(self) -> tuple[list[ListedMessage], bool]:
-        """LIST and UIDL (pipelined when allowed); returns the messages and whether UIDL worked."""
+    def listing(self) -> tuple[list[ListedMessage], bool, str | None]:
+        """LIST and UIDL (pipelined when allowed); returns the messages, whether UIDL worked
+        and a warning if UIDL did not list the messages LIST did."""
         sizes: dict[int, int] = {}
         pipelined = self.conn.pipelining  # all at once: one round trip instead of three
         if pipelined:
@@ -383,6 +384,8 @@ class Pop3Session:
         for raw in self._multiline(pop3.List(None), sent=pipelined, limit=limit):
             parts = raw.split()
             if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                if int(parts[0]) in sizes:
+                    raise self._listed_twice(pop3.List(None), int(parts[0]))
                 sizes[int(parts[0])] = int(parts[1])
             else:
                 raise ProtocolError(
@@ -423,10 +426,39 @@ class Pop3Session:
                         hint=_BROKEN_SERVER,
                         account=self.account.name,
                     )
+                if int(parts[0]) in uidls:
+                    raise self._listed_twice(pop3.Uidl(None), int(parts[0]))
                 seen.add(uidl)
                 uidls[int(parts[0])] = uidl
         listed = [ListedMessage(n, size, uidls.get(n)) for n, size in sorted(sizes.items())]
-        return listed, has_uidl
+        return listed, has_uidl, self._mismatch(sizes, uidls) if has_uidl else None
+
+    def _listed_twice(self, command: pop3.Command, msgno: int) -> ProtocolError:
+        return ProtocolError(
+            f"{self.account.host} listed message {msgno} twice in one {command.words()[0]} answer",
+            hint=_BROKEN_SERVER,
+            account=self.account.name,
+        )
+
+    def _mismatch(self, sizes: dict[int, int], uidls: dict[int, str]) -> str | None:
+        """A warning when LIST and UIDL do not list the same messages (RFC 1939: both list
+        every message of the maildrop).  LIST decides what exists; a message without a UIDL
+        is handled like mail from a server without UIDL."""
+        missing = sorted(set(sizes) - set(uidls))
+        extra = sorted(set(uidls) - set(sizes))
+        if not missing and not extra:
+            return None
+        found = []
+        if missing:
+            found.append(f"UIDL left out {_numbers(missing)} of LIST's {len(sizes)}")
+        if extra:
+            found.append(f"UIDL named {_numbers(extra)}, which LIST does not list")
+        consequence = (
+            ": those without a UIDL are downloaded each run and de-duplicated by content hash"
+            if missing
+            else ": what LIST does not list is not fetched"
+        )
+        return f"{self.account.host}: {'; '.join(found)}{consequence} (check the server)"
 
     def _listing_limit(self, *, sent: bool) -> int:
         """How many lines a LIST or UIDL answer may have: STAT's count (the maildrop is fixed
@@ -460,3 +492,11 @@ class Pop3Session:
         if self.stream is not None:
             self.stream.close()
             self.stream = None
+
+
+def _numbers(msgnos: list[int]) -> str:
+    """Message numbers for a one-line warning: a few, then how many more."""
+    shown = ", ".join(str(n) for n in msgnos[:5])
+    more = f" and {len(msgnos) - 5} more" if len(msgnos) > 5 else ""
+    noun = "message" if len(msgnos) == 1 else "messages"
+    return f"{noun} {shown}{more}"

@@ -32,6 +32,7 @@ from tests.vaults import (
     no_tmp_leftovers,
     run_cli,
     sha256s,
+    stored_digests,
 )
 
 PLAIN = {"host": "127.0.0.1", "tls": "none", "allow_plaintext_auth": True}
@@ -1424,6 +1425,47 @@ def test_a_listing_that_never_ends_is_one_line_not_a_hang(tmp_path: Path, comman
         server.faults = Faults()
         server.wait_unlocked()
         complete_and_check(vault, server, messages)
+
+
+@pytest.mark.parametrize("command", ["LIST", "UIDL"])
+def test_a_message_listed_twice_ends_the_session(tmp_path: Path, command: str) -> None:
+    """A LIST or UIDL answer naming one message number twice was taken silently, the later
+    line winning: which UIDL or size belongs to the message cannot be known."""
+    messages = corpus(3)
+
+    def twice(name: str, lines: list[str]) -> list[str]:
+        extra = "1 500" if name == "LIST" else "1 other-1"
+        return [*lines, extra] if name == command else lines
+
+    with FakePop3Server(messages, faults=Faults(edit_listing=twice)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        (error,) = report["accounts"][0]["errors"]
+        assert code == 1 and f"listed message 1 twice in one {command} answer" in error, error
+        assert not server.deleted_uidls and report["accounts"][0]["fetched"] == 0
+        server.faults = Faults()
+        server.wait_unlocked()
+        complete_and_check(vault, server, messages)
+
+
+def test_uidl_and_list_disagreeing_is_named(tmp_path: Path) -> None:
+    """UIDL leaving out a message LIST lists (or naming one LIST does not) was accepted
+    silently: the message was downloaded again every run with no word why."""
+    messages = corpus(3)
+
+    def disagree(name: str, lines: list[str]) -> list[str]:
+        return [*lines[1:], "9 phantom"] if name == "UIDL" else lines
+
+    with FakePop3Server(messages, faults=Faults(edit_listing=disagree)) as server:
+        vault = vault_for(tmp_path, server)
+        for fetched, duplicates in ((3, 0), (1, 1)):  # message 1, without a UIDL, comes again
+            code, report = fetch_json(vault)
+            acct = report["accounts"][0]
+            assert (code, acct["fetched"], acct["duplicates"]) == (0, fetched, duplicates)
+            (warning,) = acct["warnings"]
+            assert "UIDL left out message 1 of LIST's 3" in warning, warning
+            assert "UIDL named message 9, which LIST does not list" in warning, warning
+        assert len(stored_digests(vault)) == 3
 
 
 def test_uidls_differing_only_in_non_ascii_bytes_stay_apart(tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    edit_listing: Callable[[str, list[str]], list[str]] | None = None  # (command, lines) -> lines
 
 
 @dataclass
@@ -501,8 +502,12 @@ class _Session:
             self._endless("+OK listing follows")
         live = self._live()
         total = sum(self._size(m) for _, m in live)
-        lines = [f"{n} {self._size(m)}" for n, m in live]
+        lines = self._edited("LIST", [f"{n} {self._size(m)}" for n, m in live])
         self._multi(f"+OK {len(live)} messages ({total} octets)", lines)
+
+    def _edited(self, command: str, lines: list[str]) -> list[str]:
+        edit = self.faults.edit_listing
+        return lines if edit is None else edit(command, lines)
 
     def _uidl(self, arg: str) -> None:
         if self.faults.no_uidl:
@@ -513,7 +518,8 @@ class _Session:
         elif self.faults.endless_listing == "UIDL":
             self._endless("+OK unique-id listing follows")
         else:
-            self._multi("+OK unique-id listing follows", [f"{n} {m.uidl}" for n, m in self._live()])
+            lines = self._edited("UIDL", [f"{n} {m.uidl}" for n, m in self._live()])
+            self._multi("+OK unique-id listing follows", lines)
 
     def _retr(self, arg: str) -> None:
         found = self._message(arg)
