@@ -140,6 +140,16 @@ def special_messages() -> dict[str, bytes]:
         msg.set_content(f"Address variant {name}.")
         out[name] = msg.as_bytes()
 
+    out["winpath"] = (  # a Windows client's raw path in a quoted file name
+        b"From: ann@example.com\r\nTo: bob@example.com\r\nSubject: Windows path name\r\n"
+        b"Message-ID: <winpath@test.example>\r\nDate: Mon, 1 Apr 2024 10:00:00 +0000\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n--B\r\n"
+        b"Content-Type: application/octet-stream\r\n"
+        b'Content-Disposition: attachment; filename="C:\\Users\\ann\\quarterly.xls"\r\n\r\n'
+        b"data\r\n--B--\r\n"
+    )
+
     hostile = _message("Evil \x1b[31mred\x1b[0m subject", mid="hostile@test.example")
     hostile.set_content("Body with an escape \x1b]0;title\x07 sequence.")
     out["hostile"] = hostile.as_bytes()

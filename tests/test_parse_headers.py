@@ -85,6 +85,8 @@ def test_broken_encoded_word_keeps_the_text() -> None:
         ('text/plain; charset="ISO-8859-1"; format=flowed', "charset", "ISO-8859-1"),
         ("attachment; filename*=x-bogus''caf%C3%A9.txt", "filename", "café.txt"),
         ('attachment; filename="a \\"quoted\\" name.txt"', "filename", 'a "quoted" name.txt'),
+        ('attachment; filename="C:\\Users\\a\\report.pdf"', "filename", "C:\\Users\\a\\report.pdf"),
+        ('attachment; filename="back\\\\slash.txt"', "filename", "back\\slash.txt"),
     ],
 )
 def test_rfc2231_params(raw: str, key: str, expected: str) -> None:

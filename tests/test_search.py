@@ -231,6 +231,15 @@ def test_word_only_inside_a_pdf_attachment_is_found(corpus: Corpus) -> None:
     assert hits(corpus, "attachment:numbers.pdf") == [named["pdf"]]
 
 
+def test_a_windows_path_in_a_quoted_file_name_keeps_its_backslashes(corpus: Corpus) -> None:
+    """Every backslash of a quoted file name was dropped as RFC 2045 quoting: a Windows
+    client's raw "C:\\Users\\ann\\quarterly.xls" became "C:Usersannquarterly.xls", and a
+    search for the file's name did not find it."""
+    winpath = corpus[3]["winpath"]
+    assert hits(corpus, "attachment:quarterly.xls") == [winpath]
+    assert hits(corpus, 'filename:"users ann quarterly"') == [winpath]
+
+
 def test_attachment_names(corpus: Corpus) -> None:
     names = sample((a.filename for m in corpus[1] for a in m.attachments if a.filename), 10, 10)
     for name in names:

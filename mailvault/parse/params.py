@@ -22,10 +22,14 @@ _SECTION = re.compile(r"^(.*?)\*(\d+)(\*?)$")
 
 
 def _unquote(value: str) -> str:
+    """A quoted-string's content.  Only ``\\"`` and ``\\\\`` lose their backslash (what a
+    sender has to escape, and what the stdlib's ``email.utils.unquote`` undoes): Windows
+    clients write paths raw (``filename="C:\\Users\\a\\report.pdf"``), and dropping every
+    backslash made that "C:Usersareport.pdf", which a search for report.pdf did not find."""
     value = value.strip()
     if value.startswith('"'):
         value = value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:]
-        return re.sub(r"\\(.)", r"\1", value)
+        return re.sub(r'\\([\\"])', r"\1", value)
     return value
 
 
