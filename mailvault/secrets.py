@@ -29,53 +29,31 @@ def resolve_secret(account: AccountConfig) -> str:
     return secret
 
 
+MAX_OUTPUT = 65536  # bytes of a password_file or password_command output read at most
+
+
 def _resolve(account: AccountConfig) -> str:
     where = f"{account.config_path or 'mailvault.toml'}: accounts.{account.name}"
     if account.password_env:
-        value = os.environ.get(account.password_env)
+        name = account.password_env
+        value = os.environb.get(os.fsencode(name))
         if not value:
             raise ConfigError(
-                f"{where}: environment variable {account.password_env} is not set or empty; "
+                f"{where}: environment variable {name} is not set or empty; "
                 "export it before running mailvault"
             )
-        return value
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{where}: environment variable {name} is not valid UTF-8; export the "
+                "password as UTF-8 text"
+            ) from None
     if account.password_file:
         path = Path(account.password_file).expanduser()
         if account.config_path and not path.is_absolute():
             path = account.config_path.parent / path
-        try:
-            mode = path.stat().st_mode
-        except OSError as exc:
-            raise ConfigError(
-                f"{where}: cannot read password_file {path} ({exc.strerror})"
-            ) from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"{where}: password_file {path} is readable by other users "
-                f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
-            )
-        if stat.S_ISDIR(mode):
-            raise ConfigError(f"{where}: password_file {path} is a directory; name the file")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"{where}: cannot read password_file {path} ({exc.strerror})"
-            ) from None
-        try:
-            lines = data.decode("utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise ConfigError(
-                f"{where}: password_file {path} is not UTF-8 text; save it as UTF-8"
-            ) from None
-        if not lines:
-            raise ConfigError(f"{where}: password_file {path} is empty")
-        if not lines[0]:
-            raise ConfigError(
-                f"{where}: the first line of password_file {path} is empty; the password "
-                "must be on the first line"
-            )
-        return lines[0]
+        return _first_line(_read_password_file(path, where), f"{where}: password_file {path}")
     if account.password_command:
         returncode, stdout = _run_password_command(account.password_command, where)
         if returncode != 0:
@@ -83,11 +61,51 @@ def _resolve(account: AccountConfig) -> str:
                 f"{where}: password_command exited with status {returncode}; "
                 "run it by hand to see why"
             )
-        lines = stdout.decode("utf-8", "replace").splitlines()
-        if not lines or not lines[0]:
-            raise ConfigError(f"{where}: password_command printed nothing on its first line")
-        return lines[0]
+        return _first_line(stdout, f"{where}: what password_command printed")
     raise ConfigError(f"{where}: no password source configured")
+
+
+def _read_password_file(path: Path, where: str) -> bytes:
+    """At most ``MAX_OUTPUT`` bytes of a regular file only readable by its owner (a FIFO would
+    block the run for ever, a wrong path to a big file fill memory)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read password_file {path} ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{where}: password_file {path} is a directory; name the file")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            f"{where}: password_file {path} is not a regular file (a pipe or a device); "
+            "name a file holding the password"
+        )
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{where}: password_file {path} is readable by other users "
+            f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+        )
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(MAX_OUTPUT)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read password_file {path} ({exc.strerror})") from None
+
+
+def _first_line(data: bytes, what: str) -> str:
+    """The first line, UTF-8, without its line end.  Lines end at LF only (``splitlines``
+    also ends them at form feeds and other controls, which cut such a password short)."""
+    line, newline, _ = data.partition(b"\n")
+    if not newline and len(data) >= MAX_OUTPUT:
+        raise ConfigError(f"{what} has no line end in its first {MAX_OUTPUT} bytes")
+    line = line.removesuffix(b"\r")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not UTF-8 text; make it UTF-8") from None
+    if not text:
+        empty = "is empty" if not data else "has an empty first line"
+        raise ConfigError(f"{what} {empty}; the password must be on the first line")
+    return text
 
 
 COMMAND_TIMEOUT = 120  # seconds a password_command may take (a pinentry waiting for a person)
@@ -114,6 +132,12 @@ def _run_password_command(command: str, where: str) -> tuple[int, bytes]:
         os.set_blocking(fd, False)  # what the shell wrote before it exited; no waiting for EOF
         while _read_some(fd, out):
             pass
+    except OutputTooLong:
+        _abandon(proc)
+        raise ConfigError(
+            f"{where}: password_command printed more than {MAX_OUTPUT} bytes and was stopped; "
+            "make it print the password on one line and exit"
+        ) from None
     except subprocess.TimeoutExpired:  # in the loop, or waiting for the shell to end
         _abandon(proc)
         raise ConfigError(
@@ -134,8 +158,15 @@ def _read_some(fd: int, out: bytearray) -> bool:
         chunk = os.read(fd, 65536)
     except BlockingIOError:
         return False
+    if len(out) + len(chunk) > MAX_OUTPUT:
+        raise OutputTooLong
     out += chunk
     return bool(chunk)
+
+
+class OutputTooLong(Exception):
+    """A password_command printing more than ``MAX_OUTPUT`` bytes (``yes pass``, a file
+    catted by mistake): stopped, not read into memory until the time limit."""
 
 
 def _abandon(proc: subprocess.Popen[bytes]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,8 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         (lambda p: p.mkdir(), "is a directory"),
         (lambda p: p.write_bytes(b"\nsecret\n"), "the password must be on the first line"),
         (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: os.mkfifo(p), "is not a regular file"),  # opening it blocked for ever
+        (lambda p: p.write_bytes(b"x" * 100_000), "no line end in its first 65536 bytes"),
     ],
 )
 def test_an_unusable_password_file_is_a_config_error(
@@ -149,6 +152,51 @@ def test_an_unusable_password_file_is_a_config_error(
     with pytest.raises(ConfigError, match=message) as err:
         resolve_secret(parse_config(tmp_path / "m.toml", text).account("journal"))
     assert "secret" not in str(err.value)
+
+
+def test_a_password_directory_open_to_others_is_named_a_directory(tmp_path: Path) -> None:
+    """A 0755 directory was told to `chmod 600` itself."""
+    path = tmp_path / "pw"
+    path.mkdir(mode=0o755)
+    text = GOOD.replace('password_env = "JOURNAL_PW"', f'password_file = "{path}"')
+    with pytest.raises(ConfigError, match="is a directory; name the file"):
+        resolve_secret(parse_config(tmp_path / "m.toml", text).account("journal"))
+
+
+def test_a_password_ends_at_a_line_feed_only(tmp_path: Path) -> None:
+    """``splitlines`` also ended lines at form feeds and other controls, which cut such a
+    password short; a CRLF still ends the line."""
+    path = tmp_path / "pw"
+    path.write_bytes(b"pass\x0cword\x1dX\r\nsecond\n")
+    os.chmod(path, 0o600)
+    text = GOOD.replace('password_env = "JOURNAL_PW"', f'password_file = "{path}"')
+    assert resolve_secret(parse_config(tmp_path / "m.toml", text).account("journal")) == (
+        "pass\x0cword\x1dX"
+    )
+
+
+def test_a_password_env_not_utf8_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment variable holding bytes that are not UTF-8 ended in a traceback in
+    `check` and "a bug in mailvault" in `fetch`."""
+    monkeypatch.setitem(os.environb, b"JOURNAL_PW", b"secret\xff")
+    with pytest.raises(ConfigError, match="JOURNAL_PW is not valid UTF-8") as err:
+        resolve_secret(parse_config(Path("m.toml"), GOOD).account("journal"))
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("printf 'secret\\\\377\\\\n'", "printed is not UTF-8 text"),  # was turned into U+FFFD
+        ("yes secret", "printed more than 65536 bytes and was stopped"),  # filled memory
+    ],
+)
+def test_a_password_command_printing_garbage_is_a_config_error(command: str, message: str) -> None:
+    text = GOOD.replace('password_env = "JOURNAL_PW"', f'password_command = "{command}"')
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=message) as err:
+        resolve_secret(parse_config(Path("m.toml"), text).account("journal"))
+    assert "secret" not in str(err.value) and time.monotonic() - started < 30
 
 
 def test_no_vault_names_a_command_that_works(tmp_path: Path) -> None:
