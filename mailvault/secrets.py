@@ -55,7 +55,8 @@ def _resolve(account: AccountConfig) -> str:
             path = account.config_path.parent / path
         return _first_line(_read_password_file(path, where), f"{where}: password_file {path}")
     if account.password_command:
-        returncode, stdout = _run_password_command(account.password_command, where)
+        cwd = account.config_path.parent if account.config_path else None
+        returncode, stdout = _run_password_command(account.password_command, where, cwd)
         if returncode != 0:
             raise ConfigError(
                 f"{where}: password_command exited with status {returncode}; "
@@ -111,12 +112,16 @@ def _first_line(data: bytes, what: str) -> str:
 COMMAND_TIMEOUT = 120  # seconds a password_command may take (a pinentry waiting for a person)
 
 
-def _run_password_command(command: str, where: str) -> tuple[int, bytes]:
+def _run_password_command(command: str, where: str, cwd: Path | None) -> tuple[int, bytes]:
     """Run the command with a time limit that holds, and take its output once the shell has
     exited: a child it left running (an agent it started, gpg or a pinentry) may keep the pipe
     open, so waiting for end-of-file would wait for that child (or for ever, for a cron job).
-    It stays in our session, so that a pinentry can still ask at the terminal."""
-    proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    It stays in our session, so that a pinentry can still ask at the terminal.  It runs in the
+    vault (``cwd``), as relative paths are read there: from cron the caller's directory is
+    somewhere else."""
+    proc = subprocess.Popen(
+        command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd
+    )
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     out = bytearray()

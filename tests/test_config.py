@@ -199,6 +199,19 @@ def test_a_password_command_printing_garbage_is_a_config_error(command: str, mes
     assert "secret" not in str(err.value) and time.monotonic() - started < 30
 
 
+def test_a_password_command_runs_in_the_vault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``./getpw`` worked from the vault directory and failed (status 127) from cron."""
+    script = tmp_path / "getpw"
+    script.write_text("#!/bin/sh\necho from-script\n")
+    script.chmod(0o700)
+    monkeypatch.chdir("/")
+    text = GOOD.replace('password_env = "JOURNAL_PW"', 'password_command = "./getpw"')
+    account = parse_config(tmp_path / "mailvault.toml", text).account("journal")
+    assert resolve_secret(account) == "from-script"
+
+
 def test_no_vault_names_a_command_that_works(tmp_path: Path) -> None:
     """The hint for a missing vault is a command line that runs as written."""
     import shlex
