@@ -186,6 +186,7 @@ class AccountFetcher:
         self.contradicted: set[str] = set()
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
+        self._was: tuple[str, str] | None = None  # that (host, user), until logged in to the new
         self._secret: str | None = None  # resolved once per run, in memory for the run only
         self._token_renewed = False  # an xoauth2 token refused with [AUTH] was fetched again
         settings = vault.config.vault
@@ -197,18 +198,14 @@ class AccountFetcher:
         acct = self.account
         interrupted = False
         try:
-            was = self.catalog.mailbox_change(acct.name, acct.host, acct.user)
-            if was is not None:
-                self._mailbox_changed = True
-                self.report.warnings.append(
-                    f"account {acct.name} now names {acct.user}@{acct.host} (was "
-                    f"{was[1]}@{was[0]}): the UIDLs of the old mailbox do not apply to this "
-                    "one, so each message here is downloaded once and recognised by its content "
-                    "(nothing is stored twice, nothing deleted unread)"
-                )
+            self._was = self.catalog.mailbox_change(acct.name, acct.host, acct.user)
+            self._mailbox_changed = self._was is not None
             self._note_other_names()
             if not self.dry_run:
-                self.catalog.ensure_account(acct.name, acct.host, acct.port, acct.user, acct.tls)
+                if self._was is None:  # else once logged in to the new mailbox
+                    self.catalog.ensure_account(
+                        acct.name, acct.host, acct.port, acct.user, acct.tls
+                    )
                 self.run_id = self.catalog.start_run(acct.name)
             retrying = tenacity.Retrying(
                 retry=tenacity.retry_if_exception(
@@ -289,6 +286,23 @@ class AccountFetcher:
         log.warning("%s: %s; retrying in %.1f s", self.account.name, exc, wait)
 
     # -- one POP3 session -----------------------------------------------------------------------
+    def _switch_mailbox(self) -> None:
+        """Retire the old mailbox's UIDLs once logged in to the new one: a run that never got
+        there (a typo in the host) retired them all, and with the typo fixed the whole
+        mailbox was downloaded again."""
+        was, acct = self._was, self.account
+        if was is None:
+            return
+        if not self.dry_run:
+            self.catalog.ensure_account(acct.name, acct.host, acct.port, acct.user, acct.tls)
+        self._was = None
+        self._warn(
+            f"account {acct.name} now names {acct.user}@{acct.host} (was {was[1]}@{was[0]}): "
+            "the UIDLs of the old mailbox do not apply to this one, so each message here is "
+            "downloaded once and recognised by its content (nothing is stored twice, nothing "
+            "deleted unread)"
+        )
+
     def _one_session(self) -> bool:
         """Run one session; return True if a per-session cap left messages for another one."""
         account = self.account
@@ -303,6 +317,7 @@ class AccountFetcher:
             if self.run_id is not None:
                 self.catalog.record_session(self.run_id, session.facts.as_dict())
             session.login()
+            self._switch_mailbox()
             listed, has_uidl, mismatch = session.listing()
             if mismatch is not None:
                 self._warn(mismatch)

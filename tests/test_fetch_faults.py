@@ -1179,6 +1179,34 @@ def test_an_account_pointed_at_another_mailbox_trusts_none_of_the_old_uidls(
         assert report["accounts"][0]["warnings"] == []
 
 
+def test_a_run_that_never_reached_a_mistyped_host_retires_no_uidls(tmp_path: Path) -> None:
+    """A typo in the host (or a wrong user refused at login) retired every committed UIDL
+    before connecting: with the typo fixed, the whole mailbox was downloaded again and the
+    delete_after_days clock restarted."""
+    messages = corpus(3)
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, retries=0)
+        assert fetch_json(vault)[0] == 0
+        config = vault / "mailvault.toml"
+        good = config.read_text()
+        for typo in ('host = "127.0.0.l"', 'user = "alicee"'):
+            config.write_text(_typo(good, typo))
+            code, report = fetch_json(vault)
+            assert code == 1 and report["accounts"][0]["warnings"] == [], report
+        config.write_text(good)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["fetched"], acct["warnings"]) == (0, 0, []), report
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            kinds = [r[0] for r in db.execute("SELECT kind FROM ledger")]
+        assert "mailbox-changed" not in kinds
+
+
+def _typo(config: str, typo: str) -> str:
+    key = typo.split(" =")[0]
+    return "\n".join(typo if line.startswith(f"{key} =") else line for line in config.split("\n"))
+
+
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
 
 
