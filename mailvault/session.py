@@ -246,7 +246,15 @@ class Pop3Session:
                     'plain text; use tls = "implicit" (port 995) if the server supports it',
                     account=acct.name,
                 )
-            self._status(pop3.Stls())
+            try:
+                self._status(pop3.Stls())
+            except ServerError as exc:  # [SYS/PERM] "a lasting fault with the mailbox" misled
+                raise TLSError(
+                    f"{acct.host} refused STLS ({exc.cause})",
+                    hint='tls = "starttls" never falls back to plain text; use tls = "implicit" '
+                    "(port 995) if the server offers it",
+                    account=acct.name,
+                ) from None
             self.stream.start_tls(tls_context(acct))
             self.conn.start_tls_done()
             self._check_pin()
@@ -321,9 +329,11 @@ class Pop3Session:
                 register_secret(token)
                 self._sasl("XOAUTH2", token, two_step=True)
         except ServerError as exc:
-            if type(exc) is ServerError:  # a bare -ERR to a login command means bad credentials
+            # a bare -ERR to a login command means bad credentials, as [AUTH] says
+            if type(exc) in (ServerError, AuthenticationError) and not exc.hint:
                 raise AuthenticationError(
-                    f"{exc}; check user and password source of accounts.{self.account.name}",
+                    exc.cause,
+                    hint=f"check user and password source of accounts.{self.account.name}",
                     code=exc.code,
                     account=self.account.name,
                 ) from None

@@ -1207,6 +1207,27 @@ def _typo(config: str, typo: str) -> str:
     return "\n".join(typo if line.startswith(f"{key} =") else line for line in config.split("\n"))
 
 
+def test_a_refused_login_names_the_fix(tmp_path: Path) -> None:
+    """A wrong password answered with [AUTH] gave the cause and no fix (a bare -ERR did)."""
+    with FakePop3Server(corpus(1), faults=Faults(auth_fail=True)) as server:
+        vault = vault_for(tmp_path, server)
+        code, report = fetch_json(vault)
+        (error,) = report["accounts"][0]["errors"]
+        assert code == 1 and error.endswith("check user and password source of accounts.acct")
+
+
+@pytest.mark.parametrize("reply", ["-ERR Command not permitted", "-ERR [SYS/PERM] no TLS here"])
+def test_a_refused_stls_names_the_fix(tmp_path: Path, reply: str) -> None:
+    """STLS answered with -ERR gave no fix, or with [SYS/PERM] "a lasting fault with the
+    mailbox: ask its operator"; check already said what to do."""
+    with FakePop3Server(corpus(1), faults=Faults(refuse_stls=reply)) as server:
+        vault = vault_for(tmp_path, server, tls="starttls")
+        code, report = fetch_json(vault)
+        (error,) = report["accounts"][0]["errors"]
+        assert code == 1 and "refused STLS" in error and 'use tls = "implicit"' in error, error
+        assert "lasting fault" not in error
+
+
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
 
 

@@ -104,6 +104,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    refuse_stls: str | None = None  # advertise STLS and answer it with this -ERR line
     edit_listing: Callable[[str, list[str]], list[str]] | None = None  # (command, lines) -> lines
 
 
@@ -346,7 +347,8 @@ class _Session:
         caps += [f"SASL {' '.join(f.sasl)}"] if f.sasl else []
         caps += [] if f.no_pipelining else ["PIPELINING"]
         caps += [] if f.no_uidl else ["UIDL"]
-        if self.server.tls_context and not self.tls and self.state == AUTH_STATE:
+        offered = self.server.tls_context or f.refuse_stls
+        if offered and not self.tls and self.state == AUTH_STATE:
             caps.append("STLS")
         if f.login_delay is not None:
             caps.append(f"LOGIN-DELAY {f.login_delay}")
@@ -354,6 +356,9 @@ class _Session:
         self._multi("+OK capability list follows", caps)
 
     def _stls(self, arg: str) -> None:
+        if self.faults.refuse_stls is not None:
+            self._reply(self.faults.refuse_stls)
+            return
         if self.server.tls_context is None or self.tls:
             self._reply("-ERR STLS not available")
             return
