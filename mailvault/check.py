@@ -167,7 +167,8 @@ def _certificate(account: AccountConfig) -> Step:
     if account.tls_fingerprint and info.get("sha256") != normalise_fingerprint(
         account.tls_fingerprint
     ):
-        verdict, hint = "NOT trusted", "its fingerprint differs from tls_fingerprint"
+        verdict = "NOT trusted"
+        hint = f"its fingerprint sha256:{info.get('sha256')} differs from tls_fingerprint"
     not_before = info.get("not_before")
     if isinstance(not_before, datetime) and not_before > datetime.now(UTC):
         hint += " The certificate is not valid yet: is this machine's clock behind?"
@@ -237,6 +238,7 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
                 False,
                 f"the user name or the password cannot be sent in a POP3 command ({exc})",
                 "check user and the password source (a line break, or a space with APOP?)",
+                config=True,  # as fetch: exit 2
             )
             return
         yield Step("login", True, f"logged in as {account.user} ({account.auth})")

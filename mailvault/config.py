@@ -283,6 +283,14 @@ def load_config(path: Path) -> Config:
         raise ConfigError(
             f"{path}: config file not found; run `mailvault init` or create it"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: the config file is not UTF-8 (byte {exc.start}); TOML must be UTF-8: save "
+            "it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the config file ({exc.strerror or exc}); check its "
+            "permissions and that it is a file"
+        ) from None
     return parse_config(path, text)

@@ -154,6 +154,15 @@ def test_an_unusable_password_file_is_a_config_error(
     assert "secret" not in str(err.value)
 
 
+def test_a_config_file_not_utf8_names_the_fix(tmp_path: Path) -> None:
+    from mailvault.config import load_config
+
+    path = tmp_path / "mailvault.toml"
+    path.write_bytes(GOOD.replace("journal@", "j\xe9@").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 \(byte \d+\); .* save it as UTF-8"):
+        load_config(path)
+
+
 def test_a_password_directory_open_to_others_is_named_a_directory(tmp_path: Path) -> None:
     """A 0755 directory was told to `chmod 600` itself."""
     path = tmp_path / "pw"

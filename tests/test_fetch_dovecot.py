@@ -273,7 +273,7 @@ def test_a_pinned_certificate_replaces_ca_trust(tmp_path: Path, dovecot: Dovecot
     not a CA, that made it trusted); a wrong pin refuses to log in at all."""
     dovecot.add_messages("alice", mail(3, seed=77))
     pin = served_fingerprint(dovecot)
-    pinned = account(dovecot, "implicit", tls_fingerprint=pin)
+    pinned = account(dovecot, "implicit", tls_fingerprint=pin.replace("sha256:", "SHA256:"))
     del pinned["ca_file"]
     wrong = dict(pinned, tls_fingerprint="sha256:" + "00" * 32)
     vault = make_vault(tmp_path / "v", {"pinned": pinned, "wrong": wrong})
@@ -286,6 +286,8 @@ def test_a_pinned_certificate_replaces_ca_trust(tmp_path: Path, dovecot: Dovecot
     result = run_cli(vault, "check", "wrong")
     assert result.exit_code == 1 and "[FAIL] tls" in result.output
     assert "NOT trusted" in result.output and "differs from tls_fingerprint" in result.output
+    served = pin.lower().replace(":", "").removeprefix("sha256")
+    assert f"its fingerprint sha256:{served} differs" in result.output  # what to pin, if right
     code, report = fetch_json(vault, "wrong")
     assert code == 1 and report["accounts"][0]["fetched"] == 0
     assert "fingerprint" in " ".join(report["accounts"][0]["errors"])

@@ -906,7 +906,7 @@ def test_a_password_that_cannot_be_sent_is_one_line_and_the_others_run(tmp_path:
             status = dict(db.execute("SELECT account, status FROM runs").fetchall())
         assert status == {"acct": "ok", "broken": "failed"}
         result = run_cli(vault, "check", "broken", env=env)
-        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.exit_code == 2 and "Traceback" not in result.output  # as fetch
         assert "[FAIL] login" in result.output
 
 
