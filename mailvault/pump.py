@@ -55,6 +55,20 @@ class Unfetchable(ProtocolError):
         self.message = message
 
 
+RETR_SLACK = 16 * 1024 * 1024
+
+
+def retr_bound(size: int) -> int:
+    """How long a RETR answer (and a line in it) may run for a message LIST gave ``size``.
+
+    Longer than LIST says, for servers whose sizes are approximate (Exchange) or count a
+    stored LF as one octet; not without end, which would fill the disk.  A line may be as
+    long: mail without line breaks exists (a 150 MB message of one line was refused every
+    run under the connection's 8 MiB bound), and the data is streamed to disk whatever its
+    lines."""
+    return 2 * size + RETR_SLACK
+
+
 class PumpLoop:
     """Keep a window of RETR/DELE in flight; stage RETR data as blobs; group-commit them."""
 
@@ -90,6 +104,8 @@ class PumpLoop:
         self.chunks: list[bytes] = []  # of the message being received, not yet written
         self.chunk_bytes = 0
         self.writer: BlobWriter | None = None  # for a message larger than PIECE
+        self.retr_octets = 0  # of the RETR answer being received
+        self.retr_bound = 0  # and how many it may run to (retr_bound())
         self.dele_acked: list[int] = []
         # messages of a server without UIDL: no row to mark, so (sha256, size) by msgno
         self.without_uidl: dict[int, tuple[str, int]] = {}
@@ -167,7 +183,7 @@ class PumpLoop:
                 self.inflight.append((cmd, check))
             elif self.to_fetch:
                 msg = self.to_fetch.popleft()
-                cmd = pop3.Retr(msg.msgno)
+                cmd = pop3.Retr(msg.msgno, max_line=retr_bound(msg.size))
                 self.inflight.append((cmd, msg))
                 self.retr_inflight += 1
             else:
@@ -201,8 +217,8 @@ class PumpLoop:
                 )
         elif isinstance(command, pop3.Retr):
             assert isinstance(subject, ListedMessage)
-            if isinstance(event, pop3.Ok):
-                pass  # the data follows
+            if isinstance(event, pop3.Ok):  # the data follows
+                self.retr_octets, self.retr_bound = 0, retr_bound(subject.size)
             elif isinstance(event, pop3.End):
                 self.inflight.popleft()
                 self._received(subject)
@@ -270,6 +286,15 @@ class PumpLoop:
             self.f.progress.expect(len(self.to_fetch) + self.retr_inflight)
 
     def _data(self, data: bytes) -> None:
+        self.retr_octets += len(data)
+        if self.retr_octets > self.retr_bound:
+            command, subject = self.inflight[0]
+            assert isinstance(subject, ListedMessage)
+            raise Unfetchable(
+                subject,
+                f"RETR sent more than {self.retr_bound:,} octets for the {subject.size:,} LIST "
+                "announced (a server sending without end?)",
+            )
         self.chunks.append(data)
         self.chunk_bytes += len(data)
         if self.chunk_bytes >= self.PIECE:

@@ -286,6 +286,35 @@ def test_endless_line(tmp_path: Path) -> None:
         complete_and_check(vault, server, messages)
 
 
+def test_a_retr_answer_without_end_is_refused_before_it_fills_the_disk(tmp_path: Path) -> None:
+    """A server sending line after line for one RETR was written to tmp/ until the disk was
+    full: an answer longer than twice LIST's size plus 16 MiB is not the message."""
+    messages = corpus()
+    with FakePop3Server(messages, faults=Faults(endless_data_in_retr=2)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", retries=3)
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert code == 1 and acct["fetched"] == 5 and len(acct["errors"]) == 1, acct
+        assert "message 2 (UIDL uid-2" in acct["errors"][0]
+        assert "RETR sent more than 16,7" in acct["errors"][0]
+        check_invariants(vault, server, messages)
+        assert no_tmp_leftovers(vault)
+        complete_and_check(vault, server, messages)
+
+
+def test_a_message_of_one_line_longer_than_8_mib_is_archived(tmp_path: Path) -> None:
+    """The protocol core's 8 MiB line bound refused such a message every run (the account
+    failed for ever and the message stayed unarchived); the bound for a RETR follows LIST's
+    size, and the data is streamed whatever its lines."""
+    big = b"Subject: one line\r\n\r\n" + b"y" * (9 * 1024 * 1024) + b"\r\n"
+    messages = [*corpus(2), big]
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, 3), report
+        complete_and_check(vault, server, messages)
+
+
 def test_a_cut_keeps_the_messages_received_before_it(tmp_path: Path) -> None:
     """The connection drops in the middle of message 4: messages 1-3 arrived whole and are
     committed anyway (one commit batch holds them all), so the next run does not fetch them

@@ -440,6 +440,20 @@ def test_endless_data_line_is_protocol_error() -> None:
             feed(conn, b"x" * 100)
 
 
+def test_a_retr_may_allow_longer_lines_than_the_connection() -> None:
+    """A client that knows a message's size from LIST allows a line that long for its RETR
+    (mail without line breaks exists); the next RETR has the connection's bound again."""
+    conn = greeted(max_data_line=1024)
+    conn.pipelining = True
+    conn.send(Retr(1, max_line=4096))
+    conn.send(Retr(2))
+    line = b"y" * 3000 + b"\r\n"
+    events = feed(conn, b"+OK\r\n" + line + b".\r\n")
+    assert data_of(events, Retr(1)) == line and events[-1] == End(Retr(1))
+    with pytest.raises(ProtocolError, match="longer than 1024"):
+        feed(conn, b"+OK\r\n" + line + b".\r\n")
+
+
 def test_long_data_line_inside_one_big_chunk_is_protocol_error() -> None:
     conn = greeted(max_data_line=1024)
     conn.send(Retr(1))

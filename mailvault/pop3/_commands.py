@@ -10,7 +10,7 @@ command stream (command injection) or send a message number the server cannot pa
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ._errors import LocalProtocolError
@@ -212,10 +212,16 @@ class Uidl(Command):
 
 @dataclass(frozen=True, slots=True)
 class Retr(Command):
+    """``max_line``: a longer line bound for this message's data than the connection's (a
+    client that knows the message's size from LIST may allow a line that long: mail
+    without line breaks exists, and the data is streamed, never held as one line)."""
+
     msg: int
+    max_line: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         _check_number("RETR message number", self.msg, minimum=1)
+        _check_number("RETR max_line", self.max_line, minimum=0)
 
     def words(self, redact: bool = False) -> tuple[str, ...]:
         return ("RETR", str(self.msg))

@@ -20,7 +20,7 @@ from collections import deque
 from mailvault.errors import ProtocolError, RemoteError, TransportError
 
 from ._body import DataDecoder
-from ._commands import Auth, AuthContinue, Body, Command, Quit, Stls, redacted
+from ._commands import Auth, AuthContinue, Body, Command, Quit, Retr, Stls, redacted
 from ._errors import LocalProtocolError
 from ._events import (
     NEED_DATA,
@@ -256,7 +256,8 @@ class Connection:
             self._reading = _Reading.LINES
         elif body is Body.DATA:
             self._reading = _Reading.DATA
-            self._decoder = DataDecoder(self._max_data_line)
+            longest = command.max_line if isinstance(command, Retr) else 0
+            self._decoder = DataDecoder(max(self._max_data_line, longest))
         else:
             self._queue.popleft()
         if isinstance(command, Stls):

@@ -86,6 +86,7 @@ class Faults:
     auth_fail: bool = False
     lie_about_sizes: bool = False  # LIST/STAT/RETR "+OK n octets" count LF, not CRLF
     endless_line_in_retr: int | None = None
+    endless_data_in_retr: int | None = None  # RETR of this msgno sends short lines without end
     refuse_retr: int | None = None  # answer RETR of this msgno with -ERR [SYS/PERM], every time
     garbage_greeting: bool = False  # send GARBAGE_GREETING and close
     greeting_delay: float = 0.0  # seconds before the greeting (after the implicit TLS handshake)
@@ -538,9 +539,14 @@ class _Session:
             self._reply("-ERR [SYS/PERM] message file is corrupt")
             return
         status = f"+OK {self._size(msg)} octets"
+        chunk = b""
         if self.faults.endless_line_in_retr == number:
+            chunk = b"x" * 65536  # one line
+        elif self.faults.endless_data_in_retr == number:
+            chunk = b"x" * 78 + b"\r\n"
+            chunk *= 65536 // len(chunk)
+        if chunk:
             self._reply(status)
-            chunk = b"x" * 65536
             for _ in range(ENDLESS_LIMIT // len(chunk)):
                 self._send(chunk)
             raise _Close
