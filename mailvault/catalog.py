@@ -79,6 +79,19 @@ def _same_mailbox(was: tuple[str, str], now: tuple[str, str]) -> bool:
     return was[0].rstrip(".").lower() == now[0].rstrip(".").lower() and was[1] == now[1]
 
 
+class NewerCatalog(CatalogError):
+    """The catalog was migrated by a newer mailvault: an older one must not write it (it
+    would read holds placed in a newer query language in its own, for one)."""
+
+
+def newer_catalog_message(path: Path, found: int, known: int) -> str:
+    return (
+        f"the catalog {path} has schema version {found}, written by a newer mailvault (this one "
+        f"knows up to {known}); run that newer mailvault (or upgrade this one): an older one "
+        "could misread what the newer one recorded, such as the query language of a hold"
+    )
+
+
 class Catalog:
     """One connection to the catalog; use one per thread."""
 
@@ -92,6 +105,9 @@ class Catalog:
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except NewerCatalog:
+            self.conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             if (why := unwritable(path.parent)) is not None:
                 raise CatalogError(
@@ -126,7 +142,10 @@ class Catalog:
 
     def _migrate(self) -> None:
         current = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, sql in migrations():
+        known = migrations()
+        if current > known[-1][0]:
+            raise NewerCatalog(newer_catalog_message(self.path, current, known[-1][0]))
+        for number, sql in known:
             if number <= current:
                 continue
             with self.conn:

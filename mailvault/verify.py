@@ -249,6 +249,17 @@ def _purging(vault: Vault, objects: Path, blobs: list[tuple[Path, str]]) -> Iter
 
 
 def _catalog(db: sqlite3.Connection) -> Iterator[Finding]:
+    from mailvault.catalog import migrations, newer_catalog_message
+
+    (found,) = db.execute("PRAGMA user_version").fetchone()
+    known = migrations()[-1][0]
+    if found > known:  # the checks below would read it as this version's
+        yield Finding(
+            "catalog-newer",
+            "error",
+            "catalog.sqlite",
+            newer_catalog_message(Path("catalog.sqlite"), found, known),
+        )
     for (result,) in db.execute("PRAGMA integrity_check"):
         if result != "ok":
             yield Finding("catalog-corrupt", "error", "catalog.sqlite", result)

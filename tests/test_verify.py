@@ -649,3 +649,23 @@ def test_ledger_check_of_an_audit_trail_says_what_the_file_is(vault: Path, tmp_p
     result = run_cli(vault, "ledger", "check", str(trail))
     assert result.exit_code == 2 and "an audit trail" in result.stderr, result.output
     assert result.stderr.count("\n") == 1
+
+
+def test_a_catalog_migrated_by_a_newer_mailvault_is_refused(vault: Path) -> None:
+    """Nothing compared the catalog's schema version with the migrations this version knows:
+    after a rollback an older mailvault ran retention on a newer catalog, read holds placed
+    in a newer query language as its own, and purged held mail."""
+    from mailvault.catalog import migrations
+
+    newer = migrations()[-1][0] + 1
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute(f"PRAGMA user_version = {newer}")
+    result = run_cli(vault, "hold", "add", "case", "subject:x")
+    assert result.exit_code == 3, result.output
+    assert f"has schema version {newer}, written by a newer mailvault" in result.stderr
+    assert result.stderr.count("\n") == 1
+    code, found = findings(vault)
+    assert code == 1 and "catalog-newer" in codes(found)
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == newer
+        assert db.execute("SELECT count(*) FROM holds").fetchone()[0] == 0
