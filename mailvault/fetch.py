@@ -442,7 +442,9 @@ class AccountFetcher:
             if row.listed_size is None and not deletable:
                 backfill.append((row.id, m.size))  # trusted as before; compared from now on
                 continue
-            if m.size == row.committed_listing:
+            if _same_size(m.size, row):
+                if row.listed_size is None:
+                    backfill.append((row.id, m.size))
                 if not deletable:
                     continue
                 # Same UIDL, same size is not enough to delete unread: another client may
@@ -455,7 +457,7 @@ class AccountFetcher:
                     checks.append(Check(m, row))
                     continue
             suspects[row.uidl] = (row, deletable)
-            if m.size != row.committed_listing:
+            if not _same_size(m.size, row):
                 was = (
                     f"listed with {row.listed_size} octets when committed"
                     if row.listed_size is not None
@@ -626,3 +628,13 @@ def fetch_accounts(
 
 
 __all__ = ["AccountFetcher", "AccountReport", "fetch_accounts"]
+
+
+def _same_size(listed: int, row: LiveUidl) -> bool:
+    """Whether LIST gives a committed UIDL the size it had.  A row from before LIST's sizes
+    were recorded has only the stored size, which is LIST's + 2 for a message the server
+    ends with a CRLF LIST does not count (Dovecot, for mail stored without a final line
+    break): such rows were downloaded again, with a warning about a reused UIDL, once due."""
+    if row.listed_size is None and row.size == listed + 2:
+        return True
+    return listed == row.committed_listing

@@ -109,6 +109,25 @@ def test_no_size_warning_for_the_line_break_dovecot_adds(tmp_path: Path, dovecot
     assert_vault_exact(vault, sha256s(retr_payload(m) for m in messages))
 
 
+def test_old_rows_of_mail_without_a_final_break_are_deleted_unread_when_due(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """Rows committed before LIST's sizes were recorded hold only the stored size, which is
+    LIST's + 2 for such mail: once due for deletion each was downloaded again, with a
+    warning that its UIDL might have been reused (seen after upgrading a vault)."""
+    messages = [b"Subject: no final break %d\r\n\r\nbody %d" % (i, i) for i in range(3)]
+    dovecot.add_messages("alice", messages)
+    box = account(dovecot, "starttls", delete="after-commit", delete_after_days=30)
+    vault = make_vault(tmp_path / "v", {"box": box})
+    assert fetch_json(vault)[0] == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("UPDATE uidls SET listed_size = NULL, first_seen = '2000-01-01T00:00:00+00:00'")
+    code, report = fetch_json(vault)
+    acct = report["accounts"][0]
+    assert (code, acct["fetched"], acct["deleted"], acct["warnings"]) == (0, 0, 3, []), acct
+    assert dovecot.mailbox_count("alice") == 0
+
+
 def test_a_message_the_server_cuts_short_is_not_taken_for_archived(
     tmp_path: Path, dovecot: Dovecot
 ) -> None:
