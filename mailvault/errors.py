@@ -14,6 +14,7 @@ process exit codes, so library code raises and never exits.
     |   +-- CatalogError                exit 3
     |   +-- SearchError                 exit 2   (QuerySyntaxError: bad user query)
     |       +-- IndexDamaged            exit 3   the index's files cannot be read: reindex
+    |       +-- IndexOutdated           exit 3   built by another version's schema: reindex
     |       +-- IndexUnavailable        exit 3   read-only filesystem or permissions
     +-- ExportError                     exit 3   export target full, read-only, of the wrong kind
     +-- RemoteError                              something about the POP3 server; carries account
@@ -97,6 +98,13 @@ class SearchError(VaultError):
 class IndexDamaged(SearchError):
     """The index's files cannot be read (damaged, or not an index at all): a runtime fault,
     not the user's, and the fix is always `mailvault reindex` (the index is derived data)."""
+
+    exit_code = 3
+
+
+class IndexOutdated(SearchError):
+    """The index was built by a mailvault with another index schema (an upgrade): not the
+    query's fault (a cron job read exit 2 as "bad query"); the fix is `mailvault reindex`."""
 
     exit_code = 3
 

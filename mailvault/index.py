@@ -64,7 +64,13 @@ from functools import cache
 import tantivy
 
 from mailvault._fs import fsync_dir
-from mailvault.errors import IndexDamaged, IndexUnavailable, MailvaultError, SearchError
+from mailvault.errors import (
+    IndexDamaged,
+    IndexOutdated,
+    IndexUnavailable,
+    MailvaultError,
+    SearchError,
+)
 
 # Neither `typing` nor `pathlib` is imported at run time: they are a few ms of every `mailvault
 # search` start-up.  Writers pass Path objects; the search path (open_for_search and what it
@@ -342,7 +348,7 @@ def _check_marker(index_dir: str | os.PathLike[str]) -> None:
             "`mailvault reindex`"
         )
     if marker.get("schema_version") != SCHEMA_VERSION:
-        raise SearchError(
+        raise IndexOutdated(
             f"the index at {index_dir} has schema version {marker.get('schema_version')}, "
             f"this mailvault uses {SCHEMA_VERSION}; rebuild it with `mailvault reindex`"
         )

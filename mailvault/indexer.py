@@ -44,7 +44,7 @@ from typing import Any
 from mailvault import index as ix
 from mailvault._workers import init_worker
 from mailvault.catalog import Catalog, utcnow
-from mailvault.errors import IndexDamaged, MailvaultError, from_storage_error
+from mailvault.errors import IndexDamaged, IndexOutdated, MailvaultError, from_storage_error
 from mailvault.parse.model import ParsedMessage
 from mailvault.parse.skeleton import parse_chunks
 from mailvault.store import BlobStore
@@ -424,7 +424,7 @@ def lag_note(exc: MailvaultError) -> str:
     """What a fetch or import says when indexing what it committed failed: the mail is safe,
     the index lags.  A damaged index already names its fix (`mailvault reindex`, which indexes
     everything), so it is not followed by a second, weaker one."""
-    if isinstance(exc, IndexDamaged):
+    if isinstance(exc, IndexDamaged | IndexOutdated):
         return f"indexing failed: {exc}"
     return f"indexing failed: {exc}; run `mailvault index` to catch up"
 
@@ -694,7 +694,8 @@ def _rebuild_findings(vault: Vault) -> Iterator[Any]:
             "warning",
             "index",
             "the index files still hold the text of purged messages (deleted documents: a "
-            "retention run stopped before it rebuilt the index); `mailvault index` or "
+            "retention run stopped before it rebuilt the index, or one by an older mailvault, "
+            "which did not rebuild it); `mailvault index` or "
             "`mailvault retention apply` finishes the rebuild (`mailvault reindex` does it "
             "alone)",
         )

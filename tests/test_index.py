@@ -314,6 +314,9 @@ def test_schema_version_mismatch_asks_for_reindex(small: tuple[Vault, list[str]]
     )
     with pytest.raises(SearchError, match="mailvault reindex"):
         ix.open_for_search(vault.index_path)
+    # exit 3, not 2: a cron job read "bad query" into an index built by another version
+    result = run_cli(vault.root, "search", "--count", "*")
+    assert result.exit_code == 3 and "schema version 0" in result.stderr, result.output
     reindex(vault)
     assert _num_docs(vault) > 0
 

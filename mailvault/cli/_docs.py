@@ -25,7 +25,7 @@ vault is `--vault`, else `$MAILVAULT_VAULT`, else `$XDG_DATA_HOME/mailvault`.
 | 0 | success |
 | 1 | finished, but something failed or was found: an account failed after its retries (`fetch` counts a full disk as the account's failure, its error naming it), or the server refused to hand out or delete a message (the others completed); `search` found nothing (as grep); `check`/`verify`/`ledger check` found a problem (for `verify`: an error or a warning; notes alone exit 0); `import` rejected an entry; `retention apply` did not purge a message it cannot prove free of holds and past retention (its blob missing or corrupt, its date edited) |
 | 2 | usage or configuration error: bad arguments, invalid `mailvault.toml`, unknown account, no vault, invalid search query; an account's password source or `ca_file` unusable (`fetch` still runs the other accounts; `check` exits 2 for it too) |
-| 3 | runtime error: vault locked by another process, disk full, unreadable catalog, damaged search index (`mailvault reindex` rebuilds it), a vault on a read-only filesystem for `search`/`show`/`export` (they write the audit trail), insecure vault permissions |
+| 3 | runtime error: vault locked by another process, disk full, unreadable catalog, damaged search index or one built by another version (`mailvault reindex` rebuilds it), a catalog migrated by a newer mailvault, a vault on a read-only filesystem for `search`/`show`/`export` (they write the audit trail), insecure vault permissions |
 | 130 | interrupted |
 | 143 | `fetch` terminated by SIGTERM: stopped as by Ctrl-C (what was committed is kept; the run is recorded as interrupted, with its counts) |
 
