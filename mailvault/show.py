@@ -54,6 +54,11 @@ class MessageNotFound(UsageError):
     """No message has this sha256, prefix or Message-ID."""
 
 
+class PartUnavailable(UsageError):
+    """The parser cannot take this part out of its message (its parts nest too deep to
+    follow); ``--raw`` still has the whole message's bytes."""
+
+
 def safe(text: str) -> str:
     return UNSAFE.sub("?", text)
 
@@ -323,6 +328,29 @@ def write_part(
 ) -> int:
     """Write the decoded content of part ``index`` with ``write``; returns its size.
 
+    A message whose parts nest deeper than the stdlib's recursive parser and generator can go
+    (thousands of multiparts, or hundreds of enclosed messages) is a ``PartUnavailable``
+    naming ``--raw``: it printed a RecursionError traceback, or wrote an empty part.
+    """
+    try:
+        return _write_part(store, digest, index, write, warn)
+    except RecursionError:
+        raise PartUnavailable(
+            f"part {index} cannot be taken out of this message: its MIME parts nest too deep "
+            f"for the parser to follow; `mailvault show {digest} --raw` writes the whole "
+            "message's exact bytes"
+        ) from None
+
+
+def _write_part(
+    store: BlobStore,
+    digest: str,
+    index: int,
+    write: Callable[[bytes], object],
+    warn: Callable[[str], object] | None,
+) -> int:
+    """``write_part``, which may raise RecursionError.
+
     A message over ``skeleton.WHOLE_MAX`` is not held in memory: the part is decoded as the
     message streams by into a temporary file (nothing reaches ``write`` before the part is
     known to be the one asked for), and the message's skeleton tells which part that is.
@@ -416,8 +444,9 @@ def _content_part(tree: Message, index: int) -> Message:
 
 def part_bytes(raw: bytes, index: int) -> bytes:
     """The decoded content of part ``index`` (numbered as ``show`` lists them); of an attached
-    message, its bytes as the message stores them (the parser would write them out anew)."""
-    from mailvault.parse.mime import parse_bytes, payload_bytes
+    message, its bytes as the message stores them (the parser would write them out anew).
+    Raises RecursionError for a message nested too deep to parse or write out."""
+    from mailvault.parse.mime import content_bytes, parse_bytes
     from mailvault.parse.skeleton import enclosed_messages
 
     tree = parse_bytes(raw)
@@ -426,4 +455,4 @@ def part_bytes(raw: bytes, index: int) -> bytes:
         pieces: list[bytes] = []
         if index in enclosed_messages(raw, tree, index, pieces.append):
             return b"".join(pieces)
-    return payload_bytes(part)
+    return content_bytes(part)

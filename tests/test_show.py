@@ -351,3 +351,49 @@ def test_out_in_a_missing_directory_is_a_usage_error(shown: Fixture, tmp_path: P
     result = run(vault, "show", named["pdf"], "--part", "2", "--out", str(target))
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "does not exist" in result.stderr and ".tmp-" not in result.stderr
+
+
+def _nested_multiparts(depth: int) -> bytes:
+    head = b'From: a@b.c\r\nSubject: deep\r\nContent-Type: multipart/mixed; boundary="b0"\r\n\r\n'
+    opening = b"".join(
+        b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % (i - 1, i)
+        for i in range(1, depth)
+    )
+    inner = b"--b%d\r\nContent-Type: text/plain\r\n\r\ndeepest\r\n--b%d--\r\n" % (
+        depth - 1,
+        depth - 1,
+    )
+    closing = b"".join(b"--b%d--\r\n" % i for i in range(depth - 2, -1, -1))
+    return head + opening + inner + closing
+
+
+def _nested_messages(depth: int) -> bytes:
+    inner = b"From: x@b.c\r\nSubject: innermost\r\n\r\ninnermost\r\n"
+    for i in range(depth):
+        inner = b"From: l%d@b.c\r\nContent-Type: message/rfc822\r\n\r\n" % i + inner
+    return (
+        b'From: a@b.c\r\nSubject: r\r\nContent-Type: multipart/mixed; boundary="R"\r\n\r\n'
+        b"--R\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--R--\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw", [_nested_multiparts(5000), _nested_messages(300)], ids=["multiparts", "messages"]
+)
+def test_a_part_of_a_message_nested_too_deep_is_an_error_naming_raw(
+    tmp_path: Path, raw: bytes
+) -> None:
+    """5,000 nested multiparts made `show --part` print a RecursionError traceback; an
+    enclosed message nesting 300 more was written as an empty file, "wrote part 1 (0 bytes)",
+    exit 0.  Either is one line naming --raw, exit 2, and no file."""
+    vault, _, named = build_vault(tmp_path / "vault", [], {"deep": raw})
+    out = tmp_path / "part1"
+    for target in (str(out), "-"):
+        result = run(vault, "show", named["deep"], "--part", "1", "--out", target)
+        assert result.exit_code == 2, result.output
+        assert result.stdout_bytes == b""
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "nest too deep" in result.stderr
+        assert f"`mailvault show {named['deep']} --raw`" in result.stderr
+    assert not out.exists()
+    assert run(vault, "show", "--raw", named["deep"]).stdout_bytes == raw

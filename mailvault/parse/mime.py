@@ -86,14 +86,22 @@ def part_at(msg: Message, index: int) -> Message | None:
 
 
 def payload_bytes(part: Message) -> bytes:
-    """The decoded content of a part: transfer encoding undone; an enclosed message as bytes."""
+    """The decoded content of a part: transfer encoding undone; an enclosed message as bytes.
+    Empty if it cannot be had (parse goes on without it); ``content_bytes`` raises instead."""
     try:
-        if part.is_multipart():
-            if part.get_content_maintype() == "message":
-                inner = part.get_payload(0)
-                return inner.as_bytes() if isinstance(inner, Message) else b""
-            return b""
-        data = part.get_payload(decode=True)
-        return data if isinstance(data, bytes) else b""
+        return content_bytes(part)
     except Exception:
         return b""
+
+
+def content_bytes(part: Message) -> bytes:
+    """``payload_bytes``, raising what stops it: writing out an enclosed message nested a few
+    hundred levels deep exceeds Python's recursion limit (``RecursionError``), and `show --part`
+    must say so, not write an empty file."""
+    if part.is_multipart():
+        if part.get_content_maintype() == "message":
+            inner = part.get_payload(0)
+            return inner.as_bytes() if isinstance(inner, Message) else b""
+        return b""
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
