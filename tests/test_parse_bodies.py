@@ -147,6 +147,25 @@ def test_nested_message_rfc822() -> None:
     assert parsed.subject == "test"
 
 
+def test_an_attached_message_nested_too_deep_to_measure_says_so() -> None:
+    """An attached message nesting 300 more was listed as 0 bytes with the sha256 of nothing,
+    and no word why (writing it out exceeds the recursion limit): now a defect says its size
+    and sha256 are not known."""
+    inner = b"From: x@b.c\r\nSubject: innermost\r\n\r\ninnermost\r\n"
+    for level in range(300):
+        inner = b"From: l%d@b.c\r\nContent-Type: message/rfc822\r\n\r\n" % level + inner
+    raw = multipart(
+        "mixed",
+        b"Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename=fwd.eml"
+        b"\r\n\r\n" + inner,
+    )
+    parsed = parse(raw)
+    assert [a.filename for a in parsed.attachments] == ["fwd.eml"]
+    assert "attachment: part 1 size and sha256 not known (RecursionError)" in parsed.defects
+    assert "innermost" in parsed.body_text
+    assert not parsed.unreadable
+
+
 def test_part_numbering_matches_message_walk() -> None:
     raw = multipart(
         "mixed",

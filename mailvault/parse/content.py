@@ -18,7 +18,7 @@ from email.message import Message
 from mailvault.parse.charset import decode_text
 from mailvault.parse.encoded_words import header_text
 from mailvault.parse.html_text import html_to_text
-from mailvault.parse.mime import payload_bytes, walk
+from mailvault.parse.mime import content_bytes, payload_bytes, walk
 from mailvault.parse.model import Attachment
 from mailvault.parse.params import header_params
 from mailvault.parse.pdf_text import pdf_text
@@ -199,7 +199,13 @@ def _leaf(
     if stored is not None:  # an attached message: no text of its own (its parts have it)
         size, sha256, text = stored.size, stored.sha256, ""
     else:
-        data = payload_bytes(part)
+        try:
+            data = content_bytes(part)
+        except Exception as exc:  # an attached message nested too deep to write out
+            data = b""
+            content.defects.append(
+                f"attachment: part {index} size and sha256 not known ({type(exc).__name__})"
+            )
         size, sha256 = len(data), hashlib.sha256(data).hexdigest()
         text = _attachment_text(content_type, filename, charset, data)
     content.attachments.append(
