@@ -171,11 +171,13 @@ def _register(index: tantivy.Index) -> tantivy.Index:
 
 
 def normalize(text: str) -> str:
-    """Text as indexed (and queried): NFC (so ``e`` + combining acute folds like ``é``), NULs
-    dropped, and a WORD JOINER between adjacent CJK characters (see the module docstring)."""
+    """Text as indexed (and queried): NFC (so ``e`` + combining acute folds like ``é``), and a
+    WORD JOINER between adjacent CJK characters (see the module docstring).  A NUL stays: not
+    alphanumeric, it parts words as a space does (dropping it merged ``nul\\0in`` into one
+    word ``nulin``), and the stored text stays what ``show`` gives."""
     if text.isascii():
-        return text.replace("\x00", "")
-    text = unicodedata.normalize("NFC", text).replace("\x00", "").replace(JOINER, "")
+        return text
+    text = unicodedata.normalize("NFC", text).replace(JOINER, "")
     if max(text, default="\x00") < CJK[0]:  # no character at or above U+3040: no CJK run
         return text
     return _cjk_run().sub(_join_run, text)
@@ -184,7 +186,8 @@ def normalize(text: str) -> str:
 def exact(text: str) -> str:
     """A keyword value (Message-ID, thread, account, address) as indexed and queried: NFC with
     no NULs and no word joiners, so that a value typed composed or decomposed, or with CJK
-    characters (which :func:`normalize` would split), matches the one token it is indexed as."""
+    characters (which :func:`normalize` would split), matches the one token it is indexed as.
+    (A NUL, which no command line can carry, is dropped: the value stays one token.)"""
     if text.isascii():
         return text.replace("\x00", "")
     return unicodedata.normalize("NFC", text.replace(JOINER, "")).replace("\x00", "")

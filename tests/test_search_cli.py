@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -576,3 +577,27 @@ def test_purged_mail_left_in_the_index_is_not_shown(tmp_path: Path) -> None:
         assert "still holds 1 purged message" in result.stderr, result.stderr
     assert run(vault, "index").exit_code == 0
     assert "purged" not in run(vault, "search", "--count", "*").stderr
+
+
+def test_a_nul_parts_words_as_a_space_does(tmp_path: Path) -> None:
+    """The index dropped NULs, merging the words around them: a Subject "nul<NUL>in<NUL>subject"
+    was found only as `nulinsubject`, and search --json gave another Subject than show --json."""
+    from tests.test_index_support import import_messages
+
+    subject = base64.b64encode(b"hostile nul\x00in\x00subject").decode()
+    raw = (
+        f"From: a@b.example\r\nSubject: =?utf-8?b?{subject}?=\r\nMessage-ID: <nul@x>\r\n"
+        "Date: Mon, 05 Feb 2024 10:00:00 +0000\r\n\r\nbody\x00text here\r\n"
+    ).encode()
+    vault, _, _ = build_vault(tmp_path / "v", [])
+    (digest,) = import_messages(vault, [raw])
+    assert run(vault, "index").exit_code == 0
+    for query in ("subject:nul", "subject:in", "subject:subject", 'subject:"nul in subject"'):
+        assert run(vault, "search", "--ids", query).stdout.strip() == digest, query
+    assert run(vault, "search", "--ids", "body:text").stdout.strip() == digest
+    assert run(vault, "search", "--ids", "subject:nulinsubject").exit_code == 1
+    hit = json.loads(run(vault, "search", "--json", "hostile").stdout)
+    shown = json.loads(run(vault, "show", "--json", digest).stdout)
+    assert hit["subject"] == shown["subject"] == "hostile nul\x00in\x00subject"
+    line = run(vault, "search", "hostile").stdout
+    assert "\x00" not in line and "hostile nul in subject" in line
