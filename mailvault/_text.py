@@ -20,3 +20,20 @@ def undecodable(text: str) -> bool:
 def shown(text: str) -> str:
     """``text`` with each undecodable byte written as ``\\xNN``: printable and storable as UTF-8."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Code points no message may send to a terminal, for `show` and `search` alike: C0 and C1
+# controls (terminal escapes; tab and newline among them, which a caller keeping lines spares),
+# and the invisible format characters that make text read otherwise than it is stored or hide
+# part of it: the Arabic letter mark, zero-width spaces and joiners, left-to-right and
+# right-to-left marks, bidi embeddings, overrides and isolates, word joiners, the BOM.  All are
+# non-printable (``str.isprintable`` is False), which lets a caller skip printable text fast.
+UNSAFE_RANGES = (
+    (0x00, 0x1F),
+    (0x7F, 0x9F),
+    (0x061C, 0x061C),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0xFEFF, 0xFEFF),
+)

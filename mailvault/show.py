@@ -16,6 +16,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+from mailvault._text import UNSAFE_RANGES, shown
 from mailvault.errors import CatalogError, StoreError, UsageError
 from mailvault.parse.model import Address, ParsedMessage
 from mailvault.store import BlobStore
@@ -24,10 +25,11 @@ from mailvault.vault import read_only_uri
 MIN_PREFIX = 8
 MAX_CANDIDATES = 20
 HEX = re.compile(r"^[0-9a-fA-F]+$")
-# C0/C1 controls except tab and newline, and the bidirectional overrides and isolates (which
-# can make text read in another order than it is stored): a hostile message must not drive the
-# terminal or disguise what it says.
-UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What search masks too (mailvault._text.UNSAFE_RANGES) except tab and newline, which a body
+# keeps: a hostile message must not drive the terminal or disguise what it says.
+UNSAFE = re.compile(
+    r"(?![\t\n])[" + "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in UNSAFE_RANGES) + "]"
+)
 
 
 @dataclass(frozen=True)
@@ -243,13 +245,18 @@ def first_ingest(catalog_path: Path, digest: str) -> datetime:
 # -- rendering ---------------------------------------------------------------------------------
 
 
+def _utc(moment: datetime) -> str:
+    """``YYYY-MM-DD HH:MM:SS UTC``; not strftime, whose %Y writes the year 1 as "1" on glibc."""
+    return f"{moment.year:04d}-{moment:%m-%d %H:%M:%S} UTC"
+
+
 def _addrs(addrs: tuple[Address, ...]) -> str:
     return ", ".join(a.mailbox() for a in addrs)
 
 
 def render_text(msg: ParsedMessage) -> Iterator[str]:
     """Headers, a blank line, the text body, and the attachment list."""
-    date = msg.date.strftime("%Y-%m-%d %H:%M:%S UTC") if msg.date else ""
+    date = _utc(msg.date) if msg.date else ""
     if msg.date_fallback:
         date += f"  (no usable Date header: {msg.date_raw!r}; ingest time shown)"
     elif msg.date_raw:
@@ -410,7 +417,10 @@ def save_part(
         with out.open("wb") as sink:
             return write_part(store, digest, index, sink.write, warn)
     if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: directory {out.parent} does not exist; create it first")
+        raise UsageError(
+            f"--out {shown(str(out))}: directory {shown(str(out.parent))} does not exist; "
+            "create it first"
+        )
     spool = Path(temp_path(out.parent, out.name))
     try:
         with spool.open("xb") as sink:
@@ -419,8 +429,8 @@ def save_part(
     except OSError as exc:
         spool.unlink(missing_ok=True)
         raise StoreError(
-            f"cannot write --out {out}: {exc.strerror or exc}; choose another path (the part "
-            "was not written)"
+            f"cannot write --out {shown(str(out))}: {exc.strerror or exc}; choose another path "
+            "(the part was not written)"
         ) from None
     except BaseException:
         spool.unlink(missing_ok=True)

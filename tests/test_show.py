@@ -397,3 +397,38 @@ def test_a_part_of_a_message_nested_too_deep_is_an_error_naming_raw(
         assert f"`mailvault show {named['deep']} --raw`" in result.stderr
     assert not out.exists()
     assert run(vault, "show", "--raw", named["deep"]).stdout_bytes == raw
+
+
+INVISIBLE = "\u200e\u200f\u061c\u200b\u200d\ufeff\u2060"  # LRM RLM ALM ZWSP ZWJ BOM WJ
+
+
+def test_show_and_search_mask_the_same_invisible_characters(tmp_path: Path) -> None:
+    """show let through the marks search masked (LRM, RLM, zero-width characters), and
+    neither masked the Arabic letter mark or the BOM: one definition serves both now."""
+    raw = f"From: a@b.c\r\nSubject: pay{INVISIBLE}now\r\n\r\nbody{INVISIBLE}text\r\n".encode()
+    vault, _, named = build_vault(tmp_path / "vault", [], {"marks": raw})
+    catch_up(vault)
+    out = run(vault, "show", named["marks"]).stdout
+    assert f"pay{'?' * len(INVISIBLE)}now" in out and f"body{'?' * len(INVISIBLE)}text" in out
+    listed = run(vault, "search", "pay").stdout
+    assert "pay" in listed and not any(ch in listed for ch in INVISIBLE)
+
+
+def test_a_date_in_the_year_1_is_written_with_four_digits(tmp_path: Path) -> None:
+    raw = b"From: a@b.c\r\nSubject: s\r\nDate: Mon, 01 Jan 0001 00:00:00 +0000\r\n\r\nx\r\n"
+    vault, _, named = build_vault(tmp_path / "vault", [], {"year1": raw})
+    (line,) = [ln for ln in run(vault, "show", named["year1"]).stdout.splitlines() if "Date:" in ln]
+    assert line.startswith("Date:       0001-01-01 00:00:00 UTC"), line
+
+
+def test_an_out_path_that_is_not_utf8_is_named_with_escapes(shown: Fixture) -> None:
+    """--out in a missing directory named a file name byte \\xe9 as the surrogate \\udce9."""
+    from mailvault.errors import UsageError
+    from mailvault.show import save_part
+
+    vault, _, _, named = shown
+    target = Path("/nonexistent-caf\udce9") / "part.bin"
+    with pytest.raises(UsageError) as raised:
+        save_part(vault.read_store(), named["pdf"], 2, target)
+    assert "/nonexistent-caf\\xe9/part.bin" in str(raised.value)
+    assert "\udce9" not in str(raised.value)

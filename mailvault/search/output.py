@@ -11,6 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 
+from mailvault._text import UNSAFE_RANGES
 from mailvault.search.engine import Hit, Results
 from mailvault.search.query import iso_utc
 
@@ -18,17 +19,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# C0/C1 controls, zero-width and bidi controls: each becomes a space (a translate table is
-# cheaper to build at start-up than the equivalent regex).
+# C0/C1 controls, zero-width and bidi controls (what `show` masks too): each becomes a space
+# (a translate table is cheaper to build at start-up than the equivalent regex).
 CONTROL = dict.fromkeys(
-    [
-        *range(0x00, 0x20),
-        *range(0x7F, 0xA0),
-        *range(0x200B, 0x2010),
-        *range(0x202A, 0x202F),
-        *range(0x2066, 0x206A),
-    ],
-    " ",
+    [code for first, last in UNSAFE_RANGES for code in range(first, last + 1)], " "
 )
 BOLD, RESET = "\033[1m", "\033[0m"
 
