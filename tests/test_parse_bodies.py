@@ -211,6 +211,94 @@ def test_broken_pdf_gives_no_text_and_no_error() -> None:
     assert attachment.text == ""
 
 
+def flate_pdf(pages: int, content: bytes) -> bytes:
+    """A PDF of ``pages`` pages, each with its own FlateDecode copy of ``content``."""
+    import zlib
+
+    packed = zlib.compress(content, 9)
+    kids = b" ".join(b"%d 0 R" % (4 + i) for i in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        *(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 3 0 R >> >> >>" % (4 + pages + i)
+            for i in range(pages)
+        ),
+        *[
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed)
+            + packed
+            + b"\nendstream"
+        ]
+        * pages,
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def _pdf_message(pdf: bytes) -> bytes:
+    import base64
+
+    return multipart(
+        "mixed",
+        b"Content-Type: text/plain\r\n\r\nbomb body",
+        b"Content-Type: application/pdf; name=b.pdf\r\nContent-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename=b.pdf\r\n\r\n"
+        + base64.encodebytes(pdf).replace(b"\n", b"\r\n"),
+    )
+
+
+def test_a_pdf_inflating_beyond_the_cap_is_skipped_with_a_defect() -> None:
+    """A 175 KB PDF whose content stream inflated to 70 MB took 293 MB to import and its text
+    was dropped with no word.  The stream is not inflated past 16 MiB, and a defect says the
+    attachment's text was not extracted."""
+    content = b"BT /F1 12 Tf 10 10 Td (pdfbombword) Tj ET\n" + b" " * 40_000_000
+    parsed = parse(_pdf_message(flate_pdf(1, content)))
+    (attachment,) = parsed.attachments
+    assert attachment.filename == "b.pdf" and attachment.text == ""
+    assert (
+        "attachment: part 2 text not extracted: a stream of it inflates beyond 16 MiB"
+        in parsed.defects
+    )
+    assert "bomb body" in parsed.body_text
+
+
+def test_pdf_pages_past_the_cache_cap_are_read_from_the_file_opened_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pypdf keeps what every page inflated: 50 pages just under the stream cap held 200 MB.
+    Past MAX_CACHED_BYTES the file is opened anew, and every page's text still comes out."""
+    import pypdf
+
+    from mailvault.parse import pdf_text
+
+    opened: list[int] = []
+    reader = pypdf.PdfReader
+
+    def counted(*args: object, **kwargs: object) -> pypdf.PdfReader:
+        opened.append(1)
+        return reader(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pypdf, "PdfReader", counted)
+    monkeypatch.setattr(pdf_text, "MAX_CACHED_BYTES", 1_000_000)
+    content = b"BT /F1 12 Tf 10 10 Td (pageword) Tj ET\n" + b" " * 600_000
+    extracted = pdf_text.pdf_text(flate_pdf(6, content))
+    assert extracted.text.split() == ["pageword"] * 6 and extracted.limit == ""
+    assert len(opened) == 3  # after pages 2 and 4, each past 1 MB
+
+
 def test_inline_non_text_leaf_is_an_attachment() -> None:
     raw = multipart(
         "related",

@@ -69,15 +69,19 @@ def _is_pdf(content_type: str, filename: str, data: bytes) -> bool:
     )
 
 
-def _attachment_text(content_type: str, filename: str, charset: str | None, data: bytes) -> str:
+def _attachment_text(
+    content_type: str, filename: str, charset: str | None, data: bytes
+) -> tuple[str, str]:
+    """The attachment's text, and the cap that cost some or all of it ("" if none did)."""
     if content_type.startswith("text/"):
         text = _text(data[:MAX_TEXT_ATTACHMENT_BYTES], charset)
         if content_type == "text/html":
             text = html_to_text(text)
-        return text[:MAX_ATTACHMENT_CHARS]
+        return text[:MAX_ATTACHMENT_CHARS], ""
     if _is_pdf(content_type, filename, data):
-        return pdf_text(data)
-    return ""
+        extracted = pdf_text(data)
+        return extracted.text, extracted.limit
+    return "", ""
 
 
 def _enclosed_headers(inner: Message) -> str:
@@ -207,7 +211,10 @@ def _leaf(
                 f"attachment: part {index} size and sha256 not known ({type(exc).__name__})"
             )
         size, sha256 = len(data), hashlib.sha256(data).hexdigest()
-        text = _attachment_text(content_type, filename, charset, data)
+        text, limit = _attachment_text(content_type, filename, charset, data)
+        if limit:  # a search of the attachment's words must not miss it without a word why
+            cost = "cut short" if text.strip() else "not extracted"
+            content.defects.append(f"attachment: part {index} text {cost}: {limit}")
     content.attachments.append(
         Attachment(
             index=index,
