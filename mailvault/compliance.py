@@ -48,15 +48,15 @@ def audit_entries(vault: Vault, since: datetime | None = None) -> list[dict[str,
 # -- holds -------------------------------------------------------------------------------------
 
 
-def matching_ids(vault: Vault, query: str, syntax: int | None = None) -> set[str]:
+def matching_ids(vault: Vault, query: str, syntax: int | None = None) -> Iterator[list[str]]:
     """The messages ``query`` matches, read in query language version ``syntax`` (None: the
-    current one, as a new hold is placed)."""
+    current one, as a new hold is placed), in batches: a hold on most of a large vault is
+    walked without its hits (or their stored documents) ever being in memory at once."""
     from mailvault.search import Searcher
     from mailvault.search.query import SYNTAX
 
     searcher = Searcher(vault.index_path, query, syntax=SYNTAX if syntax is None else syntax)
-    hits = searcher.page(limit=0, sort="score", snippets=False)
-    return {hit.id for hit in hits}
+    return searcher.ids()
 
 
 def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
@@ -69,7 +69,7 @@ def add_hold(vault: Vault, name: str, query: str, reason: str | None) -> int:
         )
     from mailvault.search.query import SYNTAX
 
-    matches = len(matching_ids(vault, query, SYNTAX))
+    matches = sum(len(batch) for batch in matching_ids(vault, query, SYNTAX))
     catalog = vault.catalog()
     try:
         with catalog.transaction() as conn:
@@ -208,10 +208,12 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
         if _expired(basis, keep_days, now):
             candidates.append(Candidate(row["sha256"], basis, keep_days, ()))
     if holds and candidates:
+        expired = {c.sha256 for c in candidates}
         protected: dict[str, list[str]] = {}
         for hold in holds:
-            for sha in matching_ids(vault, hold["query"], hold["syntax"]):
-                protected.setdefault(sha, []).append(hold["name"])
+            for batch in matching_ids(vault, hold["query"], hold["syntax"]):
+                for sha in expired.intersection(batch):
+                    protected.setdefault(sha, []).append(hold["name"])
         candidates = [
             Candidate(c.sha256, c.age_basis, c.keep_days, tuple(protected.get(c.sha256, ())))
             for c in candidates

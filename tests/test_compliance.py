@@ -1032,3 +1032,41 @@ def test_a_malformed_catalog_date_is_reported_not_a_crash(vault: Path, edit: str
     (kept,) = [c for c in report["messages"] if c["sha256"] == sha]
     assert kept["kept"] and "edited" in kept["kept"], kept
     assert report["purged"] == 4  # the other 2001 messages
+
+
+class _NoStoredDocuments:
+    """A tantivy searcher that refuses to read a stored document (the body is one of them)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def doc(self, address: object) -> None:
+        raise AssertionError(f"a stored document was read ({address})")
+
+
+def test_selecting_by_query_reads_ids_in_batches_never_stored_documents(
+    vault: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query export, `hold add` and retention loaded every hit's stored document, body and
+    all, into a list: 1 GB for 100k hits.  They now read only ids, a batch at a time (ID_PAGE
+    made tiny here so that the walk takes several)."""
+    from mailvault.search import Searcher, engine
+
+    real_init = Searcher.__init__
+
+    def guarded(self: Searcher, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.searcher = _NoStoredDocuments(self.searcher)  # type: ignore[assignment]
+
+    monkeypatch.setattr(Searcher, "__init__", guarded)
+    monkeypatch.setattr(engine, "ID_PAGE", 2, raising=False)
+    added = run_cli(vault, "hold", "add", "old", "date:<2010 OR from:bob@acme.com")
+    assert "protects 5 messages" in added.stdout, added.stdout
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert (dry["expired"], dry["held"]) == (5, 5)
+    result = run_cli(vault, "export", "carol", "--format", "eml", "--out", str(tmp_path / "e"))
+    assert result.exit_code == 0, result.stdout
+    assert len(list((tmp_path / "e").glob("*.eml"))) == 8

@@ -797,3 +797,18 @@ def test_an_internationalised_domain_matches_in_both_its_forms(tmp_path: Path) -
     # a domain alone is words, accent-folded as all text is: bücher also finds bucher
     for query in ("from:bücher.example", "from:xn--bcher-kva.example"):
         assert found(query) == both | {named["other"]}, query
+
+
+def test_ids_are_every_hit_in_batches(corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Searcher.ids` (query export, holds, retention) gives the same messages as a page of
+    every hit, split into batches of about ID_PAGE, none twice."""
+    from mailvault.search import engine
+
+    monkeypatch.setattr(engine, "ID_PAGE", 16)
+    for query in ("*", "date:>2000", "nosuchwordanywhere"):
+        searcher = Searcher(corpus[0].index_path, query)
+        batches = list(searcher.ids())
+        every = [i for batch in batches for i in batch]
+        assert sorted(every) == sorted(hits(corpus, query)) and len(set(every)) == len(every)
+        if len(every) > 64:
+            assert len(batches) >= 8 and max(map(len, batches)) < len(every) / 4, query

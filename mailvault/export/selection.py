@@ -36,7 +36,7 @@ class Selected:
 
 
 def query_searcher(vault: Vault, query: str) -> Searcher:
-    """The search index's searcher for ``query`` (its ``page()`` gives the hits)."""
+    """The search index's searcher for ``query`` (its ``ids()`` gives the hits)."""
     try:
         from mailvault import search
     except ImportError as exc:  # pragma: no cover - the search module ships with mailvault
@@ -95,15 +95,13 @@ class Selection:
         conn = self.catalog.conn
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_TEMP} (sha256 TEXT PRIMARY KEY)")
         conn.execute(f"DELETE FROM temp.{_TEMP}")
-        batch: list[tuple[str]] = []
         searcher = query_searcher(vault, query)
-        for hit in searcher.page(limit=0, sort="date", snippets=False):
-            batch.append((str(hit.id),))
-            if len(batch) >= 10_000:
-                conn.executemany(f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", batch)
-                batch.clear()
-        if batch:
-            conn.executemany(f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", batch)
+        # ids only, a batch at a time: the hits' stored documents (with their bodies) are
+        # never read, and the ids wait in SQLite, so memory stays flat however many match
+        for batch in searcher.ids():
+            conn.executemany(
+                f"INSERT OR IGNORE INTO temp.{_TEMP} VALUES (?)", ((i,) for i in batch)
+            )
         from mailvault.search.command import index_gap
 
         self.unindexed, _ = index_gap(vault.root, searcher.searcher.num_docs)

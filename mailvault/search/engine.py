@@ -5,6 +5,9 @@ A hit's printed fields come from the index's stored fields, never from the catal
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
 import os
 import re
 from datetime import UTC, datetime
@@ -19,6 +22,7 @@ from mailvault.search.query import SORTS, SYNTAX, iso_utc, quote, translate_with
 # search` start-up (paths are handled with os.path here; callers may pass Path objects).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
     from typing import Any
 
@@ -26,6 +30,10 @@ SNIPPET_CHARS = 160
 # --limit and --offset: more than any index holds (tantivy's document ids are 32-bit) is a
 # typing error; within this, the limit is cut to the index's size before Tantivy allocates.
 MAX_PAGE = 2**32 - 1
+# Ids per walk of the id term dictionary in ``Searcher.ids`` (about: the walk splits by the
+# leading hex digits of the sha256, which spread evenly).
+ID_PAGE = 8192
+_HEX = "0123456789abcdef"
 
 
 class Hit:
@@ -153,6 +161,27 @@ class Searcher:
             result = self.searcher.search(self.query, 1, count=True)
         return int(getattr(result, "count", 0) or 0)
 
+    def ids(self) -> Iterator[list[str]]:
+        """Every hit's id (sha256), in batches of about ``ID_PAGE``, in no particular order.
+
+        For callers that select messages (query export, legal holds, retention): read from the
+        ``id`` field's term dictionary, each term kept if a live document matching the query
+        holds it, so no stored document (with its body) is read and memory does not grow with
+        the number of hits.  The walk is split by the ids' first hex digits into as many runs
+        as ``ID_PAGE`` asks for.
+        """
+        with self._running():
+            total = int(getattr(self.searcher.search(self.query, 1, count=True), "count", 0) or 0)
+        seen = 0
+        for prefix in _prefixes(total):
+            with self._running():
+                terms = self.searcher.terms_with_prefix("id", prefix, filter_query=self.query)
+            seen += sum(n for _, n in terms)
+            if terms:
+                yield [term for term, _ in terms]
+        if seen != total:  # an id that is no sha256, or one held by two live documents
+            raise ix.damaged(self.path, f"its ids name {seen} documents, the query finds {total}")
+
     def page(
         self, *, limit: int = 50, offset: int = 0, sort: str = "-date", snippets: bool = True
     ) -> list[Hit]:
@@ -166,7 +195,7 @@ class Searcher:
         if offset >= num_docs:
             return []  # past the last hit; and Tantivy would allocate offset + limit slots
         limit = num_docs if limit == 0 else min(limit, num_docs)
-        try:
+        with self._running():
             if sort == "score":
                 result = self.searcher.search(self.query, limit, count=True, offset=offset)
             else:
@@ -178,6 +207,17 @@ class Searcher:
                     offset=offset,
                     order=tantivy.Order.Desc if sort == "-date" else tantivy.Order.Asc,
                 )
+        # counted on the same pass (a full page says how many it left out; a second search
+        # for the number cost as much again)
+        self.matched = int(getattr(result, "count", 0) or 0)
+        with ix.reading(self.path):  # the stored fields, the snippets' terms
+            return self._hits(result.hits, sort == "score", snippets)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Tantivy running the query: damage, or a query it could not run, as one line."""
+        try:
+            yield
         except ValueError as exc:
             if ix.is_damage(exc):
                 raise ix.damaged(self.path, exc) from None
@@ -186,11 +226,6 @@ class Searcher:
             if not ix.is_panic(exc):
                 raise
             raise ix.damaged(self.path, exc) from None
-        # counted on the same pass (a full page says how many it left out; a second search
-        # for the number cost as much again)
-        self.matched = int(getattr(result, "count", 0) or 0)
-        with ix.reading(self.path):  # the stored fields, the snippets' terms
-            return self._hits(result.hits, sort == "score", snippets)
 
     def _hits(self, found: list[Any], scored: bool, snippets: bool) -> list[Hit]:
         generator = None
@@ -207,6 +242,13 @@ class Searcher:
                 hit.snippet, hit.highlights = _snippet(generator, doc, self.words)
             hits.append(hit)
         return hits
+
+
+def _prefixes(total: int) -> Iterator[str]:
+    """Leading hex digits that cut ``total`` random sha256 ids into runs of about ``ID_PAGE``."""
+    digits = math.ceil(math.log(total / ID_PAGE, 16)) if total > ID_PAGE else 0
+    for chars in itertools.product(_HEX, repeat=digits):
+        yield "".join(chars)
 
 
 def _one_of(field: str, values: set[str]) -> str:
