@@ -45,6 +45,7 @@ from mailvault import index as ix
 from mailvault._workers import init_worker
 from mailvault.catalog import Catalog, utcnow
 from mailvault.errors import IndexDamaged, IndexOutdated, MailvaultError, from_storage_error
+from mailvault.parse.content import MAX_ATTACHMENTS_TEXT_CHARS
 from mailvault.parse.model import ParsedMessage
 from mailvault.parse.skeleton import parse_chunks
 from mailvault.store import BlobStore
@@ -53,13 +54,20 @@ from mailvault.vault import Vault, read_only_uri
 log = logging.getLogger(__name__)
 
 WORKERS = 2
-BATCH = 256  # messages per parse batch and per catalog transaction
+BATCH = 256  # messages per parse batch and per catalog transaction (at most)
+# ... and at most this much text: a message counts its size, up to the most text its parse can
+# carry (INDEX_BODY_BYTES of body, and attachment text), so that two batches in flight hold a
+# bounded amount of text however big the messages are.
+BATCH_BYTES = 16 * 1024 * 1024
+# Body text indexed per message, all body parts together: the first 4 MiB (a longer body is
+# stored, exported and shown whole; only its words past this are not searchable).
+INDEX_BODY_BYTES = 4 * 1024 * 1024
 COMMIT_EVERY = 2048  # index documents per Tantivy commit (at most)
 COMMIT_SECONDS = 30.0  # ... or this long since the last commit
 INLINE_MAX = 64  # fewer targets than this: parse in-process, no pool start-up
 
 Progress = Callable[[int, int], None]
-Job = tuple[str, str]  # (sha256, first_ingest_at)
+Job = tuple[str, str, int]  # (sha256, first_ingest_at, size)
 
 
 @dataclass
@@ -110,7 +118,7 @@ def _ingest_time(text: str) -> datetime:
 
 def _parse_with(store: BlobStore, job: Job) -> ParsedMessage | tuple[str, str]:
     """Parse one stored message; (sha256, reason) if its blob cannot be read."""
-    sha256, ingest = job
+    sha256, ingest, _ = job
     try:
         # Streamed: a message over skeleton.WHOLE_MAX is parsed from its skeleton, so a
         # 150 MB attachment costs tens of MB, not the 1.4 GB the stdlib parser would take.
@@ -118,7 +126,9 @@ def _parse_with(store: BlobStore, job: Job) -> ParsedMessage | tuple[str, str]:
         # for holds are matched through the index, and the message then stays unindexed,
         # which retention takes as "cannot prove it is not held".
         chunks = store.iter_verified(sha256)
-        return parse_chunks(chunks, sha256, ingest_time=_ingest_time(ingest))
+        return parse_chunks(
+            chunks, sha256, ingest_time=_ingest_time(ingest), body_limit=INDEX_BODY_BYTES
+        )
     except (MailvaultError, OSError, ValueError) as exc:
         return (sha256, str(exc))
     except Exception as exc:  # zstd errors on a corrupt blob
@@ -133,9 +143,19 @@ def _noop() -> int:
     return 0
 
 
-def _chunks(items: Sequence[Job], size: int) -> Iterator[Sequence[Job]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _chunks(items: Sequence[Job]) -> Iterator[Sequence[Job]]:
+    """Runs of ``items``: ``BATCH`` messages at most, and ``BATCH_BYTES`` unless one message
+    alone weighs more (see ``BATCH_BYTES``)."""
+    heaviest = INDEX_BODY_BYTES + MAX_ATTACHMENTS_TEXT_CHARS
+    start = weight = 0
+    for end, (_, _, size) in enumerate(items):
+        cost = min(max(size, 0), heaviest)
+        if end > start and (end - start >= BATCH or weight + cost > BATCH_BYTES):
+            yield items[start:end]
+            start, weight = end, 0
+        weight += cost
+    if start < len(items):
+        yield items[start:]
 
 
 class _Parser:
@@ -167,10 +187,10 @@ class _Parser:
     def batches(self) -> Iterator[list[ParsedMessage | tuple[str, str]]]:
         if self.pool is None:
             store = BlobStore(self.root)
-            for chunk in _chunks(self.jobs, BATCH):
+            for chunk in _chunks(self.jobs):
                 yield [_parse_with(store, job) for job in chunk]
             return
-        chunks = list(_chunks(self.jobs, BATCH))
+        chunks = list(_chunks(self.jobs))
         in_flight: deque[tuple[int, Iterator[ParsedMessage | tuple[str, str]]]] = deque()
         done = 0  # chunks yielded
         try:
@@ -225,10 +245,10 @@ def _live(catalog: Catalog, alias: str = "m") -> str:
 
 def _all_messages(catalog: Catalog) -> list[Job]:
     return [
-        (r[0], r[1])
+        (r[0], r[1], r[2])
         for r in _rows(
             catalog,
-            f"SELECT m.sha256, m.first_ingest_at FROM messages m WHERE {_live(catalog)} "
+            f"SELECT m.sha256, m.first_ingest_at, m.size FROM messages m WHERE {_live(catalog)} "
             "ORDER BY m.first_ingest_at, m.sha256",
         )
     ]
@@ -236,10 +256,10 @@ def _all_messages(catalog: Catalog) -> list[Job]:
 
 def _unparsed(catalog: Catalog) -> list[Job]:
     return [
-        (r[0], r[1])
+        (r[0], r[1], r[2])
         for r in _rows(
             catalog,
-            "SELECT m.sha256, m.first_ingest_at FROM messages m "
+            "SELECT m.sha256, m.first_ingest_at, m.size FROM messages m "
             "LEFT JOIN message_meta p ON p.sha256 = m.sha256 "
             f"WHERE p.sha256 IS NULL AND {_live(catalog)} "
             "ORDER BY m.first_ingest_at, m.sha256",
@@ -252,16 +272,16 @@ def _unindexed(catalog: Catalog) -> list[Job]:
     (the same content fetched by another account, or imported with ``--account``: a ledger
     ingest entry with an account, later than the indexing; see ``message_accounts``)."""
     sql = (
-        "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+        "SELECT p.sha256, m.first_ingest_at, m.size FROM message_meta p "
         "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NULL "
         "UNION "
-        "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+        "SELECT p.sha256, m.first_ingest_at, m.size FROM message_meta p "
         "JOIN messages m ON m.sha256 = p.sha256 JOIN ledger l ON l.sha256 = p.sha256 "
         "WHERE p.indexed_at IS NOT NULL AND l.kind = 'ingest' AND l.account IS NOT NULL "
         "AND l.at > p.indexed_at"
     )
     rows = _rows(catalog, sql)
-    return sorted(((r[0], r[1]) for r in rows), key=lambda j: (j[1], j[0]))
+    return sorted(((r[0], r[1], r[2]) for r in rows), key=lambda j: (j[1], j[0]))
 
 
 def message_accounts(catalog: Catalog, digests: Sequence[str]) -> dict[str, list[str]]:
@@ -496,13 +516,15 @@ def _reconcile(
     schema = index.schema
     listed = _rows(
         catalog,
-        "SELECT p.sha256, m.first_ingest_at FROM message_meta p "
+        "SELECT p.sha256, m.first_ingest_at, m.size FROM message_meta p "
         "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NOT NULL",
     )
-    lost = [
-        (sha256, ingest) for sha256, ingest in listed if not ix.contains(searcher, schema, sha256)
+    lost: list[Job] = [
+        (sha256, ingest, size)
+        for sha256, ingest, size in listed
+        if not ix.contains(searcher, schema, sha256)
     ]
-    wanted = {sha256 for sha256, _ in listed}
+    wanted = {row[0] for row in listed}
     extra = list(ix.ids_not_in(searcher, schema, wanted))
     if extra:
         log.warning(
@@ -521,7 +543,7 @@ def _reconcile(
     log.warning(
         "the index lacks %d messages the catalog lists as indexed; re-adding them", len(lost)
     )
-    _mark_indexed(catalog, [s for s, _ in lost], None)
+    _mark_indexed(catalog, [job[0] for job in lost], None)
     _pipeline(vault, catalog, lost, set(), index_dir, report, progress, mark=True)
     return len(lost) + len(extra)
 

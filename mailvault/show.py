@@ -279,14 +279,23 @@ def render_text(msg: ParsedMessage) -> Iterator[str]:
     if msg.defects:
         yield f"{'Defects:':12}{one_line('; '.join(msg.defects))}"
     yield ""
-    body = safe(msg.body_text.replace("\r\n", "\n"))
-    yield from body.rstrip("\n").split("\n")
+    yield from _lines(safe(msg.body_text.replace("\r\n", "\n")).rstrip("\n"))
     if msg.attachments:
         yield ""
         yield "Attachments (save one with --part N --out FILE):"
         for att in msg.attachments:
             name = one_line(att.filename) or "(no name)"
             yield f"  [{att.index}] {name}  {one_line(att.content_type)}  {att.size:,} bytes"
+
+
+def _lines(text: str) -> Iterator[str]:
+    """``text.split("\n")``, one line at a time: a 16 MiB body is not copied into a list of
+    lines next to itself (nor is the text copied at all when nothing in it needs changing)."""
+    start = 0
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]
 
 
 def as_json(msg: ParsedMessage) -> dict[str, Any]:

@@ -548,3 +548,50 @@ def test_every_message_of_the_corpora_is_indexed_and_verifies(tmp_path: Path) ->
     assert indexed["indexed"] == len(catalog_set(vault)) > 1000
     code, verified = cli_json(vault, "verify")
     assert code == 0 and verified["ok"] and verified["findings"] == [], verified
+
+
+def _long_body_message() -> bytes:
+    """Two text parts: the first word of each part near the start, the last past 3,000 bytes."""
+    filler = ("lorem ipsum dolor " * 100 + "\r\n") * 2  # 3,604 bytes
+    parts = [
+        f"--b\r\nContent-Type: text/plain\r\n\r\nfirstpartword\r\n{filler}firstpartlate\r\n",
+        f"--b\r\nContent-Type: text/plain\r\n\r\nsecondpartword\r\n{filler}\r\n--b--\r\n",
+    ]
+    return (
+        "From: a@example.com\r\nTo: b@example.com\r\nSubject: long body\r\n"
+        "Message-ID: <long@example.com>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + "".join(parts)
+    ).encode()
+
+
+def test_body_text_indexed_is_capped_per_message_but_shown_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every body part was indexed up to 16 MiB each, with no cap per message: 40 messages of
+    8 MB text took 1.27 GB to index.  The index now reads INDEX_BODY_BYTES of body text per
+    message, all parts together (made small here); `show` still prints the whole body."""
+    monkeypatch.setattr(indexer, "INDEX_BODY_BYTES", 3000, raising=False)
+    vault, _, _ = build_vault(tmp_path / "vault", [])
+    (digest,) = import_messages(vault, [_long_body_message()])
+    catch_up(vault)
+    assert _ids(vault, "firstpartword") == [digest]
+    assert _ids(vault, "firstpartlate") == [] and _ids(vault, "secondpartword") == []
+    with sqlite3.connect(vault.catalog_path) as db:
+        (defects,) = db.execute("SELECT defects FROM message_meta").fetchone()
+    assert "body: text past its first 3000 bytes not read" in defects
+    shown = run_cli(vault.root, "show", digest)
+    assert shown.exit_code == 0
+    assert "firstpartlate" in shown.stdout and "secondpartword" in shown.stdout
+    assert "not read" not in shown.stdout  # show read the whole body: no such defect
+
+
+def test_parse_batches_are_cut_by_bytes_as_well_as_by_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch was 256 messages whatever their size; two in flight held 512 parsed bodies."""
+    monkeypatch.setattr(indexer, "BATCH", 4)
+    monkeypatch.setattr(indexer, "BATCH_BYTES", 1000, raising=False)
+    sizes = [100, 100, 100, 100, 100, 600, 600, 5000, 10**9, 10, 10]
+    jobs = [(f"{i:064x}", "2024-01-01T00:00:00+00:00", size) for i, size in enumerate(sizes)]
+    batches = [[job[2] for job in batch] for batch in indexer._chunks(jobs)]
+    assert batches == [[100, 100, 100, 100], [100, 600], [600], [5000], [10**9], [10, 10]]

@@ -24,7 +24,11 @@ from mailvault.parse.params import header_params
 from mailvault.parse.pdf_text import pdf_text
 from mailvault.parse.skeleton import Cut, enclosed_messages
 
-MAX_BODY_PART_BYTES = 16 * 1024 * 1024
+# Body text is read from the body parts' decoded content, all parts of a message together, up
+# to this many bytes (16 MiB: what `show` prints).  The index reads less (indexer.INDEX_BODY_BYTES);
+# the message itself is always stored, exported and given by `show --raw` whole.
+MAX_BODY_TEXT_BYTES = 16 * 1024 * 1024
+MAX_ATTACHMENTS_TEXT_CHARS = 4 * 1024 * 1024  # text of all attachments together
 MAX_HTML_BYTES = 4 * 1024 * 1024
 MAX_TEXT_ATTACHMENT_BYTES = 2 * 1024 * 1024
 MAX_ATTACHMENT_CHARS = 100_000
@@ -48,6 +52,9 @@ class Content:
     body_text: str = ""
     attachments: list[Attachment] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # what is left to read: body bytes, attachment text characters (the caps above)
+    body_left: int = MAX_BODY_TEXT_BYTES
+    attachment_text_left: int = MAX_ATTACHMENTS_TEXT_CHARS
 
 
 def _first_header(part: Message, name: str) -> str | None:
@@ -135,13 +142,18 @@ def _merge(pieces: list[_Piece]) -> str:
     return "\n\n".join(t.strip() for t in out if t.strip())
 
 
-def extract(msg: Message, raw: bytes | None = None) -> Content:
+def extract(
+    msg: Message, raw: bytes | None = None, *, body_limit: int = MAX_BODY_TEXT_BYTES
+) -> Content:
     """Body text, attachments and per-part parser defects of a message tree.
 
     ``raw``, the bytes ``msg`` was parsed from, gives an attached message's size and sha256 as
     the message is stored in them (what ``show --part`` writes), not as the parser would
-    write it out again (line ends and header folding changed)."""
-    content = Content()
+    write it out again (line ends and header folding changed).  ``body_limit``: body bytes to
+    read for text, all body parts together (at most ``MAX_BODY_TEXT_BYTES``); the parts past
+    it are read no further, so a long body costs no more than that many bytes of text."""
+    content = Content(body_left=min(body_limit, MAX_BODY_TEXT_BYTES))
+    limit = content.body_left
     enclosed = _AttachedMessages(raw, msg)
     pieces: list[_Piece] = []
     alternative_of: dict[int, int] = {}  # id(part) -> index of its nearest alternative
@@ -163,6 +175,8 @@ def extract(msg: Message, raw: bytes | None = None) -> Content:
                     pieces.append(_Piece(headers))
         _leaf(index, part, content_type, group, pieces, content, enclosed)
         content.defects.extend(type(d).__name__ for d in part.defects)
+    if content.body_left < 0:
+        content.defects.append(f"body: text past its first {limit} bytes not read")
     content.body_text = _merge(pieces)
     return content
 
@@ -190,14 +204,22 @@ def _leaf(
     charset = ct_params.get("charset")
     if not attached and maintype in ("text", "multipart", "message"):
         data = payload_bytes(part)
-        if len(data) > MAX_BODY_PART_BYTES:
-            content.defects.append(f"body: part {index} text cut at {MAX_BODY_PART_BYTES} bytes")
-            data = data[:MAX_BODY_PART_BYTES]
         if content_type == "text/html":
-            text = html_to_text(_text(data[:MAX_HTML_BYTES], charset))
-            pieces.append(_Piece(text, group, html=True))
+            data = data[:MAX_HTML_BYTES]  # what html_to_text reads of one part, as ever
+        keep = max(content.body_left, 0)
+        if len(data) > keep:
+            content.body_left = -1  # extract() says so, once
+            data = data[:keep]
         else:
-            pieces.append(_Piece(_text(data, charset), group))
+            content.body_left -= len(data)
+        if not data:
+            return
+        text = _text(data, charset)
+        del data  # the part's bytes are not needed next to its text
+        if content_type == "text/html":
+            pieces.append(_Piece(html_to_text(text), group, html=True))
+        else:
+            pieces.append(_Piece(text, group))
         return
     stored = enclosed.get(index) if container else None
     if stored is not None:  # an attached message: no text of its own (its parts have it)
@@ -211,10 +233,14 @@ def _leaf(
                 f"attachment: part {index} size and sha256 not known ({type(exc).__name__})"
             )
         size, sha256 = len(data), hashlib.sha256(data).hexdigest()
-        text, limit = _attachment_text(content_type, filename, charset, data)
-        if limit:  # a search of the attachment's words must not miss it without a word why
-            cost = "cut short" if text.strip() else "not extracted"
-            content.defects.append(f"attachment: part {index} text {cost}: {limit}")
+        text = ""
+        if content.attachment_text_left > 0:
+            text, limit = _attachment_text(content_type, filename, charset, data)
+            if limit:  # a search of the attachment's words must not miss it without a word why
+                cost = "cut short" if text.strip() else "not extracted"
+                content.defects.append(f"attachment: part {index} text {cost}: {limit}")
+            text = text[: content.attachment_text_left]
+            content.attachment_text_left -= len(text)
     content.attachments.append(
         Attachment(
             index=index,

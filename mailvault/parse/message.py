@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from mailvault.parse import defects as bytecheck
-from mailvault.parse.content import Content, extract
+from mailvault.parse.content import MAX_BODY_TEXT_BYTES, Content, extract
 from mailvault.parse.encoded_words import header_text
 from mailvault.parse.fallback import scan_body, scan_headers
 from mailvault.parse.headers import (
@@ -100,13 +100,13 @@ def _build(
     )
 
 
-def _parse(raw: bytes, sha256: str, ingest_time: datetime) -> ParsedMessage:
+def _parse(raw: bytes, sha256: str, ingest_time: datetime, body_limit: int) -> ParsedMessage:
     junk = leading_junk(raw)
     defects = bytecheck.byte_defects(raw, junk)
     msg, repairs = parse_tree(raw)
     defects.extend(repairs)
     headers = _header_map(msg.raw_items())
-    content = extract(msg, raw)
+    content = extract(msg, raw, body_limit=body_limit)
     defects.extend(content.defects)
     if "CloseBoundaryNotFoundDefect" in content.defects:
         defects.append(bytecheck.TRUNCATED)
@@ -129,14 +129,18 @@ def _fallback(raw: bytes, sha256: str, ingest_time: datetime, reason: str) -> Pa
     return _build(raw, sha256, headers, Content(body_text=body), defects, True, ingest_time)
 
 
-def parse_message(raw: bytes, sha256: str, *, ingest_time: datetime) -> ParsedMessage:
-    """Everything the catalog and index need from one message; never raises."""
+def parse_message(
+    raw: bytes, sha256: str, *, ingest_time: datetime, body_limit: int = MAX_BODY_TEXT_BYTES
+) -> ParsedMessage:
+    """Everything the catalog and index need from one message; never raises.
+
+    ``body_limit``: bytes of body text read, all body parts together (``content.extract``)."""
     if ingest_time.tzinfo is None:
         ingest_time = ingest_time.replace(tzinfo=UTC)
     else:
         ingest_time = ingest_time.astimezone(UTC)
     try:
-        return _parse(raw, sha256, ingest_time)
+        return _parse(raw, sha256, ingest_time, body_limit)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"[:200]
     try:

@@ -607,14 +607,22 @@ def read_head(chunks: Iterable[bytes]) -> tuple[list[bytes], Iterator[bytes] | N
     return head, None
 
 
-def parse_chunks(chunks: Iterable[bytes], sha256: str, *, ingest_time: datetime) -> ParsedMessage:
+def parse_chunks(
+    chunks: Iterable[bytes], sha256: str, *, ingest_time: datetime, body_limit: int | None = None
+) -> ParsedMessage:
     """``parse_message`` of the message in ``chunks``, holding at most about ``WHOLE_MAX`` of it
-    (see the module docstring): a smaller message is parsed whole, exactly as before."""
+    (see the module docstring): a smaller message is parsed whole, exactly as before.
+    ``body_limit``: ``parse_message``'s (None: its default)."""
+    from functools import partial
+
+    from mailvault.parse.content import MAX_BODY_TEXT_BYTES
     from mailvault.parse.message import parse_message
 
+    limit = MAX_BODY_TEXT_BYTES if body_limit is None else body_limit
+    parse = partial(parse_message, ingest_time=ingest_time, body_limit=limit)
     buffered, stream = read_head(chunks)
     if stream is None:
-        return parse_message(b"".join(buffered), sha256, ingest_time=ingest_time)
+        return parse(b"".join(buffered), sha256)
     size = sum(map(len, buffered))
     skeleton = Skeleton(enclosed=True)
     failure: Exception | None = None
@@ -633,12 +641,12 @@ def parse_chunks(chunks: Iterable[bytes], sha256: str, *, ingest_time: datetime)
     if failure is None:
         try:
             data = skeleton.finish()
-            return restore(parse_message(data, sha256, ingest_time=ingest_time), skeleton, data)
+            return restore(parse(data, sha256), skeleton, data)
         except Exception as exc:
             failure = exc
     # Never raise (parse_message's promise): the first WHOLE_MAX bytes, parsed whole.
     head = b"".join(buffered)[:WHOLE_MAX]
-    parsed = parse_message(head, sha256, ingest_time=ingest_time)
+    parsed = parse(head, sha256)
     defect = f"parsed from its first {len(head)} bytes only ({type(failure).__name__})"
     return replace(parsed, size=size, defects=(*parsed.defects, defect))
 
