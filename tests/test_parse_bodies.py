@@ -323,6 +323,26 @@ def test_text_attachment_text_is_capped() -> None:
     assert attachment.size == 300_000
 
 
+def test_attachment_text_past_the_message_cap_is_a_defect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text of a message's attachments together is capped; a search missing words of an
+    attachment past the cap has a reason on record, as for the other caps."""
+    from mailvault.parse import content
+
+    monkeypatch.setattr(content, "MAX_ATTACHMENTS_TEXT_CHARS", 10)
+    attached = [
+        b"Content-Type: text/plain\r\nContent-Disposition: attachment; filename=%d.txt\r\n\r\n"
+        b"word%d word word\r\n" % (n, n)
+        for n in (1, 2, 3)
+    ]
+    parsed = parse(multipart("mixed", b"Content-Type: text/plain\r\n\r\nbody", *attached))
+    assert [a.text for a in parsed.attachments] == ["word1 word", "", ""]
+    assert [d.split(":")[1].strip() for d in parsed.defects if "attachments gave" in d] == [
+        "part 2 text cut short",
+        "part 3 text not extracted",
+        "part 4 text not extracted",
+    ]
+
+
 def test_delivery_status_fields_are_text() -> None:
     raw = multipart(
         "report",

@@ -54,7 +54,7 @@ class Content:
     defects: list[str] = field(default_factory=list)
     # what is left to read: body bytes, attachment text characters (the caps above)
     body_left: int = MAX_BODY_TEXT_BYTES
-    attachment_text_left: int = MAX_ATTACHMENTS_TEXT_CHARS
+    attachment_text_left: int = field(default_factory=lambda: MAX_ATTACHMENTS_TEXT_CHARS)
 
 
 def _first_header(part: Message, name: str) -> str | None:
@@ -239,8 +239,18 @@ def _leaf(
             if limit:  # a search of the attachment's words must not miss it without a word why
                 cost = "cut short" if text.strip() else "not extracted"
                 content.defects.append(f"attachment: part {index} text {cost}: {limit}")
+            if len(text) > content.attachment_text_left:
+                content.defects.append(
+                    f"attachment: part {index} text cut short: the message's attachments gave "
+                    f"{MAX_ATTACHMENTS_TEXT_CHARS} characters of text in all"
+                )
             text = text[: content.attachment_text_left]
             content.attachment_text_left -= len(text)
+        elif content_type.startswith("text/") or _is_pdf(content_type, filename, data):
+            content.defects.append(
+                f"attachment: part {index} text not extracted: the message's attachments gave "
+                f"{MAX_ATTACHMENTS_TEXT_CHARS} characters of text in all"
+            )
     content.attachments.append(
         Attachment(
             index=index,
