@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mailvault import index as ix
-from mailvault._workers import init_worker
+from mailvault._workers import init_worker, return_large_blocks
 from mailvault.catalog import Catalog, utcnow
 from mailvault.errors import IndexDamaged, IndexOutdated, MailvaultError, from_storage_error
 from mailvault.parse.content import MAX_ATTACHMENTS_TEXT_CHARS
@@ -169,6 +169,7 @@ class _Parser:
         self.root = root
         self.jobs = jobs
         self.pool: ProcessPoolExecutor | None = None
+        return_large_blocks()
         if workers > 1 and len(jobs) >= INLINE_MAX:
             # fork: cheap, and it needs no importable __main__ (spawn/forkserver would re-run
             # `python -m mailvault` in every worker).  The pool is forked before any tantivy

@@ -333,7 +333,8 @@ class Pop3Session:
             if type(exc) in (ServerError, AuthenticationError) and not exc.hint:
                 raise AuthenticationError(
                     exc.cause,
-                    hint=f"check user and password source of accounts.{self.account.name}",
+                    hint=f"check user and the password source of accounts.{self.account.name} "
+                    "(password_env, password_file or password_command)",
                     code=exc.code,
                     account=self.account.name,
                 ) from None
