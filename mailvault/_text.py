@@ -37,3 +37,16 @@ UNSAFE_RANGES = (
     (0x2060, 0x206F),
     (0xFEFF, 0xFEFF),
 )
+
+
+def storable(text: str) -> str:
+    """``text`` as it can be stored as SQLite (UTF-8) text and read back as the same bytes: a
+    file name is any bytes, a catalog column takes UTF-8 only.
+
+    Valid UTF-8 is kept as it is.  Otherwise each undecodable byte is written ``\\xNN`` and each
+    backslash ``\\\\``, so that a name holding the text ``\\xe9`` cannot be mistaken for one
+    holding the byte; docs/sql.md gives the way back to the bytes.
+    """
+    if not undecodable(text):
+        return text
+    return shown(text.replace("\\", "\\\\"))

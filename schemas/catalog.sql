@@ -184,7 +184,8 @@ CREATE TABLE imports (
     id            INTEGER PRIMARY KEY,
     sha256        TEXT NOT NULL REFERENCES messages(sha256),
     account       TEXT,                        -- `import --account NAME`, else NULL
-    source        TEXT NOT NULL,               -- absolute path of the file that was read
+    source        TEXT NOT NULL,               -- absolute path of the file that was read (a
+                                               -- name not UTF-8: escaped, see docs/sql.md)
     source_kind   TEXT NOT NULL CHECK (source_kind IN ('maildir', 'mbox', 'eml')),
     source_offset INTEGER,                     -- mbox: offset of the message's first byte
     imported_at   TEXT NOT NULL

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,6 +257,63 @@ def test_duplicates_are_counted_and_reimport_is_idempotent(tmp_path: Path) -> No
     code, report = import_json(vault, str(src))
     assert (code, report["imported"], report["duplicates"]) == (0, 0, 2)
     assert catalog_set(vault) == {sha(A)}
+
+
+def _unescaped(stored: str) -> bytes:
+    """The bytes of a path the catalog holds, read back as docs/sql.md says."""
+    if not re.search(r"\\x[89a-f][0-9a-f]", stored):
+        return stored.encode("utf-8")
+    return re.sub(
+        rb"\\(\\|x[0-9a-f]{2})",
+        lambda m: b"\\" if m[1] == b"\\" else bytes.fromhex(m[1][1:].decode()),
+        stored.encode("utf-8"),
+    )
+
+
+def test_sources_whose_names_are_not_utf8_are_imported_and_recorded(tmp_path: Path) -> None:
+    """A file name may be any bytes (Latin-1 names from an unzipped Windows archive): each kind
+    of source so named is imported, recorded in an escaped form that reads back as its bytes,
+    and leaves nothing for verify to find, on the first run and on the next."""
+    md = tmp_path / "Maildir"
+    write(md / "cur" / "caf\udce9 back\\slash \\xe9:2,S", A)  # the byte, and the text \xe9
+    write(md / "cur" / "normal:2,S", B)
+    (md / "new").mkdir()
+    eml = write(tmp_path / "one-\udcff.eml", C)
+    folder = tmp_path / "dir-\udce8"
+    write(folder / "m-\udce8.eml", D)
+    _, box, _ = _exported_mbox(tmp_path / "exported", [A, C])
+    odd_box = box.with_name("out-\udcfc.mbox")
+    for suffix in ("", ".manifest.json", ".manifest.jsonl"):
+        Path(f"{box}{suffix}").rename(f"{odd_box}{suffix}")
+    sources = [str(md), str(eml), str(folder), str(odd_box)]
+    vault = new_vault(tmp_path / "vault")
+    code, report = import_json(vault, *sources)
+    assert (code, report["imported"], report["duplicates"]) == (0, 4, 2), report
+    assert report["warnings"] == [] and report["rejected"] == []
+    assert catalog_set(vault) == {sha(m) for m in (A, B, C, D)}
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        recorded = {row[0] for row in db.execute("SELECT source FROM imports")}
+        firsts = {row[0] for row in db.execute("SELECT first_source FROM messages")}
+        ingests = [
+            ledger.parse_detail(row[0])["source"]
+            for row in db.execute(
+                "SELECT detail FROM ledger WHERE kind = 'ingest' AND detail LIKE '%import:%'"
+            )
+        ]
+    assert str(md / "cur" / "caf\\xe9 back\\\\slash \\\\xe9:2,S") in recorded
+    assert {os.fsdecode(_unescaped(s)) for s in recorded} == {
+        str(md / "cur" / "caf\udce9 back\\slash \\xe9:2,S"),
+        str(md / "cur" / "normal:2,S"),
+        str(eml),
+        str(folder / "m-\udce8.eml"),
+        str(odd_box),
+    }
+    assert {f"import:{s}" for s in recorded} >= firsts and set(ingests) <= {
+        f"import:{s}" for s in recorded
+    }
+    code, report = import_json(vault, *sources)
+    assert (code, report["imported"], report["duplicates"]) == (0, 0, 6), report
+    assert cli(vault, "verify").exit_code == 0
 
 
 def test_purged_content_is_not_brought_back(tmp_path: Path) -> None:

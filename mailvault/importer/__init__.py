@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailvault._text import storable
 from mailvault.catalog import Catalog, Committed, utcnow
 from mailvault.errors import MailvaultError, UsageError
 from mailvault.export.blobs import BlobReader, lf_sha256
@@ -410,12 +411,15 @@ class _Committer:
         report = self.report
         with self.catalog.transaction() as conn:
             for p in batch:
+                # a file name is any bytes (a Latin-1 name unzipped from a Windows archive):
+                # stored escaped, as SQLite text cannot hold it otherwise
+                source = storable(str(p.path))
                 detail: dict[str, Any] = {} if p.offset is None else {"offset": p.offset}
                 if p.original is not None:
                     detail["exported_sha256"] = p.staged.digest  # the bytes that were read
                 fresh, _ = self.catalog.record_ingest(
                     Committed(p.digest, p.original[1] if p.original else p.staged.size, None, now),
-                    source=f"import:{p.path}",
+                    source=f"import:{source}",
                     now=now,
                     account=self.account,
                     detail=detail or None,
@@ -423,7 +427,7 @@ class _Committer:
                 conn.execute(
                     "INSERT INTO imports(sha256, account, source, source_kind, source_offset, "
                     "imported_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (p.digest, self.account, str(p.path), p.kind, p.offset, now),
+                    (p.digest, self.account, source, p.kind, p.offset, now),
                 )
                 if fresh:
                     report.imported += 1
