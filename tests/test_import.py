@@ -517,6 +517,31 @@ def test_text_report(tmp_path: Path) -> None:
     assert "rejected: " in result.stderr and "at byte 0" in result.stderr
 
 
+def test_text_report_escapes_file_names(tmp_path: Path) -> None:
+    """A source's file names are anyone's bytes: one holding a line break, colours and an OSC 52
+    clipboard write is printed escaped on its own line, not as a forged summary line."""
+    evil = "notes\n\x1b[32mimported 999, rejected 0\x1b[0m\x1b]52;c;cm0gLXJmIH4K\x07\udce9"
+    write(tmp_path / "emls" / "ok.eml", A)
+    write(tmp_path / "emls" / f"{evil}.txt", b"x")  # skipped
+    md = tmp_path / "md"
+    write(md / "cur" / f"{evil}:2,S", b"")  # a warning: empty
+    (md / "new").mkdir()
+    box = write(
+        tmp_path / "e\x1b[31m\nrejected: none.mbox",
+        b"From x Mon Jan  1 00:00:00 2024\n",
+    )
+    vault = new_vault(tmp_path / "vault")
+    result = cli(vault, "import", "--no-index", str(tmp_path / "emls"), str(md), str(box))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["rejected", "skipped", "warning"]
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    shown = "notes\\n\\x1b[32mimported 999, rejected 0\\x1b[0m\\x1b]52;c;cm0gLXJmIH4K\\x07\\xe9"
+    assert f"/{shown}.txt: not a .eml file" in lines[1]
+    assert f"/{shown}:2,S: empty" in lines[2]
+    assert "/e\\x1b[31m\\nrejected: none.mbox at byte 32: an empty message" in lines[0]
+
+
 @pytest.mark.parametrize("size", [5 * 1024 * 1024])
 def test_big_mbox_message_streams(tmp_path: Path, size: int) -> None:
     line = b"x" * 75 + b"\n"

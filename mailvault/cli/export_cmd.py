@@ -11,10 +11,10 @@ from typing import Any
 import click
 
 from mailvault.cli import cli
-from mailvault.cli._common import print_json, shown_path, vault_from
+from mailvault.cli._common import escape, print_json, shown_path, vault_from
 from mailvault.errors import UsageError
 from mailvault.export import FORMATS, ExportOptions, export
-from mailvault.importer import VARIANTS, import_sources
+from mailvault.importer import VARIANTS, ImportReport, import_sources
 
 
 class _Bar:
@@ -152,6 +152,24 @@ def _echo_summary(summary: dict[str, Any], fmt: str, out: Path) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+def _echo_entries(report: ImportReport) -> None:
+    """The report's rejected, skipped and warned entries, one line each.
+
+    A source's file names are anyone's bytes (a name holding a line break and terminal escapes
+    would forge a summary line or write the clipboard), and so is what a reason quotes from a
+    file: both are escaped."""
+    for r in report.rejected:
+        click.echo(f"rejected: {_where(r.path, r.offset)}: {escape(r.reason)}", err=True)
+    for s in report.skipped:
+        click.echo(f"skipped: {_where(s.path, None)}: {escape(s.reason)}", err=True)
+    for w in report.warnings:
+        click.echo(f"warning: {_where(w.path, w.offset)}: {escape(w.message)}", err=True)
+
+
+def _where(path: Path, offset: int | None) -> str:
+    return escape(str(path)) + (f" at byte {offset}" if offset is not None else "")
+
+
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=False))
 @click.option(
@@ -211,14 +229,7 @@ def import_command(
             f"{len(report.rejected)}, skipped {len(report.skipped)} "
             f"({report.bytes:,} bytes, {kinds}, {report.seconds:.1f} s)"
         )
-        for r in report.rejected:
-            where = f"{r.path}" + (f" at byte {r.offset}" if r.offset is not None else "")
-            click.echo(f"rejected: {where}: {r.reason}", err=True)
-        for s in report.skipped:
-            click.echo(f"skipped: {s.path}: {s.reason}", err=True)
-        for w in report.warnings:
-            where = f"{w.path}" + (f" at byte {w.offset}" if w.offset is not None else "")
-            click.echo(f"warning: {where}: {w.message}", err=True)
+        _echo_entries(report)
         index = report.index
         if index is not None and (index.get("parsed") or index.get("indexed")):
             indexed = int(index.get("indexed", 0))
@@ -226,6 +237,6 @@ def import_command(
             earlier = " (with earlier ones not indexed yet)" if indexed > seen else ""
             click.echo(f"indexed {indexed} message{'' if indexed == 1 else 's'}{earlier}")
         if report.index_error:
-            click.echo(f"mailvault: warning: {report.index_error}", err=True)
+            click.echo(f"mailvault: warning: {escape(report.index_error)}", err=True)
     if not report.ok:
         ctx.exit(1)
