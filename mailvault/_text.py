@@ -50,3 +50,40 @@ def storable(text: str) -> str:
     if not undecodable(text):
         return text
     return shown(text.replace("\\", "\\\\"))
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escaped(text: str, *, backslashes: bool = True) -> str:
+    """``text`` with every character Python does not call printable written as its backslash
+    escape (an undecodable byte as ``\\xNN``), and with ``backslashes``, a backslash as two.
+
+    See ``cli._common.escape`` for why; ``one_line`` for when backslashes are left alone.
+    """
+    if text.isprintable() and not (backslashes and "\\" in text):
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif ch == "\\":
+            out.append("\\\\" if backslashes else ch)
+        elif ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte (surrogateescape): as the byte
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def one_line(message: str) -> str:
+    """An error or warning message for one line of a terminal: it may quote what a server, a
+    file or a file name said, so line breaks, terminal escapes and bidi controls are escaped.
+
+    Backslashes are left as they are: the message may already hold escapes of its own (a path
+    by ``shown``, a value by ``escape``), which a second pass would double.  Such a line cannot
+    be read back exactly, only safely; values meant to be read back are escaped by the caller.
+    """
+    return message if message.isprintable() else escaped(message, backslashes=False)

@@ -557,6 +557,40 @@ def test_paths_may_be_any_bytes(vault: Path, tmp_path: Path) -> None:
     assert run_cli(vault, "ledger", "check", str(exported)).exit_code == 0
 
 
+def test_an_error_line_cannot_carry_terminal_controls(tmp_path: Path) -> None:
+    """An error quotes what it is about (a path, a server's reply), which may hold a line break
+    and terminal escapes: `mailvault: error:` stays one line of plain text, on the full CLI
+    and on the search fast path alike."""
+    import contextlib
+    import io
+
+    from mailvault.search import fast_main
+
+    odd = tmp_path / "no\n\x1b[31mvault\x1b]52;c;eA==\x07\u202e\x9b"
+    shown = str(tmp_path) + "/no\\n\\x1b[31mvault\\x1b]52;c;eA==\\x07\\u202e\\x9b"
+    result = run_cli(odd, "verify")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"mailvault: error: no vault at {shown}; create one")
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert fast_main(["--vault", str(odd), "search", "word"]) == 2
+    assert stderr.getvalue() == result.stderr
+
+
+def test_a_log_line_cannot_carry_terminal_controls() -> None:
+    """fetch logs a retried error with the server's text in it (-v shows more of them)."""
+    import logging
+
+    from mailvault.cli import _RedactingFormatter
+
+    args = ("acct", "-ERR \x1b]52;c;eA==\x07\r\nmailvault: forged")
+    record = logging.LogRecord("mailvault", logging.WARNING, __file__, 1, "%s: %s", args, None)
+    assert _RedactingFormatter("mailvault: %(message)s").format(record) == (
+        "mailvault: acct: -ERR \\x1b]52;c;eA==\\x07\\r\\nmailvault: forged"
+    )
+
+
 # -- verify cross-checks holds and purges against the ledger ---------------------------------
 
 

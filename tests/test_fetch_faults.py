@@ -6,6 +6,7 @@ committed in the vault, and the next run (fault switched off) completes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -190,6 +191,82 @@ def test_in_use_then_success_is_retried(tmp_path: Path) -> None:
         code, report = fetch_json(vault)
         acct = report["accounts"][0]
         assert (code, acct["retries"], acct["fetched"]) == (0, 2, 6)
+
+
+HOSTILE = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2K\rmailvault: all good"  # clipboard, erase, overwrite
+
+
+def _controls(text: str) -> list[str]:
+    return [c for c in text if not c.isprintable() and c != "\n"]
+
+
+def test_server_text_in_fetch_warnings_is_escaped(tmp_path: Path) -> None:
+    """A UIDL is the server's text: quoted in a warning it reaches the terminal escaped (no OSC
+    52 clipboard write, no erased line), and the --json report keeps it exactly."""
+    uidl = "u1" + HOSTILE.replace("\r", "") + "\x1b[32m fake: listed 0 [ok]"
+    messages = corpus(1)
+    with FakePop3Server(messages, uidls=[uidl], faults=Faults(lie_about_sizes=True)) as server:
+        vault = vault_for(tmp_path, server)
+        result = run_cli(vault, "fetch", "--no-index")
+        server.add_message(messages[0] + b"x", uidl=uidl + "2")
+        code, report = fetch_json(vault, "--no-index")
+    assert result.exit_code == 0 and not _controls(result.stderr), result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("acct: warning: message 1 (UIDL u1\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K")
+    assert code == 0 and f"(UIDL {uidl}2)" in report["accounts"][0]["warnings"][0]
+
+
+def _hostile_server() -> tuple[Any, int]:
+    """A POP3 server whose greeting and every -ERR carry terminal controls."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+
+    def session(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn, conn.makefile("rb") as lines:
+            conn.sendall(f"+OK hi{HOSTILE}\r\n".encode())
+            for line in lines:
+                verb = line.split(b" ")[0].strip().upper()
+                if verb == b"CAPA":
+                    conn.sendall(b"+OK\r\nUSER\r\n.\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"+OK\r\n")
+                    break
+                else:
+                    conn.sendall(f"-ERR {HOSTILE}\r\n".encode())
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=session, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+def test_server_text_in_fetch_errors_and_check_steps_is_escaped(tmp_path: Path) -> None:
+    """An -ERR text and a greeting are the server's: fetch's error line and check's steps show
+    them escaped, one line each; the --json reports keep them exactly."""
+    listener, port = _hostile_server()
+    try:
+        vault = make_vault(tmp_path / "vault", {"acct": {**PLAIN, "port": port, "retries": 0}})
+        fetched = run_cli(vault, "fetch", "--no-index")
+        checked = run_cli(vault, "check", "acct")
+        code, report = fetch_json(vault, "--no-index")
+        as_json = run_cli(vault, "check", "acct", "--json")
+    finally:
+        listener.close()
+    assert fetched.exit_code == 1 and not _controls(fetched.stderr), fetched.stderr
+    (line,) = fetched.stderr.splitlines()
+    assert "USER with -ERR \\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K\\rmailvault: all good" in line
+    assert checked.exit_code == 1 and not _controls(checked.output), checked.output
+    assert "[ok  ] greeting hi\\x1b]52;c;" in checked.output
+    assert code == 1 and f"-ERR {HOSTILE}" in report["accounts"][0]["errors"][0]
+    steps = {step["step"]: step for step in json.loads(as_json.stdout)["steps"]}
+    assert HOSTILE in steps["greeting"]["detail"] and HOSTILE in steps["login"]["detail"]
 
 
 def test_in_use_says_what_to_do(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import click
 
 from mailvault import __version__
-from mailvault._text import undecodable
+from mailvault._text import one_line, undecodable
 from mailvault.errors import MailvaultError, Terminated, from_storage_error
 from mailvault.redact import redact
 
@@ -55,10 +55,14 @@ COMMAND_MODULES = {
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Log lines may carry exception text from a server, which may quote a password."""
+    """Log lines may carry exception text from a server, which may quote a password, and
+    line breaks or terminal escapes (``one_line``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return one_line(super().formatMessage(record))  # the line; a traceback after it is not
 
 
 def _check_text_arguments(ctx: click.Context) -> None:
@@ -152,7 +156,7 @@ class MailvaultGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MailvaultError as exc:
-            click.echo(f"mailvault: error: {exc}", err=True)
+            click.echo(f"mailvault: error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except BrokenPipeError:  # `mailvault show --raw ID | head`: the reader has enough
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -162,7 +166,7 @@ class MailvaultGroup(click.Group):
             error = from_storage_error(exc, f"running `{ctx.invoked_subcommand or ctx.info_name}`")
             if error is None:
                 raise
-            click.echo(f"mailvault: error: {error}", err=True)
+            click.echo(f"mailvault: error: {one_line(str(error))}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mailvault._text import undecodable
+from mailvault._text import escaped, undecodable
 from mailvault.vault import Vault, default_vault_path, open_vault, read_only_uri
 
 
@@ -42,9 +42,6 @@ def shown_path(path: object) -> str:
     return shown(str(path))
 
 
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
 def escape(text: str) -> str:
     """``text`` for one line of text output, with what could forge or hide a line escaped.
 
@@ -57,19 +54,7 @@ def escape(text: str) -> str:
     the escaped text reads back unambiguously.  Masking (``search.output.clean``) would hide
     that something was there; in an audit listing that is the point of interest.
     """
-    if text.isprintable() and "\\" not in text:
-        return text
-    out: list[str] = []
-    for ch in text:
-        if ch in _NAMED:
-            out.append(_NAMED[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte (surrogateescape): as the byte
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
+    return escaped(text)
 
 
 def print_chain_head(vault: Vault, table: str, as_json: bool) -> None:

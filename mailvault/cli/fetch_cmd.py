@@ -16,6 +16,7 @@ from typing import IO
 import click
 
 from mailvault import __version__
+from mailvault._text import one_line
 from mailvault.cli import cli
 from mailvault.cli._common import IndexProgress, print_json, vault_from
 from mailvault.errors import MailvaultError, Terminated, UsageError
@@ -199,17 +200,18 @@ def fetch(
                 f"{f', {r.retries} retries' if r.retries else ''} [{r.status}]"
             )
             click.echo(line)
+            # they quote the server (a UIDL, an -ERR text): anything may be in them
             for w in r.warnings:
-                click.echo(f"{r.account}: warning: {w}", err=True)
+                click.echo(f"{r.account}: warning: {one_line(w)}", err=True)
             for e in r.errors:
-                click.echo(f"{r.account}: error: {e}", err=True)
+                click.echo(f"{r.account}: error: {one_line(e)}", err=True)
         if index_report is not None and (index_report.parsed or index_report.indexed):
             click.echo(
                 f"indexed {index_report.indexed} messages ({index_report.unreadable} unreadable, "
                 f"{index_report.defective} with defects) in {index_report.seconds:.1f} s"
             )
     if index_error:
-        click.echo(f"mailvault: warning: {index_error}", err=True)
+        click.echo(f"mailvault: warning: {one_line(index_error)}", err=True)
     if any(r.config_error for r in failed):  # the other accounts still ran
         ctx.exit(2)
     if failed or index_error:
@@ -252,9 +254,10 @@ def check(ctx: click.Context, account: str, as_json: bool) -> None:
         steps.append(step)
         if not as_json:
             mark = "ok  " if step.ok else "FAIL"
-            click.echo(f"[{mark}] {step.name:8} {step.detail}")
+            # a step quotes the server (its greeting, an -ERR text): anything may be in it
+            click.echo(f"[{mark}] {step.name:8} {one_line(step.detail)}")
             if step.hint:
-                click.echo(f"       {'':8} hint: {step.hint}")
+                click.echo(f"       {'':8} hint: {one_line(step.hint)}")
     ok = all(s.ok for s in steps)
     if as_json:
         print_json(

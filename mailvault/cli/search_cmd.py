@@ -194,7 +194,9 @@ def search(
 
 
 def _warn(text: str) -> None:
-    click.echo(f"mailvault: warning: {text}", err=True)
+    from mailvault._text import one_line
+
+    click.echo(f"mailvault: warning: {one_line(text)}", err=True)
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 
-from mailvault._text import undecodable
+from mailvault._text import one_line, undecodable
 from mailvault.search.engine import Hit, Results, Searcher
 from mailvault.search.output import isatty, iter_lines
 from mailvault.search.query import SORTS
@@ -288,7 +288,7 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
         mode = modes[0] if modes else "text"
         return run(vault, " ".join(words), mode=mode, exiting=exiting, **opts)
     except MailvaultError as exc:
-        sys.stderr.write(f"mailvault: error: {exc}\n")
+        sys.stderr.write(f"mailvault: error: {one_line(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("mailvault: interrupted\n")
