@@ -600,6 +600,31 @@ def test_the_entries_file_alone_is_enough_to_follow_the_manifest(tmp_path: Path)
     ]
 
 
+def test_a_manifest_that_is_not_utf8_is_a_warning_and_the_import_goes_on(tmp_path: Path) -> None:
+    """One byte that is not UTF-8 in a manifest line (or in the summary) is an unreadable
+    manifest, as bad JSON is: a warning, and the rest read by its From_ lines; it was a
+    UnicodeDecodeError traceback with nothing imported."""
+    mail = [A, C, D, A.replace(b"alpha", b"omega")]
+    _, box, _ = _exported_mbox(tmp_path, mail)
+    entries = Path(f"{box}.manifest.jsonl")
+    lines = entries.read_bytes().splitlines(keepends=True)
+    entries.write_bytes(b"".join([*lines[:2], b'{"offset": 1, "x": "\xff"}\n', *lines[2:]]))
+    code, report = import_json(new_vault(tmp_path / "a"), str(box))
+    assert code == 0 and report["imported"] == 4, report
+    (warning,) = [w["message"] for w in report["warnings"]]
+    assert warning.startswith("out.mbox.manifest.jsonl: unreadable manifest line ('utf-8' codec")
+    assert warning.endswith("; the manifest was ignored from here")
+    entries.write_bytes(b"".join(lines))
+    summary = Path(f"{box}.manifest.json")
+    summary.write_bytes(summary.read_bytes().replace(b'"mbox"', b'"mbox\xff"', 1))
+    code, report = import_json(new_vault(tmp_path / "b"), str(box))
+    assert code == 0 and report["imported"] == 4, report
+    assert [w["message"] for w in report["warnings"]] == [
+        "out.mbox.manifest.json is unreadable or not a mailvault export manifest (not UTF-8 "
+        "JSON of its schema); the manifest was ignored and the file read by its From_ lines"
+    ]
+
+
 def test_a_deleted_message_rejects_only_itself_when_the_others_are_the_same_size(
     tmp_path: Path,
 ) -> None:

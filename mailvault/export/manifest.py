@@ -215,8 +215,10 @@ class MboxManifestCursor:
     def __init__(self, entries_path: Path) -> None:
         self._path = entries_path
         self._all: set[bytes] | None = None  # every hash of the manifest, read on first need
-        self._file: IO[str] | None = entries_path.open("r", encoding="utf-8")
-        self._lines: Iterator[str] = iter(self._file)
+        # bytes: a line that is not UTF-8 is one more unreadable line (decoded in the try below),
+        # where a text-mode file raised UnicodeDecodeError out of the loop, ending the import
+        self._file: IO[bytes] | None = entries_path.open("rb")
+        self._lines: Iterator[bytes] = iter(self._file)
         self._next: MboxEntry | None = None
         self._matched = False
         self._missed: list[MboxEntry] = []
@@ -232,7 +234,7 @@ class MboxManifestCursor:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = json.loads(line.decode("utf-8"))
                 entry = MboxEntry(
                     int(data["offset"]),
                     int(data["length"]),
@@ -266,10 +268,10 @@ class MboxManifestCursor:
         Read in one pass the first time it is asked (32 bytes per hash), only on that path."""
         if self._all is None:
             self._all = set()
-            with contextlib.suppress(OSError), self._path.open("r", encoding="utf-8") as f:
+            with contextlib.suppress(OSError), self._path.open("rb") as f:
                 for line in f:
                     with contextlib.suppress(ValueError, TypeError, AttributeError):
-                        data = json.loads(line)
+                        data = json.loads(line.decode("utf-8"))
                         for key in ("sha256", "exported_sha256"):
                             if isinstance(data.get(key), str):
                                 self._all.add(bytes.fromhex(data[key]))

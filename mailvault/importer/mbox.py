@@ -439,6 +439,13 @@ def _with_manifest(reader: _Reader, path: Path, variant: str) -> Iterator[Event]
     summary_path = path.with_name(path.name + ".manifest.json")
     entries_path = path.with_name(path.name + ".manifest.jsonl")
     summary = read_summary(summary_path) if summary_path.is_file() else {"format": "mbox"}
+    if summary is None and entries_path.is_file():
+        yield Warned(
+            path,
+            None,
+            f"{summary_path.name} is unreadable or not a mailvault export manifest (not UTF-8 "
+            "JSON of its schema); the manifest was ignored and the file read by its From_ lines",
+        )
     if summary is not None and summary.get("format") == "mbox" and entries_path.is_file():
         reader.cursor = MboxManifestCursor(entries_path)
         if not summary_path.is_file():
