@@ -557,6 +557,24 @@ def test_paths_may_be_any_bytes(vault: Path, tmp_path: Path) -> None:
     assert run_cli(vault, "ledger", "check", str(exported)).exit_code == 0
 
 
+def test_an_mbox_whose_name_is_not_utf8_is_exported_and_imported_back(
+    vault: Path, tmp_path: Path
+) -> None:
+    """The manifest names the mbox's entries file: its name's undecodable bytes were a
+    UnicodeEncodeError traceback (an EML export to such a directory already worked)."""
+    box = tmp_path / "caf\udce9.mbox"
+    result = run_cli(vault, "export", "--format", "mbox", "--out", str(box))
+    assert result.exit_code == 0, result.output
+    assert "caf\\xe9.mbox [mbox" in result.stdout
+    summary = json.loads(Path(f"{box}.manifest.json").read_bytes())
+    assert summary["entries"] == "caf\udce9.mbox.manifest.jsonl" and summary["count"] == 10
+    fresh = tmp_path / "fresh"
+    assert run_cli(fresh, "init").exit_code == 0
+    imported = run_cli(fresh, "import", "--no-index", "--json", str(box))
+    report = json.loads(imported.stdout)
+    assert imported.exit_code == 0 and report["imported"] == 10 and report["warnings"] == []
+
+
 def test_an_error_line_cannot_carry_terminal_controls(tmp_path: Path) -> None:
     """An error quotes what it is about (a path, a server's reply), which may hold a line break
     and terminal escapes: `mailvault: error:` stays one line of plain text, on the full CLI

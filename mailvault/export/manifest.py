@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from mailvault._fs import fsync_dir
 from mailvault._tempfiles import temp_path
+from mailvault._text import undecodable
 from mailvault.export._errors import ExportError, target_error
 from mailvault.export.transform import MessageMeta
 
@@ -160,7 +161,7 @@ class ManifestWriter:
             self._file.close()
             self._file = None
             with open(self._summary_tmp, "w", encoding="utf-8", newline="\n") as f:
-                f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+                f.write(_summary_text(summary) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(self._summary_tmp, 0o600)
@@ -186,6 +187,14 @@ class ManifestWriter:
         for path in (self._tmp, self._summary_tmp):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    """The summary as indented JSON, non-ASCII text as is; all-ASCII escapes when it names an
+    mbox whose name has bytes that are not UTF-8 (``entries``): a surrogate escape cannot be
+    written as UTF-8, while ``"\\udce9"`` is valid JSON that reads back as the same name."""
+    text = json.dumps(summary, indent=2, ensure_ascii=False)
+    return json.dumps(summary, indent=2) if undecodable(text) else text
 
 
 def install_prepared(pairs: list[tuple[Path, Path]]) -> None:
