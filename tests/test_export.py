@@ -94,6 +94,30 @@ def test_maildir_reexport_adds_only_what_is_missing(tmp_path: Path, crafted: lis
     assert result.exit_code == 3 and "--line-endings lf" in result.stderr
 
 
+def test_warnings_about_files_in_the_target_are_escaped(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """A file already in the target is named by whoever put it there (a mail client renames
+    Maildir files): its name in a warning holds no line break or terminal escape."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:2])
+    out = tmp_path / "md"
+    assert cli(root, "export", "--format", "maildir", "--out", str(out)).exit_code == 0
+    victim = sorted((out / "cur").iterdir())[0]
+    renamed = victim.with_name("\x1b]52;c;eA==\x07\n\x1b[31mwarning: forged\udce9" + victim.name)
+    victim.rename(renamed)
+    renamed.write_bytes(b"tampered\n")
+    result = cli(root, "export", "--format", "maildir", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("warning: cur/\\x1b]52;c;eA==\\x07\\n\\x1b[31mwarning: forged\\xe9"), (
+        line
+    )
+    assert "content does not match" in line
+    summary = json.loads((out / "manifest.json").read_bytes())
+    assert summary["warnings"][0].startswith(f"cur/{renamed.name}: content does not match")
+
+
 # -- mbox ------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from mailvault._text import one_line
 from mailvault.cli import cli
 from mailvault.cli._common import escape, print_json, shown_path, vault_from
 from mailvault.errors import UsageError
@@ -148,8 +149,8 @@ def _echo_summary(summary: dict[str, Any], fmt: str, out: Path) -> None:
         f"[{fmt}, {summary['line_endings']}]: {summary['added']} written, "
         f"{summary['skipped']} already there"
     )
-    for warning in summary["warnings"]:
-        click.echo(f"warning: {warning}", err=True)
+    for warning in summary["warnings"]:  # they name files in the target, named by anyone
+        click.echo(f"warning: {one_line(warning)}", err=True)
 
 
 def _echo_entries(report: ImportReport) -> None:
