@@ -87,3 +87,22 @@ def one_line(message: str) -> str:
     be read back exactly, only safely; values meant to be read back are escaped by the caller.
     """
     return message if message.isprintable() else escaped(message, backslashes=False)
+
+
+# What JSON may leave raw inside a string that a line-based reader or a terminal acts on: DEL and
+# the C1 controls (U+0085 NEL, U+009B CSI, U+009D OSC), the line and paragraph separators
+# (``str.splitlines`` splits on these), and the zero-width and bidi controls that hide or
+# reorder text.  All are in the BMP, so each is one ``\\uXXXX``.
+_JSON_HIDDEN = "[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+
+
+def json_safe(text: str) -> str:
+    """JSON text (``json.dumps(..., ensure_ascii=False)``) with the characters of
+    ``_JSON_HIDDEN`` written as ``\\uXXXX``: still valid JSON that parses to the same values
+    (outside its strings JSON is ASCII, so each one is inside a string, where the escape means
+    the character), and one line stays one line for any reader."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    import re  # here, not at the top: the search start-up path imports this module
+
+    return re.sub(_JSON_HIDDEN, lambda m: f"\\u{ord(m[0]):04x}", text)

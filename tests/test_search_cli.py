@@ -98,6 +98,36 @@ def test_json_lines_follow_the_schema(indexed: tuple[Vault, dict[str, str]]) -> 
     assert isinstance(scored["score"], float)
 
 
+HIDDEN = "\x85\u2028\u2029\x9b\x9d\x9c\u202e\u202c\x7f"  # NEL, LS, PS, CSI, OSC, ST, RLO, PDF, DEL
+
+
+def test_json_output_stays_one_line_for_any_reader(tmp_path: Path) -> None:
+    """JSON leaves C1 controls, U+2028/U+2029 and bidi overrides raw inside strings: valid, but
+    a reader splitting lines (``str.splitlines``) cut one search hit into several, and a
+    terminal acted on them.  Every JSON output writes them as \\u escapes; values unchanged."""
+    import base64
+
+    subject = "Splitter \x85nel \u2028ls \u2029ps \x9b31m \x9d52;c;eA==\x9c \u202efdp.exe\u202c\x7f"
+    encoded = base64.b64encode(subject.encode()).decode()
+    raw = (
+        f"From: a@example.com\r\nSubject: =?utf-8?b?{encoded}?=\r\n"
+        "Message-ID: <s@example.com>\r\n\r\nbody\r\n"
+    ).encode()
+    vault, _, named = build_vault(tmp_path / "vault", [], {"split": raw})
+    assert run(vault, "index").exit_code == 0
+    searched = run(vault, "search", "--json", "splitter").stdout
+    shown = run(vault, "show", "--json", named["split"]).stdout
+    audited = run(vault, "audit", "--json").stdout
+    ledger = tmp_path / "ledger.jsonl"
+    assert run(vault, "ledger", "export", "--out", str(ledger)).exit_code == 0
+    for out in (searched, shown, audited, ledger.read_text(encoding="utf-8")):
+        assert not [c for c in HIDDEN if c in out], out
+    (line,) = searched.splitlines()
+    assert all(c in json.loads(line)["subject"] for c in HIDDEN)
+    assert all(c in json.loads(shown)["subject"] for c in HIDDEN)
+    assert all(json.loads(line) for line in audited.splitlines())
+
+
 def test_count_ids_limit_offset_sort(indexed: tuple[Vault, dict[str, str]]) -> None:
     vault, _ = indexed
     total = int(run(vault, "search", "--count", "*").stdout)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mailvault._text import escaped, undecodable
+from mailvault._text import escaped, json_safe, undecodable
 from mailvault.vault import Vault, default_vault_path, open_vault, read_only_uri
 
 
@@ -25,13 +25,14 @@ def vault_from(ctx: click.Context) -> Vault:
 
 
 def print_json(document: Any) -> None:
-    """``document`` as indented JSON, non-ASCII text as is; all-ASCII escapes when it holds
+    """``document`` as indented JSON, non-ASCII text as is but for the controls that
+    ``json_safe`` escapes (a C1 CSI, U+2028 in a subject); all-ASCII escapes when it holds
     a path with undecodable bytes (surrogate escapes cannot be written as UTF-8, while
     ``"\\udcfe"`` is valid JSON that reads back as the same path)."""
     text = json.dumps(document, indent=2, ensure_ascii=False)
     if undecodable(text):
         text = json.dumps(document, indent=2)
-    click.echo(text)
+    click.echo(json_safe(text))
 
 
 def shown_path(path: object) -> str:

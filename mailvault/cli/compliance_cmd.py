@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mailvault import ledger
+from mailvault._text import json_safe
 from mailvault.cli import cli
 from mailvault.cli._common import escape, print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
@@ -51,7 +52,7 @@ def audit(ctx: click.Context, since: str | None, as_json: bool, show_head: bool)
             moment = moment.replace(tzinfo=UTC)
     for entry in audit_entries(vault_from(ctx), moment):
         if as_json:
-            click.echo(json.dumps(entry, ensure_ascii=False))
+            click.echo(json_safe(json.dumps(entry, ensure_ascii=False)))
         else:
             # One entry, one line: every field is escaped (a user name or query with a line
             # break in it must not print as an entry of its own).

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from mailvault import ledger
-from mailvault._text import shown
+from mailvault._text import json_safe, shown
 from mailvault.cli import cli
 from mailvault.cli._common import print_chain_head, print_json, vault_from
 from mailvault.errors import UsageError
@@ -134,7 +134,8 @@ def export_ledger(ctx: click.Context, out: Path | None) -> None:
     try:
         with sqlite3.connect(read_only_uri(vault.catalog_path), uri=True) as db:
             for entry in ledger.iter_entries(db):
-                stream.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
+                line = json.dumps(entry, sort_keys=True, ensure_ascii=False)
+                stream.write(json_safe(line) + "\n")  # one entry, one line for any reader
     finally:
         if out:
             stream.close()

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 
-from mailvault._text import UNSAFE_RANGES
+from mailvault._text import UNSAFE_RANGES, json_safe
 from mailvault.search.engine import Hit, Results
 from mailvault.search.query import iso_utc
 
@@ -98,7 +98,8 @@ def iter_lines(results: Results, *, mode: str, color: bool) -> Iterator[str]:
         if mode == "ids":
             yield hit.id
         elif mode == "json":
-            yield json.dumps(hit.as_json(), ensure_ascii=False)
+            # one hit, one line: also for a reader that splits on U+2028 or U+0085
+            yield json_safe(json.dumps(hit.as_json(), ensure_ascii=False))
         else:
             yield format_hit(hit, color=color)
 
