@@ -118,6 +118,23 @@ def test_warnings_about_files_in_the_target_are_escaped(
     assert summary["warnings"][0].startswith(f"cur/{renamed.name}: content does not match")
 
 
+def test_a_manifest_line_that_is_not_utf8_is_passed_over_by_the_next_export(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """A Maildir's manifest keeps the entries of earlier exports: a line of it with a byte that
+    is not UTF-8 is a damaged line, passed over as bad JSON is (it was a traceback)."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:3])
+    out = tmp_path / "md"
+    assert cli(root, "export", "--format", "maildir", "--out", str(out)).exit_code == 0
+    with (out / "manifest.jsonl").open("ab") as f:
+        f.write(b'{"sha256": "\xff"}\n')
+    code, again = cli_json(root, "export", "--format", "maildir", "--out", str(out))
+    assert (code, again["added"], again["skipped"]) == (0, 0, 3)
+    _, entries = validate_manifest(out / "manifest.json")
+    assert len(entries) == 3
+
+
 # -- mbox ------------------------------------------------------------------------------------
 
 

@@ -131,10 +131,10 @@ class ManifestWriter:
         assert self._file is not None
         kept = 0
         try:
-            with self.entries_path.open("r", encoding="utf-8") as old:
+            with self.entries_path.open("rb") as old:
                 for line in old:
-                    try:
-                        entry = json.loads(line)
+                    try:  # decoded here: a byte that is not UTF-8 damages its line only
+                        entry = json.loads(line.decode("utf-8"))
                     except ValueError:
                         continue  # a damaged line lists nothing it can vouch for
                     if isinstance(entry, dict) and (entry := keep(entry)) is not None:
