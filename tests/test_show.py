@@ -432,3 +432,16 @@ def test_an_out_path_that_is_not_utf8_is_named_with_escapes(shown: Fixture) -> N
         save_part(vault.read_store(), named["pdf"], 2, target)
     assert "/nonexistent-caf\\xe9/part.bin" in str(raised.value)
     assert "\udce9" not in str(raised.value)
+
+
+def test_the_wrote_part_line_names_an_odd_out_path_with_escapes(
+    shown: Fixture, tmp_path: Path
+) -> None:
+    """The "wrote part" line printed a name byte \\xe9 as the surrogate \\udce9, and a line
+    break or an escape sequence in the name raw."""
+    vault, _, _, named = shown
+    out = tmp_path / "caf\udce9\n\x1b[2Kx.pdf"
+    result = run(vault, "show", named["pdf"], "--part", "2", "--out", str(out))
+    assert result.exit_code == 0 and out.read_bytes() == PDF_BYTES
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr, result.stderr
+    assert "caf\\xe9" in result.stderr and "\udce9" not in result.stderr

@@ -291,8 +291,10 @@ def _show(
             write_part(store, digest, part, sys.stdout.buffer.write, _warn)
             sys.stdout.buffer.flush()
         else:
+            from mailvault.cli._common import escape
+
             size = save_part(store, digest, part, out, _warn)
-            click.echo(f"wrote part {part} ({size:,} bytes) to {out}", err=True)
+            click.echo(f"wrote part {part} ({size:,} bytes) to {escape(str(out))}", err=True)
         return
     from mailvault.parse.skeleton import parse_chunks
 
