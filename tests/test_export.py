@@ -212,6 +212,24 @@ def test_mbox_refuses_an_existing_target_unless_append(
         assert sha(unquote_mboxrd(cut)) == entry.get("exported_sha256", entry["sha256"])
 
 
+def test_append_carries_over_a_manifest_with_a_byte_that_is_not_utf8(
+    tmp_path: Path, crafted: list[bytes]
+) -> None:
+    """An edited manifest with a byte that is not UTF-8 made --append crash with a
+    UnicodeDecodeError traceback before it wrote anything."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, crafted[:3])
+    out = tmp_path / "box"
+    assert cli(root, "export", "--format", "mbox", "--out", str(out)).exit_code == 0
+    entries = tmp_path / "box.manifest.jsonl"
+    entries.write_bytes(entries.read_bytes().replace(b'"sha256"', b'"sha\xff"', 1))
+    add_messages(root, crafted[3:5])
+    code, summary = cli_json(root, "export", "--format", "mbox", "--out", str(out), "--append")
+    assert code == 0 and summary["append"]["previous_entries"] == 3, summary
+    lines = entries.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3 + 5 and '"sha\ufffd"' in lines[0]  # the whole vault, appended
+
+
 def test_append_refuses_a_file_that_is_not_an_mbox(tmp_path: Path, vault: Path) -> None:
     out = tmp_path / "notes.txt"
     out.write_bytes(b"just some notes\n")

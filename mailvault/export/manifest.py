@@ -106,7 +106,9 @@ class ManifestWriter:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
             if keep_existing and entries_path.exists():
-                with entries_path.open("r", encoding="utf-8") as old:
+                # a byte that is not UTF-8 (an edited manifest) damages its line only: it is
+                # carried over with U+FFFD for it, not a UnicodeDecodeError traceback
+                with entries_path.open("r", encoding="utf-8", errors="replace") as old:
                     for line in old:
                         if line.strip():
                             self._file.write(line if line.endswith("\n") else line + "\n")
