@@ -64,6 +64,7 @@ from functools import cache
 import tantivy
 
 from mailvault._fs import fsync_dir
+from mailvault._text import shown, undecodable
 from mailvault.errors import (
     IndexDamaged,
     IndexOutdated,
@@ -393,6 +394,12 @@ def create_or_open(index_dir: Path, *, marker: bool = True) -> tuple[tantivy.Ind
     import shutil
 
     _remove_non_directory(index_dir)
+    if undecodable(os.fspath(index_dir)):  # Tantivy takes a path as UTF-8 text only
+        raise IndexUnavailable(
+            f"cannot use an index at {shown(os.fspath(index_dir))}: the vault's path is not "
+            "UTF-8 (a name in another encoding), which the search index cannot open; move or "
+            "rename the vault to a UTF-8 path, then run `mailvault index`"
+        )
     created = not (index_dir / "meta.json").exists()
     if created:
         if index_dir.exists():

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cached_property
 
+from mailvault._text import shown, undecodable
 from mailvault.errors import CatalogError, UsageError, VaultError, VaultLocked, VaultNotFound
 
 # None of these is imported at run time: `mailvault search` opens a vault too, and `typing`
@@ -302,6 +303,11 @@ def init_vault(root: Path) -> Vault:
         return vault
     if root.exists() and any(root.iterdir()):
         raise UsageError(f"{root} exists and is not empty; choose a new directory for the vault")
+    if undecodable(os.fspath(root.absolute())):
+        raise UsageError(
+            f"{shown(os.fspath(root))} is not a UTF-8 path (a name in another encoding), and "
+            "the search index cannot live there; choose a directory whose path is UTF-8"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)

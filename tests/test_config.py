@@ -350,3 +350,26 @@ def test_a_host_with_a_port_or_empty_says_what_to_write(host: str, needle: str) 
 def test_a_bare_ipv6_address_is_not_taken_for_host_and_port(host: str) -> None:
     text = re.sub(r'host = "[^"]*"', f'host = "{host}"', GOOD, count=1)
     assert parse_config(Path("m.toml"), text).account("journal").host == host
+
+
+def test_a_vault_path_that_is_not_utf8_is_refused_at_init(tmp_path: Path) -> None:
+    """The search index (Tantivy) cannot open a path that is not UTF-8: init failed half way
+    ("check the free space and the permissions"), and an import into that vault then stored
+    mail that could never be searched."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    import mailvault.cli.commands  # noqa: F401  (registers the commands)
+    from mailvault.cli import cli
+
+    odd = tmp_path / "caf\udce9"
+    result = CliRunner().invoke(cli, ["--vault", str(odd), "init"])
+    assert result.exit_code == 2 and "is not a UTF-8 path" in result.stderr, result.output
+    assert "caf\\xe9" in result.stderr and not odd.exists()
+    good = tmp_path / "good"
+    assert CliRunner().invoke(cli, ["--vault", str(good), "init"]).exit_code == 0
+    shutil.rmtree(good / "index")
+    good.rename(odd)  # a vault moved there later: its index cannot be made, and says why
+    result = CliRunner().invoke(cli, ["--vault", str(odd), "index"])
+    assert result.exit_code == 3 and "the vault's path is not UTF-8" in result.stderr
