@@ -186,6 +186,16 @@ class Catalog:
         ).fetchall()
         return sorted(r[0] for r in rows if _same_mailbox((r[1], r[2]), (host, user)))
 
+    def uidls_of(self, ids: list[int]) -> list[str]:
+        """The UIDLs of ``uidls`` rows (rows of mail from a server without UIDL have none)."""
+        found: list[str] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT uidl FROM uidls WHERE id IN ({marks}) AND uidl IS NOT NULL"
+            found += [row[0] for row in self.conn.execute(query, chunk)]
+        return found
+
     def ensure_account(self, name: str, host: str, port: int, user: str, tls: str) -> None:
         """Record the account's server; if it now names another mailbox (host or user), the
         UIDLs committed from the old one stop being live (ledger ``mailbox-changed``): a UIDL

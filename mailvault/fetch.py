@@ -186,6 +186,7 @@ class AccountFetcher:
         self.contradicted: set[str] = set()
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
+        self._deleted_in_run: set[str] = set()  # UIDLs whose deletion a QUIT +OK confirmed
         self._was: tuple[str, str] | None = None  # that (host, user), until logged in to the new
         self._secret: str | None = None  # resolved once per run, in memory for the run only
         self._token_renewed = False  # an xoauth2 token refused with [AUTH] was fetched again
@@ -355,7 +356,7 @@ class AccountFetcher:
             self.refused.add(msg.uidl)
             self.report.errors.append(
                 f"{msg.label} ({msg.size:,} octets) not archived: "
-                f"{exc}; the others were fetched, and it is tried again next run (fetch it with "
+                f"{exc}; the run went on without it, and it is tried again next run (fetch it with "
                 "another client, or remove it from the server)"
             )
             return True
@@ -426,6 +427,17 @@ class AccountFetcher:
             gone = [row.id for uidl, row in live.items() if uidl not in on_server]
             self.catalog.mark_deleted(gone, confirmed_by_quit=False)
         new = [m for m in listed if m.uidl is None or m.uidl not in live]
+        # Deleted in this run, QUIT +OK, and listed again: the server keeps what it confirms
+        # deleting.  Downloaded once per run: with a per-session cap every next session
+        # found the same messages "new", archived and "deleted" them again, and never ended.
+        again = [m for m in new if m.uidl is not None and m.uidl in self._deleted_in_run]
+        if again:
+            new = [m for m in new if m.uidl is None or m.uidl not in self._deleted_in_run]
+            self._warn(
+                f"{self.account.host} lists again messages whose deletion it confirmed in this "
+                "run (QUIT +OK): it does not apply deletions, so they stay on the server (not "
+                "downloaded again in this run; check the server's POP3 deletion settings)"
+            )
         ghosts = [(m, live[m.uidl]) for m in listed if m.uidl is not None and m.uidl in live]
         # A committed UIDL is trusted to be the committed message only while LIST gives it the
         # size it gave when the message was committed: a server that applied a QUIT whose reply
@@ -478,7 +490,7 @@ class AccountFetcher:
             report.would_delete = len(checks) + (
                 len(new) if self.deletable(listing_time, now) else 0
             )
-            session.quit()
+            self._quit(session, deleting=False)
             return False
         cap = self.account.max_messages_per_session
         if cap and not has_uidl and not self.deletable(listing_time, now):
@@ -494,14 +506,18 @@ class AccountFetcher:
         to_fetch = [m for m in to_fetch if m.uidl is None or m.uidl not in self.refused]
         # A cap counts the committed messages checked for deletion as well as the fetches:
         # a capped session QUITs after that many, so its deletions take effect in steps.
-        checks_now = checks[:cap] if cap else checks
-        batch_now = to_fetch[: max(cap - len(checks_now), 0)] if cap else to_fetch
+        # Downloads first: a server that never lets go of what it was told to delete (a
+        # QUIT it does not answer) had the cap spent on the same deletions session after
+        # session, and new mail was never archived.
+        batch_now = to_fetch[:cap] if cap else to_fetch
+        checks_now = checks[: max(cap - len(batch_now), 0)] if cap else checks
         self.progress.expect(len(to_fetch))
         refused_before = len(self.refused)
         loop = PumpLoop(self, session, batch_now, checks_now, listing_time, now, suspects)
         loop.run()
-        confirmed = session.quit()
+        confirmed = self._quit(session, deleting=bool(loop.dele_acked))
         if confirmed and loop.deleted_ids:
+            self._deleted_in_run.update(self.catalog.uidls_of(loop.deleted_ids))
             self.catalog.mark_deleted(loop.deleted_ids, confirmed_by_quit=True)
             if loop.deleted_without_uidl:
                 self.catalog.record_deleted_without_uidl(
@@ -513,6 +529,22 @@ class AccountFetcher:
         # refuses every RETR must not be asked again and again.
         progress = loop.done > 0 or bool(loop.deleted_ids) or len(self.refused) > refused_before
         return bool(cap) and len(checks) + len(to_fetch) > cap and progress
+
+    def _quit(self, session: Pop3Session, *, deleting: bool) -> bool:
+        """QUIT; whether the server confirmed it.  A server that closes the connection instead
+        of answering failed the account every run, with nothing to lose: where no DELE was
+        sent, that answer confirms nothing, and the session's work is done.  Where DELEs were
+        sent it is an error as before (retried: a new session finds out what was applied)."""
+        try:
+            return session.quit()
+        except (TransportError, ProtocolError) as exc:
+            if deleting:
+                raise
+            self._warn(
+                f"{self.account.host} closed the connection without answering QUIT "
+                f"({exc.cause}); no deletion was pending, so nothing is lost"
+            )
+            return False
 
     def _count_listing(self, listed: list[ListedMessage], new: list[ListedMessage]) -> None:
         """listed and new count each message once over the run: retries and capped sessions

@@ -322,7 +322,7 @@ class PumpLoop:
 
     def _received(self, msg: ListedMessage) -> None:
         staged = self._stage()
-        if msg.size > 2 and staged.size * 2 < msg.size:
+        if msg.size > 2 and staged.size == 0:
             self._cut_short(msg, staged.size)
             return
         # +2: Dovecot (and others) end a message stored without a final line break with one
@@ -346,16 +346,18 @@ class PumpLoop:
             self._request_commit()
 
     def _cut_short(self, msg: ListedMessage, delivered: int) -> None:
-        """A RETR answer that ended before half of what LIST announced is not the message (a
-        server that does not dot-stuff a first line starting with ".", Dovecot 2.3 for one,
-        ends it at once, and the rest of it then comes where the next answer belongs):
+        """An empty RETR answer for a message LIST gives octets is not the message (a server
+        that does not dot-stuff a first line that is a lone ".", Dovecot 2.3 for one, ends it
+        at once, and the rest of it then comes where the next answer belongs).  Only an empty
+        one: LIST sizes are estimates on some servers (Exchange counts its stored form, KBs
+        more than small mail), and every message of such a server was refused.  Once
         committed, its UIDL would pass for archived mail for ever.  It is neither stored nor
         deleted; the session ends as for a message too long to take (``Unfetchable``), and a
         new one fetches the others; the next run tries it again."""
         raise Unfetchable(
             msg,
             f"RETR ended after {delivered} of the {msg.size:,} octets LIST announced (a server "
-            "that does not dot-stuff a line starting with '.'?)",
+            "that does not dot-stuff a first line that is a lone '.'?)",
         )
 
     def _request_commit(self) -> None:

@@ -105,6 +105,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    list_extra: int = 0  # LIST, STAT and RETR's +OK count this many octets more per message
     refuse_stls: str | None = None  # advertise STLS and answer it with this -ERR line
     edit_listing: Callable[[str, list[str]], list[str]] | None = None  # (command, lines) -> lines
 
@@ -476,7 +477,7 @@ class _Session:
     def _size(self, msg: FakeMessage) -> int:
         served = served_bytes(msg.data)
         if not self.faults.lie_about_sizes:
-            return len(served)
+            return len(served) + self.faults.list_extra
         lines = served.count(b"\r\n")
         return len(served) - lines if lines else len(served) + 1
 
