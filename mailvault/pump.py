@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from mailvault import pop3
 from mailvault.catalog import Committed, LiveUidl
-from mailvault.errors import MailvaultError, OverlongLine, ProtocolError
+from mailvault.errors import MailvaultError, OverlongLine, ProtocolError, Stalled
 from mailvault.group_commit import Batch, GroupCommitter, Results
 from mailvault.session import PIPELINE_WINDOW, ListedMessage, Pop3Session
 from mailvault.store import BlobWriter, StagedBlob
@@ -56,6 +56,9 @@ class Unfetchable(ProtocolError):
 
 
 RETR_SLACK = 16 * 1024 * 1024
+# A bare-LF terminator followed by the next pipelined command's status line, inside what the
+# client takes for message data: a server ending lines with LF, whose answers run together.
+_NEXT_ANSWER_AFTER_LF_DOT = (b"\n.\n+OK", b"\n.\n-ERR")
 
 
 def retr_bound(size: int) -> int:
@@ -104,6 +107,8 @@ class PumpLoop:
         self.chunks: list[bytes] = []  # of the message being received, not yet written
         self.chunk_bytes = 0
         self.writer: BlobWriter | None = None  # for a message larger than PIECE
+        self.last_data = b""  # the last piece of data received (for _bare_lf)
+        self.crlf_seen = False  # in the data of the RETR answer being received
         self.retr_octets = 0  # of the RETR answer being received
         self.retr_bound = 0  # and how many it may run to (retr_bound())
         self.dele_acked: list[int] = []
@@ -165,6 +170,13 @@ class PumpLoop:
                 if isinstance(command, pop3.Retr) and isinstance(subject, ListedMessage):
                     raise Unfetchable(subject, str(exc)) from None
                 raise
+            except Stalled:
+                if self.last_data.endswith(b"\n.\n") or (
+                    self.last_data.endswith(b"\n.\r\n")
+                    and not self.last_data.endswith(b"\r\n.\r\n")
+                ):
+                    raise self._bare_lf() from None
+                raise
             self._handle(event)
 
     def _fill(self) -> None:
@@ -219,6 +231,7 @@ class PumpLoop:
             assert isinstance(subject, ListedMessage)
             if isinstance(event, pop3.Ok):  # the data follows
                 self.retr_octets, self.retr_bound = 0, retr_bound(subject.size)
+                self.last_data, self.crlf_seen = b"", False
             elif isinstance(event, pop3.End):
                 self.inflight.popleft()
                 self._received(subject)
@@ -285,7 +298,26 @@ class PumpLoop:
             self.to_fetch.append(msg)
             self.f.progress.expect(len(self.to_fetch) + self.retr_inflight)
 
+    def _bare_lf(self) -> ProtocolError:
+        """The session stalled after data ending in LF "." LF: the end of the answer from a
+        server that ends lines with a bare LF.  Said so, instead of a stall to wait out."""
+        host = self.f.account.host
+        return ProtocolError(
+            f"{host} ends message lines with a bare LF, not CRLF as RFC 1939 requires (its "
+            'answer ended with LF "." LF, so it never ends for a client); nothing of that '
+            "message was stored: the server's operator must fix it",
+            account=self.f.account.name,
+        )
+
     def _data(self, data: bytes) -> None:
+        if not self.crlf_seen:  # a message with a CRLF line end is not from such a server
+            joint = self.last_data[-8:] + data[:16]
+            for mark in _NEXT_ANSWER_AFTER_LF_DOT:
+                at = data.find(mark)
+                if (at >= 0 and b"\r\n" not in data[:at]) or mark in joint:
+                    raise self._bare_lf()  # and the next pipelined answer taken for data
+            self.crlf_seen = b"\r\n" in data
+        self.last_data = data
         self.retr_octets += len(data)
         if self.retr_octets > self.retr_bound:
             command, subject = self.inflight[0]

@@ -1399,6 +1399,27 @@ def test_a_cap_takes_new_mail_before_deletions_a_server_never_applies(tmp_path: 
         complete_and_check(vault, server, messages)
 
 
+@pytest.mark.parametrize("pipelining", ["auto", "off"])
+def test_a_server_ending_lines_with_bare_lf_is_named_not_waited_out(
+    tmp_path: Path, pipelining: str
+) -> None:
+    """A server sending message data with bare LF line ends (LF "." LF at the end) never ends
+    its answer for a client: each session waited the whole timeout, then lock-step and every
+    retry did, and the error blamed a stalled network."""
+    messages = corpus(2)
+    with FakePop3Server(messages, faults=Faults(bare_lf_retr=1)) as server:
+        vault = vault_for(
+            tmp_path, server, delete="after-commit", timeout=1, retries=2, pipelining=pipelining
+        )
+        started = time.monotonic()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert time.monotonic() - started < 10 and acct["sessions"] == 1, acct
+        (error,) = acct["errors"]
+        assert code == 1 and "ends message lines with a bare LF" in error, error
+        assert "operator must fix it" in error and len(server.mailbox) == 2
+
+
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
 
 

@@ -105,6 +105,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    bare_lf_retr: int | None = None  # RETR of this msgno: lines end LF, then LF "." LF
     list_extra: int = 0  # LIST, STAT and RETR's +OK count this many octets more per message
     refuse_stls: str | None = None  # advertise STLS and answer it with this -ERR line
     edit_listing: Callable[[str, list[str]], list[str]] | None = None  # (command, lines) -> lines
@@ -551,6 +552,10 @@ class _Session:
             for _ in range(ENDLESS_LIMIT // len(chunk)):
                 self._send(chunk)
             raise _Close
+        if self.faults.bare_lf_retr == number:  # a broken server: never a CRLF "." CRLF
+            lf = dot_stuff(served_bytes(msg.data)).replace(b"\r\n", b"\n")
+            self._reply(status, lf + b".\n")
+            return
         cut = self.faults.cut_in_retr
         cut_at = cut[1] if cut is not None and cut[0] == number else None
         self._reply(status, dot_stuff(served_bytes(msg.data)) + b".\r\n", cut_at=cut_at)
