@@ -331,10 +331,16 @@ class Pop3Session:
         except ServerError as exc:
             # a bare -ERR to a login command means bad credentials, as [AUTH] says
             if type(exc) in (ServerError, AuthenticationError) and not exc.hint:
+                hint = (
+                    f"check user and the password source of accounts.{self.account.name} "
+                    "(password_env, password_file or password_command)"
+                )
+                # auto picks USER when no CAPA lists the methods; an APOP-only server refuses
+                if mode == "user" and self.apop_timestamp and "USER" not in self.capabilities:
+                    hint += '; its greeting offers APOP, which auth = "apop" uses'
                 raise AuthenticationError(
                     exc.cause,
-                    hint=f"check user and the password source of accounts.{self.account.name} "
-                    "(password_env, password_file or password_command)",
+                    hint=hint,
                     code=exc.code,
                     account=self.account.name,
                 ) from None

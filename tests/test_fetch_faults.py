@@ -1420,6 +1420,21 @@ def test_a_server_ending_lines_with_bare_lf_is_named_not_waited_out(
         assert "operator must fix it" in error and len(server.mailbox) == 2
 
 
+def test_an_apop_only_server_without_capa_names_auth_apop(tmp_path: Path) -> None:
+    """auth = "auto" tries USER when no CAPA names the methods; an APOP-only server refused
+    it and the hint said to check the password, though the greeting offered APOP."""
+    messages = corpus(2)
+    with FakePop3Server(messages, faults=Faults(apop_only=True)) as server:
+        vault = vault_for(tmp_path, server)
+        code, report = fetch_json(vault)
+        (error,) = report["accounts"][0]["errors"]
+        assert code == 1 and 'its greeting offers APOP, which auth = "apop" uses' in error
+        config = vault / "mailvault.toml"
+        config.write_text(config.read_text() + 'auth = "apop"\n')
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, 2), report
+
+
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
 
 

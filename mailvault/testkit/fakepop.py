@@ -105,6 +105,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    apop_only: bool = False  # an old server: no CAPA, USER refused (APOP works)
     bare_lf_retr: int | None = None  # RETR of this msgno: lines end LF, then LF "." LF
     list_extra: int = 0  # LIST, STAT and RETR's +OK count this many octets more per message
     refuse_stls: str | None = None  # advertise STLS and answer it with this -ERR line
@@ -346,6 +347,9 @@ class _Session:
     # ------------------------------------------------------------ authorization
     def _capa(self, arg: str) -> None:
         f = self.faults
+        if f.apop_only:
+            self._reply("-ERR Protocol error")
+            return
         caps = ["TOP", "USER", "RESP-CODES", "AUTH-RESP-CODE"]
         caps += [f"SASL {' '.join(f.sasl)}"] if f.sasl else []
         caps += [] if f.no_pipelining else ["PIPELINING"]
@@ -371,6 +375,9 @@ class _Session:
         self.user = None
 
     def _user(self, arg: str) -> None:
+        if self.faults.apop_only:
+            self._reply("-ERR USER not supported, use APOP")
+            return
         if not arg:
             self._reply("-ERR USER needs a name")
             return
