@@ -186,6 +186,7 @@ class AccountFetcher:
         self.contradicted: set[str] = set()
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
+        self._sizes_differ: list[str] = []  # note_size_differs
         self._deleted_in_run: set[str] = set()  # UIDLs whose deletion a QUIT +OK confirmed
         self._was: tuple[str, str] | None = None  # that (host, user), until logged in to the new
         self._secret: str | None = None  # resolved once per run, in memory for the run only
@@ -606,6 +607,20 @@ class AccountFetcher:
     def _warn(self, warning: str) -> None:
         if warning not in self.report.warnings:
             self.report.warnings.append(warning)
+
+    def note_size_differs(self, what: str) -> None:
+        """A message RETR gave with another size than LIST's: stored as delivered.  One
+        warning per run, not one per message: servers that estimate LIST sizes (Exchange)
+        made a warning of every message of a first fetch."""
+        self._sizes_differ.append(what)
+        prefix = "stored what RETR delivered, whose size LIST did not give: "
+        warning = (
+            what
+            if len(self._sizes_differ) == 1
+            else (f"{len(self._sizes_differ)} messages, the first {self._sizes_differ[0]}")
+        )
+        self.report.warnings = [w for w in self.report.warnings if not w.startswith(prefix)]
+        self.report.warnings.append(prefix + warning)
 
     def note_header_differs(self, row: LiveUidl) -> None:
         """TOP did not show a committed message's header: not deleted unread, and not asked

@@ -360,9 +360,8 @@ class PumpLoop:
         # +2: Dovecot (and others) end a message stored without a final line break with one
         # CRLF that LIST does not count (RFC 1939 wants the terminator on its own line)
         if msg.size != staged.size and staged.size != msg.size + 2:
-            self.f.report.warnings.append(
-                f"{msg.label}: LIST said {msg.size} octets, "
-                f"RETR delivered {staged.size}; stored what was delivered"
+            self.f.note_size_differs(
+                f"{msg.label}: LIST said {msg.size} octets, RETR delivered {staged.size}"
             )
         self.batch.append((msg, staged))
         self.batch_size += staged.size
