@@ -222,6 +222,9 @@ class PumpLoop:
             elif isinstance(event, pop3.End | pop3.Err):
                 self.inflight.popleft()
                 head = bytes(self.head[:TOP_LIMIT]) if isinstance(event, pop3.End) else None
+                # an empty answer shows no header: as a refused TOP, not another header (due
+                # messages of such a server were downloaded again every run, never deleted)
+                head = head or None
                 self._checked(subject, head)
             else:
                 raise ProtocolError(

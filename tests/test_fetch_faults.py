@@ -1438,6 +1438,25 @@ def test_an_apop_only_server_without_capa_names_auth_apop(tmp_path: Path) -> Non
         assert (code, report["accounts"][0]["fetched"]) == (0, 2), report
 
 
+def test_an_empty_top_answer_is_taken_as_no_top_not_another_header(tmp_path: Path) -> None:
+    """A server whose TOP n 0 answers +OK and nothing: messages due under delete_after_days
+    were downloaded again every run and never deleted (each time "another header"), and new
+    mail was never deleted.  An empty answer shows no header, as a refused TOP does: a new
+    message is deleted on its RETR's word, a due one after one download to check it."""
+    messages = corpus(3)
+    with FakePop3Server(messages, faults=Faults(empty_top=True)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=1)
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, 3)
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            db.execute("UPDATE uidls SET first_seen = '2000-01-01T00:00:00+00:00'")
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["deleted"]) == (0, 3), acct
+        assert server.mailbox == []
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
 
 

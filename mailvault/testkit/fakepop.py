@@ -105,6 +105,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    empty_top: bool = False  # TOP answers +OK with no lines at all
     apop_only: bool = False  # an old server: no CAPA, USER refused (APOP works)
     bare_lf_retr: int | None = None  # RETR of this msgno: lines end LF, then LF "." LF
     list_extra: int = 0  # LIST, STAT and RETR's +OK count this many octets more per message
@@ -573,7 +574,9 @@ class _Session:
             self._reply("-ERR usage: TOP msg lines")
             return
         if found := self._message(words[0]):
-            body = dot_stuff(top_bytes(found[1].data, int(words[1])))
+            body = (
+                b"" if self.faults.empty_top else dot_stuff(top_bytes(found[1].data, int(words[1])))
+            )
             self._reply("+OK top of message follows", body + b".\r\n")
 
     def _dele(self, arg: str) -> None:
