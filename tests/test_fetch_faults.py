@@ -212,7 +212,10 @@ def test_server_text_in_fetch_warnings_is_escaped(tmp_path: Path) -> None:
         code, report = fetch_json(vault, "--no-index")
     assert result.exit_code == 0 and not _controls(result.stderr), result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("acct: warning: message 1 (UIDL u1\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K")
+    assert line.startswith(
+        "acct: warning: stored what RETR delivered, whose size LIST did not give: "
+        "message 1 (UIDL u1\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K"
+    )
     assert code == 0 and f"(UIDL {uidl}2)" in report["accounts"][0]["warnings"][0]
 
 
