@@ -109,6 +109,8 @@ class PumpLoop:
         self.writer: BlobWriter | None = None  # for a message larger than PIECE
         self.last_data = b""  # the last piece of data received (for _bare_lf)
         self.crlf_seen = False  # in the data of the RETR answer being received
+        self.lf_dot_answer = False  # and LF "." LF then a status line in it, before any CRLF
+        self.first_byte_dot = False  # and whether it starts with "." (_first_dot)
         self.retr_octets = 0  # of the RETR answer being received
         self.retr_bound = 0  # and how many it may run to (retr_bound())
         self.dele_acked: list[int] = []
@@ -234,7 +236,7 @@ class PumpLoop:
             assert isinstance(subject, ListedMessage)
             if isinstance(event, pop3.Ok):  # the data follows
                 self.retr_octets, self.retr_bound = 0, retr_bound(subject.size)
-                self.last_data, self.crlf_seen = b"", False
+                self.last_data, self.crlf_seen, self.lf_dot_answer = b"", False, False
             elif isinstance(event, pop3.End):
                 self.inflight.popleft()
                 self._received(subject)
@@ -318,8 +320,10 @@ class PumpLoop:
             for mark in _NEXT_ANSWER_AFTER_LF_DOT:
                 at = data.find(mark)
                 if (at >= 0 and b"\r\n" not in data[:at]) or mark in joint:
-                    raise self._bare_lf()  # and the next pipelined answer taken for data
+                    self.lf_dot_answer = True  # judged by its size when it ends (_received)
             self.crlf_seen = b"\r\n" in data
+        if self.retr_octets == 0:
+            self.first_byte_dot = data.startswith(b".")
         self.last_data = data
         self.retr_octets += len(data)
         if self.retr_octets > self.retr_bound:
@@ -356,8 +360,13 @@ class PumpLoop:
         return staged
 
     def _received(self, msg: ListedMessage) -> None:
+        if self.lf_dot_answer and self.retr_octets not in (msg.size, msg.size + 2):
+            # the next pipelined answer taken for this message's data (a message holding
+            # such text, CRLF-terminated and of LIST's size, is stored as it is)
+            raise self._bare_lf()
+        self._first_dot(msg)
         staged = self._stage()
-        if msg.size > 2 and staged.size == 0:
+        if msg.size > 0 and staged.size == 0:  # (Dovecot serves an empty message as CRLF)
             self._cut_short(msg, staged.size)
             return
         # +2: Dovecot (and others) end a message stored without a final line break with one
@@ -378,6 +387,27 @@ class PumpLoop:
             or not retr_pending
         ):
             self._request_commit()
+
+    def _first_dot(self, msg: ListedMessage) -> None:
+        """Put back the dot of a first line starting ".." that the server did not stuff.
+
+        Dovecot 2.3 sends a message's first line unstuffed: a first line "..x" arrives as
+        "..x" and loses a dot like a stuffed ".x", and the message was stored one byte
+        short (and deleted).  The two differ only in size: one octet under LIST's (or
+        under LIST's + 2, the CRLF Dovecot adds to mail without a final line break).  A
+        message of over ``PIECE``, already being written, is not taken."""
+        if self.retr_octets not in (msg.size - 1, msg.size + 1):
+            return
+        first = self.chunks[0] if self.writer is None and self.chunks else b""
+        if self.writer is None and first.startswith(b"."):
+            self.chunks[0] = b"." + first
+            self.retr_octets += 1
+        elif self.writer is not None and self.first_byte_dot:
+            raise Unfetchable(
+                msg,
+                "its first line starts with '..' and the server did not dot-stuff it (one "
+                "octet short of LIST); a message this big is not repaired in memory",
+            )
 
     def _cut_short(self, msg: ListedMessage, delivered: int) -> None:
         """An empty RETR answer for a message LIST gives octets is not the message (a server

@@ -136,16 +136,17 @@ def test_a_message_the_server_cuts_short_is_not_taken_for_archived(
     warning only), and every later run trusted it: the message was never archived."""
     cut = b".\r\nFrom: x@example.com\r\nSubject: leading dot\r\n\r\nbody\r\n"
     others = mail(3, seed=7)
-    dovecot.add_messages("alice", [cut, *others])
+    dovecot.add_messages("alice", [cut, *others, b"."])  # "." alone: LIST 1, served empty
     vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls", retries=1)})
-    for _ in range(2):  # not committed: the next run tries it again, and says so again
+    for run in range(2):  # not committed: the next run tries it again, and says so again
         code, report = fetch_json(vault)
         acct = report["accounts"][0]
         assert code == 1 and any("RETR ended after 0 of" in e for e in acct["errors"]), acct
+        assert acct["fetched"] == (3 if run == 0 else 0), acct
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         sizes = [row[0] for row in db.execute("SELECT size FROM uidls")]
     assert len(sizes) == 3 and 0 not in sizes
-    assert dovecot.mailbox_count("alice") == 4
+    assert dovecot.mailbox_count("alice") == 5
 
 
 def test_a_first_line_dovecot_does_not_stuff_keeps_its_dot(
@@ -156,12 +157,16 @@ def test_a_first_line_dovecot_does_not_stuff_keeps_its_dot(
     messages = [
         b".From: x@example.com\r\nSubject: leading dot\r\n\r\nbody\r\n.later line\r\n",
         b".\tfirst line a dot and a tab\r\nSubject: two\r\n\r\n..two dots later\r\n",
+        # two dots: sent as they are, they lose one like a stuffed line; LIST's size tells
+        b"..two dots first\r\nSubject: three\r\n\r\nbody\r\n",
+        b"..\r\nSubject: four\r\n\r\nbody\r\n",
+        b"...\r\nSubject: five\r\n\r\nno final break",
     ]
     dovecot.add_messages("alice", messages)
     vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls", delete="after-commit")})
     code, report = fetch_json(vault)
     acct = report["accounts"][0]
-    assert (code, acct["fetched"], acct["deleted"], acct["warnings"]) == (0, 2, 2, []), acct
+    assert (code, acct["fetched"], acct["deleted"], acct["warnings"]) == (0, 5, 5, []), acct
     assert_vault_exact(vault, sha256s(retr_payload(m) for m in messages))
     assert dovecot.mailbox_count("alice") == 0
 

@@ -1460,6 +1460,38 @@ def test_an_empty_top_answer_is_taken_as_no_top_not_another_header(tmp_path: Pat
         assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
 
 
+def test_uidl_gaps_under_a_cap_end_the_run(tmp_path: Path) -> None:
+    """UIDL leaving out some messages, with a per-session cap and mail kept: each session
+    downloaded the same UIDL-less messages again and took that for progress (6,195 sessions
+    in 30 s, the others never fetched).  As for a server without UIDL, one session takes all."""
+    messages = corpus(5)
+
+    def gaps(name: str, lines: list[str]) -> list[str]:
+        return lines[3:] if name == "UIDL" else lines
+
+    with FakePop3Server(messages, faults=Faults(edit_listing=gaps)) as server:
+        vault = vault_for(tmp_path, server, max_messages_per_session=2)
+        started = time.monotonic()
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert time.monotonic() - started < 60
+        assert (code, acct["sessions"], acct["fetched"]) == (0, 1, 5), acct
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
+
+
+def test_a_message_holding_lf_dot_lf_then_ok_is_stored_as_it_is(tmp_path: Path) -> None:
+    """A message with bare-LF lines holding LF "." LF "+OK" (a pasted POP3 transcript, say),
+    properly ended, was taken for a server ending lines with bare LF, and the account failed
+    every run."""
+    text = b"From: a@example.com\nSubject: transcript\n\nRETR 1\n.\n+OK bye\nthe end\r\n"
+    messages = [*corpus(2), text, *corpus(1)]
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, 4), report
+        complete_and_check(vault, server, messages)
+
+
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
 
 
