@@ -318,9 +318,14 @@ def test_text_attachment_text_is_capped() -> None:
         b"Content-Type: text/csv\r\nContent-Disposition: attachment; filename=big.csv\r\n\r\n"
         + b"word," * 60_000,
     )
-    (attachment,) = parse(raw).attachments
+    parsed = parse(raw)
+    (attachment,) = parsed.attachments
     assert len(attachment.text) == 100_000
     assert attachment.size == 300_000
+    # a search missing words past the cap has a reason on record
+    assert "attachment: part 2 text cut short: only its first 100,000 characters are read" in (
+        parsed.defects
+    )
 
 
 def test_attachment_text_past_the_message_cap_is_a_defect(monkeypatch: pytest.MonkeyPatch) -> None:

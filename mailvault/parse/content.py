@@ -84,7 +84,11 @@ def _attachment_text(
         text = _text(data[:MAX_TEXT_ATTACHMENT_BYTES], charset)
         if content_type == "text/html":
             text = html_to_text(text)
-        return text[:MAX_ATTACHMENT_CHARS], ""
+        if len(text) > MAX_ATTACHMENT_CHARS or len(data) > MAX_TEXT_ATTACHMENT_BYTES:
+            return text[:MAX_ATTACHMENT_CHARS], (
+                f"only its first {MAX_ATTACHMENT_CHARS:,} characters are read"
+            )
+        return text, ""
     if _is_pdf(content_type, filename, data):
         extracted = pdf_text(data)
         return extracted.text, extracted.limit
