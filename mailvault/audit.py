@@ -14,7 +14,7 @@ import sqlite3
 from mailvault import ledger
 from mailvault._text import shown
 from mailvault.errors import CatalogError
-from mailvault.vault import has_catalog
+from mailvault.vault import CATALOG_VERSION, has_catalog
 
 # `typing` is not imported at run time: it is a few ms of every `mailvault search` start-up.
 TYPE_CHECKING = False
@@ -89,6 +89,13 @@ def record(
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > CATALOG_VERSION:  # a newer mailvault's: its audit trail is not ours
+                raise CatalogError(
+                    f"the catalog {shown(path)} has schema version {version}, written by a "
+                    f"newer mailvault (this one knows up to {CATALOG_VERSION}); run that newer "
+                    "mailvault (or upgrade this one): nothing is shown without an audit entry"
+                )
             user = os_user()
             claims = claimed_names(user)
             if claims:

@@ -25,6 +25,10 @@ from mailvault.errors import CatalogError, UsageError, VaultError, VaultLocked, 
 # None of these is imported at run time: `mailvault search` opens a vault too, and `typing`
 # and `pathlib` alone are several ms of its start-up (callers pass Path objects; the checks
 # below use os.path, so they take any path).
+# The last migration of schemas/catalog.sql (tests/test_verify.py checks): for readers that
+# must not touch a newer mailvault's catalog without loading the migrations (the audit trail).
+CATALOG_VERSION = 7
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path

@@ -666,6 +666,17 @@ def test_a_catalog_migrated_by_a_newer_mailvault_is_refused(vault: Path) -> None
     assert result.stderr.count("\n") == 1
     code, found = findings(vault)
     assert code == 1 and "catalog-newer" in codes(found)
+    for args in (["search", "x"], ["show", some_digest(vault)]):  # they write the audit trail
+        result = run_cli(vault, *args)
+        assert result.exit_code == 3 and "written by a newer mailvault" in result.stderr
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == newer
         assert db.execute("SELECT count(*) FROM holds").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM audit").fetchone()[0] == 0
+
+
+def test_catalog_version_is_the_last_migration() -> None:
+    from mailvault.catalog import migrations
+    from mailvault.vault import CATALOG_VERSION
+
+    assert migrations()[-1][0] == CATALOG_VERSION
