@@ -394,10 +394,14 @@ class PumpLoop:
         Dovecot 2.3 sends a message's first line unstuffed: a first line "..x" arrives as
         "..x" and loses a dot like a stuffed ".x", and the message was stored one byte
         short (and deleted).  The two differ only in size: one octet under LIST's (or
-        under LIST's + 2, the CRLF Dovecot adds to mail without a final line break).  A
-        message of over ``PIECE``, already being written, is not taken."""
+        under LIST's + 2, the CRLF Dovecot adds to mail without a final line break).  Only
+        for a server that greets as Dovecot: elsewhere a LIST size one octet off would add a
+        dot to a correctly stuffed message.  A message of over ``PIECE``, already being
+        written, is not taken."""
         if self.retr_octets not in (msg.size - 1, msg.size + 1):
             return
+        if "dovecot" not in (self.session.facts.greeting or "").lower():
+            return  # a server that stuffs, one octet off in LIST, would gain a dot
         first = self.chunks[0] if self.writer is None and self.chunks else b""
         if self.writer is None and first.startswith(b"."):
             self.chunks[0] = b"." + first

@@ -1492,6 +1492,18 @@ def test_a_message_holding_lf_dot_lf_then_ok_is_stored_as_it_is(tmp_path: Path) 
         complete_and_check(vault, server, messages)
 
 
+def test_a_stuffing_server_one_octet_off_in_list_gains_no_dot(tmp_path: Path) -> None:
+    """The dot put back for Dovecot's unstuffed first line ("..x", one octet under LIST) must
+    not be put on a server that stuffs and counts one octet more in LIST: its message would
+    be stored with a dot it does not have, and deleted."""
+    messages = [b".first line one dot\r\nSubject: s\r\n\r\nbody\r\n", *corpus(2)]
+    with FakePop3Server(messages, faults=Faults(list_extra=1)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, 3), report
+        complete_and_check(vault, server, messages)
+
+
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
 
 
