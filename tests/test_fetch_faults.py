@@ -97,6 +97,17 @@ def complete_and_check(vault: Path, server: FakePop3Server, messages: list[bytes
     assert report["accounts"][0]["fetched"] == 0
 
 
+def fetches_all_exactly(
+    tmp_path: Path, messages: list[bytes], faults: Faults | None = None
+) -> None:
+    """One after-commit fetch archives and deletes every message; then complete_and_check."""
+    with FakePop3Server(messages, faults=faults or Faults()) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        assert (code, report["accounts"][0]["fetched"]) == (0, len(messages)), report
+        complete_and_check(vault, server, messages)
+
+
 def test_fetch_and_delete_after_commit(tmp_path: Path) -> None:
     messages = corpus()
     with FakePop3Server(messages) as server:
@@ -390,12 +401,7 @@ def test_a_message_of_one_line_longer_than_8_mib_is_archived(tmp_path: Path) -> 
     failed for ever and the message stayed unarchived); the bound for a RETR follows LIST's
     size, and the data is streamed whatever its lines."""
     big = b"Subject: one line\r\n\r\n" + b"y" * (9 * 1024 * 1024) + b"\r\n"
-    messages = [*corpus(2), big]
-    with FakePop3Server(messages) as server:
-        vault = vault_for(tmp_path, server, delete="after-commit")
-        code, report = fetch_json(vault)
-        assert (code, report["accounts"][0]["fetched"]) == (0, 3), report
-        complete_and_check(vault, server, messages)
+    fetches_all_exactly(tmp_path, [*corpus(2), big])
 
 
 def test_a_cut_keeps_the_messages_received_before_it(tmp_path: Path) -> None:
@@ -1484,12 +1490,7 @@ def test_a_message_holding_lf_dot_lf_then_ok_is_stored_as_it_is(tmp_path: Path) 
     properly ended, was taken for a server ending lines with bare LF, and the account failed
     every run."""
     text = b"From: a@example.com\nSubject: transcript\n\nRETR 1\n.\n+OK bye\nthe end\r\n"
-    messages = [*corpus(2), text, *corpus(1)]
-    with FakePop3Server(messages) as server:
-        vault = vault_for(tmp_path, server, delete="after-commit")
-        code, report = fetch_json(vault)
-        assert (code, report["accounts"][0]["fetched"]) == (0, 4), report
-        complete_and_check(vault, server, messages)
+    fetches_all_exactly(tmp_path, [*corpus(2), text, *corpus(1)])
 
 
 def test_a_stuffing_server_one_octet_off_in_list_gains_no_dot(tmp_path: Path) -> None:
@@ -1497,11 +1498,7 @@ def test_a_stuffing_server_one_octet_off_in_list_gains_no_dot(tmp_path: Path) ->
     not be put on a server that stuffs and counts one octet more in LIST: its message would
     be stored with a dot it does not have, and deleted."""
     messages = [b".first line one dot\r\nSubject: s\r\n\r\nbody\r\n", *corpus(2)]
-    with FakePop3Server(messages, faults=Faults(list_extra=1)) as server:
-        vault = vault_for(tmp_path, server, delete="after-commit")
-        code, report = fetch_json(vault)
-        assert (code, report["accounts"][0]["fetched"]) == (0, 3), report
-        complete_and_check(vault, server, messages)
+    fetches_all_exactly(tmp_path, messages, Faults(list_extra=1))
 
 
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------
