@@ -173,9 +173,9 @@ class PumpLoop:
                     raise Unfetchable(subject, str(exc)) from None
                 raise
             except Stalled:
-                if self.last_data.endswith(b"\n.\n") or (
-                    self.last_data.endswith(b"\n.\r\n")
-                    and not self.last_data.endswith(b"\r\n.\r\n")
+                data = self.last_data if isinstance(self.inflight[0][0], pop3.Retr) else b""
+                if data.endswith(b"\n.\n") or (
+                    data.endswith(b"\n.\r\n") and not data.endswith(b"\r\n.\r\n")
                 ):
                     raise self._bare_lf() from None
                 raise
@@ -239,6 +239,7 @@ class PumpLoop:
                 self.last_data, self.crlf_seen, self.lf_dot_answer = b"", False, False
             elif isinstance(event, pop3.End):
                 self.inflight.popleft()
+                self.last_data = b""  # the answer ended: no stall of its to explain
                 self._received(subject)
             elif isinstance(event, pop3.Err):
                 self.inflight.popleft()
