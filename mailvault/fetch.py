@@ -52,7 +52,7 @@ from mailvault.errors import (
     TransportError,
     from_storage_error,
 )
-from mailvault.pump import Check, PumpLoop, Unfetchable
+from mailvault.pump import Check, PumpLoop, Unfetchable, doubtful_first_dot
 from mailvault.redact import redact
 from mailvault.secrets import resolve_secret
 from mailvault.session import ListedMessage, Pop3Session, Trace
@@ -187,6 +187,7 @@ class AccountFetcher:
         self._lockstep = False  # after a stall with pipelined commands in flight
         self._mailbox_changed = False  # the account names another host or user than before
         self._sizes_differ: list[str] = []  # note_size_differs
+        self._uncapped = False  # max_messages_per_session lifted for the rest of the run
         self._deleted_in_run: set[str] = set()  # UIDLs whose deletion a QUIT +OK confirmed
         self._was: tuple[str, str] | None = None  # that (host, user), until logged in to the new
         self._secret: str | None = None  # resolved once per run, in memory for the run only
@@ -390,18 +391,25 @@ class AccountFetcher:
         if not head:
             return False
         stored = bytearray()
-        want = len(head) + 1
+        want = len(head)
         try:
             with self.store.open(sha256) as stream:
                 while len(stored) < want and (chunk := stream.read(want - len(stored))):
                     stored += chunk
         except (OSError, MailvaultError, zstandard.ZstdError):
             return False
-        if stored[: len(head)] == head:
-            return True
-        # a first line starting ".." that the server did not stuff loses a dot in TOP's answer
-        # as in RETR's, which the pump put back (PumpLoop._first_dot)
-        return stored.startswith(b"..") and stored[1:want] == head
+        return stored[: len(head)] == head
+
+    def _dot_doubtful(self, row: LiveUidl) -> bool:
+        """Whether a committed message is one ``pump.doubtful_first_dot`` left on the server:
+        stored one octet off LIST's size, its first byte a dot."""
+        if row.size not in (row.committed_listing - 1, row.committed_listing + 1):
+            return False
+        try:
+            with self.store.open(row.sha256) as stream:
+                return bool(stream.read(1) == b".")
+        except (OSError, MailvaultError, zstandard.ZstdError):
+            return True  # not readable: not deleted on a guess either
 
     def deletable(self, first_seen: str, now: datetime) -> bool:
         """Whether the account's policy deletes a message first listed at ``first_seen``."""
@@ -471,6 +479,9 @@ class AccountFetcher:
                 # since, while it waited its delete_after_days.  Its header must match too:
                 # the pump loop (mailvault.pump) asks TOP (pipelined like RETR) and DELEs only
                 # a match.
+                if self._dot_doubtful(row):  # never deleted: the original may be exact
+                    self._warn(doubtful_first_dot(m.label))
+                    continue
                 if row.uidl not in self.header_differs:
                     checks.append(Check(m, row))
                     continue
@@ -500,6 +511,8 @@ class AccountFetcher:
             return False
         cap = self.account.max_messages_per_session
         no_uidl = any(m.uidl is None for m in listed)  # a server without UIDL, or UIDL gaps
+        if self._uncapped:
+            cap = 0
         if cap and no_uidl and not self.deletable(listing_time, now):
             # Without UIDLs, and without deleting what is committed, the next session would
             # list the same messages first again: one session takes them all.  (With a UIDL
@@ -536,8 +549,20 @@ class AccountFetcher:
         # Another session only for what the cap left, and only after progress (a message
         # archived or deleted, or a refused one that later sessions skip): a server that
         # refuses every RETR must not be asked again and again.
-        progress = loop.done > 0 or bool(loop.deleted_ids) or len(self.refused) > refused_before
-        return bool(cap) and len(checks) + len(to_fetch) > cap and progress
+        # (a duplicate of mail without a UIDL, or its deletion, is no progress: it comes again)
+        deleted = any(row_id >= 0 for row_id in loop.deleted_ids)
+        progress = loop.progressed > 0 or deleted or len(self.refused) > refused_before
+        more = bool(cap) and len(checks) + len(to_fetch) > cap
+        if more and not progress and no_uidl and loop.done and not self._uncapped:
+            # mail without UIDL came again (its deletion not applied): the rest of it in one
+            # session without the cap, rather than the same messages for ever
+            self._uncapped = True
+            self._warn(
+                f"{self.account.host} lists again mail without a UIDL that was deleted in this "
+                "run: max_messages_per_session is lifted for the rest of the run"
+            )
+            return True
+        return more and progress
 
     def _quit(self, session: Pop3Session, *, deleting: bool) -> bool:
         """QUIT; whether the server confirmed it.  A server that closes the connection instead

@@ -61,6 +61,24 @@ RETR_SLACK = 16 * 1024 * 1024
 _NEXT_ANSWER_AFTER_LF_DOT = (b"\n.\n+OK", b"\n.\n-ERR")
 
 
+def _size_as_listed(msg: ListedMessage, size: int) -> bool:
+    """RETR gave what LIST announced (+2: the CRLF Dovecot adds to mail stored without a
+    final line break, which its LIST does not count)."""
+    return size in (msg.size, msg.size + 2)
+
+
+def doubtful_first_dot(label: str) -> str:
+    """A message that may have lost the dot of a first line starting "..": Dovecot 2.3 sends
+    a message's first line unstuffed, so "..x" arrives as a stuffed ".x" would, one octet
+    under LIST's size; a server that stuffs, with a LIST one octet off, looks the same.  It
+    is stored as delivered and never deleted, so the original stays on the server."""
+    return (
+        f"{label}: its first line starts with '.' and RETR gave one octet off what LIST said: "
+        "a server that does not dot-stuff a first line (Dovecot 2.3) may have cost it a dot; "
+        "stored as delivered, and left on the server (keep or fetch it by other means)"
+    )
+
+
 def retr_bound(size: int) -> int:
     """How long a RETR answer (and a line in it) may run for a message LIST gave ``size``.
 
@@ -110,7 +128,9 @@ class PumpLoop:
         self.last_data = b""  # the last piece of data received (for _bare_lf)
         self.crlf_seen = False  # in the data of the RETR answer being received
         self.lf_dot_answer = False  # and LF "." LF then a status line in it, before any CRLF
-        self.first_byte_dot = False  # and whether it starts with "." (_first_dot)
+        self.first_byte_dot = False  # and whether it starts with "." (doubtful_first_dot)
+        self.dot_doubtful: set[int] = set()  # msgnos: doubtful_first_dot, never deleted
+        self.progressed = 0  # messages committed that a next session will not fetch again
         self.retr_octets = 0  # of the RETR answer being received
         self.retr_bound = 0  # and how many it may run to (retr_bound())
         self.dele_acked: list[int] = []
@@ -271,12 +291,27 @@ class PumpLoop:
         message deleted unread, and only TOP, asked for this very message, can tell.  One
         small pipelined command per deleted message, sent with the DELEs.  A server without
         TOP (it is optional) is taken at its RETR's word, as before."""
-        capabilities = self.session.capabilities
-        if capabilities and "TOP" not in capabilities:  # TOP is optional (RFC 1939, 2449)
-            self.deletes.append((msg.msgno, row_id))
+        if msg.msgno in self.dot_doubtful:
+            self.f.report.warnings.append(doubtful_first_dot(msg.label))
             return
         row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
+        capabilities = self.session.capabilities
+        if capabilities and "TOP" not in capabilities:  # TOP is optional (RFC 1939, 2449)
+            self._unchecked(msg, row)
+            return
         self.checks.append(Check(msg, row, downloaded=True))
+
+    def _unchecked(self, msg: ListedMessage, row: LiveUidl) -> None:
+        """A message just downloaded whose header TOP cannot show: deleted on its RETR's word
+        only if RETR gave LIST's size (a server serving another, smaller message for a RETR
+        had the real one deleted unread once sizes alone no longer refused it)."""
+        if _size_as_listed(msg, row.size):
+            self.deletes.append((msg.msgno, row.id))
+            return
+        self.f.report.warnings.append(
+            f"{msg.label}: RETR gave {row.size:,} octets where LIST said {msg.size:,}, and "
+            "the server shows no header with TOP to check it by: stored, and left on the server"
+        )
 
     def _checked(self, check: Check, head: bytes | None) -> None:
         """The DELE of a message goes out only if TOP showed the header of its stored bytes.
@@ -284,8 +319,11 @@ class PumpLoop:
         downloaded and archived before any DELE; for one just downloaded, another header
         leaves it on the server (a refused TOP leaves its RETR to go by)."""
         msg, row = check.msg, check.row
-        if self.f.same_header(head, row.sha256) or (check.downloaded and head is None):
+        if self.f.same_header(head, row.sha256):
             self.deletes.append((msg.msgno, row.id))
+            return
+        if check.downloaded and head is None:  # TOP refused, or empty: RETR's word alone
+            self._unchecked(msg, row)
             return
         if check.downloaded:
             self.f.report.warnings.append(
@@ -361,12 +399,19 @@ class PumpLoop:
         return staged
 
     def _received(self, msg: ListedMessage) -> None:
-        if self.lf_dot_answer and self.retr_octets not in (msg.size, msg.size + 2):
-            # the next pipelined answer taken for this message's data (a message holding
-            # such text, CRLF-terminated and of LIST's size, is stored as it is)
-            raise self._bare_lf()
-        self._first_dot(msg)
+        if self.lf_dot_answer and not _size_as_listed(msg, self.retr_octets):
+            # the next pipelined answer taken for this message's data, or a message holding
+            # such text on a server whose LIST sizes are approximate: this message is not
+            # taken (a message of LIST's size is stored as it is); the others are
+            raise Unfetchable(
+                msg,
+                'its data holds LF "." LF and then a status line, and its size is not what '
+                "LIST said: a server ending lines with a bare LF (its operator must fix it), "
+                "or such text in the message",
+            )
         staged = self._stage()
+        if self.first_byte_dot and staged.size in (msg.size - 1, msg.size + 1):
+            self.dot_doubtful.add(msg.msgno)
         if msg.size > 0 and staged.size == 0:  # (Dovecot serves an empty message as CRLF)
             self._cut_short(msg, staged.size)
             return
@@ -388,31 +433,6 @@ class PumpLoop:
             or not retr_pending
         ):
             self._request_commit()
-
-    def _first_dot(self, msg: ListedMessage) -> None:
-        """Put back the dot of a first line starting ".." that the server did not stuff.
-
-        Dovecot 2.3 sends a message's first line unstuffed: a first line "..x" arrives as
-        "..x" and loses a dot like a stuffed ".x", and the message was stored one byte
-        short (and deleted).  The two differ only in size: one octet under LIST's (or
-        under LIST's + 2, the CRLF Dovecot adds to mail without a final line break).  Only
-        for a server that greets as Dovecot: elsewhere a LIST size one octet off would add a
-        dot to a correctly stuffed message.  A message of over ``PIECE``, already being
-        written, is not taken."""
-        if self.retr_octets not in (msg.size - 1, msg.size + 1):
-            return
-        if "dovecot" not in (self.session.facts.greeting or "").lower():
-            return  # a server that stuffs, one octet off in LIST, would gain a dot
-        first = self.chunks[0] if self.writer is None and self.chunks else b""
-        if self.writer is None and first.startswith(b"."):
-            self.chunks[0] = b"." + first
-            self.retr_octets += 1
-        elif self.writer is not None and self.first_byte_dot:
-            raise Unfetchable(
-                msg,
-                "its first line starts with '..' and the server did not dot-stuff it (one "
-                "octet short of LIST); a message this big is not repaired in memory",
-            )
 
     def _cut_short(self, msg: ListedMessage, delivered: int) -> None:
         """An empty RETR answer for a message LIST gives octets is not the message (a server
@@ -500,6 +520,8 @@ class PumpLoop:
                 report.bytes += staged.size
                 if not fresh:
                     report.duplicates += 1
+                if fresh or msg.uidl is not None:  # without a UIDL, a duplicate comes again
+                    self.progressed += 1
                 row, deletable = self.suspects.get(msg.uidl or "", (None, False))
                 if row is not None and row.id == row_id:  # the committed message after all
                     if deletable and msg.uidl in self.f.contradicted:

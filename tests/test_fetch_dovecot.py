@@ -157,18 +157,35 @@ def test_a_first_line_dovecot_does_not_stuff_keeps_its_dot(
     messages = [
         b".From: x@example.com\r\nSubject: leading dot\r\n\r\nbody\r\n.later line\r\n",
         b".\tfirst line a dot and a tab\r\nSubject: two\r\n\r\n..two dots later\r\n",
-        # two dots: sent as they are, they lose one like a stuffed line; LIST's size tells
-        b"..two dots first\r\nSubject: three\r\n\r\nbody\r\n",
-        b"..\r\nSubject: four\r\n\r\nbody\r\n",
-        b"...\r\nSubject: five\r\n\r\nno final break",
     ]
     dovecot.add_messages("alice", messages)
     vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls", delete="after-commit")})
     code, report = fetch_json(vault)
     acct = report["accounts"][0]
-    assert (code, acct["fetched"], acct["deleted"], acct["warnings"]) == (0, 5, 5, []), acct
+    assert (code, acct["fetched"], acct["deleted"], acct["warnings"]) == (0, 2, 2, []), acct
     assert_vault_exact(vault, sha256s(retr_payload(m) for m in messages))
     assert dovecot.mailbox_count("alice") == 0
+
+
+def test_a_first_line_of_two_dots_dovecot_sends_unstuffed_is_never_deleted(
+    tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """A first line "..x", sent as it is, loses a dot like a stuffed ".x"; only its size (one
+    octet under LIST's) tells, and a LIST one octet off looks the same on a server that
+    stuffs.  Such a message was stored one octet short and deleted; it is stored as
+    delivered and never deleted (named each run), the others are."""
+    doubtful = [
+        b"..two dots first\r\nSubject: three\r\n\r\nbody\r\n",
+        b"...\r\nSubject: five\r\n\r\nno final break",
+    ]
+    dovecot.add_messages("alice", [*doubtful, *mail(2, seed=3)])
+    vault = make_vault(tmp_path / "v", {"box": account(dovecot, "starttls", delete="after-commit")})
+    for run in range(2):
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["fetched"], acct["deleted"]) == (0, 4 if run == 0 else 0, 2 - 2 * run)
+        assert sum("may have cost it a dot" in w for w in acct["warnings"]) == 2, acct
+        assert dovecot.mailbox_count("alice") == 2
 
 
 def test_session_provenance_is_recorded(tmp_path: Path, dovecot: Dovecot) -> None:

@@ -1417,7 +1417,9 @@ def test_a_server_ending_lines_with_bare_lf_is_named_not_waited_out(
 ) -> None:
     """A server sending message data with bare LF line ends (LF "." LF at the end) never ends
     its answer for a client: each session waited the whole timeout, then lock-step and every
-    retry did, and the error blamed a stalled network."""
+    retry did, and the error blamed a stalled network.  Lock-step, the stall is named;
+    pipelined, the next answer taken for its data is, and the message is skipped (not
+    stored: it would hold the next answer) while the others are archived."""
     messages = corpus(2)
     with FakePop3Server(messages, faults=Faults(bare_lf_retr=1)) as server:
         vault = vault_for(
@@ -1426,10 +1428,15 @@ def test_a_server_ending_lines_with_bare_lf_is_named_not_waited_out(
         started = time.monotonic()
         code, report = fetch_json(vault)
         acct = report["accounts"][0]
-        assert time.monotonic() - started < 10 and acct["sessions"] == 1, acct
+        assert time.monotonic() - started < 10, acct
         (error,) = acct["errors"]
-        assert code == 1 and "ends message lines with a bare LF" in error, error
-        assert "operator must fix it" in error and len(server.mailbox) == 2
+        if pipelining == "off":
+            assert acct["sessions"] == 1 and "ends message lines with a bare LF" in error
+            assert "operator must fix it" in error and len(server.mailbox) == 2
+        else:
+            assert "message 1 (UIDL uid-1" in error and "ending lines with a bare LF" in error
+            assert [m.uidl for m in server.mailbox] == ["uid-1"]
+        assert code == 1 and not sha256s([served_bytes(messages[0])]) & set(stored_digests(vault))
 
 
 def test_an_apop_only_server_without_capa_names_auth_apop(tmp_path: Path) -> None:
@@ -1499,6 +1506,51 @@ def test_a_stuffing_server_one_octet_off_in_list_gains_no_dot(tmp_path: Path) ->
     be stored with a dot it does not have, and deleted."""
     messages = [b".first line one dot\r\nSubject: s\r\n\r\nbody\r\n", *corpus(2)]
     fetches_all_exactly(tmp_path, messages, Faults(list_extra=1))
+
+
+@pytest.mark.parametrize("top", ["no_top", "empty_top"])
+def test_a_wrong_retr_that_top_cannot_check_is_not_deleted(tmp_path: Path, top: str) -> None:
+    """RETR 1 answered with message 2's bytes by a server whose TOP shows nothing (absent,
+    or empty): once sizes alone no longer refused such an answer, message 1 was deleted
+    unread.  Without a header to go by, only a RETR of LIST's size is deleted."""
+    messages = corpus(3)
+    faults = Faults(retr_serves=(1, 2), **{top: True})
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        warnings = " ".join(report["accounts"][0]["warnings"])
+        assert "message 1 (UIDL uid-1): RETR gave" in warnings, warnings
+        assert [m.uidl for m in server.mailbox] == ["uid-1"]
+
+
+def test_lf_dot_lf_text_with_approximate_sizes_costs_only_that_message(tmp_path: Path) -> None:
+    """Text holding LF "." LF "+OK" in a message, on a server whose LIST sizes are off: the
+    whole account failed every run as a bare-LF server, later mail never archived."""
+    text = b"From: a@example.com\nSubject: transcript\n\nRETR 1\n.\n+OK bye\nthe end\r\n"
+    messages = [*corpus(2), text, corpus(4)[3]]
+    with FakePop3Server(messages, faults=Faults(list_extra=7)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        code, report = fetch_json(vault)
+        acct = report["accounts"][0]
+        assert (code, acct["fetched"]) == (1, 3), acct
+        (error,) = acct["errors"]
+        assert "message 3 (UIDL uid-3" in error and 'LF "." LF' in error, error
+        assert [m.uidl for m in server.mailbox] == ["uid-3"]
+
+
+def test_mail_without_uidl_that_deletion_cannot_remove_ends_a_capped_run(tmp_path: Path) -> None:
+    """No UIDL, delete after commit, a cap, and a server keeping what it is told to delete:
+    each session downloaded the same messages again (duplicates) and took that for progress
+    (6,948 sessions in 40 s)."""
+    messages = corpus(5)
+    faults = Faults(no_uidl=True, ignore_deletions=True)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", max_messages_per_session=2)
+        started = time.monotonic()
+        code, report = fetch_json(vault)
+        assert time.monotonic() - started < 60
+        assert report["accounts"][0]["sessions"] < 10, report
+        assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))
 
 
 # -- a tls or auth setting that does not fit the server: check and fetch name the fix ----------

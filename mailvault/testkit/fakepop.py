@@ -105,6 +105,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    no_top: bool = False  # no TOP in CAPA, and TOP refused
     empty_top: bool = False  # TOP answers +OK with no lines at all
     apop_only: bool = False  # an old server: no CAPA, USER refused (APOP works)
     bare_lf_retr: int | None = None  # RETR of this msgno: lines end LF, then LF "." LF
@@ -351,7 +352,7 @@ class _Session:
         if f.apop_only:
             self._reply("-ERR Protocol error")
             return
-        caps = ["TOP", "USER", "RESP-CODES", "AUTH-RESP-CODE"]
+        caps = ([] if f.no_top else ["TOP"]) + ["USER", "RESP-CODES", "AUTH-RESP-CODE"]
         caps += [f"SASL {' '.join(f.sasl)}"] if f.sasl else []
         caps += [] if f.no_pipelining else ["PIPELINING"]
         caps += [] if f.no_uidl else ["UIDL"]
@@ -569,6 +570,9 @@ class _Session:
         self._reply(status, dot_stuff(served_bytes(msg.data)) + b".\r\n", cut_at=cut_at)
 
     def _top(self, arg: str) -> None:
+        if self.faults.no_top:
+            self._reply("-ERR TOP not supported")
+            return
         words = arg.split()
         if len(words) != 2 or not words[1].isdigit():
             self._reply("-ERR usage: TOP msg lines")
