@@ -532,7 +532,10 @@ class PumpLoop:
                         )
                         self.f.refused.add(str(msg.uidl))  # not asked again in this run
                     elif deletable:
-                        self.deletes.append((msg.msgno, row_id))
+                        # the same bytes again prove nothing of a server serving another
+                        # message for this one: deleted as a new download is (TOP, or RETR's
+                        # word only at LIST's size)
+                        self._delete_new(msg, staged, row_id)
                 elif row_id is not None and self.delete_new:
                     self._delete_new(msg, staged, row_id)
                 elif self.delete_new and msg.uidl is None:

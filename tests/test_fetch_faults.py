@@ -1523,6 +1523,24 @@ def test_a_wrong_retr_that_top_cannot_check_is_not_deleted(tmp_path: Path, top: 
         assert [m.uidl for m in server.mailbox] == ["uid-1"]
 
 
+def test_a_wrong_retr_seen_again_without_top_is_not_taken_for_proof(tmp_path: Path) -> None:
+    """Without a TOP header, a committed message due for deletion is downloaded again and
+    deleted if RETR gives the committed bytes: a server serving message 2's bytes for RETR 1
+    every time had message 1 deleted unread on its second run.  The same bytes again prove
+    nothing when LIST says another size."""
+    messages = corpus(3)
+    faults = Faults(retr_serves=(1, 2), no_top=True)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", delete_after_days=1)
+        assert fetch_json(vault)[0] == 0 and len(server.mailbox) == 3
+        with sqlite3.connect(vault / "catalog.sqlite") as db:
+            db.execute("UPDATE uidls SET first_seen = '2000-01-01T00:00:00+00:00'")
+        code, report = fetch_json(vault)
+        assert [m.uidl for m in server.mailbox] == ["uid-1"], report
+        warnings = " ".join(report["accounts"][0]["warnings"])
+        assert "message 1 (UIDL uid-1): RETR gave 304 octets where LIST said" in warnings
+
+
 def test_lf_dot_lf_text_with_approximate_sizes_costs_only_that_message(tmp_path: Path) -> None:
     """Text holding LF "." LF "+OK" in a message, on a server whose LIST sizes are off: the
     whole account failed every run as a bare-LF server, later mail never archived."""
