@@ -67,6 +67,16 @@ def _size_as_listed(msg: ListedMessage, size: int) -> bool:
     return size in (msg.size, msg.size + 2)
 
 
+def kept_for_size(label: str, stored: int, listed: int) -> str:
+    """Why a message is left on the server: its size is not LIST's."""
+    return (
+        f"{label}: RETR gave {stored:,} octets where LIST says {listed:,}: stored as delivered "
+        "and left on the server (only a message of LIST's size is deleted: a RETR cut short "
+        "keeps its header; Exchange gives exact sizes with Set-PopSettings "
+        "-EnableExactRFC822Size $true)"
+    )
+
+
 def doubtful_first_dot(label: str) -> str:
     """A message that may have lost the dot of a first line starting "..": Dovecot 2.3 sends
     a message's first line unstuffed, so "..x" arrives as a stuffed ".x" would, one octet
@@ -292,26 +302,30 @@ class PumpLoop:
         small pipelined command per deleted message, sent with the DELEs.  A server without
         TOP (it is optional) is taken at its RETR's word, as before."""
         if msg.msgno in self.dot_doubtful:
-            self.f.report.warnings.append(doubtful_first_dot(msg.label))
+            self._keep(msg, doubtful_first_dot(msg.label))
             return
         row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
         capabilities = self.session.capabilities
         if capabilities and "TOP" not in capabilities:  # TOP is optional (RFC 1939, 2449)
-            self._unchecked(msg, row)
+            self._delete_at_size(msg, row)  # RETR's word, at LIST's size only
             return
         self.checks.append(Check(msg, row, downloaded=True))
 
-    def _unchecked(self, msg: ListedMessage, row: LiveUidl) -> None:
-        """A message just downloaded whose header TOP cannot show: deleted on its RETR's word
-        only if RETR gave LIST's size (a server serving another, smaller message for a RETR
-        had the real one deleted unread once sizes alone no longer refused it)."""
+    def _delete_at_size(self, msg: ListedMessage, row: LiveUidl) -> None:
+        """DELE if what is stored has LIST's size.  TOP shows the header only: a RETR cut short
+        (a server that does not stuff a body line "."), or another message with the same
+        header, passed it and had the real message deleted unread."""
         if _size_as_listed(msg, row.size):
             self.deletes.append((msg.msgno, row.id))
-            return
-        self.f.report.warnings.append(
-            f"{msg.label}: RETR gave {row.size:,} octets where LIST said {msg.size:,}, and "
-            "the server shows no header with TOP to check it by: stored, and left on the server"
-        )
+        else:
+            self._keep(msg, kept_for_size(msg.label, row.size, msg.size))
+
+    def _keep(self, msg: ListedMessage, warning: str) -> None:
+        """Stored, and not deleted: named, and not asked again in this run (a capped run
+        downloaded it again session after session)."""
+        self.f.report.warnings.append(warning)
+        if msg.uidl is not None:
+            self.f.refused.add(msg.uidl)
 
     def _checked(self, check: Check, head: bytes | None) -> None:
         """The DELE of a message goes out only if TOP showed the header of its stored bytes.
@@ -320,10 +334,10 @@ class PumpLoop:
         leaves it on the server (a refused TOP leaves its RETR to go by)."""
         msg, row = check.msg, check.row
         if self.f.same_header(head, row.sha256):
-            self.deletes.append((msg.msgno, row.id))
+            self._delete_at_size(msg, row)
             return
         if check.downloaded and head is None:  # TOP refused, or empty: RETR's word alone
-            self._unchecked(msg, row)
+            self._delete_at_size(msg, row)
             return
         if check.downloaded:
             self.f.report.warnings.append(

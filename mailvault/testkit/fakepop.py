@@ -105,6 +105,7 @@ class Faults:
     ignore_deletions: bool = False  # DELE and QUIT say +OK, and the messages stay
     answer_twice: str | None = None  # this command's +OK is sent twice (answers out of step)
     retr_serves: tuple[int, int] | None = None  # (n, m): RETR n answers message m's bytes
+    short_retr: tuple[int, int] | None = None  # (n, k): RETR n sends only its first k octets
     no_top: bool = False  # no TOP in CAPA, and TOP refused
     empty_top: bool = False  # TOP answers +OK with no lines at all
     apop_only: bool = False  # an old server: no CAPA, USER refused (APOP works)
@@ -567,7 +568,11 @@ class _Session:
             return
         cut = self.faults.cut_in_retr
         cut_at = cut[1] if cut is not None and cut[0] == number else None
-        self._reply(status, dot_stuff(served_bytes(msg.data)) + b".\r\n", cut_at=cut_at)
+        served = served_bytes(msg.data)
+        short = self.faults.short_retr
+        if short is not None and short[0] == number:  # cut short, properly ended
+            served = served[: short[1]].rsplit(b"\r\n", 1)[0] + b"\r\n"
+        self._reply(status, dot_stuff(served) + b".\r\n", cut_at=cut_at)
 
     def _top(self, arg: str) -> None:
         if self.faults.no_top:
