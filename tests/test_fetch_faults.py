@@ -108,6 +108,17 @@ def fetches_all_exactly(
         complete_and_check(vault, server, messages)
 
 
+def fetch_after_edit(
+    vault: Path, server: FakePop3Server, old: str, new: str
+) -> tuple[int, dict[str, Any]]:
+    """Edit the vault's mailvault.toml (``old`` replaced by ``new``), then fetch again once
+    the server has let go of the last session."""
+    toml = vault / "mailvault.toml"
+    toml.write_text(toml.read_text().replace(old, new))
+    server.wait_unlocked()
+    return fetch_json(vault)
+
+
 def test_fetch_and_delete_after_commit(tmp_path: Path) -> None:
     messages = corpus()
     with FakePop3Server(messages) as server:
@@ -498,15 +509,13 @@ def test_a_renamed_account_says_its_mailbox_was_archived_under_the_old_name(
     with FakePop3Server(messages) as server:
         vault = vault_for(tmp_path, server)
         assert fetch_json(vault)[0] == 0
-        toml = vault / "mailvault.toml"
-        toml.write_text(toml.read_text().replace("[accounts.acct]", "[accounts.renamed]"))
-        server.wait_unlocked()
-        code, report = fetch_json(vault)
+        code, report = fetch_after_edit(vault, server, "[accounts.acct]", "[accounts.renamed]")
         (warning,) = report["accounts"][0]["warnings"]
         assert code == 0 and "archived as account acct" in warning, warning
         assert report["accounts"][0]["duplicates"] == 2
         server.wait_unlocked()
         assert fetch_json(vault)[1]["accounts"][0]["warnings"] == []  # said once
+        toml = vault / "mailvault.toml"
         # one mailbox under two configured names is no rename: nothing to rename back
         toml.write_text(
             toml.read_text() + f'\n[accounts.second]\nhost = "127.0.0.1"\nport = {server.port}\n'
@@ -525,10 +534,7 @@ def test_a_host_change_is_no_sign_of_deletions_not_applied(tmp_path: Path) -> No
     with FakePop3Server(corpus(3)) as server:
         vault = vault_for(tmp_path, server)
         assert fetch_json(vault)[0] == 0
-        toml = vault / "mailvault.toml"
-        toml.write_text(toml.read_text().replace('host = "127.0.0.1"', 'host = "localhost"'))
-        server.wait_unlocked()
-        code, report = fetch_json(vault)
+        code, report = fetch_after_edit(vault, server, "127.0.0.1", "localhost")
         warnings = report["accounts"][0]["warnings"]
         assert code == 0 and not any("deletions" in w for w in warnings), warnings
 
