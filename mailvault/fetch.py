@@ -52,7 +52,7 @@ from mailvault.errors import (
     TransportError,
     from_storage_error,
 )
-from mailvault.pump import Check, PumpLoop, Unfetchable, doubtful_first_dot
+from mailvault.pump import Check, PumpLoop, Unfetchable
 from mailvault.redact import redact
 from mailvault.secrets import resolve_secret
 from mailvault.session import ListedMessage, Pop3Session, Trace
@@ -400,17 +400,6 @@ class AccountFetcher:
             return False
         return stored[: len(head)] == head
 
-    def _dot_doubtful(self, row: LiveUidl) -> bool:
-        """Whether a committed message is one ``pump.doubtful_first_dot`` left on the server:
-        stored one octet off LIST's size, its first byte a dot."""
-        if row.size not in (row.committed_listing - 1, row.committed_listing + 1):
-            return False
-        try:
-            with self.store.open(row.sha256) as stream:
-                return bool(stream.read(1) == b".")
-        except (OSError, MailvaultError, zstandard.ZstdError):
-            return True  # not readable: not deleted on a guess either
-
     def deletable(self, first_seen: str, now: datetime) -> bool:
         """Whether the account's policy deletes a message first listed at ``first_seen``."""
         if self.account.delete != "after-commit":
@@ -479,9 +468,6 @@ class AccountFetcher:
                 # since, while it waited its delete_after_days.  Its header must match too:
                 # the pump loop (mailvault.pump) asks TOP (pipelined like RETR) and DELEs only
                 # a match.
-                if self._dot_doubtful(row):  # never deleted: the original may be exact
-                    self._warn(doubtful_first_dot(m.label))
-                    continue
                 if row.uidl not in self.header_differs:
                     checks.append(Check(m, row))
                     continue

@@ -301,22 +301,22 @@ class PumpLoop:
         message deleted unread, and only TOP, asked for this very message, can tell.  One
         small pipelined command per deleted message, sent with the DELEs.  A server without
         TOP (it is optional) is taken at its RETR's word, as before."""
-        if msg.msgno in self.dot_doubtful:
-            self._keep(msg, doubtful_first_dot(msg.label))
-            return
         row = LiveUidl(row_id, msg.uidl or "", staged.digest, staged.size, "", None, msg.size)
         capabilities = self.session.capabilities
         if capabilities and "TOP" not in capabilities:  # TOP is optional (RFC 1939, 2449)
-            self._delete_at_size(msg, row)  # RETR's word, at LIST's size only
+            self._delete_at_size(msg, row, msg.msgno in self.dot_doubtful)  # RETR's word
             return
         self.checks.append(Check(msg, row, downloaded=True))
 
-    def _delete_at_size(self, msg: ListedMessage, row: LiveUidl) -> None:
+    def _delete_at_size(self, msg: ListedMessage, row: LiveUidl, first_dot: bool) -> None:
         """DELE if what is stored has LIST's size.  TOP shows the header only: a RETR cut short
         (a server that does not stuff a body line "."), or another message with the same
-        header, passed it and had the real message deleted unread."""
+        header, passed it and had the real message deleted unread.  ``first_dot``: the
+        stored copy starts with "." (then one octet off is ``doubtful_first_dot``)."""
         if _size_as_listed(msg, row.size):
             self.deletes.append((msg.msgno, row.id))
+        elif first_dot and row.size in (msg.size - 1, msg.size + 1):
+            self._keep(msg, doubtful_first_dot(msg.label))
         else:
             self._keep(msg, kept_for_size(msg.label, row.size, msg.size))
 
@@ -333,11 +333,11 @@ class PumpLoop:
         downloaded and archived before any DELE; for one just downloaded, another header
         leaves it on the server (a refused TOP leaves its RETR to go by)."""
         msg, row = check.msg, check.row
-        if self.f.same_header(head, row.sha256):
-            self._delete_at_size(msg, row)
+        if head is not None and self.f.same_header(head, row.sha256):
+            self._delete_at_size(msg, row, head.startswith(b"."))  # (the stored header's)
             return
         if check.downloaded and head is None:  # TOP refused, or empty: RETR's word alone
-            self._delete_at_size(msg, row)
+            self._delete_at_size(msg, row, msg.msgno in self.dot_doubtful)
             return
         if check.downloaded:
             self.f.report.warnings.append(
