@@ -406,3 +406,27 @@ def test_the_parser_is_never_given_more_than_about_8_mib(monkeypatch: pytest.Mon
     parsed = sk.parse_chunks(chunks, "0" * 64, ingest_time=datetime.now(UTC))
     assert parsed.size == len(raw) and parsed.subject == "big"
     assert given and max(given) <= 8 * 1024 * 1024 + 64 * 1024, given
+
+
+def test_a_big_message_is_parsed_in_a_fraction_of_the_memory_parsebytes_took() -> None:
+    """``BytesParser.parsebytes`` decodes the message to one str and wraps it in a StringIO
+    (four bytes a character): parsing an 8 MB text message peaked at 9x its size, which put
+    fetch and import with indexing over 150 MB.  Fed in slices, the same tree costs under 6x."""
+    import tracemalloc
+    from email.parser import BytesParser
+    from email.policy import compat32
+
+    from mailvault.parse.mime import parse_tree
+
+    line = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod\r\n"
+    raw = b"From: a@example.com\r\nSubject: big\r\n\r\n" + line * (4 * 1024 * 1024 // len(line))
+    tracemalloc.start()
+    try:
+        tree, _ = parse_tree(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * len(raw)
+    expected = BytesParser(policy=compat32).parsebytes(raw)
+    assert tree.as_bytes() == expected.as_bytes()
+    assert tree.items() == expected.items() and tree.get_payload() == expected.get_payload()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from email.feedparser import BytesFeedParser
 from email.message import Message
-from email.parser import BytesParser
 from email.policy import compat32
 
 from mailvault.parse._boundary import install as install_boundary_matcher
@@ -22,7 +22,7 @@ _LEADING_JUNK = re.compile(rb"\A(?:\xef\xbb\xbf)?(?:[ \t]+\r?\n)*")
 # RFC 5322 4.5 obsolete syntax "Subject  : text" (space before the colon).
 OBS_COLON = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_PARSER = BytesParser(policy=compat32)
+FEED_CHUNK = 8192  # what email.parser.Parser reads at a time
 install_boundary_matcher()  # see _boundary.py: a quarter of parsing a multipart message
 OBSOLETE_COLON = "header: obsolete space before a colon"
 
@@ -48,12 +48,27 @@ def parse_tree(raw: bytes) -> tuple[Message, list[str]]:
     (the stdlib would otherwise take it for body text).
     """
     data = raw[leading_junk(raw) :]
-    msg = _PARSER.parsebytes(data)
+    msg = _parse_bytes(data)
     if any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in msg.defects):
         fixed = fix_obsolete_colons(data)
         if fixed is not None:
-            return _PARSER.parsebytes(fixed), [OBSOLETE_COLON]
+            return _parse_bytes(fixed), [OBSOLETE_COLON]
     return msg, []
+
+
+def _parse_bytes(data: bytes) -> Message:
+    """``BytesParser(policy=compat32).parsebytes(data)``, the same tree, in a third of the memory.
+
+    ``parsebytes`` decodes the whole message to one str and wraps it in a ``StringIO``, which
+    holds it again as four bytes per character: 40 MB on top of an 8 MB message before the
+    parser has read a line.  Feeding the feed parser slices of the bytes, as ``Parser`` feeds
+    it slices of that str, gives the same tree without either copy.
+    """
+    parser = BytesFeedParser(policy=compat32)
+    view = memoryview(data)
+    for start in range(0, len(data), FEED_CHUNK):
+        parser.feed(bytes(view[start : start + FEED_CHUNK]))
+    return parser.close()
 
 
 def parse_bytes(raw: bytes) -> Message:

@@ -624,7 +624,9 @@ def parse_chunks(
     parse = partial(parse_message, ingest_time=ingest_time, body_limit=limit)
     buffered, stream = read_head(chunks)
     if stream is None:
-        return parse(b"".join(buffered), sha256)
+        whole = b"".join(buffered)
+        buffered.clear()  # not held twice while it is parsed
+        return parse(whole, sha256)
     size = sum(map(len, buffered))
     skeleton = Skeleton(enclosed=True)
     failure: Exception | None = None
