@@ -84,7 +84,8 @@ if TYPE_CHECKING:
     from mailvault.parse.model import ParsedMessage
 
 INDEX_FORMAT = "mailvault-index"
-SCHEMA_VERSION = 2  # 2: keyword fields (ids, accounts, addresses) NFC-normalised
+SCHEMA_VERSION = 3  # 2: keyword fields (ids, accounts, addresses) NFC-normalised;
+# 3: the body indexed unstored, its first PREVIEW_CHARS stored apart (body_preview)
 MARKER = "mailvault-index.json"
 
 TEXT = "mv_text"  # the case- and accent-folding analyzer for prose
@@ -119,7 +120,13 @@ DEFAULT_FIELDS = ("subject", "body", "from", "to", "cc", "bcc", "attachment", "a
 FIELD_BOOSTS = {"subject": 2.0, "from": 1.5}
 
 # Stored fields, everything `mailvault search` prints without a catalog lookup.
-STORED_FIELDS = ("id", "message_id", "date", "from", "to", "subject", "size", "body")
+STORED_FIELDS = ("id", "message_id", "date", "from", "to", "subject", "size", "body_preview")
+# The body text kept for snippets, in a stored field of its own; the body field itself (up to
+# indexer.INDEX_BODY_BYTES) is indexed but not stored.  Tantivy's document store keeps the
+# last 100 blocks it read per segment, decompressed, and a document bigger than a block is a
+# block of its own: with whole bodies stored, 200 hits on 2 MB bodies took `search` 700 MB,
+# and a merge of segments holding them as much.
+PREVIEW_CHARS = 32 * 1024
 
 
 def build_schema() -> tantivy.Schema:
@@ -133,7 +140,8 @@ def build_schema() -> tantivy.Schema:
         sb.add_text_field(name, stored=name in ("from", "to"), tokenizer_name=TEXT)
         sb.add_text_field(f"{name}_addr", stored=False, tokenizer_name=LOWER, index_option="basic")
     sb.add_text_field("subject", stored=True, tokenizer_name=TEXT)
-    sb.add_text_field("body", stored=True, tokenizer_name=TEXT)
+    sb.add_text_field("body", stored=False, tokenizer_name=TEXT)
+    sb.add_bytes_field("body_preview", stored=True, indexed=False)  # UTF-8: stored, not indexed
     sb.add_text_field("attachment", stored=False, tokenizer_name=TEXT)
     sb.add_text_field("attachment_text", stored=False, tokenizer_name=TEXT)
     sb.add_date_field("date", stored=True, indexed=True, fast=True)
@@ -169,6 +177,12 @@ def _register(index: tantivy.Index) -> tantivy.Index:
     index.register_tokenizer(TEXT, text_analyzer())
     index.register_tokenizer(LOWER, lower_analyzer())
     return index
+
+
+def preview(doc: tantivy.Document) -> str:
+    """The stored start of a document's body (``PREVIEW_CHARS``), as indexed."""
+    value = doc.get_first("body_preview")
+    return bytes(value).decode("utf-8", "replace") if value else ""
 
 
 def normalize(text: str) -> str:
@@ -600,7 +614,9 @@ def make_document(msg: ParsedMessage, accounts: Iterable[str] = ()) -> tantivy.D
             if addr.addr:
                 doc.add_text(f"{name}_addr", exact(addr.addr))
     doc.add_text("subject", normalize(msg.subject))
-    doc.add_text("body", normalize(msg.body_text))
+    body = normalize(msg.body_text)
+    doc.add_text("body", body)
+    doc.add_bytes("body_preview", body[:PREVIEW_CHARS].encode("utf-8", "replace"))
     for att in msg.attachments:
         if att.filename:
             doc.add_text("attachment", normalize(att.filename))

@@ -64,6 +64,10 @@ BATCH_BYTES = 16 * 1024 * 1024
 INDEX_BODY_BYTES = 4 * 1024 * 1024
 COMMIT_EVERY = 2048  # index documents per Tantivy commit (at most)
 COMMIT_SECONDS = 30.0  # ... or this long since the last commit
+# ... or this much text (characters of body and attachment text).  Tantivy queues added
+# documents for its indexing thread without bound, and only a commit waits for that thread:
+# fed parsed 2 MB bodies faster than it indexed them, the queue held 200 of them (320 MB).
+COMMIT_TEXT = 32 * 1024 * 1024
 INLINE_MAX = 64  # fewer targets than this: parse in-process, no pool start-up
 
 Progress = Callable[[int, int], None]
@@ -394,10 +398,10 @@ def _pipeline(
         writer = ix.IndexWriter(index)
         uncommitted: list[str] = []
         last_commit = time.monotonic()
-        done = 0
+        done = text = 0
 
         def commit() -> None:
-            nonlocal last_commit
+            nonlocal last_commit, text
             assert writer is not None
             writer.commit()
             if mark:
@@ -405,6 +409,7 @@ def _pipeline(
             done_all.extend(uncommitted)
             uncommitted.clear()
             last_commit = time.monotonic()
+            text = 0
 
         for batch in parser.batches():
             parsed = [p for p in batch if isinstance(p, ParsedMessage)]
@@ -426,11 +431,16 @@ def _pipeline(
             for p in parsed:
                 writer.put(p, accounts.get(p.sha256, ()))
                 uncommitted.append(p.sha256)
+                text += len(p.body_text) + sum(len(a.text or "") for a in p.attachments)
             report.indexed += len(parsed)
             done += len(batch)
             if progress is not None:
                 progress(done, len(jobs))
-            if len(uncommitted) >= COMMIT_EVERY or time.monotonic() - last_commit >= COMMIT_SECONDS:
+            if (
+                len(uncommitted) >= COMMIT_EVERY
+                or text >= COMMIT_TEXT
+                or time.monotonic() - last_commit >= COMMIT_SECONDS
+            ):
                 commit()
         if uncommitted:
             commit()

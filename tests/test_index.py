@@ -595,3 +595,57 @@ def test_parse_batches_are_cut_by_bytes_as_well_as_by_count(
     jobs = [(f"{i:064x}", "2024-01-01T00:00:00+00:00", size) for i, size in enumerate(sizes)]
     batches = [[job[2] for job in batch] for batch in indexer._chunks(jobs)]
     assert batches == [[100, 100, 100, 100], [100, 600], [600], [5000], [10**9], [10, 10]]
+
+
+def _words_message(n: int, words: int, tail: str) -> bytes:
+    body = " ".join(f"w{n}x{i % 997}" for i in range(words)) + f" {tail}\r\n"
+    return (
+        f"From: a@example.com\r\nTo: b@example.com\r\nSubject: words {n}\r\n"
+        f"Message-ID: <words{n}@example.com>\r\n\r\n{body}"
+    ).encode()
+
+
+def test_only_the_start_of_a_body_is_stored_and_the_rest_is_still_searchable(
+    tmp_path: Path,
+) -> None:
+    """The whole body (up to 4 MiB) was a stored field: Tantivy keeps the last 100 stored blocks
+    it read per segment decompressed, so 200 hits on 2 MB bodies took `search` 700 MB.  Only
+    PREVIEW_CHARS of it are stored now, in a field of its own; every word stays searchable."""
+    vault, _, _ = build_vault(tmp_path / "vault", [])
+    words = ix.PREVIEW_CHARS // 4  # "wNxK " is five or more characters: past the preview
+    (digest,) = import_messages(vault, [_words_message(1, words, "farawayword")])
+    catch_up(vault)
+    assert _ids(vault, "farawayword") == [digest]
+    searcher = ix.open_for_search(vault.index_path).searcher()
+    query = tantivy.Query.term_query(ix.open_for_search(vault.index_path).schema, "id", digest)
+    ((_, address),) = searcher.search(query, 1).hits
+    doc = searcher.doc(address)
+    assert doc.get_first("body") is None
+    preview = ix.preview(doc)
+    assert len(preview) == ix.PREVIEW_CHARS and preview.startswith("w1x0 w1x1 ")
+    (hit,) = Searcher(vault.index_path, "farawayword").page(limit=1)
+    assert hit.snippet.startswith("w1x0 w1x1")  # not in the preview: the body's opening
+    (hit,) = Searcher(vault.index_path, "w1x5").page(limit=1)
+    assert "w1x5" in hit.snippet and hit.highlights
+
+
+def test_indexing_commits_by_text_volume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tantivy queues added documents for its indexing thread without bound and only a commit
+    waits for it: fed big bodies faster than it indexed them, the queue held 200 of 2 MB
+    (320 MB).  A commit now also comes every COMMIT_TEXT characters of text."""
+    monkeypatch.setattr(indexer, "COMMIT_TEXT", 30_000)
+    monkeypatch.setattr(indexer, "BATCH", 1)
+    commits: list[int] = []
+    real_commit = ix.IndexWriter.commit
+
+    def counting(self: ix.IndexWriter) -> None:
+        commits.append(self.pending)
+        real_commit(self)
+
+    monkeypatch.setattr(ix.IndexWriter, "commit", counting)
+    vault, _, _ = build_vault(tmp_path / "vault", [])
+    digests = import_messages(vault, [_words_message(n, 4000, "end") for n in range(6)])
+    report = catch_up(vault)
+    assert report.indexed == 6
+    assert len(commits) >= 3  # about 24,000 characters each: a commit every second message
+    assert sorted(_ids(vault, "end")) == sorted(digests)

@@ -288,7 +288,7 @@ def _snippet(
     whole body; the window is small because tokenizing it is most of a hit's cost.  Where
     nothing is found (accents folded away) it gets the first 20,000 chars.
     """
-    body = str(_first(doc, "body"))
+    body = ix.preview(doc)
     if generator is None or not words:
         return " ".join(ix.display(body[: SNIPPET_CHARS * 3]).split())[:SNIPPET_CHARS], []
     found = [p for w in words for p in (body.find(w), body.find(w.capitalize())) if p >= 0]
