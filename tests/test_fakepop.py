@@ -337,6 +337,47 @@ def test_capabilities_and_their_faults(server: FakePop3Server) -> None:
     client.quit()
 
 
+@pytest.mark.parametrize("how", ["close", "reset", "silence", "garbage"])
+def test_broken_capa(server: FakePop3Server, how: str) -> None:
+    """An old server that does not know CAPA and, instead of -ERR, hangs up, resets the
+    connection, says nothing, or sends a line that is not POP3 (then goes on)."""
+    server.faults.broken_capa = how
+    sock = raw(server.port)
+    read_until(sock, b"\r\n")
+    sock.sendall(b"CAPA\r\n")
+    if how == "close":
+        assert read_to_eof(sock) == b""
+    elif how == "reset":
+        with pytest.raises(ConnectionResetError):
+            sock.recv(65536)
+        sock.close()
+    elif how == "silence":
+        sock.sendall(b"NOOP\r\n")  # nor is anything after it answered
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)
+        sock.close()
+    else:
+        assert read_until(sock, b"\r\n") == GARBAGE_LINE
+        sock.sendall(LOGIN + b"QUIT\r\n")
+        assert read_to_eof(sock).endswith(b"+OK bye (0 messages deleted)\r\n")
+    server.faults.broken_capa = None
+    client = pop(server)
+    assert client.capa() and client.stat()[0] == 3
+    client.quit()
+
+
+def test_pipelined_commands_are_counted(server: FakePop3Server) -> None:
+    """``pipelined`` counts commands that arrived behind one not yet answered: poplib waits
+    for each answer (0); a script in one write pipelines all but its last command."""
+    client = pop(server)
+    client.stat()
+    client.quit()
+    assert server.pipelined == 0
+    session(server.port, LOGIN + b"STAT\r\nQUIT\r\n")
+    assert server.pipelined == 3
+
+
 def test_uidls_settable_and_reusable() -> None:
     with FakePop3Server([M1, M2], uidls=["a", "b"], faults=Faults(reuse_uidls=True)) as srv:
         client = pop(srv)

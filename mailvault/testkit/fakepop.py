@@ -22,10 +22,12 @@ codes, RFC 2595 STLS, RFC 5034 AUTH PLAIN (and XOAUTH2 if listed in
 * The lock is released (and deletions applied) *before* the final bytes or the FIN go out,
   so a client that reconnects the moment it sees "+OK" or EOF never races the old session.
 * Every close is a FIN after all queued data, followed by draining the client until it
-  closes (never an RST), so a client receives exactly the bytes sent before a cut.
+  closes (never an RST, unless ``Faults.broken_capa`` asks for one), so a client receives
+  exactly the bytes sent before a cut.
 * Commands are read line by line from a buffer and answered in order with ``sendall``, so
-  pipelined commands work.  Plaintext bytes buffered behind STLS are discarded, as fixed
-  servers do against STARTTLS command injection.
+  pipelined commands work; ``FakePop3Server.pipelined`` counts the commands that arrived
+  behind another one not yet answered (a lock-step client leaves it at 0).  Plaintext bytes
+  buffered behind STLS are discarded, as fixed servers do against STARTTLS command injection.
 
 Byte offsets in :class:`Faults` count plaintext bytes (after STLS: bytes inside TLS).
 """
@@ -39,6 +41,7 @@ import hashlib
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +116,10 @@ class Faults:
     list_extra: int = 0  # LIST, STAT and RETR's +OK count this many octets more per message
     refuse_stls: str | None = None  # advertise STLS and answer it with this -ERR line
     edit_listing: Callable[[str, list[str]], list[str]] | None = None  # (command, lines) -> lines
+    # how CAPA is answered by an old server that does not know it, instead of -ERR: "close"
+    # (FIN), "reset" (RST), "silence" (nothing, until the client hangs up) or "garbage"
+    # (GARBAGE_LINE, then the session goes on)
+    broken_capa: str | None = None
 
 
 @dataclass
@@ -259,6 +266,8 @@ class _Session:
             end = self.buf.find(b"\n")
             if end >= 0:
                 line, self.buf = self.buf[:end], self.buf[end + 1 :]
+                if b"\n" in self.buf:  # the next command is here before this one's answer
+                    self.server._count_pipelined()
                 if self.faults.drop_pipelined and self.state == TRANSACTION_STATE:
                     self.buf = b""  # a broken server: only the first command of a read counts
                 return line[:-1] if line.endswith(b"\r") else line
@@ -350,6 +359,9 @@ class _Session:
     # ------------------------------------------------------------ authorization
     def _capa(self, arg: str) -> None:
         f = self.faults
+        if f.broken_capa is not None:
+            self._break_capa(f.broken_capa)
+            return
         if f.apop_only:
             self._reply("-ERR Protocol error")
             return
@@ -364,6 +376,20 @@ class _Session:
             caps.append(f"LOGIN-DELAY {f.login_delay}")
         caps.append("IMPLEMENTATION mailvault-fakepop")
         self._multi("+OK capability list follows", caps)
+
+    def _break_capa(self, how: str) -> None:
+        """Answer CAPA as some old servers do instead of -ERR (``Faults.broken_capa``)."""
+        if how == "garbage":
+            self.server._log("S", GARBAGE_LINE.decode().rstrip("\r\n"))
+            self._send(GARBAGE_LINE)
+            return
+        if how == "reset":  # SO_LINGER 0: close() sends an RST instead of a FIN
+            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.conn.close()
+        elif how == "silence":
+            while True:  # commands are read and never answered, until the client hangs up
+                self._readline()
+        raise _Close
 
     def _stls(self, arg: str) -> None:
         if self.faults.refuse_stls is not None:
@@ -646,6 +672,7 @@ class FakePop3Server:
         self.idle_timeout = idle_timeout
         self.port = 0
         self.sessions = 0
+        self.pipelined = 0  # commands that arrived behind one not yet answered
         self.mailbox: list[FakeMessage] = []
         self.deleted_uidls: list[str] = []
         self.log: list[tuple[str, str]] = []
@@ -768,6 +795,10 @@ class FakePop3Server:
     def _forget(self, session: _Session) -> None:
         with self._lock:
             self._live.discard(session)
+
+    def _count_pipelined(self) -> None:
+        with self._lock:
+            self.pipelined += 1
 
     def _log(self, direction: str, text: str) -> None:
         with self._lock:
