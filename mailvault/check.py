@@ -49,9 +49,18 @@ class Step:
     # the failure is the configuration's (a password source, a CA file): `check` then exits 2,
     # as `fetch` does for the same cause
     config: bool = False
+    # the step failed but was worked around, as fetch does (a server that fails CAPA): ok,
+    # for nothing needs fixing, and marked so the person reading knows what fetch warns
+    warning: bool = False
 
     def as_json(self) -> dict[str, object]:
-        return {"step": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint}
+        return {
+            "step": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "hint": self.hint,
+            "warning": self.warning,
+        }
 
 
 def _tcp(account: AccountConfig) -> Step:
@@ -205,6 +214,16 @@ def _describe(der: bytes) -> dict[str, datetime | str]:
     }
 
 
+def _capa(session: Pop3Session) -> Step:
+    """CAPA's step; failed (session.connect then connected again without it) is a warning
+    with the words fetch warns in, for fetch works around it the same way."""
+    warning = session.capa_warning()
+    if warning is not None:
+        return Step("capa", True, warning, warning=True)
+    caps = ", ".join(session.facts.capabilities) or "none (CAPA not supported)"
+    return Step("capa", True, caps)
+
+
 def run_check(account: AccountConfig) -> Iterator[Step]:
     step = _tcp(account)
     yield step
@@ -219,11 +238,12 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
         try:
             session.connect()
         except MailvaultError as exc:
+            if session.capa_failure is not None:  # the connection after it failed
+                yield _capa(session)
             yield Step("pop3", False, *_split(exc), config=isinstance(exc, ConfigError))
             return
         yield Step("greeting", True, session.facts.greeting)
-        caps = ", ".join(session.facts.capabilities) or "none (CAPA not supported)"
-        yield Step("capa", True, caps)
+        yield _capa(session)
         try:
             session.login()
         except ConfigError as exc:  # the password source, before anything was sent

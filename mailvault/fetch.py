@@ -192,6 +192,9 @@ class AccountFetcher:
         self._was: tuple[str, str] | None = None  # that (host, user), until logged in to the new
         self._secret: str | None = None  # resolved once per run, in memory for the run only
         self._token_renewed = False  # an xoauth2 token refused with [AUTH] was fetched again
+        # how the server failed CAPA in this run: later sessions do not ask it (and do not
+        # reconnect for it); kept for the run only, a server may be upgraded at any time
+        self._capa_failure: str | None = None
         settings = vault.config.vault
         self.batch_messages = settings.commit_batch_messages
         self.batch_bytes = settings.commit_batch_bytes
@@ -311,11 +314,14 @@ class AccountFetcher:
         account = self.account
         if self._lockstep:
             account = dataclasses.replace(account, pipelining="off")
-        session = Pop3Session(account, self._resolve_secret, self.trace)
+        session = Pop3Session(
+            account, self._resolve_secret, self.trace, capa_failure=self._capa_failure
+        )
         self.report.sessions += 1
         self._session = session
         try:
             session.connect()
+            self._note_capa_failure(session)  # before any session that follows this one
             self._login_delay = float(session.login_delay or 0)
             if self.run_id is not None:
                 self.catalog.record_session(self.run_id, session.facts.as_dict())
@@ -363,8 +369,17 @@ class AccountFetcher:
             )
             return True
         finally:
+            self._note_capa_failure(session)
             self._session = None
             session.close()
+
+    def _note_capa_failure(self, session: Pop3Session) -> None:
+        """One warning per run for a server that failed CAPA (the session connected again
+        without it); also from ``finally``: said even if the reconnect failed."""
+        warning = session.capa_warning()
+        if warning is not None and self._capa_failure is None:
+            self._capa_failure = session.capa_failure
+            self._warn(warning)
 
     def _resolve_secret(self) -> str:
         """The password or token, resolved at the first login of the run and kept for the

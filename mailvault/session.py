@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,9 @@ from mailvault.errors import (
     AuthenticationError,
     ProtocolError,
     ServerError,
+    Stalled,
     TLSError,
+    TransportError,
     server_error_for,
 )
 from mailvault.redact import WITHHELD, may_quote, register_secret
@@ -29,6 +32,8 @@ from mailvault.transport import (
     normalise_fingerprint,
     tls_context,
 )
+
+log = logging.getLogger(__name__)
 
 Trace = Callable[[str], None]
 PIPELINE_WINDOW = 512  # commands in flight; RFC 2449 pipelining, refilled when half empty
@@ -98,7 +103,12 @@ class Pop3Session:
     """One POP3 connection for one account."""
 
     def __init__(
-        self, account: AccountConfig, secret: Callable[[], str], trace: Trace | None = None
+        self,
+        account: AccountConfig,
+        secret: Callable[[], str],
+        trace: Trace | None = None,
+        *,
+        capa_failure: str | None = None,
     ):
         self.account = account
         self._secret = secret
@@ -110,6 +120,9 @@ class Pop3Session:
         self.apop_timestamp: str | None = None
         self.login_delay: int | None = None
         self._guarded = False  # answers to a command carrying a secret are being read
+        # how CAPA failed, in this session or earlier in the run (then it is not asked)
+        self.capa_failure = capa_failure
+        self._interrupted = False  # interrupt() was called: a failed read is not the server's
 
     # -- plumbing -------------------------------------------------------------------------------
     def send(self, command: pop3.Command) -> None:
@@ -218,11 +231,30 @@ class Pop3Session:
 
     # -- procedures -----------------------------------------------------------------------------
     def connect(self) -> None:
+        """Connect, greet, CAPA (and STLS as configured).  A server that fails CAPA instead of
+        answering -ERR (it closes or resets the connection, says nothing until the timeout,
+        or answers a line that is not POP3: old and embedded servers) is connected to once
+        more and used as a server older than RFC 2449, as fetchmail does; how it failed is
+        ``capa_failure``.  Once set, CAPA is not asked again, so this cannot loop."""
+        if self._open():
+            return
+        note = f"CAPA failed ({self.capa_failure}); connecting again without it"
+        log.info("%s: %s", self.account.host, note)
+        if self._trace:
+            self._trace(f"# {note}")
+        self.close()
+        self.conn = pop3.Connection()
+        self._open()
+
+    def _open(self) -> bool:
+        """One connection up to login; False if CAPA failed on it (it is then of no use)."""
         acct = self.account
         implicit = tls_context(acct) if acct.tls == "implicit" else None
         # The stream is kept before any wait on the server (the TLS handshake, the greeting):
         # interrupt() (Ctrl-C with --jobs) must reach a server that never answers.
         self.stream = SocketStream.connect(acct.host, acct.port, acct.timeout)
+        if self._interrupted:  # interrupt() came while there was no stream to shut down
+            raise TransportError(f"connection to {acct.host} interrupted", account=acct.name)
         if implicit is not None:
             self.stream.start_tls(implicit, implicit_port=acct.port)
             self._check_pin()
@@ -238,29 +270,69 @@ class Pop3Session:
         assert isinstance(event, pop3.Greeting)
         self.facts.greeting = event.text
         self.apop_timestamp = event.apop_timestamp
-        self.capa()
+        if not self._probe():
+            return False
         if acct.tls == "starttls":
-            if "STLS" not in self.capabilities:
-                raise TLSError(
-                    f'{acct.host} does not offer STLS, and tls = "starttls" forbids falling back to '
-                    'plain text; use tls = "implicit" (port 995) if the server supports it',
-                    account=acct.name,
-                )
-            try:
-                self._status(pop3.Stls())
-            except ServerError as exc:  # [SYS/PERM] "a lasting fault with the mailbox" misled
-                raise TLSError(
-                    f"{acct.host} refused STLS ({exc.cause})",
-                    hint='tls = "starttls" never falls back to plain text; use tls = "implicit" '
-                    "(port 995) if the server offers it",
-                    account=acct.name,
-                ) from None
-            self.stream.start_tls(tls_context(acct))
-            self.conn.start_tls_done()
-            self._check_pin()
-            self.capa()
+            self._starttls()
+            if not self._probe():
+                return False
         self.facts.tls_version = self.stream.tls_version
         self.facts.tls_cert_sha256 = self.stream.peer_cert_sha256()
+        return True
+
+    def _probe(self) -> bool:
+        """CAPA, unless it failed earlier in the run or session; False if it fails now."""
+        if self.capa_failure is not None:
+            self._no_capabilities()
+            return True
+        try:
+            self.capa()
+        except (TransportError, ProtocolError) as exc:
+            if self._interrupted:  # Ctrl-C broke the read, not the server
+                raise
+            self.capa_failure = (
+                f"no answer in {self.account.timeout:g} s"
+                if isinstance(exc, Stalled)
+                else exc.cause
+            )
+            return False
+        return True
+
+    def _starttls(self) -> None:
+        """STLS, then TLS on the same connection.  Asked unless a capability list says the
+        server lacks it: without one (CAPA answered -ERR, or failed) it cannot be known, and
+        RFC 2595 lets a client try; a refusal is an error, never a fall-back to plain text."""
+        acct = self.account
+        assert self.stream is not None
+        if self.capabilities and "STLS" not in self.capabilities:
+            raise TLSError(
+                f'{acct.host} does not offer STLS, and tls = "starttls" forbids falling back to '
+                'plain text; use tls = "implicit" (port 995) if the server supports it',
+                account=acct.name,
+            )
+        try:
+            self._status(pop3.Stls())
+        except ServerError as exc:  # [SYS/PERM] "a lasting fault with the mailbox" misled
+            raise TLSError(
+                f"{acct.host} refused STLS ({exc.cause})",
+                hint='tls = "starttls" never falls back to plain text; use tls = "implicit" '
+                "(port 995) if the server offers it",
+                account=acct.name,
+            ) from None
+        self.stream.start_tls(tls_context(acct))
+        self.conn.start_tls_done()
+        self._check_pin()
+
+    def capa_warning(self) -> str | None:
+        """What fetch warns and check reports when CAPA failed (None if it did not)."""
+        if self.capa_failure is None:
+            return None
+        blind = "; STLS asked without a listing" if self.account.tls == "starttls" else ""
+        return (
+            f"{self.account.host} failed CAPA ({self.capa_failure}): used without it from a new "
+            "connection, as a POP3 server older than RFC 2449 (no capability list, so no "
+            f"pipelining{blind}); CAPA is not asked again in this run"
+        )
 
     def _check_pin(self) -> None:
         pin = self.account.tls_fingerprint
@@ -273,12 +345,19 @@ class Pop3Session:
                 account=self.account.name,
             )
 
+    def _no_capabilities(self) -> None:
+        """A server older than RFC 2449: nothing known, so no pipelining, no LOGIN-DELAY."""
+        self.capabilities = {}
+        self.facts.capabilities = []
+        self.conn.pipelining = False
+        self.login_delay = None
+
     def capa(self) -> None:
         self.send(pop3.Capa())
         event = self.next_event()
         self.capabilities = {}
         if isinstance(event, pop3.Err):  # pre-RFC 2449 server: no capabilities known
-            self.conn.pipelining = False
+            self._no_capabilities()
             return
         while not isinstance(event := self.next_event(), pop3.End):
             if isinstance(event, pop3.Line):
@@ -501,6 +580,7 @@ class Pop3Session:
 
     def interrupt(self) -> None:
         """From another thread (Ctrl-C with --jobs): make a blocked read fail now."""
+        self._interrupted = True
         stream = self.stream
         if stream is not None:
             stream.interrupt()

@@ -253,7 +253,7 @@ def check(ctx: click.Context, account: str, as_json: bool) -> None:
     for step in run_check(vault.config.account(account)):
         steps.append(step)
         if not as_json:
-            mark = "ok  " if step.ok else "FAIL"
+            mark = ("warn" if step.warning else "ok  ") if step.ok else "FAIL"
             # a step quotes the server (its greeting, an -ERR text): anything may be in it
             click.echo(f"[{mark}] {step.name:8} {one_line(step.detail)}")
             if step.hint:
