@@ -631,3 +631,114 @@ def test_a_nul_parts_words_as_a_space_does(tmp_path: Path) -> None:
     assert hit["subject"] == shown["subject"] == "hostile nul\x00in\x00subject"
     line = run(vault, "search", "hostile").stdout
     assert "\x00" not in line and "hostile nul in subject" in line
+
+
+def _search(vault: Vault, *args: str, limit: int = 0, sort: str = "-date") -> tuple[int, str]:
+    """`search` through ``mailvault.search.run``, click-free: (exit code, stdout)."""
+    import io
+
+    from mailvault.search import run as run_search
+
+    mode = args[0] if args else "text"
+    out, err = io.StringIO(), io.StringIO()
+    code = run_search(vault.root, "*", limit=limit, sort=sort, mode=mode, out=out, err=err)
+    return code, out.getvalue()
+
+
+def test_hits_are_written_as_they_are_read(
+    indexed: tuple[Vault, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`search --limit 0` read every hit's stored fields and made every snippet before it
+    printed the first line: memory grew with the number of hits.  A line is written once its
+    batch of hits is read."""
+    import io
+
+    from mailvault.search import engine
+    from mailvault.search import run as run_search
+
+    vault, _ = indexed
+    monkeypatch.setattr(engine, "HIT_BATCH", 4)
+    read = 0
+    real_hit = engine._hit
+
+    def counted(*args: object, **kwargs: object) -> Hit:
+        nonlocal read
+        read += 1
+        return real_hit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_hit", counted)
+
+    class Watching(io.StringIO):
+        """Standard output that notes how many hits had been read at each line."""
+
+        seen: list[int] = []
+
+        def write(self, text: str) -> int:
+            self.seen.append(read)
+            return super().write(text)
+
+    for mode in ("text", "json", "ids"):
+        read, out = 0, Watching()
+        out.seen = []
+        assert run_search(vault.root, "*", limit=0, mode=mode, out=out, err=io.StringIO()) == 0
+        assert len(out.seen) > 40 and read == len(out.seen), mode
+        assert out.seen[:5] == [4, 4, 4, 4, 8], mode  # the first batch, then the next
+
+
+def test_output_is_the_same_whatever_the_batch(
+    indexed: tuple[Vault, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written batch by batch, the hits are those of one read, in the same order, byte for
+    byte, and each --json line still follows the schema."""
+    from mailvault.search import engine
+
+    vault, _ = indexed
+    schema = json_schema("search-hit.schema.json")
+    for mode in ("text", "json", "ids"):
+        for sort in ("-date", "date", "score"):
+            monkeypatch.setattr(engine, "HIT_BATCH", 10**6)
+            whole = _search(vault, mode, sort=sort)
+            monkeypatch.setattr(engine, "HIT_BATCH", 3)
+            assert _search(vault, mode, sort=sort) == whole, (mode, sort)
+            assert whole[0] == 0 and whole[1].count("\n") > 60
+            if mode == "json":
+                for line in whole[1].splitlines():
+                    jsonschema.validate(json.loads(line), schema)
+
+
+def test_purged_hits_are_left_out_across_batches_and_audited_as_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hits read in batches: purged ones (left in the index by a killed retention run) are
+    dropped wherever they fall, and the audit entry, written before the first line, counts
+    the hits shown."""
+    import sqlite3
+
+    from mailvault import ledger
+    from mailvault.compliance import audit_entries
+    from mailvault.search import engine
+
+    vault, digests, _ = build_vault(tmp_path / "vault", generated(11, seed=21))
+    assert run(vault, "index").exit_code == 0
+    gone = set(digests[1:9:3])
+    with sqlite3.connect(vault.catalog_path) as db:
+        for sha in gone:
+            db.execute("UPDATE messages SET purged_at = '2026-01-01T00:00:00+00:00' "
+                       "WHERE sha256 = ?", (sha,))  # fmt: skip
+            db.execute("DELETE FROM message_meta WHERE sha256 = ?", (sha,))
+            ledger.append(db, "purge", sha256=sha, size=1, detail={"reason": "retention: test"})
+    db.close()
+    monkeypatch.setattr(engine, "HIT_BATCH", 2)
+    for mode in ("ids", "json", "text"):
+        code, out = _search(vault, mode)
+        assert code == 0 and out.count("\n") == 11 - len(gone), mode
+        assert not any(sha[:12] in out for sha in gone), mode
+        assert audit_entries(vault)[-1]["results"] == 11 - len(gone)
+    code, out = _search(vault, "ids")
+    assert out.split() == [d for d in _all_ids_by_date(vault) if d not in gone]
+
+
+def _all_ids_by_date(vault: Vault) -> list[str]:
+    from mailvault.search import Searcher
+
+    return [h.id for h in Searcher(vault.index_path, "*").page(limit=0, snippets=False)]

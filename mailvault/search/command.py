@@ -12,12 +12,13 @@ import os
 import sys
 
 from mailvault._text import one_line, undecodable
-from mailvault.search.engine import Hit, Results, Searcher
-from mailvault.search.output import isatty, iter_lines
+from mailvault.search.engine import Hit, Page, Searcher
+from mailvault.search.output import isatty, lines
 from mailvault.search.query import SORTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 
@@ -73,25 +74,40 @@ def run(
             return 3
         return 0 if n else 1
     color = mode == "text" and isatty(stream)
-    hits = searcher.page(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
-    if extra:
-        hits = _drop_purged(vault_root, hits)
-    if mode in ("text", "json"):
-        real_dates(vault_root, hits)
+    page = searcher.find(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
+    dropped = _purged_positions(vault_root, page) if extra else set()
+    shown = 0 if dropped is None else len(page) - len(dropped)
     # The audit entry is durable before anything is shown (fail closed).
     detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
-    audit(vault_root, "search", query, len(hits), exiting=exiting, **detail)
-    results = Results(total=None, hits=hits)
-    if not _write_out(stream, notes, iter_lines(results, mode=mode, color=color)):
+    audit(vault_root, "search", query, shown, exiting=exiting, **detail)
+    hits = _shown_hits(vault_root, page, dropped, dates=mode in ("text", "json"))
+    if not _write_out(stream, notes, lines(hits, mode=mode, color=color)):
         return 3
-    if limit and len(hits) == limit and searcher.matched is not None:  # a full page
-        _note_more(notes, searcher.matched, offset, len(hits))
-    elif offset and not hits and (total := searcher.count()):  # paged past the last hit
+    if limit and shown == limit and searcher.matched is not None:  # a full page
+        _note_more(notes, searcher.matched, offset, shown)
+    elif offset and not shown and (total := searcher.count()):  # paged past the last hit
         with contextlib.suppress(OSError):
             notes.write(
                 f"mailvault: note: no hits from --offset {offset} on: the query has {total}\n"
             )
-    return 0 if hits else 1
+    return 0 if shown else 1
+
+
+def _shown_hits(
+    vault_root: str | os.PathLike[str], page: Page, dropped: set[int] | None, *, dates: bool
+) -> Iterator[Hit]:
+    """The page's hits as they are read, batch by batch, without those at the ``dropped``
+    positions (purged; None: every one), and with ``real_dates`` when the output shows dates:
+    written as read, so memory does not grow with --limit."""
+    if dropped is None:
+        return
+    start = 0
+    for batch in page.batches():
+        hits = [h for i, h in enumerate(batch, start) if i not in dropped]
+        start += len(batch)
+        if dates:
+            real_dates(vault_root, hits)
+        yield from hits
 
 
 def _write_out(stream: Any, notes: Any, lines: Any) -> bool:
@@ -188,24 +204,34 @@ def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, i
         return 0, 0
 
 
-def _drop_purged(vault_root: str | os.PathLike[str], hits: list[Hit]) -> list[Hit]:
-    """The hits without those the catalog marks purged (their documents outlived a retention
-    run that was killed before it updated the index): purged text is not shown."""
+def _purged_positions(vault_root: str | os.PathLike[str], page: Page) -> set[int] | None:
+    """The positions in ``page`` of hits the catalog marks purged (their documents outlived a
+    retention run that was killed before it updated the index): purged text is not shown.
+    None when the catalog cannot tell which: none is shown rather than purged text.
+
+    Found before anything is printed, for the audit entry counts what is shown; the ids are
+    read a batch at a time, and only the purged hits' positions are kept."""
     import sqlite3
 
-    if not hits:
-        return hits
-    marks = ",".join("?" * len(hits))
-    sql = f"SELECT sha256 FROM messages WHERE purged_at IS NOT NULL AND sha256 IN ({marks})"
+    dropped: set[int] = set()
+    start = 0
     try:
         db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
         try:
-            purged = {row[0] for row in db.execute(sql, [h.id for h in hits])}
+            for ids in page.ids():
+                marks = ",".join("?" * len(ids))
+                sql = (
+                    "SELECT sha256 FROM messages WHERE purged_at IS NOT NULL "
+                    f"AND sha256 IN ({marks})"
+                )
+                purged = {row[0] for row in db.execute(sql, ids)}
+                dropped.update(i for i, sha in enumerate(ids, start) if sha in purged)
+                start += len(ids)
         finally:
             db.close()
     except sqlite3.Error:
-        return []  # cannot tell which: show none rather than purged text
-    return [h for h in hits if h.id not in purged]
+        return None
+    return dropped
 
 
 def _note_more(notes: Any, total: int, offset: int, shown: int) -> None:

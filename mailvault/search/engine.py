@@ -33,6 +33,8 @@ MAX_PAGE = 2**32 - 1
 # Ids per walk of the id term dictionary in ``Searcher.ids`` (about: the walk splits by the
 # leading hex digits of the sha256, which spread evenly).
 ID_PAGE = 8192
+# Hits read from the index at a time as a ``Page`` is printed: what a search holds rendered.
+HIT_BATCH = 256
 _HEX = "0123456789abcdef"
 
 
@@ -185,6 +187,12 @@ class Searcher:
     def page(
         self, *, limit: int = 50, offset: int = 0, sort: str = "-date", snippets: bool = True
     ) -> list[Hit]:
+        return list(self.find(limit=limit, offset=offset, sort=sort, snippets=snippets))
+
+    def find(
+        self, *, limit: int = 50, offset: int = 0, sort: str = "-date", snippets: bool = True
+    ) -> Page:
+        """One page of hits, found now and read from the index as the ``Page`` is iterated."""
         if sort not in SORTS:
             raise SearchError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
         for name, value in (("--limit", limit), ("--offset", offset)):
@@ -193,7 +201,8 @@ class Searcher:
                 raise UsageError(f"{name} {value} is out of range: give 0 to {MAX_PAGE}{every}")
         num_docs = self.searcher.num_docs
         if offset >= num_docs:
-            return []  # past the last hit; and Tantivy would allocate offset + limit slots
+            # past the last hit; and Tantivy would allocate offset + limit slots
+            return Page(self, [], scored=False, snippets=snippets)
         limit = num_docs if limit == 0 else min(limit, num_docs)
         with self._running():
             if sort == "score":
@@ -210,8 +219,7 @@ class Searcher:
         # counted on the same pass (a full page says how many it left out; a second search
         # for the number cost as much again)
         self.matched = int(getattr(result, "count", 0) or 0)
-        with ix.reading(self.path):  # the stored fields, the snippets' terms
-            return self._hits(result.hits, sort == "score", snippets)
+        return Page(self, result.hits, scored=sort == "score", snippets=snippets)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -227,19 +235,58 @@ class Searcher:
                 raise
             raise ix.damaged(self.path, exc) from None
 
-    def _hits(self, found: list[Any], scored: bool, snippets: bool) -> list[Hit]:
-        generator = None
-        if snippets and found and self.words:
-            generator = tantivy.SnippetGenerator.create(
-                self.searcher, self.query, self.index.schema, "body"
+
+class Page:
+    """The hits of one search, read from the index's stored fields (and snippets made) as the
+    page is iterated, ``HIT_BATCH`` at a time, in the order Tantivy found them.
+
+    So a page of every hit (``--limit 0``) over a large vault is printed as it is read: only
+    Tantivy's (score or date, address) pair per hit is held, never every hit's fields and
+    snippet at once.
+    """
+
+    def __init__(self, owner: Searcher, found: list[Any], *, scored: bool, snippets: bool) -> None:
+        self.owner, self.found, self.scored, self.snippets = owner, found, scored, snippets
+        self._generator: tantivy.SnippetGenerator | None = None
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    def __iter__(self) -> Iterator[Hit]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[Hit]]:
+        """The hits in lists of up to ``HIT_BATCH``, each read when asked for."""
+        for start in range(0, len(self.found), HIT_BATCH):
+            with ix.reading(self.owner.path):  # the stored fields, the snippets' terms
+                batch = self._read(self.found[start : start + HIT_BATCH], first=not start)
+            yield batch
+
+    def ids(self) -> Iterator[list[str]]:
+        """The hits' ids in lists of up to ``HIT_BATCH``, in page order, with no snippet made."""
+        searcher = self.owner.searcher
+        for start in range(0, len(self.found), HIT_BATCH):
+            with ix.reading(self.owner.path):
+                batch = [
+                    str(_first(searcher.doc(address), "id"))
+                    for _, address in self.found[start : start + HIT_BATCH]
+                ]
+            yield batch
+
+    def _read(self, found: list[Any], *, first: bool) -> list[Hit]:
+        owner = self.owner
+        if first and self.snippets and owner.words:
+            self._generator = tantivy.SnippetGenerator.create(
+                owner.searcher, owner.query, owner.index.schema, "body"
             )
-            generator.set_max_num_chars(SNIPPET_CHARS)
+            self._generator.set_max_num_chars(SNIPPET_CHARS)
         hits = []
         for key, address in found:
-            doc = self.searcher.doc(address)
-            hit = _hit(doc, float(key) if scored else None)
-            if snippets:
-                hit.snippet, hit.highlights = _snippet(generator, doc, self.words)
+            doc = owner.searcher.doc(address)
+            hit = _hit(doc, float(key) if self.scored else None)
+            if self.snippets:
+                hit.snippet, hit.highlights = _snippet(self._generator, doc, owner.words)
             hits.append(hit)
         return hits
 

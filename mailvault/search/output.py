@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from mailvault._text import UNSAFE_RANGES, json_safe
 from mailvault.search.engine import Hit, Results
@@ -92,9 +92,15 @@ def format_hit(hit: Hit, *, color: bool) -> str:
 
 
 def iter_lines(results: Results, *, mode: str, color: bool) -> Iterator[str]:
+    return lines(results.hits, mode=mode, color=color)
+
+
+def lines(hits: Iterable[Hit], *, mode: str, color: bool) -> Iterator[str]:
+    """Each hit's line, made as the hit comes (``hits`` may be read from the index as they are
+    asked for: ``engine.Page``)."""
     import json
 
-    for hit in results.hits:
+    for hit in hits:
         if mode == "ids":
             yield hit.id
         elif mode == "json":
