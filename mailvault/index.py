@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
+import math
 import os
 import re
 import unicodedata
@@ -678,6 +680,38 @@ def ids_not_in(
     for term, _ in searcher.terms_with_prefix("id", ""):
         if term not in keep and contains(searcher, schema, term):
             yield term
+
+
+# Ids per run of ``live_ids``' walk of the id term dictionary (about: the runs are cut by the
+# leading hex digits of the sha256, which spread evenly).
+ID_RUN = 8192
+_HEX = "0123456789abcdef"
+
+
+def id_prefixes(total: int, per_run: int) -> Iterator[str]:
+    """Leading hex digits, in order, that cut ``total`` random sha256 ids into runs of about
+    ``per_run``."""
+    digits = math.ceil(math.log(total / per_run, 16)) if total > per_run else 0
+    for chars in itertools.product(_HEX, repeat=digits):
+        yield "".join(chars)
+
+
+def live_ids(searcher: tantivy.Searcher, schema: tantivy.Schema) -> Iterator[tuple[str, int]]:
+    """Each id a live (not deleted) document holds, with how many hold it, in byte order (as
+    SQLite's ``ORDER BY`` gives a TEXT column), for a walk side by side with the catalog.
+
+    The id term dictionary is read in runs of about ``ID_RUN`` ids, cut by their leading hex
+    digits, so memory does not grow with the index; each run is sorted here (tantivy returns
+    it by count).  Cutting by hex digits misses an id that is no lower-case sha256, so an
+    index holding one (damaged, or not written by mailvault) is read in one run instead.
+    """
+    every = tantivy.Query.all_query()
+    total = searcher.num_docs
+    sha256s = tantivy.Query.regex_query(schema, "id", "[0-9a-f]{64}")
+    hex_only = int(getattr(searcher.search(sha256s, 1, count=True), "count", 0) or 0) == total
+    for prefix in id_prefixes(total, ID_RUN) if hex_only else [""]:
+        terms = searcher.terms_with_prefix("id", prefix, filter_query=every)
+        yield from sorted((term, n) for term, n in terms if n)
 
 
 def contains(searcher: tantivy.Searcher, schema: tantivy.Schema, sha256: str) -> bool:

@@ -33,7 +33,8 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -675,37 +676,40 @@ def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
 # -- verification ------------------------------------------------------------------------------
 
 
-def index_findings(vault: Vault, catalog_ids: set[str], quick: bool = False) -> Iterator[Any]:
+def index_findings(vault: Vault, catalog_ids: Iterable[str], quick: bool = False) -> Iterator[Any]:
     """``mailvault verify``'s index check: is the index readable, and does it hold exactly the
     catalog's messages, once each?  Yields ``mailvault.verify.Finding``s (codes ``index-*``);
-    changes nothing.  ``catalog_ids``: the live messages of verify's catalog snapshot.
+    changes nothing.  ``catalog_ids``: the live messages of verify's catalog snapshot, in byte
+    order (``ORDER BY sha256``; a set is sorted first).
 
     Unless ``quick``, every byte of every segment file is read and checked against the
-    checksum in its footer (damage anywhere, found before a search trips on it); then one term
-    lookup per catalog message, plus a walk of the id term dictionary only when the index
-    holds more documents than that found.
+    checksum in its footer (damage anywhere, found before a search trips on it); then the
+    catalog's ids and the index's id terms are walked side by side, both in order, so memory
+    does not grow with the vault (``ix.live_ids``).
     """
     from mailvault.errors import IndexDamaged, SearchError
     from mailvault.verify import Finding
 
+    if isinstance(catalog_ids, AbstractSet):
+        catalog_ids = sorted(catalog_ids)
     index_dir = vault.index_path
     yield from _rebuild_findings(vault)
     # The catalog before the index: indexing commits documents before it marks them indexed,
     # so whatever the catalog says is indexed now is in a searcher opened after this.
-    indexed = _indexed_ids(vault)
-    try:
-        index = ix.open_for_search(index_dir)
-        path = ix.live_path(index_dir) or str(index_dir)
-        if not quick:
-            damage = list(_damaged_files(path))
-            if damage:
-                yield from damage
-                return
-        yield from _documents(vault, index, path, catalog_ids, indexed)
-    except IndexDamaged as exc:
-        yield Finding("index-damaged", "error", str(index_dir), str(exc))
-    except SearchError as exc:
-        yield Finding("index-unreadable", "warning", "index", str(exc))
+    with _indexed_ids(vault) as indexed:
+        try:
+            index = ix.open_for_search(index_dir)
+            path = ix.live_path(index_dir) or str(index_dir)
+            if not quick:
+                damage = list(_damaged_files(path))
+                if damage:
+                    yield from damage
+                    return
+            yield from _documents(vault, index, path, catalog_ids, indexed)
+        except IndexDamaged as exc:
+            yield Finding("index-damaged", "error", str(index_dir), str(exc))
+        except SearchError as exc:
+            yield Finding("index-unreadable", "warning", "index", str(exc))
 
 
 def _rebuild_findings(vault: Vault) -> Iterator[Any]:
@@ -743,15 +747,58 @@ def _rebuild_findings(vault: Vault) -> Iterator[Any]:
         yield Finding("index-rebuild-leftover", "info", str(new), f"{new} is {what}")
 
 
-def _indexed_ids(vault: Vault) -> set[str]:
+@contextlib.contextmanager
+def _indexed_ids(vault: Vault) -> Iterator[_Ordered]:
+    """The messages the catalog says are indexed, as of now, in byte order: read from one
+    snapshot, taken here (the first read of a transaction) and walked as the check goes."""
     import sqlite3
 
-    db = sqlite3.connect(read_only_uri(vault.catalog_path), uri=True)
+    db = sqlite3.connect(read_only_uri(vault.catalog_path), uri=True, isolation_level=None)
     try:
-        rows = db.execute("SELECT sha256 FROM message_meta WHERE indexed_at IS NOT NULL")
-        return {row[0] for row in rows}
+        db.execute("BEGIN")
+        rows = db.execute(
+            "SELECT sha256 FROM message_meta WHERE indexed_at IS NOT NULL ORDER BY sha256"
+        )  # stepped once here: the snapshot is taken
+        yield _Ordered(row[0] for row in rows)
     finally:
         db.close()
+
+
+class _Ordered:
+    """A sorted stream of ids, asked about ids in increasing order: membership in constant
+    memory, each id of the stream read once."""
+
+    def __init__(self, ids: Iterator[str]) -> None:
+        self.ids = ids
+        self.head: str | None = next(self.ids, None)
+
+    def has(self, sha256: str) -> bool:
+        while self.head is not None and self.head < sha256:
+            self.head = next(self.ids, None)
+        return self.head == sha256
+
+
+def _side_by_side(
+    catalog: Iterable[str], index: Iterator[tuple[str, int]]
+) -> Iterator[tuple[str, bool, int]]:
+    """Each id of the catalog's and of the index's (both in byte order) once: whether the
+    catalog lists it, and how many live documents hold it."""
+    held = next(index, None)
+    last = ""
+    for sha256 in catalog:
+        if sha256 < last:
+            raise ValueError(f"catalog ids out of order: {sha256} after {last}")
+        last = sha256
+        while held is not None and held[0] < sha256:
+            yield held[0], False, held[1]
+            held = next(index, None)
+        n = 0
+        if held is not None and held[0] == sha256:
+            n, held = held[1], next(index, None)
+        yield sha256, True, n
+    while held is not None:
+        yield held[0], False, held[1]
+        held = next(index, None)
 
 
 def _damaged_files(path: str) -> Iterator[Any]:
@@ -823,29 +870,32 @@ def _documents(
     vault: Vault,
     index: Any,
     path: str,
-    catalog_ids: set[str],
-    indexed: set[str],
+    catalog_ids: Iterable[str],
+    indexed: _Ordered,
 ) -> Iterator[Any]:
-    import tantivy
-
     from mailvault.verify import Finding
 
     with ix.reading(path):
         searcher = index.searcher()
     schema = index.schema
 
-    def count(sha256: str) -> int:
-        query = tantivy.Query.term_query(schema, "id", sha256)
-        with ix.reading(path):
-            return int(getattr(searcher.search(query, 1), "count", 0) or 0)
+    def walked() -> Iterator[tuple[str, int]]:
+        ids = ix.live_ids(searcher, schema)
+        while True:
+            with ix.reading(path):
+                item = next(ids, None)
+            if item is None:
+                return
+            yield item
 
     now = _Now(vault)
-    present = pending = in_flight = 0
+    pending = in_flight = 0
+    extra: list[str] = []  # documents of messages the catalog does not list: problems only
     try:
-        for sha256 in sorted(catalog_ids):
-            n = count(sha256)
-            present += n > 0
-            if n == 0 and sha256 in indexed:
+        for sha256, listed, n in _side_by_side(catalog_ids, walked()):
+            if not listed:
+                extra.append(sha256)
+            elif n == 0 and indexed.has(sha256):
                 kind = now.missing(sha256)
                 pending += kind == "pending"
                 in_flight += kind == "in-flight"
@@ -866,33 +916,30 @@ def _documents(
                     sha256,
                     f"{n} index documents for one message; `mailvault reindex` rebuilds the index",
                 )
-        if searcher.num_docs > present:
-            with ix.reading(path):
-                extra = list(ix.ids_not_in(searcher, schema, catalog_ids))
-            purged: list[str] = []
-            for term in extra:
-                kind = now.extra(term)
-                in_flight += kind == "in-flight"
-                if kind == "extra" and now.purged(term):
-                    purged.append(term)
-                elif kind == "extra":
-                    yield Finding(
-                        "index-extra",
-                        "warning",
-                        term,
-                        f"the index holds message {term}, which the catalog does not list; "
-                        "`mailvault index` deletes it, `mailvault reindex` rebuilds the index",
-                    )
-            if purged:  # a retention run cut short: one finding, not one line per message
+        purged: list[str] = []
+        for term in extra:
+            kind = now.extra(term)
+            in_flight += kind == "in-flight"
+            if kind == "extra" and now.purged(term):
+                purged.append(term)
+            elif kind == "extra":
                 yield Finding(
                     "index-extra",
                     "warning",
-                    purged[0] if len(purged) == 1 else "index",
-                    f"the index still holds {len(purged)} purged message"
-                    f"{'' if len(purged) == 1 else 's'} (a retention run stopped before it "
-                    "deleted their documents; the first is "
-                    f"{purged[0]}); `mailvault index` deletes them and rebuilds the index",
+                    term,
+                    f"the index holds message {term}, which the catalog does not list; "
+                    "`mailvault index` deletes it, `mailvault reindex` rebuilds the index",
                 )
+        if purged:  # a retention run cut short: one finding, not one line per message
+            yield Finding(
+                "index-extra",
+                "warning",
+                purged[0] if len(purged) == 1 else "index",
+                f"the index still holds {len(purged)} purged message"
+                f"{'' if len(purged) == 1 else 's'} (a retention run stopped before it "
+                "deleted their documents; the first is "
+                f"{purged[0]}); `mailvault index` deletes them and rebuilds the index",
+            )
     finally:
         now.close()
     if pending:

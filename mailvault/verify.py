@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,8 @@ class Finding:
         }
 
 
-# (vault, the live messages of verify's catalog snapshot, quick) -> findings
-IndexCheck = Callable[[Vault, set[str], bool], Iterator[Finding]]
+# (vault, the live messages of verify's catalog snapshot in byte order, quick) -> findings
+IndexCheck = Callable[[Vault, Iterable[str], bool], Iterator[Finding]]
 
 
 def _blobs(
@@ -711,6 +711,19 @@ def verify(
             "from a backup (the blobs in objects/ are intact copies of every message)",
         )
         return
+    with contextlib.closing(db), contextlib.closing(later):
+        yield from _checks(vault, db, later, quick, index_check, anchors)
+
+
+def _checks(
+    vault: Vault,
+    db: sqlite3.Connection,
+    later: sqlite3.Connection,
+    quick: bool,
+    index_check: IndexCheck | None,
+    anchors: dict[str, Anchor] | None,
+) -> Iterator[Finding]:
+    """The checks of the catalog snapshot ``db`` (``later``: the catalog as it is now)."""
     unindexable: set[str] = set()  # messages whose blob is missing or damaged
     try:
         db.execute("BEGIN")
@@ -738,11 +751,23 @@ def verify(
             if finding.code in UNINDEXABLE:
                 unindexable.add(finding.subject)
             yield finding
+        del catalog_ids, purged  # not held through the checks below
         yield from _ledger(db)
         yield from _audit(db)
         yield from guard_findings(db)
         for table, anchor in (anchors or {}).items():
             yield from _anchored(db, table, anchor)
+        if index_check is not None:
+            # the snapshot's live messages, walked in order beside the index's ids
+            for finding in index_check(vault, _live_ids(db), quick):
+                if finding.code == "index-pending" and unindexable:
+                    # `mailvault index` cannot index a message whose blob it cannot read
+                    finding = dataclasses.replace(
+                        finding,
+                        detail=f"{finding.detail}, but not the {len(unindexable)} whose blob "
+                        "is missing or damaged (above): restore those first",
+                    )
+                yield finding
     except sqlite3.DatabaseError as exc:  # a damaged file: what was found so far still stands
         if (cannot := _cannot_read_here(vault, exc)) is not None:
             yield cannot
@@ -754,20 +779,6 @@ def verify(
             f"the catalog cannot be read ({exc}); restore catalog.sqlite from a backup (the "
             "blobs in objects/ are intact copies of every message)",
         )
-        return
-    finally:
-        db.close()
-        later.close()
-    if index_check is not None:
-        for finding in index_check(vault, catalog_ids - purged, quick):
-            if finding.code == "index-pending" and unindexable:
-                # `mailvault index` cannot index a message whose blob it cannot read
-                finding = dataclasses.replace(
-                    finding,
-                    detail=f"{finding.detail}, but not the {len(unindexable)} whose blob is "
-                    "missing or damaged (above): restore those first",
-                )
-            yield finding
 
 
 # Blob findings of a message the indexer cannot read either: `mailvault index` cannot catch up
@@ -815,6 +826,16 @@ def _config(vault: Vault) -> Iterator[Finding]:
         vault.config  # noqa: B018 - loading it is the check
     except MailvaultError as exc:
         yield Finding("config-invalid", "warning", "mailvault.toml", f"{exc} (fetch will fail)")
+
+
+def _live_ids(db: sqlite3.Connection) -> Iterator[str]:
+    """The live (not purged) messages of the catalog, in byte order, one row at a time."""
+    try:
+        rows = db.execute("SELECT sha256 FROM messages WHERE purged_at IS NULL ORDER BY sha256")
+    except sqlite3.OperationalError:  # no purged_at yet: none is purged
+        rows = db.execute("SELECT sha256 FROM messages ORDER BY sha256")
+    for (sha256,) in rows:
+        yield sha256
 
 
 def _purged(db: sqlite3.Connection) -> set[str]:

@@ -364,6 +364,109 @@ def test_a_dead_worker_does_not_stop_the_run(
     assert _num_docs(vault) == len(digests)
 
 
+def _damage_index_and_catalog(vault: Vault, digests: list[str]) -> None:
+    """A missing document, a duplicate, a purged message's document left behind, a message not
+    indexed yet, and a document whose id is no sha256 (an index not written by mailvault)."""
+    from datetime import UTC, datetime
+
+    from mailvault.parse import parse_message
+
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    writer.delete(digests[0])
+    raw = vault.store().read_bytes(digests[1])
+    parsed = parse_message(raw, digests[1], ingest_time=datetime.now(UTC))
+    writer.writer.add_document(ix.make_document(parsed))
+    writer.writer.add_document(tantivy.Document(id="Not-A-Sha256", subject="foreign"))
+    writer.close()
+    conn = sqlite3.connect(vault.catalog_path)
+    with conn:
+        conn.execute("UPDATE message_meta SET indexed_at = NULL WHERE sha256 = ?", (digests[3],))
+        conn.execute("UPDATE messages SET purged_at = '2025-01-01' WHERE sha256 = ?", (digests[2],))
+    conn.close()
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    writer.delete(digests[3])
+    writer.close()
+
+
+def test_verify_walks_the_catalog_and_the_index_side_by_side(
+    small: tuple[Vault, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify's index check held every message id of the vault at once (the catalog's, the
+    indexed ones', a sorted copy, and the whole id term dictionary); it now walks the catalog
+    and the index's ids side by side, both in order, and finds the same."""
+    from mailvault import verify
+
+    vault, digests = small
+    catch_up(vault)
+    _damage_index_and_catalog(vault, digests)
+    expected = {
+        ("index-missing", digests[0]),
+        ("index-duplicate", digests[1]),
+        ("index-extra", digests[2]),
+        ("index-extra", "Not-A-Sha256"),
+        ("index-pending", "index"),
+    }
+    live = set(digests) - {digests[2]}
+    assert {(f.code, f.subject) for f in indexer.index_findings(vault, live)} == expected
+    steps: list[str] = []
+    walk = ix.live_ids
+
+    def index_ids(*args: tantivy.Searcher) -> object:
+        for item in walk(*args):
+            steps.append("index")
+            yield item
+
+    def catalog_ids(vault: Vault, ids: object, quick: bool) -> object:
+        def counted(ids: object) -> object:
+            for sha256 in ids:  # type: ignore[attr-defined]
+                steps.append("catalog")
+                yield sha256
+
+        return indexer.index_findings(vault, counted(ids), quick)
+
+    monkeypatch.setattr(ix, "live_ids", index_ids, raising=False)
+    monkeypatch.setattr(ix, "ID_RUN", 4, raising=False)
+    found = list(verify.verify(vault, quick=True, index_check=catalog_ids))  # type: ignore[arg-type]
+    assert {(f.code, f.subject) for f in found if f.code.startswith("index-")} == expected
+    # the index: all but the 2 documents deleted, plus the one whose id is no sha256
+    assert steps.count("catalog") == len(live) and steps.count("index") == len(digests) - 1
+    ahead = 0
+    for step in steps:  # neither side is read more than a few ids ahead of the other
+        ahead += 1 if step == "catalog" else -1
+        assert abs(ahead) <= 2, steps
+
+
+def test_live_ids_are_every_live_id_in_order_whatever_the_run(
+    small: tuple[Vault, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id term dictionary read in runs cut by hex digits: every live id once, in byte
+    order, with its number of live documents; an id that is no sha256 is not missed."""
+    vault, digests = small
+    catch_up(vault)
+    _damage_index_and_catalog(vault, digests)
+    searcher = ix.open_for_search(vault.index_path).searcher()
+    schema = ix.open_for_search(vault.index_path).schema
+    whole = list(ix.live_ids(searcher, schema))
+    assert [term for term, _ in whole] == sorted(
+        ["Not-A-Sha256", *(d for d in digests if d not in (digests[0], digests[3]))]
+    )
+    assert dict(whole)[digests[1]] == 2 and dict(whole)["Not-A-Sha256"] == 1
+    monkeypatch.setattr(ix, "ID_RUN", 4)
+    assert list(ix.live_ids(searcher, schema)) == whole
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    writer.delete("Not-A-Sha256")
+    writer.close()
+    searcher = ix.open_for_search(vault.index_path).searcher()
+    runs: list[str] = []
+    real = ix.id_prefixes
+    monkeypatch.setattr(ix, "id_prefixes", lambda *a: (runs.append(p) or p for p in real(*a)))
+    assert list(ix.live_ids(searcher, schema)) == [x for x in whole if x[0] != "Not-A-Sha256"]
+    assert len(runs) == 256  # 89 ids in runs of about 4: two hex digits
+
+
 def test_verify_index_findings(small: tuple[Vault, list[str]]) -> None:
     from mailvault.parse import parse_message
 

@@ -6,8 +6,6 @@ A hit's printed fields come from the index's stored fields, never from the catal
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 import os
 import re
 from datetime import UTC, datetime
@@ -35,7 +33,6 @@ MAX_PAGE = 2**32 - 1
 ID_PAGE = 8192
 # Hits read from the index at a time as a ``Page`` is printed: what a search holds rendered.
 HIT_BATCH = 256
-_HEX = "0123456789abcdef"
 
 
 class Hit:
@@ -293,9 +290,7 @@ class Page:
 
 def _prefixes(total: int) -> Iterator[str]:
     """Leading hex digits that cut ``total`` random sha256 ids into runs of about ``ID_PAGE``."""
-    digits = math.ceil(math.log(total / ID_PAGE, 16)) if total > ID_PAGE else 0
-    for chars in itertools.product(_HEX, repeat=digits):
-        yield "".join(chars)
+    return ix.id_prefixes(total, ID_PAGE)
 
 
 def _one_of(field: str, values: set[str]) -> str:
