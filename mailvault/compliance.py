@@ -181,17 +181,17 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
     _check_holds(vault)
     catalog = vault.catalog()
     try:
-        rows = catalog.rows(
+        holds = catalog.rows("SELECT name, query, syntax FROM holds WHERE released_at IS NULL")
+        # Only a message older than the shortest policy can be past any: its accounts are
+        # looked up for those alone.  The rows are read one at a time and only those are
+        # kept, not a row for every message of the vault.
+        shortest = min(d for d in (default, *per_account.values()) if d is not None)
+        rows = catalog.db.query(
             """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback
                FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
                WHERE m.purged_at IS NULL"""
         )
-        holds = catalog.rows("SELECT name, query, syntax FROM holds WHERE released_at IS NULL")
-        # Only a message older than the shortest policy can be past any: its accounts are
-        # looked up for those alone.
-        shortest = min(d for d in (default, *per_account.values()) if d is not None)
-        old = [(row, _basis(row)) for row in rows]
-        old = [(row, basis) for row, basis in old if _expired(basis, shortest, now)]
+        old = [(row, basis) for row in rows if _expired(basis := _basis(row), shortest, now)]
         # rows, not group_concat: a label is user-given text (`import --account 'matter 7,
         # acme'`), so no separator can join them safely
         accounts = message_accounts(catalog, [row["sha256"] for row, _ in old])

@@ -1122,3 +1122,38 @@ def test_selecting_by_query_reads_ids_in_batches_never_stored_documents(
     result = run_cli(vault, "export", "carol", "--format", "eml", "--out", str(tmp_path / "e"))
     assert result.exit_code == 0, result.stdout
     assert len(list((tmp_path / "e").glob("*.eml"))) == 8
+
+
+def test_retention_reads_the_catalog_a_row_at_a_time(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention read a row for every message of the vault into a list before it looked at
+    the first one's age: memory grew with the vault.  Each row is now looked at as it is
+    read, and only those past retention are kept; the plan is the same."""
+    import sqlite_utils
+
+    from mailvault import compliance
+
+    before = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    ahead = most = 0
+    query = sqlite_utils.Database.query
+    basis = compliance._basis
+
+    def counted_query(self: sqlite_utils.Database, sql: str, *args: object) -> object:
+        nonlocal ahead, most
+        for row in query(self, sql, *args):  # type: ignore[arg-type]
+            ahead += 1
+            most = max(most, ahead)
+            yield row
+
+    def counted_basis(row: dict[str, object]) -> str:
+        nonlocal ahead
+        ahead -= 1
+        return basis(row)
+
+    monkeypatch.setattr(sqlite_utils.Database, "query", counted_query)
+    monkeypatch.setattr(compliance, "_basis", counted_basis)
+    after = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert most == 1  # never a second message row read before the first one's age is known
+    assert after == before and before["expired"] == 5
+    assert [m["sha256"] for m in after["messages"]] == [m["sha256"] for m in before["messages"]]
