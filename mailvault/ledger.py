@@ -187,24 +187,26 @@ def check_chain(
     entries: Iterable[dict[str, Any]], fields: tuple[str, ...] = LEDGER_FIELDS
 ) -> list[str]:
     """Every break in the chain, each as one line naming the sequence number."""
-    problems: list[str] = []
+    return list(chain_problems(entries, fields))
+
+
+def chain_problems(
+    entries: Iterable[dict[str, Any]], fields: tuple[str, ...] = LEDGER_FIELDS
+) -> Iterator[str]:
+    """``check_chain``'s breaks, each as soon as its entry is read: ``entries`` is walked
+    once, an entry at a time, so a chain of any length is checked in constant memory."""
     prev, expected_seq = GENESIS, 1
     for entry in entries:
         seq = entry.get("seq")
         if seq != expected_seq:
-            problems.append(
-                f"entry {seq}: expected sequence {expected_seq} (an entry is missing or reordered)"
-            )
+            yield f"entry {seq}: expected sequence {expected_seq} (an entry is missing or reordered)"
         if entry.get("prev_hash") != prev:
-            problems.append(
-                f"entry {seq}: prev_hash does not match the hash of entry {expected_seq - 1}"
-            )
+            yield f"entry {seq}: prev_hash does not match the hash of entry {expected_seq - 1}"
         actual = entry_hash(entry, fields)
         if entry.get("entry_hash") != actual:
-            problems.append(f"entry {seq}: entry_hash does not match its content (edited)")
+            yield f"entry {seq}: entry_hash does not match its content (edited)"
         prev = str(entry.get("entry_hash"))
         expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
-    return problems
 
 
 def is_hash(text: str) -> bool:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import operator
 import os
 import sqlite3
 from collections import Counter
@@ -273,117 +274,228 @@ def _catalog(db: sqlite3.Connection) -> Iterator[Finding]:
 
 
 def _ledger(db: sqlite3.Connection) -> Iterator[Finding]:
-    entries = list(ledger.iter_entries(db))
-    for problem in ledger.check_chain(entries):
+    """The ledger's hash chain, then the catalog against the ledger, both ways.
+
+    Memory does not grow with the vault: the chain is checked an entry at a time, and each
+    cross-check is one query that SQLite sorts by the key both sides share (a catalog table's
+    rows and the ledger's entries, interleaved), walked a key at a time.  Only what is found
+    is kept, to be reported in the order verify always reported it."""
+    for problem in ledger.chain_problems(ledger.iter_entries(db)):
         yield Finding("ledger-broken", "error", problem.split(":")[0], problem)
-    ingested = Counter(
-        (e["account"], e["uidl"], e["sha256"]) for e in entries if e["kind"] == "ingest"
-    )
-    contents = {e["sha256"] for e in entries if e["kind"] == "ingest"}
-    sizes = {e["sha256"]: e["size"] for e in entries if e["kind"] == "ingest"}
-    purged = {e["sha256"] for e in entries if e["kind"] == "purge"}
-    gone = Counter(
-        (e["account"], e["uidl"], e["sha256"])
-        for e in entries
-        if e["kind"] in ("server-delete", "server-gone", "mailbox-changed")
-    )
-    first_at: dict[str, str] = {}
-    for e in entries:
-        if e["kind"] == "ingest" and e["sha256"] not in first_at:
-            first_at[e["sha256"]] = e["at"]
-    in_catalog: set[str] = set()  # every message row, tombstones included
-    for sha256, size, stored_at in db.execute("SELECT sha256, size, first_ingest_at FROM messages"):
-        in_catalog.add(sha256)
-        yield from _first_ingest(sha256, stored_at, first_at.get(sha256))
-        if sha256 not in contents:
-            yield Finding(
-                "ledger-missing",
-                "error",
-                sha256,
-                f"message {sha256} is in the catalog but was never recorded in the ledger",
-            )
-        elif sizes.get(sha256) != size:
-            yield Finding(
-                "ledger-disagrees",
-                "error",
-                sha256,
-                f"catalog says message {sha256} has {size} bytes, the ledger says {sizes.get(sha256)}",
-            )
-    yield from _purges(db, purged, in_catalog)
-    yield from _imports(db, entries)
-    yield from hold_findings(db, entries)
-    for sha256 in contents - purged:
-        if sha256 not in in_catalog:
-            yield Finding(
+    contents = _contents(db)
+    yield from (finding for _, finding in contents.messages)
+    yield from contents.unrecorded_purges
+    yield from contents.unmarked_purges
+    yield from _imports(db)
+    yield from hold_findings(db, hold_entries(db))
+    yield from contents.rows_missing
+    yield from _uidls(db)
+
+
+@dataclass
+class _ByContent:
+    """What ``_contents`` found, apart, for ``_ledger`` to report in its order."""
+
+    messages: list[tuple[int, Finding]]  # (catalog rowid, finding): in the catalog's order
+    unrecorded_purges: list[Finding]  # purged in the catalog, not in the ledger
+    unmarked_purges: list[Finding]  # purged in the ledger, not in the catalog
+    rows_missing: list[Finding]  # ingested, never purged, and no catalog row
+
+
+# Every message row beside the ingest and purge entries of its content, sorted by sha256
+# (SQLite merges the two tables' sha256 indexes): (sha256, side, order, size, time, purged),
+# side 0 a message row (order: its rowid), 1 a ledger entry (order: its seq)
+_CONTENTS = """
+    SELECT sha256, 0, rowid, size, first_ingest_at, purged_at IS NOT NULL FROM messages
+    UNION ALL
+    SELECT sha256, 1, seq, size, at, kind = 'purge' FROM ledger
+    WHERE kind IN ('ingest', 'purge')
+    ORDER BY 1, 2, 3"""
+
+
+def _contents(db: sqlite3.Connection) -> _ByContent:
+    """The catalog's messages against the ledger's ingests and purges, a content at a time."""
+    found = _ByContent([], [], [], [])
+    for sha256, rows in itertools.groupby(db.execute(_CONTENTS), key=operator.itemgetter(0)):
+        _content(sha256, rows, found)
+    found.messages.sort(key=operator.itemgetter(0))  # stable: a row's findings keep their order
+    return found
+
+
+def _content(sha256: str, rows: Iterable[tuple[Any, ...]], found: _ByContent) -> None:
+    """One content's message rows (at most one, by its primary key) and ledger entries."""
+    messages: list[tuple[int, int, str, bool]] = []  # (rowid, size, first_ingest_at, purged)
+    first_at: str | None = None  # of its first ingest
+    size = None  # as its last ingest recorded it
+    ingested = purge_recorded = False
+    for _, side, order, row_size, at, purged in rows:
+        if side == 0:
+            messages.append((order, row_size, at, bool(purged)))
+        elif purged:
+            purge_recorded = True
+        else:
+            first_at = at if not ingested else first_at
+            size, ingested = row_size, True
+    for rowid, row_size, stored_at, _ in messages:
+        for finding in _message(sha256, row_size, stored_at, first_at, ingested, size):
+            found.messages.append((rowid, finding))
+    marked = any(purged for *_, purged in messages)
+    if marked and not purge_recorded:
+        found.unrecorded_purges.append(_unrecorded_purge(sha256))
+    if purge_recorded and not marked:
+        found.unmarked_purges.append(_unmarked_purge(sha256, bool(messages)))
+    if ingested and not purge_recorded and not messages:
+        found.rows_missing.append(
+            Finding(
                 "catalog-row-missing",
                 "error",
                 sha256,
                 f"the ledger records the ingest of {sha256} but the catalog has no row for it and no purge was recorded",
             )
-    rows: Counter[tuple[str, str, str]] = Counter()
-    confirmed: Counter[tuple[str, str, str]] = Counter()
-    for account, uidl, sha256, deleted in db.execute(
-        "SELECT account, uidl, sha256, deleted_confirmed_at FROM uidls"
+        )
+
+
+def _message(
+    sha256: str,
+    size: int,
+    stored_at: str,
+    first_at: str | None,
+    ingested: bool,
+    recorded_size: int | None,
+) -> Iterator[Finding]:
+    """A message row against its content's ingest entries."""
+    yield from _first_ingest(sha256, stored_at, first_at)
+    if not ingested:
+        yield Finding(
+            "ledger-missing",
+            "error",
+            sha256,
+            f"message {sha256} is in the catalog but was never recorded in the ledger",
+        )
+    elif recorded_size != size:
+        yield Finding(
+            "ledger-disagrees",
+            "error",
+            sha256,
+            f"catalog says message {sha256} has {size} bytes, the ledger says {recorded_size}",
+        )
+
+
+# Every UIDL row beside the ingest and deletion entries of its (account, uidl, sha256), sorted
+# by that key: (account, uidl, sha256, side, order, what), side 0 a UIDL row (order: its id,
+# what: deleted_confirmed_at), 1 a ledger entry (order: its seq, what: its kind)
+_UIDLS = """
+    SELECT account, uidl, sha256, 0, id, deleted_confirmed_at FROM uidls
+    UNION ALL
+    SELECT account, uidl, sha256, 1, seq, kind FROM ledger
+    WHERE kind IN ('ingest', 'server-delete', 'server-gone', 'mailbox-changed')
+    ORDER BY 1, 2, 3, 4, 5"""
+
+
+def _uidls(db: sqlite3.Connection) -> Iterator[Finding]:
+    """The UIDL rows against the ledger's ingests and deletions, a (account, uidl, sha256) at
+    a time, counted on both sides (a UIDL the server reuses after a deletion has a row and an
+    ingest each time).  Each kind of finding in the order of its key's first row or entry."""
+    found: dict[str, list[tuple[int, Finding]]] = {code: [] for code in _UIDL_FINDINGS}
+    for (account, uidl, _), group in itertools.groupby(
+        db.execute(_UIDLS), key=operator.itemgetter(0, 1, 2)
     ):
-        rows[(account, uidl, sha256)] += 1
-        if deleted:
-            confirmed[(account, uidl, sha256)] += 1
-    for key, count in rows.items():
-        if ingested[key] < count:
-            yield Finding(
-                "ledger-missing",
-                "error",
-                f"{key[0]}/{key[1]}",
-                f"UIDL {key[1]} of account {key[0]} is in the catalog but its ingest is not in the ledger",
-            )
-    for key, count in ingested.items():  # a UIDL row is never deleted, only marked
-        if key[1] is not None and key[0] is not None and rows[key] < count:
-            yield Finding(
-                "catalog-row-missing",
-                "error",
-                f"{key[0]}/{key[1]}",
-                f"the ledger records the ingest of UIDL {key[1]} of account {key[0]} but the "
-                "catalog has no row for it (a fetch would download it again)",
-            )
-    for key, count in confirmed.items():
-        if gone[key] < count:
-            yield Finding(
-                "ledger-missing",
-                "error",
-                f"{key[0]}/{key[1]}",
-                f"UIDL {key[1]} of account {key[0]} is marked deleted but the deletion is not in the ledger",
-            )
-    for key, count in gone.items():  # the other way: a deletion un-marked by hand
-        if confirmed[key] < count and rows[key] >= count:
-            yield Finding(
-                "ledger-disagrees",
-                "error",
-                f"{key[0]}/{key[1]}",
-                f"the ledger records the deletion of UIDL {key[1]} of account {key[0]} but the "
-                "catalog does not mark it deleted (edited by hand?): fetch would take it for "
-                "mail still on the server",
-            )
+        counts = _uidl_counts(group)
+        (rows, first_row), (confirmed, first_confirmed) = counts[:2]
+        (ingested, first_ingest), (gone, first_gone) = counts[2:]
+        for what, first, wrong in (
+            ("unrecorded", first_row, ingested < rows),
+            ("lost", first_ingest, account is not None and uidl is not None and rows < ingested),
+            ("undeleted", first_confirmed, gone < confirmed),
+            ("unmarked", first_gone, confirmed < gone <= rows),
+        ):
+            if wrong:
+                code, text = _UIDL_FINDINGS[what]
+                finding = Finding(code, "error", f"{account}/{uidl}", text.format(account, uidl))
+                found[what].append((first, finding))
+    for findings in found.values():
+        findings.sort(key=operator.itemgetter(0))
+        yield from (finding for _, finding in findings)
 
 
-def _imports(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> Iterator[Finding]:
+# What the UIDL check finds, in the order it reports it: {0} the account, {1} the UIDL
+_UIDL_FINDINGS = {
+    "unrecorded": (  # a row without its ingest
+        "ledger-missing",
+        "UIDL {1} of account {0} is in the catalog but its ingest is not in the ledger",
+    ),
+    "lost": (  # an ingest without its row (a UIDL row is never deleted, only marked)
+        "catalog-row-missing",
+        "the ledger records the ingest of UIDL {1} of account {0} but the catalog has no row "
+        "for it (a fetch would download it again)",
+    ),
+    "undeleted": (  # a deletion marked, not recorded
+        "ledger-missing",
+        "UIDL {1} of account {0} is marked deleted but the deletion is not in the ledger",
+    ),
+    "unmarked": (  # the other way: a deletion un-marked by hand
+        "ledger-disagrees",
+        "the ledger records the deletion of UIDL {1} of account {0} but the catalog does "
+        "not mark it deleted (edited by hand?): fetch would take it for mail still on the "
+        "server",
+    ),
+}
+
+
+def _uidl_counts(group: Iterable[tuple[Any, ...]]) -> list[tuple[int, int]]:
+    """(how many, the first's id or seq) of a key's UIDL rows, of those marked deleted, of
+    its ingest entries and of its deletion entries; ``group`` is in order of side, then id
+    or seq."""
+    counts = [(0, 0)] * 4
+    for *_, side, order, what in group:
+        for kind in _uidl_kinds(side, what):
+            n, first = counts[kind]
+            counts[kind] = (n + 1, first if n else order)
+    return counts
+
+
+def _uidl_kinds(side: int, what: Any) -> tuple[int, ...]:
+    """Which of ``_uidl_counts``' counts a row of ``_UIDLS`` adds to."""
+    if side == 1:
+        return (2,) if what == "ingest" else (3,)
+    return (0, 1) if what else (0,)  # what: deleted_confirmed_at
+
+
+# Every imports row beside the ingest entries of its (label, sha256), sorted by that key:
+# (label, sha256, side, detail), side 0 an imports row, 1 an ingest entry (detail: its detail)
+_IMPORTS = """
+    SELECT account, sha256, 0, NULL FROM imports
+    UNION ALL
+    SELECT account, sha256, 1, detail FROM ledger WHERE kind = 'ingest'
+    ORDER BY 1, 2"""
+
+
+def _imports(db: sqlite3.Connection) -> Iterator[Finding]:
     """The imports rows against the ledger's import ingests, by (label, sha256), both ways: a
     label is what holds (`account:`) and per-label retention go by, so one edited by hand
     must be reported (mailvault itself reads labels from the ledger)."""
     try:
-        rows = Counter(db.execute("SELECT account, sha256 FROM imports").fetchall())
+        rows = db.execute(_IMPORTS)
     except sqlite3.OperationalError:  # before the imports table
         return
-    recorded = Counter(
-        (e["account"], e["sha256"])
-        for e in entries
-        if e["kind"] == "ingest"
-        and str(ledger.parse_detail(e["detail"]).get("source", "")).startswith("import:")
-    )
+    listed_more: list[tuple[tuple[Any, Any], int]] = []  # ((label, sha256), by how many)
+    recorded_more: list[tuple[tuple[Any, Any], int]] = []
+    for key, group in itertools.groupby(rows, key=operator.itemgetter(0, 1)):
+        listed = recorded = 0
+        for *_, side, detail in group:
+            if side == 0:
+                listed += 1
+            elif str(ledger.parse_detail(detail).get("source", "")).startswith("import:"):
+                recorded += 1
+        if listed > recorded:
+            listed_more.append((key, listed - recorded))
+        elif recorded > listed:
+            recorded_more.append((key, recorded - listed))
     for extra, where, other in (
-        (rows - recorded, "the catalog's imports rows", "the ledger records"),
-        (recorded - rows, "the ledger", "the catalog's imports rows hold"),
+        (listed_more, "the catalog's imports rows", "the ledger records"),
+        (recorded_more, "the ledger", "the catalog's imports rows hold"),
     ):
-        for (label, sha256), count in sorted(extra.items(), key=str):
+        for (label, sha256), count in sorted(extra, key=str):
             yield Finding(
                 "ledger-disagrees",
                 "error",
@@ -411,36 +523,37 @@ def _first_ingest(sha256: str, stored_at: str, recorded: str | None) -> Iterator
         )
 
 
-def _purges(db: sqlite3.Connection, recorded: set[str], in_catalog: set[str]) -> Iterator[Finding]:
-    """Retention's purges, the catalog's against the ledger's, both ways: a purge the ledger
-    does not record, or one the catalog no longer shows (a tombstone removed, or purged_at
-    cleared) is an edited catalog.  ``in_catalog``: the sha256 of every message row."""
-    marked = _purged(db)
-    for sha256 in sorted(marked - recorded):
-        yield Finding(
-            "ledger-missing",
+def _unrecorded_purge(sha256: str) -> Finding:
+    """Retention's purges are checked both ways: one the ledger does not record, or one the
+    catalog no longer shows (a tombstone removed, or purged_at cleared), is an edited
+    catalog.  This is the first way."""
+    return Finding(
+        "ledger-missing",
+        "error",
+        sha256,
+        f"message {sha256} is marked purged but no purge is in the ledger (the catalog "
+        "was edited?); retention will not remove its blob",
+    )
+
+
+def _unmarked_purge(sha256: str, in_catalog: bool) -> Finding:
+    """A purge the ledger records and the catalog does not mark: ``in_catalog``, whether the
+    message still has its row."""
+    if not in_catalog:
+        return Finding(
+            "catalog-row-missing",
             "error",
             sha256,
-            f"message {sha256} is marked purged but no purge is in the ledger (the catalog "
-            "was edited?); retention will not remove its blob",
+            f"the ledger records the purge of message {sha256} but the catalog has no row "
+            "(its tombstone was deleted by hand?): a fetch would download it again",
         )
-    for sha256 in sorted(recorded - marked):
-        if sha256 not in in_catalog:
-            yield Finding(
-                "catalog-row-missing",
-                "error",
-                sha256,
-                f"the ledger records the purge of message {sha256} but the catalog has no row "
-                "(its tombstone was deleted by hand?): a fetch would download it again",
-            )
-        else:
-            yield Finding(
-                "ledger-disagrees",
-                "error",
-                sha256,
-                f"the ledger records the purge of message {sha256} but the catalog does not "
-                "mark it purged (edited by hand?): it counts as live mail whose blob is gone",
-            )
+    return Finding(
+        "ledger-disagrees",
+        "error",
+        sha256,
+        f"the ledger records the purge of message {sha256} but the catalog does not "
+        "mark it purged (edited by hand?): it counts as live mail whose blob is gone",
+    )
 
 
 # A hold as the ledger tells it: [query, released, detail of its hold-add, syntax], one per

@@ -146,6 +146,77 @@ def test_edited_ledger_entry(vault: Path) -> None:
     assert broken and broken[0]["subject"] == "entry 3"
 
 
+def test_the_ledger_chain_is_checked_as_it_is_read(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify walks the ledger an entry at a time: the break at entry 3 is reported when
+    entry 3 is read, not once every entry of the ledger is held (that grew with the vault)."""
+    from mailvault import ledger, verify
+
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("DROP TRIGGER ledger_no_update")
+        db.execute("UPDATE ledger SET size = 1 WHERE seq = 3")
+    entries = ledger.iter_entries
+    read: list[object] = []
+
+    def counted(db: sqlite3.Connection, *args: str) -> Iterator[dict[str, object]]:
+        for entry in entries(db, *args):
+            read.append(entry["seq"])
+            yield entry
+
+    monkeypatch.setattr(ledger, "iter_entries", counted)
+    first = next(f for f in verify.verify(open_vault(vault), quick=True) if f.code != "blob-orphan")
+    assert (first.code, first.subject, read) == ("ledger-broken", "entry 3", [1, 2, 3])
+
+
+def test_each_disagreement_of_catalog_and_ledger_is_named_in_order(vault: Path) -> None:
+    """Damage of every kind the ledger check cross-checks, at once: each is named once, in the
+    order verify reports them (the chain; message rows in the catalog's order; purges;
+    contents the catalog lost; UIDL rows, then UIDL ingests, then deletions)."""
+    from mailvault import ledger
+
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        sha = dict(db.execute("SELECT uidl, sha256 FROM uidls"))
+        rowid = dict(db.execute("SELECT sha256, rowid FROM messages"))
+        size = dict(db.execute("SELECT sha256, size FROM messages"))
+        (lost_seq,) = db.execute(
+            "SELECT seq FROM ledger WHERE kind = 'ingest' AND uidl = 'uid-3'"
+        ).fetchone()
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("DROP TRIGGER ledger_no_delete")
+        db.execute("DELETE FROM ledger WHERE seq = ?", (lost_seq,))  # uid-3's ingest
+        ledger.append(  # uid-8 ingested twice, its second row never committed
+            db, "ingest", account="acct", uidl="uid-8", sha256=sha["uid-8"], size=size[sha["uid-8"]]
+        )
+        resized = [sha["uid-1"], sha["uid-2"], sha["uid-6"]]
+        db.executemany(
+            "UPDATE messages SET size = size + 1 WHERE sha256 = ?", [(s,) for s in resized]
+        )
+        db.execute("UPDATE messages SET purged_at = '2026-01-01' WHERE sha256 = ?", (sha["uid-4"],))
+        db.execute("DELETE FROM messages WHERE sha256 = ?", (sha["uid-7"],))
+        db.execute("DELETE FROM uidls WHERE uidl = 'uid-5'")
+        db.execute("UPDATE uidls SET deleted_confirmed_at = NULL WHERE uidl = 'uid-6'")
+    messages = sorted(
+        [(rowid[s], "ledger-disagrees", s) for s in resized]
+        + [(rowid[sha["uid-3"]], "ledger-missing", sha["uid-3"])]
+    )
+    expected = [
+        ("ledger-broken", f"entry {lost_seq + 1}"),  # a gap: expected sequence
+        ("ledger-broken", f"entry {lost_seq + 1}"),  # and prev_hash
+        *[(code, subject) for _, code, subject in messages],
+        ("ledger-missing", sha["uid-4"]),  # marked purged, no purge recorded
+        ("catalog-row-missing", sha["uid-7"]),
+        ("ledger-missing", "acct/uid-3"),  # a UIDL row without its ingest
+        ("catalog-row-missing", "acct/uid-5"),  # ingests without their rows
+        ("catalog-row-missing", "acct/uid-8"),
+        ("ledger-disagrees", "acct/uid-6"),  # a deletion the catalog no longer marks
+    ]
+    ledger_codes = {"ledger-broken", "ledger-missing", "ledger-disagrees", "catalog-row-missing"}
+    code, items = findings(vault, "--quick")
+    assert code == 1
+    assert [(f["code"], f["subject"]) for f in items if f["code"] in ledger_codes] == expected
+
+
 def test_ledger_export_checks_without_the_database(vault: Path, tmp_path: Path) -> None:
     head = run_cli(vault, "ledger", "head").stdout.split()
     assert head[0] == "16"  # 8 ingests + 8 confirmed deletions
