@@ -52,17 +52,18 @@ IndexCheck = Callable[[Vault, Iterable[str], bool], Iterator[Finding]]
 
 def _blobs(
     vault: Vault,
-    catalog_ids: set[str],
+    catalog: Iterable[tuple[str, bool]],
     quick: bool,
-    purged: frozenset[str] = frozenset(),
     committed_since: Callable[[str], bool] = lambda digest: False,
     purged_since: Callable[[str], bool] = lambda digest: False,
     dated: Callable[[str, bytes], Iterator[Finding]] = lambda digest, head: iter(()),
 ) -> Iterator[Finding]:
     """The store against the catalog; unless ``quick``, every blob hashed, and ``dated``
-    given the head of each live message whose blob is whole."""
+    given the head of each live message whose blob is whole.  ``catalog``: (sha256, purged)
+    of every message row, in byte order (``ORDER BY sha256``), walked beside the store's
+    blobs (which ``BlobStore.entries`` gives in that order), so that neither side is held."""
     store = vault.read_store()  # reading needs no config: verify must work when it is broken
-    on_disk = set()
+    rows = _CatalogWalk(iter(catalog))
     unlisted: list[tuple[Path, str]] = []  # blobs without a catalog row: decided after the walk
     purging: list[tuple[Path, str]] = []  # blobs of purged messages: likewise
     for path, digest in store.entries():  # one pass over objects/: blobs, strays, their modes
@@ -76,12 +77,12 @@ def _blobs(
                 "vault",
             )
             continue
-        on_disk.add(digest)
-        if digest in purged:
+        purged = rows.find(digest)  # None: no catalog row
+        if purged:
             purging.append((path, digest))
             continue
         # (a blob a writer committed after verify took its snapshot of the catalog is fine)
-        if digest not in catalog_ids and not committed_since(digest):
+        if purged is None and not committed_since(digest):
             unlisted.append((path, digest))
         if quick:
             continue
@@ -104,11 +105,12 @@ def _blobs(
                 digest,
                 f"blob {path} hashes to {actual}: its content changed",
             )
-        elif digest in catalog_ids:
+        elif purged is not None:
             yield from dated(digest, head)
+    missing = rows.missing()
     yield from _unlisted(vault, store.objects, unlisted, committed_since)
     yield from _purging(vault, store.objects, purging)
-    for digest in sorted(catalog_ids - on_disk):
+    for digest in missing:
         if purged_since(digest):
             continue  # purged (and its blob removed) after verify's snapshot
         yield Finding(
@@ -129,6 +131,40 @@ def _blobs(
             yield Finding(
                 "tmp-leftover", "info", str(store.tmp), f"{len(leftovers)} in tmp/: {what}"
             )
+
+
+class _CatalogWalk:
+    """The catalog's message rows, (sha256, purged) in byte order, asked about the store's
+    blobs in the same order: each row is read once, and the live messages the walk passes
+    without a blob are kept (the missing ones: found, not the catalog)."""
+
+    def __init__(self, rows: Iterator[tuple[str, bool]]) -> None:
+        self.rows = rows
+        self.head = next(rows, None)
+        self.seen = False  # whether a blob of the head row was found
+        self.passed: list[str] = []  # live messages without a blob
+
+    def find(self, digest: str) -> bool | None:
+        """Whether the message of a blob is purged; None when the catalog has no row for it.
+        ``digest``s come in order, each as often as the store holds it."""
+        while self.head is not None and self.head[0] < digest:
+            self._next()
+        if self.head is None or self.head[0] != digest:
+            return None
+        self.seen = True
+        return bool(self.head[1])
+
+    def missing(self) -> list[str]:
+        """Once every blob was asked about: the live messages without one, in order."""
+        while self.head is not None:
+            self._next()
+        return self.passed
+
+    def _next(self) -> None:
+        assert self.head is not None
+        if not self.seen and not self.head[1]:
+            self.passed.append(self.head[0])
+        self.head, self.seen = next(self.rows, None), False
 
 
 def _rehash(store: BlobStore, digest: str) -> tuple[str, bytes]:
@@ -841,8 +877,6 @@ def _checks(
     try:
         db.execute("BEGIN")
         yield from _catalog(db)
-        catalog_ids = {row[0] for row in db.execute("SELECT sha256 FROM messages")}
-        purged = _purged(db)
 
         def committed_since(digest: str) -> bool:
             query = "SELECT 1 FROM messages WHERE sha256 = ?"
@@ -854,9 +888,8 @@ def _checks(
 
         for finding in _blobs(
             vault,
-            catalog_ids - purged,
+            _message_rows(db),
             quick,
-            frozenset(purged),
             committed_since,
             purged_since,
             _dates(db, vault.read_store()),
@@ -864,7 +897,6 @@ def _checks(
             if finding.code in UNINDEXABLE:
                 unindexable.add(finding.subject)
             yield finding
-        del catalog_ids, purged  # not held through the checks below
         yield from _ledger(db)
         yield from _audit(db)
         yield from guard_findings(db)
@@ -951,13 +983,14 @@ def _live_ids(db: sqlite3.Connection) -> Iterator[str]:
         yield sha256
 
 
-def _purged(db: sqlite3.Connection) -> set[str]:
+def _message_rows(db: sqlite3.Connection) -> Iterator[tuple[str, bool]]:
+    """(sha256, purged) of every message row of the catalog, in byte order, one at a time."""
     try:
-        return {
-            row[0] for row in db.execute("SELECT sha256 FROM messages WHERE purged_at IS NOT NULL")
-        }
-    except sqlite3.OperationalError:
-        return set()
+        rows = db.execute("SELECT sha256, purged_at IS NOT NULL FROM messages ORDER BY sha256")
+    except sqlite3.OperationalError:  # no purged_at yet: none is purged
+        rows = db.execute("SELECT sha256, 0 FROM messages ORDER BY sha256")
+    for sha256, purged in rows:
+        yield sha256, bool(purged)
 
 
 def summary(findings: list[Finding], repaired: list[Finding] | None = None) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -114,6 +115,59 @@ def test_deleted_blob(vault: Path) -> None:
     code, items = findings(vault)
     assert code == 1 and {"blob-missing"} == codes(items)
     assert items[0]["subject"] == digest
+
+
+def test_blob_findings_are_named_in_order(vault: Path) -> None:
+    """Blobs without a catalog row, then blobs of purged messages, then the live messages
+    whose blob is gone, in byte order; a purged message's blob gone and a blob kept twice
+    (compressed and not) are no finding."""
+    store = BlobStore(vault)
+    digests = sorted(store.iter_digests())
+    kept = store.find(digests[0])
+    assert kept is not None
+    shutil.copy(kept, kept.with_suffix(""))  # the same digest under both names
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("DELETE FROM messages WHERE sha256 = ?", (digests[4],))
+        db.executemany(
+            "UPDATE messages SET purged_at = '2026-01-01T00:00:00+00:00' WHERE sha256 = ?",
+            [(digests[1],), (digests[6],)],
+        )
+    for gone in (digests[6], digests[5], digests[2]):
+        path = store.find(gone)
+        assert path is not None
+        path.unlink()
+    code, items = findings(vault, "--quick")
+    assert code == 1
+    assert [(f["code"], f["subject"]) for f in items if f["code"].startswith("blob-")] == [
+        ("blob-orphan", digests[4]),
+        ("blob-purge-unfinished", digests[1]),
+        ("blob-missing", digests[2]),
+        ("blob-missing", digests[5]),
+    ]
+
+
+def test_the_catalog_is_read_as_the_store_is_walked(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify walks the catalog's messages beside the store's blobs, both in byte order: the
+    first blob's damage is reported once its own row is read, not once the id of every
+    message is held (that grew with the vault)."""
+    from mailvault import verify
+
+    digest, _ = flip_a_byte(vault)  # the first blob in byte order
+    rows = verify._message_rows
+    read: list[str] = []
+
+    def counted(db: sqlite3.Connection) -> Iterator[tuple[str, bool]]:
+        for row in rows(db):
+            read.append(row[0])
+            yield row
+
+    monkeypatch.setattr(verify, "_message_rows", counted)
+    first = next(f for f in verify.verify(open_vault(vault)) if f.code.startswith("blob-"))
+    assert first.code in {"blob-corrupt", "blob-unreadable"}
+    assert (first.subject, read) == (digest, [digest])
 
 
 def test_deleted_catalog_row(vault: Path) -> None:
