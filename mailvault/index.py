@@ -59,7 +59,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import cache
 
@@ -670,16 +670,6 @@ class IndexWriter:
             if self.pending:
                 self.writer.commit()
             self.writer.wait_merging_threads()
-
-
-def ids_not_in(
-    searcher: tantivy.Searcher, schema: tantivy.Schema, keep: Collection[str]
-) -> Iterator[str]:
-    """Ids of live documents whose message is not in ``keep``: a walk of the id terms (which
-    still name deleted documents, hence the ``contains`` check)."""
-    for term, _ in searcher.terms_with_prefix("id", ""):
-        if term not in keep and contains(searcher, schema, term):
-            yield term
 
 
 # Ids per run of ``live_ids``' walk of the id term dictionary (about: the runs are cut by the

@@ -525,19 +525,7 @@ def _reconcile(
     searcher = index.searcher()
     if not exact and searcher.num_docs == _indexed_count(catalog):
         return 0
-    schema = index.schema
-    listed = _rows(
-        catalog,
-        "SELECT p.sha256, m.first_ingest_at, m.size FROM message_meta p "
-        "JOIN messages m ON m.sha256 = p.sha256 WHERE p.indexed_at IS NOT NULL",
-    )
-    lost: list[Job] = [
-        (sha256, ingest, size)
-        for sha256, ingest, size in listed
-        if not ix.contains(searcher, schema, sha256)
-    ]
-    wanted = {row[0] for row in listed}
-    extra = list(ix.ids_not_in(searcher, schema, wanted))
+    lost, extra = _disagreeing(catalog, searcher, index.schema)
     if extra:
         log.warning(
             "the index holds %d messages the catalog does not list as indexed (purged, or "
@@ -549,7 +537,7 @@ def _reconcile(
             writer.delete(sha256)
         writer.close()
         del writer
-    del index, searcher, schema  # no tantivy threads around when the parse pool forks
+    del index, searcher  # no tantivy threads around when the parse pool forks
     if not lost:
         return len(extra)
     log.warning(
@@ -558,6 +546,40 @@ def _reconcile(
     _mark_indexed(catalog, [job[0] for job in lost], None)
     _pipeline(vault, catalog, lost, set(), index_dir, report, progress, mark=True)
     return len(lost) + len(extra)
+
+
+def _disagreeing(catalog: Catalog, searcher: Any, schema: Any) -> tuple[list[Job], list[str]]:
+    """The messages the catalog lists as indexed that the index lacks (as jobs, to index
+    again), and the ids of live documents of messages it does not list: the catalog's
+    listed messages (``ORDER BY sha256``) and the index's live ids (``ix.live_ids``) walked
+    side by side, so that neither is held whole, and no term query per message."""
+    listed = catalog.db.execute(
+        "SELECT p.sha256 FROM message_meta p JOIN messages m ON m.sha256 = p.sha256 "
+        "WHERE p.indexed_at IS NOT NULL ORDER BY p.sha256"
+    )
+    lost: list[str] = []
+    extra: list[str] = []
+    for sha256, is_listed, n in _side_by_side(
+        (row[0] for row in listed), ix.live_ids(searcher, schema)
+    ):
+        if is_listed and not n:
+            lost.append(sha256)
+        elif not is_listed:
+            extra.append(sha256)
+    return _jobs(catalog, lost), extra
+
+
+def _jobs(catalog: Catalog, digests: Sequence[str]) -> list[Job]:
+    """The jobs that index these messages again, in the order given."""
+    found: dict[str, Job] = {}
+    for start in range(0, len(digests), 400):
+        chunk = list(digests[start : start + 400])
+        sql = (
+            "SELECT sha256, first_ingest_at, size FROM messages "
+            f"WHERE sha256 IN ({','.join('?' * len(chunk))})"
+        )
+        found.update((r[0], (r[0], r[1], r[2])) for r in _rows(catalog, sql, chunk))
+    return [found[sha256] for sha256 in digests if sha256 in found]
 
 
 def purged_text_lingers(vault: Vault) -> bool:

@@ -246,6 +246,36 @@ def test_documents_missing_from_the_index_are_repaired(small: tuple[Vault, list[
     assert all(_doc_count(vault, d) == 1 for d in digests[:7])
 
 
+def test_the_exact_check_walks_the_catalog_beside_the_index(
+    small: tuple[Vault, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``catch_up(exact=True)``, as retention and `hold add` run it, walks the messages the
+    catalog lists as indexed beside the index's live ids, both in order: no term query per
+    message and no set of every id.  A document lost and one of a purged message are both
+    found, whatever the counts say."""
+    vault, digests = small
+    catch_up(vault)
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    writer.delete(digests[0])  # lost
+    writer.close()
+    with sqlite3.connect(vault.catalog_path) as db:  # purged, its document left behind
+        db.execute("DELETE FROM message_meta WHERE sha256 = ?", (digests[1],))
+        db.execute("UPDATE messages SET purged_at = '2026-01-01' WHERE sha256 = ?", (digests[1],))
+    asked: list[str] = []
+    contains = ix.contains
+
+    def counted(searcher: tantivy.Searcher, schema: tantivy.Schema, sha256: str) -> bool:
+        asked.append(sha256)
+        return contains(searcher, schema, sha256)
+
+    monkeypatch.setattr(ix, "contains", counted)
+    report = catch_up(vault, exact=True)
+    assert (report.repaired, asked) == (2, [])
+    assert _doc_count(vault, digests[0]) == 1 and _doc_count(vault, digests[1]) == 0
+    assert _num_docs(vault) == len(digests) - 1
+
+
 def test_a_duplicate_from_another_account_is_reindexed_with_both_accounts(tmp_path: Path) -> None:
     vault, _, _ = build_vault(tmp_path / "vault", [])
     raw = special_messages()["accents"]
