@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from dataclasses import dataclass, replace
@@ -30,8 +31,9 @@ from mailvault.errors import MailvaultError, UsageError
 from mailvault.vault import Vault, read_only_uri, utcnow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
+    from mailvault.catalog import Catalog
     from mailvault.store import BlobStore
 
 # -- audit (written by mailvault.audit.record) ---------------------------------------------------
@@ -435,19 +437,9 @@ def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
                         **_lf_form(c),
                     },
                 )
-        # Files of purges the ledger records (this one, and any a crash left unfinished); a
-        # purged_at without its ledger entry is an edited catalog: verify reports it, and its
-        # blob stays.
-        leftovers = {
-            r["sha256"]
-            for r in catalog.rows(
-                "SELECT sha256 FROM messages m WHERE purged_at IS NOT NULL AND EXISTS "
-                "(SELECT 1 FROM ledger l WHERE l.kind = 'purge' AND l.sha256 = m.sha256)"
-            )
-        }
+        _remove_files(vault, catalog)
     finally:
         catalog.close()
-    _remove_files(vault, leftovers)
     return [c.sha256 for c in doomed]
 
 
@@ -460,21 +452,53 @@ def _lf_form(candidate: Candidate) -> dict[str, str]:
     return {"lf_sha256": lf} if lf is not None and lf != candidate.sha256 else {}
 
 
-def _remove_files(vault: Vault, purged: set[str]) -> None:
-    """Blobs and index documents of purged messages (idempotent: also finishes a crashed purge)."""
-    from mailvault import index as ix
+# Files of purges the ledger records (this run's, and any a crash left unfinished), in byte
+# order; a purged_at without its ledger entry is an edited catalog: verify reports it, and its
+# blob stays
+_PURGES_RECORDED = """
+    SELECT sha256 FROM messages m WHERE purged_at IS NOT NULL AND EXISTS
+    (SELECT 1 FROM ledger l WHERE l.kind = 'purge' AND l.sha256 = m.sha256)
+    ORDER BY sha256"""
 
+
+def _remove_files(vault: Vault, catalog: Catalog) -> None:
+    """Blobs and index documents of purged messages (idempotent: also finishes a crashed
+    purge): every purge ever recorded, read one row at a time, the blobs first."""
+
+    def purged() -> Iterator[str]:
+        for (sha256,) in catalog.db.execute(_PURGES_RECORDED):
+            yield sha256
+
+    _remove_blobs(vault, purged())
+    _remove_documents(vault, purged())
+
+
+def _remove_blobs(vault: Vault, purged: Iterable[str]) -> None:
     store = vault.store()
     for sha in purged:
         path = store.find(sha)
         if path is not None:
             path.unlink()
-    if purged and (vault.index_path / "meta.json").exists():
-        index, _ = ix.create_or_open(vault.index_path)
-        writer = ix.IndexWriter(index)
-        for sha in purged:
-            writer.delete(sha)
-        writer.close()
+
+
+def _remove_documents(vault: Vault, purged: Iterable[str]) -> None:
+    """The index documents of ``purged`` (in byte order) that the index still holds (walked
+    beside its ids): not a delete queued for every message the vault ever purged."""
+    from mailvault import index as ix
+    from mailvault.indexer import still_indexed
+
+    purged = iter(purged)
+    head = next(purged, None)  # none: the index is not opened
+    if head is None or not (vault.index_path / "meta.json").exists():
+        return
+    indexed = still_indexed(vault, itertools.chain([head], purged))
+    first = next(indexed, None)
+    if first is None:
+        return
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = ix.IndexWriter(index)
+    writer.delete_many(itertools.chain([first], indexed))
+    writer.close()
 
 
 def dumps(document: dict[str, Any]) -> str:

@@ -569,6 +569,16 @@ def _disagreeing(catalog: Catalog, searcher: Any, schema: Any) -> tuple[list[Job
     return _jobs(catalog, lost), extra
 
 
+def still_indexed(vault: Vault, sha256s: Iterable[str]) -> Iterator[str]:
+    """Those of ``sha256s`` (in byte order) that a live document of the index holds: walked
+    beside the index's live ids (``ix.live_ids``), so that neither side is held."""
+    index = ix.open_for_search(vault.index_path)
+    searcher = index.searcher()
+    for sha256, listed, n in _side_by_side(sha256s, ix.live_ids(searcher, index.schema)):
+        if listed and n:
+            yield sha256
+
+
 def _jobs(catalog: Catalog, digests: Sequence[str]) -> list[Job]:
     """The jobs that index these messages again, in the order given."""
     found: dict[str, Job] = {}
