@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,6 +102,32 @@ def test_a_purge_deletes_from_the_index_only_what_it_still_holds(
     assert len(purged) == 2 and sorted(deleted) == sorted(purged)
     assert run_cli(vault, "search", "--count", "*").stdout.strip() == "5"
     assert not any(BlobStore(vault).find(sha) for sha in purged)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"sha256": "a", "held_by": [], "kept": None}],
+        [  # more than one write's worth, text of every kind, held_by lists
+            {"sha256": f"{i:064x}", "held_by": ["acme", "é"][: i % 3], "kept": "x\u2028\x85"}
+            for i in range(600)
+        ],
+        [{"kept": "blob /srv/\udcfe/x cannot be read"}, {"kept": "ü"}],  # a path not UTF-8
+    ],
+)
+def test_retention_json_is_written_as_print_json_writes_it(
+    messages: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """retention --json writes its messages a few hundred at a time, without building its
+    document: the same bytes as the whole document through print_json."""
+    from mailvault.cli._common import print_json, print_json_list
+
+    report = {"schema": "mailvault/retention/v1", "dry_run": False, "expired": len(messages)}
+    print_json({**report, "messages": messages})
+    whole = capsys.readouterr().out
+    print_json_list(report, "messages", messages, lambda m: m)
+    assert capsys.readouterr().out == whole
 
 
 def test_purged_messages_are_not_fetched_again(vault: Path, tmp_path: Path) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from mailvault._text import escaped, json_safe, undecodable
 from mailvault.vault import Vault, default_vault_path, open_vault, read_only_uri
+
+T = TypeVar("T")
 
 
 def vault_path(ctx: click.Context) -> Path:
@@ -33,6 +37,34 @@ def print_json(document: Any) -> None:
     if undecodable(text):
         text = json.dumps(document, indent=2)
     click.echo(json_safe(text))
+
+
+def print_json_list(
+    document: dict[str, Any], key: str, items: Sequence[T], encode: Callable[[T], Any]
+) -> None:
+    """``print_json({**document, key: [encode(item) for item in items]})``, the same bytes,
+    written a few hundred items at a time: neither that list nor the whole text is built (a
+    retention run lists every message past retention).  ``items`` is read twice: whether any
+    holds undecodable bytes decides how all of it is written."""
+    ascii_only = any(
+        undecodable(json.dumps(value, ensure_ascii=False))
+        for value in itertools.chain([document], map(encode, items))
+    )
+    text = json.dumps({**document, key: []}, indent=2, ensure_ascii=ascii_only)
+    if not items:
+        click.echo(json_safe(text))
+        return
+    click.echo(json_safe(text.removesuffix("[]\n}") + "[\n"), nl=False)
+    for start in range(0, len(items), 256):
+        chunk = ",\n".join(_item(encode(item), ascii_only) for item in items[start : start + 256])
+        click.echo(json_safe(chunk + (",\n" if start + 256 < len(items) else "")), nl=False)
+    click.echo("\n  ]\n}")
+
+
+def _item(value: Any, ascii_only: bool) -> str:
+    """``value`` as ``print_json`` writes an item of a list at the top level of a document:
+    indented two levels (JSON strings hold no raw line break: every one is structure)."""
+    return "    " + json.dumps(value, indent=2, ensure_ascii=ascii_only).replace("\n", "\n    ")
 
 
 def shown_path(path: object) -> str:

@@ -10,7 +10,7 @@ import click
 from mailvault import ledger
 from mailvault._text import json_safe
 from mailvault.cli import cli
-from mailvault.cli._common import escape, print_chain_head, print_json, vault_from
+from mailvault.cli._common import escape, print_chain_head, print_json, print_json_list, vault_from
 from mailvault.errors import UsageError
 
 if TYPE_CHECKING:
@@ -213,18 +213,16 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
             _audit_retention(vault, "finished", len(purged), {**counts, "purged": len(purged)})
         rebuilt = not dry_run and _compact_index(vault)
     if as_json:
-        print_json(
-            {
-                "schema": "mailvault/retention/v1",
-                "dry_run": dry_run,
-                "expired": len(candidates),
-                "held": len(held),
-                "kept": len(kept),
-                "purged": len(purged),
-                "index_rebuilt": rebuilt,
-                "messages": [c.as_json() for c in candidates],
-            }
-        )
+        report = {
+            "schema": "mailvault/retention/v1",
+            "dry_run": dry_run,
+            "expired": len(candidates),
+            "held": len(held),
+            "kept": len(kept),
+            "purged": len(purged),
+            "index_rebuilt": rebuilt,
+        }
+        print_json_list(report, "messages", candidates, lambda c: c.as_json())
     else:
         _print_plan(candidates, dry_run, len(purged), rebuilt)
     if kept:
