@@ -483,12 +483,13 @@ def _catch_up(vault: Vault, progress: Progress | None, exact: bool = False) -> I
             with catalog.transaction() as conn:
                 conn.execute("UPDATE message_meta SET indexed_at = NULL")
         unparsed = _unparsed(catalog)
-        jobs = unparsed + [j for j in _unindexed(catalog) if j[0] not in {u[0] for u in unparsed}]
+        fresh = {u[0] for u in unparsed}  # built once: in the comprehension, once per row
+        jobs = unparsed + [j for j in _unindexed(catalog) if j[0] not in fresh]
         _pipeline(
             vault,
             catalog,
             jobs,
-            {u[0] for u in unparsed},
+            fresh,
             index_dir,
             report,
             progress,
