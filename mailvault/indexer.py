@@ -692,12 +692,15 @@ def _reindex(vault: Vault, progress: Progress | None) -> IndexReport:
             shutil.rmtree(new, ignore_errors=True)
             raise
         ix.swap_in(index_dir)
-        # The new index holds exactly `done`; the catalog now says so.
+        # The new index holds exactly `done`; the catalog now says so, in one transaction: a
+        # search counts the indexed messages (``message_counts``), and between a commit that
+        # cleared them and the ones marking them again, saw nothing indexed.
         now = utcnow()
         with catalog.transaction() as conn:
             conn.execute("UPDATE message_meta SET indexed_at = NULL")
-        for start in range(0, len(done), 5000):
-            _mark_indexed(catalog, done[start : start + 5000], now)
+            conn.executemany(
+                "UPDATE message_meta SET indexed_at = ? WHERE sha256 = ?", ((now, d) for d in done)
+            )
         with contextlib.suppress(MailvaultError):
             report.documents = ix.open_for_search(index_dir).searcher().num_docs
     finally:

@@ -27,7 +27,7 @@ from mailvault.errors import CatalogError, UsageError, VaultError, VaultLocked, 
 # below use os.path, so they take any path).
 # The last migration of schemas/catalog.sql (tests/test_verify.py checks): for readers that
 # must not touch a newer mailvault's catalog without loading the migrations (the audit trail).
-CATALOG_VERSION = 7
+CATALOG_VERSION = 8
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

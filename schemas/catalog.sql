@@ -228,3 +228,29 @@ END;
 -- not in lower case are words), the language of every release before it; their hold-add
 -- ledger entries carry no "syntax", which means 1 as well (docs/compliance.md).
 ALTER TABLE holds ADD COLUMN syntax INTEGER NOT NULL DEFAULT 1;
+
+-- migration: 8
+-- How many messages are indexed (message_meta.indexed_at set), kept by triggers beside the
+-- purged count, so that `mailvault search` tells the live messages the index lacks from the
+-- documents of purged ones it may still hold (a retention run stopped before it updated the
+-- index), each on its own: from the index's number of documents alone, 380 unindexed messages
+-- hid 2620 purged documents, whose text was then shown.
+ALTER TABLE message_counts ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
+UPDATE message_counts SET indexed = (SELECT count(*) FROM message_meta WHERE indexed_at IS NOT NULL)
+WHERE id = 1;
+CREATE TRIGGER message_meta_indexed_insert AFTER INSERT ON message_meta
+WHEN NEW.indexed_at IS NOT NULL
+BEGIN
+    UPDATE message_counts SET indexed = indexed + 1 WHERE id = 1;
+END;
+CREATE TRIGGER message_meta_indexed_update AFTER UPDATE OF indexed_at ON message_meta
+WHEN (OLD.indexed_at IS NULL) != (NEW.indexed_at IS NULL)
+BEGIN
+    UPDATE message_counts SET indexed = indexed + (CASE WHEN NEW.indexed_at IS NULL THEN -1 ELSE 1 END)
+    WHERE id = 1;
+END;
+CREATE TRIGGER message_meta_indexed_delete AFTER DELETE ON message_meta
+WHEN OLD.indexed_at IS NOT NULL
+BEGIN
+    UPDATE message_counts SET indexed = indexed - 1 WHERE id = 1;
+END;

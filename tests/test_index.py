@@ -304,6 +304,30 @@ def test_reindex_matches_incremental_and_swaps_atomically(small: tuple[Vault, li
     assert catch_up(vault).indexed == 0
 
 
+def test_a_search_during_a_rebuild_is_told_of_no_unindexed_mail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild cleared every message's indexed_at in one commit, then marked them again in
+    others: a search between them (it counts the indexed messages, ``message_counts``) said
+    every message was unindexed.  At each commit of a rebuild, the catalog and the live index
+    agree."""
+    from mailvault import catalog as catalog_module
+    from mailvault.search.command import index_gap
+
+    vault, _, _ = build_vault(tmp_path / "v", generated(6, seed=3))
+    catch_up(vault)
+    commit = catalog_module._Transaction.__exit__
+    seen: list[tuple[int, int]] = []
+
+    def committed(self: catalog_module._Transaction, *exc: object) -> None:
+        commit(self, *exc)
+        seen.append(index_gap(vault.root, _num_docs(vault)))
+
+    monkeypatch.setattr(catalog_module._Transaction, "__exit__", committed)
+    reindex(vault)
+    assert seen and set(seen) == {(0, 0)}, seen
+
+
 def test_crash_during_the_swap_is_finished_on_open(small: tuple[Vault, list[str]]) -> None:
     vault, digests = small
     catch_up(vault)

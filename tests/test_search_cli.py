@@ -464,7 +464,8 @@ def test_the_unindexed_check_reads_a_count_not_the_messages_table(
 ) -> None:
     """Once anything was purged, every search counted the live rows of `messages`: a scan of
     the table (155 ms at a million rows).  The catalog now keeps the number of purged rows
-    (migration 6, triggers), so the check is two lookups whatever the size."""
+    (migration 6, triggers) and of indexed ones (migration 8), so the check is two lookups
+    whatever the size; it tells unindexed messages and purged documents apart."""
     import sqlite3
 
     from mailvault.search.command import index_gap
@@ -472,11 +473,14 @@ def test_the_unindexed_check_reads_a_count_not_the_messages_table(
 
     vault, _, _ = build_vault(tmp_path / "v", [])
     digests = import_messages(vault, [m.raw for m in generated(6, seed=21)])
-    with sqlite3.connect(vault.catalog_path) as db:
-        db.execute("UPDATE messages SET purged_at = '2026-01-01' WHERE sha256 = ?", (digests[0],))
+    assert run(vault, "index").exit_code == 0
+    with sqlite3.connect(vault.catalog_path) as db:  # as a retention run stopped before the index
+        for digest in digests[:2]:
+            db.execute("UPDATE messages SET purged_at = '2026-01-01' WHERE sha256 = ?", (digest,))
+            db.execute("DELETE FROM message_meta WHERE sha256 = ?", (digest,))
         db.execute("UPDATE messages SET purged_at = '2026-01-02' WHERE sha256 = ?", (digests[0],))
-        db.execute("UPDATE messages SET purged_at = '2026-01-01' WHERE sha256 = ?", (digests[1],))
     db.close()
+    import_messages(vault, [m.raw for m in generated(8, seed=22)[6:]])  # two not indexed
     statements: list[str] = []
     connect = sqlite3.connect
 
@@ -486,15 +490,58 @@ def test_the_unindexed_check_reads_a_count_not_the_messages_table(
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", traced)
-    assert index_gap(vault.root, 1)[0] == 3  # 6 rows, 2 purged, 1 document
-    assert index_gap(vault.root, 4)[0] == 0
+    assert index_gap(vault.root, 6) == (2, 2)  # 8 rows, 2 purged, 4 indexed, 6 documents
+    assert index_gap(vault.root, 4) == (2, 0)
+    assert index_gap(vault.root, 3) == (3, 0)  # the index lost one (an old backup restored)
     assert not [s for s in statements if "count(" in s.lower()], statements
     monkeypatch.setattr(sqlite3, "connect", connect)
-    # a catalog from before the count (no writer has opened it since): counted as before
+    # catalogs from before the counts (no writer has opened them since): counted as before
+    with sqlite3.connect(vault.catalog_path) as db:
+        for trigger in ("insert", "update", "delete"):
+            db.execute(f"DROP TRIGGER message_meta_indexed_{trigger}")
+        db.execute("ALTER TABLE message_counts DROP COLUMN indexed")
+    db.close()
+    assert index_gap(vault.root, 6) == (2, 2)
     with sqlite3.connect(vault.catalog_path) as db:
         db.execute("DROP TABLE message_counts")
     db.close()
-    assert index_gap(vault.root, 1)[0] == 3
+    assert index_gap(vault.root, 6) == (2, 2)
+
+
+def test_a_catalog_migrated_to_count_indexed_messages_counts_those_already_indexed(
+    tmp_path: Path,
+) -> None:
+    """Migration 8 starts the indexed count from the catalog's rows, and the triggers keep it
+    as indexing, re-indexing and purges change them."""
+    import sqlite3
+
+    from mailvault.catalog import Catalog
+    from mailvault.search.command import index_gap
+
+    vault, digests, _ = build_vault(tmp_path / "v", generated(5, seed=3))
+    assert run(vault, "index").exit_code == 0
+    with sqlite3.connect(vault.catalog_path) as db:  # as the mailvault before it left it
+        for trigger in ("insert", "update", "delete"):
+            db.execute(f"DROP TRIGGER message_meta_indexed_{trigger}")
+        db.execute("ALTER TABLE message_counts DROP COLUMN indexed")
+        db.execute("PRAGMA user_version = 7")
+    db.close()
+    Catalog(vault.catalog_path).close()
+
+    def indexed() -> int:
+        with sqlite3.connect(vault.catalog_path) as db:
+            count = db.execute("SELECT indexed FROM message_counts").fetchone()[0]
+        db.close()
+        return int(count)
+
+    assert indexed() == 5 and index_gap(vault.root, 5) == (0, 0)
+    assert run(vault, "reindex").exit_code == 0 and indexed() == 5
+    with sqlite3.connect(vault.catalog_path) as db:
+        db.execute("DELETE FROM message_meta WHERE sha256 = ?", (digests[0],))
+        db.execute("UPDATE message_meta SET indexed_at = NULL WHERE sha256 = ?", (digests[1],))
+    db.close()
+    assert indexed() == 3
+    assert run(vault, "index").exit_code == 0 and indexed() == 5
 
 
 def test_search_shows_the_real_date_of_a_message_dated_beyond_the_index(tmp_path: Path) -> None:

@@ -172,16 +172,24 @@ def _read_only(vault_root: str | os.PathLike[str]) -> str:
 
 
 def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, int]:
-    """(how many archived messages the index lacks, after `import --no-index` say; how many
-    documents it holds beyond the live messages, those of purged mail after a retention run
-    was killed before its index update), from two counts, so that a search stays read-only
-    and fast instead of silently missing the first or showing the second.
+    """(how many live messages the index lacks, after `import --no-index` say; how many
+    documents of purged messages it may still hold, after a retention run was stopped between
+    its catalog commit and its index update), each found on its own, so that a search stays
+    read-only and fast instead of silently missing the first or showing the second.
+
+    From the index's documents and three numbers of the catalog: live, indexed and purged
+    messages.  Told from live messages minus documents alone, 3000 unindexed messages beside
+    2620 purged documents looked like 380 unindexed and none purged, and purged text was
+    shown.  The index holds the indexed messages' documents of live mail (fewer if it lost
+    some: an old backup restored); the rest are purged ones, up to how many are purged (or,
+    for the instant between an index commit and the catalog's, live ones: then no hit is
+    found purged and left out).
 
     Catalog rows are never deleted (a purge leaves a tombstone), so ``max(rowid)`` is their
-    number, found in one b-tree descent; the purged ones are subtracted as the one-row
-    ``message_counts`` says (triggers keep it; counting the live rows instead scans the
-    table: 155 ms at a million).  (0, 0) when the catalog cannot tell: the audit entry,
-    written next, reports a broken catalog.
+    number, found in one b-tree descent; the purged and the indexed ones are what the one-row
+    ``message_counts`` says (triggers keep it; counting rows instead scans a table: 155 ms at
+    a million).  (0, 0) when the catalog cannot tell: the audit entry, written next, reports a
+    broken catalog.
     """
     import sqlite3
 
@@ -189,19 +197,35 @@ def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, i
         db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
         try:
             rows = db.execute("SELECT max(rowid) FROM messages").fetchone()[0] or 0
-            try:
-                purged = db.execute("SELECT purged FROM message_counts WHERE id = 1").fetchone()
-                live = rows - int(purged[0])
-            except (sqlite3.OperationalError, TypeError):  # before migration 6: count them
-                if rows <= num_docs:
-                    return 0, 0
-                sql = "SELECT count(*) FROM messages WHERE purged_at IS NULL"
-                live = int(db.execute(sql).fetchone()[0])
-            return max(live - num_docs, 0), max(num_docs - live, 0)
+            purged, indexed = _counts(db, num_docs)
         finally:
             db.close()
     except sqlite3.Error:
         return 0, 0
+    live = rows - purged
+    return max(live - min(indexed, num_docs), 0), min(max(num_docs - indexed, 0), purged)
+
+
+def _counts(db: Any, num_docs: int) -> tuple[int, int]:
+    """(purged, indexed) messages: the ``message_counts`` row; in a catalog no writer has
+    opened since its ``indexed`` column was added (migration 8), or the row (6), counted until
+    one does, unless nothing is purged: then every document is a live message's."""
+    import sqlite3
+
+    try:
+        row = db.execute("SELECT purged, indexed FROM message_counts WHERE id = 1").fetchone()
+        return int(row[0]), int(row[1])
+    except (sqlite3.OperationalError, TypeError):
+        pass
+    try:
+        purged = int(db.execute("SELECT purged FROM message_counts WHERE id = 1").fetchone()[0])
+    except (sqlite3.OperationalError, TypeError):
+        sql = "SELECT count(*) FROM messages WHERE purged_at IS NOT NULL"
+        purged = int(db.execute(sql).fetchone()[0])
+    if not purged:
+        return 0, num_docs
+    sql = "SELECT count(*) FROM message_meta WHERE indexed_at IS NOT NULL"
+    return purged, int(db.execute(sql).fetchone()[0])
 
 
 def _purged_positions(vault_root: str | os.PathLike[str], page: Page) -> set[int] | None:
