@@ -656,6 +656,33 @@ def test_purged_mail_left_in_the_index_is_not_shown(tmp_path: Path) -> None:
     assert "purged" not in run(vault, "search", "--count", "*").stderr
 
 
+def test_purged_mail_in_the_index_during_a_retention_run_names_the_run(tmp_path: Path) -> None:
+    """A search while `retention apply` ran, between its purge and its index update, said a
+    retention run "was interrupted" and to run `mailvault index`, which then found the vault
+    locked (exit 3): it names the run that holds the vault instead."""
+    import sqlite3
+
+    from mailvault import ledger
+    from tests.vaults import holding_the_lock
+
+    vault, digests, _ = build_vault(tmp_path / "vault", generated(4, seed=21))
+    assert run(vault, "index").exit_code == 0
+    with sqlite3.connect(vault.catalog_path) as db:  # what the run has committed so far
+        db.execute("UPDATE messages SET purged_at = '2026-01-01T00:00:00+00:00' WHERE sha256 = ?",
+                   (digests[0],))  # fmt: skip
+        db.execute("DELETE FROM message_meta WHERE sha256 = ?", (digests[0],))
+        ledger.append(db, "purge", sha256=digests[0], size=1, detail={"reason": "retention: t"})
+    db.close()
+    with holding_the_lock(vault.root, "retention apply") as pid:
+        during = run(vault, "search", "*")
+    assert digests[0][:12] not in during.stdout
+    warning = during.stderr
+    assert f"still holds 1 purged message(s) while pid {pid} (retention apply" in warning, warning
+    assert "interrupted" not in warning and "; run `mailvault index`" not in warning, warning
+    after = run(vault, "search", "*").stderr  # the run is gone: it was interrupted
+    assert "(a retention run was interrupted)" in after and "; run `mailvault index`" in after
+
+
 def test_a_nul_parts_words_as_a_space_does(tmp_path: Path) -> None:
     """The index dropped NULs, merging the words around them: a Subject "nul<NUL>in<NUL>subject"
     was found only as `nulinsubject`, and search --json gave another Subject than show --json."""

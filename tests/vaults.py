@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,33 @@ def account_toml(name: str, **keys: Any) -> str:
     for key, value in keys.items():
         lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def holding_the_lock(root: Path, command: str) -> Iterator[int]:
+    """Another process holds the vault's write lock as ``command`` (`retention apply`, say)
+    for the duration; yields its pid, which the lock file names."""
+    ready = root.parent / f".{root.name}-lock-held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from pathlib import Path
+            from mailvault.vault import open_vault
+            with open_vault(Path({str(root)!r})).write_lock({command!r}):
+                Path({str(ready)!r}).touch()
+                time.sleep(60)
+        """)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )  # fmt: skip
+    try:
+        while not ready.exists():
+            assert holder.poll() is None, "the lock holder died"
+            time.sleep(0.02)
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        ready.unlink(missing_ok=True)
 
 
 def make_vault(root: Path, accounts: dict[str, dict[str, Any]], **vault_settings: Any) -> Path:

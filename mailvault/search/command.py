@@ -46,27 +46,8 @@ def run(
     check_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
     searcher = Searcher(os.path.join(vault_root, "index"), query)
     missing, extra = index_gap(vault_root, searcher.searcher.num_docs)
-    if extra:
-        with contextlib.suppress(OSError):
-            notes.write(
-                f"mailvault: warning: the index still holds {extra} purged message(s) (a "
-                "retention run was interrupted): they are left out of what is shown, but "
-                "counts include them; run `mailvault index`\n"
-            )
-    if missing:
-        from mailvault.vault import writer_of
-
-        are = "message is" if missing == 1 else "messages are"
-        writer = writer_of(vault_root)
-        # while a fetch or import runs, `mailvault index` would only find the vault locked
-        fix = (
-            f"{writer} is writing to the vault, and a fetch or import indexes what it stored "
-            "when it ends (else run `mailvault index` then)"
-            if writer
-            else "run `mailvault index`"
-        )
-        with contextlib.suppress(OSError):
-            notes.write(f"mailvault: warning: {missing} archived {are} not indexed yet: {fix}\n")
+    if missing or extra:
+        _warn_gap(vault_root, notes, missing, extra)
     if mode == "count":
         n = searcher.count()
         audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
@@ -91,6 +72,38 @@ def run(
                 f"mailvault: note: no hits from --offset {offset} on: the query has {total}\n"
             )
     return 0 if shown else 1
+
+
+def _warn_gap(vault_root: str | os.PathLike[str], notes: Any, missing: int, extra: int) -> None:
+    """Say on stderr what the index lacks and what purged mail it still holds (``index_gap``),
+    and what puts it right.  While a writer holds the vault, `mailvault index` would only find
+    it locked, and the writer may be the one that is putting it right (a retention run between
+    its purge and its index update, a fetch about to index): the fix names it instead."""
+    from mailvault.vault import writer_of
+
+    writer = writer_of(vault_root)
+    lines = []
+    if extra:
+        held = f"the index still holds {extra} purged message(s)"
+        lines.append(
+            f"{held} while {writer} is writing to the vault: they are left out of what is "
+            "shown, but counts include them until it updates the index (else run "
+            "`mailvault index` when it ends)"
+            if writer
+            else f"{held} (a retention run was interrupted): they are left out of what is "
+            "shown, but counts include them; run `mailvault index`"
+        )
+    if missing:
+        are = "message is" if missing == 1 else "messages are"
+        fix = (
+            f"{writer} is writing to the vault, and a fetch or import indexes what it stored "
+            "when it ends (else run `mailvault index` then)"
+            if writer
+            else "run `mailvault index`"
+        )
+        lines.append(f"{missing} archived {are} not indexed yet: {fix}")
+    with contextlib.suppress(OSError):
+        notes.write("".join(f"mailvault: warning: {line}\n" for line in lines))
 
 
 def _shown_hits(
