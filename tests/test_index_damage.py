@@ -67,6 +67,25 @@ def test_a_damaged_document_store_is_one_line_for_search(vault: Vault) -> None:
         assert_one_line_damage_error(run_cli(vault.root, *args))
 
 
+def test_a_damaged_index_being_rebuilt_is_one_line_naming_the_rebuild(vault: Vault) -> None:
+    """A search while `verify --repair-index` rebuilt a damaged index said to run `mailvault
+    reindex`, which would only have found the vault locked: it names the rebuild under way."""
+    from tests.vaults import holding_the_lock
+
+    damage(segment_file(vault, "store"))
+    with holding_the_lock(vault.root, "verify --repair-index") as pid:
+        ix.create_or_open(ix.new_path(vault.index_path), marker=False)  # the rebuild's
+        result = run_cli(vault.root, "search", "*")
+    assert result.exit_code == 3, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"mailvault: error: the search index at {vault.index_path} cannot be read while pid "
+        f"{pid} (verify --repair-index, since "
+    ), line
+    assert line.endswith(") is rebuilding it; search again when it ends"), line
+    assert_one_line_damage_error(run_cli(vault.root, "search", "*"))  # no one rebuilds it now
+
+
 def test_a_damaged_term_dictionary_is_a_finding_and_one_line_not_a_panic(vault: Vault) -> None:
     """Damage in the id terms makes tantivy panic (pyo3's PanicException, which is no
     Exception) when they are walked: verify --quick (no checksums) reports it as a finding,

@@ -12,6 +12,7 @@ import os
 import sys
 
 from mailvault._text import one_line, undecodable
+from mailvault.errors import IndexDamaged, IndexOutdated
 from mailvault.search.engine import Hit, Page, Searcher
 from mailvault.search.output import isatty, lines
 from mailvault.search.query import SORTS
@@ -38,6 +39,48 @@ def run(
 
     Click-free, so that a fast entry point can call it without importing the CLI group.
     """
+    try:
+        return _run(vault_root, query, limit, offset, sort, mode, out, err, exiting)
+    except (IndexDamaged, IndexOutdated) as exc:
+        rebuilding = _while_rebuilt(vault_root, exc)
+        if rebuilding is None:
+            raise
+        raise rebuilding from None
+
+
+def _while_rebuilt(
+    vault_root: str | os.PathLike[str], exc: IndexDamaged | IndexOutdated
+) -> IndexDamaged | IndexOutdated | None:
+    """The error for an index that could not be read while another process rebuilds it
+    (`verify --repair-index`, `reindex`, a retention run): its fix, `mailvault reindex`, would
+    only find the vault locked, and the rebuild under way is that fix.  None when no rebuild
+    is (no ``index.new``, nor the ``index.old`` of a swap, or no writer holds the vault)."""
+    from mailvault import index as ix
+    from mailvault.vault import writer_of
+
+    index = os.path.join(vault_root, "index")
+    if not any(os.path.lexists(index + suffix) for suffix in (ix.NEW_SUFFIX, ".old")):
+        return None
+    writer = writer_of(vault_root)
+    if writer is None:
+        return None
+    return type(exc)(
+        f"the search index at {index} cannot be read while {writer} is rebuilding it; search "
+        "again when it ends"
+    )
+
+
+def _run(
+    vault_root: str | os.PathLike[str],
+    query: str,
+    limit: int,
+    offset: int,
+    sort: str,
+    mode: str,
+    out: Any,
+    err: Any,
+    exiting: bool,
+) -> int:
     from mailvault.audit import record as audit
     from mailvault.vault import check_vault
 
