@@ -6,7 +6,8 @@
   what it protects.  Adding and releasing holds are ledger entries.
 * **Retention** purges messages older than ``keep_days`` that no active hold protects.  Age is
   counted from the message's Date header when the parser could read one, else from when the
-  vault first stored it.  A purge removes the blob, the parse rows and the index document, and
+  vault first stored it; with ``age_from = "archived"`` always from when the vault first stored
+  it (a Date header is whatever the sender wrote: an old one would let mail expire at once).  A purge removes the blob, the parse rows and the index document, and
   keeps a tombstone: the ``messages`` row with ``purged_at`` set (so its UIDL is never fetched
   again) and a ``purge`` ledger entry (sha256, reason, time).  The catalog commit comes first:
   a crash before the files are removed leaves a purged message whose blob the next
@@ -171,6 +172,7 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
     """Messages past retention; those an active hold protects carry the holds' names."""
     now = now or datetime.now(UTC)
     config = vault.config
+    archived = config.retention_age_from == "archived"
     default = config.retention_keep_days
     per_account = config.keep_days_by_label()
     if default is None and not per_account:
@@ -193,7 +195,9 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
                FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
                WHERE m.purged_at IS NULL"""
         )
-        old = [(row, basis) for row in rows if _expired(basis := _basis(row), shortest, now)]
+        old = [
+            (row, basis) for row in rows if _expired(basis := _basis(row, archived), shortest, now)
+        ]
         # rows, not group_concat: a label is user-given text (`import --account 'matter 7,
         # acme'`), so no separator can join them safely
         accounts = message_accounts(catalog, [row["sha256"] for row, _ in old])
@@ -222,7 +226,9 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
         ]
     free = [c for c in candidates if not c.held_by]
     if free:
-        reasons, lf_forms = _vet(vault, free, {row["sha256"]: row for row, _ in old}, now)
+        reasons, lf_forms = _vet(
+            vault, free, {row["sha256"]: row for row, _ in old}, now, archived=archived
+        )
         candidates = [
             replace(c, kept=reasons.get(c.sha256), lf_sha256=lf_forms.get(c.sha256))
             for c in candidates
@@ -231,7 +237,12 @@ def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
 
 
 def _vet(
-    vault: Vault, candidates: list[Candidate], rows: dict[str, dict[str, Any]], now: datetime
+    vault: Vault,
+    candidates: list[Candidate],
+    rows: dict[str, dict[str, Any]],
+    now: datetime,
+    *,
+    archived: bool = False,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Why each candidate no hold matches must be kept all the same: retention purges only
     what it can prove is under no hold and past retention.  Holds are matched through the
@@ -262,7 +273,7 @@ def _vet(
                     "`mailvault index` (and `mailvault verify` if it stays out)"
                 )
             elif head is not None:
-                reason = _age_problem(store, db, c, rows[c.sha256], head, now)
+                reason = _age_problem(store, db, c, rows[c.sha256], head, now, archived)
             if reason is not None:
                 reasons[c.sha256] = reason
     return reasons, lf_forms
@@ -306,9 +317,10 @@ def _age_problem(
     row: dict[str, Any],
     head: bytes,
     now: datetime,
+    archived: bool = False,
 ) -> str | None:
-    """Whether the blob's Date header (or, with none, the ledger's first ingest) says what
-    the catalog's rows say, and that the message is past retention by it."""
+    """Whether the blob's Date header (or, with none or ``archived``, the ledger's first
+    ingest) says what the catalog's rows say, and that the message is past retention by it."""
     from mailvault.blobdate import blob_date, catalog_date, ingests_agree, moment
 
     verify = "run `mailvault verify`"
@@ -335,12 +347,13 @@ def _age_problem(
     ingest = moment(first)
     if ingest is None:
         return f"the ledger's first ingest of it, {first!r}, is no date (edited?); {verify}"
-    if derived is None and not ingests_agree(row["first_ingest_at"], first):
+    by_ingest = derived is None or archived
+    if by_ingest and not ingests_agree(row["first_ingest_at"], first):
         return (
             f"the catalog says it was first stored at {row['first_ingest_at']} but the ledger "
             f"at {first} (edited by hand?); {verify}"
         )
-    if not _expired((derived or ingest).isoformat(), c.keep_days, now):
+    if not _expired((ingest if by_ingest else derived or ingest).isoformat(), c.keep_days, now):
         return f"by the ledger's first ingest ({first}) it is not past retention yet"
     return None
 
@@ -398,9 +411,11 @@ def _unlinked(db: sqlite3.Connection, entries: list[dict[str, Any]]) -> list[str
     return problems
 
 
-def _basis(row: dict[str, Any]) -> str:
-    """The date a message's age counts from: its Date header, else its first ingest."""
-    return str(row["date"] if row["date"] and not row["date_fallback"] else row["first_ingest_at"])
+def _basis(row: dict[str, Any], archived: bool = False) -> str:
+    """The date a message's age counts from: its Date header, else (or, ``archived``, always)
+    its first ingest."""
+    by_header = row["date"] and not row["date_fallback"] and not archived
+    return str(row["date"] if by_header else row["first_ingest_at"])
 
 
 def _expired(basis: str, keep_days: int, now: datetime) -> bool:

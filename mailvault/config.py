@@ -72,6 +72,9 @@ class Config:
     accounts: dict[str, AccountConfig] = field(default_factory=dict)
     vault: VaultSettings = field(default_factory=VaultSettings)
     retention_keep_days: int | None = None
+    # what a message's age counts from: "date" (its Date header, else its first ingest) or
+    # "archived" (its first ingest, whatever the header says)
+    retention_age_from: Literal["date", "archived"] = "date"
     import_keep_days: dict[str, int] = field(default_factory=dict)  # [imports.NAME] keep_days
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -214,6 +217,7 @@ def parse_config(path: Path, text: str) -> Config:
         accounts=accounts,
         vault=VaultSettings(**vault_table),
         retention_keep_days=raw.get("retention", {}).get("keep_days"),
+        retention_age_from=raw.get("retention", {}).get("age_from", "date"),
         import_keep_days=imports,
         raw=raw,
     )

@@ -1247,10 +1247,10 @@ def test_retention_reads_the_catalog_a_row_at_a_time(
             most = max(most, ahead)
             yield row
 
-    def counted_basis(row: dict[str, object]) -> str:
+    def counted_basis(row: dict[str, object], archived: bool = False) -> str:
         nonlocal ahead
         ahead -= 1
-        return basis(row)
+        return basis(row, archived)
 
     monkeypatch.setattr(sqlite_utils.Database, "query", counted_query)
     monkeypatch.setattr(compliance, "_basis", counted_basis)
@@ -1258,3 +1258,31 @@ def test_retention_reads_the_catalog_a_row_at_a_time(
     assert most == 1  # never a second message row read before the first one's age is known
     assert after == before and before["expired"] == 5
     assert [m["sha256"] for m in after["messages"]] == [m["sha256"] for m in before["messages"]]
+
+
+def test_age_from_archived_counts_from_the_first_ingest_not_the_date_header(vault: Path) -> None:
+    """Age counted from the Date header, which the sender writes: mail dated 2001 fetched today
+    was past a ten-year retention at once.  ``age_from = "archived"`` counts from when the
+    vault first stored it; the Date header is then no way to make mail expire early."""
+    from datetime import UTC, datetime, timedelta
+
+    from mailvault.compliance import plan
+    from mailvault.vault import open_vault
+
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert dry["expired"] == 5  # by the Date header, the default
+    toml = vault / "mailvault.toml"
+    toml.write_text(
+        toml.read_text().replace("keep_days = 3650\n", 'keep_days = 3650\nage_from = "archived"\n')
+    )
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    assert (dry["expired"], dry["purged"]) == (0, 0)
+    assert run_cli(vault, "retention", "apply").exit_code == 0
+    assert run_cli(vault, "search", "--count", "*").stdout.strip() == "10"
+    later = datetime.now(UTC) + timedelta(days=3651)
+    candidates = plan(open_vault(vault), now=later)
+    assert len(candidates) == 10 and not [c for c in candidates if c.kept]
+    assert all(c.age_basis[:10] == datetime.now(UTC).date().isoformat() for c in candidates)
+    toml.write_text(toml.read_text().replace('age_from = "archived"', 'age_from = "sent"'))
+    bad = run_cli(vault, "retention", "apply", "--dry-run")
+    assert bad.exit_code == 2 and "age_from" in bad.output
