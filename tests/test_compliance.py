@@ -1286,3 +1286,39 @@ def test_age_from_archived_counts_from_the_first_ingest_not_the_date_header(vaul
     toml.write_text(toml.read_text().replace('age_from = "archived"', 'age_from = "sent"'))
     bad = run_cli(vault, "retention", "apply", "--dry-run")
     assert bad.exit_code == 2 and "age_from" in bad.output
+
+
+def _place_hold_in_version(vault: Path, name: str, query: str, syntax: int) -> None:
+    """A hold as a mailvault reading query language ``syntax`` placed (and recorded) it."""
+    from mailvault import ledger
+
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        db.execute(
+            "INSERT INTO holds(name, query, syntax, reason, created_at, created_by) "
+            "VALUES (?, ?, ?, NULL, '2025-01-01T00:00:00+00:00', 'x')",
+            (name, query, syntax),
+        )
+        detail = {"name": name, "query": query, "syntax": syntax, "reason": None, "by": "x"}
+        ledger.append(db, "hold-add", detail=detail)
+
+
+@pytest.mark.parametrize(
+    ("query", "held"),
+    [
+        # language 3 read any ISO form: 20010603 was 2001-06-03T00:00:00 on; language 4 refuses it
+        ("after:20010603", 5),
+    ],
+)
+def test_a_hold_in_a_form_the_language_no_longer_takes_keeps_protecting(
+    vault: Path, query: str, held: int
+) -> None:
+    """A query that version 4 of the language refuses (or reads otherwise) is still read as it
+    was placed: retention neither fails on such a hold nor lets its messages go."""
+    _place_hold_in_version(vault, "old", query, 3)
+    result = run_cli(vault, "retention", "apply", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    dry = json.loads(result.stdout)
+    assert (dry["expired"], dry["held"]) == (5, held)
+    assert run_cli(vault, "verify").exit_code == 0
+    refused = run_cli(vault, "hold", "add", "new", query)
+    assert refused.exit_code == 2 and "invalid query" in refused.stderr, refused.output

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -331,6 +331,54 @@ def test_date_forms(corpus: Corpus) -> None:
         want = expect(corpus, pred)
         assert want, query
         assert generated_hits(corpus, query) == want, query
+
+
+def test_a_time_spans_the_minute_or_the_second_typed(corpus: Corpus) -> None:
+    """`date:2024-03-05T10:07` was the single second 10:07:00, so it missed a message sent
+    at 10:07:31 (and `date:>...T10:07` took it in); a time spans what it names."""
+    sent = next(m.date.astimezone(UTC) for m in corpus[1] if m.date.second)
+    minute, second = sent.strftime("%Y-%m-%dT%H:%M"), sent.strftime("%Y-%m-%dT%H:%M:%S")
+    local = sent.astimezone(timezone(timedelta(hours=5, minutes=30))).strftime("%Y-%m-%dT%H:%M")
+
+    def within(m: GeneratedMessage, start: datetime, seconds: int) -> bool:
+        return start <= m.date < start + timedelta(seconds=seconds)
+
+    whole_minute = sent.replace(second=0)
+    cases = {
+        f"date:{minute}": lambda m: within(m, whole_minute, 60),
+        f"date:{minute}Z": lambda m: within(m, whole_minute, 60),
+        f"date:{local}+05:30": lambda m: within(m, whole_minute, 60),
+        f"date:{second}": lambda m: within(m, sent, 1),
+        f"date:>{minute}": lambda m: m.date >= whole_minute + timedelta(minutes=1),
+        f"date:<={minute}": lambda m: m.date < whole_minute + timedelta(minutes=1),
+        f"after:{second}": lambda m: m.date >= sent,
+    }
+    for query, pred in cases.items():
+        want = expect(corpus, pred)
+        assert want, query
+        assert generated_hits(corpus, query) == want, query
+
+
+@pytest.mark.parametrize(
+    ("query", "old"),
+    [
+        ("date:20240305", "date:[2024-03-05T00:00:00Z TO 2024-03-05T00:00:01Z}"),
+        ("date:2024-W10", "date:[2024-03-04T00:00:00Z TO 2024-03-04T00:00:01Z}"),
+        ("date:2024-03-05T10", "date:[2024-03-05T10:00:00Z TO 2024-03-05T10:00:01Z}"),
+        ("date:2024-03-05T10:00:00.5", "date:[2024-03-05T10:00:00Z TO 2024-03-05T10:00:01Z}"),
+        ("date:[20240301 TO 20240331]", "date:[2024-03-01T00:00:00Z TO 2024-03-31T00:00:01Z}"),
+        ("after:2024-03-05+05:00", "date:[2024-03-05T05:00:00Z TO *]"),
+        ("before:20240305", "date:[* TO 2024-03-05T00:00:00Z}"),
+    ],
+)
+def test_a_date_in_another_iso_form_is_an_error(query: str, old: str) -> None:
+    """`datetime.fromisoformat` took any ISO form it reads: `date:20240305` was the single
+    second 2024-03-05T00:00:00 (no hits where `date:2024-03-05` had some) and
+    `after:2024-03-05+05:00` meant 05:00 UTC.  They are errors now; a hold placed before
+    (query language 3) keeps the reading it was placed with."""
+    with pytest.raises(QuerySyntaxError, match=re.escape("expected a date YYYY, YYYY-MM or")):
+        translate(query)
+    assert translate(query, syntax=3) == old
 
 
 def test_size_forms(corpus: Corpus) -> None:

@@ -84,6 +84,10 @@ BOOST = re.compile(r"\^(\d+(?:\.\d+)?)$")
 SIZE_VALUE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 DATE_VALUE = re.compile(r"^(\d{4})(?:[-/](\d{1,2})(?:[-/](\d{1,2}))?)?$")
+# a time of day (syntax 4): to the minute or the second, in UTC or the zone it names
+TIME_VALUE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?(?:Z|[+-]\d{2}:\d{2})?$", re.IGNORECASE
+)
 
 SORTS = ("-date", "date", "score")
 
@@ -135,7 +139,10 @@ OPERATOR_CAPS = re.compile(OPERATOR.pattern)  # syntax 1: operator words in capi
 #   2  and/or/not are operators in any case, as in notmuch and mu
 #   3  a NOT without a right side, and && or || inside a word, are errors (`cats NOT OR dogs`
 #      was `cats OR -dogs`; `cats||dogs` the phrase "cats dogs")
-SYNTAX = 3
+#   4  a date is YYYY[-MM[-DD]] or a time YYYY-MM-DDTHH:MM[:SS][Z|+HH:MM], which spans its
+#      minute or second; any other ISO form is an error (`20240305`, `2024-W10` and
+#      `2024-03-05T10` were one second, `2024-03-05+05:00` the second 05:00:00 of that day)
+SYNTAX = 4
 MAX_DEPTH = 100  # nested parentheses; translating recurses once per level
 
 
@@ -335,31 +342,49 @@ EARLIEST = datetime.min.replace(tzinfo=UTC)
 LATEST = datetime.max.replace(tzinfo=UTC)
 
 
-def _day_start(query: str, tok: _Tok, value: str) -> tuple[datetime, datetime]:
-    """The [start, end) instants of a date value: a year, a month, a day, or a timestamp."""
+def _day_start(query: str, tok: _Tok, value: str, syntax: int) -> tuple[datetime, datetime]:
+    """The [start, end) instants of a date value: a year, a month, a day, or a time."""
     m = DATE_VALUE.match(value)
     try:
         if m:
-            year, month, day = int(m.group(1)), m.group(2), m.group(3)
-            if month is None:
-                return datetime(year, 1, 1, tzinfo=UTC), _month_after(year, 12)
-            mon = int(month)
-            if day is None:
-                return datetime(year, mon, 1, tzinfo=UTC), _month_after(year, mon)
-            start = datetime(year, mon, int(day), tzinfo=UTC)
-            return start, _later(start, timedelta(days=1))
-        stamp = datetime.fromisoformat(value)
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=UTC)
-        try:
-            stamp = stamp.astimezone(UTC)
-        except OverflowError:  # 0001-01-01T00:00+01:00 is before the first instant
-            stamp = EARLIEST if stamp.year == 1 else LATEST
-        return stamp, _later(stamp, timedelta(seconds=1))
+            return _calendar_span(int(m.group(1)), m.group(2), m.group(3))
+        if syntax < 4:  # any ISO form Python reads, as one second (a hold's old reading)
+            return _instant(datetime.fromisoformat(value), timedelta(seconds=1))
+        tm = TIME_VALUE.match(value)
+        if tm:
+            step = timedelta(seconds=1 if tm.group(1) else 60)  # the second or minute typed
+            return _instant(datetime.fromisoformat(value.upper()), step)
     except ValueError:
-        raise _fail(
-            query, tok.pos, tok.end - tok.pos, "expected a date YYYY, YYYY-MM or YYYY-MM-DD"
-        ) from None
+        pass
+    raise _fail(
+        query,
+        tok.pos,
+        tok.end - tok.pos,
+        "expected a date YYYY, YYYY-MM or YYYY-MM-DD, or a time YYYY-MM-DDTHH:MM[:SS]"
+        " (in UTC, or with Z or an offset such as +05:00)",
+    )
+
+
+def _calendar_span(year: int, month: str | None, day: str | None) -> tuple[datetime, datetime]:
+    """The year, month or day as [start, end); ValueError if there is no such day."""
+    if month is None:
+        return datetime(year, 1, 1, tzinfo=UTC), _month_after(year, 12)
+    mon = int(month)
+    if day is None:
+        return datetime(year, mon, 1, tzinfo=UTC), _month_after(year, mon)
+    start = datetime(year, mon, int(day), tzinfo=UTC)
+    return start, _later(start, timedelta(days=1))
+
+
+def _instant(stamp: datetime, step: timedelta) -> tuple[datetime, datetime]:
+    """[stamp, stamp + step) in UTC; a time without a zone is UTC."""
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    try:
+        stamp = stamp.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first instant
+        stamp = EARLIEST if stamp.year == 1 else LATEST
+    return stamp, _later(stamp, step)
 
 
 def _month_after(year: int, month: int) -> datetime:
@@ -400,27 +425,33 @@ RANGE = re.compile(r"^([\[{])\s*(\S+)\s+TO\s+(\S+)\s*([\]}])$")
 COMPARE = re.compile(r"^(>=|<=|>|<)(.+)$")
 
 
-def _date_clause(query: str, tok: _Tok, kind: str) -> str:
-    lo, hi = _date_bounds(query, tok, kind)
+def _date_clause(query: str, tok: _Tok, kind: str, syntax: int) -> str:
+    lo, hi = _date_bounds(query, tok, kind, syntax)
     return _date_range(lo, hi)
 
 
-def _date_bounds(query: str, tok: _Tok, kind: str) -> tuple[datetime | None, datetime | None]:
+def _date_bounds(
+    query: str, tok: _Tok, kind: str, syntax: int
+) -> tuple[datetime | None, datetime | None]:
     """The query's dates as [lo, hi): inclusive start, exclusive end, None where open."""
     value = tok.value.strip()
+
+    def span(text: str) -> tuple[datetime, datetime]:
+        return _day_start(query, tok, text, syntax)
+
     if kind == "after":
-        return _day_start(query, tok, value)[0], None
+        return span(value)[0], None
     if kind == "before":
-        return None, _day_start(query, tok, value)[0]
+        return None, span(value)[0]
     rm = RANGE.match(value)
     if rm:
         low, high = rm.group(2), rm.group(3)
-        lo = None if low == "*" else _day_start(query, tok, low)[rm.group(1) == "{"]
-        hi = None if high == "*" else _day_start(query, tok, high)[rm.group(4) == "]"]
+        lo = None if low == "*" else span(low)[rm.group(1) == "{"]
+        hi = None if high == "*" else span(high)[rm.group(4) == "]"]
         return lo, hi
     cm = COMPARE.match(value)
     if cm:
-        start, end = _day_start(query, tok, cm.group(2))
+        start, end = span(cm.group(2))
         return {
             ">": (end, None),
             ">=": (start, None),
@@ -429,7 +460,7 @@ def _date_bounds(query: str, tok: _Tok, kind: str) -> tuple[datetime | None, dat
         }[cm.group(1)]
     if value.startswith(("[", "{")):
         raise _fail(query, tok.pos, tok.end - tok.pos, "expected a range [FROM TO UNTIL]")
-    return _day_start(query, tok, value)
+    return span(value)
 
 
 def _date_range(lo: datetime | None, hi: datetime | None) -> str:
@@ -474,14 +505,14 @@ def _prefix_clause(query: str, tok: _Tok, fields: tuple[str, ...], value: str) -
     return _any([f"{f}:{phrase}*" for f in fields])
 
 
-def _term_clause(query: str, tok: _Tok) -> str:
+def _term_clause(query: str, tok: _Tok, syntax: int) -> str:
     value = tok.value
     kind, target = FIELD_ALIASES[tok.field] if tok.field else ("text", "")
     span = (tok.pos, tok.end - tok.pos)
     if tok.field is None and not tok.quoted and value == "*":
         return "*"
     if kind in ("date", "after", "before"):
-        return _date_clause(query, tok, kind)
+        return _date_clause(query, tok, kind, syntax)
     if kind == "size":
         return _size_clause(query, tok)
     if kind in ("has", "is"):
@@ -675,7 +706,7 @@ def _group(
                 raise _fail(query, tok.pos, tok.end - tok.pos, "unclosed parenthesis (add a ')')")
             clause = f"({inner})"
         else:
-            clause = _term_clause(query, tok)
+            clause = _term_clause(query, tok, syntax)
             if threads is not None and tok.field == "thread":
                 clause = threads(clause)
         negated = negate_next != (tok.modifier == "-")
