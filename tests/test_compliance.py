@@ -1307,6 +1307,8 @@ def _place_hold_in_version(vault: Path, name: str, query: str, syntax: int) -> N
     [
         # language 3 read any ISO form: 20010603 was 2001-06-03T00:00:00 on; language 4 refuses it
         ("after:20010603", 5),
+        # language 3 read report~3 as the phrase "report 3"; language 4 refuses ~N on a word
+        ("subject:report~3", 1),
     ],
 )
 def test_a_hold_in_a_form_the_language_no_longer_takes_keeps_protecting(

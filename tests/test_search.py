@@ -510,6 +510,8 @@ def test_snippet_highlights_the_term(corpus: Corpus) -> None:
         ("fo*o", 1, "fo*o"),
         ("*foo", 1, "*foo"),
         ('"a b"~x', 6, "~"),
+        ("invoice~1", 8, "~1"),
+        ("a subject:b~2^3", 12, "~2"),
         ("date:2024-13", 1, "date:2024-13"),
         ("after:yesterday", 1, "after:yesterday"),
         ("has:pdf", 1, "has:pdf"),
@@ -807,6 +809,36 @@ def test_each_query_language_version_keeps_its_reading() -> None:
     for unknown in (0, SYNTAX + 1):
         with pytest.raises(QuerySyntaxError, match=f"query language version {unknown} is unknown"):
             translate("x", syntax=unknown)
+
+
+@pytest.mark.parametrize(
+    ("query", "old"),
+    [
+        ("invoice~1", '"invoice~1"'),
+        ("invoice~", '"invoice~"'),
+        ("invoice~0.8", '"invoice~0.8"'),
+        ("subject:invoice~1", 'subject:"invoice~1"'),
+        ("-body:invoice~2^2", '(* AND -body:"invoice~2"^2)'),
+        ("from:alice@example.com~1", 'from_addr:"alice@example.com~1"'),
+    ],
+)
+def test_a_tilde_after_a_word_is_an_error(query: str, old: str) -> None:
+    """`invoice~1` was the phrase "invoice 1": no hits and no error where `invoice` has
+    many, and where mu or Lucene users mean fuzzy search.  ~N takes a quoted phrase; after a
+    word it is an error (a hold placed in language 3 keeps the phrase it meant)."""
+    with pytest.raises(QuerySyntaxError, match=re.escape("~N applies to a quoted phrase")):
+        translate(query)
+    assert translate(query, syntax=3) == old
+
+
+def test_a_tilde_elsewhere_is_still_text_or_a_phrase_slop() -> None:
+    assert translate('"quarterly report"~2') == '"quarterly report"~2'
+    assert translate('subject:"invoice"~1') == 'subject:"invoice"~1'
+    assert translate('"invoice~1"') == '"invoice~1"'  # quoted: the text
+    assert translate("a~b") == '"a~b"'
+    assert translate("attachment:REPORT~1.PDF") == 'attachment:"REPORT~1.PDF"'
+    assert translate("mid:<a~1@x>") == 'message_id:"a~1@x"'  # ids and accounts are not words
+    assert translate("account:legacy~2") == 'account:"legacy~2"'
 
 
 def test_an_internationalised_domain_matches_in_both_its_forms(tmp_path: Path) -> None:

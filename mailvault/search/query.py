@@ -141,7 +141,8 @@ OPERATOR_CAPS = re.compile(OPERATOR.pattern)  # syntax 1: operator words in capi
 #      was `cats OR -dogs`; `cats||dogs` the phrase "cats dogs")
 #   4  a date is YYYY[-MM[-DD]] or a time YYYY-MM-DDTHH:MM[:SS][Z|+HH:MM], which spans its
 #      minute or second; any other ISO form is an error (`20240305`, `2024-W10` and
-#      `2024-03-05T10` were one second, `2024-03-05+05:00` the second 05:00:00 of that day)
+#      `2024-03-05T10` were one second, `2024-03-05+05:00` the second 05:00:00 of that day);
+#      `word~N` is an error: ~N takes a quoted phrase (`invoice~1` was the phrase "invoice 1")
 SYNTAX = 4
 MAX_DEPTH = 100  # nested parentheses; translating recurses once per level
 
@@ -553,6 +554,8 @@ def _term_clause(query: str, tok: _Tok, syntax: int) -> str:
             value = value[2:]  # from:*@example.com: the domain, as from:example.com finds it
         if "*" in value.rstrip("*"):
             raise _fail(query, *span, "* only ends a word (a prefix, as in invoic*)")
+        if syntax >= 4:
+            _no_fuzzy(query, tok, value)
     if kind == "addr" and ADDRESS.match(value) and not value.endswith("*") and not suffix:
         address = ix.exact(value).lower()  # one token as indexed, like a Message-ID
         local, _, domain = address.rpartition("@")
@@ -573,6 +576,26 @@ def _term_clause(query: str, tok: _Tok, syntax: int) -> str:
             texts = [ix.normalize(d) for d in domain_forms(ix.exact(value).lower())]
         return _any([f"{f}:{quote(t)}{suffix}{boost}" for t in texts for f in fields])
     return f"{quote(text)}{suffix}{boost}"
+
+
+FUZZY = re.compile(r"~\d*(?:\.\d+)?$")
+
+
+def _no_fuzzy(query: str, tok: _Tok, value: str) -> None:
+    """``invoice~1`` was the phrase "invoice 1" (the tokenizer drops the ~), and found nothing,
+    where mu, notmuch's users and Lucene read ``~N`` on a word as fuzzy search.  There is none
+    here: it is an error that says what ``~N`` does take."""
+    m = FUZZY.search(value)
+    if m is None:
+        return
+    at = tok.pos + tok.text.rfind("~")
+    raise _fail(
+        query,
+        at,
+        len(m.group(0)),
+        f'~N applies to a quoted phrase ("a b"~2); there is no fuzzy search: drop it, use a '
+        f'prefix (word*), or quote the text to search for it ("{value}")',
+    )
 
 
 DOMAIN = re.compile(r"^[^@\s.]+(\.[^@\s.]+)+$")
