@@ -1324,3 +1324,19 @@ def test_a_hold_in_a_form_the_language_no_longer_takes_keeps_protecting(
     assert run_cli(vault, "verify").exit_code == 0
     refused = run_cli(vault, "hold", "add", "new", query)
     assert refused.exit_code == 2 and "invalid query" in refused.stderr, refused.output
+
+
+def test_a_hold_on_an_address_in_angle_brackets_protects_its_mail(vault: Path) -> None:
+    """`hold add case7 'from:<bob@acme.com>'` (the address as show prints it) protected no
+    message, and retention purged the very mail the hold was placed on; so did a hold on the
+    address with a sentence's dot after it.  Both are the address now, and a hold placed so
+    before (query language 3) protects it too: it finds more, never less, than it did."""
+    _place_hold_in_version(vault, "old", "from:<bob@acme.com>", 3)
+    placed = run_cli(vault, "hold", "add", "case7", "from:<bob@acme.com>")
+    assert placed.exit_code == 0 and "protects 2 messages now" in placed.output, placed.output
+    dotted = run_cli(vault, "hold", "add", "case8", "from:bob@acme.com.")
+    assert dotted.exit_code == 0 and "protects 2 messages now" in dotted.output, dotted.output
+    dry = json.loads(run_cli(vault, "retention", "apply", "--dry-run", "--json").stdout)
+    held = [sorted(m["held_by"]) for m in dry["messages"] if m["held_by"]]
+    assert held == [["case7", "case8", "old"]] * 2
+    assert run_cli(vault, "verify").exit_code == 0

@@ -841,6 +841,73 @@ def test_a_tilde_elsewhere_is_still_text_or_a_phrase_slop() -> None:
     assert translate("account:legacy~2") == 'account:"legacy~2"'
 
 
+def _header_message(headers: str, mid: str) -> bytes:
+    return (
+        f"{headers}Subject: angle {mid}\r\nMessage-ID: <{mid}@test.example>\r\n"
+        "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\nHello.\r\n"
+    ).encode()
+
+
+def test_an_address_in_angle_brackets_or_before_a_dot_is_the_address(tmp_path: Path) -> None:
+    """`show` and `search` print a mailbox as `Name <addr>`, so `<addr>` is what gets pasted:
+    `from:<alice@example.com>` was the exact address with its brackets, which no message has,
+    and found nothing (exit 1, no error), as did `cc:<...>`, `bcc:<...>`, `recipient:<...>`,
+    a hold placed that way (it protected nothing) and `from:alice@example.com.` with the dot
+    of the sentence it came from."""
+    vault, _, named = build_vault(
+        tmp_path / "vault",
+        [],
+        {
+            "named": _header_message(
+                "From: Alice Example <alice@example.com>\r\nTo: Victim <victim@corp.test>\r\n"
+                "Cc: Carol <carol@corp.test>\r\nBcc: secret@corp.test\r\n",
+                "n",
+            ),
+            "bare": _header_message("From: alice@example.com\r\nTo: x@corp.test\r\n", "b"),
+            "spoof": _header_message(
+                'From: "Alice alice@example.com" <attacker@evil.example>\r\nTo: x@corp.test\r\n',
+                "s",
+            ),
+            "dotted": _header_message("From: dot@example.com.\r\nTo: x@corp.test\r\n", "d"),
+        },
+    )
+    catch_up(vault)
+
+    def found(query: str, syntax: int | None = None) -> set[str]:
+        kw = {} if syntax is None else {"syntax": syntax}
+        searcher = Searcher(vault.index_path, query, **kw)  # type: ignore[arg-type]
+        return {h.id for h in searcher.page(limit=0, snippets=False)}
+
+    alice = {named["named"], named["bare"]}
+    for query in (
+        "from:alice@example.com",
+        "from:<alice@example.com>",
+        "from:<ALICE@example.com>^2",
+        'from:"<alice@example.com>"',
+        "from:alice@example.com.",
+        "from:<alice@example.com>.",
+        "from:Alice<alice@example.com>",
+        # a whole mailbox, quoted: its address, whatever name a message gives it
+        'from:"Alice <alice@example.com>"',
+        'from:"Alice Example <alice@example.com>"',
+        'from:"\\"alice@example.com\\" <alice@example.com>"',
+    ):
+        assert found(query) == alice, query
+        assert found(query, syntax=3) >= alice, query  # a hold placed before finds them too
+    for query in ("to:<victim@corp.test>", "cc:<carol@corp.test>", "bcc:<secret@corp.test>"):
+        assert found(query) == {named["named"]}, query
+    assert found("recipient:<victim@corp.test>") == {named["named"]}
+    assert found('recipient:"Carol <carol@corp.test>"') == {named["named"]}
+    # the spoof spells the address in its name: it is found by its own address only
+    assert found('from:"<attacker@evil.example>"') == {named["spoof"]}
+    # an address as indexed with a dot after it is still found by the dot
+    assert found("from:dot@example.com.") == {named["dotted"]}
+    assert found("from:dot@example.com") == set()
+    # language 3 read a quoted mailbox as the phrase of its words (which the spoof's name
+    # holds): a hold placed then finds that still, and the address's mail besides
+    assert found('from:"Alice <alice@example.com>"', syntax=3) == alice | {named["spoof"]}
+
+
 def test_an_internationalised_domain_matches_in_both_its_forms(tmp_path: Path) -> None:
     """Mail from one domain name carries it as Unicode (RFC 6532) or as xn-- (punycode): an
     investigator typing either form finds both, by address and by domain."""

@@ -142,7 +142,8 @@ OPERATOR_CAPS = re.compile(OPERATOR.pattern)  # syntax 1: operator words in capi
 #   4  a date is YYYY[-MM[-DD]] or a time YYYY-MM-DDTHH:MM[:SS][Z|+HH:MM], which spans its
 #      minute or second; any other ISO form is an error (`20240305`, `2024-W10` and
 #      `2024-03-05T10` were one second, `2024-03-05+05:00` the second 05:00:00 of that day);
-#      `word~N` is an error: ~N takes a quoted phrase (`invoice~1` was the phrase "invoice 1")
+#      `word~N` is an error: ~N takes a quoted phrase (`invoice~1` was the phrase "invoice 1");
+#      an address field's `"Name <addr>"` is the address (it was the phrase of its words)
 SYNTAX = 4
 MAX_DEPTH = 100  # nested parentheses; translating recurses once per level
 
@@ -556,11 +557,10 @@ def _term_clause(query: str, tok: _Tok, syntax: int) -> str:
             raise _fail(query, *span, "* only ends a word (a prefix, as in invoic*)")
         if syntax >= 4:
             _no_fuzzy(query, tok, value)
-    if kind == "addr" and ADDRESS.match(value) and not value.endswith("*") and not suffix:
-        address = ix.exact(value).lower()  # one token as indexed, like a Message-ID
-        local, _, domain = address.rpartition("@")
-        forms = [f"{local}@{d}" for d in domain_forms(domain)]
-        return _any([f"{f}_addr:{quote(a)}{boost}" for a in forms for f in fields])
+    if kind == "addr" and not value.endswith("*") and not suffix:
+        clause = _address_clause(value, fields, boost, syntax)
+        if clause is not None:
+            return clause
     if (not tok.quoted and value.endswith("*")) or (tok.quoted and suffix.startswith("*")):
         return _prefix_clause(query, tok, fields, value.rstrip("*"))
     text = ix.normalize(value)
@@ -576,6 +576,45 @@ def _term_clause(query: str, tok: _Tok, syntax: int) -> str:
             texts = [ix.normalize(d) for d in domain_forms(ix.exact(value).lower())]
         return _any([f"{f}:{quote(t)}{suffix}{boost}" for t in texts for f in fields])
     return f"{quote(text)}{suffix}{boost}"
+
+
+# a mailbox as show and search print it, `<addr>` or `Name <addr>`: the address is inside
+ANGLE_ADDRESS = re.compile(r"^[^<>]*<([^<>\s]+)>$")
+
+
+def _addresses(value: str) -> list[str]:
+    """The addresses an address value names, each one token as indexed (like a Message-ID),
+    in every spelling of its domain (`domain_forms`).  Beside the value as typed: the address
+    inside ``<...>``, as show and search print a mailbox (``<a@b>``, ``Name <a@b>``), and the
+    address without a dot after it, pasted from the end of a sentence (``a@b.``).  The value
+    as typed stays among them (an indexed address may end in a dot): what such a query, or a
+    hold on it, found before is found still."""
+    typed = ix.exact(value).lower()
+    forms = [typed, typed.strip().removesuffix(".")]
+    for form in forms[:2]:
+        angle = ANGLE_ADDRESS.match(form)
+        if angle:
+            forms += [angle.group(1), angle.group(1).removesuffix(".")]
+    found: list[str] = []
+    for form in dict.fromkeys(forms):
+        if ADDRESS.match(form):
+            local, _, domain = form.rpartition("@")
+            found += [f"{local}@{d}" for d in domain_forms(domain)]
+    return list(dict.fromkeys(found))
+
+
+def _address_clause(value: str, fields: tuple[str, ...], boost: str, syntax: int) -> str | None:
+    """The exact-address clause of ``from:`` ... ``recipient:``, or None for words."""
+    addresses = _addresses(value)
+    if not addresses:
+        return None
+    clause = _any([f"{f}_addr:{quote(a)}{boost}" for a in addresses for f in fields])
+    if syntax < 4 and not ADDRESS.match(value):
+        # `from:"Name <addr>"` was the phrase of its words until language 4: a hold placed then
+        # keeps finding what the phrase finds, and the address's mail besides
+        phrase = quote(ix.normalize(value))
+        clause = _any([clause, *(f"{f}:{phrase}{boost}" for f in fields)])
+    return clause
 
 
 FUZZY = re.compile(r"~\d*(?:\.\d+)?$")
