@@ -925,6 +925,8 @@ def test_a_hold_keeps_the_meaning_of_the_query_language_it_was_placed_under(
     findings = _verify_findings(path)
     assert [(f["code"], f["subject"]) for f in findings] == [("ledger-disagrees", "hold old")]
     assert "query language version 3 in the catalog but 1 in the ledger" in findings[0]["detail"]
+    listing = run_cli(path, "hold", "list").stdout.splitlines()[0]
+    assert "[query language 3; read as it was placed: docs/search.md, Query language]" in listing
     assert run_cli(path, "hold", "release", "new").exit_code == 0
 
 

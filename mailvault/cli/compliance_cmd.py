@@ -153,7 +153,11 @@ def _syntax(version: int) -> str:
 
     if version == SYNTAX:
         return ""
-    words = "; and, or, not in lower case are words" if version == 1 else ""
+    words = (
+        "; and, or, not in lower case are words"
+        if version == 1
+        else "; read as it was placed: docs/search.md, Query language"
+    )
     return f"  [query language {version}{words}]"
 
 
