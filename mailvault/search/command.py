@@ -13,13 +13,13 @@ import sys
 
 from mailvault._text import one_line, undecodable
 from mailvault.errors import IndexDamaged, IndexOutdated
-from mailvault.search.engine import Hit, Page, Searcher
+from mailvault.search.engine import MAX_PAGE, Hit, Page, Searcher, check_page
 from mailvault.search.output import isatty, lines
 from mailvault.search.query import SORTS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from typing import Any
 
 
@@ -93,18 +93,33 @@ def _run(
         _warn_gap(vault_root, notes, missing, extra)
     if mode == "count":
         n = searcher.count()
+        if extra and n:
+            n -= _purged_among(vault_root, searcher.ids())
         audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
         if not _write_out(stream, notes, [str(n)]):
             return 3
         return 0 if n else 1
     color = mode == "text" and isatty(stream)
-    page = searcher.find(limit=limit, offset=offset, sort=sort, snippets=mode in ("text", "json"))
-    dropped = _purged_positions(vault_root, page) if extra else set()
-    shown = 0 if dropped is None else len(page) - len(dropped)
+    snippets = mode in ("text", "json")
+    skip = 0
+    if extra:
+        # Purged documents still in the index (up to ``extra``) may be among the hits: take
+        # that many more from the first hit on, drop them, and cut the page from the live
+        # hits, so that a page is still filled and --offset counts what is shown.
+        check_page(limit, offset, sort)
+        wanted = 0 if limit == 0 else min(offset + limit + extra, MAX_PAGE)
+        page = searcher.find(limit=wanted, offset=0, sort=sort, snippets=snippets)
+        dropped = _purged_positions(vault_root, page)
+        skip = offset
+    else:
+        page = searcher.find(limit=limit, offset=offset, sort=sort, snippets=snippets)
+        dropped = set()
+    live = 0 if dropped is None else max(len(page) - len(dropped) - skip, 0)
+    shown = min(live, limit) if limit else live
     # The audit entry is durable before anything is shown (fail closed).
     detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
     audit(vault_root, "search", query, shown, exiting=exiting, **detail)
-    hits = _shown_hits(vault_root, page, dropped, dates=mode in ("text", "json"))
+    hits = _shown_hits(vault_root, page, dropped, skip, shown, dates=snippets)
     if not _write_out(stream, notes, lines(hits, mode=mode, color=color)):
         return 3
     if limit and shown == limit and searcher.matched is not None:  # a full page
@@ -150,20 +165,34 @@ def _warn_gap(vault_root: str | os.PathLike[str], notes: Any, missing: int, extr
 
 
 def _shown_hits(
-    vault_root: str | os.PathLike[str], page: Page, dropped: set[int] | None, *, dates: bool
+    vault_root: str | os.PathLike[str],
+    page: Page,
+    dropped: set[int] | None,
+    skip: int,
+    take: int,
+    *,
+    dates: bool,
 ) -> Iterator[Hit]:
     """The page's hits as they are read, batch by batch, without those at the ``dropped``
-    positions (purged; None: every one), and with ``real_dates`` when the output shows dates:
-    written as read, so memory does not grow with --limit."""
-    if dropped is None:
+    positions (purged; None: every one), then ``take`` after the first ``skip`` of the rest,
+    with ``real_dates`` when the output shows dates: written as read, so memory does not grow
+    with --limit."""
+    if dropped is None or not take:
         return
     start = 0
     for batch in page.batches():
-        hits = [h for i, h in enumerate(batch, start) if i not in dropped]
+        live = [h for i, h in enumerate(batch, start) if i not in dropped]
         start += len(batch)
+        if skip >= len(live):
+            skip -= len(live)
+            continue
+        hits, skip = live[skip : skip + take], 0
+        take -= len(hits)
         if dates:
             real_dates(vault_root, hits)
         yield from hits
+        if not take:
+            return
 
 
 def _write_out(stream: Any, notes: Any, lines: Any) -> bool:
@@ -282,6 +311,28 @@ def _counts(db: Any, num_docs: int) -> tuple[int, int]:
         return 0, num_docs
     sql = "SELECT count(*) FROM message_meta WHERE indexed_at IS NOT NULL"
     return purged, int(db.execute(sql).fetchone()[0])
+
+
+def _purged_among(vault_root: str | os.PathLike[str], batches: Iterable[list[str]]) -> int:
+    """How many of the ids in ``batches`` the catalog marks purged (0 if it cannot tell)."""
+    import sqlite3
+
+    found = 0
+    try:
+        db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
+        try:
+            for ids in batches:
+                marks = ",".join("?" * len(ids))
+                sql = (
+                    "SELECT count(*) FROM messages WHERE purged_at IS NOT NULL "
+                    f"AND sha256 IN ({marks})"
+                )
+                found += int(db.execute(sql, ids).fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+    return found
 
 
 def _purged_positions(vault_root: str | os.PathLike[str], page: Page) -> set[int] | None:

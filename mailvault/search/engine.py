@@ -190,12 +190,7 @@ class Searcher:
         self, *, limit: int = 50, offset: int = 0, sort: str = "-date", snippets: bool = True
     ) -> Page:
         """One page of hits, found now and read from the index as the ``Page`` is iterated."""
-        if sort not in SORTS:
-            raise SearchError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
-        for name, value in (("--limit", limit), ("--offset", offset)):
-            if not 0 <= value <= MAX_PAGE:
-                every = "; --limit 0 prints every hit" if name == "--limit" else ""
-                raise UsageError(f"{name} {value} is out of range: give 0 to {MAX_PAGE}{every}")
+        check_page(limit, offset, sort)
         num_docs = self.searcher.num_docs
         if offset >= num_docs:
             # past the last hit; and Tantivy would allocate offset + limit slots
@@ -231,6 +226,16 @@ class Searcher:
             if not ix.is_panic(exc):
                 raise
             raise ix.damaged(self.path, exc) from None
+
+
+def check_page(limit: int, offset: int, sort: str) -> None:
+    """Refuse a page the command line cannot mean (a usage error, exit 2)."""
+    if sort not in SORTS:
+        raise SearchError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
+    for name, value in (("--limit", limit), ("--offset", offset)):
+        if not 0 <= value <= MAX_PAGE:
+            every = "; --limit 0 prints every hit" if name == "--limit" else ""
+            raise UsageError(f"{name} {value} is out of range: give 0 to {MAX_PAGE}{every}")
 
 
 class Page:
