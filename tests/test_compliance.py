@@ -1385,7 +1385,10 @@ def test_purged_mail_left_in_the_index_does_not_use_up_a_page(
     assert pages == everything.stdout.split() and not gone & set(pages)
     first = run_cli(vault, "search", "--json", "--sort", "date", "--limit", "3", "report")
     assert first.exit_code == 0 and len(first.stdout.splitlines()) == 3
-    assert "showing 3 of" in first.stderr
+    assert "showing 3 of 5 hits" in first.stderr, first.stderr
+    assert "left out of what is shown and counted" in first.stderr
+    past = run_cli(vault, "search", "--sort", "date", "--offset", "7", "report")
+    assert past.exit_code == 1 and "the query has 5\n" in past.stderr, past.stderr
     assert run_cli(vault, "search", "--count", "report").stdout.strip() == "5"
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         (results,) = db.execute(

@@ -92,9 +92,7 @@ def _run(
     if missing or extra:
         _warn_gap(vault_root, notes, missing, extra)
     if mode == "count":
-        n = searcher.count()
-        if extra and n:
-            n -= _purged_among(vault_root, searcher.ids())
+        n = _live_total(vault_root, searcher, extra)
         audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
         if not _write_out(stream, notes, [str(n)]):
             return 3
@@ -123,8 +121,12 @@ def _run(
     if not _write_out(stream, notes, lines(hits, mode=mode, color=color)):
         return 3
     if limit and shown == limit and searcher.matched is not None:  # a full page
-        _note_more(notes, searcher.matched, offset, shown)
-    elif offset and not shown and (total := searcher.count()):  # paged past the last hit
+        matched = searcher.matched
+        if extra:  # the purged hits are neither shown nor counted
+            matched -= _purged_among(vault_root, searcher.ids())
+        _note_more(notes, matched, offset, shown)
+    elif offset and not shown and (total := _live_total(vault_root, searcher, extra)):
+        # paged past the last hit
         with contextlib.suppress(OSError):
             notes.write(
                 f"mailvault: note: no hits from --offset {offset} on: the query has {total}\n"
@@ -145,11 +147,11 @@ def _warn_gap(vault_root: str | os.PathLike[str], notes: Any, missing: int, extr
         held = f"the index still holds {extra} purged message(s)"
         lines.append(
             f"{held} while {writer} is writing to the vault: they are left out of what is "
-            "shown, but counts include them until it updates the index (else run "
-            "`mailvault index` when it ends)"
+            "shown and counted until it updates the index (else run `mailvault index` when "
+            "it ends)"
             if writer
             else f"{held} (a retention run was interrupted): they are left out of what is "
-            "shown, but counts include them; run `mailvault index`"
+            "shown and counted; run `mailvault index`"
         )
     if missing:
         are = "message is" if missing == 1 else "messages are"
@@ -311,6 +313,14 @@ def _counts(db: Any, num_docs: int) -> tuple[int, int]:
         return 0, num_docs
     sql = "SELECT count(*) FROM message_meta WHERE indexed_at IS NOT NULL"
     return purged, int(db.execute(sql).fetchone()[0])
+
+
+def _live_total(vault_root: str | os.PathLike[str], searcher: Searcher, extra: int) -> int:
+    """The query's number of hits, without the purged ones when the index still holds some."""
+    n = searcher.count()
+    if extra and n:
+        n -= _purged_among(vault_root, searcher.ids())
+    return n
 
 
 def _purged_among(vault_root: str | os.PathLike[str], batches: Iterable[list[str]]) -> int:
