@@ -239,7 +239,7 @@ class Pop3Session:
         if self._open():
             return
         note = f"CAPA failed ({self.capa_failure}); connecting again without it"
-        log.info("%s: %s", self.account.host, note)
+        log.debug("%s: %s", self.account.host, note)  # fetch warns once per run
         if self._trace:
             self._trace(f"# {note}")
         self.close()
