@@ -245,10 +245,7 @@ class BlobStore:
                 f"blob {digest} is missing from {self.objects}; run `mailvault verify` "
                 "to see what else is affected"
             )
-        raw = path.open("rb")
-        if path.suffix == ZSTD_SUFFIX:
-            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return raw
+        return open_file(path)
 
     def read_bytes(self, digest: str) -> bytes:
         """Whole blob in memory: only for callers that need it (parsing); export streams."""
@@ -345,3 +342,13 @@ class BlobStore:
                     leftover.unlink()
                     removed += 1
         return removed
+
+
+def open_file(path: Path) -> BinaryIO:
+    """One blob file's original (decompressed) bytes as a stream: a ``.zst`` file decompressed,
+    another as it is.  ``BlobStore.open`` picks the file for a digest; verify reads each file
+    it walks, so that a second copy of a blob (compressed and not) is checked too."""
+    raw = path.open("rb")
+    if path.suffix == ZSTD_SUFFIX:
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    return raw

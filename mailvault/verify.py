@@ -87,7 +87,7 @@ def _blobs(
         if quick:
             continue
         try:
-            actual, head = _rehash(store, digest)
+            actual, head = _rehash(path)
         except (zstandard.ZstdError, OSError, MailvaultError) as exc:
             if purged_since(digest):  # a retention run removed it while it was read
                 continue
@@ -167,13 +167,22 @@ class _CatalogWalk:
         self.head, self.seen = next(self.rows, None), False
 
 
-def _rehash(store: BlobStore, digest: str) -> tuple[str, bytes]:
-    """The sha256 of a blob's content and its first bytes (``blobdate.read_head``), in one
-    read."""
+def _rehash(path: Path) -> tuple[str, bytes]:
+    """The sha256 of a blob file's content and its first bytes (``blobdate.read_head``), in
+    one read: the file walked, not the one the store would pick for its digest (with both a
+    compressed and a plain copy, the one it does not pick would never be checked)."""
     from mailvault.blobdate import read_head
+    from mailvault.store import READ_CHUNK, open_file
 
     hashing = hashlib.sha256()
-    head = read_head(store.iter_hashed(digest, hashing))
+
+    def chunks() -> Iterator[bytes]:
+        with open_file(path) as stream:
+            while chunk := stream.read(READ_CHUNK):
+                hashing.update(chunk)
+                yield chunk
+
+    head = read_head(chunks())
     return hashing.hexdigest(), head
 
 

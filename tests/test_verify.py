@@ -107,6 +107,29 @@ def test_uncompressed_blob_edit_is_a_hash_mismatch(tmp_path: Path) -> None:
     assert code == 1 and [f["code"] for f in items if f["subject"] == digest] == ["blob-corrupt"]
 
 
+def test_a_damaged_second_copy_of_a_blob_is_found(vault: Path) -> None:
+    """A plain copy beside a message's compressed blob (a restore from a backup made with
+    compression off, say) was never read: verify hashed by digest, and the store picks the
+    compressed file, so a damaged copy went unreported and would be served if the other were
+    lost (QA).  Every file walked is hashed now."""
+    import zstandard
+
+    digest = some_digest(vault)
+    packed = BlobStore(vault).find(digest)
+    assert packed is not None and packed.suffix == ".zst"
+    original = zstandard.ZstdDecompressor().stream_reader(packed.open("rb")).read()
+    plain = packed.with_suffix("")
+    plain.write_bytes(original[:-3] + b"XYZ")
+    plain.chmod(0o600)
+    code, items = findings(vault)
+    bad = [f for f in items if f["subject"] == digest]
+    assert code == 1 and [f["code"] for f in bad] == ["blob-corrupt"], items
+    assert str(plain) in bad[0]["detail"]
+    plain.write_bytes(original)
+    code, items = findings(vault)
+    assert code == 0 and not [f for f in items if f["subject"] == digest], items
+
+
 def test_deleted_blob(vault: Path) -> None:
     digest = some_digest(vault)
     path = BlobStore(vault).find(digest)
