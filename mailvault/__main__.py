@@ -11,6 +11,9 @@ import sys
 
 
 def main() -> None:
+    from mailvault._stdio import reopen_closed
+
+    reopen_closed()  # before any file is opened: it would take a closed fd 0, 1 or 2
     argv = sys.argv[1:]
     if "search" in argv:
         from mailvault.search import fast_main

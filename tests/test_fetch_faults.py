@@ -630,6 +630,30 @@ def test_a_full_stdout_is_named_not_the_vault(tmp_path: Path) -> None:
     assert len(committed_uidls(vault, "acct")) == 2
 
 
+@pytest.mark.parametrize(
+    ("fds", "code"), [(">&-", 3), (">&- 2>&-", 3), ("2>&-", 0), ("<&- >&- 2>&-", 3)]
+)
+def test_a_fetch_with_closed_descriptors_still_archives(
+    tmp_path: Path, fds: str, code: int
+) -> None:
+    """Cron or a daemon wrapper that closes stdout (and stderr): fetch archived everything and
+    then died on its report (exit 1), or with both closed died first, archiving nothing.  Now
+    everything is archived; a report that could not be written is exit 3, named on stderr
+    when there is one."""
+    with FakePop3Server(corpus(3)) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit")
+        env = {**os.environ, PASSWORD_ENV: "alice-secret", "MAILVAULT_RETRY_SCALE": "0.001"}
+        argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch"]
+        command = ["sh", "-c", f'exec "$@" {fds}', "sh", *argv]
+        result = subprocess.run(command, env=env, capture_output=True, timeout=120)
+        assert result.returncode == code, result.stderr
+        assert server.mailbox == []
+    assert len(committed_uidls(vault, "acct")) == 3
+    assert b"Traceback" not in result.stderr
+    if fds == ">&-":
+        assert result.stderr.startswith(b"mailvault: error: standard output is closed")
+
+
 def test_trace_redacts_the_password(tmp_path: Path) -> None:
     with FakePop3Server(corpus()) as server:
         vault = vault_for(tmp_path, server)

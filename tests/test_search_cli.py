@@ -628,7 +628,7 @@ def test_search_output_that_cannot_be_written_is_exit_3_not_no_hits(
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )  # fmt: skip
         assert result.returncode == 3, (mode, result.stderr)
-        assert result.stderr.endswith("write it elsewhere\n"), result.stderr
+        assert result.stderr.endswith("write the output elsewhere\n"), result.stderr
         assert "Traceback" not in result.stderr
 
 
@@ -816,3 +816,52 @@ def _all_ids_by_date(vault: Vault) -> list[str]:
     from mailvault.search import Searcher
 
     return [h.id for h in Searcher(vault.index_path, "*").page(limit=0, snippets=False)]
+
+
+def _with_closed(fds: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mailvault ARGS`` run with the shell's redirections ``fds`` (``>&-``: stdout closed,
+    as some cron and daemon wrappers leave it)."""
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {fds}', "sh", sys.executable, "-m", "mailvault", *args],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["search", "--count", "*"], ["search", "--ids", "*"], ["search", "--json", "--limit=2", "*"],
+     ["search", "--sort=date", "*"], ["ledger", "head"], ["audit", "--head"]],
+)  # fmt: skip
+def test_a_closed_stdout_is_a_one_line_error_not_a_traceback(
+    indexed: tuple[Vault, dict[str, str]], args: list[str]
+) -> None:
+    """`mailvault ... >&-`: an AttributeError traceback and exit 1 (a search read as "no
+    hits"); now the documented exit 3 and one line naming standard output."""
+    vault, _ = indexed
+    result = _with_closed(">&-", "--vault", str(vault.root), *args)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("mailvault: error: standard output is closed"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_closed_stdin_or_stderr_changes_nothing(indexed: tuple[Vault, dict[str, str]]) -> None:
+    vault, _ = indexed
+    for fds in ("<&-", "2>&-", "<&- 2>&-"):
+        for args in (["search", "--count", "*"], ["ledger", "head"]):
+            done = _with_closed(fds, "--vault", str(vault.root), *args)
+            assert (done.returncode, done.stdout.count("\n")) == (0, 1), (fds, args, done)
+
+
+def test_no_file_opened_later_takes_a_closed_standard_descriptor() -> None:
+    """With fd 1 closed, the next file opened (the vault's lock) became fd 1: what was
+    printed would have gone into it.  /dev/null now holds 0, 1 and 2 from the start."""
+    probe = (
+        "import os, sys; from mailvault._stdio import reopen_closed; reopen_closed(); "
+        "fd = os.open(sys.argv[1], os.O_RDONLY); os.write(2, b'%d %s' % (fd, "
+        "os.readlink('/proc/self/fd/1').encode()))"
+    )
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&- >&-', "sh", sys.executable, "-c", probe, str(REPO)],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.stderr == "3 /dev/null", done.stderr

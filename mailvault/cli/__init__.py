@@ -12,7 +12,8 @@ Exit codes (documented in docs/cli.md):
 Standard output or error closed by its reader (`mailvault fetch | head -1`) does not change a
 command's exit status: the command finishes its work and exits as it would have, what it
 writes after the close is discarded.  Standard output that cannot be written for another
-reason (a full disk) is an error of its own: exit 3 (or the command's own failure status).
+reason (a full disk; closed by the caller, `>&-`) is an error of its own: exit 3 (or the
+command's own failure status), once the work is done.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import click
 
 from mailvault import __version__
+from mailvault._stdio import CLOSED, reopen_closed, stdout_error
 from mailvault._text import one_line, undecodable
 from mailvault.errors import MailvaultError, Terminated, from_storage_error
 from mailvault.redact import redact
@@ -207,6 +209,7 @@ class _GuardedOutput(io.RawIOBase):
         super().__init__()
         self.fd = fd
         self.error: OSError | None = None
+        self.closed_by_caller = fd in CLOSED  # /dev/null stands in for it (``reopen_closed``)
 
     def writable(self) -> bool:
         return True
@@ -220,6 +223,8 @@ class _GuardedOutput(io.RawIOBase):
     def write(self, data: Any) -> int:
         if self.error is None:
             try:
+                if self.closed_by_caller:  # what is written is lost: said so at the end
+                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
                 return os.write(self.fd, data)
             except OSError as exc:
                 self.error = exc
@@ -250,6 +255,7 @@ def _guard(name: str) -> _GuardedOutput | None:
 
 
 def main() -> None:
+    reopen_closed()  # done already by `mailvault`; not when main() is called by another way
     out = _guard("stdout")
     _guard("stderr")  # its errors are dropped: there is nowhere left to report them
     try:
@@ -262,12 +268,7 @@ def main() -> None:
             stream.flush()
     failure = out.error if out is not None else None
     if failure is not None and failure.errno != errno.EPIPE:
-        # Only the output is at fault (a full disk under `> file`): the vault is not.
-        reason = failure.strerror or failure
-        click.echo(
-            f"mailvault: error: standard output could not be written ({reason}); the "
-            "output is incomplete, the command's work is not: write the output elsewhere",
-            err=True,
-        )
+        # Only the output is at fault (a full disk under `> file`, closed): the vault is not.
+        click.echo(stdout_error(failure), err=True)
         code = code if isinstance(code, int) and code != 0 else 3
     sys.exit(code)

@@ -33,6 +33,10 @@ A reader that closes the output early (`mailvault fetch | head -1`) does not cha
 the command finishes its work and exits as it would have, and what it writes after the close is
 discarded. Standard output that cannot be written for another reason (`> file` on a full disk)
 exits 3 (or the command's own failure code) with an error naming standard output, not the vault.
+So does standard output closed by the caller (`mailvault fetch >&-`, as some cron and daemon
+wrappers leave it), once the command has written to it: the work is done all the same (a fetch
+archives), the output is lost, and the error says `standard output is closed` (redirect it to
+`/dev/null` to discard it). A closed standard input or error is taken as `/dev/null`.
 """
 
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 
+from mailvault._stdio import stdout_error
 from mailvault._text import one_line, undecodable
 from mailvault.errors import IndexDamaged, IndexOutdated
 from mailvault.search.engine import MAX_PAGE, Hit, Page, Searcher, check_page
@@ -210,10 +211,7 @@ def _write_out(stream: Any, notes: Any, lines: Any) -> bool:
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     except OSError as exc:
         with contextlib.suppress(OSError):
-            notes.write(
-                f"mailvault: error: standard output could not be written "
-                f"({exc.strerror or exc}); the output is incomplete: write it elsewhere\n"
-            )
+            notes.write(stdout_error(exc) + "\n")  # full (`> /dev/full`), or closed (`>&-`)
             notes.flush()
         with contextlib.suppress(OSError):  # nothing more goes there (nor at exit)
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
