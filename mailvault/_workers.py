@@ -19,7 +19,8 @@ def command_pid() -> int:
 def init_worker(parent: int) -> None:
     """Call first thing in a pool worker (``initializer``), with the parent's pid.
 
-    Ctrl-C reaches the whole process group; a worker ignores it and finishes its task, so that
+    Ctrl-C reaches the whole process group, and so does a service manager's SIGTERM (which the
+    parent takes as Ctrl-C); a worker ignores both and finishes its task, so that
     it is never interrupted between creating a file and recording it, and the parent, which
     gets the KeyboardInterrupt, shuts the pool down and removes what the tasks wrote.  A
     worker whose parent is killed (SIGKILL, the OOM killer) would otherwise block on its result
@@ -28,6 +29,7 @@ def init_worker(parent: int) -> None:
     global _PARENT
     _PARENT = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pr_set_pdeathsig = 1
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

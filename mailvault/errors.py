@@ -40,8 +40,9 @@ from mailvault.redact import redact
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM during a fetch: stopped as Ctrl-C stops it (what was committed is kept, the run
-    recorded as interrupted), and the CLI exits 143 instead of 130."""
+    """SIGTERM during any command: stopped as Ctrl-C stops it (what was committed is kept, what
+    was under way rolled back, a fetch's run recorded as interrupted), and the CLI exits 143
+    instead of 130."""
 
 
 class MailvaultError(Exception):

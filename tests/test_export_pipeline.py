@@ -429,17 +429,17 @@ def test_a_failing_background_batch_stops_the_export_cleanly(
 
 
 def _export_in_background(
-    tmp_path: Path, fmt: str, seed: int, stderr: int
+    tmp_path: Path, fmt: str, seed: int, stderr: int, *more: str
 ) -> tuple[Path, Path, subprocess.Popen[bytes]]:
-    """A vault of 3,000 small messages, and its export to ``tmp_path/out`` running in a
-    process group of its own (so a signal reaches the workers too)."""
+    """A vault of 3,000 small messages, and its export to ``tmp_path/out`` (``more`` options)
+    running in a process group of its own (so a signal reaches the workers too)."""
     from mailvault.testkit.generator import generate
 
     root = new_vault(tmp_path / "vault")
     add_messages(root, [m.raw for m in generate(3000, seed, median_size=4000, max_size=20000)])
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "mailvault", "--vault", str(root), "export", "--format"]
-    argv += [fmt, "--out", str(out)]
+    argv += [fmt, "--out", str(out), *more]
     return root, out, subprocess.Popen(argv, start_new_session=True, stderr=stderr)
 
 
@@ -454,10 +454,16 @@ def _any_written(paths: Iterable[Path]) -> bool:
 
 
 @pytest.mark.parametrize("fmt", ["maildir", "mbox"])
-def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(tmp_path: Path, fmt: str) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(2, 130, b"interrupted"), (15, 143, b"terminated")]
+)
+def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(
+    tmp_path: Path, fmt: str, signum: int, code: int, word: bytes
+) -> None:
     """Ctrl-C (SIGINT to the whole process group) mid-export: exit 130, no temporary file (tmp/
     of the Maildir; the mbox's temporary file and its workers' staged runs), no worker left; the
-    next export completes the target."""
+    next export completes the target.  SIGTERM to the group (a service manager's stop) the
+    same, exit 143: it killed the workers and left the main process to die unannounced."""
     root, out, proc = _export_in_background(tmp_path, fmt, 11, subprocess.PIPE)
     cur = out / "cur"
 
@@ -468,10 +474,10 @@ def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(tmp_path: Path, fmt: 
 
     while proc.poll() is None and not started():
         pass
-    os.killpg(proc.pid, 2)  # what the terminal does on Ctrl-C
+    os.killpg(proc.pid, signum)  # what the terminal does on Ctrl-C (2)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert b"interrupted" in err
+    assert proc.returncode == code, err
+    assert err == b"mailvault: " + word + b"\n"
     assert [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name] == []
     left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
     assert left.stdout == ""
@@ -487,6 +493,24 @@ def test_ctrl_c_stops_workers_and_leaves_no_temporary_file(tmp_path: Path, fmt: 
         assert len(list(cur.iterdir())) == 3000
     else:
         assert len(manifest_lines(Path(f"{out}.manifest.jsonl"))) == 3000
+
+
+def test_sigterm_mid_append_takes_the_appended_bytes_back_out(tmp_path: Path) -> None:
+    """`export --append` stopped by SIGTERM (`timeout`, a systemd stop): the process died with
+    tens of MB appended to the user's mbox, no manifest, its journal and lock left hidden
+    beside it, and no word.  Now it is rolled back as Ctrl-C rolls it back: the mbox as it
+    was, nothing left beside it, exit 143 and one line."""
+    before = b"From a@b Thu Jan  1 00:00:00 1970\nSubject: kept\n\nold mail\n\n"
+    (tmp_path / "out").write_bytes(before)
+    root, out, proc = _export_in_background(tmp_path, "mbox", 13, subprocess.PIPE, "--append")
+    while proc.poll() is None and out.stat().st_size == len(before):
+        pass
+    os.killpg(proc.pid, 15)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (143, b"mailvault: terminated\n")
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "vault"]
+    assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).stdout == b""
 
 
 @pytest.mark.parametrize("fmt", ["mbox", "eml", "maildir"])

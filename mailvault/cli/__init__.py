@@ -7,7 +7,7 @@ Exit codes (documented in docs/cli.md):
     2  usage or configuration error
     3  runtime error (vault locked, disk full, catalog unreadable, ...)
   130  interrupted
-  143  fetch terminated (SIGTERM), recorded as interrupted like Ctrl-C
+  143  terminated (SIGTERM): stopped as by Ctrl-C (a fetch's run is recorded as interrupted)
 
 Standard output or error closed by its reader (`mailvault fetch | head -1`) does not change a
 command's exit status: the command finishes its work and exits as it would have, what it
@@ -24,7 +24,10 @@ import importlib
 import io
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +159,8 @@ class MailvaultGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _sigterm_interrupts():
+                return super().invoke(ctx)
         except MailvaultError as exc:
             click.echo(f"mailvault: error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
@@ -174,6 +178,27 @@ class MailvaultGroup(click.Group):
             terminated = isinstance(exc, Terminated)
             click.echo(f"mailvault: {'terminated' if terminated else 'interrupted'}", err=True)
             ctx.exit(143 if terminated else 130)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a service manager's stop, `timeout`, `kill`) stops any command as Ctrl-C does:
+    what it committed is kept, what it had under way is rolled back (an `export --append`
+    takes its bytes back out of the mbox, a fetch records its run as interrupted), and it
+    exits 143 with one line, instead of dying between two steps with no word and its
+    temporary files, journal and half-written target left for the next run to clear."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=MailvaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -27,7 +27,7 @@ vault is `--vault`, else `$MAILVAULT_VAULT`, else `$XDG_DATA_HOME/mailvault`.
 | 2 | usage or configuration error: bad arguments, invalid `mailvault.toml`, unknown account, no vault, invalid search query; an account's password source or `ca_file` unusable (`fetch` still runs the other accounts; `check` exits 2 for it too) |
 | 3 | runtime error: vault locked by another process, disk full, unreadable catalog, damaged search index or one built by another version (`mailvault reindex` rebuilds it), a catalog migrated by a newer mailvault, a vault on a read-only filesystem for `search`/`show`/`export` (they write the audit trail), insecure vault permissions |
 | 130 | interrupted |
-| 143 | `fetch` terminated by SIGTERM: stopped as by Ctrl-C (what was committed is kept; the run is recorded as interrupted, with its counts) |
+| 143 | terminated by SIGTERM (`kill`, `timeout`, a service manager's stop): any command stops as by Ctrl-C (what was committed is kept, what was under way is rolled back, an `export --append` takes its bytes back out of the mbox; a `fetch` run is recorded as interrupted, with its counts) |
 
 A reader that closes the output early (`mailvault fetch | head -1`) does not change the exit code:
 the command finishes its work and exits as it would have, and what it writes after the close is

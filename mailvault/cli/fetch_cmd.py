@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -19,7 +16,7 @@ from mailvault import __version__
 from mailvault._text import one_line
 from mailvault.cli import cli
 from mailvault.cli._common import IndexProgress, print_json, vault_from
-from mailvault.errors import MailvaultError, Terminated, UsageError
+from mailvault.errors import MailvaultError, UsageError
 from mailvault.fetch import fetch_accounts
 from mailvault.redact import redact
 
@@ -143,7 +140,7 @@ def fetch(
     trace_stream = _open_trace(trace, names) if trace else None
     started = time.time()
     try:
-        with vault.write_lock("fetch"), _sigterm_interrupts():
+        with vault.write_lock("fetch"):
             reports = fetch_accounts(
                 vault,
                 selected,
@@ -216,25 +213,6 @@ def fetch(
         ctx.exit(2)
     if failed or index_error:
         ctx.exit(1)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a service manager, `timeout`, `kill`) stops a fetch as Ctrl-C does: what was
-    committed is kept and the run is recorded as interrupted with its counts, instead of the
-    process dying between two steps with its run left 'running'."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command()
