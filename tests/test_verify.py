@@ -637,6 +637,47 @@ def write_jsonl(path: Path, entries: list[dict[str, object]]) -> Path:
     return path
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_an_interrupted_ledger_export_leaves_the_earlier_one_whole(
+    vault: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: type[BaseException]
+) -> None:
+    """Ctrl-C (or a full disk) during `ledger export --out FILE` cut an earlier full export
+    down to its first lines, which `ledger check` then called intact.  Now FILE is replaced
+    only once the new export is whole; the temporary file beside it is removed."""
+    from mailvault import ledger
+
+    out = tmp_path / "exports" / "ledger.jsonl"
+    out.parent.mkdir()
+    assert run_cli(vault, "ledger", "export", "--out", str(out)).exit_code == 0
+    full = out.read_bytes()
+    entries = ledger.iter_entries
+
+    def stopped_after_five(db: sqlite3.Connection) -> Iterator[dict[str, object]]:
+        for n, entry in enumerate(entries(db)):
+            if n == 5:
+                raise stop(28, "No space left on device")
+            yield entry
+
+    monkeypatch.setattr(ledger, "iter_entries", stopped_after_five)
+    result = run_cli(vault, "ledger", "export", "--out", str(out))
+    assert result.exit_code == (130 if stop is KeyboardInterrupt else 3), result.output
+    assert out.read_bytes() == full
+    assert [p.name for p in out.parent.iterdir()] == ["ledger.jsonl"]
+
+
+def test_a_ledger_export_through_a_symlink_replaces_its_target(vault: Path, tmp_path: Path) -> None:
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    assert run_cli(vault, "ledger", "export", "--out", str(link)).exit_code == 0
+    assert link.is_symlink() and len(target.read_text().splitlines()) == 16
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "v") == [
+        "link.jsonl",
+        "real.jsonl",
+    ]
+
+
 @pytest.mark.parametrize(
     ("content", "line", "says"),
     [

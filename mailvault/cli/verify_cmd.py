@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from mailvault import ledger
+from mailvault._fs import fsync_dir
+from mailvault._tempfiles import remove_orphans, temp_path
 from mailvault._text import json_safe, shown
 from mailvault.cli import cli
 from mailvault.cli._common import print_chain_head, print_json, vault_from
@@ -121,24 +125,59 @@ def head(ctx: click.Context, as_json: bool) -> None:
 )
 @click.pass_context
 def export_ledger(ctx: click.Context, out: Path | None) -> None:
-    """Write the ledger as JSON Lines, verifiable without the database (`ledger check`)."""
+    """Write the ledger as JSON Lines, verifiable without the database (`ledger check`).
+
+    --out FILE is written under a temporary name beside it and renamed over it when whole."""
     vault = vault_from(ctx)
+    if out is None:
+        _write_ledger(vault.catalog_path, sys.stdout)
+        return
+    final = Path(os.path.realpath(out))  # a symlink's target is written, as it always was
+    if _in_place(out, final):
+        with _open_export(out, out, "w") as stream:
+            _write_ledger(vault.catalog_path, stream)
+        return
+    remove_orphans(final.parent, f".{final.name}.")  # of an export killed with SIGKILL
+    tmp = Path(temp_path(final.parent, final.name))
     try:
-        stream = out.open("w", encoding="utf-8") if out else sys.stdout
+        with _open_export(out, tmp, "x") as stream:
+            _write_ledger(vault.catalog_path, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, final)
+    except BaseException:  # Ctrl-C, a full disk: an earlier export stays as it was
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # the rename made durable; the file itself is
+        fsync_dir(final.parent)
+
+
+def _in_place(out: Path, final: Path) -> bool:
+    """Whether --out is no file to replace by renaming: a FIFO, a device, or a descriptor
+    of this process (`/dev/stdout`, `/proc/self/fd/N`, which resolve to what the descriptor
+    is open on: renaming over it would replace a file opened for appending)."""
+    if str(out.absolute()).startswith(("/dev/", "/proc/")):
+        return True
+    return final.exists() and not final.is_file()
+
+
+def _open_export(out: Path, path: Path, mode: str) -> IO[str]:
+    """``path`` opened for the export of ``--out out``, or the usage error naming ``out``."""
+    try:
+        return path.open(mode, encoding="utf-8")
     except OSError as exc:
         raise UsageError(
             f"cannot write the ledger export to {shown(str(out))} ({exc.strerror or exc}); give "
-            "--out a "
-            "file in a directory that exists and that you can write"
+            "--out a file in a directory that exists and that you can write"
         ) from None
-    try:
-        with sqlite3.connect(read_only_uri(vault.catalog_path), uri=True) as db:
-            for entry in ledger.iter_entries(db):
-                line = json.dumps(entry, sort_keys=True, ensure_ascii=False)
-                stream.write(json_safe(line) + "\n")  # one entry, one line for any reader
-    finally:
-        if out:
-            stream.close()
+
+
+def _write_ledger(catalog: Path, stream: IO[str]) -> None:
+    with sqlite3.connect(read_only_uri(catalog), uri=True) as db:
+        for entry in ledger.iter_entries(db):
+            line = json.dumps(entry, sort_keys=True, ensure_ascii=False)
+            stream.write(json_safe(line) + "\n")  # one entry, one line for any reader
 
 
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
