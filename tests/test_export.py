@@ -684,3 +684,44 @@ def test_a_message_moved_into_a_maildir_folder_is_not_exported_again(
     assert (code, summary["added"], summary["skipped"]) == (0, 0, len(crafted)), summary
     paths = {e["path"] for e in manifest_lines(out / "manifest.jsonl")}
     assert f".Archive/cur/{moved.name}" in paths
+
+
+@pytest.mark.parametrize(
+    ("fmt", "more"), [("mbox", ()), ("mbox", ("--append",)), ("maildir", ()), ("eml", ())]
+)
+def test_a_dangling_symlink_as_out_is_refused_in_one_line_naming_it(
+    tmp_path: Path, fmt: str, more: tuple[str, ...]
+) -> None:
+    """--out naming a symbolic link to nothing: the mbox export failed with "Too many levels
+    of symbolic links", the Maildir and eml ones called the link a file.  Every format now
+    says what it is and what to do; nothing is created, the link is left alone."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, [b"Subject: one\r\n\r\nbody\r\n"])
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "missing")
+    result = cli(root, "export", "--format", fmt, "--out", str(link), *more)
+    assert result.exit_code == 3, result.output
+    assert result.stderr == (
+        f"mailvault: error: {link} is a symbolic link to {tmp_path / 'missing'}, which does "
+        "not exist, and no export is created through a link; give --out that path instead, "
+        "or remove the link\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "vault"]
+    assert link.is_symlink() and not link.exists()
+
+
+def test_a_symlink_to_an_mbox_is_followed_by_append_and_refused_as_new(tmp_path: Path) -> None:
+    """Without --append an existing mbox is refused; through a symlink the refusal was
+    "Too many levels of symbolic links".  With --append the link is followed, as a link to a
+    Maildir or eml directory is."""
+    root = new_vault(tmp_path / "vault")
+    add_messages(root, [b"Subject: one\r\n\r\nbody\r\n"])
+    real = tmp_path / "real.mbox"
+    real.write_bytes(b"From a@b Thu Jan  1 00:00:00 1970\n\nold\n\n")
+    link = tmp_path / "link.mbox"
+    link.symlink_to(real)
+    result = cli(root, "export", "--format", "mbox", "--out", str(link))
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"mailvault: error: {link} already exists; choose a new")
+    assert cli(root, "export", "--format", "mbox", "--out", str(link), "--append").exit_code == 0
+    assert link.is_symlink() and real.read_bytes().count(b"\nFrom ") == 1

@@ -398,11 +398,27 @@ def make_dirs(path: Path) -> None:
         raise target_error("creating", path, exc) from None
 
 
+def refuse_dangling_link(out: Path) -> None:
+    """A symbolic link is followed to the file or directory it names (for every format); one
+    that names nothing is refused in one line saying so: no target is created through a link
+    (the mbox failed with "Too many levels of symbolic links", a Maildir with "is a file")."""
+    if out.is_symlink() and not out.exists():
+        try:
+            dest = os.readlink(out)
+        except OSError:  # replaced meanwhile: what follows will say what it is now
+            return
+        raise ExportError(
+            f"{out} is a symbolic link to {dest}, which does not exist, and no export is "
+            "created through a link; give --out that path instead, or remove the link"
+        )
+
+
 def existing_entries(out: Path, fmt: str, wanted: str) -> list[str] | None:
     """What an existing directory target holds (None: there is none yet); a file is refused.
 
     ``wanted`` says which directories will do, for the message.
     """
+    refuse_dangling_link(out)
     if not (out.is_symlink() or out.exists()):
         return None
     if not out.is_dir():

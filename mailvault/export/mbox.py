@@ -43,6 +43,7 @@ from mailvault.export._target import (
     Target,
     copy_range,
     make_dirs,
+    refuse_dangling_link,
     start_writeback,
     write_new_file,
 )
@@ -78,6 +79,7 @@ class MboxTarget(MboxJournal, Target):
         out = self.out
         if out.is_dir():
             raise ExportError(f"{out} is a directory; --format mbox needs a file path")
+        refuse_dangling_link(out)
         make_dirs(out.parent)
         self.take_lock(self._lock_path(), out)
         if os.access(out.parent, os.W_OK | os.X_OK):

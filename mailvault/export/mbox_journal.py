@@ -194,6 +194,8 @@ class MboxJournal:
         same export (``completed``).  Or its manifest says one export wrote the whole file,
         which is unchanged since: the caller sees whether it is this one (``last_run``).
         Anything else is refused."""
+        if self.out.is_symlink():  # an export links its mbox into place as a file, never so
+            raise self.refusal()
         try:
             self.fd = os.open(self.out, os.O_RDONLY | os.O_NOFOLLOW)
             size = os.fstat(self.fd).st_size
