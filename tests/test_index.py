@@ -418,9 +418,10 @@ def test_a_dead_worker_does_not_stop_the_run(
     assert _num_docs(vault) == len(digests)
 
 
-def _damage_index_and_catalog(vault: Vault, digests: list[str]) -> None:
+def _damage_index_and_catalog(vault: Vault, digests: list[str], *, foreign: bool = True) -> None:
     """A missing document, a duplicate, a purged message's document left behind, a message not
-    indexed yet, and a document whose id is no sha256 (an index not written by mailvault)."""
+    indexed yet, and (``foreign``) a document whose id is no sha256 (an index not written by
+    mailvault)."""
     from datetime import UTC, datetime
 
     from mailvault.parse import parse_message
@@ -431,7 +432,8 @@ def _damage_index_and_catalog(vault: Vault, digests: list[str]) -> None:
     raw = vault.store().read_bytes(digests[1])
     parsed = parse_message(raw, digests[1], ingest_time=datetime.now(UTC))
     writer.writer.add_document(ix.make_document(parsed))
-    writer.writer.add_document(tantivy.Document(id="Not-A-Sha256", subject="foreign"))
+    if foreign:
+        writer.writer.add_document(tantivy.Document(id="Not-A-Sha256", subject="foreign"))
     writer.close()
     conn = sqlite3.connect(vault.catalog_path)
     with conn:
@@ -522,8 +524,6 @@ def test_live_ids_are_every_live_id_in_order_whatever_the_run(
 
 
 def test_verify_index_findings(small: tuple[Vault, list[str]]) -> None:
-    from mailvault.parse import parse_message
-
     vault, digests = small
     ids = set(digests)
     # init made an empty index: the messages added since are pending
@@ -532,27 +532,9 @@ def test_verify_index_findings(small: tuple[Vault, list[str]]) -> None:
     assert [f.code for f in indexer.index_findings(vault, ids)] == ["index-unreadable"]
     catch_up(vault)
     assert list(indexer.index_findings(vault, ids)) == []
-    # a missing document, a duplicate, an extra one, a message not indexed yet
-    index, _ = ix.create_or_open(vault.index_path)
-    writer = ix.IndexWriter(index)
-    writer.delete(digests[0])
-    raw = vault.store().read_bytes(digests[1])
-    from datetime import UTC, datetime
-
-    writer.writer.add_document(
-        ix.make_document(parse_message(raw, digests[1], ingest_time=datetime.now(UTC)))
-    )
-    writer.close()
-    conn = sqlite3.connect(vault.catalog_path)
-    with conn:
-        conn.execute("UPDATE message_meta SET indexed_at = NULL WHERE sha256 = ?", (digests[3],))
-        # purged, its document left behind (a purge that did not get to the index)
-        conn.execute("UPDATE messages SET purged_at = '2025-01-01' WHERE sha256 = ?", (digests[2],))
-    conn.close()
-    index, _ = ix.create_or_open(vault.index_path)
-    writer = ix.IndexWriter(index)
-    writer.delete(digests[3])
-    writer.close()
+    # a missing document, a duplicate, an extra one (purged, its document left behind), a
+    # message not indexed yet
+    _damage_index_and_catalog(vault, digests, foreign=False)
     live = ids - {digests[2]}
     found = {(f.code, f.subject) for f in indexer.index_findings(vault, live)}
     assert found == {
