@@ -885,7 +885,10 @@ def test_an_address_in_angle_brackets_or_before_a_dot_is_the_address(tmp_path: P
         "from:<ALICE@example.com>^2",
         'from:"<alice@example.com>"',
         "from:alice@example.com.",
+        "from:alice@example.com,",
+        "from:alice@example.com;",
         "from:<alice@example.com>.",
+        "from:<alice@example.com>,",
         "from:Alice<alice@example.com>",
         # a whole mailbox, quoted: its address, whatever name a message gives it
         'from:"Alice <alice@example.com>"',

@@ -580,21 +580,23 @@ def _term_clause(query: str, tok: _Tok, syntax: int) -> str:
 
 # a mailbox as show and search print it, `<addr>` or `Name <addr>`: the address is inside
 ANGLE_ADDRESS = re.compile(r"^[^<>]*<([^<>\s]+)>$")
+SENTENCE_END = ".,;:"  # after an address pasted from a sentence or a list: not part of it
 
 
 def _addresses(value: str) -> list[str]:
     """The addresses an address value names, each one token as indexed (like a Message-ID),
     in every spelling of its domain (`domain_forms`).  Beside the value as typed: the address
     inside ``<...>``, as show and search print a mailbox (``<a@b>``, ``Name <a@b>``), and the
-    address without a dot after it, pasted from the end of a sentence (``a@b.``).  The value
+    address without the punctuation after it, pasted from a sentence or a list (``a@b.``,
+    ``a@b,``, ``a@b;``, ``a@b:``).  The value
     as typed stays among them (an indexed address may end in a dot): what such a query, or a
     hold on it, found before is found still."""
     typed = ix.exact(value).lower()
-    forms = [typed, typed.strip().removesuffix(".")]
+    forms = [typed, typed.strip().rstrip(SENTENCE_END)]
     for form in forms[:2]:
         angle = ANGLE_ADDRESS.match(form)
         if angle:
-            forms += [angle.group(1), angle.group(1).removesuffix(".")]
+            forms += [angle.group(1), angle.group(1).rstrip(SENTENCE_END)]
     found: list[str] = []
     for form in dict.fromkeys(forms):
         if ADDRESS.match(form):
