@@ -865,3 +865,24 @@ def test_no_file_opened_later_takes_a_closed_standard_descriptor() -> None:
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert done.stderr == "3 /dev/null", done.stderr
+
+
+def test_sigterm_stops_the_fast_search_path_with_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM stops every command as Ctrl-C does, with `mailvault: terminated` and exit 143;
+    the click-free search path died silently instead (QA)."""
+    import signal
+
+    from mailvault.search import command
+
+    def terminated_while_running(*args: object, **kwargs: object) -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+        return 0
+
+    monkeypatch.setattr(command, "run", terminated_while_running)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert command.fast_main(["--vault", str(tmp_path), "search", "x"]) == 143
+    assert capsys.readouterr().err == "mailvault: terminated\n"
+    assert signal.getsignal(signal.SIGTERM) == previous  # put back

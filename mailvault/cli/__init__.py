@@ -24,16 +24,14 @@ import importlib
 import io
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mailvault import __version__
+from mailvault._signals import sigterm_interrupts
 from mailvault._stdio import CLOSED, reopen_closed, stdout_error
 from mailvault._text import one_line, undecodable
 from mailvault.errors import MailvaultError, Terminated, from_storage_error
@@ -159,7 +157,7 @@ class MailvaultGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with _sigterm_interrupts():
+            with sigterm_interrupts():
                 return super().invoke(ctx)
         except MailvaultError as exc:
             click.echo(f"mailvault: error: {one_line(str(exc))}", err=True)
@@ -178,27 +176,6 @@ class MailvaultGroup(click.Group):
             terminated = isinstance(exc, Terminated)
             click.echo(f"mailvault: {'terminated' if terminated else 'interrupted'}", err=True)
             ctx.exit(143 if terminated else 130)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a service manager's stop, `timeout`, `kill`) stops any command as Ctrl-C does:
-    what it committed is kept, what it had under way is rolled back (an `export --append`
-    takes its bytes back out of the mbox, a fetch records its run as interrupted), and it
-    exits 143 with one line, instead of dying between two steps with no word and its
-    temporary files, journal and half-written target left for the next run to clear."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=MailvaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -443,7 +443,8 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
         return None
     if vault is None:
         vault = os.environ.get("MAILVAULT_VAULT") or None
-    from mailvault.errors import MailvaultError
+    from mailvault._signals import sigterm_interrupts
+    from mailvault.errors import MailvaultError, Terminated
 
     try:
         if vault is None:
@@ -451,10 +452,12 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
 
             vault = default_vault_path()
         mode = modes[0] if modes else "text"
-        return run(vault, " ".join(words), mode=mode, exiting=exiting, **opts)
+        with sigterm_interrupts():
+            return run(vault, " ".join(words), mode=mode, exiting=exiting, **opts)
     except MailvaultError as exc:
         sys.stderr.write(f"mailvault: error: {one_line(str(exc))}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("mailvault: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): as the click CLI says
+        terminated = isinstance(exc, Terminated)
+        sys.stderr.write(f"mailvault: {'terminated' if terminated else 'interrupted'}\n")
+        return 143 if terminated else 130
