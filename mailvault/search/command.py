@@ -325,22 +325,10 @@ def _purged_among(vault_root: str | os.PathLike[str], batches: Iterable[list[str
     """How many of the ids in ``batches`` the catalog marks purged (0 if it cannot tell)."""
     import sqlite3
 
-    found = 0
     try:
-        db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
-        try:
-            for ids in batches:
-                marks = ",".join("?" * len(ids))
-                sql = (
-                    "SELECT count(*) FROM messages WHERE purged_at IS NOT NULL "
-                    f"AND sha256 IN ({marks})"
-                )
-                found += int(db.execute(sql, ids).fetchone()[0])
-        finally:
-            db.close()
+        return sum(len(purged) for _, purged in _purged_of(vault_root, batches))
     except sqlite3.Error:
         return 0
-    return found
 
 
 def _purged_positions(vault_root: str | os.PathLike[str], page: Page) -> set[int] | None:
@@ -355,22 +343,29 @@ def _purged_positions(vault_root: str | os.PathLike[str], page: Page) -> set[int
     dropped: set[int] = set()
     start = 0
     try:
-        db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
-        try:
-            for ids in page.ids():
-                marks = ",".join("?" * len(ids))
-                sql = (
-                    "SELECT sha256 FROM messages WHERE purged_at IS NOT NULL "
-                    f"AND sha256 IN ({marks})"
-                )
-                purged = {row[0] for row in db.execute(sql, ids)}
-                dropped.update(i for i, sha in enumerate(ids, start) if sha in purged)
-                start += len(ids)
-        finally:
-            db.close()
+        for ids, purged in _purged_of(vault_root, page.ids()):
+            dropped.update(i for i, sha in enumerate(ids, start) if sha in purged)
+            start += len(ids)
     except sqlite3.Error:
         return None
     return dropped
+
+
+def _purged_of(
+    vault_root: str | os.PathLike[str], batches: Iterable[list[str]]
+) -> Iterator[tuple[list[str], set[str]]]:
+    """Each batch of ids with those of them the catalog marks purged, from one read-only
+    connection; raises ``sqlite3.Error`` for the caller to decide what not knowing means."""
+    import sqlite3
+
+    db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
+    try:
+        for ids in batches:
+            marks = ",".join("?" * len(ids))
+            sql = f"SELECT sha256 FROM messages WHERE purged_at IS NOT NULL AND sha256 IN ({marks})"
+            yield ids, {row[0] for row in db.execute(sql, ids)}
+    finally:
+        db.close()
 
 
 def _note_more(notes: Any, total: int, offset: int, shown: int) -> None:
