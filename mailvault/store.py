@@ -258,11 +258,8 @@ class BlobStore:
                 yield chunk
 
     def iter_hashed(self, digest: str, hashing: Hash) -> Iterator[bytes]:
-        """``iter_chunks``, feeding ``hashing`` on the way: the one place a reader hashes the
-        content it reads, so checking a blob never costs a second read."""
-        for chunk in self.iter_chunks(digest):
-            hashing.update(chunk)
-            yield chunk
+        """``iter_chunks``, feeding ``hashing`` on the way (``read_hashed``)."""
+        yield from read_hashed(self.open(digest), hashing)
 
     def iter_verified(self, digest: str) -> Iterator[bytes]:
         """``iter_chunks``, hashing as it goes: past the last chunk, a ``StoreError`` if the
@@ -342,6 +339,15 @@ class BlobStore:
                     leftover.unlink()
                     removed += 1
         return removed
+
+
+def read_hashed(stream: BinaryIO, hashing: Hash) -> Iterator[bytes]:
+    """An open blob's chunks, feeding ``hashing`` on the way, then closed: the one place a
+    reader hashes the content it reads, so checking a blob never costs a second read."""
+    with stream:
+        while chunk := stream.read(READ_CHUNK):
+            hashing.update(chunk)
+            yield chunk
 
 
 def open_file(path: Path) -> BinaryIO:

@@ -172,17 +172,10 @@ def _rehash(path: Path) -> tuple[str, bytes]:
     one read: the file walked, not the one the store would pick for its digest (with both a
     compressed and a plain copy, the one it does not pick would never be checked)."""
     from mailvault.blobdate import read_head
-    from mailvault.store import READ_CHUNK, open_file
+    from mailvault.store import open_file, read_hashed
 
     hashing = hashlib.sha256()
-
-    def chunks() -> Iterator[bytes]:
-        with open_file(path) as stream:
-            while chunk := stream.read(READ_CHUNK):
-                hashing.update(chunk)
-                yield chunk
-
-    head = read_head(chunks())
+    head = read_head(read_hashed(open_file(path), hashing))
     return hashing.hexdigest(), head
 
 
