@@ -46,8 +46,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy mailvault
 
+# A crash of pytest itself (a native library's SIGSEGV or SIGBUS) is reported last: the test
+# that was running and the crashing thread's frames (tests/conftest.py writes them).
+CRASH_DIR := build/test-crash
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+	@rm -rf $(CRASH_DIR) && mkdir -p $(CRASH_DIR)
+	MAILVAULT_TEST_CRASH_DIR=$(CRASH_DIR) $(BIN)/pytest -q -p no:cacheprovider -p no:faulthandler \
+	  || { status=$$?; if [ -s $(CRASH_DIR)/traceback ]; then \
+	    echo "== pytest died (exit $$status) while running: $$(cat $(CRASH_DIR)/running)"; \
+	    grep -A14 '^Current thread' $(CRASH_DIR)/traceback; fi; exit $$status; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/python -m mailvault.testkit.demo

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from hypothesis import settings
@@ -92,3 +94,27 @@ def _forget_secrets() -> Iterator[None]:
     forget_secrets()
     yield
     forget_secrets()
+
+
+# --------------------------------------------------------------------------------------
+# A crash of the pytest process itself (SIGSEGV, SIGBUS from a native library): `make test`
+# sets MAILVAULT_TEST_CRASH_DIR, the traceback of every thread goes to a file there and the
+# test running is named in another, and the Makefile prints both at the end, where CI's
+# truncated log still shows them (pytest's own faulthandler prints at the start of a long
+# dump, which the log cuts).
+# --------------------------------------------------------------------------------------
+
+_CRASH_DIR = os.environ.get("MAILVAULT_TEST_CRASH_DIR")
+_crash_file: IO[str] | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _crash_file
+    if _CRASH_DIR and _crash_file is None:
+        _crash_file = open(Path(_CRASH_DIR) / "traceback", "w")  # noqa: SIM115 (process-long)
+        faulthandler.enable(_crash_file, all_threads=True)
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    if _CRASH_DIR:
+        (Path(_CRASH_DIR) / "running").write_text(nodeid + "\n", encoding="utf-8")

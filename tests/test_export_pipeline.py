@@ -303,32 +303,83 @@ def test_a_run_copy_failing_midway_reports_the_write_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The disk fills after part of a run was copied: the OSError reaches the caller (which
-    turns it into "disk full"), not a BufferError from closing the run's mapping."""
+    turns it into "disk full")."""
     run = tmp_path / "run"
     run.write_bytes(os.urandom(300_000))
-    real_write = os.write
+    real_sendfile = os.sendfile
     calls: list[int] = []
 
-    def fill_up(fd: int, data: Any) -> int:
-        calls.append(fd)
+    def fill_up(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls.append(offset)
         if len(calls) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, bytes(data[:1000]))
+        return real_sendfile(out_fd, in_fd, offset, min(count, 1000))
 
     source = os.open(run, os.O_RDONLY)
     target = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        monkeypatch.setattr(os, "write", fill_up)
+        monkeypatch.setattr(os, "sendfile", fill_up)
         with pytest.raises(OSError) as info:
             _target.copy_range(source, target, 10, 200_000)
         monkeypatch.undo()
-        assert info.value.errno == errno.ENOSPC and len(calls) == 2
-        with pytest.raises(OSError) as info:  # a run cut short never maps past its end
+        assert info.value.errno == errno.ENOSPC and calls == [10, 1010]
+        assert (tmp_path / "out").read_bytes() == run.read_bytes()[10:1010]
+        with pytest.raises(OSError) as info:  # a run cut short is an error before any write
             _target.copy_range(source, target, 200_000, 100_001)
         assert info.value.errno == errno.EIO
+        assert (tmp_path / "out").stat().st_size == 1000
     finally:
         os.close(source)
         os.close(target)
+
+
+def test_a_source_shrunk_during_the_copy_is_named_as_such(tmp_path: Path) -> None:
+    """Another program truncates the file being copied (a mail client compacting the mbox a
+    killed append's bytes are set aside from) while the copy runs: "shorter than its
+    records", which the caller reports; the copy from a mapping failed with EFAULT ("Bad
+    address")."""
+    import threading
+
+    (tmp_path / "source").write_bytes(os.urandom(4_000_000))
+    source = os.open(tmp_path / "source", os.O_RDWR)
+    reader, writer = os.pipe()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        received.append(os.read(reader, 65536))
+        os.ftruncate(source, 100_000)  # after the copy has begun
+        while chunk := os.read(reader, 1 << 20):
+            received.append(chunk)
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    try:
+        with pytest.raises(OSError) as info:
+            _target.copy_range(source, writer, 0, 4_000_000)
+    finally:
+        os.close(writer)
+        thread.join()
+        os.close(reader)
+        os.close(source)
+    assert info.value.errno == errno.EIO and "shorter" in str(info.value)
+    assert len(b"".join(received)) <= 4_000_000
+
+
+def test_a_run_copy_into_an_append_only_target_falls_back_to_read_and_write(
+    tmp_path: Path,
+) -> None:
+    """``sendfile`` refuses an ``O_APPEND`` target (EINVAL); the copy still happens."""
+    data = os.urandom(3_000_000)
+    (tmp_path / "run").write_bytes(data)
+    (tmp_path / "out").write_bytes(b"head")
+    source = os.open(tmp_path / "run", os.O_RDONLY)
+    target = os.open(tmp_path / "out", os.O_WRONLY | os.O_APPEND)
+    try:
+        _target.copy_range(source, target, 5, 2_500_000)
+    finally:
+        os.close(source)
+        os.close(target)
+    assert (tmp_path / "out").read_bytes() == b"head" + data[5:2_500_005]
 
 
 def test_append_in_a_directory_it_cannot_write_stages_runs_in_the_temp_dir(

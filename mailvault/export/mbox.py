@@ -213,7 +213,7 @@ class MboxTarget(MboxJournal, Target):
 
     def stage_run(self, records: list[bytes]) -> str:
         """Write prepared records to a hidden file beside the target, in a worker: the main
-        process then copies them into the mbox (``place_record``, straight from a mapping of
+        process then copies them into the mbox (``place_record``, by ``sendfile`` from
         the run) instead of receiving every byte through a pipe."""
         name = temp_path(self._run_dir, self.out.name, "run-")
         write_new_file(name, records)

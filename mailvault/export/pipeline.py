@@ -8,7 +8,7 @@ the main process only places the results: the renames of a Maildir batch, the mb
 manifest lines.  Processes rather than threads because most of these steps hold the GIL.  For
 mbox, a worker writes a task's messages (From_ line, quoted message, separator, one after the
 other) to a hidden "run" file beside the target, and the main process copies the run into the
-mbox in one write from a read-only mapping of it: receiving every byte through the pool's pipe
+mbox by ``sendfile``, in the kernel: receiving every byte through the pool's pipe
 made the main process the bottleneck.
 
 Order and durability stay in the main process: ``Pipeline.messages`` yields, in selection
