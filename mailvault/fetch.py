@@ -69,7 +69,7 @@ class AccountReport:
     """What one account's fetch did; the JSON report is built from this."""
 
     account: str
-    status: str = "ok"  # ok | failed | dry-run
+    status: str = "ok"  # ok | failed | dry-run | interrupted
     listed: int = 0
     new: int = 0
     fetched: int = 0
@@ -172,6 +172,7 @@ class AccountFetcher:
             self.trace = lambda line: write(f"{label} {line}")
         self.progress = _AccountProgress(progress or (lambda *_: None), account.name)
         self.report = AccountReport(account.name)
+        self.finished = False  # run() returned: the report is the account's whole run
         self.store: BlobStore = vault.store()
         self.catalog: Catalog = vault.catalog()
         self.run_id: int | None = None
@@ -271,6 +272,7 @@ class AccountFetcher:
                     self.run_id, status, self.report.counts(), self.report.errors
                 )
             self.catalog.close()
+        self.finished = True
         return self.report
 
     def interrupt(self) -> None:
@@ -677,8 +679,15 @@ def fetch_accounts(
     dry_run: bool = False,
     trace: Trace | None = None,
     progress: Progress | None = None,
+    reports_if_interrupted: list[AccountReport] | None = None,
 ) -> list[AccountReport]:
-    """Fetch several accounts, ``jobs`` at a time; one account failing never stops the others."""
+    """Fetch several accounts, ``jobs`` at a time; one account failing never stops the others.
+
+    Ctrl-C or SIGTERM ends the run with KeyboardInterrupt, after each account has recorded
+    its run; ``reports_if_interrupted`` is then filled with every account's report as far as
+    it got (status "interrupted" for each that did not finish, started or not), so that a
+    nightly job stopped by its service manager still says what it archived.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     if not dry_run:
@@ -691,19 +700,27 @@ def fetch_accounts(
         for account in accounts
     ]
     started = time.monotonic()
-    if jobs <= 1 or len(accounts) <= 1:  # no thread: Ctrl-C and profilers see the real work
-        reports = [fetcher.run() for fetcher in fetchers]
-    else:
-        pool = ThreadPoolExecutor(max_workers=jobs)
-        try:
-            futures = [pool.submit(fetcher.run) for fetcher in fetchers]
-            reports = [future.result() for future in futures]
-        except KeyboardInterrupt:  # only the main thread gets it: stop the others at once
+    try:
+        if jobs <= 1 or len(accounts) <= 1:  # no thread: Ctrl-C and profilers see the real work
+            reports = [fetcher.run() for fetcher in fetchers]
+        else:
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            try:
+                futures = [pool.submit(fetcher.run) for fetcher in fetchers]
+                reports = [future.result() for future in futures]
+            except KeyboardInterrupt:  # only the main thread gets it: stop the others at once
+                for fetcher in fetchers:
+                    fetcher.interrupt()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        if reports_if_interrupted is not None:
             for fetcher in fetchers:
-                fetcher.interrupt()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+                if not fetcher.finished:
+                    fetcher.report.status = "interrupted"
+            reports_if_interrupted[:] = [fetcher.report for fetcher in fetchers]
+        raise
     log.debug("fetched %d accounts in %.2f s", len(accounts), time.monotonic() - started)
     return reports
 

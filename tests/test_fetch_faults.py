@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import trustme
 
+from mailvault.resources import json_schema
 from mailvault.testkit.fakepop import FakePop3Server, Faults, dot_stuff, served_bytes
 from mailvault.testkit.proxy import DelayProxy
 from tests.vaults import (
@@ -888,36 +890,116 @@ def test_a_password_the_server_quotes_back_is_redacted_everywhere(
 
 
 @pytest.mark.parametrize(
-    ("signum", "code", "word"),
-    [(signal.SIGINT, 130, b"interrupted"), (signal.SIGTERM, 143, b"terminated")],
+    ("signum", "code", "word", "as_json"),
+    [(signal.SIGINT, 130, b"interrupted", False), (signal.SIGTERM, 143, b"terminated", True)],
 )
 def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(
-    tmp_path: Path, signum: int, code: int, word: bytes
+    tmp_path: Path, signum: int, code: int, word: bytes, as_json: bool
 ) -> None:
     """Ctrl-C (SIGINT to the process group) while batches stream and commit: exit 130, every
     deleted message committed, no temp file left, and the next run completes.  SIGTERM
     stops it the same way (exit 143); either way the run is recorded as interrupted with the
-    counts of what it did."""
+    counts of what it did, and the report says them (a nightly `fetch --json` stopped by
+    its service manager printed nothing)."""
     messages = corpus(400)
     with FakePop3Server(messages, faults=Faults(slow_bytes_per_sec=4_000_000)) as server:
         account = {**PLAIN, "port": server.port, "retries": 0, "delete": "after-commit"}
         vault = make_vault(tmp_path / "vault", {"acct": account}, commit_batch_messages=16)
         env = {**os.environ, PASSWORD_ENV: "alice-secret"}
         argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--no-index"]
-        proc = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE)
+        argv += ["--json"] if as_json else []
+        proc = subprocess.Popen(
+            argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         while proc.poll() is None and not committed_uidls(vault, "acct"):
             pass
         os.killpg(proc.pid, signum)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
         assert proc.returncode == code, err
-        assert word in err
+        assert err.splitlines()[-1] == b"mailvault: " + word
         assert 0 < len(committed_uidls(vault, "acct")) < len(messages)
         with sqlite3.connect(vault / "catalog.sqlite") as db:
             status, fetched = db.execute("SELECT status, fetched FROM runs").fetchone()
         assert (status, fetched > 0) == ("interrupted", True), (status, fetched)
+        if as_json:
+            report = json.loads(out)
+            jsonschema.validate(report, json_schema("fetch-report.schema.json"))
+            (acct,) = report["accounts"]
+            assert (report["ok"], report["interrupted"]) == (False, True), report
+            assert (acct["status"], acct["fetched"]) == ("interrupted", fetched), report
+        else:
+            assert out.decode().startswith(f"acct: listed 400, new 400, fetched {fetched}, ")
+            assert out.decode().endswith(" [interrupted]\n"), out
         check_invariants(vault, server, messages)
         assert no_tmp_leftovers(vault)
         complete_and_check(vault, server, messages)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_terminated_run_reports_every_account_as_far_as_it_got(tmp_path: Path, jobs: str) -> None:
+    """SIGTERM while the first of two accounts streams: the report names both, each that did
+    not finish as interrupted with what it had committed (the second, not started without
+    --jobs, with nothing), and the ledger's runs agree."""
+    slow = Faults(slow_bytes_per_sec=2_000_000)
+    second_faults = slow if jobs == "2" else Faults()  # with --jobs, both stream at the stop
+    with (
+        FakePop3Server(corpus(300), faults=slow) as first,
+        FakePop3Server(corpus(300), faults=second_faults) as second,
+    ):
+        accounts = {
+            "a1": {**PLAIN, "port": first.port, "retries": 0},
+            "a2": {**PLAIN, "port": second.port, "retries": 0},
+        }
+        vault = make_vault(tmp_path / "vault", accounts, commit_batch_messages=16)
+        env = {**os.environ, PASSWORD_ENV: "alice-secret"}
+        argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--json"]
+        argv += ["--no-index", "--jobs", jobs]
+        proc = subprocess.Popen(
+            argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        while proc.poll() is None and not committed_uidls(vault, "a1"):
+            pass
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.splitlines()[-1]) == (143, b"mailvault: terminated"), err
+    report = json.loads(out)
+    jsonschema.validate(report, json_schema("fetch-report.schema.json"))
+    got = {a["account"]: (a["status"], a["fetched"]) for a in report["accounts"]}
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        runs = dict(db.execute("SELECT account, fetched FROM runs WHERE status='interrupted'"))
+    assert got["a1"] == ("interrupted", runs["a1"]) and runs["a1"] > 0, (got, runs)
+    if jobs == "1":
+        assert got["a2"] == ("interrupted", 0) and "a2" not in runs, (got, runs)
+    else:
+        assert got["a2"][0] == "interrupted" and got["a2"][1] == runs.get("a2", 0), (got, runs)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_while_indexing_reports_the_fetch_and_the_lagging_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    """Stopped after the accounts finished, while what they fetched is indexed: the accounts
+    are reported as they finished, and the report says indexing was interrupted and how it
+    catches up."""
+    from mailvault import indexer
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(indexer, "catch_up", interrupted)
+    with FakePop3Server(corpus(3)) as server:
+        vault = vault_for(tmp_path, server)
+        result = run_cli(vault, "fetch", *(["--json"] if as_json else []))
+    assert result.exit_code == 130, result.output
+    assert result.stderr.splitlines()[-1] == "mailvault: interrupted"
+    if as_json:
+        report = json.loads(result.stdout)
+        jsonschema.validate(report, json_schema("fetch-report.schema.json"))
+        assert report["accounts"][0]["status"] == "ok" and report["interrupted"], report
+        assert report["index"] is None and "`mailvault index`" in report["index_error"]
+    else:
+        assert "fetched 3," in result.stdout and result.stdout.endswith(" [ok]\n"), result.stdout
+        assert "warning: indexing was interrupted; what was fetched is archived" in result.stderr
 
 
 def test_mail_arriving_during_a_capped_run_counts_as_listed_and_new(

@@ -26,8 +26,8 @@ vault is `--vault`, else `$MAILVAULT_VAULT`, else `$XDG_DATA_HOME/mailvault`.
 | 1 | finished, but something failed or was found: an account failed after its retries (`fetch` counts a full disk as the account's failure, its error naming it), or the server refused to hand out or delete a message (the others completed); `search` found nothing (as grep); `check`/`verify`/`ledger check` found a problem (for `verify`: an error or a warning; notes alone exit 0); `import` rejected an entry; `retention apply` did not purge a message it cannot prove free of holds and past retention (its blob missing or corrupt, its date edited) |
 | 2 | usage or configuration error: bad arguments, invalid `mailvault.toml`, unknown account, no vault, invalid search query; an account's password source or `ca_file` unusable (`fetch` still runs the other accounts; `check` exits 2 for it too) |
 | 3 | runtime error: vault locked by another process, disk full, unreadable catalog, damaged search index or one built by another version (`mailvault reindex` rebuilds it), a catalog migrated by a newer mailvault, a vault on a read-only filesystem for `search`/`show`/`export` (they write the audit trail), insecure vault permissions |
-| 130 | interrupted |
-| 143 | terminated by SIGTERM (`kill`, `timeout`, a service manager's stop): any command stops as by Ctrl-C (what was committed is kept, what was under way is rolled back, an `export --append` takes its bytes back out of the mbox; a `fetch` run is recorded as interrupted, with its counts) |
+| 130 | interrupted (Ctrl-C): as 143 |
+| 143 | terminated by SIGTERM (`kill`, `timeout`, a service manager's stop): any command stops as by Ctrl-C (what was committed is kept, what was under way is rolled back, an `export --append` takes its bytes back out of the mbox; a `fetch` run is recorded as interrupted, with its counts, and its report is printed, `--json` too, each account that did not finish marked `interrupted`) |
 
 A reader that closes the output early (`mailvault fetch | head -1`) does not change the exit code:
 the command finishes its work and exits as it would have, and what it writes after the close is

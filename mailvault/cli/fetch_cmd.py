@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
@@ -17,8 +17,11 @@ from mailvault._text import one_line
 from mailvault.cli import cli
 from mailvault.cli._common import IndexProgress, print_json, vault_from
 from mailvault.errors import MailvaultError, UsageError
-from mailvault.fetch import fetch_accounts
+from mailvault.fetch import AccountReport, fetch_accounts
 from mailvault.redact import redact
+
+if TYPE_CHECKING:
+    from mailvault.indexer import IndexReport
 
 
 class _TraceFile:
@@ -139,6 +142,9 @@ def fetch(
     progress = _Progress() if show_progress else None
     trace_stream = _open_trace(trace, names) if trace else None
     started = time.time()
+    index_report: IndexReport | None = None
+    index_error: str | None = None
+    reports: list[AccountReport] = []
     try:
         with vault.write_lock("fetch"):
             reports = fetch_accounts(
@@ -148,11 +154,11 @@ def fetch(
                 dry_run=dry_run,
                 trace=_TraceFile(trace_stream) if trace_stream else None,
                 progress=progress,
+                reports_if_interrupted=reports,
             )
             if progress:
                 progress.finish()
                 progress = None
-            index_report, index_error = None, None
             if not dry_run and not no_index:
                 from mailvault.indexer import catch_up, lag_note
 
@@ -161,20 +167,59 @@ def fetch(
                     index_report = catch_up(vault, progress=indexing)
                 except MailvaultError as exc:  # the mail is safe; only the derived index lags
                     index_error = lag_note(exc)
+                except KeyboardInterrupt:
+                    index_error = INDEX_INTERRUPTED
+                    raise
                 finally:
                     if indexing:
                         indexing.finish()
+    except KeyboardInterrupt:
+        # What was archived before the stop is said, as a finished run says it; the caller
+        # then prints "interrupted" or "terminated" and exits 130 or 143.
+        if progress:
+            progress.finish()
+            progress = None
+        if reports:
+            _report(reports, as_json, dry_run, started, index_report, index_error, True)
+        raise
     finally:
         if trace_stream:
             trace_stream.close()
         if progress:
             progress.finish()
     failed = [r for r in reports if r.status == "failed"]
+    _report(reports, as_json, dry_run, started, index_report, index_error, False)
+    if index_error:
+        click.echo(f"mailvault: warning: {one_line(index_error)}", err=True)
+    if any(r.config_error for r in failed):  # the other accounts still ran
+        ctx.exit(2)
+    if failed or index_error:
+        ctx.exit(1)
+
+
+INDEX_INTERRUPTED = (
+    "indexing was interrupted; what was fetched is archived, and the next fetch, import or "
+    "`mailvault index` indexes it"
+)
+
+
+def _report(
+    reports: list[AccountReport],
+    as_json: bool,
+    dry_run: bool,
+    started: float,
+    index_report: IndexReport | None,
+    index_error: str | None,
+    interrupted: bool,
+) -> None:
+    """The run report: one JSON document, or a line per account (warnings and errors on
+    stderr) and one for the indexing."""
     if as_json:
         print_json(
             {
                 "schema": "mailvault/fetch-report/v1",
-                "ok": not failed,
+                "ok": not interrupted and not any(r.status == "failed" for r in reports),
+                "interrupted": interrupted,
                 "dry_run": dry_run,
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                 "seconds": round(time.time() - started, 3),
@@ -183,36 +228,32 @@ def fetch(
                 "index_error": index_error,
             }
         )
-    else:
-        for r in reports:
-            verb = "would fetch" if dry_run else "fetched"
-            line = (
-                f"{r.account}: listed {r.listed}, new {r.new}, {verb} "
-                f"{r.new if dry_run else r.fetched}, "
-                f"{f'download {r.would_check} again to check, ' if r.would_check else ''}"
-                f"duplicates {r.duplicates}, "
-                f"{'would delete' if dry_run else 'deleted'} "
-                f"{r.would_delete if dry_run else r.deleted}, "
-                f"{f'{r.would_bytes:,} bytes listed' if dry_run else f'{r.bytes:,} bytes'}"
-                f"{f', {r.retries} retries' if r.retries else ''} [{r.status}]"
-            )
-            click.echo(line)
-            # they quote the server (a UIDL, an -ERR text): anything may be in them
-            for w in r.warnings:
-                click.echo(f"{r.account}: warning: {one_line(w)}", err=True)
-            for e in r.errors:
-                click.echo(f"{r.account}: error: {one_line(e)}", err=True)
-        if index_report is not None and (index_report.parsed or index_report.indexed):
-            click.echo(
-                f"indexed {index_report.indexed} messages ({index_report.unreadable} unreadable, "
-                f"{index_report.defective} with defects) in {index_report.seconds:.1f} s"
-            )
-    if index_error:
+        return
+    for r in reports:
+        verb = "would fetch" if dry_run else "fetched"
+        line = (
+            f"{r.account}: listed {r.listed}, new {r.new}, {verb} "
+            f"{r.new if dry_run else r.fetched}, "
+            f"{f'download {r.would_check} again to check, ' if r.would_check else ''}"
+            f"duplicates {r.duplicates}, "
+            f"{'would delete' if dry_run else 'deleted'} "
+            f"{r.would_delete if dry_run else r.deleted}, "
+            f"{f'{r.would_bytes:,} bytes listed' if dry_run else f'{r.bytes:,} bytes'}"
+            f"{f', {r.retries} retries' if r.retries else ''} [{r.status}]"
+        )
+        click.echo(line)
+        # they quote the server (a UIDL, an -ERR text): anything may be in them
+        for w in r.warnings:
+            click.echo(f"{r.account}: warning: {one_line(w)}", err=True)
+        for e in r.errors:
+            click.echo(f"{r.account}: error: {one_line(e)}", err=True)
+    if index_report is not None and (index_report.parsed or index_report.indexed):
+        click.echo(
+            f"indexed {index_report.indexed} messages ({index_report.unreadable} unreadable, "
+            f"{index_report.defective} with defects) in {index_report.seconds:.1f} s"
+        )
+    if interrupted and index_error:
         click.echo(f"mailvault: warning: {one_line(index_error)}", err=True)
-    if any(r.config_error for r in failed):  # the other accounts still ran
-        ctx.exit(2)
-    if failed or index_error:
-        ctx.exit(1)
 
 
 @cli.command()
