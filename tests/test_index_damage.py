@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -42,7 +43,12 @@ def damage(path: Path, *, at: float = 0.5, length: int = 64) -> None:
     start = int((len(data) - 64) * at) - length // 2
     for offset in range(start, start + length):
         data[offset] ^= 0xA5
-    path.write_bytes(bytes(data))
+    # A new file renamed over the segment, not the segment rewritten in place: a mapping of
+    # it that a Tantivy thread of this process still reads (an earlier command's) would see
+    # the file cut to nothing mid-write and die of SIGBUS, taking the whole test run along.
+    fresh = path.with_name(path.name + ".damaged")
+    fresh.write_bytes(bytes(data))
+    os.replace(fresh, path)
 
 
 def verify_json(vault: Vault, *args: str) -> tuple[Result, list[dict[str, str]]]:
