@@ -854,6 +854,35 @@ def _damaged_files(path: str) -> Iterator[Any]:
         )
 
 
+def _unnamed(num_docs: int, named: int) -> Iterator[Any]:
+    """Live documents the id walk did not name: one with no ``id`` (a damaged index, or
+    documents another tool wrote into it) is invisible to the walk, yet a search finds it
+    and counts it.  More named than held: a document with several ids.  Both from one
+    searcher, so a writer committing meanwhile is no cause."""
+    from mailvault.verify import Finding
+
+    if named == num_docs:
+        return
+    if named < num_docs:
+        n = num_docs - named
+        what = (
+            f"{n} index document{'' if n == 1 else 's'} hold{'s' if n == 1 else ''} no message "
+            "id (a damaged index, or documents another tool wrote into it): no catalog message "
+            f"stands behind {'it' if n == 1 else 'them'}"
+        )
+    else:
+        what = (
+            f"the index's ids name {named} documents but it holds {num_docs} (a document with "
+            "several ids: a damaged index, or one another tool wrote)"
+        )
+    yield Finding(
+        "index-ids-mismatch",
+        "warning",
+        "index",
+        f"{what}; `mailvault reindex` (or `verify --repair-index`) rebuilds the index",
+    )
+
+
 class _Now:
     """The catalog as it is now, not as in verify's snapshot: for findings a writer that
     committed since explains (fetch, import, index and retention run while verify reads, and
@@ -915,6 +944,8 @@ def _documents(
         searcher = index.searcher()
     schema = index.schema
 
+    held = [0]  # the live documents the walked ids name, each as often as it holds one
+
     def walked() -> Iterator[tuple[str, int]]:
         ids = ix.live_ids(searcher, schema)
         while True:
@@ -922,6 +953,7 @@ def _documents(
                 item = next(ids, None)
             if item is None:
                 return
+            held[0] += item[1]
             yield item
 
     now = _Now(vault)
@@ -978,6 +1010,7 @@ def _documents(
             )
     finally:
         now.close()
+    yield from _unnamed(searcher.num_docs, held[0])
     if pending:
         yield Finding(
             "index-pending",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import tantivy
 from click.testing import Result
 
 from mailvault import index as ix
@@ -158,6 +159,60 @@ def test_verify_quick_does_not_read_the_index_files(vault: Vault) -> None:
     damage(segment_file(vault, "pos"))
     result, items = verify_json(vault, "--quick")
     assert (result.exit_code, items) == (0, []), items
+
+
+def plant(vault: Vault, *docs: tantivy.Document, delete: str | None = None) -> None:
+    """Add documents to the vault's index with tantivy itself (as a damaged index, or another
+    tool writing into the vault's index directory, would leave them), after deleting the
+    document of ``delete``."""
+    index, _ = ix.create_or_open(vault.index_path)
+    writer = index.writer(15_000_000, 1)
+    if delete is not None:
+        writer.delete_documents_by_term("id", delete)
+    for doc in docs:
+        writer.add_document(doc)
+    writer.commit()
+    writer.wait_merging_threads()
+
+
+def no_id(subject: str) -> tantivy.Document:
+    doc = tantivy.Document(subject=subject)
+    doc.add_bytes("body_preview", subject.encode())
+    return doc
+
+
+def test_documents_without_an_id_are_found_and_repaired(vault: Vault) -> None:
+    """A document with no id escaped verify's walk of the id terms: verify was clean while a
+    search showed (and counted) a hit no catalog message stands behind."""
+    plant(vault, no_id("planted one"), no_id("planted two"))
+    for args in ((), ("--quick",)):
+        result, items = verify_json(vault, *args)
+        assert result.exit_code == 1, items
+        assert [(f["code"], f["severity"], f["subject"]) for f in items] == [
+            ("index-ids-mismatch", "warning", "index")
+        ]
+        assert items[0]["detail"].startswith("2 index documents hold no message id")
+        assert "`mailvault reindex`" in items[0]["detail"]
+    repair = run_cli(vault.root, "verify", "--repair-index")
+    assert repair.exit_code == 1, repair.output  # what it repaired is still reported
+    assert "repaired index-ids-mismatch" in repair.stdout
+    assert verify_json(vault)[1] == []
+    assert run_cli(vault.root, "search", "--count", "*").stdout.strip() == "40"
+
+
+def test_a_document_with_two_ids_is_found(vault: Vault) -> None:
+    """Two ids on one document: the walk names more documents than the index holds (the
+    second message's own document gone, nothing else would tell)."""
+    first, second = sorted(vault_ids(vault))[:2]
+    doc = tantivy.Document(id=[first, second], subject="two ids")
+    plant(vault, doc, delete=second)
+    result, items = verify_json(vault)
+    assert result.exit_code == 1, items
+    assert [(f["code"], f["subject"]) for f in items] == [
+        ("index-duplicate", first),
+        ("index-ids-mismatch", "index"),
+    ]
+    assert "name 41 documents but it holds 40 (a document with several ids" in items[1]["detail"]
 
 
 def test_an_index_directory_replaced_by_a_file(
