@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jsonschema
@@ -176,8 +177,10 @@ def plant(vault: Vault, *docs: tantivy.Document, delete: str | None = None) -> N
 
 
 def no_id(subject: str) -> tantivy.Document:
+    """A document with no id, dated after every generated message (first in a search)."""
     doc = tantivy.Document(subject=subject)
     doc.add_bytes("body_preview", subject.encode())
+    doc.add_date("date", datetime(2030, 1, 1, tzinfo=UTC))
     return doc
 
 
@@ -198,6 +201,42 @@ def test_documents_without_an_id_are_found_and_repaired(vault: Vault) -> None:
     assert "repaired index-ids-mismatch" in repair.stdout
     assert verify_json(vault)[1] == []
     assert run_cli(vault.root, "search", "--count", "*").stdout.strip() == "40"
+
+
+def test_search_leaves_out_hits_of_no_archived_message(vault: Vault) -> None:
+    """A document with no id was shown with an empty id (an empty line of --ids, a --json hit
+    its schema refuses, nothing `show` could open) and counted; one whose id the catalog
+    does not list was shown too.  They are left out, pages still filled, with a warning."""
+    from mailvault.compliance import audit_entries
+
+    foreign = tantivy.Document(id="Not-A-Sha256", subject="planted foreign")
+    foreign.add_date("date", datetime(2030, 1, 2, tzinfo=UTC))
+    plant(vault, no_id("planted one"), no_id("planted two"), foreign)
+    live = run_cli(vault.root, "search", "--ids", "--limit=0", "*").stdout.split()
+    assert len(live) == 40 and set(live) == set(vault_ids(vault))
+    warning = "mailvault: warning: 3 hits are index documents of no archived message"
+    for args, shown in (
+        (["--ids", "*"], live[:40]),
+        (["--ids", "--limit=2", "*"], live[:2]),
+        (["--ids", "--limit=2", "--offset=3", "*"], live[3:5]),
+    ):
+        result = run_cli(vault.root, "search", *args)
+        assert (result.exit_code, result.stdout.split()) == (0, shown), args
+        assert result.stderr.startswith(warning), result.stderr
+        assert "run `mailvault reindex`" in result.stderr
+        assert audit_entries(vault)[-1]["results"] == len(shown)
+    assert "showing 2 of 40 hits" in run_cli(vault.root, "search", "--limit=2", "*").stderr
+    hits = run_cli(vault.root, "search", "--json", "--limit=5", "*").stdout.splitlines()
+    assert [json.loads(hit)["id"] for hit in hits] == live[:5]
+    for hit in hits:
+        jsonschema.validate(json.loads(hit), json_schema("search-hit.schema.json"))
+    counted = run_cli(vault.root, "search", "--count", "*")
+    assert counted.stdout == "40\n" and counted.stderr.startswith(warning), counted.stderr
+    planted = run_cli(vault.root, "search", "planted")
+    assert (planted.exit_code, planted.stdout) == (1, "")
+    assert planted.stderr.startswith(warning)
+    assert run_cli(vault.root, "reindex").exit_code == 0
+    assert run_cli(vault.root, "search", "--count", "*").stderr == ""
 
 
 def test_a_document_with_two_ids_is_found(vault: Vault) -> None:

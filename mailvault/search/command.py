@@ -89,11 +89,13 @@ def _run(
     notes = err or sys.stderr
     check_vault(vault_root)  # the marker and the permission checks; cheap, nothing is loaded
     searcher = Searcher(os.path.join(vault_root, "index"), query)
-    missing, extra = index_gap(vault_root, searcher.searcher.num_docs)
+    missing, extra, stray = _gap(vault_root, searcher.searcher.num_docs)
     if missing or extra:
         _warn_gap(vault_root, notes, missing, extra)
+    extra += stray  # documents that may be of no live message: each hit is asked about
     if mode == "count":
-        n = _live_total(vault_root, searcher, extra)
+        n, unknown = _live_total(vault_root, searcher, extra)
+        _warn_unknown(notes, unknown)
         audit(vault_root, "search", query, n, exiting=exiting, mode=mode)
         if not _write_out(stream, notes, [str(n)]):
             return 3
@@ -102,13 +104,14 @@ def _run(
     snippets = mode in ("text", "json")
     skip = 0
     if extra:
-        # Purged documents still in the index (up to ``extra``) may be among the hits: take
-        # that many more from the first hit on, drop them, and cut the page from the live
-        # hits, so that a page is still filled and --offset counts what is shown.
+        # Purged documents still in the index, or documents of no archived message (up to
+        # ``extra``), may be among the hits: take that many more from the first hit on, drop
+        # them, and cut the page from the live hits, so that a page is still filled and
+        # --offset counts what is shown.
         check_page(limit, offset, sort)
         wanted = 0 if limit == 0 else min(offset + limit + extra, MAX_PAGE)
         page = searcher.find(limit=wanted, offset=0, sort=sort, snippets=snippets)
-        dropped = _purged_positions(vault_root, page)
+        dropped = _hidden_positions(vault_root, page, notes)
         skip = offset
     else:
         page = searcher.find(limit=limit, offset=offset, sort=sort, snippets=snippets)
@@ -123,10 +126,10 @@ def _run(
         return 3
     if limit and shown == limit and searcher.matched is not None:  # a full page
         matched = searcher.matched
-        if extra:  # the purged hits are neither shown nor counted
-            matched -= _purged_among(vault_root, searcher.ids())
+        if extra:  # purged hits and those of no archived message are neither shown nor counted
+            matched -= sum(_hidden_among(vault_root, searcher, matched))
         _note_more(notes, matched, offset, shown)
-    elif offset and not shown and (total := _live_total(vault_root, searcher, extra)):
+    elif offset and not shown and (total := _live_total(vault_root, searcher, extra)[0]):
         # paged past the last hit
         with contextlib.suppress(OSError):
             notes.write(
@@ -257,6 +260,12 @@ def _read_only(vault_root: str | os.PathLike[str]) -> str:
 
 
 def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, int]:
+    """(missing, extra) of ``_gap``."""
+    missing, extra, _ = _gap(vault_root, num_docs)
+    return missing, extra
+
+
+def _gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, int, int]:
     """(how many live messages the index lacks, after `import --no-index` say; how many
     documents of purged messages it may still hold, after a retention run was stopped between
     its catalog commit and its index update), each found on its own, so that a search stays
@@ -268,7 +277,9 @@ def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, i
     shown.  The index holds the indexed messages' documents of live mail (fewer if it lost
     some: an old backup restored); the rest are purged ones, up to how many are purged (or,
     for the instant between an index commit and the catalog's, live ones: then no hit is
-    found purged and left out).
+    found purged and left out).  Third, the documents beyond those: of no archived message (a
+    document with no id: a damaged index, or one another tool wrote into), a second document
+    of one message, or (that same instant) live ones; which they are is asked hit by hit.
 
     Catalog rows are never deleted (a purge leaves a tombstone), so ``max(rowid)`` is their
     number, found in one b-tree descent; the purged and the indexed ones are what the one-row
@@ -286,9 +297,10 @@ def index_gap(vault_root: str | os.PathLike[str], num_docs: int) -> tuple[int, i
         finally:
             db.close()
     except sqlite3.Error:
-        return 0, 0
+        return 0, 0, 0
     live = rows - purged
-    return max(live - min(indexed, num_docs), 0), min(max(num_docs - indexed, 0), purged)
+    beyond = max(num_docs - indexed, 0)
+    return max(live - min(indexed, num_docs), 0), min(beyond, purged), max(beyond - purged, 0)
 
 
 def _counts(db: Any, num_docs: int) -> tuple[int, int]:
@@ -313,59 +325,100 @@ def _counts(db: Any, num_docs: int) -> tuple[int, int]:
     return purged, int(db.execute(sql).fetchone()[0])
 
 
-def _live_total(vault_root: str | os.PathLike[str], searcher: Searcher, extra: int) -> int:
-    """The query's number of hits, without the purged ones when the index still holds some."""
+def _live_total(
+    vault_root: str | os.PathLike[str], searcher: Searcher, extra: int
+) -> tuple[int, int]:
+    """The query's number of hits, without the purged ones and those of no archived message
+    when the index may hold some (``extra``); and how many of the second kind there were."""
     n = searcher.count()
-    if extra and n:
-        n -= _purged_among(vault_root, searcher.ids())
-    return n
+    if not (extra and n):
+        return n, 0
+    purged, unknown = _hidden_among(vault_root, searcher, n)
+    return n - purged - unknown, unknown
 
 
-def _purged_among(vault_root: str | os.PathLike[str], batches: Iterable[list[str]]) -> int:
-    """How many of the ids in ``batches`` the catalog marks purged (0 if it cannot tell)."""
+def _hidden_among(
+    vault_root: str | os.PathLike[str], searcher: Searcher, total: int
+) -> tuple[int, int]:
+    """Of the ``total`` hits of ``searcher``'s query: how many are of messages the catalog
+    marks purged, and how many of no message it lists (no id, or an id it has no row for);
+    (0, 0) if it cannot tell.  Read from the id terms (``Searcher.id_counts``): a hit with no
+    id is in none of them, so it is what the known ids do not account for."""
     import sqlite3
 
+    purged = known = 0
     try:
-        return sum(len(purged) for _, purged in _purged_of(vault_root, batches))
+        for terms, rows in _catalog_of(vault_root, searcher.id_counts(total)):
+            for sha256, n in terms:
+                if sha256 in rows:
+                    known += n
+                    purged += n if rows[sha256] else 0
     except sqlite3.Error:
-        return 0
+        return 0, 0
+    return purged, max(total - known, 0)
 
 
-def _purged_positions(vault_root: str | os.PathLike[str], page: Page) -> set[int] | None:
+def _hidden_positions(
+    vault_root: str | os.PathLike[str], page: Page, notes: Any
+) -> set[int] | None:
     """The positions in ``page`` of hits the catalog marks purged (their documents outlived a
-    retention run that was killed before it updated the index): purged text is not shown.
-    None when the catalog cannot tell which: none is shown rather than purged text.
+    retention run that was killed before it updated the index): purged text is not shown;
+    and of hits of no message the catalog lists (a document with no id, or one whose id it
+    has no row for: a damaged index, or documents another tool wrote into it), which no
+    `show` or export could follow: not shown either, and said on ``notes``.  None when the
+    catalog cannot tell which: none is shown rather than purged text.
 
     Found before anything is printed, for the audit entry counts what is shown; the ids are
-    read a batch at a time, and only the purged hits' positions are kept."""
+    read a batch at a time, and only the dropped hits' positions are kept."""
     import sqlite3
 
     dropped: set[int] = set()
-    start = 0
+    unknown = start = 0
     try:
-        for ids, purged in _purged_of(vault_root, page.ids()):
-            dropped.update(i for i, sha in enumerate(ids, start) if sha in purged)
+        for ids, rows in _catalog_of(vault_root, ([(sha, 1) for sha in b] for b in page.ids())):
+            for i, (sha256, _) in enumerate(ids, start):
+                if sha256 not in rows:
+                    unknown += 1
+                    dropped.add(i)
+                elif rows[sha256]:
+                    dropped.add(i)
             start += len(ids)
     except sqlite3.Error:
         return None
+    _warn_unknown(notes, unknown)
     return dropped
 
 
-def _purged_of(
-    vault_root: str | os.PathLike[str], batches: Iterable[list[str]]
-) -> Iterator[tuple[list[str], set[str]]]:
-    """Each batch of ids with those of them the catalog marks purged, from one read-only
-    connection; raises ``sqlite3.Error`` for the caller to decide what not knowing means."""
+def _catalog_of(
+    vault_root: str | os.PathLike[str], batches: Iterable[list[tuple[str, int]]]
+) -> Iterator[tuple[list[tuple[str, int]], dict[str, bool]]]:
+    """Each batch of (id, count) with those of its ids the catalog has a row for, each mapped
+    to whether it is purged, from one read-only connection; raises ``sqlite3.Error`` for the
+    caller to decide what not knowing means."""
     import sqlite3
 
     db = sqlite3.connect(_read_only(vault_root), uri=True, timeout=10)
     try:
-        for ids in batches:
+        for batch in batches:
+            ids = [sha256 for sha256, _ in batch]
             marks = ",".join("?" * len(ids))
-            sql = f"SELECT sha256 FROM messages WHERE purged_at IS NOT NULL AND sha256 IN ({marks})"
-            yield ids, {row[0] for row in db.execute(sql, ids)}
+            sql = f"SELECT sha256, purged_at IS NOT NULL FROM messages WHERE sha256 IN ({marks})"
+            yield batch, {row[0]: bool(row[1]) for row in db.execute(sql, ids)}
     finally:
         db.close()
+
+
+def _warn_unknown(notes: Any, unknown: int) -> None:
+    """Say on stderr that hits were left out for being of no archived message."""
+    if not unknown:
+        return
+    are = "hit is an index document" if unknown == 1 else "hits are index documents"
+    with contextlib.suppress(OSError):
+        notes.write(
+            f"mailvault: warning: {unknown} {are} of no archived message (no id, or one the "
+            "catalog does not list: a damaged index, or documents another tool wrote into "
+            "it): left out of what is shown and counted; run `mailvault reindex`\n"
+        )
 
 
 def _note_more(notes: Any, total: int, offset: int, shown: int) -> None:

@@ -172,14 +172,21 @@ class Searcher:
         with self._running():
             total = int(getattr(self.searcher.search(self.query, 1, count=True), "count", 0) or 0)
         seen = 0
+        for terms in self.id_counts(total):
+            seen += sum(n for _, n in terms)
+            yield [term for term, _ in terms]
+        if seen != total:  # an id that is no sha256, one held by two live documents, or none
+            raise ix.damaged(self.path, f"its ids name {seen} documents, the query finds {total}")
+
+    def id_counts(self, total: int) -> Iterator[list[tuple[str, int]]]:
+        """The hits' ids with how many live hits hold each, walked as ``ids`` does for a query
+        with ``total`` hits; not checked against it (a hit with no id, or one that is no
+        sha256, is in no batch: the caller tells such hits apart by that)."""
         for prefix in _prefixes(total):
             with self._running():
                 terms = self.searcher.terms_with_prefix("id", prefix, filter_query=self.query)
-            seen += sum(n for _, n in terms)
             if terms:
-                yield [term for term, _ in terms]
-        if seen != total:  # an id that is no sha256, or one held by two live documents
-            raise ix.damaged(self.path, f"its ids name {seen} documents, the query finds {total}")
+                yield terms
 
     def page(
         self, *, limit: int = 50, offset: int = 0, sort: str = "-date", snippets: bool = True
