@@ -673,6 +673,17 @@ class IndexWriter:
             self.writer.delete_documents_by_query(query)
             self.pending += len(batch)
 
+    def delete_without_id(self) -> None:
+        """Delete every document that has no ``id`` (none of mailvault's: a damaged index, or
+        documents another tool wrote into it), which no delete by id reaches."""
+        schema = self.index.schema
+        with_id = tantivy.Query.regex_query(schema, "id", ".*")
+        query = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Must, tantivy.Query.all_query()), (tantivy.Occur.MustNot, with_id)]
+        )
+        self.writer.delete_documents_by_query(query)
+        self.pending += 1
+
     def commit(self) -> None:
         """Durable when this returns (tantivy fsyncs the segment files and meta.json)."""
         self.writer.commit()

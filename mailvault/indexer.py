@@ -526,48 +526,61 @@ def _reconcile(
     searcher = index.searcher()
     if not exact and searcher.num_docs == _indexed_count(catalog):
         return 0
-    lost, extra = _disagreeing(catalog, searcher, index.schema)
+    lost, extra, unnamed = _disagreeing(catalog, searcher, index.schema)
     if extra:
         log.warning(
             "the index holds %d messages the catalog does not list as indexed (purged, or "
             "unknown); deleting them",
             len(extra),
         )
+    if unnamed:
+        log.warning(
+            "the index holds %d documents with no message id (a damaged index, or documents "
+            "another tool wrote into it); deleting them",
+            unnamed,
+        )
+    if extra or unnamed:
         writer = ix.IndexWriter(ix.create_or_open(index_dir)[0])
         for sha256 in extra:
             writer.delete(sha256)
+        if unnamed:
+            writer.delete_without_id()
         writer.close()
         del writer
     del index, searcher  # no tantivy threads around when the parse pool forks
     if not lost:
-        return len(extra)
+        return len(extra) + unnamed
     log.warning(
         "the index lacks %d messages the catalog lists as indexed; re-adding them", len(lost)
     )
     _mark_indexed(catalog, [job[0] for job in lost], None)
     _pipeline(vault, catalog, lost, set(), index_dir, report, progress, mark=True)
-    return len(lost) + len(extra)
+    return len(lost) + len(extra) + unnamed
 
 
-def _disagreeing(catalog: Catalog, searcher: Any, schema: Any) -> tuple[list[Job], list[str]]:
+def _disagreeing(catalog: Catalog, searcher: Any, schema: Any) -> tuple[list[Job], list[str], int]:
     """The messages the catalog lists as indexed that the index lacks (as jobs, to index
-    again), and the ids of live documents of messages it does not list: the catalog's
-    listed messages (``ORDER BY sha256``) and the index's live ids (``ix.live_ids``) walked
-    side by side, so that neither is held whole, and no term query per message."""
+    again), the ids of live documents of messages it does not list, and how many live
+    documents no id names (no id at all: without deleting them, the counts would differ, and
+    this walk run, on every run): the catalog's listed messages (``ORDER BY sha256``) and the
+    index's live ids (``ix.live_ids``) walked side by side, so that neither is held whole,
+    and no term query per message."""
     listed = catalog.db.execute(
         "SELECT p.sha256 FROM message_meta p JOIN messages m ON m.sha256 = p.sha256 "
         "WHERE p.indexed_at IS NOT NULL ORDER BY p.sha256"
     )
     lost: list[str] = []
     extra: list[str] = []
+    named = 0
     for sha256, is_listed, n in _side_by_side(
         (row[0] for row in listed), ix.live_ids(searcher, schema)
     ):
+        named += n
         if is_listed and not n:
             lost.append(sha256)
         elif not is_listed:
             extra.append(sha256)
-    return _jobs(catalog, lost), extra
+    return _jobs(catalog, lost), extra, max(searcher.num_docs - named, 0)
 
 
 def still_indexed(vault: Vault, sha256s: Iterable[str]) -> Iterator[str]:
@@ -856,8 +869,8 @@ def _damaged_files(path: str) -> Iterator[Any]:
 
 def _unnamed(num_docs: int, named: int) -> Iterator[Any]:
     """Live documents the id walk did not name: one with no ``id`` (a damaged index, or
-    documents another tool wrote into it) is invisible to the walk, yet a search finds it
-    and counts it.  More named than held: a document with several ids.  Both from one
+    documents another tool wrote into it) is invisible to the walk, though a search finds
+    it (and leaves it out, with a warning).  More named than held: a document with several ids.  Both from one
     searcher, so a writer committing meanwhile is no cause."""
     from mailvault.verify import Finding
 
@@ -870,16 +883,18 @@ def _unnamed(num_docs: int, named: int) -> Iterator[Any]:
             "id (a damaged index, or documents another tool wrote into it): no catalog message "
             f"stands behind {'it' if n == 1 else 'them'}"
         )
+        fix = f"`mailvault index` deletes {'it' if n == 1 else 'them'}, "
     else:
         what = (
             f"the index's ids name {named} documents but it holds {num_docs} (a document with "
             "several ids: a damaged index, or one another tool wrote)"
         )
+        fix = ""
     yield Finding(
         "index-ids-mismatch",
         "warning",
         "index",
-        f"{what}; `mailvault reindex` (or `verify --repair-index`) rebuilds the index",
+        f"{what}; {fix}`mailvault reindex` (or `verify --repair-index`) rebuilds the index",
     )
 
 

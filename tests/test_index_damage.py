@@ -203,6 +203,25 @@ def test_documents_without_an_id_are_found_and_repaired(vault: Vault) -> None:
     assert run_cli(vault.root, "search", "--count", "*").stdout.strip() == "40"
 
 
+def test_index_deletes_documents_without_an_id(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`mailvault index` deleted documents by id only: one with no id stayed, so the index's
+    count never matched the catalog's again, and every run (every fetch's indexing) walked
+    every id of the index to find nothing to do."""
+    plant(vault, no_id("planted one"), no_id("planted two"))
+    result = run_cli(vault.root, "index")
+    assert result.exit_code == 0, result.output
+    assert "2 repaired" in result.stdout
+    assert "the index holds 2 documents with no message id" in caplog.text
+    assert verify_json(vault)[1] == []
+    walks: list[object] = []
+    walk = ix.live_ids
+    monkeypatch.setattr(ix, "live_ids", lambda *args: walks.append(args) or walk(*args))
+    assert run_cli(vault.root, "index").exit_code == 0
+    assert walks == []  # the counts agree again: nothing to walk
+
+
 def test_search_leaves_out_hits_of_no_archived_message(vault: Vault) -> None:
     """A document with no id was shown with an empty id (an empty line of --ids, a --json hit
     its schema refuses, nothing `show` could open) and counted; one whose id the catalog
