@@ -149,6 +149,10 @@ def _login_hint(exc: MailvaultError) -> str:
     return "check user and the password source (password_env, password_file, password_command)"
 
 
+def _tls_failed(exc: MailvaultError) -> Step:
+    return Step("tls", False, *_split(exc, "the server may not speak TLS on this port"))
+
+
 def _certificate(account: AccountConfig) -> Step:
     """Look at the certificate with verification off, so we can explain what verification says."""
     if account.tls == "none":
@@ -156,7 +160,7 @@ def _certificate(account: AccountConfig) -> Step:
     try:
         stream = _handshake(account, unverified_context())
     except MailvaultError as exc:
-        return Step("tls", False, *_split(exc, "the server may not speak TLS on this port"))
+        return _tls_failed(exc)
     der, version = stream.peer_cert_der(), stream.tls_version
     stream.close()
     if not der:
@@ -224,26 +228,47 @@ def _capa(session: Pop3Session) -> Step:
     return Step("capa", True, caps)
 
 
+def _capa_before_stls(account: AccountConfig) -> tuple[Step | None, str | None]:
+    """For tls = "starttls": CAPA asked in plain text first, as fetch asks it, and how it
+    failed (None if it answered).  A server that fails it gets its warning as the step
+    before tls, whose STLS (asked without CAPA) is then fetch's blind STLS after its
+    reconnect: a refusal is read beside its cause.  Any other failure is the tls step's, as
+    the tls step would have met it (without a second wait)."""
+    probe = Pop3Session(account, lambda: resolve_secret(account))
+    try:
+        failure = probe.probe_capa()
+    except MailvaultError as exc:
+        return _tls_failed(exc), None
+    return (None if failure is None else _capa(probe)), failure
+
+
 def run_check(account: AccountConfig) -> Iterator[Step]:
     step = _tcp(account)
     yield step
     if not step.ok:
         return
+    early, failed = _capa_before_stls(account) if account.tls == "starttls" else (None, None)
+    if early is not None:
+        yield early
+        if not early.ok:
+            return
     step = _certificate(account)
     yield step
     if not step.ok:
         return
-    session = Pop3Session(account, lambda: resolve_secret(account))
+    # CAPA that failed is not asked again, as in fetch's next sessions: no second wait
+    session = Pop3Session(account, lambda: resolve_secret(account), capa_failure=failed)
     try:
         try:
             session.connect()
         except MailvaultError as exc:
-            if session.capa_failure is not None:  # the connection after it failed
+            if session.capa_failure is not None and failed is None:  # the reconnect failed
                 yield _capa(session)
             yield Step("pop3", False, *_split(exc), config=isinstance(exc, ConfigError))
             return
         yield Step("greeting", True, session.facts.greeting)
-        yield _capa(session)
+        if failed is None:  # else said before tls
+            yield _capa(session)
         try:
             session.login()
         except ConfigError as exc:  # the password source, before anything was sent

@@ -246,8 +246,35 @@ class Pop3Session:
         self.conn = pop3.Connection()
         self._open()
 
+    def probe_capa(self) -> str | None:
+        """How CAPA fails on a new connection, asked before STLS as ``connect`` asks it (None
+        if it answers): ``check`` asks it first for a starttls account, to tell fetch's story
+        in fetch's order.  No STLS, no reconnect; the connection is closed after it."""
+        assert self.account.tls != "implicit"  # there CAPA is only ever asked inside TLS
+        try:
+            self._greet()
+            self._probe()
+        finally:
+            self.close()
+        return self.capa_failure
+
     def _open(self) -> bool:
         """One connection up to login; False if CAPA failed on it (it is then of no use)."""
+        acct = self.account
+        self._greet()
+        if not self._probe():
+            return False
+        if acct.tls == "starttls":
+            self._starttls()
+            if not self._probe():
+                return False
+        assert self.stream is not None
+        self.facts.tls_version = self.stream.tls_version
+        self.facts.tls_cert_sha256 = self.stream.peer_cert_sha256()
+        return True
+
+    def _greet(self) -> None:
+        """Connect (with TLS from the first byte if implicit) and read the greeting."""
         acct = self.account
         implicit = tls_context(acct) if acct.tls == "implicit" else None
         # The stream is kept before any wait on the server (the TLS handshake, the greeting):
@@ -270,15 +297,6 @@ class Pop3Session:
         assert isinstance(event, pop3.Greeting)
         self.facts.greeting = event.text
         self.apop_timestamp = event.apop_timestamp
-        if not self._probe():
-            return False
-        if acct.tls == "starttls":
-            self._starttls()
-            if not self._probe():
-                return False
-        self.facts.tls_version = self.stream.tls_version
-        self.facts.tls_cert_sha256 = self.stream.peer_cert_sha256()
-        return True
 
     def _probe(self) -> bool:
         """CAPA, unless it failed earlier in the run or session; False if it fails now."""

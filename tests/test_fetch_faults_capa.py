@@ -189,21 +189,36 @@ def test_starttls_is_asked_of_a_server_answering_capa_with_err(
         assert report["accounts"][0]["warnings"] == []
 
 
-@pytest.mark.parametrize("how", ["close", "silence"])
+def run_check(vault: Path, server: FakePop3Server) -> tuple[Any, dict[str, Any]]:
+    """`check acct` as text, then as JSON (validated against its schema)."""
+    result = run_cli(vault, "check", "acct")
+    server.wait_unlocked()
+    as_json = run_cli(vault, "check", "acct", "--json")
+    assert as_json.exit_code == result.exit_code, (result.output, as_json.output)
+    data = json.loads(as_json.stdout)
+    jsonschema.validate(data, json.loads((SCHEMAS / "check.schema.json").read_text()))
+    return result, data
+
+
+def marks(data: dict[str, Any]) -> list[str]:
+    """Each step as check prints its mark and name: "ok tcp", "warn capa", "FAIL tls"."""
+    return [
+        f"{('warn' if s['warning'] else 'ok') if s['ok'] else 'FAIL'} {s['step']}"
+        for s in data["steps"]
+    ]
+
+
+@pytest.mark.parametrize("how", sorted(HOW))
 def test_check_reports_capa_as_worked_around(tmp_path: Path, how: str) -> None:
-    """check says what fetch warns, marked "warn", and goes on to log in (exit 0)."""
+    """check says what fetch warns, marked "warn", and goes on to log in (exit 0); with
+    tls = "none" the capa step stays after the greeting."""
     with FakePop3Server(corpus(2), faults=Faults(broken_capa=how)) as server:
         vault = broken_vault(tmp_path, server)
-        result = run_cli(vault, "check", "acct")
-        server.wait_unlocked()
-        as_json = run_cli(vault, "check", "acct", "--json")
+        result, data = run_check(vault, server)
     assert result.exit_code == 0, result.output
     assert f"[warn] capa     {warning_for(how)}\n" in result.output
     assert "[ok  ] login" in result.output and "[ok  ] stat     2 messages" in result.output
-    assert as_json.exit_code == 0
-    data = json.loads(as_json.stdout)
-    schema = json.loads((SCHEMAS / "check.schema.json").read_text())
-    jsonschema.validate(data, schema)
+    assert marks(data) == ["ok tcp", "ok tls", "ok greeting", "warn capa", "ok login", "ok stat"]
     steps = {step["step"]: step for step in data["steps"]}
     assert steps["capa"] == {
         "step": "capa",
@@ -250,3 +265,61 @@ def test_capa_failure_is_reported_when_the_reconnect_fails(tmp_path: Path) -> No
     lines = [line[:14] for line in result.output.splitlines()]
     assert lines[-2:] == ["[warn] capa   ", "[FAIL] pop3   "], result.output
     assert warning_for("close") in result.output
+
+
+STLS_BLIND = "; STLS asked without a listing"
+
+
+@pytest.mark.parametrize("how", sorted(HOW))
+def test_check_with_starttls_warns_of_capa_before_the_blind_stls(
+    tmp_path: Path, ca: trustme.CA, how: str
+) -> None:
+    """tls = "starttls" on a server failing CAPA: check tells fetch's story in its order,
+    the capa warning (how the server failed) and then the tls step, whose STLS was asked
+    without a listing and worked; login and stat as usual.  The check showed the tls step
+    alone, without the cause."""
+    ctx, cafile = _tls(ca, tmp_path)
+    with FakePop3Server(corpus(2), tls_context=ctx, faults=Faults(broken_capa=how)) as server:
+        vault = broken_vault(tmp_path, server, tls="starttls", ca_file=str(cafile))
+        result, data = run_check(vault, server)
+        asked = [t for d, t in server.log if d == "C"]
+    assert result.exit_code == 0 and data["ok"] is True, result.output
+    assert marks(data) == ["ok tcp", "warn capa", "ok tls", "ok greeting", "ok login", "ok stat"]
+    assert f"[warn] capa     {warning_for(how, STLS_BLIND)}\n" in result.output
+    assert "trusted (chain and host name verified)" in data["steps"][2]["detail"]
+    assert asked.count("CAPA") == 2  # once a check, in plain text before any STLS
+    assert asked.index("CAPA") < asked.index("STLS")
+
+
+@pytest.mark.parametrize("how", sorted(HOW))
+def test_check_with_starttls_names_the_refused_stls_after_the_capa_warning(
+    tmp_path: Path, how: str
+) -> None:
+    """The same server without STLS: the capa warning, then the tls step failing on the
+    refused STLS (fetch's error: no fall-back to plain text); no login is tried."""
+    with FakePop3Server(corpus(2), faults=Faults(broken_capa=how)) as server:
+        vault = broken_vault(tmp_path, server, tls="starttls")
+        result, data = run_check(vault, server)
+        asked = [t for d, t in server.log if d == "C"]
+    assert result.exit_code == 1 and data["ok"] is False, result.output
+    assert marks(data) == ["ok tcp", "warn capa", "FAIL tls"]
+    assert data["steps"][1]["detail"] == warning_for(how, STLS_BLIND)
+    tls = data["steps"][2]
+    assert tls["detail"].startswith("127.0.0.1 refused STLS (-ERR "), tls
+    assert 'tls = "starttls" never falls back to plain text' in tls["hint"]
+    assert "USER alice" not in asked
+
+
+def test_check_with_starttls_on_a_server_answering_capa_is_unchanged(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A server that answers CAPA: the capa step lists what it says inside TLS, after the
+    greeting, as before."""
+    ctx, cafile = _tls(ca, tmp_path)
+    with FakePop3Server(corpus(2), tls_context=ctx) as server:
+        vault = broken_vault(tmp_path, server, tls="starttls", ca_file=str(cafile))
+        result, data = run_check(vault, server)
+    assert result.exit_code == 0, result.output
+    assert marks(data) == ["ok tcp", "ok tls", "ok greeting", "ok capa", "ok login", "ok stat"]
+    capa = data["steps"][3]["detail"]
+    assert "PIPELINING" in capa and "STLS" not in capa  # the listing from inside TLS
