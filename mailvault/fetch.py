@@ -322,8 +322,7 @@ class AccountFetcher:
         self.report.sessions += 1
         self._session = session
         try:
-            session.connect()
-            self._note_capa_failure(session)  # before any session that follows this one
+            self._connect(session)
             self._login_delay = float(session.login_delay or 0)
             if self.run_id is not None:
                 self.catalog.record_session(self.run_id, session.facts.as_dict())
@@ -371,17 +370,19 @@ class AccountFetcher:
             )
             return True
         finally:
-            self._note_capa_failure(session)
             self._session = None
             session.close()
 
-    def _note_capa_failure(self, session: Pop3Session) -> None:
-        """One warning per run for a server that failed CAPA (the session connected again
-        without it); also from ``finally``: said even if the reconnect failed."""
-        warning = session.capa_warning()
-        if warning is not None and self._capa_failure is None:
-            self._capa_failure = session.capa_failure
-            self._warn(warning)
+    def _connect(self, session: Pop3Session) -> None:
+        """Connect, and note a failed CAPA whether or not the reconnect after it worked: the
+        run's next sessions (a retry, a capped session's successor) do not ask it again.
+        Noted here and nowhere else, so its one warning comes before any the session adds."""
+        try:
+            session.connect()
+        finally:
+            if self._capa_failure is None and (warning := session.capa_warning()) is not None:
+                self._capa_failure = session.capa_failure
+                self._warn(warning)
 
     def _resolve_secret(self) -> str:
         """The password or token, resolved at the first login of the run and kept for the

@@ -323,3 +323,33 @@ def test_check_with_starttls_on_a_server_answering_capa_is_unchanged(
     assert marks(data) == ["ok tcp", "ok tls", "ok greeting", "ok capa", "ok login", "ok stat"]
     capa = data["steps"][3]["detail"]
     assert "PIPELINING" in capa and "STLS" not in capa  # the listing from inside TLS
+
+
+def test_one_capa_warning_over_a_capped_run_with_a_retry(tmp_path: Path) -> None:
+    """A server that fails CAPA whenever asked, a run of several capped sessions, and a retry
+    because the reconnect after CAPA found the server hanging up: CAPA is asked once (the
+    failure is noted though the reconnect failed), its warning is in the report once and
+    first (before the sessions' own: no UIDL), and the trace notes the reconnect once."""
+    messages = corpus(5)
+    faults = Faults(broken_capa="reset", hang_up_on=(2,), no_uidl=True)
+    with FakePop3Server(messages, faults=faults) as server:
+        vault = vault_for(
+            tmp_path,
+            server,
+            retries=1,
+            timeout=1,
+            delete="after-commit",
+            max_messages_per_session=2,
+        )
+        trace = tmp_path / "trace.txt"
+        code, report = fetch_json(vault, "--trace", str(trace))
+        acct = report["accounts"][0]
+        assert code == 0 and (acct["fetched"], acct["deleted"]) == (5, 5), report
+        assert (acct["retries"], acct["sessions"], server.sessions) == (1, 4, 5), acct
+        assert capa_asked(server) == 1 and server.mailbox == []
+    warnings = acct["warnings"]
+    assert warnings.count(warning_for("reset")) == 1 and warnings[0] == warning_for("reset")
+    assert len(warnings) == 2 and "does not support UIDL" in warnings[1], warnings
+    noted = [line for line in trace.read_text().splitlines() if "# CAPA failed" in line]
+    assert len(noted) == 1, noted
+    assert_vault_exact(vault, sha256s(served_bytes(m) for m in messages))

@@ -92,6 +92,7 @@ class Faults:
     endless_data_in_retr: int | None = None  # RETR of this msgno sends short lines without end
     refuse_retr: int | None = None  # answer RETR of this msgno with -ERR [SYS/PERM], every time
     garbage_greeting: bool = False  # send GARBAGE_GREETING and close
+    hang_up_on: tuple[int, ...] = ()  # these connections (1 = the first) close before greeting
     greeting_delay: float = 0.0  # seconds before the greeting (after the implicit TLS handshake)
     garbage_after: str | None = None  # a +OK to this command becomes GARBAGE_LINE (no body)
     stls_inject: bool = False  # INJECTED follows "+OK Begin TLS" in the same write
@@ -218,6 +219,8 @@ class _Session:
             if self.server.implicit_tls:
                 self._start_tls()
             if self.server._stopping.wait(self.faults.greeting_delay):
+                raise _Close
+            if self.number in self.faults.hang_up_on:
                 raise _Close
             if self.faults.garbage_greeting:
                 self._send(GARBAGE_GREETING)
