@@ -8,6 +8,8 @@ import os
 import signal
 import threading
 
+from mailvault._parent_only import close_parent_only
+
 _PARENT = 0  # in a pool worker: the pid of the command that started it
 
 
@@ -30,6 +32,7 @@ def init_worker(parent: int) -> None:
     """
     global _PARENT
     _PARENT = parent
+    close_parent_only()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _parents_sigterm_only(parent)
     pr_set_pdeathsig = 1

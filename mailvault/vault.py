@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cached_property
 
+from mailvault._parent_only import parent_only
 from mailvault._text import shown, undecodable
 from mailvault.errors import CatalogError, UsageError, VaultError, VaultLocked, VaultNotFound
 
@@ -128,7 +129,8 @@ class Vault:
                 )
             write_holder(fd, command)
             try:
-                yield
+                with parent_only(fd):
+                    yield
             finally:
                 # an ended writer is named by no one (its pid may be reused: in a container
                 # the last fetch was often pid 1), so nothing is taken for in flight after it

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import importlib
 import io
 import logging
@@ -31,7 +32,7 @@ from typing import Any
 import click
 
 from mailvault import __version__
-from mailvault._signals import sigterm_interrupts
+from mailvault._signals import leave_now, signalled, sigterm_interrupts
 from mailvault._stdio import CLOSED, reopen_closed, stdout_error
 from mailvault._text import one_line, undecodable
 from mailvault.errors import MailvaultError, Terminated, from_storage_error
@@ -175,7 +176,14 @@ class MailvaultGroup(click.Group):
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
             click.echo(f"mailvault: {'terminated' if terminated else 'interrupted'}", err=True)
-            ctx.exit(143 if terminated else 130)
+            if not signalled():
+                ctx.exit(143 if terminated else 130)
+            stopped = 143 if terminated else 130
+        # Stopped by a signal.  Out of the except clause the traceback's frames are gone, and
+        # with them the generators they held, whose finally clauses (a staged run's removal)
+        # run now, not at an interpreter shutdown that ``leave_now`` skips.
+        gc.collect()
+        leave_now(stopped)
 
 
 @click.group(cls=MailvaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -491,7 +491,7 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
         return None
     if vault is None:
         vault = os.environ.get("MAILVAULT_VAULT") or None
-    from mailvault._signals import sigterm_interrupts
+    from mailvault._signals import leave_now, signalled, sigterm_interrupts
     from mailvault.errors import MailvaultError, Terminated
 
     try:
@@ -508,4 +508,7 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): as the click CLI says
         terminated = isinstance(exc, Terminated)
         sys.stderr.write(f"mailvault: {'terminated' if terminated else 'interrupted'}\n")
-        return 143 if terminated else 130
+        if not signalled():
+            return 143 if terminated else 130
+        stopped = 143 if terminated else 130
+    leave_now(stopped)  # out of the except clause, as the click CLI does (no pool here)
