@@ -228,18 +228,23 @@ def _capa(session: Pop3Session) -> Step:
     return Step("capa", True, caps)
 
 
-def _capa_before_stls(account: AccountConfig) -> tuple[Step | None, str | None]:
-    """For tls = "starttls": CAPA asked in plain text first, as fetch asks it, and how it
-    failed (None if it answered).  A server that fails it gets its warning as the step
-    before tls, whose STLS (asked without CAPA) is then fetch's blind STLS after its
-    reconnect: a refusal is read beside its cause.  Any other failure is the tls step's, as
-    the tls step would have met it (without a second wait)."""
+def _capa_before_stls(account: AccountConfig) -> tuple[list[Step], str | None]:
+    """For tls = "starttls": CAPA asked in plain text first, as fetch asks it; the steps it
+    decides (none if it lists STLS) and how it failed (None if it answered).  A server that
+    fails it gets its warning as the step before tls, whose STLS (asked without CAPA) is then
+    fetch's blind STLS after its reconnect: a refusal is read beside its cause.  A listing
+    without STLS is the capa step, then the tls step failing with fetch's error: fetch does
+    not ask STLS then, and asking it here would name another cause, or pass where fetch
+    fails.  Any other failure is the tls step's, as the tls step would have met it."""
     probe = Pop3Session(account, lambda: resolve_secret(account))
     try:
         failure = probe.probe_capa()
     except MailvaultError as exc:
-        return _tls_failed(exc), None
-    return (None if failure is None else _capa(probe)), failure
+        return [_tls_failed(exc)], None
+    if failure is not None:
+        return [_capa(probe)], failure
+    unlisted = probe.stls_unlisted()
+    return ([] if unlisted is None else [_capa(probe), _tls_failed(unlisted)]), None
 
 
 def run_check(account: AccountConfig) -> Iterator[Step]:
@@ -247,10 +252,10 @@ def run_check(account: AccountConfig) -> Iterator[Step]:
     yield step
     if not step.ok:
         return
-    early, failed = _capa_before_stls(account) if account.tls == "starttls" else (None, None)
-    if early is not None:
-        yield early
-        if not early.ok:
+    early, failed = _capa_before_stls(account) if account.tls == "starttls" else ([], None)
+    for step in early:
+        yield step
+        if not step.ok:
             return
     step = _certificate(account)
     yield step

@@ -322,12 +322,8 @@ class Pop3Session:
         RFC 2595 lets a client try; a refusal is an error, never a fall-back to plain text."""
         acct = self.account
         assert self.stream is not None
-        if self.capabilities and "STLS" not in self.capabilities:
-            raise TLSError(
-                f'{acct.host} does not offer STLS, and tls = "starttls" forbids falling back to '
-                'plain text; use tls = "implicit" (port 995) if the server supports it',
-                account=acct.name,
-            )
+        if (unlisted := self.stls_unlisted()) is not None:
+            raise unlisted
         try:
             self._status(pop3.Stls())
         except ServerError as exc:  # [SYS/PERM] "a lasting fault with the mailbox" misled
@@ -340,6 +336,19 @@ class Pop3Session:
         self.stream.start_tls(tls_context(acct))
         self.conn.start_tls_done()
         self._check_pin()
+
+    def stls_unlisted(self) -> TLSError | None:
+        """The error for a capability list that leaves STLS out (None if it lists it, or if
+        there is no list): such a server is taken at its word and STLS is not asked.  One
+        place for fetch's refusal and ``check``'s tls step, so both name the same cause."""
+        if not self.capabilities or "STLS" in self.capabilities:
+            return None
+        return TLSError(
+            f"{self.account.host} does not offer STLS (its CAPA does not list it)",
+            hint='tls = "starttls" never falls back to plain text: enable STLS on the server, '
+            'or use tls = "implicit" (port 995) if the server offers it',
+            account=self.account.name,
+        )
 
     def capa_warning(self) -> str | None:
         """What fetch warns and check reports when CAPA failed (None if it did not)."""

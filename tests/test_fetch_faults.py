@@ -1921,13 +1921,15 @@ def test_an_xoauth2_token_refused_with_auth_is_fetched_again_once(
 def test_check_names_a_refused_stls_and_a_bad_password_source_as_fetch_does(
     tmp_path: Path,
 ) -> None:
-    """STLS refused by a server that does not offer it is one clean line (no bytes repr) with
-    the fix; an unusable password source is a configuration error: exit 2, as fetch says."""
-    with FakePop3Server(corpus()) as server:
+    """STLS refused by a server that lists it is one clean line (no bytes repr) with the fix
+    (one whose CAPA leaves it out is not asked: test_fetch_faults_capa); an unusable password
+    source is a configuration error: exit 2, as fetch says."""
+    with FakePop3Server(corpus(), faults=Faults(refuse_stls="-ERR STLS not available")) as server:
         starttls = vault_for(tmp_path / "s", server, tls="starttls")
         result = run_cli(starttls, "check", "acct")
         assert result.exit_code == 1 and "[FAIL] tls" in result.output, result.output
         assert "refused STLS (-ERR STLS not available)" in result.output
+        assert "refused STLS (" in fetch_json(starttls)[1]["accounts"][0]["errors"][0]
         assert "b'" not in result.output and 'tls = "implicit"' in result.output
         unset = vault_for(tmp_path / "p", server)
         result = run_cli(unset, "check", "acct", env={PASSWORD_ENV: ""})

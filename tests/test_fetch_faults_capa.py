@@ -4,7 +4,8 @@ Such a server hangs up, resets the connection, says nothing until the timeout, o
 line that is not POP3 when it receives CAPA.  Every run failed the account.  Now the session
 connects once more and goes on as with a server older than RFC 2449 (no capability list:
 lock-step, USER/PASS or APOP as ``auth`` says), with one warning per run; ``check`` reports
-the CAPA step as worked around with the same words.
+the CAPA step as worked around with the same words.  With tls = "starttls", what CAPA says
+of STLS (failed, no listing, a listing without it) gives ``check`` and ``fetch`` one story.
 """
 
 from __future__ import annotations
@@ -187,6 +188,10 @@ def test_starttls_is_asked_of_a_server_answering_capa_with_err(
         code, report = fetch_json(vault)
         assert code == 0 and report["accounts"][0]["fetched"] == 2, report
         assert report["accounts"][0]["warnings"] == []
+        server.wait_unlocked()
+        result, data = run_check(vault, server)  # no listing says STLS is missing: as before
+    assert result.exit_code == 0, result.output
+    assert marks(data) == ["ok tcp", "ok tls", "ok greeting", "ok capa", "ok login", "ok stat"]
 
 
 def run_check(vault: Path, server: FakePop3Server) -> tuple[Any, dict[str, Any]]:
@@ -323,6 +328,44 @@ def test_check_with_starttls_on_a_server_answering_capa_is_unchanged(
     assert marks(data) == ["ok tcp", "ok tls", "ok greeting", "ok capa", "ok login", "ok stat"]
     capa = data["steps"][3]["detail"]
     assert "PIPELINING" in capa and "STLS" not in capa  # the listing from inside TLS
+
+
+NO_STLS = "127.0.0.1 does not offer STLS (its CAPA does not list it)"
+
+
+@pytest.mark.parametrize("server_tls", ["none", "unlisted"])
+def test_check_and_fetch_name_the_same_cause_when_capa_lacks_stls(
+    tmp_path: Path, ca: trustme.CA, server_tls: str
+) -> None:
+    """CAPA answers without STLS: fetch refuses without asking STLS (RFC 2595: the listing
+    says the server lacks it), and check now tells the same story: the capa step with what
+    the server lists, then the tls step failing with fetch's cause and fix, and nothing
+    more.  check asked STLS anyway: a server without TLS got another cause ("refused
+    STLS"), and one that takes STLS without listing it passed every step while fetch failed.
+    """
+    ctx, cafile = _tls(ca, tmp_path)
+    context = ctx if server_tls == "unlisted" else None
+    faults = Faults(unlisted_stls=server_tls == "unlisted")
+    with FakePop3Server(corpus(2), tls_context=context, faults=faults) as server:
+        vault = broken_vault(tmp_path, server, tls="starttls", ca_file=str(cafile))
+        code, report = fetch_json(vault)
+        server.wait_unlocked()
+        result, data = run_check(vault, server)
+        asked = [t for d, t in server.log if d == "C"]
+    (error,) = report["accounts"][0]["errors"]
+    assert code == 1 and result.exit_code == 1 and data["ok"] is False, result.output
+    assert marks(data) == ["ok tcp", "ok capa", "FAIL tls"]
+    capa, tls = data["steps"][1:]
+    assert "USER" in capa["detail"] and "PIPELINING" in capa["detail"], capa
+    assert "STLS" not in capa["detail"] and capa["warning"] is False
+    assert tls["detail"] == NO_STLS
+    assert error == f"{tls['detail']}; {tls['hint']}", (error, tls)  # fetch's words
+    hint = tls["hint"]
+    assert 'tls = "starttls" never falls back to plain text' in hint
+    assert "STLS on the server" in hint and 'tls = "implicit" (port 995)' in hint
+    assert f"[ok  ] capa     {capa['detail']}\n" in result.output
+    assert f"[FAIL] tls      {NO_STLS}\n" in result.output and f"hint: {hint}\n" in result.output
+    assert "STLS" not in asked and "USER alice" not in asked  # neither asked it, nor logged in
 
 
 def test_one_capa_warning_over_a_capped_run_with_a_retry(tmp_path: Path) -> None:

@@ -116,6 +116,7 @@ class Faults:
     bare_lf_retr: int | None = None  # RETR of this msgno: lines end LF, then LF "." LF
     list_extra: int = 0  # LIST, STAT and RETR's +OK count this many octets more per message
     refuse_stls: str | None = None  # advertise STLS and answer it with this -ERR line
+    unlisted_stls: bool = False  # CAPA leaves STLS out; STLS still works (with a tls_context)
     edit_listing: Callable[[str, list[str]], list[str]] | None = None  # (command, lines) -> lines
     # how CAPA is answered by an old server that does not know it, instead of -ERR: "close"
     # (FIN), "reset" (RST), "silence" (nothing, until the client hangs up) or "garbage"
@@ -373,7 +374,7 @@ class _Session:
         caps += [] if f.no_pipelining else ["PIPELINING"]
         caps += [] if f.no_uidl else ["UIDL"]
         offered = self.server.tls_context or f.refuse_stls
-        if offered and not self.tls and self.state == AUTH_STATE:
+        if offered and not self.tls and self.state == AUTH_STATE and not f.unlisted_stls:
             caps.append("STLS")
         if f.login_delay is not None:
             caps.append(f"LOGIN-DELAY {f.login_delay}")
