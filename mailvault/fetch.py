@@ -249,15 +249,7 @@ class AccountFetcher:
             )
         except Exception as exc:  # a full disk under SQLite, or a bug: reported, and the
             # other accounts still run
-            log.debug("%s: unexpected error", acct.name, exc_info=True)
-            self.report.status = "failed"
-            storage = from_storage_error(exc, f"fetching account {acct.name}")
-            self.report.errors.append(
-                str(storage)
-                if storage is not None
-                else f"unexpected {type(exc).__name__} (a bug in mailvault; rerun with -vv and "
-                "report it); what was committed is kept"
-            )
+            self._failed_unexpectedly(exc, f"fetching account {acct.name}")
         except BaseException:  # Ctrl-C: the catalog says so
             interrupted = True
             raise
@@ -267,13 +259,35 @@ class AccountFetcher:
             self.report.warnings = [redact(w) for w in self.report.warnings]
             self._secret = None
             if self.run_id is not None:
-                status = "interrupted" if interrupted else self.report.status
-                self.catalog.finish_run(
-                    self.run_id, status, self.report.counts(), self.report.errors
-                )
+                self._record_end(interrupted)
             self.catalog.close()
         self.finished = True
         return self.report
+
+    def _failed_unexpectedly(self, exc: Exception, doing: str) -> None:
+        """The account failed on something no step expects: a full disk under SQLite (named,
+        with the fix) or a bug."""
+        log.debug("%s: unexpected error", self.account.name, exc_info=True)
+        self.report.status = "failed"
+        storage = from_storage_error(exc, doing)
+        self.report.errors.append(
+            str(storage)
+            if storage is not None
+            else f"unexpected {type(exc).__name__} (a bug in mailvault; rerun with -vv and "
+            "report it); what was committed is kept"
+        )
+
+    def _record_end(self, interrupted: bool) -> None:
+        """Record the run's end in the catalog.  A failure to (the disk filled up by now) is
+        this account's failure: raised from here it escaped the worker, dropped every
+        account's report and exited 3.  The run's row then stays 'running' until the next
+        run of the account closes it (``Catalog.start_run``)."""
+        assert self.run_id is not None
+        status = "interrupted" if interrupted else self.report.status
+        try:
+            self.catalog.finish_run(self.run_id, status, self.report.counts(), self.report.errors)
+        except Exception as exc:  # (interrupted: fetch_accounts reports it so all the same)
+            self._failed_unexpectedly(exc, f"recording the end of the run of {self.account.name}")
 
     def interrupt(self) -> None:
         """From another thread: stop this account as soon as possible (Ctrl-C with --jobs).

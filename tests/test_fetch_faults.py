@@ -2112,6 +2112,43 @@ def test_a_full_disk_under_the_catalog_is_named_not_called_a_bug(
     assert code == 1 and "free space" in error and "a bug" not in error, error
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_full_disk_when_a_run_ends_fails_that_account_and_the_report_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: str
+) -> None:
+    """The disk filled up by the time an account's run was to be recorded as ended: the COMMIT
+    of finish_run raised out of the account's worker, every account's report was dropped and
+    the run exited 3 with no report at all (--json printed nothing).  Now that account failed,
+    its error naming the full disk and the fix; the other account's report stands (exit 1)."""
+    from mailvault.catalog import Catalog
+
+    finish_run = Catalog.finish_run
+
+    def full_for_a1(
+        self: Catalog, run_id: int, status: str, counts: dict[str, int], errors: list[str]
+    ) -> None:
+        (account,) = self.conn.execute("SELECT account FROM runs WHERE id=?", (run_id,)).fetchone()
+        if account == "a1":
+            raise sqlite3.OperationalError("database or disk is full")
+        finish_run(self, run_id, status, counts, errors)
+
+    monkeypatch.setattr(Catalog, "finish_run", full_for_a1)
+    with FakePop3Server(corpus(2)) as first, FakePop3Server(corpus(3)) as second:
+        accounts = {
+            "a1": {**PLAIN, "port": first.port, "retries": 0},
+            "a2": {**PLAIN, "port": second.port, "retries": 0},
+        }
+        vault = make_vault(tmp_path / "vault", accounts)
+        code, report = fetch_json(vault, "--jobs", jobs)
+    jsonschema.validate(report, json_schema("fetch-report.schema.json"))
+    got = {a["account"]: a for a in report["accounts"]}
+    assert (code, report["ok"]) == (1, False), report
+    assert (got["a1"]["status"], got["a1"]["fetched"]) == ("failed", 2), report
+    (error,) = got["a1"]["errors"]
+    assert "disk is full" in error and "free space" in error and "a bug" not in error, error
+    assert (got["a2"]["status"], got["a2"]["fetched"], got["a2"]["errors"]) == ("ok", 3, [])
+
+
 def test_a_top_that_contradicts_the_download_stops_the_dele(tmp_path: Path) -> None:
     """RETR 2 answered with message 1's bytes, archived under message 2's UIDL while mail was
     kept; then with after-commit TOP 2 showed message 2's header, the download gave the
