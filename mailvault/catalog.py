@@ -220,19 +220,68 @@ class Catalog:
     # -- runs and provenance --------------------------------------------------------------------
     def start_run(self, account: str) -> int:
         """A new run of ``account``; one still 'running' was killed (the caller holds the vault
-        lock, so no other process runs it), and is marked so."""
+        lock, so no other process runs it), and is closed so (``_close_killed``)."""
         now = utcnow()
         with self.transaction():
-            self.conn.execute(
-                "UPDATE runs SET status='killed', finished_at=? WHERE account=? AND "
-                "status='running'",
-                (now, account),
-            )
+            killed = self.conn.execute(
+                "SELECT id, started_at FROM runs WHERE account=? AND status='running' ORDER BY id",
+                (account,),
+            ).fetchall()
+            for run_id, started_at in killed:
+                self._close_killed(account, run_id, started_at, now)
             cur = self.conn.execute(
                 "INSERT INTO runs(account, started_at, status) VALUES (?, ?, 'running')",
                 (account, now),
             )
         return int(cur.lastrowid or 0)
+
+    def _close_killed(self, account: str, run_id: int, started_at: str, now: str) -> None:
+        """Close a run that ended without recording its end (SIGKILL, a crash, a power cut, a
+        full disk at its end) with what the catalog shows it did: it was closed with every
+        count 0 and the next run's start as its end, while it had committed hundreds.
+
+        fetched, duplicates, bytes and deleted come from its ledger entries; finished_at is
+        the last time it wrote anything (it was killed after that, when is unknown).  listed,
+        new and retries are only recorded at a run's end: they stay 0.
+        """
+        after = self.conn.execute(
+            "SELECT min(started_at) FROM runs WHERE account=? AND id>?", (account, run_id)
+        ).fetchone()[0]
+        until = after or now
+        fetched, duplicates, size, deleted, last = self._fetch_entries(account, started_at, until)
+        alive = self.conn.execute(
+            "SELECT max(started_at) FROM sessions WHERE run_id=? UNION ALL "
+            "SELECT max(dele_sent_at) FROM uidls WHERE account=? AND dele_sent_at>=? "
+            "AND dele_sent_at<?",
+            (run_id, account, started_at, until),
+        ).fetchall()
+        finished = max(t for t in (started_at, last, *(row[0] for row in alive)) if t)
+        self.conn.execute(
+            "UPDATE runs SET status='killed', finished_at=?, fetched=?, duplicates=?, bytes=?, "
+            "deleted=? WHERE id=?",
+            (finished, fetched, duplicates, size, deleted, run_id),
+        )
+
+    def _fetch_entries(self, account: str, since: str, until: str) -> tuple[Any, ...]:
+        """(ingests, duplicates among them, their bytes, deletions confirmed, the last entry's
+        time) of fetches of ``account`` between two times.
+
+        Ledger entries name the account, not the run; under the vault lock no other fetch of
+        the account writes between one run's start and the next's.  Only fetch's own entries
+        count (an `import --account` may have run in between).  A scan of the ledger, done
+        once per killed run."""
+        row: tuple[Any, ...] = self.conn.execute(
+            """SELECT coalesce(sum(kind='ingest'), 0),
+                      coalesce(sum(kind='ingest' AND json_extract(detail, '$.new_content')=0), 0),
+                      coalesce(sum(CASE WHEN kind='ingest' THEN size END), 0),
+                      coalesce(sum(kind='server-delete'), 0),
+                      max(at)
+               FROM ledger WHERE account=:account AND at>=:since AND at<:until
+               AND (kind IN ('server-delete', 'server-gone', 'mailbox-changed')
+                    OR (kind='ingest' AND json_extract(detail, '$.source')='pop3:'||:account))""",
+            {"account": account, "since": since, "until": until},
+        ).fetchone()
+        return row
 
     def finish_run(
         self, run_id: int, status: str, counts: dict[str, int], errors: list[str]

@@ -281,7 +281,7 @@ class AccountFetcher:
         """Record the run's end in the catalog.  A failure to (the disk filled up by now) is
         this account's failure: raised from here it escaped the worker, dropped every
         account's report and exited 3.  The run's row then stays 'running' until the next
-        run of the account closes it (``Catalog.start_run``)."""
+        run of the account closes it with what it committed (``Catalog.start_run``)."""
         assert self.run_id is not None
         status = "interrupted" if interrupted else self.report.status
         try:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mailvault import ledger
-from mailvault.catalog import Catalog, Committed
+from mailvault.catalog import Catalog, Committed, utcnow
 from mailvault.errors import CatalogError, StoreError
 from mailvault.store import BlobStore
 from mailvault.testkit.fakepop import FakePop3Server, served_bytes
@@ -259,3 +259,34 @@ def test_fetch_memory_stays_flat_for_a_huge_message(
             assert len(_stored(vault)) == 1
     assert peaks[1] - peaks[0] < 24 * 1024, peaks
     assert peaks[1] < 150 * 1024, peaks
+
+
+def test_a_killed_run_is_closed_with_its_own_entries(tmp_path: Path) -> None:
+    """The next run closes a run left 'running' with what its ledger entries say it did:
+    ingests with and without a UIDL, duplicates, bytes, deletions a server confirmed; not an
+    `import --account` of the same name that ran after it, nor another account's fetch."""
+    catalog, killed = _catalog(tmp_path)
+    catalog.ensure_account("other", "h2", 110, "u", "none")
+    other = catalog.start_run("other")
+    when = "2026-01-01T00:00:00+00:00"
+    batch = [Committed(_digest(1), 101, "u1", when), Committed(_digest(2), 102, None, when)]
+    catalog.commit_messages("acct", killed, "pop3:acct", batch)
+    catalog.commit_messages("acct", killed, "pop3:acct", [Committed(_digest(1), 101, "u3", when)])
+    catalog.commit_messages("other", other, "pop3:other", [Committed(_digest(4), 104, "o", when)])
+    ids = dict(catalog.conn.execute("SELECT uidl, id FROM uidls").fetchall())
+    catalog.mark_deleted([ids["u1"], ids["o"]], confirmed_by_quit=True)
+    catalog.mark_deleted([ids["u3"]], confirmed_by_quit=False)  # gone: no deletion of the run
+    (last,) = catalog.conn.execute("SELECT max(at) FROM ledger").fetchone()
+    with catalog.transaction():  # an import after the run was killed
+        item = Committed(_digest(5), 105, None, when)
+        catalog.record_ingest(item, source="/m.eml", now=utcnow(), account="acct")
+    catalog.start_run("acct")
+    row = catalog.conn.execute(
+        "SELECT status, fetched, duplicates, bytes, deleted, finished_at FROM runs WHERE id=?",
+        (killed,),
+    ).fetchone()
+    assert row == ("killed", 3, 1, 101 + 102 + 101, 1, last)
+    assert catalog.conn.execute("SELECT status FROM runs WHERE id=?", (other,)).fetchone() == (
+        "running",
+    )
+    catalog.close()

@@ -935,6 +935,57 @@ def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(
         complete_and_check(vault, server, messages)
 
 
+def test_a_killed_run_is_closed_with_what_it_committed(tmp_path: Path) -> None:
+    """SIGKILL (no handler runs) after capped sessions committed, DELEd and QUIT: the next run
+    closed the killed one with every count 0 and the next run's start as its end, though its
+    UIDL rows and deletions were committed.  Now its counts are what the catalog holds of it,
+    and finished_at the last time it wrote anything."""
+    messages = corpus(400)
+    with FakePop3Server(messages, faults=Faults(slow_bytes_per_sec=4_000_000)) as server:
+        account = {**PLAIN, "port": server.port, "retries": 0, "delete": "after-commit"}
+        account["max_messages_per_session"] = 40
+        vault = make_vault(tmp_path / "vault", {"acct": account}, commit_batch_messages=16)
+        env = {**os.environ, PASSWORD_ENV: "alice-secret"}
+        argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--no-index"]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        db = sqlite3.connect(vault / "catalog.sqlite")
+        deletions = "SELECT count(*) FROM uidls WHERE deleted_confirmed_at IS NOT NULL"
+        # a session QUIT (its deletions confirmed) and the next one committed some
+        while proc.poll() is None and (
+            not db.execute(deletions).fetchone()[0] or len(committed_uidls(vault, "acct")) <= 50
+        ):
+            time.sleep(0.01)
+        proc.kill()
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        committed = db.execute(
+            "SELECT count(*), sum(size), max(committed_at) FROM uidls WHERE run_id=1"
+        ).fetchone()
+        deleted = db.execute(deletions).fetchone()[0]
+        last = max(
+            t
+            for (t,) in db.execute(
+                "SELECT max(committed_at) FROM uidls UNION ALL SELECT max(dele_sent_at) FROM "
+                "uidls UNION ALL SELECT max(deleted_confirmed_at) FROM uidls UNION ALL "
+                "SELECT max(started_at) FROM sessions UNION ALL SELECT max(at) FROM ledger"
+            )
+            if t is not None
+        )
+        assert 0 < committed[0] < len(messages) and deleted > 0, (committed, deleted)
+        assert db.execute("SELECT status FROM runs").fetchall() == [("running",)]
+        server.wait_unlocked()
+        code, report = fetch_json(vault, "--no-index")
+        assert code == 0, report
+        killed = db.execute(
+            "SELECT status, fetched, duplicates, bytes, deleted, finished_at FROM runs WHERE id=1"
+        ).fetchone()
+        (second_start,) = db.execute("SELECT started_at FROM runs WHERE id=2").fetchone()
+        db.close()
+        assert killed == ("killed", committed[0], 0, committed[1], deleted, last), killed
+        assert committed[2] <= last < second_start
+        check_invariants(vault, server, messages)
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_terminated_run_reports_every_account_as_far_as_it_got(tmp_path: Path, jobs: str) -> None:
     """SIGTERM while the first of two accounts streams: the report names both, each that did
@@ -2140,13 +2191,20 @@ def test_a_full_disk_when_a_run_ends_fails_that_account_and_the_report_is_printe
         }
         vault = make_vault(tmp_path / "vault", accounts)
         code, report = fetch_json(vault, "--jobs", jobs)
-    jsonschema.validate(report, json_schema("fetch-report.schema.json"))
-    got = {a["account"]: a for a in report["accounts"]}
-    assert (code, report["ok"]) == (1, False), report
-    assert (got["a1"]["status"], got["a1"]["fetched"]) == ("failed", 2), report
-    (error,) = got["a1"]["errors"]
-    assert "disk is full" in error and "free space" in error and "a bug" not in error, error
-    assert (got["a2"]["status"], got["a2"]["fetched"], got["a2"]["errors"]) == ("ok", 3, [])
+        jsonschema.validate(report, json_schema("fetch-report.schema.json"))
+        got = {a["account"]: a for a in report["accounts"]}
+        assert (code, report["ok"]) == (1, False), report
+        assert (got["a1"]["status"], got["a1"]["fetched"]) == ("failed", 2), report
+        (error,) = got["a1"]["errors"]
+        assert "disk is full" in error and "free space" in error and "a bug" not in error, error
+        assert (got["a2"]["status"], got["a2"]["fetched"], got["a2"]["errors"]) == ("ok", 3, [])
+        monkeypatch.undo()  # space freed: the next run closes the one left 'running'
+        first.wait_unlocked()
+        assert fetch_json(vault, "--jobs", jobs)[0] == 0
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        runs = db.execute("SELECT account, status, fetched, bytes FROM runs ORDER BY id").fetchall()
+    a1 = [run for run in runs if run[0] == "a1"]
+    assert a1[0][:3] == ("a1", "killed", 2) and a1[0][3] > 0 and a1[1][1] == "ok", runs
 
 
 def test_a_top_that_contradicts_the_download_stops_the_dele(tmp_path: Path) -> None:
