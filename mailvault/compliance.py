@@ -11,7 +11,8 @@
   keeps a tombstone: the ``messages`` row with ``purged_at`` set (so its UIDL is never fetched
   again) and a ``purge`` ledger entry (sha256, reason, time).  The catalog commit comes first:
   a crash before the files are removed leaves a purged message whose blob the next
-  ``retention apply`` removes.
+  ``retention apply`` removes.  The plan is a temporary SQLite table (``Plan``), so memory
+  does not grow with the number of messages past retention.
 * The **audit trail** records every search, show, export and retention run (time, OS user,
   command, query, number of results) in a hash-chained table beside the ledger.  It has no off
   switch.
@@ -19,16 +20,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mailvault import ledger
 from mailvault.audit import claimed_names, os_user
-from mailvault.errors import MailvaultError, UsageError
+from mailvault.errors import MailvaultError, StoreError, UsageError
 from mailvault.vault import Vault, read_only_uri, utcnow
 
 if TYPE_CHECKING:
@@ -168,82 +170,226 @@ class Candidate:
         }
 
 
-def plan(vault: Vault, now: datetime | None = None) -> list[Candidate]:
-    """Messages past retention; those an active hold protects carry the holds' names."""
+# Rows of a plan read or written at a time (and catalog rows looked up for their accounts)
+_PAGE = 1000
+
+
+class Candidates(Protocol):
+    """What ``apply`` purges from: a ``Plan``, or a list of ``Candidate``; read more than
+    once (``apply`` and the ``Purged`` it returns)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Candidate]: ...
+
+
+class Plan:
+    """The messages past retention, in the catalog's order, with what retention decided for
+    each (``Candidate``): in a temporary SQLite table, not in memory.  The first run on a
+    ten-year archive expires a million messages at once, and takes the memory of a run that
+    expires ten.  Read like a list (``len``, iteration, as often as needed) until ``close``.
+    """
+
+    def __init__(self) -> None:
+        # "": a private database that SQLite deletes when it is closed (a crash leaves no file
+        # behind), its temp table on disk whatever temp store this SQLite was built with
+        self._db = sqlite3.connect("")
+        with self._failing():
+            self._db.execute("PRAGMA temp_store = FILE")
+            # The catalog's values are copied without a type: one edited by hand (a date
+            # stored as a number) reaches _vet as the catalog holds it.  ``kept`` is UTF-8
+            # with surrogates passed through: a reason may name a path, which may be any bytes.
+            self._db.execute(
+                """CREATE TEMP TABLE plan (
+                     pos INTEGER PRIMARY KEY,  -- the catalog's order, in which it is listed
+                     sha256, basis, keep_days, date, date_fallback, first_ingest_at,
+                     held_by,  -- a JSON list of the names of the holds protecting it; NULL: none
+                     kept BLOB,
+                     lf_sha256)"""
+            )
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __len__(self) -> int:
+        with self._failing():
+            return int(self._db.execute("SELECT count(*) FROM plan").fetchone()[0])
+
+    def __iter__(self) -> Iterator[Candidate]:
+        for page in self._pages("sha256, basis, keep_days, held_by, kept, lf_sha256"):
+            for _, sha256, basis, keep_days, held_by, kept, lf_sha256 in page:
+                yield Candidate(
+                    sha256,
+                    basis,
+                    keep_days,
+                    tuple(json.loads(held_by)) if held_by is not None else (),
+                    kept.decode("utf-8", "surrogatepass") if kept is not None else None,
+                    lf_sha256,
+                )
+
+    def counts(self) -> dict[str, int]:
+        """``expired`` (every candidate), ``held``, and ``kept`` (no hold protects it, and
+        ``_vet`` keeps it all the same)."""
+        with self._failing():
+            expired, held, kept = self._db.execute(
+                "SELECT count(*), count(held_by), count(kept) FILTER (WHERE held_by IS NULL) "
+                "FROM plan"
+            ).fetchone()
+        return {"expired": expired, "held": held, "kept": kept}
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        """Candidates: (sha256, basis, keep_days, and the catalog's date, date_fallback and
+        first_ingest_at for _vet), in the catalog's order."""
+        with self._failing(), self._db:
+            self._db.executemany(
+                "INSERT INTO plan(sha256, basis, keep_days, date, date_fallback, "
+                "first_ingest_at) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def hold(self, name: str, matches: Iterable[str]) -> None:
+        """Hold ``name`` protects those of the candidates among ``matches`` (a batch of its
+        query's hits)."""
+        with self._failing():
+            # built once the plan is filled: faster than kept up row by row
+            self._db.execute("CREATE INDEX IF NOT EXISTS temp.plan_sha256 ON plan(sha256)")
+        with self._failing(), self._db:
+            self._db.executemany(
+                "UPDATE plan SET held_by = json_insert(coalesce(held_by, '[]'), '$[#]', ?) "
+                "WHERE sha256 = ?",
+                ((name, sha256) for sha256 in set(matches)),
+            )
+
+    def free(self) -> Iterator[list[tuple[Any, ...]]]:
+        """The candidates no hold protects, a page at a time, for _vet: (pos, sha256, basis,
+        keep_days, date, date_fallback, first_ingest_at)."""
+        return self._pages(
+            "sha256, basis, keep_days, date, date_fallback, first_ingest_at", "held_by IS NULL"
+        )
+
+    def vetted(self, results: list[tuple[int, str | None, str | None]]) -> None:
+        """What _vet found, by pos: why the candidate is kept (None: it is not), and the
+        sha256 of its lf form."""
+        with self._failing(), self._db:
+            self._db.executemany(
+                "UPDATE plan SET kept = ?, lf_sha256 = ? WHERE pos = ?",
+                (
+                    (None if kept is None else kept.encode("utf-8", "surrogatepass"), lf, pos)
+                    for pos, kept, lf in results
+                ),
+            )
+
+    def _pages(self, columns: str, where: str = "1") -> Iterator[list[tuple[Any, ...]]]:
+        """pos and ``columns`` of the rows ``where`` selects, in pos order, ``_PAGE`` at a
+        time: each page is read whole, so the table may be written between two."""
+        after = 0
+        sql = f"SELECT pos, {columns} FROM plan WHERE pos > ? AND ({where}) ORDER BY pos LIMIT ?"
+        while True:
+            with self._failing():
+                page = self._db.execute(sql, (after, _PAGE)).fetchall()
+            if not page:
+                return
+            yield page
+            after = page[-1][0]
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _failing() -> Iterator[None]:
+        """A failure of the plan's table (its directory full, say) as one line that names
+        that directory, not the catalog or the vault's filesystem."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"retention's plan, a temporary SQLite file, failed ({exc}); it takes about "
+                "300 bytes per message past retention in SQLite's temporary directory "
+                "($SQLITE_TMPDIR, else $TMPDIR, else /var/tmp): free space there or point "
+                "SQLITE_TMPDIR at a directory with room, and run `mailvault retention apply` again"
+            ) from None
+
+
+def plan(vault: Vault, now: datetime | None = None) -> Plan:
+    """Messages past retention (a ``Plan``: the caller closes it); those an active hold
+    protects carry the holds' names, and those ``_vet`` keeps all the same the reason."""
     now = now or datetime.now(UTC)
     config = vault.config
     archived = config.retention_age_from == "archived"
-    default = config.retention_keep_days
-    per_account = config.keep_days_by_label()
-    if default is None and not per_account:
+    if config.retention_keep_days is None and not config.keep_days_by_label():
         raise UsageError(
             f"{config.path}: no retention policy; set [retention] keep_days = N (or keep_days "
             "per account, or per import label in [imports.NAME])"
         )
+    _check_holds(vault)
+    result = Plan()
+    try:
+        catalog = vault.catalog()
+        try:
+            holds = catalog.rows("SELECT name, query, syntax FROM holds WHERE released_at IS NULL")
+            for page in _expired_rows(vault, catalog, now):
+                result.add(page)
+        finally:
+            catalog.close()
+        if holds and len(result):
+            for hold in holds:
+                for batch in matching_ids(vault, hold["query"], hold["syntax"]):
+                    result.hold(hold["name"], batch)
+        _vet(vault, result, now, archived=archived)
+    except BaseException:
+        result.close()
+        raise
+    return result
+
+
+def _expired_rows(vault: Vault, catalog: Catalog, now: datetime) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of ``Plan.add`` for the messages past retention, in the catalog's order, a
+    page at a time.
+
+    The catalog's rows are read one at a time, and only those older than the shortest policy
+    (the only ones that can be past any) are kept, and looked up for their accounts a page
+    at a time: never a row for every message of the vault."""
     from mailvault.indexer import message_accounts
 
-    _check_holds(vault)
-    catalog = vault.catalog()
-    try:
-        holds = catalog.rows("SELECT name, query, syntax FROM holds WHERE released_at IS NULL")
-        # Only a message older than the shortest policy can be past any: its accounts are
-        # looked up for those alone.  The rows are read one at a time and only those are
-        # kept, not a row for every message of the vault.
-        shortest = min(d for d in (default, *per_account.values()) if d is not None)
-        rows = catalog.db.query(
-            """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback
-               FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
-               WHERE m.purged_at IS NULL"""
-        )
-        old = [
-            (row, basis) for row in rows if _expired(basis := _basis(row, archived), shortest, now)
-        ]
+    config = vault.config
+    archived = config.retention_age_from == "archived"
+    default = config.retention_keep_days
+    per_account = config.keep_days_by_label()
+    shortest = min(d for d in (default, *per_account.values()) if d is not None)
+    rows = catalog.db.query(
+        """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback
+           FROM messages m LEFT JOIN message_meta mm ON mm.sha256 = m.sha256
+           WHERE m.purged_at IS NULL"""
+    )
+    old = ((row, basis) for row in rows if _expired(basis := _basis(row, archived), shortest, now))
+    while page := list(itertools.islice(old, _PAGE)):
         # rows, not group_concat: a label is user-given text (`import --account 'matter 7,
         # acme'`), so no separator can join them safely
-        accounts = message_accounts(catalog, [row["sha256"] for row, _ in old])
-    finally:
-        catalog.close()
-    candidates = []
-    for row, basis in old:
-        # a message kept for several accounts is kept as long as the longest of them says
-        days_options = [per_account.get(a, default) for a in accounts.get(row["sha256"], ())]
-        days_options = days_options or [default]
-        if any(d is None for d in days_options):
-            continue
-        keep_days = max(d for d in days_options if d is not None)
-        if _expired(basis, keep_days, now):
-            candidates.append(Candidate(row["sha256"], basis, keep_days, ()))
-    if holds and candidates:
-        expired = {c.sha256 for c in candidates}
-        protected: dict[str, list[str]] = {}
-        for hold in holds:
-            for batch in matching_ids(vault, hold["query"], hold["syntax"]):
-                for sha in expired.intersection(batch):
-                    protected.setdefault(sha, []).append(hold["name"])
-        candidates = [
-            Candidate(c.sha256, c.age_basis, c.keep_days, tuple(protected.get(c.sha256, ())))
-            for c in candidates
-        ]
-    free = [c for c in candidates if not c.held_by]
-    if free:
-        reasons, lf_forms = _vet(
-            vault, free, {row["sha256"]: row for row, _ in old}, now, archived=archived
-        )
-        candidates = [
-            replace(c, kept=reasons.get(c.sha256), lf_sha256=lf_forms.get(c.sha256))
-            for c in candidates
-        ]
-    return candidates
+        accounts = message_accounts(catalog, [row["sha256"] for row, _ in page])
+        expired = []
+        for row, basis in page:
+            keep_days = _keep_days(accounts.get(row["sha256"], ()), default, per_account)
+            if keep_days is not None and _expired(basis, keep_days, now):
+                meta = (row["date"], row["date_fallback"], row["first_ingest_at"])
+                expired.append((row["sha256"], basis, keep_days, *meta))
+        yield expired
 
 
-def _vet(
-    vault: Vault,
-    candidates: list[Candidate],
-    rows: dict[str, dict[str, Any]],
-    now: datetime,
-    *,
-    archived: bool = False,
-) -> tuple[dict[str, str], dict[str, str]]:
+def _keep_days(accounts: Iterable[str], default: int | None, per: dict[str, int]) -> int | None:
+    """A message's retention period: for a message kept for several accounts, as long as
+    the longest of them says; None, kept for ever (an account with no policy, and none set
+    for the vault)."""
+    options = [per.get(a, default) for a in accounts] or [default]
+    if any(d is None for d in options):
+        return None
+    return max(d for d in options if d is not None)
+
+
+def _vet(vault: Vault, plan: Plan, now: datetime, *, archived: bool = False) -> None:
     """Why each candidate no hold matches must be kept all the same: retention purges only
     what it can prove is under no hold and past retention.  Holds are matched through the
     index, which lacks a message whose blob is missing, unreadable or corrupt (and the purge
@@ -251,32 +397,40 @@ def _vet(
     edited by hand.  So each candidate's blob is read and hashed, its index document looked
     up, and its date read again from the blob and its first ingest from the ledger.  The cost
     is the candidates' alone: one blob read and a few lookups each.  That read also hashes
-    the message's lf form, for its purge entry (the second value, by sha256)."""
-    import contextlib
-
+    the message's lf form, for its purge entry.  Both are written to ``plan``, a page at a
+    time."""
     from mailvault import index as ix
 
+    pages = plan.free()
+    first = next(pages, None)
+    if first is None:  # every candidate is held (or none): neither store nor index is opened
+        return
     store = vault.read_store()
     index = ix.open_for_search(vault.index_path)
     searcher, schema = index.searcher(), index.schema
-    reasons: dict[str, str] = {}
-    lf_forms: dict[str, str] = {}
     uri = read_only_uri(vault.catalog_path)
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        for c in candidates:
-            head, lf_form, reason = _read_blob(store, c.sha256)
-            if lf_form is not None:
-                lf_forms[c.sha256] = lf_form
-            if head is not None and not ix.contains(searcher, schema, c.sha256):
+
+        def vet(row: tuple[Any, ...]) -> tuple[int, str | None, str | None]:
+            pos, sha256, basis, keep_days, date, date_fallback, first_ingest_at = row
+            head, lf_form, reason = _read_blob(store, sha256)
+            if head is not None and not ix.contains(searcher, schema, sha256):
                 reason = (
                     "it is not in the search index, so no hold can be checked against it; run "
                     "`mailvault index` (and `mailvault verify` if it stays out)"
                 )
             elif head is not None:
-                reason = _age_problem(store, db, c, rows[c.sha256], head, now, archived)
-            if reason is not None:
-                reasons[c.sha256] = reason
-    return reasons, lf_forms
+                c = Candidate(sha256, basis, keep_days, ())
+                meta = {
+                    "date": date,
+                    "date_fallback": date_fallback,
+                    "first_ingest_at": first_ingest_at,
+                }
+                reason = _age_problem(store, db, c, meta, head, now, archived)
+            return pos, reason, lf_form
+
+        for page in itertools.chain([first], pages):
+            plan.vetted([vet(row) for row in page])
 
 
 def _read_blob(store: BlobStore, sha256: str) -> tuple[bytes | None, str | None, str | None]:
@@ -364,7 +518,6 @@ def _check_holds(vault: Vault) -> None:
     the triggers that keep the ledger append-only were tampered with: a hold deleted,
     released or narrowed by editing catalog.sqlite must not let retention purge what it
     protected.  Reads only the hold entries of the ledger."""
-    import contextlib
 
     from mailvault import verify
     from mailvault.errors import CatalogError
@@ -427,35 +580,59 @@ def _expired(basis: str, keep_days: int, now: datetime) -> bool:
     return when is None or when <= now - timedelta(days=keep_days)
 
 
-def apply(vault: Vault, candidates: list[Candidate]) -> list[str]:
-    """Purge the unprotected candidates (caller holds the write lock); return purged sha256s."""
-    doomed = [c for c in candidates if not c.held_by and not c.kept]
+def apply(vault: Vault, candidates: Candidates) -> Purged:
+    """Purge the candidates no hold protects and ``_vet`` does not keep (the caller holds the
+    write lock), then remove their files; returns what it purged.
+
+    One transaction, whatever the number: SQLite's page cache spills to the WAL, so memory
+    stays flat, and a purge in batches would write the catalog's indexes again for each
+    batch (each batch's random sha256s touch most of their pages: ten times the time for
+    100,000 purges, and growing with the vault)."""
     actor = _actor()
     catalog = vault.catalog()
     try:
         with catalog.transaction() as conn:
-            for c in doomed:
-                size = conn.execute(
-                    "SELECT size FROM messages WHERE sha256=?", (c.sha256,)
-                ).fetchone()[0]
-                conn.execute("DELETE FROM message_meta WHERE sha256=?", (c.sha256,))
-                conn.execute("UPDATE messages SET purged_at=? WHERE sha256=?", (utcnow(), c.sha256))
-                ledger.append(
-                    conn,
-                    "purge",
-                    sha256=c.sha256,
-                    size=size,
-                    detail={
-                        "reason": f"retention: older than {c.keep_days} days",
-                        "date": c.age_basis,
-                        **actor,
-                        **_lf_form(c),
-                    },
-                )
+            for c in candidates:
+                if not c.held_by and not c.kept:
+                    _purge(conn, c, actor)
         _remove_files(vault, catalog)
     finally:
         catalog.close()
-    return [c.sha256 for c in doomed]
+    return Purged(candidates)
+
+
+def _purge(conn: sqlite3.Connection, c: Candidate, actor: dict[str, Any]) -> None:
+    """The catalog's side of one purge: its parse rows go, its ``messages`` row stays as a
+    tombstone, and the ledger records it."""
+    size = conn.execute("SELECT size FROM messages WHERE sha256=?", (c.sha256,)).fetchone()[0]
+    conn.execute("DELETE FROM message_meta WHERE sha256=?", (c.sha256,))
+    conn.execute("UPDATE messages SET purged_at=? WHERE sha256=?", (utcnow(), c.sha256))
+    ledger.append(
+        conn,
+        "purge",
+        sha256=c.sha256,
+        size=size,
+        detail={
+            "reason": f"retention: older than {c.keep_days} days",
+            "date": c.age_basis,
+            **actor,
+            **_lf_form(c),
+        },
+    )
+
+
+class Purged:
+    """The sha256s ``apply`` purged, read again from its candidates when asked (the candidates
+    no hold protects and ``_vet`` does not keep): not held in memory."""
+
+    def __init__(self, candidates: Candidates) -> None:
+        self._candidates = candidates
+
+    def __iter__(self) -> Iterator[str]:
+        return (c.sha256 for c in self._candidates if not c.held_by and not c.kept)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _lf_form(candidate: Candidate) -> dict[str, str]:

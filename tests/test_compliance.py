@@ -1396,3 +1396,137 @@ def test_purged_mail_left_in_the_index_does_not_use_up_a_page(
         ).fetchone()
     db.close()
     assert results == 5
+
+
+def _dry_run_with_peak(vault: Path) -> tuple[dict[str, Any], int]:
+    """`retention apply --dry-run --json` in a fresh process: its report and peak RSS (KiB)."""
+    import subprocess
+    import sys
+
+    from tests.test_roundtrip import PEAK
+
+    args = ["--vault", str(vault), "retention", "apply", "--dry-run", "--json"]
+    proc = subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), int(proc.stderr.rsplit(b"peak-kib", 1)[1].split()[0])
+
+
+def test_retention_memory_does_not_grow_with_the_messages_past_retention(tmp_path: Path) -> None:
+    """The first retention run on a ten-year archive expires a million messages at once, and
+    retention held them in lists, sets and dicts several times over: about 1 KiB each, a
+    gigabyte.  The plan is now a temporary SQLite table.  One vault, 3,000 and then 12,000 of
+    its messages past retention (the 9,000 more held): the peak RSS of the dry run grew by
+    11 MiB, and now by about 2 (SQLite's page cache of the plan, which stops there)."""
+    from datetime import UTC, datetime
+
+    mbox = tmp_path / "mail.mbox"
+    with mbox.open("wb") as out:
+        for i in range(12_000):
+            year = 2001 if i < 3_000 else 2015
+            out.write(
+                f"From x@example.com Mon Jun  3 10:00:00 {year}\nSubject: m{i}\n"
+                f"Date: Mon, 3 Jun {year} 10:00:00 +0000\n\nbody {i}\n\n".encode()
+            )
+    vault = make_vault(tmp_path / "v", {})
+    assert run_cli(vault, "import", str(mbox)).exit_code == 0
+    assert run_cli(vault, "hold", "add", "later", "date:>2010").exit_code == 0
+    toml = vault / "mailvault.toml"
+    config = toml.read_text()
+    since_2008 = (datetime.now(UTC) - datetime(2008, 1, 1, tzinfo=UTC)).days
+    peaks = []
+    for keep_days, expired in ((since_2008, 3_000), (1, 12_000)):
+        toml.write_text(config + f"[retention]\nkeep_days = {keep_days}\n")
+        report, peak = _dry_run_with_peak(vault)
+        assert (report["expired"], report["held"], report["kept"]) == (expired, expired - 3_000, 0)
+        assert len(report["messages"]) == expired
+        peaks.append(peak)
+    assert peaks[1] - peaks[0] < 5 * 1024, peaks
+
+
+def test_a_run_stopped_during_its_purge_purges_nothing_and_the_next_purges_all(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidates are read from the plan's table as they are purged, all in the one
+    catalog transaction: a run stopped part-way (Ctrl-C at its third purge) leaves none of
+    them purged and its `started` audit entry without a `finished`; the next run purges
+    them all."""
+    from mailvault import compliance
+
+    purge, purges = compliance._purge, 0
+
+    def stopped_at_the_third(conn: sqlite3.Connection, c: Any, actor: dict[str, Any]) -> None:
+        nonlocal purges
+        purges += 1
+        if purges == 3:
+            raise KeyboardInterrupt
+        purge(conn, c, actor)
+
+    monkeypatch.setattr(compliance, "_purge", stopped_at_the_third)
+    assert run_cli(vault, "retention", "apply").exit_code == 130  # Ctrl-C
+    monkeypatch.undo()
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        purged = db.execute("SELECT count(*) FROM messages WHERE purged_at NOT NULL").fetchone()
+        recorded = db.execute("SELECT count(*) FROM ledger WHERE kind = 'purge'").fetchone()
+        stages = [
+            json.loads(r[0])["stage"]
+            for r in db.execute("SELECT detail FROM audit WHERE command = 'retention'")
+        ]
+    db.close()
+    assert purged == recorded == (0,) and stages == ["started"]
+    assert len(list((vault / "objects").rglob("*.zst"))) == 10
+    assert run_cli(vault, "verify").exit_code == 0
+    done = json.loads(run_cli(vault, "retention", "apply", "--json").stdout)
+    assert (done["expired"], done["purged"]) == (5, 5)
+    assert len(list((vault / "objects").rglob("*.zst"))) == 5
+    assert run_cli(vault, "verify").exit_code == 0
+
+
+def test_a_plan_gives_back_what_was_put_in_it_as_it_was() -> None:
+    """The plan's table keeps a catalog value edited by hand as the catalog holds it (a date
+    stored as a number reaches _vet as one, and is named as it is), and a reason that names
+    a path with bytes that are not UTF-8."""
+    from mailvault.compliance import Candidate, Plan
+
+    with Plan() as plan:
+        plan.add(
+            [("a" * 64, "20010101", 10, 20010101, 0, "2001-01-01"), ("b" * 64, "x", 9, *[None] * 3)]
+        )
+        plan.hold("acme", ["b" * 64, "c" * 64])
+        plan.hold("é", ["b" * 64])
+        ((page),) = list(plan.free())
+        assert page == [(1, "a" * 64, "20010101", 10, 20010101, 0, "2001-01-01")]
+        plan.vetted([(1, "blob /srv/\udcfe/x cannot be read", "f" * 64)])
+        assert list(plan) == [
+            Candidate("a" * 64, "20010101", 10, (), "blob /srv/\udcfe/x cannot be read", "f" * 64),
+            Candidate("b" * 64, "x", 9, ("acme", "é")),
+        ]
+        assert (len(plan), plan.counts()) == (2, {"expired": 2, "held": 1, "kept": 1})
+
+
+def test_a_full_temporary_directory_stops_retention_before_it_purges(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan is a file in SQLite's temporary directory, not the vault: when that is full,
+    the one-line error names it and how to give the plan room (the catch-all would have
+    blamed the catalog and the vault's filesystem), and nothing is purged or recorded."""
+    from mailvault import compliance
+
+    assert run_cli(vault, "hold", "add", "acme", "from:bob@acme.com").exit_code == 0
+    init = compliance.Plan.__init__
+
+    def full(self: compliance.Plan) -> None:  # no room for a page more than the table has
+        init(self)
+        (pages,) = self._db.execute("PRAGMA temp.page_count").fetchone()
+        self._db.execute(f"PRAGMA temp.max_page_count = {pages}")
+
+    monkeypatch.setattr(compliance.Plan, "__init__", full)
+    result = run_cli(vault, "retention", "apply")
+    assert result.exit_code == 3, result.output
+    (line,) = result.stderr.splitlines()
+    assert "retention's plan, a temporary SQLite file, failed (database or disk is full)" in line
+    assert "point SQLITE_TMPDIR at a directory with room" in line and "catalog" not in line
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        purged = db.execute("SELECT count(*) FROM messages WHERE purged_at NOT NULL").fetchone()
+        audited = db.execute("SELECT count(*) FROM audit WHERE command = 'retention'").fetchone()
+    db.close()
+    assert purged == audited == (0,)

@@ -6,9 +6,9 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 
@@ -16,6 +16,7 @@ from mailvault._text import escaped, json_safe, undecodable
 from mailvault.vault import Vault, default_vault_path, open_vault, read_only_uri
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 def vault_path(ctx: click.Context) -> Path:
@@ -39,8 +40,17 @@ def print_json(document: Any) -> None:
     click.echo(json_safe(text))
 
 
+class Listing(Protocol[T_co]):
+    """Items that can be read more than once: a list, or a retention plan (read again from
+    its table each time)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[T_co]: ...
+
+
 def print_json_list(
-    document: dict[str, Any], key: str, items: Sequence[T], encode: Callable[[T], Any]
+    document: dict[str, Any], key: str, items: Listing[T], encode: Callable[[T], Any]
 ) -> None:
     """``print_json({**document, key: [encode(item) for item in items]})``, the same bytes,
     written a few hundred items at a time: neither that list nor the whole text is built (a
@@ -55,9 +65,11 @@ def print_json_list(
         click.echo(json_safe(text))
         return
     click.echo(json_safe(text.removesuffix("[]\n}") + "[\n"), nl=False)
-    for start in range(0, len(items), 256):
-        chunk = ",\n".join(_item(encode(item), ascii_only) for item in items[start : start + 256])
-        click.echo(json_safe(chunk + (",\n" if start + 256 < len(items) else "")), nl=False)
+    encoded = (_item(encode(item), ascii_only) for item in items)
+    separator = ""  # before every chunk but the first
+    while chunk := list(itertools.islice(encoded, 256)):
+        click.echo(json_safe(separator + ",\n".join(chunk)), nl=False)
+        separator = ",\n"
     click.echo("\n  ]\n}")
 
 

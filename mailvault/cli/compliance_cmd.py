@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from mailvault.cli._common import escape, print_chain_head, print_json, print_js
 from mailvault.errors import UsageError
 
 if TYPE_CHECKING:
-    from mailvault.compliance import Candidate
+    from mailvault.compliance import Plan
     from mailvault.vault import Vault
 
 
@@ -198,44 +199,46 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     from mailvault.compliance import apply, plan
 
     vault = vault_from(ctx)
-    with vault.write_lock("retention apply"):
-        # Holds are matched through the search index: every message must be in it first, or
-        # one archived (or parsed) since the last `mailvault index` would escape its hold.
-        _index_first(vault, "retention needs an up-to-date index to honour legal holds")
-        candidates = plan(vault)
-        held = [c for c in candidates if c.held_by]
-        kept = [c for c in candidates if not c.held_by and c.kept]
-        counts = {"expired": len(candidates), "held": len(held), "kept": len(kept)}
-        doomed = len(candidates) - len(held) - len(kept)
-        if dry_run:
-            _audit_retention(vault, "dry-run", doomed, counts)
-            purged = []
+    # The plan outlives the write lock: it is printed after the lock is released.
+    with contextlib.ExitStack() as stack:
+        with vault.write_lock("retention apply"):
+            # Holds are matched through the search index: every message must be in it first,
+            # or one archived (or parsed) since the last `mailvault index` would escape its
+            # hold.
+            _index_first(vault, "retention needs an up-to-date index to honour legal holds")
+            candidates = stack.enter_context(plan(vault))
+            counts = candidates.counts()
+            doomed = counts["expired"] - counts["held"] - counts["kept"]
+            purged = 0
+            if dry_run:
+                _audit_retention(vault, "dry-run", doomed, counts)
+            else:
+                # as an export: recorded before the first purge, so a killed run shows as
+                # started
+                _audit_retention(vault, "started", doomed, counts)
+                purged = len(apply(vault, candidates))
+                _audit_retention(vault, "finished", purged, {**counts, "purged": purged})
+            rebuilt = not dry_run and _compact_index(vault)
+        if as_json:
+            report = {
+                "schema": "mailvault/retention/v1",
+                "dry_run": dry_run,
+                **counts,
+                "purged": purged,
+                "index_rebuilt": rebuilt,
+            }
+            print_json_list(report, "messages", candidates, lambda c: c.as_json())
         else:
-            # as an export: recorded before the first purge, so a killed run shows as started
-            _audit_retention(vault, "started", doomed, counts)
-            purged = apply(vault, candidates)
-            _audit_retention(vault, "finished", len(purged), {**counts, "purged": len(purged)})
-        rebuilt = not dry_run and _compact_index(vault)
-    if as_json:
-        report = {
-            "schema": "mailvault/retention/v1",
-            "dry_run": dry_run,
-            "expired": len(candidates),
-            "held": len(held),
-            "kept": len(kept),
-            "purged": len(purged),
-            "index_rebuilt": rebuilt,
-        }
-        print_json_list(report, "messages", candidates, lambda c: c.as_json())
-    else:
-        _print_plan(candidates, dry_run, len(purged), rebuilt)
-    if kept:
+            _print_plan(candidates, counts, dry_run, purged, rebuilt)
+    if counts["kept"]:
         ctx.exit(1)
 
 
-def _print_plan(candidates: list[Candidate], dry_run: bool, purged: int, rebuilt: bool) -> None:
-    held = sum(1 for c in candidates if c.held_by)
-    kept = sum(1 for c in candidates if not c.held_by and c.kept)
+def _print_plan(
+    candidates: Plan, counts: dict[str, int], dry_run: bool, purged: int, rebuilt: bool
+) -> None:
+    """A line per candidate, in the plan's order, then the counts (on stderr)."""
+    held, kept = counts["held"], counts["kept"]
     for c in candidates:
         if c.held_by:
             verb = "held by " + ", ".join(c.held_by)
@@ -245,13 +248,13 @@ def _print_plan(candidates: list[Candidate], dry_run: bool, purged: int, rebuilt
             verb = "would purge" if dry_run else "purged"
         click.echo(f"{c.sha256[:12]} {c.age_basis[:10]} keep {c.keep_days}d: {verb}")
     click.echo(
-        f"retention: {len(candidates)} past retention, {held} held, "
+        f"retention: {counts['expired']} past retention, {held} held, "
         + (
             f"{kept} not purged (cannot be proven free of holds or past retention), "
             if kept
             else ""
         )
-        + f"{len(candidates) - held - kept if dry_run else purged} "
+        + f"{counts['expired'] - held - kept if dry_run else purged} "
         + ("to purge" if dry_run else "purged")
         + ("; the index was rebuilt without the purged text" if rebuilt else "")
         + ("; run `mailvault verify`" if kept else ""),
