@@ -526,7 +526,12 @@ def _reconcile(
     searcher = index.searcher()
     if not exact and searcher.num_docs == _indexed_count(catalog):
         return 0
-    lost, extra, unnamed = _disagreeing(catalog, searcher, index.schema)
+    lost, extra, unnamed, doubled = _disagreeing(catalog, searcher, index.schema)
+    if doubled:
+        log.warning(
+            "the index holds %d messages more than once; keeping one document of each",
+            len(doubled),
+        )
     if extra:
         log.warning(
             "the index holds %d messages the catalog does not list as indexed (purged, or "
@@ -539,9 +544,9 @@ def _reconcile(
             "another tool wrote into it); deleting them",
             unnamed,
         )
-    if extra or unnamed:
+    if extra or unnamed or doubled:
         writer = ix.IndexWriter(ix.create_or_open(index_dir)[0])
-        for sha256 in extra:
+        for sha256 in [*extra, *doubled]:  # a doubled one is indexed again below (``lost``)
             writer.delete(sha256)
         if unnamed:
             writer.delete_without_id()
@@ -550,19 +555,24 @@ def _reconcile(
     del index, searcher  # no tantivy threads around when the parse pool forks
     if not lost:
         return len(extra) + unnamed
-    log.warning(
-        "the index lacks %d messages the catalog lists as indexed; re-adding them", len(lost)
-    )
+    missing = len(lost) - len(doubled)
+    if missing:
+        log.warning(
+            "the index lacks %d messages the catalog lists as indexed; re-adding them", missing
+        )
     _mark_indexed(catalog, [job[0] for job in lost], None)
     _pipeline(vault, catalog, lost, set(), index_dir, report, progress, mark=True)
     return len(lost) + len(extra) + unnamed
 
 
-def _disagreeing(catalog: Catalog, searcher: Any, schema: Any) -> tuple[list[Job], list[str], int]:
-    """The messages the catalog lists as indexed that the index lacks (as jobs, to index
-    again), the ids of live documents of messages it does not list, and how many live
-    documents no id names (no id at all: without deleting them, the counts would differ, and
-    this walk run, on every run): the catalog's listed messages (``ORDER BY sha256``) and the
+def _disagreeing(
+    catalog: Catalog, searcher: Any, schema: Any
+) -> tuple[list[Job], list[str], int, list[str]]:
+    """The messages the catalog lists as indexed that the index lacks or holds more than once
+    (as jobs, to index again), the ids of live documents of messages it does not list, how
+    many live documents no id names (no id at all), and the ids held more than once (their
+    documents are deleted before they are indexed again): left there, either of the last two
+    would keep the counts apart and this walk run on every run; the catalog's listed messages (``ORDER BY sha256``) and the
     index's live ids (``ix.live_ids``) walked side by side, so that neither is held whole,
     and no term query per message."""
     listed = catalog.db.execute(
@@ -571,6 +581,7 @@ def _disagreeing(catalog: Catalog, searcher: Any, schema: Any) -> tuple[list[Job
     )
     lost: list[str] = []
     extra: list[str] = []
+    doubled: list[str] = []  # listed, and held by several documents: deleted, indexed again
     named = 0
     for sha256, is_listed, n in _side_by_side(
         (row[0] for row in listed), ix.live_ids(searcher, schema)
@@ -578,9 +589,12 @@ def _disagreeing(catalog: Catalog, searcher: Any, schema: Any) -> tuple[list[Job
         named += n
         if is_listed and not n:
             lost.append(sha256)
+        elif is_listed and n > 1:
+            lost.append(sha256)
+            doubled.append(sha256)
         elif not is_listed:
             extra.append(sha256)
-    return _jobs(catalog, lost), extra, max(searcher.num_docs - named, 0)
+    return _jobs(catalog, lost), extra, max(searcher.num_docs - named, 0), doubled
 
 
 def still_indexed(vault: Vault, sha256s: Iterable[str]) -> Iterator[str]:
@@ -883,7 +897,7 @@ def _unnamed(num_docs: int, named: int) -> Iterator[Any]:
             "id (a damaged index, or documents another tool wrote into it): no catalog message "
             f"stands behind {'it' if n == 1 else 'them'}"
         )
-        fix = f"`mailvault index` deletes {'it' if n == 1 else 'them'}, "
+        fix = f"`mailvault index --exact` deletes {'it' if n == 1 else 'them'}, "
     else:
         what = (
             f"the index's ids name {named} documents but it holds {num_docs} (a document with "
@@ -988,7 +1002,7 @@ def _documents(
                         "warning",
                         sha256,
                         "the catalog says this message is indexed but the index lacks it; "
-                        "`mailvault index` re-adds it",
+                        "`mailvault index --exact` re-adds it",
                     )
             elif n == 0:
                 pending += 1
@@ -997,7 +1011,7 @@ def _documents(
                     "index-duplicate",
                     "warning",
                     sha256,
-                    f"{n} index documents for one message; `mailvault reindex` rebuilds the index",
+                    f"{n} index documents for one message; `mailvault index --exact` keeps one",
                 )
         purged: list[str] = []
         for term in extra:
@@ -1011,7 +1025,7 @@ def _documents(
                     "warning",
                     term,
                     f"the index holds message {term}, which the catalog does not list; "
-                    "`mailvault index` deletes it, `mailvault reindex` rebuilds the index",
+                    "`mailvault index --exact` deletes it, `mailvault reindex` rebuilds the index",
                 )
         if purged:  # a retention run cut short: one finding, not one line per message
             yield Finding(

@@ -417,3 +417,45 @@ def test_a_disk_filling_up_under_the_index_writer_is_one_line(
     monkeypatch.setattr(mailvault._fs, "nearly_full", lambda directory: False)
     other = run_cli(vault.root, command)
     assert other.exit_code == 3 and "I/O error" in other.stderr, other.stderr
+
+
+def test_a_lost_document_beside_an_idless_one_is_left_out_and_repaired_by_index_exact(
+    vault: Vault,
+) -> None:
+    """Equal counts can hide a swap: one message's document lost, one with no id planted.
+    Search showed the id-less hit with an empty id, and verify sent the user to `mailvault
+    index`, which compared the counts and did nothing (QA)."""
+    lost = sorted(vault.read_store().iter_digests())[0]
+    plant(vault, no_id("planted"), delete=lost)
+    result = run_cli(vault.root, "search", "--ids", "*")
+    assert result.exit_code == 0, result.output
+    ids = result.stdout.splitlines()
+    assert len(ids) == 39 and "" not in ids and lost not in ids, ids
+    assert "1 hit is an index document of no archived message" in result.stderr
+    found = {(f["code"], f["subject"]): f["detail"] for f in verify_json(vault)[1]}
+    assert "`mailvault index --exact` re-adds it" in found["index-missing", lost]
+    assert "`mailvault index --exact` deletes it" in found["index-ids-mismatch", "index"]
+    assert run_cli(vault.root, "index").exit_code == 0  # counts agree: nothing checked
+    assert len(verify_json(vault)[1]) == 2
+    result = run_cli(vault.root, "index", "--exact")
+    assert result.exit_code == 0 and "2 repaired" in result.stdout, result.output
+    assert verify_json(vault)[1] == []
+    assert lost in run_cli(vault.root, "search", "--ids", "*").stdout.splitlines()
+
+
+def test_index_keeps_one_document_of_a_message_held_twice(vault: Vault) -> None:
+    """A second document of one message was never deleted: the counts stayed apart, every
+    index run walked every id for nothing, and search showed the message twice."""
+    twice = sorted(vault.read_store().iter_digests())[3]
+    searcher = ix.open_for_search(vault.index_path).searcher()
+    query = tantivy.Query.term_query(ix.open_for_search(vault.index_path).schema, "id", twice)
+    (address,) = [a for _, a in searcher.search(query, 1).hits]
+    copy = searcher.doc(address)
+    del searcher
+    plant(vault, copy)
+    assert run_cli(vault.root, "search", "--count", "*").stdout.strip() == "41"
+    result = run_cli(vault.root, "index")
+    assert result.exit_code == 0 and "1 repaired" in result.stdout, result.output
+    assert verify_json(vault)[1] == []
+    ids = run_cli(vault.root, "search", "--ids", "--limit", "0", "*").stdout.splitlines()
+    assert len(ids) == 40 and ids.count(twice) == 1

@@ -47,7 +47,7 @@ def _print_report(report: Any, as_json: bool, verb: str) -> None:
         )
 
 
-def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
+def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool, exact: bool = False) -> None:
     from mailvault.cli._common import IndexProgress, vault_from
     from mailvault.indexer import catch_up, purged_text_lingers, reindex
 
@@ -56,7 +56,10 @@ def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
     progress = IndexProgress() if sys.stderr.isatty() and not as_json and not quiet else None
     try:
         with vault.write_lock("reindex" if rebuild else "index"):
-            report = (reindex if rebuild else catch_up)(vault, progress=progress)
+            if rebuild:
+                report = reindex(vault, progress=progress)
+            else:
+                report = catch_up(vault, progress=progress, exact=exact)
             if not rebuild and purged_text_lingers(vault):
                 # a retention run killed before its rebuild: finish it, so no purged text
                 # stays readable in the index files
@@ -72,8 +75,15 @@ def _run_indexer(ctx: click.Context, as_json: bool, rebuild: bool) -> None:
 
 @cli.command("index")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Check every message against the index, not only the counts: re-add lost documents "
+    "and delete extra, doubled and id-less ones even where the counts agree (what verify's "
+    "index findings name).",
+)
 @click.pass_context
-def index_command(ctx: click.Context, as_json: bool) -> None:
+def index_command(ctx: click.Context, as_json: bool, exact: bool) -> None:
     """Parse and index every archived message that is not indexed yet (catch up).
 
     Safe to interrupt and rerun: it continues where it stopped, with no gaps and one index
@@ -81,7 +91,7 @@ def index_command(ctx: click.Context, as_json: bool) -> None:
 
     Example: mailvault index
     """
-    _run_indexer(ctx, as_json, rebuild=False)
+    _run_indexer(ctx, as_json, rebuild=False, exact=exact)
 
 
 @cli.command("reindex")

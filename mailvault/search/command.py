@@ -121,9 +121,11 @@ def _run(
     # The audit entry is durable before anything is shown (fail closed).
     detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
     audit(vault_root, "search", query, shown, exiting=exiting, **detail)
-    hits = _shown_hits(vault_root, page, dropped, skip, shown, dates=snippets)
+    idless: list[int] = []
+    hits = _shown_hits(vault_root, page, dropped, skip, shown, dates=snippets, idless=idless)
     if not _write_out(stream, notes, lines(hits, mode=mode, color=color)):
         return 3
+    _warn_unknown(notes, len(idless))
     if limit and shown == limit and searcher.matched is not None:  # a full page
         matched = searcher.matched
         if extra:  # purged hits and those of no archived message are neither shown nor counted
@@ -178,16 +180,22 @@ def _shown_hits(
     take: int,
     *,
     dates: bool,
+    idless: list[int],
 ) -> Iterator[Hit]:
     """The page's hits as they are read, batch by batch, without those at the ``dropped``
     positions (purged; None: every one), then ``take`` after the first ``skip`` of the rest,
     with ``real_dates`` when the output shows dates: written as read, so memory does not grow
-    with --limit."""
+    with --limit.  A hit with no id (a damaged index, or a document another tool wrote, which
+    the counts did not give away: a lost document beside it) is left out too, and its
+    position added to ``idless``: it is no archived message, and no line may have no id."""
     if dropped is None or not take:
         return
     start = 0
     for batch in page.batches():
         live = [h for i, h in enumerate(batch, start) if i not in dropped]
+        if not all(h.id for h in live):
+            idless.extend(i for i, h in enumerate(batch, start) if i not in dropped and not h.id)
+            live = [h for h in live if h.id]
         start += len(batch)
         if skip >= len(live):
             skip -= len(live)
