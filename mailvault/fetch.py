@@ -557,13 +557,21 @@ class AccountFetcher:
         loop.run()
         confirmed = self._quit(session, deleting=bool(loop.dele_acked))
         if confirmed and loop.deleted_ids:
-            self._deleted_in_run.update(self.catalog.uidls_of(loop.deleted_ids))
-            self.catalog.mark_deleted(loop.deleted_ids, confirmed_by_quit=True)
-            if loop.deleted_without_uidl:
-                self.catalog.record_deleted_without_uidl(
-                    self.account.name, loop.deleted_without_uidl
+            report.deleted += len(loop.deleted_ids)  # applied by the server, recorded or not
+            try:
+                self._deleted_in_run.update(self.catalog.uidls_of(loop.deleted_ids))
+                self.catalog.mark_deleted(loop.deleted_ids, confirmed_by_quit=True)
+                if loop.deleted_without_uidl:
+                    self.catalog.record_deleted_without_uidl(
+                        self.account.name, loop.deleted_without_uidl
+                    )
+            except Exception:  # a full disk: the error says why; this says what it cost
+                self._warn(
+                    f"the server applied {len(loop.deleted_ids)} deletions of archived "
+                    "messages that the catalog could not record; the next run records them "
+                    "as gone from the server (server-gone in the ledger)"
                 )
-            report.deleted += len(loop.deleted_ids)
+                raise
         # Another session only for what the cap left, and only after progress (a message
         # archived or deleted, or a refused one that later sessions skip): a server that
         # refuses every RETR must not be asked again and again.

@@ -2290,3 +2290,30 @@ def test_a_message_served_for_another_in_an_earlier_session_is_not_deleted_unrea
         fetch_json(vault)
         assert "uid-1" in [m.uidl for m in server.mailbox]  # not deleted unread
         complete_and_check(vault, server, messages)
+
+
+def test_deletions_the_server_applied_but_the_catalog_could_not_record_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk filled between QUIT's +OK and the catalog's record of it: the report said
+    "deleted": 0 though the server had deleted every (archived) message, and nothing said
+    so (QA).  Now the count is the server's, with a warning naming what was not recorded."""
+    from mailvault.catalog import Catalog
+
+    mark_deleted = Catalog.mark_deleted
+
+    def full(self: Catalog, ids: Any, *, confirmed_by_quit: bool) -> None:
+        if confirmed_by_quit:
+            raise sqlite3.OperationalError("database or disk is full")
+        mark_deleted(self, ids, confirmed_by_quit=confirmed_by_quit)
+
+    monkeypatch.setattr(Catalog, "mark_deleted", full)
+    messages = corpus(4)
+    with FakePop3Server(messages) as server:
+        vault = vault_for(tmp_path, server, delete="after-commit", retries=0)
+        code, report = fetch_json(vault)
+        (acct,) = report["accounts"]
+        assert (code, acct["status"], acct["fetched"], acct["deleted"]) == (1, "failed", 4, 4)
+        assert server.mailbox == []
+        assert any("the server applied 4 deletions" in w for w in acct["warnings"]), acct
+        assert "disk is full" in acct["errors"][0], acct
