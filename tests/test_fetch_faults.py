@@ -889,6 +889,16 @@ def test_a_password_the_server_quotes_back_is_redacted_everywhere(
             assert not [leak for leak in leaks if leak.encode() in data], path
 
 
+def fetch_in_own_group(vault: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`mailvault fetch ARGS` in a process group of its own (a signal sent to the group
+    reaches its workers too, as a service manager's does), its output piped."""
+    env = {**os.environ, PASSWORD_ENV: "alice-secret"}
+    argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", *args]
+    return subprocess.Popen(
+        argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "word", "as_json"),
     [(signal.SIGINT, 130, b"interrupted", False), (signal.SIGTERM, 143, b"terminated", True)],
@@ -905,12 +915,7 @@ def test_ctrl_c_mid_fetch_exits_130_and_loses_nothing(
     with FakePop3Server(messages, faults=Faults(slow_bytes_per_sec=4_000_000)) as server:
         account = {**PLAIN, "port": server.port, "retries": 0, "delete": "after-commit"}
         vault = make_vault(tmp_path / "vault", {"acct": account}, commit_batch_messages=16)
-        env = {**os.environ, PASSWORD_ENV: "alice-secret"}
-        argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--no-index"]
-        argv += ["--json"] if as_json else []
-        proc = subprocess.Popen(
-            argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = fetch_in_own_group(vault, "--no-index", *(["--json"] if as_json else []))
         while proc.poll() is None and not committed_uidls(vault, "acct"):
             pass
         os.killpg(proc.pid, signum)
@@ -1002,12 +1007,7 @@ def test_a_terminated_run_reports_every_account_as_far_as_it_got(tmp_path: Path,
             "a2": {**PLAIN, "port": second.port, "retries": 0},
         }
         vault = make_vault(tmp_path / "vault", accounts, commit_batch_messages=16)
-        env = {**os.environ, PASSWORD_ENV: "alice-secret"}
-        argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--json"]
-        argv += ["--no-index", "--jobs", jobs]
-        proc = subprocess.Popen(
-            argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = fetch_in_own_group(vault, "--json", "--no-index", "--jobs", jobs)
         while proc.poll() is None and not committed_uidls(vault, "a1"):
             pass
         os.killpg(proc.pid, signal.SIGTERM)

@@ -19,8 +19,8 @@ import jsonschema
 from mailvault.resources import json_schema
 from mailvault.testkit.fakepop import FakePop3Server, Faults
 from tests.test_export_kit import add_messages, new_vault
-from tests.test_fetch_faults import PLAIN, corpus
-from tests.vaults import PASSWORD_ENV, committed_uidls, make_vault
+from tests.test_fetch_faults import PLAIN, corpus, fetch_in_own_group
+from tests.vaults import committed_uidls, make_vault
 
 _ROLLBACK_THAT_TAKES_LONG = textwrap.dedent(
     """
@@ -73,6 +73,13 @@ def test_a_third_signal_ends_a_roll_back_that_would_not_end() -> None:
     assert out == "KeyboardInterrupt\n" and err.count("already stopping") == 1
 
 
+def _sigterm_twice(group: int) -> None:
+    """A service manager's stop of the process group, and 30 ms later another (a user's)."""
+    os.killpg(group, signal.SIGTERM)
+    time.sleep(0.03)
+    os.killpg(group, signal.SIGTERM)
+
+
 def test_two_sigterms_mid_fetch_still_record_and_report_the_run(tmp_path: Path) -> None:
     """SIGTERM twice, 30 ms apart (a service manager's stop to the group, and a user's), while
     batches stream and commit: the second landed in the roll-back and left the run recorded
@@ -82,16 +89,10 @@ def test_two_sigterms_mid_fetch_still_record_and_report_the_run(tmp_path: Path) 
     with FakePop3Server(messages, faults=Faults(slow_bytes_per_sec=4_000_000)) as server:
         account = {**PLAIN, "port": server.port, "retries": 0, "delete": "after-commit"}
         vault = make_vault(tmp_path / "vault", {"acct": account}, commit_batch_messages=16)
-        env = {**os.environ, PASSWORD_ENV: "alice-secret"}
-        argv = [sys.executable, "-m", "mailvault", "--vault", str(vault), "fetch", "--json"]
-        proc = subprocess.Popen(
-            argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = fetch_in_own_group(vault, "--json")
         while proc.poll() is None and not committed_uidls(vault, "acct"):
             pass
-        os.killpg(proc.pid, signal.SIGTERM)
-        time.sleep(0.03)
-        os.killpg(proc.pid, signal.SIGTERM)
+        _sigterm_twice(proc.pid)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert b"mailvault: terminated" in err.splitlines(), err
@@ -119,9 +120,7 @@ def test_two_sigterms_while_indexing_end_the_command_and_free_the_vault(tmp_path
             return int(db.execute("SELECT indexed FROM message_counts").fetchone()[0])
 
     time.sleep(0.5)  # the pool is up and working well before the first commit of the index
-    os.killpg(proc.pid, signal.SIGTERM)
-    time.sleep(0.03)
-    os.killpg(proc.pid, signal.SIGTERM)
+    _sigterm_twice(proc.pid)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert b"mailvault: terminated" in err.splitlines(), err
