@@ -119,7 +119,10 @@ def test_two_sigterms_while_indexing_end_the_command_and_free_the_vault(tmp_path
         with sqlite3.connect(catalog) as db:
             return int(db.execute("SELECT indexed FROM message_counts").fetchone()[0])
 
-    time.sleep(0.5)  # the pool is up and working well before the first commit of the index
+    building = root / "index.new"
+    while proc.poll() is None and not building.exists():
+        time.sleep(0.01)
+    time.sleep(0.1)  # its parse pool is up and working
     _sigterm_twice(proc.pid)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
