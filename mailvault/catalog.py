@@ -8,6 +8,7 @@ migrations tracked with ``PRAGMA user_version``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -575,9 +576,24 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back()
+                raise
         else:
-            self.conn.execute("ROLLBACK")
+            self._roll_back()
+
+    def _roll_back(self) -> None:
+        """Roll back what is still open, and never hide the error that is being raised: a
+        big transaction that met a full disk was already rolled back by SQLite, and a
+        ROLLBACK then raised "cannot rollback - no transaction is active" in place of
+        "database or disk is full" (and its fix); a COMMIT that failed left the transaction
+        open, and the connection's next one failed with "cannot start a transaction within a
+        transaction"."""
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -290,3 +290,18 @@ def test_a_killed_run_is_closed_with_its_own_entries(tmp_path: Path) -> None:
         "running",
     )
     catalog.close()
+
+
+def test_a_transaction_sqlite_already_rolled_back_keeps_its_own_error(tmp_path: Path) -> None:
+    """A big transaction that meets a full disk is rolled back by SQLite itself; the ROLLBACK
+    that followed raised "cannot rollback - no transaction is active" in place of "database
+    or disk is full", so a retention run on a full disk named no cause and no fix (QA)."""
+    catalog, _ = _catalog(tmp_path)
+    with (
+        pytest.raises(sqlite3.OperationalError, match="database or disk is full"),
+        catalog.transaction() as conn,
+    ):
+        conn.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL while spilling its cache
+        raise sqlite3.OperationalError("database or disk is full")
+    with catalog.transaction() as conn:  # the connection is usable: no transaction left open
+        conn.execute("UPDATE runs SET status = 'ok'")
