@@ -34,7 +34,7 @@ from mailvault.errors import MailvaultError, StoreError, UsageError
 from mailvault.vault import Vault, read_only_uri, utcnow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from mailvault.catalog import Catalog
     from mailvault.store import BlobStore
@@ -307,11 +307,28 @@ class Plan:
             yield
         except sqlite3.Error as exc:
             raise StoreError(
-                f"retention's plan, a temporary SQLite file, failed ({exc}); it takes about "
-                "300 bytes per message past retention in SQLite's temporary directory "
-                "($SQLITE_TMPDIR, else $TMPDIR, else /var/tmp): free space there or point "
-                "SQLITE_TMPDIR at a directory with room, and run `mailvault retention apply` again"
+                f"retention's plan, a temporary SQLite file in {_sqlite_temp_dir()}, failed "
+                f"({exc}); it takes about 300 bytes per message past retention there: free "
+                "space there or point SQLITE_TMPDIR at a directory with room, and run "
+                "`mailvault retention apply` again"
             ) from None
+
+
+def _sqlite_temp_dir() -> str:
+    """The directory SQLite (its unix VFS) puts temporary files in: the first of
+    $SQLITE_TMPDIR, $TMPDIR, /var/tmp, /usr/tmp, /tmp and . that is a directory it may write."""
+    import os
+
+    for path in (
+        os.environ.get("SQLITE_TMPDIR"),
+        os.environ.get("TMPDIR"),
+        "/var/tmp",
+        "/usr/tmp",
+        "/tmp",
+    ):
+        if path and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+            return path
+    return "."
 
 
 def plan(vault: Vault, now: datetime | None = None) -> Plan:
@@ -580,9 +597,14 @@ def _expired(basis: str, keep_days: int, now: datetime) -> bool:
     return when is None or when <= now - timedelta(days=keep_days)
 
 
-def apply(vault: Vault, candidates: Candidates) -> Purged:
+def apply(
+    vault: Vault, candidates: Candidates, committed: Callable[[int], None] | None = None
+) -> Purged:
     """Purge the candidates no hold protects and ``_vet`` does not keep (the caller holds the
-    write lock), then remove their files; returns what it purged.
+    write lock), then remove their files; returns what it purged.  ``committed`` is called
+    with the number purged as soon as the purge is committed, before the files go (the audit
+    trail's "finished": a run stopped while it removed thousands of files left only its
+    "started", as if it had purged nothing).
 
     One transaction, whatever the number: SQLite's page cache spills to the WAL, so memory
     stays flat, and a purge in batches would write the catalog's indexes again for each
@@ -591,10 +613,14 @@ def apply(vault: Vault, candidates: Candidates) -> Purged:
     actor = _actor()
     catalog = vault.catalog()
     try:
+        purged = 0
         with catalog.transaction() as conn:
             for c in candidates:
                 if not c.held_by and not c.kept:
                     _purge(conn, c, actor)
+                    purged += 1
+        if committed is not None:
+            committed(purged)
         _remove_files(vault, catalog)
     finally:
         catalog.close()

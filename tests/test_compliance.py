@@ -1481,6 +1481,38 @@ def test_a_run_stopped_during_its_purge_purges_nothing_and_the_next_purges_all(
     assert run_cli(vault, "verify").exit_code == 0
 
 
+def test_a_run_stopped_while_it_removes_files_has_recorded_its_purge_as_finished(
+    vault: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after the purge committed, while it removed the blobs (seconds for thousands):
+    the audit trail held only `started`, as a run stopped before its commit does, and no
+    entry ever said those messages were purged (QA).  `finished` follows the commit now; the
+    next run removes the files."""
+    from mailvault import compliance
+
+    def stopped(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compliance, "_remove_files", stopped)
+    assert run_cli(vault, "retention", "apply").exit_code == 130
+    monkeypatch.undo()
+    with sqlite3.connect(vault / "catalog.sqlite") as db:
+        purged = db.execute("SELECT count(*) FROM messages WHERE purged_at NOT NULL").fetchone()
+        audit = [
+            (json.loads(detail)["stage"], results)
+            for detail, results in db.execute(
+                "SELECT detail, results FROM audit WHERE command = 'retention'"
+            )
+        ]
+    db.close()
+    assert purged == (5,) and audit == [("started", 5), ("finished", 5)], audit
+    assert len(list((vault / "objects").rglob("*.zst"))) == 10  # the files are still there
+    done = json.loads(run_cli(vault, "retention", "apply", "--json").stdout)
+    assert (done["expired"], done["purged"]) == (0, 0)
+    assert len(list((vault / "objects").rglob("*.zst"))) == 5
+    assert run_cli(vault, "verify").exit_code == 0
+
+
 def test_a_plan_gives_back_what_was_put_in_it_as_it_was() -> None:
     """The plan's table keeps a catalog value edited by hand as the catalog holds it (a date
     stored as a number reaches _vet as one, and is named as it is), and a reason that names
@@ -1520,10 +1552,15 @@ def test_a_full_temporary_directory_stops_retention_before_it_purges(
         self._db.execute(f"PRAGMA temp.max_page_count = {pages}")
 
     monkeypatch.setattr(compliance.Plan, "__init__", full)
-    result = run_cli(vault, "retention", "apply")
+    here = vault.parent / "tmp-for-sqlite"
+    here.mkdir()
+    result = run_cli(vault, "retention", "apply", env={"SQLITE_TMPDIR": str(here)})
     assert result.exit_code == 3, result.output
     (line,) = result.stderr.splitlines()
-    assert "retention's plan, a temporary SQLite file, failed (database or disk is full)" in line
+    assert (
+        f"retention's plan, a temporary SQLite file in {here}, failed (database or disk is full)"
+        in line
+    )
     assert "point SQLITE_TMPDIR at a directory with room" in line and "catalog" not in line
     with sqlite3.connect(vault / "catalog.sqlite") as db:
         purged = db.execute("SELECT count(*) FROM messages WHERE purged_at NOT NULL").fetchone()
