@@ -552,6 +552,12 @@ def _reconcile(
             writer.delete_without_id()
         writer.close()
         del writer
+    if doubled:
+        # A document of a doubled id may have named other messages too (a damaged index):
+        # deleting it took them along, so what is lost is walked again once it is deleted.
+        index = ix.open_for_search(index_dir)
+        searcher = index.searcher()
+        lost = _disagreeing(catalog, searcher, index.schema)[0]
     del index, searcher  # no tantivy threads around when the parse pool forks
     if not lost:
         return len(extra) + unnamed
