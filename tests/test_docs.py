@@ -38,6 +38,7 @@ def test_a_crash_of_pytest_names_the_test_and_its_frames(tmp_path: Path) -> None
     MAILVAULT_TEST_CRASH_DIR, which the Makefile prints last (CI's log kept only the tail of
     a SIGBUS dump, with neither the test nor the frame)."""
     import os
+    import resource
     import subprocess
     import sys
 
@@ -62,10 +63,11 @@ def test_a_crash_of_pytest_names_the_test_and_its_frames(tmp_path: Path) -> None
             str(tmp_path),
             str(crashing),
         ],
-        cwd=root,
-        env={**os.environ, "MAILVAULT_TEST_CRASH_DIR": str(where)},
+        cwd=tmp_path,
+        env={**os.environ, "MAILVAULT_TEST_CRASH_DIR": str(where), "PYTHONPATH": str(root)},
         capture_output=True,
         text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),  # no core file
     )
     assert result.returncode < 0, result
     assert (where / "running").read_text() == "test_crashing.py::test_native_crash\n"
