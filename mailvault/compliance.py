@@ -26,7 +26,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mailvault import ledger
 from mailvault.audit import claimed_names, os_user
@@ -172,15 +172,6 @@ class Candidate:
 
 # Rows of a plan read or written at a time (and catalog rows looked up for their accounts)
 _PAGE = 1000
-
-
-class Candidates(Protocol):
-    """What ``apply`` purges from: a ``Plan``, or a list of ``Candidate``; read more than
-    once (``apply`` and the ``Purged`` it returns)."""
-
-    def __len__(self) -> int: ...
-
-    def __iter__(self) -> Iterator[Candidate]: ...
 
 
 class Plan:
@@ -598,10 +589,10 @@ def _expired(basis: str, keep_days: int, now: datetime) -> bool:
 
 
 def apply(
-    vault: Vault, candidates: Candidates, committed: Callable[[int], None] | None = None
-) -> Purged:
+    vault: Vault, candidates: Iterable[Candidate], committed: Callable[[int], None] | None = None
+) -> int:
     """Purge the candidates no hold protects and ``_vet`` does not keep (the caller holds the
-    write lock), then remove their files; returns what it purged.  ``committed`` is called
+    write lock), then remove their files; returns how many it purged.  ``committed`` is called
     with the number purged as soon as the purge is committed, before the files go (the audit
     trail's "finished": a run stopped while it removed thousands of files left only its
     "started", as if it had purged nothing).
@@ -624,7 +615,7 @@ def apply(
         _remove_files(vault, catalog)
     finally:
         catalog.close()
-    return Purged(candidates)
+    return purged
 
 
 def _purge(conn: sqlite3.Connection, c: Candidate, actor: dict[str, Any]) -> None:
@@ -645,20 +636,6 @@ def _purge(conn: sqlite3.Connection, c: Candidate, actor: dict[str, Any]) -> Non
             **_lf_form(c),
         },
     )
-
-
-class Purged:
-    """The sha256s ``apply`` purged, read again from its candidates when asked (the candidates
-    no hold protects and ``_vet`` does not keep): not held in memory."""
-
-    def __init__(self, candidates: Candidates) -> None:
-        self._candidates = candidates
-
-    def __iter__(self) -> Iterator[str]:
-        return (c.sha256 for c in self._candidates if not c.held_by and not c.kept)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 def _lf_form(candidate: Candidate) -> dict[str, str]:

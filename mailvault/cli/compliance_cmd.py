@@ -216,12 +216,10 @@ def retention_apply(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
                 # as an export: recorded before the first purge, so a killed run shows as
                 # started
                 _audit_retention(vault, "started", doomed, counts)
-                purged = len(
-                    apply(
-                        vault,
-                        candidates,
-                        lambda n: _audit_retention(vault, "finished", n, {**counts, "purged": n}),
-                    )
+                purged = apply(
+                    vault,
+                    candidates,
+                    lambda n: _audit_retention(vault, "finished", n, {**counts, "purged": n}),
                 )
             rebuilt = not dry_run and _compact_index(vault)
         if as_json:
