@@ -546,8 +546,7 @@ def _reconcile(
         )
     if extra or unnamed or doubled:
         writer = ix.IndexWriter(ix.create_or_open(index_dir)[0])
-        for sha256 in [*extra, *doubled]:  # a doubled one is indexed again below (``lost``)
-            writer.delete(sha256)
+        writer.delete_many([*extra, *doubled])  # a doubled one is indexed again below
         if unnamed:
             writer.delete_without_id()
         writer.close()
@@ -566,20 +565,20 @@ def _reconcile(
         log.warning(
             "the index lacks %d messages the catalog lists as indexed; re-adding them", missing
         )
-    _mark_indexed(catalog, [job[0] for job in lost], None)
-    _pipeline(vault, catalog, lost, set(), index_dir, report, progress, mark=True)
+    _mark_indexed(catalog, lost, None)
+    _pipeline(vault, catalog, _jobs(catalog, lost), set(), index_dir, report, progress, mark=True)
     return len(lost) + len(extra) + unnamed
 
 
 def _disagreeing(
     catalog: Catalog, searcher: Any, schema: Any
-) -> tuple[list[Job], list[str], int, list[str]]:
+) -> tuple[list[str], list[str], int, list[str]]:
     """The messages the catalog lists as indexed that the index lacks or holds more than once
-    (as jobs, to index again), the ids of live documents of messages it does not list, how
+    (to index again), the ids of live documents of messages it does not list, how
     many live documents no id names (no id at all), and the ids held more than once (their
     documents are deleted before they are indexed again): left there, either of the last two
-    would keep the counts apart and this walk run on every run; the catalog's listed messages (``ORDER BY sha256``) and the
-    index's live ids (``ix.live_ids``) walked side by side, so that neither is held whole,
+    would keep the counts apart and this walk run on every run; the catalog's listed messages
+    (``ORDER BY sha256``) and the index's live ids (``ix.live_ids``) walked side by side, so that neither is held whole,
     and no term query per message."""
     listed = catalog.db.execute(
         "SELECT p.sha256 FROM message_meta p JOIN messages m ON m.sha256 = p.sha256 "
@@ -600,7 +599,7 @@ def _disagreeing(
             doubled.append(sha256)
         elif not is_listed:
             extra.append(sha256)
-    return _jobs(catalog, lost), extra, max(searcher.num_docs - named, 0), doubled
+    return lost, extra, max(searcher.num_docs - named, 0), doubled
 
 
 def still_indexed(vault: Vault, sha256s: Iterable[str]) -> Iterator[str]:
@@ -979,8 +978,6 @@ def _documents(
         searcher = index.searcher()
     schema = index.schema
 
-    held = [0]  # the live documents the walked ids name, each as often as it holds one
-
     def walked() -> Iterator[tuple[str, int]]:
         ids = ix.live_ids(searcher, schema)
         while True:
@@ -988,14 +985,15 @@ def _documents(
                 item = next(ids, None)
             if item is None:
                 return
-            held[0] += item[1]
             yield item
 
     now = _Now(vault)
     pending = in_flight = 0
     extra: list[str] = []  # documents of messages the catalog does not list: problems only
+    named = 0  # the live documents the walked ids name, each as often as it holds one
     try:
         for sha256, listed, n in _side_by_side(catalog_ids, walked()):
+            named += n
             if not listed:
                 extra.append(sha256)
             elif n == 0 and indexed.has(sha256):
@@ -1045,7 +1043,7 @@ def _documents(
             )
     finally:
         now.close()
-    yield from _unnamed(searcher.num_docs, held[0])
+    yield from _unnamed(searcher.num_docs, named)
     if pending:
         yield Finding(
             "index-pending",
