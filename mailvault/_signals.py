@@ -22,6 +22,11 @@ ALREADY_STOPPING = (
 _received = 0  # SIGINTs and SIGTERMs taken by ``sigterm_interrupts`` in this process
 
 
+def stop_code(exc: KeyboardInterrupt) -> int:
+    """The exit status of a command Ctrl-C (130) or SIGTERM (``Terminated``, 143) stopped."""
+    return 143 if isinstance(exc, Terminated) else 130
+
+
 def signalled() -> bool:
     """Whether a signal (not code raising KeyboardInterrupt) is what stops the command."""
     return _received > 0

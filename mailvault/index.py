@@ -229,6 +229,7 @@ def display(text: str) -> str:
 
 
 NEW_SUFFIX = ".new"  # index.new: a rebuild in progress, or a swap a crash interrupted
+OLD_SUFFIX = ".old"  # index.old: the index a swap is replacing
 
 
 def holds_deleted_documents(index_dir: Path) -> bool:
@@ -249,7 +250,7 @@ def new_path(index_dir: Path) -> Path:
 
 
 def old_path(index_dir: Path) -> Path:
-    return index_dir.with_name(index_dir.name + ".old")
+    return index_dir.with_name(index_dir.name + OLD_SUFFIX)
 
 
 def read_marker(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -32,10 +32,10 @@ from typing import Any
 import click
 
 from mailvault import __version__
-from mailvault._signals import leave_now, signalled, sigterm_interrupts
+from mailvault._signals import leave_now, signalled, sigterm_interrupts, stop_code
 from mailvault._stdio import CLOSED, reopen_closed, stdout_error
 from mailvault._text import one_line, undecodable
-from mailvault.errors import MailvaultError, Terminated, from_storage_error
+from mailvault.errors import MailvaultError, from_storage_error
 from mailvault.redact import redact
 
 # Command name -> module under mailvault.cli that defines it.  Commands load lazily so that
@@ -174,11 +174,10 @@ class MailvaultGroup(click.Group):
             click.echo(f"mailvault: error: {one_line(str(error))}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, Terminated)
-            click.echo(f"mailvault: {'terminated' if terminated else 'interrupted'}", err=True)
+            stopped = stop_code(exc)
+            click.echo(f"mailvault: {'terminated' if stopped == 143 else 'interrupted'}", err=True)
             if not signalled():
-                ctx.exit(143 if terminated else 130)
-            stopped = 143 if terminated else 130
+                ctx.exit(stopped)
         # Stopped by a signal.  Out of the except clause the traceback's frames are gone, and
         # with them the generators they held, whose finally clauses (a staged run's removal)
         # run now, not at an interpreter shutdown that ``leave_now`` skips.

@@ -60,7 +60,7 @@ def _while_rebuilt(
     from mailvault.vault import writer_of
 
     index = os.path.join(vault_root, "index")
-    if not any(os.path.lexists(index + suffix) for suffix in (ix.NEW_SUFFIX, ".old")):
+    if not any(os.path.lexists(index + suffix) for suffix in (ix.NEW_SUFFIX, ix.OLD_SUFFIX)):
         return None
     writer = writer_of(vault_root)
     if writer is None:
@@ -121,17 +121,16 @@ def _run(
     # The audit entry is durable before anything is shown (fail closed).
     detail = {"mode": mode, "limit": limit, "offset": offset, "sort": sort}
     audit(vault_root, "search", query, shown, exiting=exiting, **detail)
-    idless: list[int] = []
+    idless = [0]
     hits = _shown_hits(vault_root, page, dropped, skip, shown, dates=snippets, idless=idless)
     if not _write_out(stream, notes, lines(hits, mode=mode, color=color)):
         return 3
-    _warn_unknown(notes, len(idless))
-    if limit and shown == limit and searcher.matched is not None:  # a full page
-        matched = searcher.matched
-        if extra:  # purged hits and those of no archived message are neither shown nor counted
-            matched -= sum(_hidden_among(vault_root, searcher, matched))
-        _note_more(notes, matched, offset, shown)
-    elif offset and not shown and (total := _live_total(vault_root, searcher, extra)[0]):
+    _warn_unknown(notes, idless[0])
+    # purged hits and those of no archived message are neither shown nor counted
+    matched = searcher.matched
+    if limit and shown == limit and matched is not None:  # a full page
+        _note_more(notes, _live_total(vault_root, searcher, extra, matched)[0], offset, shown)
+    elif offset and not shown and (total := _live_total(vault_root, searcher, extra, matched)[0]):
         # paged past the last hit
         with contextlib.suppress(OSError):
             notes.write(
@@ -186,16 +185,20 @@ def _shown_hits(
     positions (purged; None: every one), then ``take`` after the first ``skip`` of the rest,
     with ``real_dates`` when the output shows dates: written as read, so memory does not grow
     with --limit.  A hit with no id (a damaged index, or a document another tool wrote, which
-    the counts did not give away: a lost document beside it) is left out too, and its
-    position added to ``idless``: it is no archived message, and no line may have no id."""
+    the counts did not give away: a lost document beside it) is left out too, and counted in
+    ``idless[0]``: it is no archived message, and no line may have no id."""
     if dropped is None or not take:
         return
     start = 0
     for batch in page.batches():
-        live = [h for i, h in enumerate(batch, start) if i not in dropped]
-        if not all(h.id for h in live):
-            idless.extend(i for i, h in enumerate(batch, start) if i not in dropped and not h.id)
-            live = [h for h in live if h.id]
+        live = []
+        for i, hit in enumerate(batch, start):
+            if i in dropped:
+                continue
+            if hit.id:
+                live.append(hit)
+            else:
+                idless[0] += 1
         start += len(batch)
         if skip >= len(live):
             skip -= len(live)
@@ -334,11 +337,13 @@ def _counts(db: Any, num_docs: int) -> tuple[int, int]:
 
 
 def _live_total(
-    vault_root: str | os.PathLike[str], searcher: Searcher, extra: int
+    vault_root: str | os.PathLike[str], searcher: Searcher, extra: int, n: int | None = None
 ) -> tuple[int, int]:
-    """The query's number of hits, without the purged ones and those of no archived message
-    when the index may hold some (``extra``); and how many of the second kind there were."""
-    n = searcher.count()
+    """The query's number of hits (``n`` when a search counted them already), without the
+    purged ones and those of no archived message when the index may hold some (``extra``);
+    and how many of the second kind there were."""
+    if n is None:
+        n = searcher.count()
     if not (extra and n):
         return n, 0
     purged, unknown = _hidden_among(vault_root, searcher, n)
@@ -499,8 +504,8 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
         return None
     if vault is None:
         vault = os.environ.get("MAILVAULT_VAULT") or None
-    from mailvault._signals import leave_now, signalled, sigterm_interrupts
-    from mailvault.errors import MailvaultError, Terminated
+    from mailvault._signals import leave_now, signalled, sigterm_interrupts, stop_code
+    from mailvault.errors import MailvaultError
 
     try:
         if vault is None:
@@ -514,9 +519,8 @@ def fast_main(argv: list[str], *, exiting: bool = False) -> int | None:
         sys.stderr.write(f"mailvault: error: {one_line(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): as the click CLI says
-        terminated = isinstance(exc, Terminated)
-        sys.stderr.write(f"mailvault: {'terminated' if terminated else 'interrupted'}\n")
+        stopped = stop_code(exc)
+        sys.stderr.write(f"mailvault: {'terminated' if stopped == 143 else 'interrupted'}\n")
         if not signalled():
-            return 143 if terminated else 130
-        stopped = 143 if terminated else 130
+            return stopped
     leave_now(stopped)  # out of the except clause, as the click CLI does (no pool here)
