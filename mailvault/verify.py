@@ -26,7 +26,7 @@ import zstandard
 from mailvault import ledger
 from mailvault._fs import nearly_full
 from mailvault.errors import MailvaultError, UsageError
-from mailvault.store import BlobStore
+from mailvault.store import BlobStore, open_file, read_hashed
 from mailvault.vault import Vault, read_only_uri
 
 
@@ -172,7 +172,6 @@ def _rehash(path: Path) -> tuple[str, bytes]:
     one read: the file walked, not the one the store would pick for its digest (with both a
     compressed and a plain copy, the one it does not pick would never be checked)."""
     from mailvault.blobdate import read_head
-    from mailvault.store import open_file, read_hashed
 
     hashing = hashlib.sha256()
     head = read_head(read_hashed(open_file(path), hashing))
@@ -775,7 +774,7 @@ def guard_findings(db: sqlite3.Connection) -> Iterator[Finding]:
 
 def _audit(db: sqlite3.Connection) -> Iterator[Finding]:
     entries = ledger.iter_entries(db, "audit")
-    for problem in ledger.check_chain(entries, ledger.AUDIT_FIELDS):
+    for problem in ledger.chain_problems(entries, ledger.AUDIT_FIELDS):
         yield Finding(
             "audit-broken", "error", "audit " + problem.split(":")[0], f"audit trail {problem}"
         )
@@ -977,12 +976,7 @@ def _config(vault: Vault) -> Iterator[Finding]:
 
 def _live_ids(db: sqlite3.Connection) -> Iterator[str]:
     """The live (not purged) messages of the catalog, in byte order, one row at a time."""
-    try:
-        rows = db.execute("SELECT sha256 FROM messages WHERE purged_at IS NULL ORDER BY sha256")
-    except sqlite3.OperationalError:  # no purged_at yet: none is purged
-        rows = db.execute("SELECT sha256 FROM messages ORDER BY sha256")
-    for (sha256,) in rows:
-        yield sha256
+    return (sha256 for sha256, purged in _message_rows(db) if not purged)
 
 
 def _message_rows(db: sqlite3.Connection) -> Iterator[tuple[str, bool]]:
