@@ -328,7 +328,8 @@ def plan(vault: Vault, now: datetime | None = None) -> Plan:
     now = now or datetime.now(UTC)
     config = vault.config
     archived = config.retention_age_from == "archived"
-    if config.retention_keep_days is None and not config.keep_days_by_label():
+    default, per_account = config.retention_keep_days, config.keep_days_by_label()
+    if default is None and not per_account:
         raise UsageError(
             f"{config.path}: no retention policy; set [retention] keep_days = N (or keep_days "
             "per account, or per import label in [imports.NAME])"
@@ -339,7 +340,7 @@ def plan(vault: Vault, now: datetime | None = None) -> Plan:
         catalog = vault.catalog()
         try:
             holds = catalog.rows("SELECT name, query, syntax FROM holds WHERE released_at IS NULL")
-            for page in _expired_rows(vault, catalog, now):
+            for page in _expired_rows(catalog, now, default, per_account, archived):
                 result.add(page)
         finally:
             catalog.close()
@@ -354,19 +355,22 @@ def plan(vault: Vault, now: datetime | None = None) -> Plan:
     return result
 
 
-def _expired_rows(vault: Vault, catalog: Catalog, now: datetime) -> Iterator[list[tuple[Any, ...]]]:
-    """The rows of ``Plan.add`` for the messages past retention, in the catalog's order, a
-    page at a time.
+def _expired_rows(
+    catalog: Catalog,
+    now: datetime,
+    default: int | None,
+    per_account: dict[str, int],
+    archived: bool,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of ``Plan.add`` for the messages past retention (``default`` days, or those
+    of the message's accounts and labels, ``per_account``; counted from its date, or from its
+    archiving if ``archived``), in the catalog's order, a page at a time.
 
     The catalog's rows are read one at a time, and only those older than the shortest policy
     (the only ones that can be past any) are kept, and looked up for their accounts a page
     at a time: never a row for every message of the vault."""
     from mailvault.indexer import message_accounts
 
-    config = vault.config
-    archived = config.retention_age_from == "archived"
-    default = config.retention_keep_days
-    per_account = config.keep_days_by_label()
     shortest = min(d for d in (default, *per_account.values()) if d is not None)
     rows = catalog.db.query(
         """SELECT m.sha256, m.first_ingest_at, mm.date, mm.date_fallback
