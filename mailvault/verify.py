@@ -437,19 +437,25 @@ def _uidls(db: sqlite3.Connection) -> Iterator[Finding]:
     for (account, uidl, _), group in itertools.groupby(
         db.execute(_UIDLS), key=operator.itemgetter(0, 1, 2)
     ):
-        counts = _uidl_counts(group)
-        (rows, first_row), (confirmed, first_confirmed) = counts[:2]
-        (ingested, first_ingest), (gone, first_gone) = counts[2:]
-        for what, first, wrong in (
-            ("unrecorded", first_row, ingested < rows),
-            ("lost", first_ingest, account is not None and uidl is not None and rows < ingested),
-            ("undeleted", first_confirmed, gone < confirmed),
-            ("unmarked", first_gone, confirmed < gone <= rows),
+        # how many of the key's rows, rows marked deleted, ingests and deletion entries, and
+        # the id or seq of each kind's first (``group`` is in order of side, then id or seq)
+        n: Counter[str] = Counter()
+        first: dict[str, int] = {}
+        for *_, side, order, what in group:
+            for kind in _uidl_kinds(side, what):
+                n[kind] += 1
+                first.setdefault(kind, order)
+        known = account is not None and uidl is not None
+        for what, kind, wrong in (  # each wrong only with one of ``kind`` at least
+            ("unrecorded", "row", n["ingest"] < n["row"]),
+            ("lost", "ingest", known and n["row"] < n["ingest"]),
+            ("undeleted", "confirmed", n["gone"] < n["confirmed"]),
+            ("unmarked", "gone", n["confirmed"] < n["gone"] <= n["row"]),
         ):
             if wrong:
                 code, text = _UIDL_FINDINGS[what]
                 finding = Finding(code, "error", f"{account}/{uidl}", text.format(account, uidl))
-                found[what].append((first, finding))
+                found[what].append((first[kind], finding))
     for findings in found.values():
         findings.sort(key=operator.itemgetter(0))
         yield from (finding for _, finding in findings)
@@ -479,23 +485,11 @@ _UIDL_FINDINGS = {
 }
 
 
-def _uidl_counts(group: Iterable[tuple[Any, ...]]) -> list[tuple[int, int]]:
-    """(how many, the first's id or seq) of a key's UIDL rows, of those marked deleted, of
-    its ingest entries and of its deletion entries; ``group`` is in order of side, then id
-    or seq."""
-    counts = [(0, 0)] * 4
-    for *_, side, order, what in group:
-        for kind in _uidl_kinds(side, what):
-            n, first = counts[kind]
-            counts[kind] = (n + 1, first if n else order)
-    return counts
-
-
-def _uidl_kinds(side: int, what: Any) -> tuple[int, ...]:
-    """Which of ``_uidl_counts``' counts a row of ``_UIDLS`` adds to."""
+def _uidl_kinds(side: int, what: Any) -> tuple[str, ...]:
+    """Which of ``_uidls``' counts a row of ``_UIDLS`` adds to."""
     if side == 1:
-        return (2,) if what == "ingest" else (3,)
-    return (0, 1) if what else (0,)  # what: deleted_confirmed_at
+        return ("ingest",) if what == "ingest" else ("gone",)
+    return ("row", "confirmed") if what else ("row",)  # what: deleted_confirmed_at
 
 
 # Every imports row beside the ingest entries of its (label, sha256), sorted by that key:
